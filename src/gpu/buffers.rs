@@ -1,0 +1,211 @@
+//! Tensors: a storage buffer plus a shape. Activations are f32 (or u32/i32 for token ids);
+//! packed low-bit weights live in their own structs (`kernels::matmul::GpuWeights`) built on
+//! the same upload and readback helpers.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use super::Gpu;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+    I32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        4
+    }
+}
+
+/// A GPU tensor. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub buffer: Arc<wgpu::Buffer>,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl Tensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        (self.numel() * self.dtype.size()) as u64
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        check_shape(shape)?;
+        let size = padded_size((numel * dtype.size()) as u64);
+        gpu.check_binding(size, "tensor")?;
+        let buffer = gpu.scoped(|| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tensor"),
+                size,
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Tensor { buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
+    }
+
+    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Self::from_pod(gpu, shape, DType::F32, data)
+    }
+
+    pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        Self::from_pod(gpu, shape, DType::U32, data)
+    }
+
+    pub fn from_i32(gpu: &Gpu, shape: &[usize], data: &[i32]) -> Result<Tensor> {
+        Self::from_pod(gpu, shape, DType::I32, data)
+    }
+
+    fn from_pod<T: bytemuck::Pod>(gpu: &Gpu, shape: &[usize], dtype: DType, data: &[T]) -> Result<Tensor> {
+        check_shape(shape)?;
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(Error::Shape(format!(
+                "tensor of shape {shape:?} needs {numel} elements, got {}",
+                data.len()
+            )));
+        }
+        let buffer = gpu.upload(bytemuck::cast_slice(data), "tensor")?;
+        Ok(Tensor { buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
+    }
+
+    /// Same buffer, another shape with the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    pub fn to_vec_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        if self.dtype != DType::F32 {
+            return Err(Error::Invalid(format!("to_vec_f32 on a {:?} tensor", self.dtype)));
+        }
+        Ok(bytemuck::cast_slice(&gpu.read_bytes(&self.buffer, self.bytes())?).to_vec())
+    }
+
+    pub fn to_vec_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        if self.dtype == DType::F32 {
+            return Err(Error::Invalid("to_vec_u32 on an f32 tensor".into()));
+        }
+        Ok(bytemuck::cast_slice(&gpu.read_bytes(&self.buffer, self.bytes())?).to_vec())
+    }
+
+    /// Errors unless the shape is exactly `want` (for kernels' argument checks).
+    pub fn expect_shape(&self, what: &str, want: &[usize]) -> Result<()> {
+        if self.shape != want {
+            return Err(Error::Shape(format!("{what}: expected shape {want:?}, got {:?}", self.shape)));
+        }
+        Ok(())
+    }
+
+    pub fn expect_dtype(&self, what: &str, want: DType) -> Result<()> {
+        if self.dtype != want {
+            return Err(Error::Invalid(format!("{what}: expected {want:?}, got {:?}", self.dtype)));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Storage bindings must be non-empty and sized in whole u32 words.
+fn padded_size(bytes: u64) -> u64 {
+    bytes.max(4).div_ceil(4) * 4
+}
+
+fn check_shape(shape: &[usize]) -> Result<()> {
+    if shape.iter().any(|&d| d == 0) {
+        return Err(Error::Shape(format!("zero-sized shape {shape:?}")));
+    }
+    Ok(())
+}
+
+impl Gpu {
+    /// A storage buffer holding `bytes` (padded to whole words). Fails with a clear error if it
+    /// exceeds one storage binding: callers that take larger tensors split them first
+    /// (`Gpu::split_rows`).
+    pub fn upload(&self, bytes: &[u8], label: &str) -> Result<wgpu::Buffer> {
+        let size = padded_size(bytes.len() as u64);
+        self.check_binding(size, label)?;
+        let mut padded;
+        let contents = if size as usize != bytes.len() {
+            padded = bytes.to_vec();
+            padded.resize(size as usize, 0);
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.scoped(|| {
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: STORAGE_USAGE,
+            })
+        })
+    }
+
+    pub fn upload_u32(&self, words: &[u32], label: &str) -> Result<wgpu::Buffer> {
+        self.upload(bytemuck::cast_slice(words), label)
+    }
+
+    pub(crate) fn check_binding(&self, size: u64, label: &str) -> Result<()> {
+        if size > self.max_binding_size() {
+            return Err(Error::Invalid(format!(
+                "{label} of {size} bytes exceeds the storage binding limit ({} bytes); \
+                 split it (Gpu::split_rows) before upload",
+                self.max_binding_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes from the start of `buffer` back to the CPU (blocking).
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        let size = padded_size(len);
+        let staging = self.scoped(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut enc = self.encoder();
+        enc.inner.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.submit(enc)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::DeviceLost(format!("readback failed: {e}"))),
+            Err(_) => return Err(Error::DeviceLost("readback never completed".into())),
+        }
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::DeviceLost(format!("readback mapping failed: {e}")))?;
+        let out = view[..len as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,317 @@
+//! Adapter selection, capability detection and error capture.
+//!
+//! wgpu reports most failures asynchronously (device lost, validation, out of memory) and its
+//! default handler panics. Here every submission runs inside error scopes and a device-lost
+//! callback records the reason, so callers get a `Result` instead of a crash.
+
+use std::sync::{Arc, Mutex};
+
+use super::pipelines::PipelineCache;
+use crate::{Error, Result};
+
+/// Optional features the kernels use when present. Each has a tested fallback; `GpuOptions`
+/// can switch any of them off to force that fallback on an adapter that has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// `shader-f16`: f16 arithmetic in WGSL.
+    pub f16: bool,
+    /// Subgroup built-ins (native only in wgpu today).
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    /// The WGSL `packed_4x8_integer_dot_product` language feature (`dot4I8Packed`).
+    pub packed_dot: bool,
+    /// Timestamp queries at compute-pass boundaries.
+    pub timestamps: bool,
+}
+
+/// Broad kinds of adapter; kernel variants are chosen per class (see `kernels::tuning`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdapterClass {
+    /// A CPU rasterizer (lavapipe/llvmpipe, SwiftShader, WARP): wide per-invocation work, few barriers.
+    Cpu,
+    /// A discrete GPU: coalesced loads across a subgroup, many rows per workgroup.
+    Discrete,
+    /// Integrated GPUs and anything else.
+    Integrated,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Pick the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
+    /// Pretend the adapter lacks shader-f16.
+    pub no_f16: bool,
+    /// Pretend the adapter lacks subgroups.
+    pub no_subgroups: bool,
+    /// Pretend the WGSL packed integer dot product is unavailable.
+    pub no_packed_dot: bool,
+    /// Use a smaller storage-binding limit than the adapter's (to exercise tensor splitting).
+    pub max_binding_size: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options from the environment: `LOWBIT_ADAPTER=substring` and
+    /// `LOWBIT_DISABLE=f16,subgroups,packed_dot` (forces the fallbacks everywhere).
+    pub fn from_env() -> Self {
+        let mut o = GpuOptions { adapter: std::env::var("LOWBIT_ADAPTER").ok(), ..Default::default() };
+        if let Ok(list) = std::env::var("LOWBIT_DISABLE") {
+            for item in list.split(',').map(str::trim) {
+                match item {
+                    "f16" => o.no_f16 = true,
+                    "subgroups" => o.no_subgroups = true,
+                    "packed_dot" => o.no_packed_dot = true,
+                    "all" => (o.no_f16, o.no_subgroups, o.no_packed_dot) = (true, true, true),
+                    _ => {}
+                }
+            }
+        }
+        o
+    }
+
+    /// Options that force every fallback path.
+    pub fn fallback() -> Self {
+        GpuOptions { no_f16: true, no_subgroups: true, no_packed_dot: true, ..Self::from_env() }
+    }
+}
+
+/// The device, its queue, what it can do, and the pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub caps: Caps,
+    pub class: AdapterClass,
+    max_binding: u64,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<Error>>>,
+    pub(crate) pipelines: PipelineCache,
+}
+
+impl Gpu {
+    /// Opens the default adapter, honouring `WGPU_BACKEND` and `LOWBIT_ADAPTER`/`LOWBIT_DISABLE`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&GpuOptions::from_env())
+    }
+
+    pub fn with_options(opts: &GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::open(opts))
+    }
+
+    /// Every adapter wgpu can see under `WGPU_BACKEND` (for `--adapter` and `lowbit devices`).
+    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+        let instance = instance();
+        let backends = wgpu::Backends::all().with_env();
+        pollster::block_on(instance.enumerate_adapters(backends)).iter().map(|a| a.get_info()).collect()
+    }
+
+    async fn open(opts: &GpuOptions) -> Result<Self> {
+        let instance = instance();
+        let backends = wgpu::Backends::all().with_env();
+        let mut adapters = instance.enumerate_adapters(backends).await;
+        // Prefer real GPUs, then Vulkan over GL (the GL backend lacks compute limits on some drivers).
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            let ty = match i.device_type {
+                wgpu::DeviceType::DiscreteGpu => 0,
+                wgpu::DeviceType::IntegratedGpu => 1,
+                wgpu::DeviceType::VirtualGpu => 2,
+                wgpu::DeviceType::Cpu => 3,
+                wgpu::DeviceType::Other => 4,
+            };
+            (ty, i.backend == wgpu::Backend::Gl)
+        });
+        let adapter = match &opts.adapter {
+            Some(want) => {
+                let w = want.to_lowercase();
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                    .ok_or_else(|| Error::NoAdapter(format!(" matching `{want}` (have: {})", names.join(", "))))?
+            }
+            None => adapters.into_iter().next().ok_or_else(|| {
+                Error::NoAdapter(
+                    " (on Linux without a GPU install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)".into(),
+                )
+            })?,
+        };
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::SUBGROUP, wgpu::Features::TIMESTAMP_QUERY] {
+            if features.contains(f) {
+                wanted |= f;
+            }
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("lowbit"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+
+        let lost = Arc::new(Mutex::new(None));
+        let lost2 = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lost2.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(None));
+        let uncaptured2 = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = uncaptured2.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(convert_error(e));
+            }
+        }));
+
+        let dev_features = device.features();
+        let lang = instance.wgsl_language_features();
+        let caps = Caps {
+            f16: dev_features.contains(wgpu::Features::SHADER_F16) && !opts.no_f16,
+            subgroups: dev_features.contains(wgpu::Features::SUBGROUP) && !opts.no_subgroups,
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            packed_dot: lang.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct) && !opts.no_packed_dot,
+            timestamps: dev_features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        };
+        let class = match info.device_type {
+            wgpu::DeviceType::Cpu => AdapterClass::Cpu,
+            wgpu::DeviceType::DiscreteGpu => AdapterClass::Discrete,
+            _ if info.name.to_lowercase().contains("llvmpipe") || info.name.contains("SwiftShader") => {
+                AdapterClass::Cpu
+            }
+            _ => AdapterClass::Integrated,
+        };
+        let adapter_max = limits.max_storage_buffer_binding_size as u64;
+        let max_binding = opts.max_binding_size.map_or(adapter_max, |m| m.min(adapter_max)) & !255;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            caps,
+            class,
+            max_binding,
+            lost,
+            uncaptured,
+            pipelines: PipelineCache::default(),
+        })
+    }
+
+    /// Adapter name plus backend, as printed by benchmarks.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// The largest storage binding a kernel may use, in bytes (a multiple of 256).
+    /// Tensors above it are split across several bindings by the kernels that take them.
+    pub fn max_binding_size(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Split `rows` rows of `row_bytes` bytes each into consecutive ranges that each fit one
+    /// storage binding. Errors if a single row is larger than a binding.
+    pub fn split_rows(&self, rows: usize, row_bytes: u64) -> Result<Vec<std::ops::Range<usize>>> {
+        if row_bytes > self.max_binding {
+            return Err(Error::Invalid(format!(
+                "one row of {row_bytes} bytes is larger than the adapter's storage binding limit ({} bytes)",
+                self.max_binding
+            )));
+        }
+        let per = ((self.max_binding / row_bytes.max(1)) as usize).max(1);
+        Ok((0..rows).step_by(per).map(|s| s..(s + per).min(rows)).collect())
+    }
+
+    pub fn encoder(&self) -> Encoder {
+        Encoder::new(self)
+    }
+
+    /// Submits the recorded work and reports any error it raised.
+    pub fn submit(&self, enc: Encoder) -> Result<wgpu::SubmissionIndex> {
+        self.check_lost()?;
+        let index = self.scoped(|| self.queue.submit([enc.inner.finish()]))?;
+        self.check_lost()?;
+        Ok(index)
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.lost_or(Error::DeviceLost(e.to_string())))?;
+        self.check_lost()
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch
+    /// into an `Error`.
+    pub fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(val.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o.or(v) {
+            return Err(self.lost_or(convert_error(e)));
+        }
+        if let Some(e) = self.uncaptured.lock().unwrap().take() {
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    fn check_lost(&self) -> Result<()> {
+        match self.lost.lock().unwrap().clone() {
+            Some(msg) => Err(Error::DeviceLost(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// A lost device makes every later call fail with a confusing message; report the loss instead.
+    fn lost_or(&self, e: Error) -> Error {
+        match self.lost.lock().unwrap().clone() {
+            Some(msg) => Error::DeviceLost(msg),
+            None => e,
+        }
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // Validation layers are slow and noisy; wgpu's own validation still runs.
+    desc.flags.remove(wgpu::InstanceFlags::VALIDATION);
+    wgpu::Instance::new(desc)
+}
+
+fn convert_error(e: wgpu::Error) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
+        wgpu::Error::Validation { description, .. } => Error::Validation(description),
+        wgpu::Error::Internal { description, .. } => Error::Validation(description),
+    }
+}
+
+/// Records dispatches into one command encoder; `Gpu::submit` sends it.
+pub struct Encoder {
+    pub(crate) inner: wgpu::CommandEncoder,
+    /// Timestamp query slots written around each dispatch when profiling.
+    pub(crate) profiler: Option<super::timing::PassTimer>,
+}
+
+impl Encoder {
+    fn new(gpu: &Gpu) -> Self {
+        let inner = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lowbit") });
+        Encoder { inner, profiler: None }
+    }
+
+    pub fn raw(&mut self) -> &mut wgpu::CommandEncoder {
+        &mut self.inner
+    }
+}

@@ -1,0 +1,12 @@
+//! The GPU side: one `Gpu` per device, tensors in storage buffers, cached pipelines, timing.
+
+mod buffers;
+mod context;
+mod pipelines;
+mod preprocess;
+pub mod timing;
+
+pub use buffers::{DType, Tensor};
+pub use context::{AdapterClass, Caps, Encoder, Gpu, GpuOptions};
+pub use pipelines::Shader;
+pub use preprocess::{preprocess, shader_flags};

@@ -1,0 +1,150 @@
+//! WGSL sources (compiled into the binary) → cached compute pipelines, and the one dispatch
+//! helper every kernel uses.
+//!
+//! Binding convention for every kernel: `@group(0) @binding(0)` is a uniform block of
+//! parameters (omitted when a kernel has none), storage buffers follow from binding 1 in the
+//! order the kernel's Rust wrapper passes them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use super::{preprocess, Encoder, Gpu};
+use crate::{Error, Result};
+
+/// A WGSL kernel family: one file in `shaders/`.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// `shader!("gemv_q")` embeds `shaders/gemv_q.wgsl` at compile time.
+#[macro_export]
+macro_rules! shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+        }
+    };
+}
+
+type Key = (&'static str, String, Vec<String>, String);
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl Gpu {
+    /// The pipeline for `entry` of `shader` with the given `#if` defines and `override`
+    /// constants, compiled once per device.
+    pub fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        defines: &[&str],
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut sorted: Vec<String> = defines.iter().map(|s| s.to_string()).collect();
+        sorted.sort();
+        let key: Key = (shader.name, entry.to_string(), sorted, format!("{constants:?}"));
+        if let Some(p) = self.pipelines.map.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let source = preprocess(shader.source, defines)
+            .map_err(|message| Error::Shader { name: shader.name.into(), message })?;
+        let shader_err = |e: Error| Error::Shader { name: format!("{}::{entry} {defines:?}", shader.name), message: e.to_string() };
+        let module = self
+            .scoped(|| {
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+            })
+            .map_err(shader_err)?;
+        let pipeline = self
+            .scoped(|| {
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        // Kernels initialise the workgroup memory they read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            })
+            .map_err(shader_err)?;
+        let p = Arc::new(pipeline);
+        self.pipelines.map.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Records one dispatch: `params` (raw bytes of a `#[repr(C)]` struct, empty for none) go
+    /// to binding 0, `buffers` to bindings 1.., `groups` is the workgroup grid.
+    pub fn dispatch(
+        &self,
+        enc: &mut Encoder,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let mut entries = Vec::with_capacity(buffers.len() + 1);
+        let uniform;
+        let first = if params.is_empty() {
+            0
+        } else {
+            // Uniform blocks are sized in 16-byte units.
+            let mut bytes = params.to_vec();
+            bytes.resize(params.len().div_ceil(16) * 16, 0);
+            uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            entries.push(wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() });
+            1
+        };
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: first + i as u32, resource: b.as_entire_binding() });
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Invalid(format!("dispatch {groups:?} exceeds {max} workgroups per dimension")));
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let bind_group = self.scoped(|| {
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        })?;
+        let timestamp_writes = enc.profiler.as_mut().and_then(|p| p.next_pass());
+        let mut pass = enc.inner.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// A 2-D grid covering `n` workgroups within the per-dimension limit. Shaders recover the
+    /// linear index as `wg.x + wg.y * num_workgroups.x` and skip the overshoot.
+    pub fn grid(&self, n: u32) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1);
+        if n <= max {
+            [n, 1, 1]
+        } else {
+            [max, n.div_ceil(max), 1]
+        }
+    }
+}

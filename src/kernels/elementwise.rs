@@ -1,0 +1,110 @@
+//! Element-wise ops: GELU (erf form, as timm), swish (taming's nonlinearity), residual add.
+
+use super::{params, BenchCase, BenchSize};
+use crate::gpu::{DType, Shader, Tensor};
+use crate::{shader, Encoder, Error, Gpu, Result};
+
+const SHADER: Shader = shader!("elementwise");
+const WG: u32 = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    Swish,
+}
+
+impl Activation {
+    fn entry(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::Swish => "swish",
+        }
+    }
+
+    /// CPU reference, in f64.
+    pub fn reference(self, x: f32) -> f32 {
+        let x = x as f64;
+        (match self {
+            Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+            Activation::Swish => x / (1.0 + (-x).exp()),
+        }) as f32
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+}
+
+fn same_f32(what: &str, a: &Tensor, out: &Tensor) -> Result<u32> {
+    a.expect_dtype(what, DType::F32)?;
+    out.expect_dtype(what, DType::F32)?;
+    if a.numel() != out.numel() {
+        return Err(Error::Shape(format!("{what}: input {:?} and output {:?} differ in size", a.shape, out.shape)));
+    }
+    Ok(a.numel() as u32)
+}
+
+/// `out = act(x)`; `out` may be `x` itself only through `activate_inplace`.
+pub fn activate(gpu: &Gpu, enc: &mut Encoder, act: Activation, x: &Tensor, out: &Tensor) -> Result<()> {
+    let n = same_f32(act.entry(), x, out)?;
+    let pipe = gpu.pipeline(&SHADER, act.entry(), &[], &[])?;
+    gpu.dispatch(enc, &pipe, params(&Params { n }), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
+}
+
+/// `residual += x`.
+pub fn add_inplace(gpu: &Gpu, enc: &mut Encoder, residual: &Tensor, x: &Tensor) -> Result<()> {
+    let n = same_f32("add", x, residual)?;
+    let pipe = gpu.pipeline(&SHADER, "add_inplace", &[], &[])?;
+    gpu.dispatch(enc, &pipe, params(&Params { n }), &[&x.buffer, &residual.buffer], gpu.grid(n.div_ceil(WG)))
+}
+
+/// erf in f64 to ~1e-12: Taylor series near 0, continued fraction for erfc in the tails.
+pub fn erf(x: f64) -> f64 {
+    let ax = x.abs();
+    let v = if ax < 2.5 {
+        let (mut term, mut sum, x2) = (ax, ax, ax * ax);
+        for n in 1..80 {
+            term *= -x2 / n as f64;
+            let t = term / (2 * n + 1) as f64;
+            sum += t;
+            if t.abs() < 1e-17 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(x) = exp(-x²)/√π · 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))), evaluated bottom-up.
+        let mut f = 0.0;
+        for k in (1..60).rev() {
+            f = (k as f64 / 2.0) / (ax + f);
+        }
+        1.0 - (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f)
+    };
+    v.copysign(x)
+}
+
+pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
+    let n = if size == BenchSize::Full { 197 * 3072 } else { 4099 };
+    let x = Tensor::from_f32(gpu, &[n], &vec![0.5; n])?;
+    let out = Tensor::zeros(gpu, &[n], DType::F32)?;
+    Ok(vec![BenchCase {
+        kernel: "gelu".into(),
+        format: "f32".into(),
+        shape: format!("{n}"),
+        bytes: 4 * n as u64,
+        flops: 20 * n as u64,
+        step: Box::new(move |gpu, enc| activate(gpu, enc, Activation::Gelu, &x, &out)),
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [(0.0, 0.0), (0.5, 0.5204998778130465), (1.0, 0.8427007929497149), (2.0, 0.9953222650189527), (3.0, 0.9999779095030014), (-1.5, -0.9661051464753108)] {
+            assert!((super::erf(x) - want).abs() < 1e-12, "erf({x})");
+        }
+    }
+}

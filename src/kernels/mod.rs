@@ -1,0 +1,58 @@
+//! One module per WGSL kernel family. Each module holds the dispatch code, its plain-Rust CPU
+//! reference (`reference` submodule or `*_reference` fns), and its benchmark cases; its shader
+//! is `shaders/<family>.wgsl`.
+
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod matmul;
+pub mod norm;
+pub mod tuning;
+pub mod vq;
+pub mod w8a8;
+
+use crate::{Encoder, Gpu, Result};
+
+/// One benchmark: `step` records the kernel's dispatches; the numbers derive from its
+/// metadata.
+pub struct BenchCase {
+    pub kernel: String,
+    pub format: String,
+    pub shape: String,
+    /// Bytes of weights (or the equivalent streamed operand) one step reads, for GB/s.
+    pub bytes: u64,
+    pub flops: u64,
+    pub step: Box<dyn FnMut(&Gpu, &mut Encoder) -> Result<()>>,
+}
+
+/// Which benchmark shapes to build: the full sizes, or small ones for a smoke test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchSize {
+    Full,
+    Quick,
+}
+
+/// Every family's benchmark cases, in the order `lowbit bench kernels` prints them.
+pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<BenchCase>> {
+    let mut cases = Vec::new();
+    let families: [(&str, fn(&Gpu, BenchSize) -> Result<Vec<BenchCase>>); 7] = [
+        ("matmul", matmul::bench_cases),
+        ("w8a8", w8a8::bench_cases),
+        ("attention", attention::bench_cases),
+        ("vq", vq::bench_cases),
+        ("norm", norm::bench_cases),
+        ("elementwise", elementwise::bench_cases),
+        ("conv", conv::bench_cases),
+    ];
+    for (name, f) in families {
+        if filter(name) {
+            cases.extend(f(gpu, size)?);
+        }
+    }
+    Ok(cases)
+}
+
+/// Bytes of a `#[repr(C)]` parameter block.
+pub(crate) fn params<T: bytemuck::Pod>(p: &T) -> &[u8] {
+    bytemuck::bytes_of(p)
+}

@@ -1,0 +1,1 @@
+//! The per-adapter choice of kernel variants, in one table.

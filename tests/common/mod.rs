@@ -1,0 +1,50 @@
+//! Shared test helpers: one GPU per test binary, deterministic data, the NMSE assertion.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use lowbit::{Gpu, GpuOptions};
+
+/// The default adapter (lavapipe in CI), shared by the tests of one binary.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)"))
+}
+
+/// The same adapter with shader-f16, subgroups and packed dot switched off, so the fallback
+/// kernels run.
+pub fn gpu_fallback() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::with_options(&GpuOptions::fallback()).expect("a GPU adapter"))
+}
+
+/// Both of the above, for tests that must pass on each path.
+pub fn gpus() -> [(&'static str, &'static Gpu); 2] {
+    [("native", gpu()), ("fallback", gpu_fallback())]
+}
+
+/// Deterministic pseudo-random values in [-scale, scale) (xorshift; no rand dependency).
+pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Asserts NMSE(got, want) ≤ bound, printing the value so logs show the margin.
+pub fn assert_nmse(what: &str, got: &[f32], want: &[f32], bound: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    let e = lowbit::metrics::nmse(got, want);
+    eprintln!("{what}: nmse {e:.3e} (bound {bound:.0e})");
+    assert!(e <= bound, "{what}: nmse {e:.3e} > {bound:.0e}");
+}
+
+/// f32 ops bound (issue: ≤ 1e-8), quantized GEMM and attention bound (ggml's 5e-4).
+pub const F32_NMSE: f64 = 1e-8;
+pub const QUANT_NMSE: f64 = 5e-4;
