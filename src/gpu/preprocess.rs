@@ -1,12 +1,14 @@
 //! A tiny line preprocessor for WGSL variants, in the spirit of ggml's shader defines:
 //! `#if NAME`, `#if !NAME`, `#else`, `#endif` on lines of their own. Numeric knobs
-//! (workgroup sizes, tiles) use WGSL `override` constants instead.
+//! (workgroup sizes, tiles) use WGSL `override` constants instead. `#include NAME` pastes
+//! `shaders/NAME.wgsl` (from the list in `INCLUDES`) before the conditions are evaluated.
 
 use std::collections::BTreeSet;
 
 /// Keeps the lines whose conditions hold for `defines`. Directive lines become blank lines so
 /// naga's error positions still point at the right line of the file.
 pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
+    let source = &expand_includes(source)?;
     let mut out = String::with_capacity(source.len());
     // Each entry: (this branch active, any enclosing branch inactive).
     let mut stack: Vec<(bool, bool)> = Vec::new();
@@ -42,9 +44,36 @@ pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
     Ok(out)
 }
 
+/// Shader files that others include; each is also validated on its own through its includers.
+pub const INCLUDES: &[(&str, &str)] =
+    &[("dequant", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/dequant.wgsl")))];
+
+fn expand_includes(source: &str) -> Result<String, String> {
+    if !source.contains("#include") {
+        return Ok(source.to_string());
+    }
+    let mut out = String::with_capacity(source.len() * 2);
+    for line in source.lines() {
+        match line.trim().strip_prefix("#include ") {
+            Some(name) => {
+                let name = name.trim();
+                let (_, text) = INCLUDES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or(format!("#include {name}: no such shader include"))?;
+                out.push_str(text);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Every flag a shader source tests, so a test can validate each combination.
 pub fn shader_flags(source: &str) -> Vec<String> {
     let mut flags = BTreeSet::new();
+    let source = expand_includes(source).unwrap_or_default();
     for line in source.lines() {
         if let Some(cond) = line.trim().strip_prefix("#if ") {
             flags.insert(cond.trim().trim_start_matches('!').trim().to_string());
