@@ -9,4 +9,4 @@ pub mod timing;
 pub use buffers::{DType, Tensor};
 pub use context::{AdapterClass, Caps, Encoder, Gpu, GpuOptions};
 pub use pipelines::Shader;
-pub use preprocess::{preprocess, shader_flags};
+pub use preprocess::{preprocess, shader_flags, INCLUDES};
