@@ -1,1 +1,88 @@
-pub fn main() -> i32 { 0 }
+//! The `lowbit` command line: a thin layer over library calls.
+
+mod bench;
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+use crate::{Gpu, GpuOptions};
+
+#[derive(Parser)]
+#[command(name = "lowbit", version, about = "Quantized vision models on any GPU (wgpu/WGSL)")]
+struct Cli {
+    /// Use the first adapter whose name contains this text (see `lowbit devices`).
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// Switch off optional GPU features to use the fallback kernels: f16,subgroups,packed_dot or all.
+    #[arg(long, global = true, value_name = "LIST")]
+    disable: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the end-to-end showcase and print what it measured.
+    Demo(demo::DemoArgs),
+    /// Benchmarks: `lowbit bench kernels [--json] [--tune]`.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+    /// List the GPU adapters wgpu can see, with their optional features and limits.
+    Devices,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut opts = GpuOptions::from_env();
+    if cli.adapter.is_some() {
+        opts.adapter = cli.adapter.clone();
+    }
+    if let Some(list) = &cli.disable {
+        for item in list.split(',') {
+            match item.trim() {
+                "f16" => opts.no_f16 = true,
+                "subgroups" => opts.no_subgroups = true,
+                "packed_dot" => opts.no_packed_dot = true,
+                "all" => (opts.no_f16, opts.no_subgroups, opts.no_packed_dot) = (true, true, true),
+                other => anyhow::bail!("--disable: unknown feature `{other}` (f16, subgroups, packed_dot, all)"),
+            }
+        }
+    }
+    match cli.command {
+        Command::Devices => devices(&opts),
+        Command::Bench { what } => bench::run(&Gpu::with_options(&opts)?, what),
+        Command::Demo(args) => demo::run(&Gpu::with_options(&opts)?, args),
+    }
+}
+
+fn devices(opts: &GpuOptions) -> anyhow::Result<()> {
+    for info in Gpu::adapters() {
+        println!("{} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver);
+    }
+    let gpu = Gpu::with_options(opts)?;
+    let c = gpu.caps;
+    println!("\nselected: {}  class {:?}", gpu.adapter_name(), gpu.class);
+    println!(
+        "  shader-f16 {}  subgroups {} (size {}..{})  packed_4x8_integer_dot_product {}  timestamps {}",
+        c.f16, c.subgroups, c.subgroup_min_size, c.subgroup_max_size, c.packed_dot, c.timestamps
+    );
+    println!(
+        "  max storage binding {} MiB, max buffer {} MiB, workgroup memory {} KiB",
+        gpu.max_binding_size() >> 20,
+        gpu.limits.max_buffer_size >> 20,
+        gpu.limits.max_compute_workgroup_storage_size >> 10
+    );
+    Ok(())
+}

@@ -102,13 +102,13 @@ impl Gpu {
     /// Every adapter wgpu can see under `WGPU_BACKEND` (for `--adapter` and `lowbit devices`).
     pub fn adapters() -> Vec<wgpu::AdapterInfo> {
         let instance = instance();
-        let backends = wgpu::Backends::all().with_env();
+        let backends = backends();
         pollster::block_on(instance.enumerate_adapters(backends)).iter().map(|a| a.get_info()).collect()
     }
 
     async fn open(opts: &GpuOptions) -> Result<Self> {
         let instance = instance();
-        let backends = wgpu::Backends::all().with_env();
+        let backends = backends();
         let mut adapters = instance.enumerate_adapters(backends).await;
         // Prefer real GPUs, then Vulkan over GL (the GL backend lacks compute limits on some drivers).
         adapters.sort_by_key(|a| {
@@ -285,6 +285,7 @@ impl Gpu {
 
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends();
     // Validation layers are slow and noisy; wgpu's own validation still runs.
     desc.flags.remove(wgpu::InstanceFlags::VALIDATION);
     wgpu::Instance::new(desc)
@@ -314,4 +315,10 @@ impl Encoder {
     pub fn raw(&mut self) -> &mut wgpu::CommandEncoder {
         &mut self.inner
     }
+}
+
+/// `WGPU_BACKEND` when set (vulkan, metal, dx12, gl, ...), else the primary backends: GL is
+/// opt-in because its compute support is partial and probing EGL is noisy on headless machines.
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
 }

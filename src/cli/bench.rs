@@ -1,0 +1,128 @@
+//! `lowbit bench kernels`: median time, GB/s and GFLOP/s of every kernel and format.
+
+use clap::{Args, Subcommand};
+
+use crate::gpu::timing::Clock;
+use crate::kernels::{self, BenchCase, BenchSize};
+use crate::Gpu;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Every kernel family on the reference shapes.
+    Kernels(KernelArgs),
+}
+
+#[derive(Args)]
+pub struct KernelArgs {
+    /// One JSON object per line: kernel, format, shape, ms, gbps, gflops, adapter.
+    #[arg(long)]
+    json: bool,
+    /// Time every candidate variant of the tuned kernels on this adapter and print the winners.
+    #[arg(long)]
+    tune: bool,
+    /// Small shapes: a smoke test of the benchmark itself.
+    #[arg(long)]
+    quick: bool,
+    /// Only these families (comma list: matmul, w8a8, attention, vq, norm, elementwise, conv).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Timed repetitions per case (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+}
+
+pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Kernels(args) = cmd;
+    let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
+    let adapter = gpu.adapter_name();
+    if !args.json {
+        println!("adapter: {adapter}  (class {:?}, caps {:?})", gpu.class, gpu.caps);
+    }
+    if args.tune {
+        return tune(gpu, size, &args);
+    }
+    let only = args.only.clone();
+    let filter = move |family: &str| only.is_empty() || only.iter().any(|o| o == family);
+    let cases = kernels::bench_cases(gpu, size, &filter)?;
+    if !args.json {
+        println!("{:<14} {:<18} {:<16} {:>10} {:>9} {:>10}  clock", "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s");
+    }
+    for case in cases {
+        let r = measure(gpu, case, args.reps)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "kernel": r.kernel, "format": r.format, "shape": r.shape,
+                    "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "adapter": adapter,
+                })
+            );
+        } else {
+            println!(
+                "{:<14} {:<18} {:<16} {:>10.3} {:>9.2} {:>10.2}  {}",
+                r.kernel,
+                r.format,
+                r.shape,
+                r.ms,
+                r.gbps,
+                r.gflops,
+                if r.clock == Clock::Timestamps { "gpu-timestamps" } else { "wall-clock" }
+            );
+        }
+    }
+    Ok(())
+}
+
+pub struct Measured {
+    pub kernel: String,
+    pub format: String,
+    pub shape: String,
+    pub ms: f64,
+    pub gbps: f64,
+    pub gflops: f64,
+    pub clock: Clock,
+}
+
+pub fn measure(gpu: &Gpu, mut case: BenchCase, reps: usize) -> anyhow::Result<Measured> {
+    let (ms, clock) = gpu.time_step(reps.max(1), |enc| (case.step)(gpu, enc))?;
+    Ok(Measured {
+        gbps: case.bytes as f64 / (ms * 1e-3) / 1e9,
+        gflops: case.flops as f64 / (ms * 1e-3) / 1e9,
+        kernel: case.kernel,
+        format: case.format,
+        shape: case.shape,
+        ms,
+        clock,
+    })
+}
+
+fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
+    let groups = kernels::tuning::tune_cases(gpu, size)?;
+    for (problem, candidates) in groups {
+        let mut best: Option<(String, f64)> = None;
+        for (variant, case) in candidates {
+            let r = measure(gpu, case, args.reps)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "kernel": r.kernel, "format": r.format, "shape": r.shape, "variant": variant,
+                        "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "adapter": gpu.adapter_name(),
+                    })
+                );
+            } else {
+                println!("{problem:<32} {variant:<28} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.ms, r.gbps, r.gflops);
+            }
+            if best.as_ref().is_none_or(|(_, t)| r.ms < *t) {
+                best = Some((variant, r.ms));
+            }
+        }
+        if let Some((v, t)) = best {
+            let current = kernels::tuning::current_choice(gpu, &problem);
+            if !args.json {
+                println!("  -> fastest: {v} ({t:.3} ms); the table picks {current} for {:?}\n", gpu.class);
+            }
+        }
+    }
+    Ok(())
+}
