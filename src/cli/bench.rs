@@ -97,32 +97,36 @@ pub fn measure(gpu: &Gpu, mut case: BenchCase, reps: usize) -> anyhow::Result<Me
 }
 
 fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
-    let groups = kernels::tuning::tune_cases(gpu, size)?;
-    for (problem, candidates) in groups {
-        let mut best: Option<(String, f64)> = None;
-        for (variant, case) in candidates {
-            let r = measure(gpu, case, args.reps)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "kernel": r.kernel, "format": r.format, "shape": r.shape, "variant": variant,
-                        "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "adapter": gpu.adapter_name(),
-                    })
-                );
-            } else {
-                println!("{problem:<32} {variant:<28} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.ms, r.gbps, r.gflops);
-            }
-            if best.as_ref().is_none_or(|(_, t)| r.ms < *t) {
-                best = Some((variant, r.ms));
-            }
+    let plan = kernels::tuning::plan(gpu.class);
+    let mut best: Option<(String, String, f64)> = None; // (problem, variant, ms)
+    let report = |best: &Option<(String, String, f64)>| {
+        if let (Some((problem, v, t)), false) = (best, args.json) {
+            let current = if problem.starts_with("gemv") { plan.gemv } else { plan.gemm };
+            println!("  -> fastest for {problem}: {v} ({t:.3} ms); the table picks {} for {:?}\n", current.name(), gpu.class);
         }
-        if let Some((v, t)) = best {
-            let current = kernels::tuning::current_choice(gpu, &problem);
-            if !args.json {
-                println!("  -> fastest: {v} ({t:.3} ms); the table picks {current} for {:?}\n", gpu.class);
-            }
+    };
+    for (variant, case) in kernels::tuning::tune_cases(gpu, size)? {
+        let r = measure(gpu, case, args.reps)?;
+        let problem = format!("{} {} {}", r.kernel, r.format, r.shape);
+        if best.as_ref().is_some_and(|(p, _, _)| *p != problem) {
+            report(&best);
+            best = None;
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "kernel": r.kernel, "format": r.format, "shape": r.shape, "variant": variant,
+                    "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "adapter": gpu.adapter_name(),
+                })
+            );
+        } else {
+            println!("{problem:<28} {variant:<24} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.ms, r.gbps, r.gflops);
+        }
+        if best.as_ref().is_none_or(|(_, _, t)| r.ms < *t) {
+            best = Some((problem, variant, r.ms));
         }
     }
+    report(&best);
     Ok(())
 }

@@ -1,8 +1,321 @@
-//! (placeholder: being written)
+//! Linear layers on packed low-bit weights: `out = act(x · Wᵀ + b)` with a GEMV kernel for a
+//! few rows of x (`shaders/gemv_q.wgsl`) and a register-tiled GEMM for many
+//! (`shaders/gemm_q.wgsl`). Weights stay packed on the GPU and are decoded in registers.
+//! Which kernel shape runs on which adapter is decided in `kernels::tuning`.
 
-use super::{BenchCase, BenchSize};
-use crate::{Gpu, Result};
+use std::ops::Range;
+use std::sync::Arc;
 
-pub fn bench_cases(_gpu: &Gpu, _size: BenchSize) -> Result<Vec<BenchCase>> {
-    Ok(vec![])
+use super::elementwise::Activation;
+use super::tuning::{self, Variant};
+use super::{params, BenchCase, BenchSize};
+use crate::gpu::{DType, Shader, Tensor};
+use crate::quant::{PackedMatrix, WeightFormat};
+use crate::{shader, Encoder, Error, Gpu, Result};
+
+const GEMV: Shader = shader!("gemv_q");
+/// The GEMM kernels reuse gemv_q.wgsl's bindings and decoding, so they are compiled after it.
+const GEMM: Shader = Shader {
+    name: "gemm_q",
+    source: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemv_q.wgsl")),
+        "\n",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemm_q.wgsl"))
+    ),
+};
+
+/// Matches `struct Params` in shaders/gemv_q.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    stride: u32,
+    group_words: u32,
+    groups: u32,
+    out_stride: u32,
+    col_off: u32,
+}
+
+/// A Linear layer's weights on the GPU, split by output rows into chunks that each fit one
+/// storage binding.
+pub struct QLinear {
+    format: WeightFormat,
+    in_features: usize,
+    out_features: usize,
+    bytes: usize,
+    chunks: Vec<Chunk>,
+}
+
+/// Output rows `rows` of a layer, uploaded with each weight row padded to a multiple of four
+/// words so kernels may read whole vec4<u32>s.
+struct Chunk {
+    rows: Range<usize>,
+    data: wgpu::Buffer,
+    scales: Option<wgpu::Buffer>,
+    zeros: Option<wgpu::Buffer>,
+    bias: wgpu::Buffer,
+    stride: u32,
+    group_words: u32,
+    groups: u32,
+}
+
+impl QLinear {
+    /// Uploads `w` (`out_features × in_features`) and an optional bias of `out_features`.
+    pub fn new(gpu: &Gpu, w: &PackedMatrix, bias: Option<&[f32]>) -> Result<QLinear> {
+        if w.rows == 0 || w.cols == 0 {
+            return Err(Error::Shape(format!("empty {}×{} weight", w.rows, w.cols)));
+        }
+        if w.data.len() != w.rows * w.row_words {
+            return Err(Error::Shape(format!("packed weight has {} words, expected {}", w.data.len(), w.rows * w.row_words)));
+        }
+        if let Some(b) = bias {
+            if b.len() != w.rows {
+                return Err(Error::Shape(format!("bias has {} values, the layer {} outputs", b.len(), w.rows)));
+            }
+        }
+        let stride = w.row_words.next_multiple_of(4);
+        let per_word = w.format.per_word();
+        let gs = w.format.group_size(w.cols);
+        // One group spanning the padded row for unscaled and per-channel formats.
+        let (groups, group_words) = if gs == 0 || gs >= w.cols {
+            (1, stride)
+        } else {
+            if gs % per_word != 0 {
+                return Err(Error::Invalid(format!("{}: group size {gs} is not whole words", w.format.name())));
+            }
+            (w.groups, gs / per_word)
+        };
+        let mut chunks = vec![];
+        for rows in gpu.split_rows(w.rows, 4 * stride as u64)? {
+            let part = w.slice_rows(rows.clone());
+            let mut data = vec![0u32; rows.len() * stride];
+            for (dst, src) in data.chunks_mut(stride).zip(part.data.chunks(w.row_words)) {
+                dst[..w.row_words].copy_from_slice(src);
+            }
+            let opt = |v: &[u32], label: &str| -> Result<Option<wgpu::Buffer>> {
+                if v.is_empty() { Ok(None) } else { gpu.upload_u32(v, label).map(Some) }
+            };
+            let zeros_bias = vec![0f32; rows.len()];
+            let b = bias.map_or(&zeros_bias[..], |b| &b[rows.clone()]);
+            chunks.push(Chunk {
+                data: gpu.upload_u32(&data, "weights")?,
+                scales: opt(&part.scales, "scales")?,
+                zeros: opt(&part.zeros, "zero points")?,
+                bias: gpu.upload(bytemuck::cast_slice(b), "bias")?,
+                rows,
+                stride: stride as u32,
+                group_words: group_words as u32,
+                groups: groups as u32,
+            });
+        }
+        Ok(QLinear { format: w.format, in_features: w.cols, out_features: w.rows, bytes: w.bytes(), chunks })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Bytes of packed weights, scales and zero points (as `PackedMatrix::bytes`).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Storage bindings the weights were split into.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+/// `out = act(x · Wᵀ + b)` for `x` of shape [..., in_features] and `out` [..., out_features],
+/// with the variant `kernels::tuning` picks for this adapter.
+pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &Tensor, act: Option<Activation>) -> Result<()> {
+    let plan = tuning::plan(gpu.class);
+    let m = check_args(layer, x, out)?;
+    let variant = if m <= plan.gemv_max_m { plan.gemv } else { plan.gemm };
+    linear_with(gpu, enc, layer, x, out, act, variant)
+}
+
+/// `linear` with a forced kernel variant (for tuning and for testing every variant).
+pub fn linear_with(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    layer: &QLinear,
+    x: &Tensor,
+    out: &Tensor,
+    act: Option<Activation>,
+    variant: Variant,
+) -> Result<()> {
+    let m = check_args(layer, x, out)?;
+    let mut defines = vec![format_define(layer.format)];
+    if !matches!(layer.format, WeightFormat::F32 | WeightFormat::F16) {
+        defines.push("SCALED");
+    }
+    match act {
+        Some(Activation::Gelu) => defines.push("ACT_GELU"),
+        Some(Activation::Swish) => defines.push("ACT_SWISH"),
+        None => {}
+    }
+    let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    for c in &layer.chunks {
+        let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. });
+        let mut defs = defines.clone();
+        if vec4 {
+            defs.push("VEC4");
+        }
+        let n = c.rows.len();
+        let (shader, entry, constants, groups) = match variant {
+            Variant::GemvRows { wg, rows } => {
+                check_range("rows", rows, 1, 8)?;
+                let consts = vec![("WG", wg as f64), ("ROWS", rows as f64)];
+                (&GEMV, "gemv_rows", consts, [n.div_ceil((wg * rows) as usize), m, 1])
+            }
+            Variant::GemvCoop { wg } => {
+                if !wg.is_power_of_two() {
+                    return Err(Error::Invalid(format!("gemv_coop needs a power-of-two workgroup, got {wg}")));
+                }
+                if gpu.caps.subgroups {
+                    defs.push("SUBGROUPS");
+                }
+                let [gx, gy, _] = gpu.grid(n as u32);
+                (&GEMV, "gemv_coop", vec![("WG", wg as f64)], [gx as usize, gy as usize, m])
+            }
+            Variant::GemmTiled { wg, tm, tn } => {
+                check_range("tm", tm, 1, 8)?;
+                check_range("tn", tn, 1, 4)?;
+                let consts = vec![("WG", wg as f64), ("TM", tm as f64), ("TN", tn as f64)];
+                (&GEMM, "gemm_tiled", consts, [n.div_ceil((wg * tn) as usize), m.div_ceil(tm as usize), 1])
+            }
+        };
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Invalid(format!("linear: {m} rows of x need a {groups:?} grid, over the limit {max}")));
+        }
+        let pipe = gpu.pipeline(shader, entry, &defs, &constants)?;
+        let p = Params {
+            m: m as u32,
+            n: n as u32,
+            k: layer.in_features as u32,
+            stride: c.stride,
+            group_words: c.group_words,
+            groups: c.groups,
+            out_stride: layer.out_features as u32,
+            col_off: c.rows.start as u32,
+        };
+        let mut buffers = vec![&*x.buffer, &c.bias, &*out.buffer, &c.data];
+        buffers.extend(c.scales.iter().chain(&c.zeros));
+        gpu.dispatch(enc, &pipe, params(&p), &buffers, groups.map(|g| g as u32))?;
+    }
+    Ok(())
+}
+
+fn check_range(what: &str, v: u32, lo: u32, hi: u32) -> Result<()> {
+    if v < lo || v > hi {
+        return Err(Error::Invalid(format!("variant {what} = {v} outside {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// Rows of x (all leading dimensions flattened) after checking x and out against the layer.
+fn check_args(layer: &QLinear, x: &Tensor, out: &Tensor) -> Result<usize> {
+    x.expect_dtype("linear input", DType::F32)?;
+    out.expect_dtype("linear output", DType::F32)?;
+    let (k, n) = (layer.in_features, layer.out_features);
+    if x.shape.last() != Some(&k) {
+        return Err(Error::Shape(format!("linear: input {:?} must end in in_features = {k}", x.shape)));
+    }
+    let m = x.numel() / k;
+    let want: Vec<usize> = x.shape[..x.shape.len() - 1].iter().copied().chain([n]).collect();
+    if out.shape != want && out.shape != [m, n] {
+        return Err(Error::Shape(format!("linear: output {:?} should be {want:?} for input {:?}", out.shape, x.shape)));
+    }
+    if m == 0 || m > u32::MAX as usize {
+        return Err(Error::Shape(format!("linear: {m} rows of input")));
+    }
+    Ok(m)
+}
+
+fn format_define(f: WeightFormat) -> &'static str {
+    match f {
+        WeightFormat::F32 => "FMT_F32",
+        WeightFormat::F16 => "FMT_F16",
+        WeightFormat::Q8 { .. } => "FMT_Q8",
+        WeightFormat::Q4 { zero_point: false, .. } => "FMT_Q4",
+        WeightFormat::Q4 { zero_point: true, .. } => "FMT_Q4Z",
+        WeightFormat::Ternary => "FMT_TERNARY",
+        WeightFormat::Fp4 { .. } => "FMT_FP4",
+    }
+}
+
+/// CPU reference: `act(x · Wᵀ + b)` with the exact weights the GPU decodes, in f64.
+pub fn linear_reference(w: &PackedMatrix, bias: Option<&[f32]>, x: &[f32], m: usize, act: Option<Activation>) -> Vec<f32> {
+    let (k, n) = (w.cols, w.rows);
+    assert_eq!(x.len(), m * k, "linear_reference: x is not {m}×{k}");
+    let wd = w.dequantize();
+    let mut out = Vec::with_capacity(m * n);
+    for xr in x.chunks(k) {
+        for (j, wr) in wd.chunks(k).enumerate() {
+            let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let v = (dot + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+            out.push(act.map_or(v, |a| a.reference(v)));
+        }
+    }
+    out
+}
+
+/// Deterministic values in [-1, 1) for benchmarks (no rand dependency).
+pub(crate) fn bench_weights(cols: usize, rows: usize) -> Vec<f32> {
+    let mut s = 0x9E3779B97F4A7C15u64 ^ (rows * 31 + cols) as u64;
+    (0..rows * cols)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Shapes are M×K×N (rows of x, in_features, out_features): GEMV 1×4096×4096 and 1×768×3072,
+/// GEMM 197×768×2304 (ViT-B qkv) and 197×4096×4096, for every format.
+pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
+    let shapes: &[(&str, usize, usize, usize)] = match size {
+        BenchSize::Full => &[("gemv", 1, 4096, 4096), ("gemv", 1, 768, 3072), ("gemm", 197, 768, 2304), ("gemm", 197, 4096, 4096)],
+        BenchSize::Quick => &[("gemv", 1, 256, 320), ("gemm", 33, 256, 320)],
+    };
+    let mut cases = vec![];
+    for fmt in WeightFormat::all() {
+        let mut layers: Vec<((usize, usize), Arc<QLinear>)> = vec![];
+        for &(kernel, m, k, n) in shapes {
+            let layer = match layers.iter().find(|(s, _)| *s == (k, n)) {
+                Some((_, l)) => l.clone(),
+                None => {
+                    let packed = PackedMatrix::quantize(&bench_weights(k, n), n, k, fmt)?;
+                    let l = Arc::new(QLinear::new(gpu, &packed, None)?);
+                    layers.push(((k, n), l.clone()));
+                    l
+                }
+            };
+            let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;
+            let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
+            let variant = if kernel == "gemv" { tuning::plan(gpu.class).gemv } else { tuning::plan(gpu.class).gemm };
+            cases.push(BenchCase {
+                kernel: kernel.into(),
+                format: fmt.name(),
+                shape: format!("{m}x{k}x{n}"),
+                bytes: layer.bytes() as u64,
+                flops: 2 * (m * k * n) as u64,
+                step: Box::new(move |gpu, enc| linear_with(gpu, enc, &layer, &x, &out, None, variant)),
+            });
+        }
+    }
+    Ok(cases)
 }

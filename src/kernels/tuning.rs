@@ -1,13 +1,123 @@
 //! The per-adapter choice of kernel variants, in one table.
+//!
+//! `linear` asks [`plan`] which variant to run; `lowbit bench kernels --tune` times every
+//! [`candidates`] entry (through [`tune_cases`]) so a new adapter's best row can be found and
+//! copied into `TABLE`.
 
+use super::matmul::{self, QLinear};
 use super::{BenchCase, BenchSize};
+use crate::gpu::{AdapterClass, DType, Tensor};
+use crate::quant::{PackedMatrix, WeightFormat};
 use crate::{Gpu, Result};
 
-/// Problems with candidate variants: (problem, [(variant, case)]).
-pub fn tune_cases(_gpu: &Gpu, _size: BenchSize) -> Result<Vec<(String, Vec<(String, BenchCase)>)>> {
-    Ok(vec![])
+/// A kernel shape for `linear`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// GEMV, one invocation per `rows` output rows, `wg` invocations per workgroup. Suits
+    /// CPU adapters: the x loads are uniform across lanes and there are no barriers.
+    GemvRows { wg: u32, rows: u32 },
+    /// GEMV, one workgroup of `wg` lanes per output row with coalesced loads and a
+    /// subgroup (or shared-memory) reduction. Suits GPUs.
+    GemvCoop { wg: u32 },
+    /// Register-tiled GEMM: each invocation computes `tm` x-rows × `tn` output rows.
+    GemmTiled { wg: u32, tm: u32, tn: u32 },
 }
 
-pub fn current_choice(_gpu: &Gpu, _problem: &str) -> String {
-    String::new()
+impl Variant {
+    pub fn name(&self) -> String {
+        match *self {
+            Variant::GemvRows { wg, rows } => format!("gemv_rows wg{wg} r{rows}"),
+            Variant::GemvCoop { wg } => format!("gemv_coop wg{wg}"),
+            Variant::GemmTiled { wg, tm, tn } => format!("gemm_tiled wg{wg} {tm}x{tn}"),
+        }
+    }
+
+    pub fn is_gemv(&self) -> bool {
+        !matches!(self, Variant::GemmTiled { .. })
+    }
+}
+
+/// What `linear` runs on one class of adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub gemv: Variant,
+    pub gemm: Variant,
+    /// Inputs with at most this many rows (tokens) use `gemv`, re-reading the weights per row.
+    pub gemv_max_m: usize,
+}
+
+/// THE table. CPU rows were measured on lavapipe (2 cores, AVX2); the discrete row is the
+/// textbook shape for NVIDIA/AMD (a 256-lane workgroup per row), to be re-tuned on hardware.
+const TABLE: [(AdapterClass, Plan); 3] = [
+    (
+        AdapterClass::Cpu,
+        Plan {
+            gemv: Variant::GemvRows { wg: 64, rows: 4 },
+            gemm: Variant::GemmTiled { wg: 64, tm: 8, tn: 2 },
+            gemv_max_m: 4,
+        },
+    ),
+    (
+        AdapterClass::Discrete,
+        Plan { gemv: Variant::GemvCoop { wg: 256 }, gemm: Variant::GemmTiled { wg: 64, tm: 8, tn: 2 }, gemv_max_m: 4 },
+    ),
+    (
+        AdapterClass::Integrated,
+        Plan { gemv: Variant::GemvCoop { wg: 128 }, gemm: Variant::GemmTiled { wg: 64, tm: 4, tn: 2 }, gemv_max_m: 4 },
+    ),
+];
+
+pub fn plan(class: AdapterClass) -> Plan {
+    TABLE.iter().find(|(c, _)| *c == class).map(|(_, p)| *p).unwrap_or(TABLE[2].1)
+}
+
+/// Alternatives worth timing on any adapter: GEMV variants when `gemm` is false, else GEMM.
+pub fn candidates(gemm: bool) -> Vec<Variant> {
+    if gemm {
+        let mut v = vec![];
+        for wg in [32, 64, 128] {
+            for (tm, tn) in [(4, 2), (8, 1), (8, 2), (4, 4), (8, 4)] {
+                v.push(Variant::GemmTiled { wg, tm, tn });
+            }
+        }
+        v
+    } else {
+        let mut v = vec![];
+        for wg in [32, 64, 128] {
+            for rows in [1, 2, 4, 8] {
+                v.push(Variant::GemvRows { wg, rows });
+            }
+        }
+        v.extend([64, 128, 256].map(|wg| Variant::GemvCoop { wg }));
+        v
+    }
+}
+
+/// One benchmark per candidate on the headline format (Q4, group 32): GEMV 1×4096×4096 and
+/// GEMM 197×4096×4096 (small shapes for `Quick`).
+pub fn tune_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<(String, BenchCase)>> {
+    let (k, n, m) = if size == BenchSize::Full { (4096, 4096, 197) } else { (256, 320, 33) };
+    let fmt = WeightFormat::Q4 { group: 32, zero_point: false };
+    let w = matmul::bench_weights(k, n);
+    let packed = PackedMatrix::quantize(&w, n, k, fmt)?;
+    let layer = std::sync::Arc::new(QLinear::new(gpu, &packed, None)?);
+    let mut cases = vec![];
+    for gemm in [false, true] {
+        let rows = if gemm { m } else { 1 };
+        let x = Tensor::from_f32(gpu, &[rows, k], &matmul::bench_weights(k, rows))?;
+        let out = Tensor::zeros(gpu, &[rows, n], DType::F32)?;
+        for v in candidates(gemm) {
+            let (layer, x, out) = (layer.clone(), x.clone(), out.clone());
+            let case = BenchCase {
+                kernel: if gemm { "gemm" } else { "gemv" }.into(),
+                format: fmt.name(),
+                shape: format!("{rows}x{k}x{n}"),
+                bytes: packed.bytes() as u64,
+                flops: 2 * (rows * k * n) as u64,
+                step: Box::new(move |gpu, enc| matmul::linear_with(gpu, enc, &layer, &x, &out, None, v)),
+            };
+            cases.push((v.name(), case));
+        }
+    }
+    Ok(cases)
 }

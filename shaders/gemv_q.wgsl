@@ -1,0 +1,327 @@
+// Quantized matrix × vector: out[m, col_off + n] = act(Σ_k x[m, k] · W[n, k] + bias[n]).
+//
+// This file also holds what the GEMM kernels share (bindings, weight decoding, x loads,
+// activations): the Rust side compiles gemm_q.wgsl as this file followed by gemm_q.wgsl.
+//
+// Defines: one FMT_* (F32, F16, Q8, Q4, Q4Z, TERNARY, FP4), SCALED (the format has f16
+// scales), VEC4 (weights read as vec4<u32>: rows padded to 4 words and scale groups made of
+// whole vec4s), ACT_GELU / ACT_SWISH, SUBGROUPS (gemv_coop's reduction).
+//
+// Weights are never expanded: each packed u32 is decoded in registers. Integer codes become
+// floats with the magic-number trick (bitcast(0x4B000000 | q) = 2^23 + q exactly), and the
+// same subtraction removes the zero point: (2^23 + q) − (2^23 + zero) = q − zero.
+
+struct Params {
+    m: u32,
+    // Output rows (weight rows) of this chunk.
+    n: u32,
+    k: u32,
+    // u32 words per weight row (row_words padded to a multiple of 4).
+    stride: u32,
+    // Words per scale group (the whole padded row for per-channel formats).
+    group_words: u32,
+    groups: u32,
+    // Row length of `out` (all chunks) and where this chunk's columns start.
+    out_stride: u32,
+    col_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if VEC4
+@group(0) @binding(4) var<storage, read> w_data: array<vec4<u32>>;
+#else
+@group(0) @binding(4) var<storage, read> w_data: array<u32>;
+#endif
+#if SCALED
+@group(0) @binding(5) var<storage, read> w_scales: array<u32>;
+#endif
+#if FMT_Q4Z
+@group(0) @binding(6) var<storage, read> w_zeros: array<u32>;
+#endif
+
+// Elements per word, vec4 columns they fill, the code offset subtracted after the magic
+// number, and a factor folded into each group scale (FP4 decodes to value · 2^-14).
+const MAGIC: f32 = 8388608.0;
+#if FMT_F32
+const PW: u32 = 1u;
+const OFFSET: f32 = 0.0;
+const SCALE_MUL: f32 = 1.0;
+#endif
+#if FMT_F16
+const PW: u32 = 2u;
+const OFFSET: f32 = 0.0;
+const SCALE_MUL: f32 = 1.0;
+#endif
+#if FMT_Q8
+const PW: u32 = 4u;
+const OFFSET: f32 = 8388736.0; // 2^23 + 128: bytes are read as offset binary (code ^ 0x80)
+const SCALE_MUL: f32 = 1.0;
+#endif
+#if FMT_Q4
+const PW: u32 = 8u;
+const OFFSET: f32 = 8388616.0; // 2^23 + 8
+const SCALE_MUL: f32 = 1.0;
+#endif
+#if FMT_Q4Z
+const PW: u32 = 8u;
+const OFFSET: f32 = 8388608.0; // plus the group's zero point
+const SCALE_MUL: f32 = 1.0;
+#endif
+#if FMT_TERNARY
+const PW: u32 = 16u;
+const OFFSET: f32 = 8388609.0; // 2^23 + 1
+const SCALE_MUL: f32 = 1.0;
+#endif
+#if FMT_FP4
+const PW: u32 = 8u;
+const OFFSET: f32 = 0.0;
+const SCALE_MUL: f32 = 16384.0;
+#endif
+const NC: u32 = max(PW / 4u, 1u);
+const LANES: u32 = min(PW, 4u);
+#if VEC4
+const CW: u32 = 4u;
+#else
+const CW: u32 = 1u;
+#endif
+
+// Scale of group `i` (row * groups + group), times SCALE_MUL; 1 for unscaled formats.
+fn group_scale(i: u32) -> f32 {
+#if SCALED
+    let pair = unpack2x16float(w_scales[i >> 1u]);
+    return select(pair.x, pair.y, (i & 1u) == 1u) * SCALE_MUL;
+#else
+    return 1.0;
+#endif
+}
+
+// What decode() subtracts for group `i`.
+fn group_offset(i: u32) -> f32 {
+#if FMT_Q4Z
+    return OFFSET + f32(extractBits(w_zeros[i >> 3u], 4u * (i & 7u), 4u));
+#else
+    return OFFSET;
+#endif
+}
+
+fn magic4(q: vec4<u32>, offset: f32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(q | vec4<u32>(0x4B000000u)) - vec4<f32>(offset);
+}
+
+// One packed word → its PW values (q − zero, unscaled), element j in column j/4, lane j%4.
+fn decode(word: u32, offset: f32) -> mat4x4<f32> {
+    var v = mat4x4<f32>();
+    let w4 = vec4<u32>(word);
+#if FMT_F32
+    v[0] = vec4<f32>(bitcast<f32>(word), 0.0, 0.0, 0.0);
+#endif
+#if FMT_F16
+    v[0] = vec4<f32>(unpack2x16float(word), 0.0, 0.0);
+#endif
+#if FMT_Q8
+    v[0] = magic4((w4 ^ vec4<u32>(0x80808080u)) >> vec4<u32>(0u, 8u, 16u, 24u) & vec4<u32>(0xFFu), offset);
+#endif
+#if FMT_Q4
+    v[0] = magic4(w4 >> vec4<u32>(0u, 4u, 8u, 12u) & vec4<u32>(0xFu), offset);
+    v[1] = magic4(w4 >> vec4<u32>(16u, 20u, 24u, 28u) & vec4<u32>(0xFu), offset);
+#endif
+#if FMT_Q4Z
+    v[0] = magic4(w4 >> vec4<u32>(0u, 4u, 8u, 12u) & vec4<u32>(0xFu), offset);
+    v[1] = magic4(w4 >> vec4<u32>(16u, 20u, 24u, 28u) & vec4<u32>(0xFu), offset);
+#endif
+#if FMT_TERNARY
+    v[0] = magic4(w4 >> vec4<u32>(0u, 2u, 4u, 6u) & vec4<u32>(3u), offset);
+    v[1] = magic4(w4 >> vec4<u32>(8u, 10u, 12u, 14u) & vec4<u32>(3u), offset);
+    v[2] = magic4(w4 >> vec4<u32>(16u, 18u, 20u, 22u) & vec4<u32>(3u), offset);
+    v[3] = magic4(w4 >> vec4<u32>(24u, 26u, 28u, 30u) & vec4<u32>(3u), offset);
+#endif
+#if FMT_FP4
+    // E2M1 → f16 bits: magnitude (e e m) to bits 11..9, sign to bit 15. Read as f16 this is
+    // value · 2^-14 (code 1 lands on the f16 subnormal 2^-15); SCALE_MUL restores it.
+    let c = w4 >> vec4<u32>(0u, 8u, 16u, 24u);
+    let h = ((c & vec4<u32>(7u)) << vec4<u32>(9u)) | ((c & vec4<u32>(8u)) << vec4<u32>(12u))
+        | ((c & vec4<u32>(0x70u)) << vec4<u32>(21u)) | ((c & vec4<u32>(0x80u)) << vec4<u32>(24u));
+    v[0] = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+    v[1] = vec4<f32>(unpack2x16float(h.z), unpack2x16float(h.w));
+#endif
+    return v;
+}
+
+// The PW x values of word `w` of x row `xrow`. In the tail (`tail` is a literal at each call
+// site, so the branch folds away) values past K read as 0: padding codes decode to −zero.
+fn load_x(xrow: u32, w: u32, tail: bool) -> mat4x4<f32> {
+    var v = mat4x4<f32>();
+    let base = xrow * p.k;
+    for (var c = 0u; c < NC; c++) {
+        for (var l = 0u; l < LANES; l++) {
+            let k = w * PW + c * 4u + l;
+            if tail {
+                v[c][l] = select(0.0, x[base + min(k, p.k - 1u)], k < p.k);
+            } else {
+                v[c][l] = x[base + k];
+            }
+        }
+    }
+    return v;
+}
+
+fn mdot(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
+    var s = dot(a[0], b[0]);
+    for (var c = 1u; c < NC; c++) {
+        s += dot(a[c], b[c]);
+    }
+    return s;
+}
+
+// Word chunk starting at word `w` of weight row `row` (CW words, the rest zero).
+fn load_chunk(row: u32, w: u32) -> vec4<u32> {
+#if VEC4
+    return w_data[(row * p.stride + w) >> 2u];
+#else
+    return vec4<u32>(w_data[row * p.stride + w], 0u, 0u, 0u);
+#endif
+}
+
+// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), as shaders/elementwise.wgsl.
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+    return select(-y, y, x >= 0.0);
+}
+
+fn activate(v: f32) -> f32 {
+#if ACT_GELU
+    return 0.5 * v * (1.0 + erf(v * 0.70710678118654752));
+#else
+#if ACT_SWISH
+    return v / (1.0 + exp(-v));
+#else
+    return v;
+#endif
+#endif
+}
+
+fn store(m: u32, n: u32, acc: f32) {
+    out[m * p.out_stride + p.col_off + n] = activate(acc + bias[n]);
+}
+
+// ---- GEMV, CPU adapters: each invocation owns ROWS rows (lid, lid + WG, ...), so the x
+// loads are the same for every lane (cheap on llvmpipe) and reused across the ROWS rows; no
+// barriers. The group's dot product is summed unscaled and scaled once per group.
+
+override WG: u32 = 64u;
+override ROWS: u32 = 4u; // ≤ 8
+
+@compute @workgroup_size(WG)
+fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m = wg.y;
+    let first = wg.x * WG * ROWS + lid;
+    var rows: array<u32, 8>;
+    var acc: array<f32, 8>;
+    for (var r = 0u; r < ROWS; r++) {
+        rows[r] = min(first + r * WG, p.n - 1u);
+        acc[r] = 0.0;
+    }
+    // Words whose elements are all < K: no masking needed.
+    let full = p.k / PW;
+    for (var g = 0u; g < p.groups; g++) {
+        let w0 = g * p.group_words;
+        let w1 = min(w0 + p.group_words, p.stride);
+        var off: array<f32, 8>;
+        var s: array<f32, 8>;
+        for (var r = 0u; r < ROWS; r++) {
+            off[r] = group_offset(rows[r] * p.groups + g);
+            s[r] = 0.0;
+        }
+        for (var w = w0; w < w1; w += CW) {
+            var chunk: array<vec4<u32>, 8>;
+            for (var r = 0u; r < ROWS; r++) {
+                chunk[r] = load_chunk(rows[r], w);
+            }
+            if w + CW <= full {
+                for (var j = 0u; j < CW; j++) {
+                    let xs = load_x(m, w + j, false);
+                    for (var r = 0u; r < ROWS; r++) {
+                        s[r] += mdot(decode(chunk[r][j], off[r]), xs);
+                    }
+                }
+            } else {
+                for (var j = 0u; j < CW; j++) {
+                    let xs = load_x(m, w + j, true);
+                    for (var r = 0u; r < ROWS; r++) {
+                        s[r] += mdot(decode(chunk[r][j], off[r]), xs);
+                    }
+                }
+            }
+        }
+        for (var r = 0u; r < ROWS; r++) {
+            acc[r] += s[r] * group_scale(rows[r] * p.groups + g);
+        }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+        if first + r * WG < p.n {
+            store(m, rows[r], acc[r]);
+        }
+    }
+}
+
+// ---- GEMV, discrete GPUs: a workgroup per row, lanes walk the row's words side by side
+// (coalesced loads), then one reduction: subgroupAdd + a shared slot per subgroup, or a
+// shared-memory tree without subgroups. WG must be a power of two.
+
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+             @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) sg_count: u32,
+             @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+    let row_id = wg.x + wg.y * nwg.x;
+    let m = wg.z;
+    let row = min(row_id, p.n - 1u);
+    var acc = 0.0;
+    for (var w = lid * CW; w < p.stride; w += WG * CW) {
+        let g = row * p.groups + w / p.group_words;
+        let chunk = load_chunk(row, w);
+        var s = 0.0;
+        for (var j = 0u; j < CW; j++) {
+            // Masked x loads throughout: on a GPU the selects hide under the memory traffic.
+            s += mdot(decode(chunk[j], group_offset(g)), load_x(m, w + j, true));
+        }
+        acc += s * group_scale(g);
+    }
+#if SUBGROUPS
+    let t = subgroupAdd(acc);
+    if sg_lane == 0u {
+        partial[sg_id] = t;
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        var total = 0.0;
+        for (var i = 0u; i < sg_count; i++) {
+            total += partial[i];
+        }
+        if row_id < p.n {
+            store(m, row, total);
+        }
+    }
+#else
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half >>= 1u) {
+        if lid < half {
+            partial[lid] += partial[lid + half];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u && row_id < p.n {
+        store(m, row, partial[0]);
+    }
+#endif
+}
