@@ -7,12 +7,13 @@
 //                 (+ V to f16 under F16).
 //   attend_sage   SageAttention step 3: int8 QKᵀ, f32 softmax, P·V in f16 (F16) or f32.
 //
-// Layout on lavapipe: every invocation of a workgroup handles one query of the same
-// (batch, head), so the K/V reads of the inner loops are uniform across the workgroup
-// (broadcast loads, cheap on llvmpipe) and no barrier is needed anywhere. Each query keeps
-// its row and its output accumulator in private arrays of D4 = ceil(D/4) vec4s.
+// Layout on lavapipe: every invocation of a workgroup handles QL queries of the same
+// (batch, head), so all lanes read the same K/V words, each loaded value serves QL queries,
+// and no barrier is needed anywhere. Each query keeps its row and its output accumulator in
+// private arrays of D4 = D/4 vec4s.
 //
-// Flags: D4_32 / D4_64 / D4_128 size the private arrays (default 16 → D ≤ 64);
+// Flags: D4_32 / D4_64 / D4_128 size the private arrays (default 16 → D ≤ 64), EXACT when
+// D fills them;
 // F16 (P·V in f16, V stored as f16 by sage_quantize); PACKED_DOT (dot4I8Packed).
 #if F16
 enable f16;
@@ -64,9 +65,37 @@ const D4: u32 = 16u;
 #endif
 #endif
 
+// Channel quads per head. EXACT (D == 4·D4) makes it a constant so the channel loops unroll
+// and the private arrays get constant indices: llvmpipe turns dynamically indexed private
+// arrays into select chains, which costs several times the arithmetic.
+#if EXACT
+fn quads() -> u32 {
+    return D4;
+}
+#else
+fn quads() -> u32 {
+    return p.d4;
+}
+#endif
+
 // Keys per online-softmax step: the running max and rescale are paid once per 8 keys.
 const KB: u32 = 8u;
 const NEG: f32 = -3.0e38;
+
+// Queries per invocation. Mesa 22's llvmpipe loads storage buffers lane by lane inside loops
+// (even at uniform addresses), so each K/V value loaded should serve several queries; the
+// private arrays are the limit for wide heads.
+#if D4_128
+const QL: u32 = 1u;
+#else
+#if D4_64
+const QL: u32 = 2u;
+#else
+const QL: u32 = 4u;
+#endif
+#endif
+
+alias Rows = array<array<vec4<f32>, D4>, QL>;
 
 fn row4() -> u32 {
     return 3u * p.heads * p.d4;
@@ -77,32 +106,38 @@ fn key_limit(i: u32) -> u32 {
     return select(p.tokens, i + 1u, p.causal != 0u);
 }
 
-// Keys this workgroup visits: the causal limit of its last query.
+// First query of a workgroup; lane `lid` handles queries first + lid + k·WG, k < QL.
+fn first_query(wg: vec3<u32>) -> u32 {
+    return wg.x * WG * QL;
+}
+
+// Keys a workgroup visits: the causal limit of its last query.
 fn workgroup_keys(i0: u32) -> u32 {
-    return key_limit(min(i0 + WG, p.tokens) - 1u);
+    return key_limit(min(i0 + WG * QL, p.tokens) - 1u);
 }
 
 struct Weights {
     p0: vec4<f32>,  // softmax numerators of keys j0..j0+3, relative to the new max
     p1: vec4<f32>,  // keys j0+4..j0+7
     alpha: f32,     // factor that rescales what was accumulated under the old max
+    m: f32,         // the new running max
+    l: f32,         // the new running sum
 }
 
 // One online-softmax step over 8 scores; masked keys get weight exactly 0.
-fn online_step(m: ptr<function, f32>, l: ptr<function, f32>, s0: vec4<f32>, s1: vec4<f32>, j0: u32, limit: u32) -> Weights {
+fn online_step(m: f32, l: f32, s0: vec4<f32>, s1: vec4<f32>, j0: u32, limit: u32) -> Weights {
     let j = vec4<u32>(j0, j0 + 1u, j0 + 2u, j0 + 3u);
     let ok0 = j < vec4<u32>(limit);
     let ok1 = j + vec4<u32>(4u) < vec4<u32>(limit);
     let t0 = select(vec4<f32>(NEG), s0, ok0);
     let t1 = select(vec4<f32>(NEG), s1, ok1);
     let mx = max(max(t0.x, t0.y), max(t0.z, t0.w));
-    let m_new = max(*m, max(mx, max(max(t1.x, t1.y), max(t1.z, t1.w))));
     var w: Weights;
-    w.alpha = exp(*m - m_new);
-    w.p0 = select(vec4<f32>(0.0), exp(t0 - vec4<f32>(m_new)), ok0);
-    w.p1 = select(vec4<f32>(0.0), exp(t1 - vec4<f32>(m_new)), ok1);
-    *l = *l * w.alpha + dot(w.p0, vec4<f32>(1.0)) + dot(w.p1, vec4<f32>(1.0));
-    *m = m_new;
+    w.m = max(m, max(mx, max(max(t1.x, t1.y), max(t1.z, t1.w))));
+    w.alpha = exp(m - w.m);
+    w.p0 = select(vec4<f32>(0.0), exp(t0 - vec4<f32>(w.m)), ok0);
+    w.p1 = select(vec4<f32>(0.0), exp(t1 - vec4<f32>(w.m)), ok1);
+    w.l = l * w.alpha + dot(w.p0, vec4<f32>(1.0)) + dot(w.p1, vec4<f32>(1.0));
     return w;
 }
 
@@ -112,25 +147,48 @@ fn out_index(b: u32, i: u32, h: u32) -> u32 {
 }
 
 // Token j's vec4 index in qkv of part (0 q, 1 k, 2 v) for head h; clamped to a real token so
-// masked lanes of the last step still read valid memory.
+// the masked keys of a partial last step still read valid memory.
 fn qkv_index(b: u32, j: u32, part: u32, h: u32) -> u32 {
     return (b * p.tokens + min(j, p.tokens - 1u)) * row4() + (part * p.heads + h) * p.d4;
 }
 
-// acc = acc·alpha + Σ p·v over the 8 keys from j0, V read as f32 from qkv.
-fn accumulate_v_f32(acc: ptr<function, array<vec4<f32>, D4>>, w: Weights, b: u32, h: u32, j0: u32) {
-    let r = row4();
-    let v0 = qkv_index(b, j0, 2u, h);
-    // Clamped base per key, so a partial last step never reads past the tensor.
+// acc = acc·alpha + Σ p·v over the 8 keys from j0, for each of the lane's queries; V read as
+// f32 from qkv.
+fn accumulate_v_f32(acc: ptr<function, Rows>, w: array<Weights, QL>, b: u32, h: u32, j0: u32) {
     var base: array<u32, 8>;
     for (var k = 0u; k < KB; k++) {
         base[k] = qkv_index(b, j0 + k, 2u, h);
     }
-    for (var c = 0u; c < p.d4; c++) {
-        var a = (*acc)[c] * w.alpha;
-        a += w.p0.x * qkv[base[0] + c] + w.p0.y * qkv[base[1] + c] + w.p0.z * qkv[base[2] + c] + w.p0.w * qkv[base[3] + c];
-        a += w.p1.x * qkv[base[4] + c] + w.p1.y * qkv[base[5] + c] + w.p1.z * qkv[base[6] + c] + w.p1.w * qkv[base[7] + c];
-        (*acc)[c] = a;
+    for (var c = 0u; c < quads(); c++) {
+        let v0 = qkv[base[0] + c];
+        let v1 = qkv[base[1] + c];
+        let v2 = qkv[base[2] + c];
+        let v3 = qkv[base[3] + c];
+        let v4 = qkv[base[4] + c];
+        let v5 = qkv[base[5] + c];
+        let v6 = qkv[base[6] + c];
+        let v7 = qkv[base[7] + c];
+        for (var r = 0u; r < QL; r++) {
+            let p0 = w[r].p0;
+            let p1 = w[r].p1;
+            var a = (*acc)[r][c] * w[r].alpha;
+            a += p0.x * v0 + p0.y * v1 + p0.z * v2 + p0.w * v3;
+            a += p1.x * v4 + p1.y * v5 + p1.z * v6 + p1.w * v7;
+            (*acc)[r][c] = a;
+        }
+    }
+}
+
+// Writes acc / l for the lane's queries that exist.
+fn write_out(acc: ptr<function, Rows>, l: array<f32, QL>, b: u32, h: u32, i0: u32, lid: u32) {
+    for (var r = 0u; r < QL; r++) {
+        let i = i0 + r * WG + lid;
+        if i < p.tokens {
+            let o = out_index(b, i, h);
+            for (var c = 0u; c < quads(); c++) {
+                out[o + c] = (*acc)[r][c] / l[r];
+            }
+        }
     }
 }
 
@@ -138,40 +196,54 @@ fn accumulate_v_f32(acc: ptr<function, array<vec4<f32>, D4>>, w: Weights, b: u32
 fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wg.y;
     let b = wg.z;
-    let i0 = wg.x * WG;
-    let i = min(i0 + lid, p.tokens - 1u);
-    var q: array<vec4<f32>, D4>;
-    var acc: array<vec4<f32>, D4>;
-    let qi = qkv_index(b, i, 0u, h);
-    for (var c = 0u; c < p.d4; c++) {
-        q[c] = qkv[qi + c] * p.scale;
-        acc[c] = vec4<f32>(0.0);
+    let i0 = first_query(wg);
+    var q: Rows;
+    var acc: Rows;
+    var m: array<f32, QL>;
+    var l: array<f32, QL>;
+    var limit: array<u32, QL>;
+    for (var r = 0u; r < QL; r++) {
+        let i = min(i0 + r * WG + lid, p.tokens - 1u);
+        let qi = qkv_index(b, i, 0u, h);
+        for (var c = 0u; c < quads(); c++) {
+            q[r][c] = qkv[qi + c] * p.scale;
+            acc[r][c] = vec4<f32>(0.0);
+        }
+        m[r] = NEG;
+        l[r] = 0.0;
+        limit[r] = key_limit(i);
     }
-    var m = NEG;
-    var l = 0.0;
-    let limit = key_limit(i);
     let n_keys = workgroup_keys(i0);
     for (var j0 = 0u; j0 < n_keys; j0 += KB) {
         var base: array<u32, 8>;
         for (var k = 0u; k < KB; k++) {
             base[k] = qkv_index(b, j0 + k, 1u, h);
         }
-        var s0 = vec4<f32>(0.0);
-        var s1 = vec4<f32>(0.0);
-        for (var c = 0u; c < p.d4; c++) {
-            let x = q[c];
-            s0 += vec4<f32>(dot(x, qkv[base[0] + c]), dot(x, qkv[base[1] + c]), dot(x, qkv[base[2] + c]), dot(x, qkv[base[3] + c]));
-            s1 += vec4<f32>(dot(x, qkv[base[4] + c]), dot(x, qkv[base[5] + c]), dot(x, qkv[base[6] + c]), dot(x, qkv[base[7] + c]));
+        var s: array<vec4<f32>, 2 * QL>;
+        for (var c = 0u; c < quads(); c++) {
+            let k0 = qkv[base[0] + c];
+            let k1 = qkv[base[1] + c];
+            let k2 = qkv[base[2] + c];
+            let k3 = qkv[base[3] + c];
+            let k4 = qkv[base[4] + c];
+            let k5 = qkv[base[5] + c];
+            let k6 = qkv[base[6] + c];
+            let k7 = qkv[base[7] + c];
+            for (var r = 0u; r < QL; r++) {
+                let x = q[r][c];
+                s[2u * r] += vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
+                s[2u * r + 1u] += vec4<f32>(dot(x, k4), dot(x, k5), dot(x, k6), dot(x, k7));
+            }
         }
-        let w = online_step(&m, &l, s0, s1, j0, limit);
+        var w: array<Weights, QL>;
+        for (var r = 0u; r < QL; r++) {
+            w[r] = online_step(m[r], l[r], s[2u * r], s[2u * r + 1u], j0, limit[r]);
+            m[r] = w[r].m;
+            l[r] = w[r].l;
+        }
         accumulate_v_f32(&acc, w, b, h, j0);
     }
-    if i0 + lid < p.tokens {
-        let o = out_index(b, i, h);
-        for (var c = 0u; c < p.d4; c++) {
-            out[o + c] = acc[c] / l;
-        }
-    }
+    write_out(&acc, l, b, h, i0, lid);
 }
 
 // ---- SageAttention ----
@@ -246,7 +318,7 @@ fn sage_quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         for (var j = j_start; j < j_end; j++) {
             let src = qkv_index(b, j, 2u, h);
             let dst = (bh * p.tokens + j) * p.d4;
-            for (var c = 0u; c < p.d4; c++) {
+            for (var c = 0u; c < quads(); c++) {
                 let v = qkv[src + c];
                 v16_out[dst + c] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
             }
@@ -256,7 +328,7 @@ fn sage_quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 #endif
     var amax = 0.0;
     for (var j = j_start; j < j_end; j++) {
-        for (var c = 0u; c < p.d4; c++) {
+        for (var c = 0u; c < quads(); c++) {
             let a = abs(quant_input(kind, b, j, h, c));
             amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
         }
@@ -264,7 +336,7 @@ fn sage_quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let inv = select(0.0, 127.0 / amax, amax > 0.0);
     for (var j = j_start; j < j_end; j++) {
         let dst = (bh * p.tokens + j) * p.d4;
-        for (var c = 0u; c < p.d4; c++) {
+        for (var c = 0u; c < quads(); c++) {
             let w = pack_i8(quant_input(kind, b, j, h, c) * inv);
             if kind == 0u {
                 q8[dst + c] = w;
@@ -305,20 +377,26 @@ fn attend_sage(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let h = wg.y;
     let b = wg.z;
     let bh = b * p.heads + h;
-    let i0 = wg.x * WG;
-    let i = min(i0 + lid, p.tokens - 1u);
-    var q: array<QWord, D4>;
-    var acc: array<vec4<f32>, D4>;
-    let qi = (bh * p.tokens + i) * p.d4;
-    for (var c = 0u; c < p.d4; c++) {
-        q[c] = q_word(q8[qi + c]);
-        acc[c] = vec4<f32>(0.0);
+    let i0 = first_query(wg);
+    var q: array<array<QWord, D4>, QL>;
+    var q_scale: array<f32, QL>;
+    var acc: Rows;
+    var m: array<f32, QL>;
+    var l: array<f32, QL>;
+    var limit: array<u32, QL>;
+    for (var r = 0u; r < QL; r++) {
+        let i = min(i0 + r * WG + lid, p.tokens - 1u);
+        let qi = (bh * p.tokens + i) * p.d4;
+        for (var c = 0u; c < quads(); c++) {
+            q[r][c] = q_word(q8[qi + c]);
+            acc[r][c] = vec4<f32>(0.0);
+        }
+        q_scale[r] = scales[bh * p.n_qb + i / p.q_block];
+        m[r] = NEG;
+        l[r] = 0.0;
+        limit[r] = key_limit(i);
     }
-    let q_scale = scales[bh * p.n_qb + i / p.q_block];
     let k_scales = p.batch * p.heads * p.n_qb + bh * p.n_kb;
-    var m = NEG;
-    var l = 0.0;
-    let limit = key_limit(i);
     let n_keys = workgroup_keys(i0);
     let last = p.tokens - 1u;
     for (var j0 = 0u; j0 < n_keys; j0 += KB) {
@@ -329,33 +407,53 @@ fn attend_sage(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             base[k] = (bh * p.tokens + j) * p.d4;
             ks[k] = scales[k_scales + j / p.k_block];
         }
-        var s0 = vec4<i32>(0);
-        var s1 = vec4<i32>(0);
-        for (var c = 0u; c < p.d4; c++) {
-            let x = q[c];
-            s0 += vec4<i32>(qk(x, k8[base[0] + c]), qk(x, k8[base[1] + c]), qk(x, k8[base[2] + c]), qk(x, k8[base[3] + c]));
-            s1 += vec4<i32>(qk(x, k8[base[4] + c]), qk(x, k8[base[5] + c]), qk(x, k8[base[6] + c]), qk(x, k8[base[7] + c]));
+        var s: array<vec4<i32>, 2 * QL>;
+        for (var c = 0u; c < quads(); c++) {
+            let k0 = k8[base[0] + c];
+            let k1 = k8[base[1] + c];
+            let k2 = k8[base[2] + c];
+            let k3 = k8[base[3] + c];
+            let k4 = k8[base[4] + c];
+            let k5 = k8[base[5] + c];
+            let k6 = k8[base[6] + c];
+            let k7 = k8[base[7] + c];
+            for (var r = 0u; r < QL; r++) {
+                let x = q[r][c];
+                s[2u * r] += vec4<i32>(qk(x, k0), qk(x, k1), qk(x, k2), qk(x, k3));
+                s[2u * r + 1u] += vec4<i32>(qk(x, k4), qk(x, k5), qk(x, k6), qk(x, k7));
+            }
         }
-        let f0 = vec4<f32>(s0) * q_scale * vec4<f32>(ks[0], ks[1], ks[2], ks[3]);
-        let f1 = vec4<f32>(s1) * q_scale * vec4<f32>(ks[4], ks[5], ks[6], ks[7]);
-        let w = online_step(&m, &l, f0, f1, j0, limit);
+        let ks0 = vec4<f32>(ks[0], ks[1], ks[2], ks[3]);
+        let ks1 = vec4<f32>(ks[4], ks[5], ks[6], ks[7]);
+        var w: array<Weights, QL>;
+        for (var r = 0u; r < QL; r++) {
+            let f0 = vec4<f32>(s[2u * r]) * q_scale[r] * ks0;
+            let f1 = vec4<f32>(s[2u * r + 1u]) * q_scale[r] * ks1;
+            w[r] = online_step(m[r], l[r], f0, f1, j0, limit[r]);
+            m[r] = w[r].m;
+            l[r] = w[r].l;
+        }
 #if F16
         // P and V in f16, products summed in f16 over the 8 keys, then into the f32 accumulator.
-        let p0 = vec4<f16>(w.p0);
-        let p1 = vec4<f16>(w.p1);
-        for (var c = 0u; c < p.d4; c++) {
-            var s = p0.x * v_f16[base[0] + c] + p0.y * v_f16[base[1] + c] + p0.z * v_f16[base[2] + c] + p0.w * v_f16[base[3] + c];
-            s += p1.x * v_f16[base[4] + c] + p1.y * v_f16[base[5] + c] + p1.z * v_f16[base[6] + c] + p1.w * v_f16[base[7] + c];
-            acc[c] = acc[c] * w.alpha + vec4<f32>(s);
+        for (var c = 0u; c < quads(); c++) {
+            let v0 = v_f16[base[0] + c];
+            let v1 = v_f16[base[1] + c];
+            let v2 = v_f16[base[2] + c];
+            let v3 = v_f16[base[3] + c];
+            let v4 = v_f16[base[4] + c];
+            let v5 = v_f16[base[5] + c];
+            let v6 = v_f16[base[6] + c];
+            let v7 = v_f16[base[7] + c];
+            for (var r = 0u; r < QL; r++) {
+                let p0 = vec4<f16>(w[r].p0);
+                let p1 = vec4<f16>(w[r].p1);
+                let sum = p0.x * v0 + p0.y * v1 + p0.z * v2 + p0.w * v3 + p1.x * v4 + p1.y * v5 + p1.z * v6 + p1.w * v7;
+                acc[r][c] = acc[r][c] * w[r].alpha + vec4<f32>(sum);
+            }
         }
 #else
         accumulate_v_f32(&acc, w, b, h, j0);
 #endif
     }
-    if i0 + lid < p.tokens {
-        let o = out_index(b, i, h);
-        for (var c = 0u; c < p.d4; c++) {
-            out[o + c] = acc[c] / l;
-        }
-    }
+    write_out(&acc, l, b, h, i0, lid);
 }

@@ -116,6 +116,12 @@ fn timings() {
         for mut case in bench_cases(gpu, lowbit::kernels::BenchSize::Full).unwrap() {
             let (ms, clock) = gpu.time_step(5, |enc| (case.step)(gpu, enc)).unwrap();
             eprintln!("{path} {} {} {}: {ms:.2} ms ({clock:?}), {:.2} GFLOP/s", case.kernel, case.format, case.shape, case.flops as f64 / ms / 1e6);
+            if gpu.caps.timestamps {
+                let mut enc = gpu.profiling_encoder(8).unwrap();
+                (case.step)(gpu, &mut enc).unwrap();
+                let passes = gpu.submit_profiled(enc).unwrap();
+                eprintln!("  per dispatch (ms): {passes:.2?}");
+            }
         }
     }
 }

@@ -146,27 +146,40 @@ impl Params {
     }
 }
 
-/// The define that sizes the shader's per-query arrays for this head dimension.
-fn size_define(head_dim: usize) -> &'static str {
-    match head_dim.div_ceil(4) {
-        0..=16 => "D4_16",
-        17..=32 => "D4_32",
-        33..=64 => "D4_64",
-        _ => "D4_128",
-    }
+/// Defines that size the shader's per-query arrays for this head dimension (plus EXACT when
+/// the head fills them, which lets the channel loops unroll).
+fn size_defines(head_dim: usize) -> Vec<&'static str> {
+    let d4 = head_dim.div_ceil(4);
+    let (define, capacity) = match d4 {
+        0..=16 => ("D4_16", 16),
+        17..=32 => ("D4_32", 32),
+        33..=64 => ("D4_64", 64),
+        _ => ("D4_128", 128),
+    };
+    if d4 == capacity { vec![define, "EXACT"] } else { vec![define] }
 }
 
 /// Queries per workgroup. On CPU adapters a workgroup is one thread looping over its lanes 8
 /// at a time, so a moderate size keeps enough workgroups for every core.
 fn attend_workgroup(gpu: &Gpu) -> u32 {
     match gpu.class {
-        AdapterClass::Cpu => 32,
+        AdapterClass::Cpu => 16,
         AdapterClass::Discrete | AdapterClass::Integrated => 64,
     }
 }
 
+/// Queries per invocation: the shader's QL for the array size `size_defines` picks.
+fn queries_per_lane(head_dim: usize) -> u32 {
+    match head_dim.div_ceil(4) {
+        0..=32 => 4,
+        33..=64 => 2,
+        _ => 1,
+    }
+}
+
 fn attend_grid(p: &AttentionParams, wg: u32) -> [u32; 3] {
-    [(p.tokens as u32).div_ceil(wg), p.heads as u32, p.batch as u32]
+    let per_group = wg * queries_per_lane(p.head_dim);
+    [(p.tokens as u32).div_ceil(per_group), p.heads as u32, p.batch as u32]
 }
 
 /// `out = softmax(q·kᵀ·scale [+ causal mask]) · v`, per batch and head, in f32.
@@ -174,7 +187,7 @@ pub fn attention(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: At
     p.validate(gpu)?;
     p.check_tensors(qkv, out)?;
     let wg = attend_workgroup(gpu);
-    let pipe = gpu.pipeline(&SHADER, "attend_f32", &[size_define(p.head_dim)], &[("WG", wg as f64)])?;
+    let pipe = gpu.pipeline(&SHADER, "attend_f32", &size_defines(p.head_dim), &[("WG", wg as f64)])?;
     gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], attend_grid(&p, wg))
 }
 
@@ -229,7 +242,7 @@ pub fn sage_attention(
 pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, s: &SageScratch) -> Result<()> {
     let (p, opts) = (&s.params, &s.opts);
     p.check_tensors(qkv, out)?;
-    let mut defines = vec![size_define(p.head_dim)];
+    let mut defines = size_defines(p.head_dim);
     if opts.pv_f16 {
         defines.push("F16");
     }
