@@ -83,8 +83,10 @@ const KB: u32 = 8u;
 const NEG: f32 = -3.0e38;
 
 // Queries per invocation. Mesa 22's llvmpipe loads storage buffers lane by lane inside loops
-// (even at uniform addresses), so each K/V value loaded should serve several queries; the
-// private arrays are the limit for wide heads.
+// (even at uniform addresses), so on CPU adapters (WIDE) each K/V value loaded should serve
+// several queries; the private arrays are the limit for wide heads. GPUs want more
+// invocations instead: one query each.
+#if WIDE
 #if D4_128
 const QL: u32 = 1u;
 #else
@@ -93,6 +95,9 @@ const QL: u32 = 2u;
 #else
 const QL: u32 = 4u;
 #endif
+#endif
+#else
+const QL: u32 = 1u;
 #endif
 
 alias Rows = array<array<vec4<f32>, D4>, QL>;

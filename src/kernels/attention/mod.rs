@@ -159,8 +159,8 @@ fn size_defines(head_dim: usize) -> Vec<&'static str> {
     if d4 == capacity { vec![define, "EXACT"] } else { vec![define] }
 }
 
-/// Queries per workgroup. On CPU adapters a workgroup is one thread looping over its lanes 8
-/// at a time, so a moderate size keeps enough workgroups for every core.
+/// Invocations per workgroup. On CPU adapters a workgroup is one thread looping over its
+/// lanes 8 at a time, so small groups keep every core busy.
 fn attend_workgroup(gpu: &Gpu) -> u32 {
     match gpu.class {
         AdapterClass::Cpu => 16,
@@ -168,8 +168,11 @@ fn attend_workgroup(gpu: &Gpu) -> u32 {
     }
 }
 
-/// Queries per invocation: the shader's QL for the array size `size_defines` picks.
-fn queries_per_lane(head_dim: usize) -> u32 {
+/// Queries per invocation: the shader's QL for the defines `attend_defines` picks.
+fn queries_per_lane(gpu: &Gpu, head_dim: usize) -> u32 {
+    if gpu.class != AdapterClass::Cpu {
+        return 1;
+    }
     match head_dim.div_ceil(4) {
         0..=32 => 4,
         33..=64 => 2,
@@ -177,8 +180,17 @@ fn queries_per_lane(head_dim: usize) -> u32 {
     }
 }
 
-fn attend_grid(p: &AttentionParams, wg: u32) -> [u32; 3] {
-    let per_group = wg * queries_per_lane(p.head_dim);
+/// Array-size defines, plus WIDE (several queries per invocation) on CPU adapters.
+fn attend_defines(gpu: &Gpu, head_dim: usize) -> Vec<&'static str> {
+    let mut d = size_defines(head_dim);
+    if gpu.class == AdapterClass::Cpu {
+        d.push("WIDE");
+    }
+    d
+}
+
+fn attend_grid(gpu: &Gpu, p: &AttentionParams, wg: u32) -> [u32; 3] {
+    let per_group = wg * queries_per_lane(gpu, p.head_dim);
     [(p.tokens as u32).div_ceil(per_group), p.heads as u32, p.batch as u32]
 }
 
@@ -187,8 +199,8 @@ pub fn attention(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: At
     p.validate(gpu)?;
     p.check_tensors(qkv, out)?;
     let wg = attend_workgroup(gpu);
-    let pipe = gpu.pipeline(&SHADER, "attend_f32", &size_defines(p.head_dim), &[("WG", wg as f64)])?;
-    gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], attend_grid(&p, wg))
+    let pipe = gpu.pipeline(&SHADER, "attend_f32", &attend_defines(gpu, p.head_dim), &[("WG", wg as f64)])?;
+    gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], attend_grid(gpu, &p, wg))
 }
 
 /// Intermediate buffers of `sage_attention`, reusable across calls of the same shape.
@@ -242,7 +254,7 @@ pub fn sage_attention(
 pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, s: &SageScratch) -> Result<()> {
     let (p, opts) = (&s.params, &s.opts);
     p.check_tensors(qkv, out)?;
-    let mut defines = size_defines(p.head_dim);
+    let mut defines = attend_defines(gpu, p.head_dim);
     if opts.pv_f16 {
         defines.push("F16");
     }
@@ -279,7 +291,7 @@ pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Ten
         &attend,
         params(&u),
         &[v, &out.buffer, &s.q8.buffer, &s.k8.buffer, &s.scales.buffer],
-        attend_grid(p, wg),
+        attend_grid(gpu, p, wg),
     )
 }
 
