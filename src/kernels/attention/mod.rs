@@ -1,0 +1,360 @@
+//! Multi-head self-attention over timm's fused qkv layout, in f32 and SageAttention-style
+//! low-bit (int8 QKᵀ, f16 or f32 P·V).
+//!
+//! Input `qkv [B, T, 3·H·D]` is the output of the fused qkv Linear: per token
+//! `[q(all heads) | k | v]`, head h at columns h·D..(h+1)·D of each third. Output
+//! `[B, T, H·D]` has the heads concatenated, ready for the proj Linear.
+//!
+//! SageAttention (Zhang et al. 2024) in three dispatches: the mean of K over tokens
+//! (`sage_mean`), int8 quantization of Q·scale and K−mean per block of tokens plus V to f16
+//! (`sage_quantize`), then attention from the int8 values (`attend_sage`). Subtracting the
+//! mean of K adds the same constant q·mean to every score of a query, which softmax ignores,
+//! but it removes the per-channel bias that would otherwise dominate K's int8 range.
+
+mod reference;
+
+pub use reference::{attention_reference, realistic_qkv, sage_reference};
+
+use super::{params, BenchCase, BenchSize};
+use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
+
+const SHADER: Shader = shader!("attention");
+/// Largest head dimension: the private per-query arrays hold 128 vec4s at most.
+pub const MAX_HEAD_DIM: usize = 512;
+
+/// Shape and options of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Multiplies QKᵀ before the softmax; `new` sets the usual D^-0.5.
+    pub scale: f32,
+    /// Query i sees keys 0..=i only.
+    pub causal: bool,
+}
+
+impl AttentionParams {
+    pub fn new(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Self {
+        AttentionParams { batch, tokens, heads, head_dim, scale: (head_dim as f32).powf(-0.5), causal: false }
+    }
+
+    pub fn causal(self, causal: bool) -> Self {
+        AttentionParams { causal, ..self }
+    }
+
+    pub fn qkv_shape(&self) -> [usize; 3] {
+        [self.batch, self.tokens, 3 * self.heads * self.head_dim]
+    }
+
+    pub fn out_shape(&self) -> [usize; 3] {
+        [self.batch, self.tokens, self.heads * self.head_dim]
+    }
+
+    fn validate(&self, gpu: &Gpu) -> Result<()> {
+        let AttentionParams { batch, tokens, heads, head_dim, scale, .. } = *self;
+        if batch == 0 || tokens == 0 || heads == 0 || head_dim == 0 {
+            shape_err!("attention: zero-sized dimension in {self:?}");
+        }
+        if head_dim % 4 != 0 || head_dim > MAX_HEAD_DIM {
+            invalid!("attention: head_dim must be a multiple of 4 and at most {MAX_HEAD_DIM}, got {head_dim}");
+        }
+        if !scale.is_finite() {
+            invalid!("attention: scale must be finite, got {scale}");
+        }
+        let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
+        if batch > max || heads > max {
+            invalid!("attention: batch {batch} and heads {heads} must each be at most {max}");
+        }
+        if tokens > u32::MAX as usize / 4 {
+            invalid!("attention: {tokens} tokens is too many");
+        }
+        Ok(())
+    }
+
+    fn check_tensors(&self, qkv: &Tensor, out: &Tensor) -> Result<()> {
+        qkv.expect_dtype("attention qkv", DType::F32)?;
+        out.expect_dtype("attention out", DType::F32)?;
+        qkv.expect_shape("attention qkv", &self.qkv_shape())?;
+        out.expect_shape("attention out", &self.out_shape())?;
+        if std::sync::Arc::ptr_eq(&qkv.buffer, &out.buffer) {
+            invalid!("attention: out must not alias qkv");
+        }
+        Ok(())
+    }
+}
+
+/// SageAttention knobs. Blocks are token counts per int8 scale (the paper's 128 for Q and
+/// 64 for K); `pv_f16` asks for P·V in f16, used only where the adapter has shader-f16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SageOptions {
+    pub q_block: usize,
+    pub k_block: usize,
+    pub pv_f16: bool,
+}
+
+impl Default for SageOptions {
+    fn default() -> Self {
+        SageOptions { q_block: 128, k_block: 64, pv_f16: true }
+    }
+}
+
+impl SageOptions {
+    /// The options as they will run on `gpu` (P·V in f16 only with shader-f16), which is also
+    /// what `sage_reference` must be given to reproduce the GPU result.
+    pub fn effective(self, gpu: &Gpu) -> Self {
+        SageOptions { pv_f16: self.pv_f16 && gpu.caps.f16, ..self }
+    }
+}
+
+/// Uniform block shared by every entry of shaders/attention.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    tokens: u32,
+    heads: u32,
+    d4: u32,
+    scale: f32,
+    causal: u32,
+    q_block: u32,
+    k_block: u32,
+    n_qb: u32,
+    n_kb: u32,
+    items: u32,
+    _pad: u32,
+}
+
+impl Params {
+    fn new(p: &AttentionParams) -> Self {
+        Params {
+            batch: p.batch as u32,
+            tokens: p.tokens as u32,
+            heads: p.heads as u32,
+            d4: (p.head_dim / 4) as u32,
+            scale: p.scale,
+            causal: p.causal as u32,
+            q_block: 1,
+            k_block: 1,
+            n_qb: 0,
+            n_kb: 0,
+            items: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// Defines that size the shader's per-query arrays for this head dimension (plus EXACT when
+/// the head fills them, which lets the channel loops unroll).
+fn size_defines(head_dim: usize) -> Vec<&'static str> {
+    let d4 = head_dim.div_ceil(4);
+    let (define, capacity) = match d4 {
+        0..=16 => ("D4_16", 16),
+        17..=32 => ("D4_32", 32),
+        33..=64 => ("D4_64", 64),
+        _ => ("D4_128", 128),
+    };
+    if d4 == capacity { vec![define, "EXACT"] } else { vec![define] }
+}
+
+/// Invocations per workgroup. On CPU adapters a workgroup is one thread looping over its
+/// lanes 8 at a time, so small groups keep every core busy.
+fn attend_workgroup(gpu: &Gpu) -> u32 {
+    match gpu.class {
+        AdapterClass::Cpu => 16,
+        AdapterClass::Discrete | AdapterClass::Integrated => 64,
+    }
+}
+
+/// Queries per invocation: the shader's QL for the defines `attend_defines` picks.
+fn queries_per_lane(gpu: &Gpu, head_dim: usize) -> u32 {
+    if gpu.class != AdapterClass::Cpu {
+        return 1;
+    }
+    match head_dim.div_ceil(4) {
+        0..=32 => 4,
+        33..=64 => 2,
+        _ => 1,
+    }
+}
+
+/// Array-size defines, plus WIDE (several queries per invocation) on CPU adapters.
+fn attend_defines(gpu: &Gpu, head_dim: usize) -> Vec<&'static str> {
+    let mut d = size_defines(head_dim);
+    if gpu.class == AdapterClass::Cpu {
+        d.push("WIDE");
+    }
+    d
+}
+
+fn attend_grid(gpu: &Gpu, p: &AttentionParams, wg: u32) -> [u32; 3] {
+    let per_group = wg * queries_per_lane(gpu, p.head_dim);
+    [(p.tokens as u32).div_ceil(per_group), p.heads as u32, p.batch as u32]
+}
+
+/// `out = softmax(q·kᵀ·scale [+ causal mask]) · v`, per batch and head, in f32.
+pub fn attention(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: AttentionParams) -> Result<()> {
+    p.validate(gpu)?;
+    p.check_tensors(qkv, out)?;
+    let wg = attend_workgroup(gpu);
+    let pipe = gpu.pipeline(&SHADER, "attend_f32", &attend_defines(gpu, p.head_dim), &[("WG", wg as f64)])?;
+    gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], attend_grid(gpu, &p, wg))
+}
+
+/// Intermediate buffers of `sage_attention`, reusable across calls of the same shape.
+pub struct SageScratch {
+    params: AttentionParams,
+    opts: SageOptions,
+    k_mean: Tensor,
+    q8: Tensor,
+    k8: Tensor,
+    scales: Tensor,
+    /// V as f16 pairs, [B, H, T, D/2] words; only when P·V runs in f16.
+    v16: Option<Tensor>,
+}
+
+impl SageScratch {
+    pub fn new(gpu: &Gpu, p: AttentionParams, opts: SageOptions) -> Result<Self> {
+        p.validate(gpu)?;
+        let opts = opts.effective(gpu);
+        if opts.q_block == 0 || opts.k_block == 0 {
+            invalid!("sage attention: q_block and k_block must be at least 1, got {opts:?}");
+        }
+        let bh = p.batch * p.heads;
+        let words = bh * p.tokens * p.head_dim / 4;
+        let n_blocks = p.tokens.div_ceil(opts.q_block) + p.tokens.div_ceil(opts.k_block);
+        Ok(SageScratch {
+            params: p,
+            opts,
+            k_mean: Tensor::zeros(gpu, &[bh, p.head_dim], DType::F32)?,
+            q8: Tensor::zeros(gpu, &[words], DType::U32)?,
+            k8: Tensor::zeros(gpu, &[words], DType::U32)?,
+            scales: Tensor::zeros(gpu, &[bh * n_blocks], DType::F32)?,
+            v16: if opts.pv_f16 { Some(Tensor::zeros(gpu, &[words * 2], DType::U32)?) } else { None },
+        })
+    }
+}
+
+/// SageAttention with scratch buffers allocated for this call.
+pub fn sage_attention(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    qkv: &Tensor,
+    out: &Tensor,
+    p: AttentionParams,
+    opts: SageOptions,
+) -> Result<()> {
+    let scratch = SageScratch::new(gpu, p, opts)?;
+    sage_attention_with(gpu, enc, qkv, out, &scratch)
+}
+
+/// SageAttention into `out`, using the shape and options `scratch` was made for.
+pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, s: &SageScratch) -> Result<()> {
+    let (p, opts) = (&s.params, &s.opts);
+    p.check_tensors(qkv, out)?;
+    let mut defines = attend_defines(gpu, p.head_dim);
+    if opts.pv_f16 {
+        defines.push("F16");
+    }
+    if gpu.caps.packed_dot {
+        defines.push("PACKED_DOT");
+    }
+    let mut u = Params::new(p);
+    u.q_block = opts.q_block as u32;
+    u.k_block = opts.k_block as u32;
+    u.n_qb = p.tokens.div_ceil(opts.q_block) as u32;
+    u.n_kb = p.tokens.div_ceil(opts.k_block) as u32;
+    let bh = (p.batch * p.heads) as u32;
+
+    // These two passes are light (O(T·D) per head against attention's O(T²·D)).
+    const PREP_WG: u32 = 16;
+    let prep = [("WG", PREP_WG as f64)];
+    u.items = bh * u.d4;
+    let mean = gpu.pipeline(&SHADER, "sage_mean", &defines, &prep)?;
+    gpu.dispatch(enc, &mean, params(&u), &[&qkv.buffer, &s.k_mean.buffer], gpu.grid(u.items.div_ceil(PREP_WG)))?;
+
+    u.items = bh * (u.n_qb + u.n_kb * if opts.pv_f16 { 2 } else { 1 });
+    let quant = gpu.pipeline(&SHADER, "sage_quantize", &defines, &prep)?;
+    let mut bufs = vec![&*qkv.buffer, &*s.k_mean.buffer, &*s.q8.buffer, &*s.k8.buffer, &*s.scales.buffer];
+    if let Some(v16) = &s.v16 {
+        bufs.push(&v16.buffer);
+    }
+    gpu.dispatch(enc, &quant, params(&u), &bufs, gpu.grid(u.items.div_ceil(PREP_WG)))?;
+
+    let wg = attend_workgroup(gpu);
+    let attend = gpu.pipeline(&SHADER, "attend_sage", &defines, &[("WG", wg as f64)])?;
+    let v = s.v16.as_ref().map_or(&qkv.buffer, |t| &t.buffer);
+    gpu.dispatch(
+        enc,
+        &attend,
+        params(&u),
+        &[v, &out.buffer, &s.q8.buffer, &s.k8.buffer, &s.scales.buffer],
+        attend_grid(gpu, p, wg),
+    )
+}
+
+/// SageAttention's accuracy against the f64 reference.
+#[derive(Clone, Copy, Debug)]
+pub struct SageQuality {
+    pub cosine: f64,
+    pub relative_l1: f64,
+    pub nmse: f64,
+}
+
+/// Sage vs exact attention on the benchmark shape (197 tokens × 12 heads × 64, ViT-B/16) with
+/// `realistic_qkv` inputs.
+pub fn quality(gpu: &Gpu, opts: SageOptions) -> Result<SageQuality> {
+    let p = AttentionParams::new(1, 197, 12, 64);
+    let data = realistic_qkv(&p, 7);
+    let qkv = Tensor::from_f32(gpu, &p.qkv_shape(), &data)?;
+    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32)?;
+    let mut enc = gpu.encoder();
+    sage_attention(gpu, &mut enc, &qkv, &out, p, opts)?;
+    gpu.submit(enc)?;
+    let got = out.to_vec_f32(gpu)?;
+    let want = attention_reference(&data, &p)?;
+    use crate::metrics::{cosine, nmse, relative_l1};
+    Ok(SageQuality { cosine: cosine(&got, &want), relative_l1: relative_l1(&got, &want), nmse: nmse(&got, &want) })
+}
+
+pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
+    let p = match size {
+        BenchSize::Full => AttentionParams::new(1, 197, 12, 64),
+        BenchSize::Quick => AttentionParams::new(1, 37, 2, 64),
+    };
+    let (b, t, h, d) = (p.batch as u64, p.tokens as u64, p.heads as u64, p.head_dim as u64);
+    let shape = format!("B{b} T{t} H{h} D{d}");
+    let bytes = 3 * b * t * h * d * 4;
+    let flops = 4 * b * h * t * t * d;
+    let qkv = Tensor::from_f32(gpu, &p.qkv_shape(), &realistic_qkv(&p, 1))?;
+    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32)?;
+    let mut cases = Vec::new();
+    let (q, o) = (qkv.clone(), out.clone());
+    cases.push(BenchCase {
+        kernel: "attention".into(),
+        format: "f32".into(),
+        shape: shape.clone(),
+        bytes,
+        flops,
+        step: Box::new(move |gpu, enc| attention(gpu, enc, &q, &o, p)),
+    });
+    let mut pv = vec![false];
+    if gpu.caps.f16 {
+        pv.insert(0, true);
+    }
+    for pv_f16 in pv {
+        let scratch = SageScratch::new(gpu, p, SageOptions { pv_f16, ..Default::default() })?;
+        let (q, o) = (qkv.clone(), out.clone());
+        cases.push(BenchCase {
+            kernel: "attention".into(),
+            format: format!("sage-int8-{}", if pv_f16 { "f16pv" } else { "f32pv" }),
+            shape: shape.clone(),
+            bytes,
+            flops,
+            step: Box::new(move |gpu, enc| sage_attention_with(gpu, enc, &q, &o, &scratch)),
+        });
+    }
+    Ok(cases)
+}

@@ -1,0 +1,127 @@
+mod common;
+use common::*;
+use lowbit::gpu::{DType, Tensor};
+use lowbit::kernels::attention::*;
+use lowbit::metrics::{cosine, relative_l1};
+use lowbit::Gpu;
+
+fn run(gpu: &Gpu, p: AttentionParams, data: &[f32], sage: Option<SageOptions>) -> Vec<f32> {
+    let qkv = Tensor::from_f32(gpu, &p.qkv_shape(), data).unwrap();
+    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32).unwrap();
+    let mut enc = gpu.encoder();
+    match sage {
+        None => attention(gpu, &mut enc, &qkv, &out, p).unwrap(),
+        Some(opts) => sage_attention(gpu, &mut enc, &qkv, &out, p, opts).unwrap(),
+    }
+    gpu.submit(enc).unwrap();
+    out.to_vec_f32(gpu).unwrap()
+}
+
+/// The shapes: ViT-sized heads with odd token counts, the VQGAN single-head block,
+/// and a causal case.
+fn shapes() -> Vec<AttentionParams> {
+    vec![
+        AttentionParams::new(2, 197, 3, 64),
+        AttentionParams::new(1, 7, 2, 64),
+        AttentionParams::new(1, 50, 1, 36),
+        AttentionParams::new(1, 256, 1, 512),
+        AttentionParams::new(2, 61, 2, 64).causal(true),
+    ]
+}
+
+#[test]
+fn f32_attention_matches_reference() {
+    for (path, gpu) in gpus() {
+        for (n, p) in shapes().into_iter().enumerate() {
+            let data = random(p.qkv_shape().iter().product(), 10 + n as u64, 2.0);
+            let got = run(gpu, p, &data, None);
+            let want = attention_reference(&data, &p).unwrap();
+            assert_nmse(&format!("f32 {p:?} {path}"), &got, &want, F32_NMSE);
+        }
+    }
+}
+
+#[test]
+fn f32_attention_custom_scale() {
+    let gpu = gpu();
+    let p = AttentionParams { scale: 0.5, ..AttentionParams::new(1, 19, 2, 16) };
+    let data = random(p.qkv_shape().iter().product(), 3, 1.0);
+    assert_nmse("scale 0.5", &run(gpu, p, &data, None), &attention_reference(&data, &p).unwrap(), F32_NMSE);
+}
+
+#[test]
+fn sage_matches_its_reference_and_exact_attention() {
+    for (path, gpu) in gpus() {
+        for (n, p) in shapes().into_iter().enumerate() {
+            let data = realistic_qkv(&p, 20 + n as u64);
+            let opts = SageOptions { q_block: 64, k_block: 32, ..Default::default() };
+            let got = run(gpu, p, &data, Some(opts));
+            let own = sage_reference(&data, &p, &opts.effective(gpu)).unwrap();
+            let exact = attention_reference(&data, &p).unwrap();
+            let what = format!("sage {p:?} {path} (pv_f16 {})", opts.effective(gpu).pv_f16);
+            assert_nmse(&format!("{what} vs sage reference"), &got, &own, 1e-6);
+            assert_nmse(&format!("{what} vs exact"), &got, &exact, QUANT_NMSE);
+            let (cos, l1) = (cosine(&got, &exact), relative_l1(&got, &exact));
+            eprintln!("{what}: cosine {cos:.6}, relative L1 {l1:.4e}");
+            assert!(cos >= 0.999, "{what}: cosine {cos}");
+            assert!(l1 <= 0.03, "{what}: relative L1 {l1}");
+        }
+    }
+}
+
+/// The number the benchmark reports: sage vs exact on ViT-B's attention shape.
+#[test]
+fn sage_quality_on_benchmark_shape() {
+    for (path, gpu) in gpus() {
+        let q = quality(gpu, SageOptions::default()).unwrap();
+        eprintln!("sage quality 197x12x64 {path} (pv_f16 {}): {q:?}", SageOptions::default().effective(gpu).pv_f16);
+        assert!(q.cosine >= 0.999 && q.relative_l1 < 0.03 && q.nmse <= QUANT_NMSE, "{path}: {q:?}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let gpu = gpu();
+    let p = AttentionParams::new(1, 8, 2, 16);
+    let qkv = Tensor::zeros(gpu, &p.qkv_shape(), DType::F32).unwrap();
+    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32).unwrap();
+    let mut enc = gpu.encoder();
+    let wrong_qkv = Tensor::zeros(gpu, &[1, 8, 95], DType::F32).unwrap();
+    assert!(attention(gpu, &mut enc, &wrong_qkv, &out, p).is_err());
+    assert!(sage_attention(gpu, &mut enc, &wrong_qkv, &out, p, SageOptions::default()).is_err());
+    let wrong_out = Tensor::zeros(gpu, &[1, 8, 33], DType::F32).unwrap();
+    assert!(attention(gpu, &mut enc, &qkv, &wrong_out, p).is_err());
+    let ints = Tensor::zeros(gpu, &p.qkv_shape(), DType::U32).unwrap();
+    assert!(attention(gpu, &mut enc, &ints, &out, p).is_err());
+    assert!(attention(gpu, &mut enc, &qkv, &qkv, p).is_err());
+    for bad in [
+        AttentionParams::new(0, 8, 2, 16),
+        AttentionParams::new(1, 8, 2, 18),
+        AttentionParams::new(1, 8, 1, 1024),
+        AttentionParams { scale: f32::NAN, ..p },
+    ] {
+        assert!(attention(gpu, &mut enc, &qkv, &out, bad).is_err(), "{bad:?}");
+    }
+    let zero_block = SageOptions { q_block: 0, ..Default::default() };
+    assert!(sage_attention(gpu, &mut enc, &qkv, &out, p, zero_block).is_err());
+    assert!(attention_reference(&[0.0; 5], &p).is_err());
+    gpu.submit(enc).unwrap();
+}
+
+/// Timings on this adapter (slow on lavapipe: run with --ignored --nocapture).
+#[test]
+#[ignore]
+fn timings() {
+    for (path, gpu) in gpus() {
+        for mut case in bench_cases(gpu, lowbit::kernels::BenchSize::Full).unwrap() {
+            let (ms, clock) = gpu.time_step(5, |enc| (case.step)(gpu, enc)).unwrap();
+            eprintln!("{path} {} {} {}: {ms:.2} ms ({clock:?}), {:.2} GFLOP/s", case.kernel, case.format, case.shape, case.flops as f64 / ms / 1e6);
+            if gpu.caps.timestamps {
+                let mut enc = gpu.profiling_encoder(8).unwrap();
+                (case.step)(gpu, &mut enc).unwrap();
+                let passes = gpu.submit_profiled(enc).unwrap();
+                eprintln!("  per dispatch (ms): {passes:.2?}");
+            }
+        }
+    }
+}
