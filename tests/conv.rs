@@ -70,10 +70,11 @@ fn every_weight_format() {
 
 #[test]
 fn weights_split_over_bindings() {
-    // 1 KiB bindings: a 3×3 conv with 8 input channels has 288-byte f32 rows → 3 rows a part.
+    // 1 KiB bindings split the weights into parts of whole 8-channel tiles: 864 bytes a tile
+    // for f32 with 3 input channels (one tile a part), 288 for q4 with 8 (three a part).
     let gpu = Gpu::with_options(&GpuOptions { max_binding_size: Some(1024), ..GpuOptions::from_env() }).unwrap();
-    let c = Case { shape: [1, 8, 5, 4], cout: 10, kernel: 3, stride: 1, pad: 1 };
-    for fmt in [WeightFormat::F32, WeightFormat::Q4 { group: 32, zero_point: true }, WeightFormat::Q8 { group: None }] {
+    for (cin, fmt) in [(3, WeightFormat::F32), (8, WeightFormat::Q4 { group: 32, zero_point: true }), (8, WeightFormat::Q8 { group: None })] {
+        let c = Case { shape: [1, cin, 2, 3], cout: 37, kernel: 3, stride: 1, pad: 1 };
         check(&gpu, "split", &c, fmt, bound(fmt));
     }
 }
@@ -126,4 +127,26 @@ fn bad_input_is_an_error() {
     let tiny = Tensor::zeros(gpu, &[1, 3, 2, 2], DType::F32).unwrap();
     let pe_out = Tensor::zeros(gpu, &[1, 1, 4], DType::F32).unwrap();
     assert!(patch_embed(gpu, &mut enc, &tiny, &pe, &pe_out).is_err());
+}
+
+/// Prints this family's benchmark timings: `cargo test --test conv -- --ignored --nocapture`.
+/// LOWBIT_BENCH=quick uses the small shapes.
+#[test]
+#[ignore]
+fn bench_timings() {
+    use lowbit::kernels::{bench_cases, BenchSize};
+    let gpu = gpu();
+    let size = if std::env::var("LOWBIT_BENCH").as_deref() == Ok("quick") { BenchSize::Quick } else { BenchSize::Full };
+    let only = std::env::var("LOWBIT_FAMILY").unwrap_or_else(|_| "conv,norm,elementwise".into());
+    let pick = std::env::var("LOWBIT_CASE").unwrap_or_default();
+    for mut case in bench_cases(gpu, size, &|f| only.split(',').any(|o| o == f)).unwrap() {
+        if !format!("{} {}", case.kernel, case.format).contains(&pick) {
+            continue;
+        }
+        let (ms, clock) = gpu.time_step(3, |enc| (case.step)(gpu, enc)).unwrap();
+        eprintln!(
+            "{:<12} {:<8} {:<28} {:>9.3} ms {:>8.2} GFLOP/s {:>7.2} GB/s ({clock:?})",
+            case.kernel, case.format, case.shape, ms, case.flops as f64 / ms / 1e6, case.bytes as f64 / ms / 1e6
+        );
+    }
 }

@@ -2,12 +2,13 @@
 //! PatchEmbed (the same kernel writing tokens). See `shaders/conv.wgsl`.
 
 use super::{params, BenchCase, BenchSize};
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use crate::gpu::{DType, Shader, Tensor};
 use crate::quant::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("conv");
-/// Output pixels per invocation (one vec4 accumulator per channel in the shader).
+/// The register tile of one invocation (fixed in the shader): output channels × pixels of a row.
+const CHANNELS_PER_LANE: u32 = 8;
 const PIXELS_PER_LANE: usize = 4;
 
 /// The weights of one dispatch: a range of output channels small enough for one binding.
@@ -76,7 +77,11 @@ impl Conv2d {
             None => vec![0.0; cout],
         };
         let mut parts = Vec::new();
-        for range in gpu.split_rows(cout, 4 * weight.row_words as u64)? {
+        // Parts hold whole tiles of rows (the re-laid-out weights pad the last tile).
+        let tile = CHANNELS_PER_LANE as usize;
+        let tile_bytes = (4 * tile * weight.row_words) as u64;
+        let tiles = gpu.split_rows(cout.div_ceil(tile), tile_bytes)?;
+        for range in tiles.into_iter().map(|t| t.start * tile..(t.end * tile).min(cout)) {
             let slice = weight.slice_rows(range.clone());
             let upload = |words: &[u32], label| -> Result<Option<wgpu::Buffer>> {
                 Ok(if words.is_empty() { None } else { Some(gpu.upload_u32(words, label)?) })
@@ -84,7 +89,7 @@ impl Conv2d {
             parts.push(Part {
                 first_channel: range.start,
                 channels: range.len(),
-                data: gpu.upload_u32(&slice.data, "conv weights")?,
+                data: gpu.upload_u32(&tile_rows(&slice), "conv weights")?,
                 scales: upload(&slice.scales, "conv scales")?,
                 zeros: upload(&slice.zeros, "conv zero points")?,
             });
@@ -120,7 +125,7 @@ impl Conv2d {
         self.weight_bytes
     }
 
-    fn defines(&self, gpu: &Gpu, tokens: bool) -> Vec<&'static str> {
+    fn defines(&self, tokens: bool) -> Vec<&'static str> {
         let mut d = vec![match self.format {
             WeightFormat::F32 => "FMT_F32",
             WeightFormat::F16 => "FMT_F16",
@@ -136,9 +141,10 @@ impl Conv2d {
         if tokens {
             d.push("TOKENS");
         }
-        // Wider channel tiles pay off where registers are plentiful; llvmpipe spills them.
-        if gpu.class != AdapterClass::Cpu && self.out_channels >= 64 {
-            d.push("WIDE_TILE");
+        if let Ok(extra) = std::env::var("XCONV") {
+            for e in extra.split(',').filter(|e| !e.is_empty()) {
+                d.push(Box::leak(e.to_string().into_boxed_str()));
+            }
         }
         d
     }
@@ -147,9 +153,8 @@ impl Conv2d {
     fn record(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor, tokens: bool) -> Result<()> {
         let &[b, _, h, w] = &x.shape[..] else { unreachable!() };
         let (ho, wo) = self.output_size(h, w)?;
-        let defines = self.defines(gpu, tokens);
+        let defines = self.defines(tokens);
         let lanes: u32 = 64;
-        let tile = if defines.contains(&"WIDE_TILE") { 8 } else { 4 };
         let pipe = gpu.pipeline(&SHADER, "conv2d", &defines, &[("WG", lanes as f64)])?;
         let blocks_x = wo.div_ceil(PIXELS_PER_LANE);
         let blocks = b * ho * blocks_x;
@@ -178,7 +183,7 @@ impl Conv2d {
             let mut buffers = vec![&*x.buffer, &self.bias, &*out.buffer, &part.data];
             buffers.extend(part.scales.iter());
             buffers.extend(part.zeros.iter());
-            let grid = [(blocks as u32).div_ceil(lanes), (part.channels as u32).div_ceil(tile), 1];
+            let grid = [(blocks as u32).div_ceil(lanes), (part.channels as u32).div_ceil(CHANNELS_PER_LANE), 1];
             gpu.dispatch(enc, &pipe, params(&p), &buffers, grid)?;
         }
         Ok(())
@@ -196,6 +201,21 @@ impl Conv2d {
         let (ho, wo) = self.output_size(h, w)?;
         Ok((b, ho, wo))
     }
+}
+
+/// The shader's weight layout: rows in tiles of `CHANNELS_PER_LANE` (the last one padded with
+/// zero rows), and inside a tile word `wi` of each row next to each other:
+/// `[tile][wi][row in tile]`.
+fn tile_rows(m: &PackedMatrix) -> Vec<u32> {
+    let tile = CHANNELS_PER_LANE as usize;
+    let mut out = vec![0u32; m.rows.div_ceil(tile) * tile * m.row_words];
+    for r in 0..m.rows {
+        let (t, c) = (r / tile, r % tile);
+        for wi in 0..m.row_words {
+            out[(t * m.row_words + wi) * tile + c] = m.data[r * m.row_words + wi];
+        }
+    }
+    out
 }
 
 /// `out` [B, Cout, Ho, Wo] = conv(x [B, Cin, H, W]) + bias.
