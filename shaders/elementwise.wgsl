@@ -1,7 +1,9 @@
-// Element-wise ops over flat f32 tensors: residual add, GELU (erf form), swish.
+// Element-wise ops over flat f32 tensors: residual add, GELU (erf form), swish, and the
+// nearest-neighbour 2× upsample (one invocation per output element).
 // One invocation per element; the grid is 2-D when a tensor needs more than 65535 workgroups.
 
-struct Params { n: u32 }
+// `h`, `w`: input height and width (upsample only).
+struct Params { n: u32, h: u32, w: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -42,4 +44,17 @@ fn add_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let i = index(wg, nwg, lid);
     if i >= p.n { return; }
     out[i] = out[i] + a[i];
+}
+
+// out[bc, y, x] = a[bc, y / 2, x / 2] for NCHW `a`; `n` counts output elements.
+@compute @workgroup_size(WG)
+fn upsample_nearest2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if i >= p.n { return; }
+    let w2 = 2u * p.w;
+    let ox = i % w2;
+    let row = i / w2; // (bc, oy) flattened
+    let oy = row % (2u * p.h);
+    let bc = row / (2u * p.h);
+    out[i] = a[(bc * p.h + oy / 2u) * p.w + ox / 2u];
 }

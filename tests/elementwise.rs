@@ -1,7 +1,7 @@
 mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
-use lowbit::kernels::elementwise::{activate, add_inplace, Activation};
+use lowbit::kernels::elementwise::{activate, add_inplace, upsample_nearest2x, upsample_reference, Activation};
 
 #[test]
 fn activations_match_reference() {
@@ -44,4 +44,27 @@ fn mismatched_sizes_are_errors() {
     assert!(add_inplace(gpu, &mut enc, &a, &b).is_err());
     assert!(Tensor::zeros(gpu, &[0, 3], DType::F32).is_err());
     assert!(Tensor::from_f32(gpu, &[2, 2], &[1.0; 3]).is_err());
+}
+
+#[test]
+fn upsample_matches_reference() {
+    for (path, gpu) in gpus() {
+        for shape in [[1, 1, 1, 1], [2, 3, 5, 7], [1, 16, 33, 17]] {
+            let [b, c, h, w] = shape;
+            let x = random(b * c * h * w, 5, 1.0);
+            let xt = Tensor::from_f32(gpu, &shape, &x).unwrap();
+            let out = Tensor::zeros(gpu, &[b, c, 2 * h, 2 * w], DType::F32).unwrap();
+            let mut enc = gpu.encoder();
+            upsample_nearest2x(gpu, &mut enc, &xt, &out).unwrap();
+            gpu.submit(enc).unwrap();
+            let got = out.to_vec_f32(gpu).unwrap();
+            // A copy: exact.
+            assert_eq!(got, upsample_reference(&x, shape), "upsample {shape:?} {path}");
+        }
+    }
+    let gpu = gpu();
+    let x = Tensor::zeros(gpu, &[1, 2, 3, 4], DType::F32).unwrap();
+    let mut enc = gpu.encoder();
+    assert!(upsample_nearest2x(gpu, &mut enc, &x, &Tensor::zeros(gpu, &[1, 2, 6, 7], DType::F32).unwrap()).is_err());
+    assert!(upsample_nearest2x(gpu, &mut enc, &x.reshape(&[2, 3, 4]).unwrap(), &x).is_err());
 }

@@ -1,8 +1,334 @@
-//! (placeholder: being written)
+//! 2-D convolution as an implicit GEMM over packed weights of any `WeightFormat`, and timm's
+//! PatchEmbed (the same kernel writing tokens). See `shaders/conv.wgsl`.
 
-use super::{BenchCase, BenchSize};
-use crate::{Gpu, Result};
+use super::{params, BenchCase, BenchSize};
+use crate::gpu::{DType, Shader, Tensor};
+use crate::quant::formats::{PackedMatrix, WeightFormat};
+use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
-pub fn bench_cases(_gpu: &Gpu, _size: BenchSize) -> Result<Vec<BenchCase>> {
-    Ok(vec![])
+const SHADER: Shader = shader!("conv");
+/// The register tile of one invocation (fixed in the shader): output channels × pixels of a row.
+const CHANNELS_PER_LANE: u32 = 8;
+const PIXELS_PER_LANE: usize = 4;
+
+/// The weights of one dispatch: a range of output channels small enough for one binding.
+struct Part {
+    first_channel: usize,
+    channels: usize,
+    data: wgpu::Buffer,
+    scales: Option<wgpu::Buffer>,
+    zeros: Option<wgpu::Buffer>,
+}
+
+/// A convolution layer on the GPU: `weight` [Cout, Cin·kh·kw] (PyTorch order), bias, geometry.
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    pub padding: usize,
+    pub format: WeightFormat,
+    cols: usize,
+    row_words: usize,
+    groups: usize,
+    parts: Vec<Part>,
+    bias: wgpu::Buffer,
+    weight_bytes: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    k: u32,
+    row_words: u32,
+    groups: u32,
+    group_size: u32,
+    co_base: u32,
+    co_count: u32,
+    blocks_x: u32,
+    blocks: u32,
+}
+
+impl Conv2d {
+    /// Uploads `weight` (rows = output channels, cols = Cin·kh·kw) and `bias` (None = zeros),
+    /// split by output channels over as many bindings as `gpu.max_binding_size()` requires.
+    pub fn new(gpu: &Gpu, weight: &PackedMatrix, bias: Option<&[f32]>, kernel: (usize, usize), stride: usize, padding: usize) -> Result<Conv2d> {
+        let (kh, kw) = kernel;
+        if kh == 0 || kw == 0 || stride == 0 {
+            invalid!("conv2d: kernel {kernel:?} and stride {stride} must be non-zero");
+        }
+        if weight.cols % (kh * kw) != 0 {
+            shape_err!("conv2d: weight has {} columns, not a multiple of the {kh}×{kw} kernel", weight.cols);
+        }
+        let cout = weight.rows;
+        let bias = match bias {
+            Some(b) if b.len() != cout => shape_err!("conv2d: bias has {} values for {cout} output channels", b.len()),
+            Some(b) => b.to_vec(),
+            None => vec![0.0; cout],
+        };
+        let mut parts = Vec::new();
+        // Parts hold whole tiles of rows (the re-laid-out weights pad the last tile).
+        let tile = CHANNELS_PER_LANE as usize;
+        let tile_bytes = (4 * tile * weight.row_words) as u64;
+        let tiles = gpu.split_rows(cout.div_ceil(tile), tile_bytes)?;
+        for range in tiles.into_iter().map(|t| t.start * tile..(t.end * tile).min(cout)) {
+            let slice = weight.slice_rows(range.clone());
+            let upload = |words: &[u32], label| -> Result<Option<wgpu::Buffer>> {
+                Ok(if words.is_empty() { None } else { Some(gpu.upload_u32(words, label)?) })
+            };
+            parts.push(Part {
+                first_channel: range.start,
+                channels: range.len(),
+                data: gpu.upload_u32(&tile_rows(&slice), "conv weights")?,
+                scales: upload(&slice.scales, "conv scales")?,
+                zeros: upload(&slice.zeros, "conv zero points")?,
+            });
+        }
+        Ok(Conv2d {
+            in_channels: weight.cols / (kh * kw),
+            out_channels: cout,
+            kernel,
+            stride,
+            padding,
+            format: weight.format,
+            cols: weight.cols,
+            row_words: weight.row_words,
+            groups: weight.groups,
+            parts,
+            bias: gpu.upload(bytemuck::cast_slice(&bias), "conv bias")?,
+            weight_bytes: weight.bytes(),
+        })
+    }
+
+    /// Output height and width for an `h`×`w` input.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let (kh, kw) = self.kernel;
+        let (ph, pw) = (h + 2 * self.padding, w + 2 * self.padding);
+        if ph < kh || pw < kw {
+            shape_err!("conv2d: {h}×{w} input (padding {}) is smaller than the {kh}×{kw} kernel", self.padding);
+        }
+        Ok(((ph - kh) / self.stride + 1, (pw - kw) / self.stride + 1))
+    }
+
+    /// Bytes of packed weights (data, scales, zero points) one forward pass reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    fn defines(&self, tokens: bool) -> Vec<&'static str> {
+        let mut d = vec![match self.format {
+            WeightFormat::F32 => "FMT_F32",
+            WeightFormat::F16 => "FMT_F16",
+            WeightFormat::Q8 { .. } => "FMT_Q8",
+            WeightFormat::Q4 { zero_point: false, .. } => "FMT_Q4",
+            WeightFormat::Q4 { zero_point: true, .. } => "FMT_Q4Z",
+            WeightFormat::Ternary => "FMT_TERNARY",
+            WeightFormat::Fp4 { .. } => "FMT_FP4",
+        }];
+        if self.groups > 0 {
+            d.push("SCALED");
+        }
+        if tokens {
+            d.push("TOKENS");
+        }
+        if let Ok(extra) = std::env::var("XCONV") {
+            for e in extra.split(',').filter(|e| !e.is_empty()) {
+                d.push(Box::leak(e.to_string().into_boxed_str()));
+            }
+        }
+        d
+    }
+
+    /// Records the dispatches; `x` [B, Cin, H, W] and `out` already checked by the caller.
+    fn record(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor, tokens: bool) -> Result<()> {
+        let &[b, _, h, w] = &x.shape[..] else { unreachable!() };
+        let (ho, wo) = self.output_size(h, w)?;
+        let defines = self.defines(tokens);
+        let lanes: u32 = 64;
+        let pipe = gpu.pipeline(&SHADER, "conv2d", &defines, &[("WG", lanes as f64)])?;
+        let blocks_x = wo.div_ceil(PIXELS_PER_LANE);
+        let blocks = b * ho * blocks_x;
+        let (kh, kw) = self.kernel;
+        for part in &self.parts {
+            let p = Params {
+                cin: self.in_channels as u32,
+                h: h as u32,
+                w: w as u32,
+                cout: self.out_channels as u32,
+                ho: ho as u32,
+                wo: wo as u32,
+                kh: kh as u32,
+                kw: kw as u32,
+                stride: self.stride as u32,
+                pad: self.padding as u32,
+                k: self.cols as u32,
+                row_words: self.row_words as u32,
+                groups: self.groups as u32,
+                group_size: self.format.group_size(self.cols) as u32,
+                co_base: part.first_channel as u32,
+                co_count: part.channels as u32,
+                blocks_x: blocks_x as u32,
+                blocks: blocks as u32,
+            };
+            let mut buffers = vec![&*x.buffer, &self.bias, &*out.buffer, &part.data];
+            buffers.extend(part.scales.iter());
+            buffers.extend(part.zeros.iter());
+            let grid = [(blocks as u32).div_ceil(lanes), (part.channels as u32).div_ceil(CHANNELS_PER_LANE), 1];
+            gpu.dispatch(enc, &pipe, params(&p), &buffers, grid)?;
+        }
+        Ok(())
+    }
+
+    fn check_input(&self, what: &str, x: &Tensor, out: &Tensor) -> Result<(usize, usize, usize)> {
+        x.expect_dtype(what, DType::F32)?;
+        out.expect_dtype(what, DType::F32)?;
+        let &[b, c, h, w] = &x.shape[..] else {
+            shape_err!("{what}: input must be [B, C, H, W], got {:?}", x.shape);
+        };
+        if c != self.in_channels {
+            shape_err!("{what}: input has {c} channels, the layer expects {}", self.in_channels);
+        }
+        let (ho, wo) = self.output_size(h, w)?;
+        Ok((b, ho, wo))
+    }
+}
+
+/// The shader's weight layout: rows in tiles of `CHANNELS_PER_LANE` (the last one padded with
+/// zero rows), and inside a tile word `wi` of each row next to each other:
+/// `[tile][wi][row in tile]`.
+fn tile_rows(m: &PackedMatrix) -> Vec<u32> {
+    let tile = CHANNELS_PER_LANE as usize;
+    let mut out = vec![0u32; m.rows.div_ceil(tile) * tile * m.row_words];
+    for r in 0..m.rows {
+        let (t, c) = (r / tile, r % tile);
+        for wi in 0..m.row_words {
+            out[(t * m.row_words + wi) * tile + c] = m.data[r * m.row_words + wi];
+        }
+    }
+    out
+}
+
+/// `out` [B, Cout, Ho, Wo] = conv(x [B, Cin, H, W]) + bias.
+pub fn conv2d(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, conv: &Conv2d, out: &Tensor) -> Result<()> {
+    let (b, ho, wo) = conv.check_input("conv2d", x, out)?;
+    out.expect_shape("conv2d out", &[b, conv.out_channels, ho, wo])?;
+    conv.record(gpu, enc, x, out, false)
+}
+
+/// timm's PatchEmbed: a conv with kernel = stride = patch and no padding, written as tokens
+/// `out` [B, (H/p)·(W/p), D] (row-major patches, as `flatten(2).transpose(1, 2)`).
+pub fn patch_embed(gpu: &Gpu, enc: &mut Encoder, image: &Tensor, conv: &Conv2d, out: &Tensor) -> Result<()> {
+    let (kh, kw) = conv.kernel;
+    if kh != kw || conv.stride != kh || conv.padding != 0 {
+        invalid!("patch_embed: needs a square kernel equal to the stride and no padding, got kernel {:?} stride {} padding {}", conv.kernel, conv.stride, conv.padding);
+    }
+    let (b, ho, wo) = conv.check_input("patch_embed", image, out)?;
+    let (h, w) = (image.shape[2], image.shape[3]);
+    if h % kh != 0 || w % kw != 0 {
+        shape_err!("patch_embed: image {h}×{w} is not a whole number of {kh}×{kw} patches");
+    }
+    out.expect_shape("patch_embed out", &[b, ho * wo, conv.out_channels])?;
+    conv.record(gpu, enc, image, out, true)
+}
+
+/// CPU reference in f64: `weight` row-major [Cout, Cin·kh·kw] (dequantized), NCHW in and out.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_reference(x: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f32], kernel: (usize, usize), stride: usize, padding: usize) -> Vec<f32> {
+    let [b, cin, h, w] = shape;
+    let (kh, kw) = kernel;
+    let cout = bias.len();
+    let ho = (h + 2 * padding - kh) / stride + 1;
+    let wo = (w + 2 * padding - kw) / stride + 1;
+    let mut out = Vec::with_capacity(b * cout * ho * wo);
+    for bi in 0..b {
+        for co in 0..cout {
+            let wrow = &weight[co * cin * kh * kw..(co + 1) * cin * kh * kw];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = bias[co] as f64;
+                    for ci in 0..cin {
+                        for ky in 0..kh {
+                            let iy = (oy * stride + ky) as isize - padding as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[((bi * cin + ci) * h + iy as usize) * w + ix as usize];
+                                acc += wrow[(ci * kh + ky) * kw + kx] as f64 * xv as f64;
+                            }
+                        }
+                    }
+                    out.push(acc as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [B, D, Ho, Wo] → [B, Ho·Wo, D], the token order `patch_embed` writes.
+pub fn to_tokens(x: &[f32], b: usize, d: usize, pixels: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for c in 0..d {
+            for t in 0..pixels {
+                out[(bi * pixels + t) * d + c] = x[(bi * d + c) * pixels + t];
+            }
+        }
+    }
+    out
+}
+
+pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
+    let full = size == BenchSize::Full;
+    let (ch, hw) = if full { (512, 32) } else { (48, 9) };
+    let mut cases = Vec::new();
+    let q4 = WeightFormat::Q4 { group: 32, zero_point: false };
+    let q8 = WeightFormat::Q8 { group: None };
+    for (name, k, pad, fmt) in [("conv3x3", 3, 1, WeightFormat::F32), ("conv3x3", 3, 1, q8), ("conv3x3", 3, 1, q4), ("conv1x1", 1, 0, WeightFormat::F32)] {
+        let cols = ch * k * k;
+        let w: Vec<f32> = (0..ch * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.05).collect();
+        let conv = Conv2d::new(gpu, &PackedMatrix::quantize(&w, ch, cols, fmt)?, None, (k, k), 1, pad)?;
+        let x = Tensor::from_f32(gpu, &[1, ch, hw, hw], &vec![0.5; ch * hw * hw])?;
+        let out = Tensor::zeros(gpu, &[1, ch, hw, hw], DType::F32)?;
+        cases.push(BenchCase {
+            kernel: name.into(),
+            format: fmt.name(),
+            shape: format!("{ch}->{ch} {hw}x{hw}"),
+            bytes: conv.weight_bytes() as u64,
+            flops: 2 * (ch * cols * hw * hw) as u64,
+            step: Box::new(move |gpu, enc| conv2d(gpu, enc, &x, &conv, &out)),
+        });
+    }
+    // ViT-B/16 at 224: 3×16×16 patches to 768 dims.
+    let (img, patch, dim) = if full { (224, 16, 768) } else { (32, 16, 40) };
+    let cols = 3 * patch * patch;
+    let w: Vec<f32> = (0..dim * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.05).collect();
+    let conv = Conv2d::new(gpu, &PackedMatrix::quantize(&w, dim, cols, WeightFormat::F32)?, None, (patch, patch), patch, 0)?;
+    let x = Tensor::from_f32(gpu, &[1, 3, img, img], &vec![0.5; 3 * img * img])?;
+    let tokens = (img / patch) * (img / patch);
+    let out = Tensor::zeros(gpu, &[1, tokens, dim], DType::F32)?;
+    cases.push(BenchCase {
+        kernel: "patch_embed".into(),
+        format: "f32".into(),
+        shape: format!("3x{img}x{img} p{patch} -> {tokens}x{dim}"),
+        bytes: conv.weight_bytes() as u64,
+        flops: 2 * (dim * cols * tokens) as u64,
+        step: Box::new(move |gpu, enc| patch_embed(gpu, enc, &x, &conv, &out)),
+    });
+    Ok(cases)
 }

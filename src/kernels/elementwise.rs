@@ -1,4 +1,5 @@
-//! Element-wise ops: GELU (erf form, as timm), swish (taming's nonlinearity), residual add.
+//! Element-wise ops: GELU (erf form, as timm), swish (taming's nonlinearity), residual add,
+//! nearest-neighbour 2× upsampling (taming's `Upsample`).
 
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
@@ -35,6 +36,8 @@ impl Activation {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
+    h: u32,
+    w: u32,
 }
 
 fn same_f32(what: &str, a: &Tensor, out: &Tensor) -> Result<u32> {
@@ -50,14 +53,40 @@ fn same_f32(what: &str, a: &Tensor, out: &Tensor) -> Result<u32> {
 pub fn activate(gpu: &Gpu, enc: &mut Encoder, act: Activation, x: &Tensor, out: &Tensor) -> Result<()> {
     let n = same_f32(act.entry(), x, out)?;
     let pipe = gpu.pipeline(&SHADER, act.entry(), &[], &[])?;
-    gpu.dispatch(enc, &pipe, params(&Params { n }), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
+    gpu.dispatch(enc, &pipe, params(&Params { n, h: 0, w: 0 }), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
 }
 
 /// `residual += x`.
 pub fn add_inplace(gpu: &Gpu, enc: &mut Encoder, residual: &Tensor, x: &Tensor) -> Result<()> {
     let n = same_f32("add", x, residual)?;
     let pipe = gpu.pipeline(&SHADER, "add_inplace", &[], &[])?;
-    gpu.dispatch(enc, &pipe, params(&Params { n }), &[&x.buffer, &residual.buffer], gpu.grid(n.div_ceil(WG)))
+    gpu.dispatch(enc, &pipe, params(&Params { n, h: 0, w: 0 }), &[&x.buffer, &residual.buffer], gpu.grid(n.div_ceil(WG)))
+}
+
+/// `out` [B, C, 2H, 2W] = `x` [B, C, H, W] with every pixel repeated 2×2.
+pub fn upsample_nearest2x(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor) -> Result<()> {
+    x.expect_dtype("upsample", DType::F32)?;
+    out.expect_dtype("upsample", DType::F32)?;
+    let &[b, c, h, w] = &x.shape[..] else {
+        return Err(Error::Shape(format!("upsample: input must be [B, C, H, W], got {:?}", x.shape)));
+    };
+    out.expect_shape("upsample out", &[b, c, 2 * h, 2 * w])?;
+    let n = u32::try_from(out.numel()).map_err(|_| Error::Invalid("upsample: output too large".into()))?;
+    let pipe = gpu.pipeline(&SHADER, "upsample_nearest2x", &[], &[])?;
+    let p = Params { n, h: h as u32, w: w as u32 };
+    gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
+}
+
+/// CPU reference of `upsample_nearest2x` for NCHW `x` of shape [B, C, H, W].
+pub fn upsample_reference(x: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    let [_, _, h, w] = shape;
+    let mut out = Vec::with_capacity(4 * x.len());
+    for plane in x.chunks(h * w) {
+        for oy in 0..2 * h {
+            out.extend((0..2 * w).map(|ox| plane[(oy / 2) * w + ox / 2]));
+        }
+    }
+    out
 }
 
 /// erf in f64 to ~1e-12: Taylor series near 0, continued fraction for erfc in the tails.
@@ -89,14 +118,27 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let n = if size == BenchSize::Full { 197 * 3072 } else { 4099 };
     let x = Tensor::from_f32(gpu, &[n], &vec![0.5; n])?;
     let out = Tensor::zeros(gpu, &[n], DType::F32)?;
-    Ok(vec![BenchCase {
+    let gelu = BenchCase {
         kernel: "gelu".into(),
         format: "f32".into(),
         shape: format!("{n}"),
         bytes: 4 * n as u64,
         flops: 20 * n as u64,
         step: Box::new(move |gpu, enc| activate(gpu, enc, Activation::Gelu, &x, &out)),
-    }])
+    };
+    let shape = if size == BenchSize::Full { [1, 512, 32, 32] } else { [1, 8, 9, 7] };
+    let n: usize = shape.iter().product();
+    let x = Tensor::from_f32(gpu, &shape, &vec![0.5; n])?;
+    let out = Tensor::zeros(gpu, &[shape[0], shape[1], 2 * shape[2], 2 * shape[3]], DType::F32)?;
+    let upsample = BenchCase {
+        kernel: "upsample2x".into(),
+        format: "f32".into(),
+        shape: format!("{}x{}x{}x{}", shape[0], shape[1], shape[2], shape[3]),
+        bytes: 4 * n as u64,
+        flops: 0,
+        step: Box::new(move |gpu, enc| upsample_nearest2x(gpu, enc, &x, &out)),
+    };
+    Ok(vec![gelu, upsample])
 }
 
 #[cfg(test)]

@@ -1,0 +1,156 @@
+// 2-D convolution as an implicit GEMM: out[co, pixel] = bias[co] + Σ_k W[co, k] · x[k, pixel]
+// where k = (ci, ky, kx) in PyTorch's weight order and x[k, pixel] is read straight from the
+// NCHW input (zero outside the padding), so no im2col buffer exists.
+//
+// Register tile: each invocation computes 8 output channels × 4 consecutive output pixels of
+// one row. All lanes of a workgroup share the same
+// channels, so weight words are the same for every lane (broadcast loads, decoded once per
+// word) and lanes differ only in the pixels they read.
+//
+// Weights: any format of shaders/dequant.wgsl (FMT_* define; SCALED for formats with scales).
+// Scale groups are whole words (group sizes are multiples of the elements per word, and rows
+// start on a word), so scale and zero point are read once per word.
+//
+// Defines: TOKENS writes [B, Ho·Wo, Cout] (timm's PatchEmbed flatten + transpose) instead of
+// NCHW.
+
+#include dequant
+
+struct Params {
+    cin: u32, h: u32, w: u32, cout: u32,
+    ho: u32, wo: u32, kh: u32, kw: u32,
+    stride: u32, pad: u32, k: u32, row_words: u32,
+    groups: u32, group_size: u32,
+    // This dispatch covers weight rows [co_base, co_base + co_count) (weights split over bindings).
+    co_base: u32, co_count: u32,
+    // Pixel blocks of 4 along a row, per row, and in all (batch · Ho · blocks_x).
+    blocks_x: u32, blocks: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// Weights re-laid out by tiles of 8 output channels: the words at column word `wi` of the
+// tile's 8 rows are adjacent, so two vector loads fetch a word for every channel of the tile.
+@group(0) @binding(4) var<storage, read> w_tiles: array<vec4<u32>>;
+// dequant's w_element names this; the kernel reads `w_tiles` instead.
+var<private> w_data: array<u32, 1>;
+#if SCALED
+@group(0) @binding(5) var<storage, read> w_scales: array<u32>;
+#else
+// dequant's w_scale names this array; unscaled formats never call it.
+var<private> w_scales: array<u32, 1>;
+#endif
+#if FMT_Q4Z
+@group(0) @binding(6) var<storage, read> w_zeros: array<u32>;
+#endif
+
+override WG: u32 = 64u;
+
+// The tile lives in vectors and matrices, not arrays: a local array indexed in a loop can
+// end up in memory (llvmpipe spills it to per-lane scratch), a matrix column update cannot.
+// acc_lo[c][t]: channel row0 + c, pixel ox0 + t; acc_hi: channels row0 + 4 + c.
+#if SCALED
+// Scale group ids of word `wi` in rows `rows` (groups are whole words).
+fn group_ids(rows: vec4<u32>, wi: u32) -> vec4<u32> {
+    return rows * p.groups + vec4((wi * W_PER_WORD) / p.group_size);
+}
+fn scales(g: vec4<u32>) -> vec4<f32> {
+    return vec4(w_scale(g.x), w_scale(g.y), w_scale(g.z), w_scale(g.w));
+}
+fn zeros(g: vec4<u32>) -> vec4<f32> {
+    return vec4(w_zero(g.x), w_zero(g.y), w_zero(g.z), w_zero(g.w));
+}
+#endif
+
+fn decode4(words: vec4<u32>, j: u32, zero: vec4<f32>) -> vec4<f32> {
+    return vec4(w_decode(words.x, j, zero.x), w_decode(words.y, j, zero.y),
+                w_decode(words.z, j, zero.z), w_decode(words.w, j, zero.w));
+}
+
+// acc += x ⊗ w: column c gains x · w[c].
+fn outer(x: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(x * w.x, x * w.y, x * w.z, x * w.w);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let block = wg.x * WG + lid;
+    if block >= p.blocks { return; }
+    let bx = block % p.blocks_x;
+    let oy = (block / p.blocks_x) % p.ho;
+    let b = block / (p.blocks_x * p.ho);
+    let ox0 = bx * 4u;
+
+    // Rows of this binding's weights, for scales; a partial last tile repeats its last row.
+    let row0 = wg.y * 8u;
+    let last = vec4(p.co_count - 1u);
+    let rows_lo = min(vec4(row0) + vec4(0u, 1u, 2u, 3u), last);
+    let rows_hi = min(vec4(row0) + vec4(4u, 5u, 6u, 7u), last);
+
+    var acc_lo = mat4x4<f32>();
+    var acc_hi = mat4x4<f32>();
+    let plane = p.h * p.w;
+    var chan_off = b * p.cin * plane;
+    var ky = 0u;
+    var kx = 0u;
+    let iy0 = i32(oy * p.stride) - i32(p.pad);
+    let ix0 = vec4(i32(ox0 * p.stride) - i32(p.pad)) + vec4<i32>(0, 1, 2, 3) * i32(p.stride);
+
+    var scale_lo = vec4(1.0);
+    var scale_hi = vec4(1.0);
+    var zero_lo = vec4(0.0);
+    var zero_hi = vec4(0.0);
+    for (var wi = 0u; wi < p.row_words; wi++) {
+        let words_lo = w_tiles[(wg.y * p.row_words + wi) * 2u];
+        let words_hi = w_tiles[(wg.y * p.row_words + wi) * 2u + 1u];
+#if SCALED
+        // Scales change only at group boundaries (per-channel formats: never).
+        if (wi * W_PER_WORD) % p.group_size == 0u {
+            let g_lo = group_ids(rows_lo, wi);
+            let g_hi = group_ids(rows_hi, wi);
+            scale_lo = scales(g_lo);
+            scale_hi = scales(g_hi);
+            zero_lo = zeros(g_lo);
+            zero_hi = zeros(g_hi);
+        }
+#endif
+        let nk = min(W_PER_WORD, p.k - wi * W_PER_WORD);
+        for (var j = 0u; j < nk; j++) {
+            // The 4 input pixels under tap (ky, kx), zero where they fall in the padding.
+            let iy = iy0 + i32(ky);
+            let ix = ix0 + vec4(i32(kx));
+            let ok = (ix >= vec4(0)) & (ix < vec4(i32(p.w))) & vec4(iy >= 0 && iy < i32(p.h));
+            let row_off = chan_off + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w;
+            let cx = vec4<u32>(clamp(ix, vec4(0), vec4(i32(p.w) - 1)));
+            let xv = select(vec4(0.0), vec4(x[row_off + cx.x], x[row_off + cx.y], x[row_off + cx.z], x[row_off + cx.w]), ok);
+            acc_lo += outer(xv, decode4(words_lo, j, zero_lo) * scale_lo);
+            acc_hi += outer(xv, decode4(words_hi, j, zero_hi) * scale_hi);
+            kx++;
+            if kx == p.kw {
+                kx = 0u;
+                ky++;
+                if ky == p.kh {
+                    ky = 0u;
+                    chan_off += plane;
+                }
+            }
+        }
+    }
+
+    for (var c = 0u; c < 8u; c++) {
+        if row0 + c >= p.co_count { break; }
+        let co = p.co_base + row0 + c;
+        let v = select(acc_hi[c % 4u], acc_lo[c % 4u], c < 4u) + vec4(bias[co]);
+        for (var t = 0u; t < 4u; t++) {
+            let ox = ox0 + t;
+            if ox >= p.wo { break; }
+#if TOKENS
+            out[((b * p.ho + oy) * p.wo + ox) * p.cout + co] = v[t];
+#else
+            out[((b * p.cout + co) * p.ho + oy) * p.wo + ox] = v[t];
+#endif
+        }
+    }
+}

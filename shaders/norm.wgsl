@@ -1,0 +1,163 @@
+// Row-wise normalizations: LayerNorm (timm), GroupNorm (taming's Normalize, optional fused
+// swish) and softmax. One workgroup per row (a GroupNorm "row" is one (batch, group) block,
+// contiguous in NCHW); lanes stride over the row and combine partial results through
+// workgroup memory.
+//
+// Defines: AFFINE (layer_norm / group_norm: weight + bias bindings), SWISH (group_norm's fused
+// nonlinearity), INPLACE (softmax reading and writing one buffer), SUBGROUPS (reduce inside a
+// subgroup first: fewer workgroup-memory round trips on GPUs that have it).
+
+struct Params {
+    rows: u32,
+    // Elements per row.
+    n: u32,
+    // GroupNorm: channels per group, pixels per channel, groups per image.
+    channels_per_group: u32,
+    pixels: u32,
+    groups: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+#if INPLACE
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+fn load(i: u32) -> f32 { return out[i]; }
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+fn load(i: u32) -> f32 { return x[i]; }
+#if AFFINE
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#else
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+#endif
+#endif
+
+override WG: u32 = 64u;
+const MAX_WG: u32 = 256u;
+
+// Two independent slots, so a second reduction never overwrites partials that slower lanes
+// are still reading from the first: one barrier per reduction instead of two.
+var<workgroup> partials: array<f32, 512>;
+var<private> subgroup_width: u32 = 1u;
+
+// Every lane gets the combined value. The final pass over the partials is done by every lane
+// (same addresses for all: broadcast loads) rather than a barrier-heavy tree.
+fn combine(v: f32, lid: u32, slot: u32, is_max: bool) -> f32 {
+#if SUBGROUPS
+    let part = select(subgroupAdd(v), subgroupMax(v), is_max);
+    // Subgroups of a 1-D workgroup are runs of consecutive invocation indices.
+    let count = (WG + subgroup_width - 1u) / subgroup_width;
+    if lid % subgroup_width == 0u {
+        partials[slot * MAX_WG + lid / subgroup_width] = part;
+    }
+#else
+    let count = WG;
+    partials[slot * MAX_WG + lid] = v;
+#endif
+    workgroupBarrier();
+    var acc = partials[slot * MAX_WG];
+    for (var i = 1u; i < count; i++) {
+        let q = partials[slot * MAX_WG + i];
+        acc = select(acc + q, max(acc, q), is_max);
+    }
+    return acc;
+}
+
+fn row_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * nwg.x;
+}
+
+// Two passes (mean, then the variance of x − mean): no cancellation for rows with a large mean.
+fn mean_rstd(base: u32, lid: u32) -> vec2<f32> {
+    var s = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        s += load(base + i);
+    }
+    let mean = combine(s, lid, 0u, false) / f32(p.n);
+    var v = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        let d = load(base + i) - mean;
+        v += d * d;
+    }
+    let var_ = combine(v, lid, 1u, false) / f32(p.n);
+    return vec2(mean, 1.0 / sqrt(var_ + p.eps));
+}
+
+#if AFFINE
+@compute @workgroup_size(WG)
+fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#if SUBGROUPS
+              @builtin(subgroup_size) sg_size: u32,
+#endif
+              @builtin(local_invocation_index) lid: u32) {
+#if SUBGROUPS
+    subgroup_width = sg_size;
+#endif
+    let row = row_index(wg, nwg);
+    if row >= p.rows { return; }
+    let base = row * p.n;
+    let m = mean_rstd(base, lid);
+    for (var i = lid; i < p.n; i += WG) {
+        out[base + i] = (load(base + i) - m.x) * m.y * weight[i] + bias[i];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn group_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#if SUBGROUPS
+              @builtin(subgroup_size) sg_size: u32,
+#endif
+              @builtin(local_invocation_index) lid: u32) {
+#if SUBGROUPS
+    subgroup_width = sg_size;
+#endif
+    let row = row_index(wg, nwg);
+    if row >= p.rows { return; }
+    let base = row * p.n;
+    let m = mean_rstd(base, lid);
+    let first_channel = (row % p.groups) * p.channels_per_group;
+    for (var c = 0u; c < p.channels_per_group; c++) {
+        // Fold normalization and affine into one multiply-add per element.
+        let a = m.y * weight[first_channel + c];
+        let b = bias[first_channel + c] - m.x * a;
+        let start = base + c * p.pixels;
+        for (var i = lid; i < p.pixels; i += WG) {
+            var y = load(start + i) * a + b;
+#if SWISH
+            y = y / (1.0 + exp(-y));
+#endif
+            out[start + i] = y;
+        }
+    }
+}
+#else
+@compute @workgroup_size(WG)
+fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#if SUBGROUPS
+           @builtin(subgroup_size) sg_size: u32,
+#endif
+           @builtin(local_invocation_index) lid: u32) {
+#if SUBGROUPS
+    subgroup_width = sg_size;
+#endif
+    let row = row_index(wg, nwg);
+    if row >= p.rows { return; }
+    let base = row * p.n;
+    var m = -3.0e38;
+    for (var i = lid; i < p.n; i += WG) {
+        m = max(m, load(base + i));
+    }
+    let row_max = combine(m, lid, 0u, true);
+    var s = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        s += exp(load(base + i) - row_max);
+    }
+    let inv = 1.0 / combine(s, lid, 1u, false);
+    // Each lane rewrites only the elements it read, so in place is safe.
+    for (var i = lid; i < p.n; i += WG) {
+        out[base + i] = exp(load(base + i) - row_max) * inv;
+    }
+}
+#endif
