@@ -12,6 +12,7 @@ struct Params {
     row_words: u32,   // ceil(K / 4)
     out_stride: u32,  // GEMM: output channels of the whole layer (N)
     col_offset: u32,  // GEMM: first output channel of this weight part
+    w_vecs: u32,      // GEMM: vec4 words per (padded) weight row
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -73,15 +74,18 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 #else
 @group(0) @binding(1) var<storage, read> x_codes: array<u32>;
 @group(0) @binding(2) var<storage, read> x_scales: array<f32>;
-@group(0) @binding(3) var<storage, read> w_data: array<u32>;
+// Weight rows padded with zero codes to whole vec4s (16 codes), `w_vecs` per row: one load
+// fetches 16 codes. The activation words read against that padding may belong to the next row
+// (or be clamped past the end); they are multiplied by zero.
+@group(0) @binding(3) var<storage, read> w_data: array<vec4<u32>>;
 // Per output channel of this part: (weight scale, bias).
 @group(0) @binding(4) var<storage, read> w_rows: array<vec2<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 override WG: u32 = 64u;
-// Activation rows one workgroup covers (a multiple of TM). On CPU adapters a large value keeps
-// the workgroup's weight columns in cache while all those rows reuse them; GPUs want more
-// workgroups instead.
+// Activation rows one `gemm` workgroup covers (a multiple of TM). On CPU adapters a large value
+// keeps the workgroup's weight rows in cache while all those activation rows reuse them; GPUs
+// want more workgroups instead.
 override ROWS_PER_WG: u32 = 32u;
 
 #if GEMV
@@ -89,11 +93,35 @@ const TM: u32 = 1u;
 #else
 const TM: u32 = 4u;
 #endif
-// Each invocation owns TN = 4 output channels (one vec4 of accumulators per activation row).
 
 // Sign-extends the four int8 codes of a word (byte 0 first).
 fn unpack_i8(word: u32) -> vec4<i32> {
     return bitcast<vec4<i32>>(vec4<u32>(word) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+}
+
+// 16 codes in the form the dot product wants them: as stored, or sign-extended once so that
+// an operand reused against several others is unpacked only once.
+#if PACKED_DOT
+alias Operand = vec4<u32>;
+fn operand(v: vec4<u32>) -> Operand {
+    return v;
+}
+fn dot16(a: Operand, b: vec4<u32>) -> i32 {
+    return dot4I8Packed(a.x, b.x) + dot4I8Packed(a.y, b.y) + dot4I8Packed(a.z, b.z) + dot4I8Packed(a.w, b.w);
+}
+#else
+struct Operand { x: vec4<i32>, y: vec4<i32>, z: vec4<i32>, w: vec4<i32> }
+fn operand(v: vec4<u32>) -> Operand {
+    return Operand(unpack_i8(v.x), unpack_i8(v.y), unpack_i8(v.z), unpack_i8(v.w));
+}
+fn dot16(a: Operand, b: vec4<u32>) -> i32 {
+    return dot(a.x, unpack_i8(b.x)) + dot(a.y, unpack_i8(b.y)) + dot(a.z, unpack_i8(b.z)) + dot(a.w, unpack_i8(b.w));
+}
+#endif
+
+// Four consecutive activation words (16 codes) starting at word `i`.
+fn x_vec(i: u32) -> vec4<u32> {
+    return vec4<u32>(x_codes[i], x_codes[i + 1u], x_codes[i + 2u], x_codes[i + 3u]);
 }
 
 #if GELU
@@ -105,24 +133,25 @@ fn erf_approx(x: f32) -> f32 {
 }
 #endif
 
-fn finish(v: f32) -> f32 {
+// Rescale the integer sum, add the bias, apply the fused activation, store.
+fn store(m: u32, c: u32, acc: i32) {
+    let sb = w_rows[c];
+    var v = f32(acc) * x_scales[m] * sb.x + sb.y;
 #if GELU
-    return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
-#else
-    return v;
+    v = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
 #endif
+    out[m * p.out_stride + p.col_offset + c] = v;
 }
 
-// Lanes of a workgroup take neighbouring output channels (channel = col0 + j * WG) and share
-// the activation rows, so activation loads are the same address for every lane (a broadcast)
-// and only weight loads differ per lane.
+// Lanes take neighbouring output channels (channel = col0 + j * WG, j < 4) and share TM
+// activation rows, so activation loads are the same address for every lane (a broadcast) and
+// only weight loads differ per lane. Used for GEMV and on GPUs.
 @compute @workgroup_size(WG)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let kwords = p.row_words;
     let col0 = wg.x * WG * 4u + lid;
     let cols = col0 + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
     // Past-the-end channels read the last valid row and are not stored.
-    let w_base = min(cols, vec4<u32>(p.cols - 1u)) * kwords;
+    let w_base = min(cols, vec4<u32>(p.cols - 1u)) * p.w_vecs;
 
     let row_end = min(p.rows, (wg.y + 1u) * ROWS_PER_WG);
     for (var m0 = wg.y * ROWS_PER_WG; m0 < row_end; m0 += TM) {
@@ -130,38 +159,25 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         var x_base: array<u32, TM>;
         for (var i = 0u; i < TM; i++) {
             acc[i] = vec4<i32>(0);
-            x_base[i] = min(m0 + i, p.rows - 1u) * kwords;
+            x_base[i] = min(m0 + i, p.rows - 1u) * p.row_words;
         }
-        for (var kw = 0u; kw < kwords; kw++) {
-            let w = vec4<u32>(w_data[w_base.x + kw], w_data[w_base.y + kw], w_data[w_base.z + kw], w_data[w_base.w + kw]);
-#if PACKED_DOT
+        for (var kv = 0u; kv < p.w_vecs; kv++) {
+            var xs: array<vec4<u32>, TM>;
             for (var i = 0u; i < TM; i++) {
-                let xw = x_codes[x_base[i] + kw];
-                acc[i] += vec4<i32>(dot4I8Packed(xw, w.x), dot4I8Packed(xw, w.y), dot4I8Packed(xw, w.z), dot4I8Packed(xw, w.w));
+                xs[i] = x_vec(x_base[i] + 4u * kv);
             }
-#else
-            // Unpack each weight word once and reuse it for all TM rows.
-            let w0 = unpack_i8(w.x);
-            let w1 = unpack_i8(w.y);
-            let w2 = unpack_i8(w.z);
-            let w3 = unpack_i8(w.w);
-            for (var i = 0u; i < TM; i++) {
-                let xv = unpack_i8(x_codes[x_base[i] + kw]);
-                acc[i] += vec4<i32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
+            for (var j = 0u; j < 4u; j++) {
+                let w = operand(w_data[w_base[j] + kv]);
+                for (var i = 0u; i < TM; i++) {
+                    acc[i][j] += dot16(w, xs[i]);
+                }
             }
-#endif
         }
         for (var i = 0u; i < TM; i++) {
             let m = m0 + i;
-            if m >= row_end {
-                break;
-            }
-            let sx = x_scales[m];
             for (var j = 0u; j < 4u; j++) {
-                let c = cols[j];
-                if c < p.cols {
-                    let sb = w_rows[c];
-                    out[m * p.out_stride + p.col_offset + c] = finish(f32(acc[i][j]) * sx * sb.x + sb.y);
+                if m < row_end && cols[j] < p.cols {
+                    store(m, cols[j], acc[i][j]);
                 }
             }
         }

@@ -147,7 +147,8 @@ fn timing() {
     use lowbit::kernels::{w8a8::bench_cases, BenchSize};
     let size = if std::env::var("W8A8_FULL").is_ok() { BenchSize::Full } else { BenchSize::Quick };
     for (path, gpu) in gpus() {
-        for mut case in bench_cases(gpu, size).unwrap() {
+        let only = std::env::var("W8A8_SHAPE").unwrap_or_default();
+        for mut case in bench_cases(gpu, size).unwrap().into_iter().filter(|c| c.shape.contains(&only)) {
             let (ms, clock) = gpu.time_step(3, |enc| (case.step)(gpu, enc)).unwrap();
             eprintln!(
                 "{path:8} {} {} {:>14}: {ms:8.3} ms  {:7.2} GFLOP/s  {:6.2} GB/s  ({clock:?})",

@@ -29,7 +29,8 @@ struct Params {
     row_words: u32,
     out_stride: u32,
     col_offset: u32,
-    _pad: [u32; 3],
+    w_vecs: u32,
+    _pad: [u32; 2],
 }
 
 /// Int8 activations on the GPU: `codes` [rows, ceil(cols/4)] packed words, `scales` [rows] f32.
@@ -76,6 +77,8 @@ pub struct W8A8Linear {
     pub cols: usize,
     /// Apply GELU (erf form) to the output.
     pub gelu: bool,
+    /// vec4<u32> words (16 codes) per padded weight row on the GPU.
+    w_vecs: usize,
     parts: Vec<WeightPart>,
     weight_bytes: u64,
 }
@@ -102,22 +105,26 @@ impl W8A8Linear {
                 shape_err!("bias has {} values for {rows} output channels", b.len());
             }
         }
-        // Row parameters take 8 bytes per channel, which can exceed a tiny weight row.
-        let row_bytes = (w.row_words as u64 * 4).max(8);
+        // Rows padded with zero codes to whole vec4s so the kernels load 16 codes at a time.
+        let w_vecs = w.row_words.div_ceil(4);
+        let row_bytes = w_vecs as u64 * 16;
         let mut parts = Vec::new();
         for range in gpu.split_rows(rows, row_bytes)? {
-            let data = &w.data[range.start * w.row_words..range.end * w.row_words];
+            let mut data = vec![0u32; range.len() * w_vecs * 4];
+            for (dst, r) in data.chunks_mut(w_vecs * 4).zip(range.clone()) {
+                dst[..w.row_words].copy_from_slice(&w.data[r * w.row_words..(r + 1) * w.row_words]);
+            }
             let row_params: Vec<f32> =
                 range.clone().flat_map(|r| [w.scale(r, 0), bias.map_or(0.0, |b| b[r])]).collect();
             parts.push(WeightPart {
                 first_row: range.start,
                 rows: range.len(),
-                data: Arc::new(gpu.upload_u32(data, "w8a8 weights")?),
+                data: Arc::new(gpu.upload_u32(&data, "w8a8 weights")?),
                 row_params: Arc::new(gpu.upload(bytemuck::cast_slice(&row_params), "w8a8 scales+bias")?),
             });
         }
         let weight_bytes = 4 * (w.data.len() + w.scales.len()) as u64;
-        Ok(W8A8Linear { rows, cols, gelu: false, parts, weight_bytes })
+        Ok(W8A8Linear { rows, cols, gelu: false, w_vecs, parts, weight_bytes })
     }
 
     /// The same layer with GELU fused into the output.
@@ -154,7 +161,8 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Quan
         row_words: out.row_words as u32,
         out_stride: 0,
         col_offset: 0,
-        _pad: [0; 3],
+        w_vecs: 0,
+        _pad: [0; 2],
     };
     let pipe = gpu.pipeline(&SHADER, "quantize", &["QUANTIZE"], &[])?;
     gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer, &out.codes.buffer, &out.scales.buffer], gpu.grid(rows as u32))
@@ -199,7 +207,8 @@ pub fn w8a8_linear(gpu: &Gpu, enc: &mut Encoder, layer: &W8A8Linear, xq: &Quanti
             row_words: xq.row_words as u32,
             out_stride: layer.rows as u32,
             col_offset: part.first_row as u32,
-            _pad: [0; 3],
+            w_vecs: layer.w_vecs as u32,
+            _pad: [0; 2],
         };
         let groups = [part.rows.div_ceil(wg * TN) as u32, m.div_ceil(rows_per_wg) as u32, 1];
         let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &*part.data, &*part.row_params, &*out.buffer];
