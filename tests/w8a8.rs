@@ -118,6 +118,10 @@ fn bad_inputs_are_errors() {
         assert!(W8A8Linear::new(gpu, &p, None).is_err(), "{f:?}");
     }
     assert!(W8A8Linear::new(gpu, &packed, Some(&[0.0; 7])).is_err());
+    // K so long that K · 127² could overflow the i32 accumulators.
+    let long_k = lowbit::kernels::w8a8::MAX_K + 1;
+    let long = PackedMatrix::quantize(&vec![0.5; long_k], 1, long_k, Q8).unwrap();
+    assert!(W8A8Linear::new(gpu, &long, None).is_err());
     assert!(QuantizedActivations::new(gpu, 0, k).is_err());
 
     let x = Tensor::from_f32(gpu, &[m, k], &random(m * k, 2, 1.0)).unwrap();

@@ -149,7 +149,8 @@ fn rows_of(what: &str, t: &Tensor, last: usize) -> Result<usize> {
 }
 
 /// Per-token int8 quantization of `x` [.., K] into `out` (scale = max|x_row| / 127,
-/// q = round(x / scale), an all-zero row gets scale 0 and zero codes).
+/// q = round(x / scale) with ties to even, clamped to ±127; an all-zero row gets scale 0 and
+/// zero codes). Activations must be finite: a NaN or infinity makes that row's codes undefined.
 pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &QuantizedActivations) -> Result<()> {
     let rows = rows_of("w8a8 quantize input", x, out.cols)?;
     if rows != out.rows {
