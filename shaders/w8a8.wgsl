@@ -1,0 +1,186 @@
+// W8A8: per-token dynamic int8 quantization of activations, and the int8 × int8 GEMM with i32
+// accumulation. Codes are packed four per u32, LSB first, rows padded with zero codes to whole
+// words: the same layout as the Q8 weight rows, so both operands stream word by word.
+//
+// Variants (defines): QUANTIZE selects the quantization entry and its bindings, otherwise the GEMM;
+// PACKED_DOT uses dot4I8Packed, else bytes are sign-extended and multiplied in i32;
+// GEMV computes one activation row per tile instead of four; GELU fuses the activation.
+
+struct Params {
+    rows: u32,        // M: activation rows (tokens)
+    cols: u32,        // quantize: K; GEMM: output channels in this weight part
+    row_words: u32,   // ceil(K / 4)
+    out_stride: u32,  // GEMM: output channels of the whole layer (N)
+    col_offset: u32,  // GEMM: first output channel of this weight part
+    w_vecs: u32,      // GEMM: vec4 words per (padded) weight row
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+#if QUANTIZE
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> codes: array<u32>;
+@group(0) @binding(3) var<storage, read_write> scales: array<f32>;
+
+const QWG: u32 = 64u;
+var<workgroup> partial_max: array<f32, QWG>;
+
+// One workgroup per row. The max needs a single barrier: every lane then reads all partial
+// maxima itself (same addresses for all lanes, cheap everywhere) instead of a barrier-per-level
+// tree, which matters on CPU adapters where a barrier is a coroutine switch.
+@compute @workgroup_size(QWG)
+fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nwg.x;
+    // No early return: the barrier below must be reached by the whole workgroup.
+    let live = row < p.rows;
+    let r = min(row, p.rows - 1u);
+    let base = r * p.cols;
+
+    var amax = 0.0;
+    for (var w = lid; w < p.row_words; w += QWG) {
+        for (var j = 0u; j < 4u; j++) {
+            let k = 4u * w + j;
+            if k < p.cols {
+                amax = max(amax, abs(x[base + k]));
+            }
+        }
+    }
+    partial_max[lid] = amax;
+    workgroupBarrier();
+    for (var i = 0u; i < QWG; i++) {
+        amax = max(amax, partial_max[i]);
+    }
+
+    // Exactly the CPU reference's arithmetic (f32 divide, round half to even), so codes match bit for bit.
+    let scale = amax / 127.0;
+    for (var w = lid; w < p.row_words; w += QWG) {
+        var word = 0u;
+        for (var j = 0u; j < 4u; j++) {
+            let k = 4u * w + j;
+            if k < p.cols && scale > 0.0 {
+                let q = i32(clamp(round(x[base + k] / scale), -127.0, 127.0));
+                word |= (bitcast<u32>(q) & 0xffu) << (8u * j);
+            }
+        }
+        if live {
+            codes[r * p.row_words + w] = word;
+        }
+    }
+    if live && lid == 0u {
+        scales[r] = scale;
+    }
+}
+#else
+@group(0) @binding(1) var<storage, read> x_codes: array<u32>;
+@group(0) @binding(2) var<storage, read> x_scales: array<f32>;
+// Weight rows padded with zero codes to whole vec4s (16 codes), `w_vecs` per row: one load
+// fetches 16 codes. The activation words read against that padding may belong to the next row
+// (or be clamped past the end); they are multiplied by zero.
+@group(0) @binding(3) var<storage, read> w_data: array<vec4<u32>>;
+// Per output channel of this part: (weight scale, bias).
+@group(0) @binding(4) var<storage, read> w_rows: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+override WG: u32 = 64u;
+// Activation rows one `gemm` workgroup covers (a multiple of TM). On CPU adapters a large value
+// keeps the workgroup's weight rows in cache while all those activation rows reuse them; GPUs
+// want more workgroups instead.
+override ROWS_PER_WG: u32 = 32u;
+
+#if GEMV
+const TM: u32 = 1u;
+#else
+const TM: u32 = 4u;
+#endif
+
+// Sign-extends the four int8 codes of a word (byte 0 first).
+fn unpack_i8(word: u32) -> vec4<i32> {
+    return bitcast<vec4<i32>>(vec4<u32>(word) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+}
+
+// 16 codes in the form the dot product wants them: as stored, or sign-extended once so that
+// an operand reused against several others is unpacked only once.
+#if PACKED_DOT
+alias Operand = vec4<u32>;
+fn operand(v: vec4<u32>) -> Operand {
+    return v;
+}
+fn dot16(a: Operand, b: vec4<u32>) -> i32 {
+    return dot4I8Packed(a.x, b.x) + dot4I8Packed(a.y, b.y) + dot4I8Packed(a.z, b.z) + dot4I8Packed(a.w, b.w);
+}
+#else
+struct Operand { x: vec4<i32>, y: vec4<i32>, z: vec4<i32>, w: vec4<i32> }
+fn operand(v: vec4<u32>) -> Operand {
+    return Operand(unpack_i8(v.x), unpack_i8(v.y), unpack_i8(v.z), unpack_i8(v.w));
+}
+fn dot16(a: Operand, b: vec4<u32>) -> i32 {
+    return dot(a.x, unpack_i8(b.x)) + dot(a.y, unpack_i8(b.y)) + dot(a.z, unpack_i8(b.z)) + dot(a.w, unpack_i8(b.w));
+}
+#endif
+
+// Four consecutive activation words (16 codes) starting at word `i`.
+fn x_vec(i: u32) -> vec4<u32> {
+    return vec4<u32>(x_codes[i], x_codes[i + 1u], x_codes[i + 2u], x_codes[i + 3u]);
+}
+
+#if GELU
+// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+fn erf_approx(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+    return select(-y, y, x >= 0.0);
+}
+#endif
+
+// Rescale the integer sum, add the bias, apply the fused activation, store.
+fn store(m: u32, c: u32, acc: i32) {
+    let sb = w_rows[c];
+    var v = f32(acc) * x_scales[m] * sb.x + sb.y;
+#if GELU
+    v = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+#endif
+    out[m * p.out_stride + p.col_offset + c] = v;
+}
+
+// Lanes take neighbouring output channels (channel = col0 + j * WG, j < 4) and share TM
+// activation rows, so activation loads are the same address for every lane (a broadcast) and
+// only weight loads differ per lane. Used for GEMV and on GPUs.
+@compute @workgroup_size(WG)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col0 = wg.x * WG * 4u + lid;
+    let cols = col0 + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
+    // Past-the-end channels read the last valid row and are not stored.
+    let w_base = min(cols, vec4<u32>(p.cols - 1u)) * p.w_vecs;
+
+    let row_end = min(p.rows, (wg.y + 1u) * ROWS_PER_WG);
+    for (var m0 = wg.y * ROWS_PER_WG; m0 < row_end; m0 += TM) {
+        var acc: array<vec4<i32>, TM>;
+        var x_base: array<u32, TM>;
+        for (var i = 0u; i < TM; i++) {
+            acc[i] = vec4<i32>(0);
+            x_base[i] = min(m0 + i, p.rows - 1u) * p.row_words;
+        }
+        for (var kv = 0u; kv < p.w_vecs; kv++) {
+            var xs: array<vec4<u32>, TM>;
+            for (var i = 0u; i < TM; i++) {
+                xs[i] = x_vec(x_base[i] + 4u * kv);
+            }
+            for (var j = 0u; j < 4u; j++) {
+                let w = operand(w_data[w_base[j] + kv]);
+                for (var i = 0u; i < TM; i++) {
+                    acc[i][j] += dot16(w, xs[i]);
+                }
+            }
+        }
+        for (var i = 0u; i < TM; i++) {
+            let m = m0 + i;
+            for (var j = 0u; j < 4u; j++) {
+                if m < row_end && cols[j] < p.cols {
+                    store(m, cols[j], acc[i][j]);
+                }
+            }
+        }
+    }
+}
+#endif
