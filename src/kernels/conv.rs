@@ -141,11 +141,6 @@ impl Conv2d {
         if tokens {
             d.push("TOKENS");
         }
-        if let Ok(extra) = std::env::var("XCONV") {
-            for e in extra.split(',').filter(|e| !e.is_empty()) {
-                d.push(Box::leak(e.to_string().into_boxed_str()));
-            }
-        }
         d
     }
 
