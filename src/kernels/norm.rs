@@ -25,14 +25,29 @@ fn lanes(gpu: &Gpu, row_len: usize) -> u32 {
     (row_len.next_power_of_two() as u32).clamp(32, max)
 }
 
+/// Invocations per workgroup when each owns a row (CPU adapters): a couple of SIMD widths.
+const ROWS_PER_WORKGROUP: u32 = 16;
+
+/// Row per invocation on CPU adapters when there are enough rows to fill the threads and the
+/// rows are short enough that one thread per row is not the critical path; else a workgroup
+/// per row. GroupNorm's few long rows always take the workgroup path.
+fn row_per_lane(gpu: &Gpu, rows: u32, row_len: usize) -> bool {
+    gpu.class == AdapterClass::Cpu && rows >= 64 && row_len <= 4096
+}
+
 fn run(gpu: &Gpu, enc: &mut Encoder, entry: &str, defines: &[&str], p: Params, row_len: usize, buffers: &[&wgpu::Buffer]) -> Result<()> {
     let mut defines = defines.to_vec();
-    if gpu.caps.subgroups {
-        defines.push("SUBGROUPS");
-    }
-    let wg = lanes(gpu, row_len);
+    let (wg, workgroups) = if entry != "group_norm" && row_per_lane(gpu, p.rows, row_len) {
+        defines.push("ROW_PER_LANE");
+        (ROWS_PER_WORKGROUP, p.rows.div_ceil(ROWS_PER_WORKGROUP))
+    } else {
+        if gpu.caps.subgroups {
+            defines.push("SUBGROUPS");
+        }
+        (lanes(gpu, row_len), p.rows)
+    };
     let pipe = gpu.pipeline(&SHADER, entry, &defines, &[("WG", wg as f64)])?;
-    gpu.dispatch(enc, &pipe, params(&p), buffers, gpu.grid(p.rows))
+    gpu.dispatch(enc, &pipe, params(&p), buffers, gpu.grid(workgroups))
 }
 
 fn check_f32(what: &str, tensors: &[&Tensor]) -> Result<()> {
