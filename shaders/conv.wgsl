@@ -69,9 +69,10 @@ fn decode4(words: vec4<u32>, j: u32, zero: vec4<f32>) -> vec4<f32> {
                 w_decode(words.z, j, zero.z), w_decode(words.w, j, zero.w));
 }
 
-// acc += x ⊗ w: column c gains x · w[c].
-fn outer(x: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4(x * w.x, x * w.y, x * w.z, x * w.w);
+// acc + x ⊗ w (column c gains x · w[c]), as fused multiply-adds.
+fn fma_outer(acc: mat4x4<f32>, x: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(fma(x, vec4(w.x), acc[0]), fma(x, vec4(w.y), acc[1]),
+                  fma(x, vec4(w.z), acc[2]), fma(x, vec4(w.w), acc[3]));
 }
 
 @compute @workgroup_size(WG)
@@ -125,8 +126,8 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let row_off = chan_off + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w;
             let cx = vec4<u32>(clamp(ix, vec4(0), vec4(i32(p.w) - 1)));
             let xv = select(vec4(0.0), vec4(x[row_off + cx.x], x[row_off + cx.y], x[row_off + cx.z], x[row_off + cx.w]), ok);
-            acc_lo += outer(xv, decode4(words_lo, j, zero_lo) * scale_lo);
-            acc_hi += outer(xv, decode4(words_hi, j, zero_hi) * scale_hi);
+            acc_lo = fma_outer(acc_lo, xv, decode4(words_lo, j, zero_lo) * scale_lo);
+            acc_hi = fma_outer(acc_hi, xv, decode4(words_hi, j, zero_hi) * scale_hi);
             kx++;
             if kx == p.kw {
                 kx = 0u;
