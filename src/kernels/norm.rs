@@ -54,6 +54,14 @@ fn check_f32(what: &str, tensors: &[&Tensor]) -> Result<()> {
     tensors.iter().try_for_each(|t| t.expect_dtype(what, DType::F32))
 }
 
+/// A buffer cannot be bound both read-only and writable in one dispatch.
+fn check_distinct(what: &str, x: &Tensor, out: &Tensor) -> Result<()> {
+    if std::sync::Arc::ptr_eq(&x.buffer, &out.buffer) {
+        invalid!("{what}: input and output must be different tensors");
+    }
+    Ok(())
+}
+
 /// Splits `x` into (rows, last dim), requiring at least one dimension.
 fn rows_and_width(what: &str, x: &Tensor) -> Result<(usize, usize)> {
     match x.shape.split_last() {
@@ -69,6 +77,7 @@ pub fn layer_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, weight: &Tensor, bia
     weight.expect_shape("layer_norm weight", &[c])?;
     bias.expect_shape("layer_norm bias", &[c])?;
     out.expect_shape("layer_norm out", &x.shape)?;
+    check_distinct("layer_norm", x, out)?;
     if !(eps > 0.0) {
         invalid!("layer_norm: eps must be positive, got {eps}");
     }
@@ -90,6 +99,7 @@ pub fn group_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, groups: usize, weigh
     weight.expect_shape("group_norm weight", &[c])?;
     bias.expect_shape("group_norm bias", &[c])?;
     out.expect_shape("group_norm out", &x.shape)?;
+    check_distinct("group_norm", x, out)?;
     if !(eps > 0.0) {
         invalid!("group_norm: eps must be positive, got {eps}");
     }
@@ -106,11 +116,14 @@ pub fn group_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, groups: usize, weigh
     run(gpu, enc, "group_norm", defines, p, cpg * h * w, &[&x.buffer, &weight.buffer, &bias.buffer, &out.buffer])
 }
 
-/// Row-wise softmax over the last dimension (max-subtracted).
+/// Row-wise softmax over the last dimension (max-subtracted). `out` may be `x` itself.
 pub fn softmax(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor) -> Result<()> {
     check_f32("softmax", &[x, out])?;
     let (rows, c) = rows_and_width("softmax", x)?;
     out.expect_shape("softmax out", &x.shape)?;
+    if std::sync::Arc::ptr_eq(&x.buffer, &out.buffer) {
+        return softmax_inplace(gpu, enc, x);
+    }
     let p = Params { rows: rows as u32, n: c as u32, ..Default::default() };
     run(gpu, enc, "softmax", &[], p, c, &[&x.buffer, &out.buffer])
 }
