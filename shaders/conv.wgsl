@@ -3,13 +3,13 @@
 // NCHW input (zero outside the padding), so no im2col buffer exists.
 //
 // Register tile: each invocation computes 8 output channels × 4 consecutive output pixels of
-// one row. All lanes of a workgroup share the same
-// channels, so weight words are the same for every lane (broadcast loads, decoded once per
-// word) and lanes differ only in the pixels they read.
+// one row, so each weight value feeds 4 multiply-adds and each input value 8. All lanes of a
+// workgroup share the same channels: weight loads have the same address in every lane
+// (broadcasts), and lanes differ only in the pixels they read.
 //
 // Weights: any format of shaders/dequant.wgsl (FMT_* define; SCALED for formats with scales).
 // Scale groups are whole words (group sizes are multiples of the elements per word, and rows
-// start on a word), so scale and zero point are read once per word.
+// start on a word), so scales and zero points are read only where a group starts.
 //
 // Defines: TOKENS writes [B, Ho·Wo, Cout] (timm's PatchEmbed flatten + transpose) instead of
 // NCHW.
@@ -49,8 +49,7 @@ var<private> w_scales: array<u32, 1>;
 override WG: u32 = 64u;
 
 // The tile lives in vectors and matrices, not arrays: a local array indexed in a loop can
-// end up in memory (llvmpipe spills it to per-lane scratch), a matrix column update cannot.
-// acc_lo[c][t]: channel row0 + c, pixel ox0 + t; acc_hi: channels row0 + 4 + c.
+// end up in memory (per-lane scratch on llvmpipe); measured ~1.5× slower there.
 #if SCALED
 // Scale group ids of word `wi` in rows `rows` (groups are whole words).
 fn group_ids(rows: vec4<u32>, wi: u32) -> vec4<u32> {
@@ -90,6 +89,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let rows_lo = min(vec4(row0) + vec4(0u, 1u, 2u, 3u), last);
     let rows_hi = min(vec4(row0) + vec4(4u, 5u, 6u, 7u), last);
 
+    // acc_lo[c][t]: channel row0 + c, pixel ox0 + t; acc_hi: channels row0 + 4 + c.
     var acc_lo = mat4x4<f32>();
     var acc_hi = mat4x4<f32>();
     let plane = p.h * p.w;
