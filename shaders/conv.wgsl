@@ -49,7 +49,7 @@ var<private> w_scales: array<u32, 1>;
 override WG: u32 = 64u;
 
 // The tile lives in vectors and matrices, not arrays: a local array indexed in a loop can
-// end up in memory (per-lane scratch on llvmpipe); measured ~1.5× slower there.
+// end up in memory (per-lane scratch on llvmpipe) unless the compiler unrolls every loop.
 #if SCALED
 // Scale group ids of word `wi` in rows `rows` (groups are whole words).
 fn group_ids(rows: vec4<u32>, wi: u32) -> vec4<u32> {
