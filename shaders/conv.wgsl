@@ -3,13 +3,13 @@
 // NCHW input (zero outside the padding), so no im2col buffer exists.
 //
 // Register tile: each invocation computes 8 output channels × 4 consecutive output pixels of
-// one row. All lanes of a workgroup share the same
-// channels, so weight words are the same for every lane (broadcast loads, decoded once per
-// word) and lanes differ only in the pixels they read.
+// one row, so each weight value feeds 4 multiply-adds and each input value 8. All lanes of a
+// workgroup share the same channels: weight loads have the same address in every lane
+// (broadcasts), and lanes differ only in the pixels they read.
 //
 // Weights: any format of shaders/dequant.wgsl (FMT_* define; SCALED for formats with scales).
 // Scale groups are whole words (group sizes are multiples of the elements per word, and rows
-// start on a word), so scale and zero point are read once per word.
+// start on a word), so scales and zero points are read only where a group starts.
 //
 // Defines: TOKENS writes [B, Ho·Wo, Cout] (timm's PatchEmbed flatten + transpose) instead of
 // NCHW.
@@ -49,8 +49,7 @@ var<private> w_scales: array<u32, 1>;
 override WG: u32 = 64u;
 
 // The tile lives in vectors and matrices, not arrays: a local array indexed in a loop can
-// end up in memory (llvmpipe spills it to per-lane scratch), a matrix column update cannot.
-// acc_lo[c][t]: channel row0 + c, pixel ox0 + t; acc_hi: channels row0 + 4 + c.
+// end up in memory (per-lane scratch on llvmpipe) unless the compiler unrolls every loop.
 #if SCALED
 // Scale group ids of word `wi` in rows `rows` (groups are whole words).
 fn group_ids(rows: vec4<u32>, wi: u32) -> vec4<u32> {
@@ -69,9 +68,10 @@ fn decode4(words: vec4<u32>, j: u32, zero: vec4<f32>) -> vec4<f32> {
                 w_decode(words.z, j, zero.z), w_decode(words.w, j, zero.w));
 }
 
-// acc += x ⊗ w: column c gains x · w[c].
-fn outer(x: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4(x * w.x, x * w.y, x * w.z, x * w.w);
+// acc + x ⊗ w (column c gains x · w[c]), as fused multiply-adds.
+fn fma_outer(acc: mat4x4<f32>, x: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(fma(x, vec4(w.x), acc[0]), fma(x, vec4(w.y), acc[1]),
+                  fma(x, vec4(w.z), acc[2]), fma(x, vec4(w.w), acc[3]));
 }
 
 @compute @workgroup_size(WG)
@@ -89,6 +89,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let rows_lo = min(vec4(row0) + vec4(0u, 1u, 2u, 3u), last);
     let rows_hi = min(vec4(row0) + vec4(4u, 5u, 6u, 7u), last);
 
+    // acc_lo[c][t]: channel row0 + c, pixel ox0 + t; acc_hi: channels row0 + 4 + c.
     var acc_lo = mat4x4<f32>();
     var acc_hi = mat4x4<f32>();
     let plane = p.h * p.w;
@@ -125,8 +126,8 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let row_off = chan_off + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w;
             let cx = vec4<u32>(clamp(ix, vec4(0), vec4(i32(p.w) - 1)));
             let xv = select(vec4(0.0), vec4(x[row_off + cx.x], x[row_off + cx.y], x[row_off + cx.z], x[row_off + cx.w]), ok);
-            acc_lo += outer(xv, decode4(words_lo, j, zero_lo) * scale_lo);
-            acc_hi += outer(xv, decode4(words_hi, j, zero_hi) * scale_hi);
+            acc_lo = fma_outer(acc_lo, xv, decode4(words_lo, j, zero_lo) * scale_lo);
+            acc_hi = fma_outer(acc_hi, xv, decode4(words_hi, j, zero_hi) * scale_hi);
             kx++;
             if kx == p.kw {
                 kx = 0u;

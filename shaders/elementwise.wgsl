@@ -1,9 +1,9 @@
 // Element-wise ops over flat f32 tensors: residual add, GELU (erf form), swish, and the
-// nearest-neighbour 2× upsample (one invocation per output element).
+// nearest-neighbour 2× upsample.
 // One invocation per element; the grid is 2-D when a tensor needs more than 65535 workgroups.
 
-// `h`, `w`: input height and width (upsample only).
-struct Params { n: u32, h: u32, w: u32 }
+// `w`: input width (upsample only).
+struct Params { n: u32, w: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -46,15 +46,19 @@ fn add_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     out[i] = out[i] + a[i];
 }
 
-// out[bc, y, x] = a[bc, y / 2, x / 2] for NCHW `a`; `n` counts output elements.
+// out[bc, y, x] = a[bc, y / 2, x / 2] for NCHW `a`. One invocation per input element writes
+// its 2×2 block: one division per four outputs (vector integer division is slow on CPUs).
+// `n` counts input elements.
 @compute @workgroup_size(WG)
 fn upsample_nearest2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
     if i >= p.n { return; }
-    let w2 = 2u * p.w;
-    let ox = i % w2;
-    let row = i / w2; // (bc, oy) flattened
-    let oy = row % (2u * p.h);
-    let bc = row / (2u * p.h);
-    out[i] = a[(bc * p.h + oy / 2u) * p.w + ox / 2u];
+    // Input row r = (bc, y) becomes output rows 2r and 2r + 1, each 2w wide.
+    let r = i / p.w;
+    let o = r * 4u * p.w + 2u * (i - r * p.w);
+    let v = a[i];
+    out[o] = v;
+    out[o + 1u] = v;
+    out[o + 2u * p.w] = v;
+    out[o + 2u * p.w + 1u] = v;
 }

@@ -1,7 +1,8 @@
 // Row-wise normalizations: LayerNorm (timm), GroupNorm (taming's Normalize, optional fused
 // swish) and softmax. One workgroup per row (a GroupNorm "row" is one (batch, group) block,
 // contiguous in NCHW); lanes stride over the row and combine partial results through
-// workgroup memory.
+// workgroup memory. With ROW_PER_LANE each invocation owns a whole row instead: no barriers,
+// which is what CPU adapters want for many short rows (barriers are coroutine switches there).
 //
 // Defines: AFFINE (layer_norm / group_norm: weight + bias bindings), SWISH (group_norm's fused
 // nonlinearity), INPLACE (softmax reading and writing one buffer), SUBGROUPS (reduce inside a
@@ -42,6 +43,11 @@ const MAX_WG: u32 = 256u;
 var<workgroup> partials: array<f32, 512>;
 var<private> subgroup_width: u32 = 1u;
 
+#if ROW_PER_LANE
+fn combine(v: f32, lid: u32, slot: u32, is_max: bool) -> f32 {
+    return v;
+}
+#else
 // Every lane gets the combined value. The final pass over the partials is done by every lane
 // (same addresses for all: broadcast loads) rather than a barrier-heavy tree.
 fn combine(v: f32, lid: u32, slot: u32, is_max: bool) -> f32 {
@@ -64,20 +70,33 @@ fn combine(v: f32, lid: u32, slot: u32, is_max: bool) -> f32 {
     }
     return acc;
 }
+#endif
 
-fn row_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+// This invocation's row, and where it starts and strides in that row.
+fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+#if ROW_PER_LANE
+    return (wg.x + wg.y * nwg.x) * WG + lid;
+#else
     return wg.x + wg.y * nwg.x;
+#endif
 }
+#if ROW_PER_LANE
+fn first(lid: u32) -> u32 { return 0u; }
+fn step_size() -> u32 { return 1u; }
+#else
+fn first(lid: u32) -> u32 { return lid; }
+fn step_size() -> u32 { return WG; }
+#endif
 
 // Two passes (mean, then the variance of x − mean): no cancellation for rows with a large mean.
 fn mean_rstd(base: u32, lid: u32) -> vec2<f32> {
     var s = 0.0;
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = first(lid); i < p.n; i += step_size()) {
         s += load(base + i);
     }
     let mean = combine(s, lid, 0u, false) / f32(p.n);
     var v = 0.0;
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = first(lid); i < p.n; i += step_size()) {
         let d = load(base + i) - mean;
         v += d * d;
     }
@@ -95,11 +114,11 @@ fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 #if SUBGROUPS
     subgroup_width = sg_size;
 #endif
-    let row = row_index(wg, nwg);
+    let row = row_index(wg, nwg, lid);
     if row >= p.rows { return; }
     let base = row * p.n;
     let m = mean_rstd(base, lid);
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = first(lid); i < p.n; i += step_size()) {
         out[base + i] = (load(base + i) - m.x) * m.y * weight[i] + bias[i];
     }
 }
@@ -113,7 +132,7 @@ fn group_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 #if SUBGROUPS
     subgroup_width = sg_size;
 #endif
-    let row = row_index(wg, nwg);
+    let row = row_index(wg, nwg, lid);
     if row >= p.rows { return; }
     let base = row * p.n;
     let m = mean_rstd(base, lid);
@@ -123,7 +142,7 @@ fn group_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         let a = m.y * weight[first_channel + c];
         let b = bias[first_channel + c] - m.x * a;
         let start = base + c * p.pixels;
-        for (var i = lid; i < p.pixels; i += WG) {
+        for (var i = first(lid); i < p.pixels; i += step_size()) {
             var y = load(start + i) * a + b;
 #if SWISH
             y = y / (1.0 + exp(-y));
@@ -142,21 +161,21 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 #if SUBGROUPS
     subgroup_width = sg_size;
 #endif
-    let row = row_index(wg, nwg);
+    let row = row_index(wg, nwg, lid);
     if row >= p.rows { return; }
     let base = row * p.n;
     var m = -3.0e38;
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = first(lid); i < p.n; i += step_size()) {
         m = max(m, load(base + i));
     }
     let row_max = combine(m, lid, 0u, true);
     var s = 0.0;
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = first(lid); i < p.n; i += step_size()) {
         s += exp(load(base + i) - row_max);
     }
     let inv = 1.0 / combine(s, lid, 1u, false);
     // Each lane rewrites only the elements it read, so in place is safe.
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = first(lid); i < p.n; i += step_size()) {
         out[base + i] = exp(load(base + i) - row_max) * inv;
     }
 }

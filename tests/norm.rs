@@ -61,6 +61,10 @@ fn softmax_matches_reference() {
             assert_nmse(&format!("softmax {rows}x{c} {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
             run(gpu, |enc| softmax_inplace(gpu, enc, &xt));
             assert_nmse(&format!("softmax_inplace {rows}x{c} {path}"), &xt.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+            // softmax(x, x) takes the in-place path too.
+            let again = Tensor::from_f32(gpu, &[rows, c], &x).unwrap();
+            run(gpu, |enc| softmax(gpu, enc, &again, &again));
+            assert_nmse(&format!("softmax(x, x) {rows}x{c} {path}"), &again.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
         }
     }
 }
@@ -83,6 +87,7 @@ fn bad_input_is_an_error() {
     assert!(layer_norm(gpu, &mut enc, &rows, &c8, &c48, 1e-6, &rows).is_err());
     assert!(layer_norm(gpu, &mut enc, &rows, &c8, &c8, 1e-6, &rows_out).is_err());
     assert!(layer_norm(gpu, &mut enc, &rows, &c8, &c8, 0.0, &rows).is_err());
+    assert!(layer_norm(gpu, &mut enc, &rows, &c8, &c8, 1e-6, &rows).is_err(), "in place");
     assert!(softmax(gpu, &mut enc, &rows, &rows_out).is_err());
     let ids = Tensor::from_u32(gpu, &[3, 8], &[0; 24]).unwrap();
     assert!(softmax_inplace(gpu, &mut enc, &ids).is_err());

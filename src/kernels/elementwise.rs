@@ -36,7 +36,6 @@ impl Activation {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    h: u32,
     w: u32,
 }
 
@@ -53,14 +52,14 @@ fn same_f32(what: &str, a: &Tensor, out: &Tensor) -> Result<u32> {
 pub fn activate(gpu: &Gpu, enc: &mut Encoder, act: Activation, x: &Tensor, out: &Tensor) -> Result<()> {
     let n = same_f32(act.entry(), x, out)?;
     let pipe = gpu.pipeline(&SHADER, act.entry(), &[], &[])?;
-    gpu.dispatch(enc, &pipe, params(&Params { n, h: 0, w: 0 }), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
+    gpu.dispatch(enc, &pipe, params(&Params { n, w: 0 }), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
 }
 
 /// `residual += x`.
 pub fn add_inplace(gpu: &Gpu, enc: &mut Encoder, residual: &Tensor, x: &Tensor) -> Result<()> {
     let n = same_f32("add", x, residual)?;
     let pipe = gpu.pipeline(&SHADER, "add_inplace", &[], &[])?;
-    gpu.dispatch(enc, &pipe, params(&Params { n, h: 0, w: 0 }), &[&x.buffer, &residual.buffer], gpu.grid(n.div_ceil(WG)))
+    gpu.dispatch(enc, &pipe, params(&Params { n, w: 0 }), &[&x.buffer, &residual.buffer], gpu.grid(n.div_ceil(WG)))
 }
 
 /// `out` [B, C, 2H, 2W] = `x` [B, C, H, W] with every pixel repeated 2×2.
@@ -71,9 +70,12 @@ pub fn upsample_nearest2x(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor
         return Err(Error::Shape(format!("upsample: input must be [B, C, H, W], got {:?}", x.shape)));
     };
     out.expect_shape("upsample out", &[b, c, 2 * h, 2 * w])?;
-    let n = u32::try_from(out.numel()).map_err(|_| Error::Invalid("upsample: output too large".into()))?;
+    if u32::try_from(out.numel()).is_err() {
+        return Err(Error::Invalid("upsample: output too large".into()));
+    }
+    let n = x.numel() as u32;
     let pipe = gpu.pipeline(&SHADER, "upsample_nearest2x", &[], &[])?;
-    let p = Params { n, h: h as u32, w: w as u32 };
+    let p = Params { n, w: w as u32 };
     gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer, &out.buffer], gpu.grid(n.div_ceil(WG)))
 }
 

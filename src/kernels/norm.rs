@@ -25,18 +25,41 @@ fn lanes(gpu: &Gpu, row_len: usize) -> u32 {
     (row_len.next_power_of_two() as u32).clamp(32, max)
 }
 
+/// Invocations per workgroup when each owns a row (CPU adapters): a couple of SIMD widths.
+const ROWS_PER_WORKGROUP: u32 = 16;
+
+/// Row per invocation on CPU adapters when there are enough rows to fill the threads and the
+/// rows are short enough that one thread per row is not the critical path; else a workgroup
+/// per row. GroupNorm's few long rows always take the workgroup path.
+fn row_per_lane(gpu: &Gpu, rows: u32, row_len: usize) -> bool {
+    gpu.class == AdapterClass::Cpu && rows >= 64 && row_len <= 4096
+}
+
 fn run(gpu: &Gpu, enc: &mut Encoder, entry: &str, defines: &[&str], p: Params, row_len: usize, buffers: &[&wgpu::Buffer]) -> Result<()> {
     let mut defines = defines.to_vec();
-    if gpu.caps.subgroups {
-        defines.push("SUBGROUPS");
-    }
-    let wg = lanes(gpu, row_len);
+    let (wg, workgroups) = if entry != "group_norm" && row_per_lane(gpu, p.rows, row_len) {
+        defines.push("ROW_PER_LANE");
+        (ROWS_PER_WORKGROUP, p.rows.div_ceil(ROWS_PER_WORKGROUP))
+    } else {
+        if gpu.caps.subgroups {
+            defines.push("SUBGROUPS");
+        }
+        (lanes(gpu, row_len), p.rows)
+    };
     let pipe = gpu.pipeline(&SHADER, entry, &defines, &[("WG", wg as f64)])?;
-    gpu.dispatch(enc, &pipe, params(&p), buffers, gpu.grid(p.rows))
+    gpu.dispatch(enc, &pipe, params(&p), buffers, gpu.grid(workgroups))
 }
 
 fn check_f32(what: &str, tensors: &[&Tensor]) -> Result<()> {
     tensors.iter().try_for_each(|t| t.expect_dtype(what, DType::F32))
+}
+
+/// A buffer cannot be bound both read-only and writable in one dispatch.
+fn check_distinct(what: &str, x: &Tensor, out: &Tensor) -> Result<()> {
+    if std::sync::Arc::ptr_eq(&x.buffer, &out.buffer) {
+        invalid!("{what}: input and output must be different tensors");
+    }
+    Ok(())
 }
 
 /// Splits `x` into (rows, last dim), requiring at least one dimension.
@@ -54,6 +77,7 @@ pub fn layer_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, weight: &Tensor, bia
     weight.expect_shape("layer_norm weight", &[c])?;
     bias.expect_shape("layer_norm bias", &[c])?;
     out.expect_shape("layer_norm out", &x.shape)?;
+    check_distinct("layer_norm", x, out)?;
     if !(eps > 0.0) {
         invalid!("layer_norm: eps must be positive, got {eps}");
     }
@@ -75,6 +99,7 @@ pub fn group_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, groups: usize, weigh
     weight.expect_shape("group_norm weight", &[c])?;
     bias.expect_shape("group_norm bias", &[c])?;
     out.expect_shape("group_norm out", &x.shape)?;
+    check_distinct("group_norm", x, out)?;
     if !(eps > 0.0) {
         invalid!("group_norm: eps must be positive, got {eps}");
     }
@@ -91,11 +116,14 @@ pub fn group_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, groups: usize, weigh
     run(gpu, enc, "group_norm", defines, p, cpg * h * w, &[&x.buffer, &weight.buffer, &bias.buffer, &out.buffer])
 }
 
-/// Row-wise softmax over the last dimension (max-subtracted).
+/// Row-wise softmax over the last dimension (max-subtracted). `out` may be `x` itself.
 pub fn softmax(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor) -> Result<()> {
     check_f32("softmax", &[x, out])?;
     let (rows, c) = rows_and_width("softmax", x)?;
     out.expect_shape("softmax out", &x.shape)?;
+    if std::sync::Arc::ptr_eq(&x.buffer, &out.buffer) {
+        return softmax_inplace(gpu, enc, x);
+    }
     let p = Params { rows: rows as u32, n: c as u32, ..Default::default() };
     run(gpu, enc, "softmax", &[], p, c, &[&x.buffer, &out.buffer])
 }
