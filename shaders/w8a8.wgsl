@@ -22,7 +22,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> codes: array<u32>;
 @group(0) @binding(3) var<storage, read_write> scales: array<f32>;
 
-const QWG: u32 = 64u;
+// Lanes per row: 8 (one SIMD batch) on CPU adapters, more on GPUs.
+override QWG: u32 = 64u;
 var<workgroup> partial_max: array<f32, QWG>;
 
 // One workgroup per row. The max needs a single barrier: every lane then reads all partial
