@@ -2,7 +2,9 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::vq::reference::{distance, gather_reference, lfq_decode_reference, lfq_encode_reference, normalize_rows, search_reference};
-use lowbit::kernels::vq::{check_gather, check_ids, lfq_decode, Codebook, FactorizedCodebook, Metric};
+use lowbit::kernels::vq::{check_gather, check_ids, lfq_decode, CodeLayout, Codebook, FactorizedCodebook, Metric};
+
+const LAYOUTS: [CodeLayout; 2] = [CodeLayout::Storage, CodeLayout::Uniform];
 use lowbit::{Error, Gpu, GpuOptions};
 
 /// Runs the search and returns (indices, distances).
@@ -40,10 +42,10 @@ fn search_matches_reference_on_odd_shapes() {
         for (n, k, d) in [(1, 1, 1), (3, 5, 3), (67, 301, 7), (130, 1029, 33)] {
             let x = random(n * d, (n + k + d) as u64, 1.0);
             let codes = random(k * d, (k * d) as u64, 1.0);
-            for metric in [Metric::L2, Metric::Cosine] {
-                let book = Codebook::new(gpu, &codes, k, d, metric).unwrap();
+            for (metric, layout) in [Metric::L2, Metric::Cosine].into_iter().flat_map(|m| LAYOUTS.map(|l| (m, l))) {
+                let book = Codebook::with_layout(gpu, &codes, k, d, metric, layout).unwrap();
                 let got = run_search(gpu, &book, &x, n);
-                assert_search(&format!("{metric:?} {n}x{k}x{d} {path}"), metric, &x, &codes, d, &got);
+                assert_search(&format!("{metric:?} {layout:?} {n}x{k}x{d} {path}"), metric, &x, &codes, d, &got);
             }
         }
     }
@@ -63,12 +65,15 @@ fn exact_matches_and_ties_pick_the_lowest_index() {
     // Each x is exactly a code (a duplicated one for rows 0..10).
     let picks: Vec<usize> = (40..50).chain([2, 3, 0, 49]).collect();
     let x: Vec<f32> = picks.iter().flat_map(|&c| codes[c * d..(c + 1) * d].to_vec()).collect();
-    let (idx, dist) = run_search(gpu, &Codebook::new(gpu, &codes, k, d, Metric::L2).unwrap(), &x, picks.len());
     let want: Vec<u32> = picks.iter().map(|&c| if c >= 40 { c as u32 - 30 } else { c as u32 }).collect();
-    assert_eq!(idx, want);
-    assert!(dist.iter().all(|&v| v < 1e-5), "{dist:?}");
-    let (idx, _) = run_search(gpu, &Codebook::new(gpu, &codes, k, d, Metric::Cosine).unwrap(), &x, picks.len());
-    assert_eq!(idx[10..12], [2, 2], "cosine: scaled copies tie, lowest index wins");
+    for layout in LAYOUTS {
+        let (idx, dist) = run_search(gpu, &Codebook::with_layout(gpu, &codes, k, d, Metric::L2, layout).unwrap(), &x, picks.len());
+        assert_eq!(idx, want, "{layout:?}");
+        assert!(dist.iter().all(|&v| v < 1e-5), "{dist:?}");
+        let book = Codebook::with_layout(gpu, &codes, k, d, Metric::Cosine, layout).unwrap();
+        let (idx, _) = run_search(gpu, &book, &x, picks.len());
+        assert_eq!(idx[10..12], [2, 2], "{layout:?} cosine: scaled copies tie, lowest index wins");
+    }
 }
 
 #[test]
@@ -76,12 +81,17 @@ fn chunked_codebook_matches_single_binding() {
     let small = GpuOptions { max_binding_size: Some(8192), ..GpuOptions::from_env() };
     let gpu = Gpu::with_options(&small).unwrap();
     let (n, k, d) = (77, 1003, 9);
-    let x = random(n * d, 11, 1.0);
-    let codes = random(k * d, 12, 1.0);
+    let mut x = random(n * d, 11, 1.0);
+    let mut codes = random(k * d, 12, 1.0);
+    // Code 900 (a later chunk) repeats code 5 and x[0] is that code: the tie spans chunks.
+    let c5 = codes[5 * d..6 * d].to_vec();
+    codes[900 * d..901 * d].copy_from_slice(&c5);
+    x[..d].copy_from_slice(&c5);
     for metric in [Metric::L2, Metric::Cosine] {
-        let book = Codebook::new(&gpu, &codes, k, d, metric).unwrap();
+        let book = Codebook::with_layout(&gpu, &codes, k, d, metric, CodeLayout::Storage).unwrap();
         assert!(book.num_chunks() >= 5, "{} chunks", book.num_chunks());
         let got = run_search(&gpu, &book, &x, n);
+        assert_eq!(got.0[0], 5, "{metric:?}: a tie across chunks goes to the lowest index");
         assert_search(&format!("chunked {metric:?}"), metric, &x, &codes, d, &got);
     }
 }
@@ -92,9 +102,11 @@ fn llamagen_sized_codebook_100k_by_8() {
     let (n, k, d) = (300, 100_000, 8);
     let x = random(n * d, 21, 1.0);
     let codes = random(k * d, 22, 1.0);
-    let book = Codebook::new(gpu, &codes, k, d, Metric::Cosine).unwrap();
-    let got = run_search(gpu, &book, &x, n);
-    assert_search("100k x 8 cosine", Metric::Cosine, &x, &codes, d, &got);
+    for layout in LAYOUTS {
+        let book = Codebook::with_layout(gpu, &codes, k, d, Metric::Cosine, layout).unwrap();
+        let got = run_search(gpu, &book, &x, n);
+        assert_search(&format!("100k x 8 cosine {layout:?}"), Metric::Cosine, &x, &codes, d, &got);
+    }
 }
 
 #[test]
@@ -135,8 +147,8 @@ fn gather_by_u32_and_i32_ids() {
         let (k, d) = (1000, 13);
         let codes = random(k * d, 41, 1.0);
         let ids: Vec<u32> = (0..37).map(|i| (i * 389 + 5) % k as u32).collect();
-        for metric in [Metric::L2, Metric::Cosine] {
-            let book = Codebook::new(gpu, &codes, k, d, metric).unwrap();
+        for (metric, layout) in [Metric::L2, Metric::Cosine].into_iter().flat_map(|m| LAYOUTS.map(|l| (m, l))) {
+            let book = Codebook::with_layout(gpu, &codes, k, d, metric, layout).unwrap();
             let rows = if metric == Metric::Cosine { normalize_rows(&codes, d) } else { codes.clone() };
             let want = gather_reference(&rows, d, &ids);
             let ids_u = Tensor::from_u32(gpu, &[37], &ids).unwrap();
@@ -147,13 +159,13 @@ fn gather_by_u32_and_i32_ids() {
                 let check = book.gather(gpu, &mut enc, &ids_t, &out).unwrap();
                 gpu.submit(enc).unwrap();
                 check_gather(gpu, &check).unwrap();
-                assert_nmse(&format!("gather {metric:?} {:?} {path}", ids_t.dtype), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+                assert_nmse(&format!("gather {metric:?} {layout:?} {:?} {path}", ids_t.dtype), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
             }
             let out = Tensor::zeros(gpu, &[37, d], DType::F32).unwrap();
             let mut enc = gpu.encoder();
             book.gather_host(gpu, &mut enc, &ids, &out).unwrap();
             gpu.submit(enc).unwrap();
-            assert_nmse(&format!("gather_host {metric:?} {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+            assert_nmse(&format!("gather_host {metric:?} {layout:?} {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
         }
     }
 }
@@ -163,7 +175,7 @@ fn gather_from_a_chunked_codebook() {
     let gpu = Gpu::with_options(&GpuOptions { max_binding_size: Some(4096), ..GpuOptions::from_env() }).unwrap();
     let (k, d) = (500, 5);
     let codes = random(k * d, 51, 1.0);
-    let book = Codebook::new(&gpu, &codes, k, d, Metric::L2).unwrap();
+    let book = Codebook::with_layout(&gpu, &codes, k, d, Metric::L2, CodeLayout::Storage).unwrap();
     assert!(book.num_chunks() >= 3, "{} chunks", book.num_chunks());
     let ids: Vec<u32> = (0..150).map(|i| (i * 7) % k as u32).collect();
     let ids_t = Tensor::from_u32(&gpu, &[10, 15], &ids).unwrap();
@@ -258,13 +270,29 @@ fn bad_inputs_are_errors() {
     assert!(lfq_decode(gpu, &mut enc, &idx, 4, &Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap()).is_err(), "wrong out");
 }
 
-/// Times the benchmark cases: `cargo test --test vq time_bench -- --ignored --nocapture`.
+/// Times the benchmark cases (preferred layout) and the same search with storage-buffer codes:
+/// `cargo test --test vq time_bench -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn time_bench() {
     let gpu = gpu();
     for mut case in lowbit::kernels::vq::bench_cases(gpu, lowbit::kernels::BenchSize::Full).unwrap() {
         let (ms, clock) = gpu.time_step(5, |enc| (case.step)(gpu, enc)).unwrap();
-        eprintln!("{} {}: {ms:.2} ms ({clock:?}), {:.1} GFLOP/s", case.kernel, case.shape, case.flops as f64 / ms / 1e6);
+        eprintln!("{} {}: {ms:.1} ms ({clock:?}), {:.1} GFLOP/s", case.kernel, case.shape, case.flops as f64 / ms / 1e6);
     }
+    let (n, k, d) = (256, 16384, 256);
+    let book = Codebook::with_layout(gpu, &random(k * d, 1, 1.0), k, d, Metric::L2, CodeLayout::Storage).unwrap();
+    let x = Tensor::from_f32(gpu, &[n, d], &random(n * d, 2, 1.0)).unwrap();
+    let idx = Tensor::zeros(gpu, &[n], DType::U32).unwrap();
+    let (ms, clock) = gpu.time_step(5, |enc| book.search(gpu, enc, &x, &idx, None)).unwrap();
+    eprintln!("vq_search {n}x{k}x{d} L2 storage layout: {ms:.1} ms ({clock:?}), {:.1} GFLOP/s", 2.0 * (n * k * d) as f64 / ms / 1e6);
+    let t = std::time::Instant::now();
+    let book = Codebook::new(gpu, &random(k * d, 1, 1.0), k, d, Metric::L2).unwrap();
+    for _ in 0..3 {
+        let mut enc = gpu.encoder();
+        book.search(gpu, &mut enc, &x, &idx, None).unwrap();
+        gpu.submit(enc).unwrap();
+        gpu.wait().unwrap();
+    }
+    eprintln!("preferred layout ({:?}), wall clock incl. recording and upload: {:.1} ms per search", book.layout, t.elapsed().as_secs_f64() * 1e3 / 3.0);
 }

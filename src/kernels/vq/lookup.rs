@@ -81,7 +81,7 @@ fn with_last(shape: &[usize], last: usize) -> Vec<usize> {
 /// `t * out_stride + out_offset`.
 fn record_gather(gpu: &Gpu, enc: &mut Encoder, book: &Codebook, ids: &Tensor, out: &Tensor, flag: &wgpu::Buffer, layout: [usize; 5]) -> Result<()> {
     let [count, id_stride, id_offset, out_stride, out_offset] = layout.map(|v| v as u32);
-    let pipe = gpu.pipeline(&SHADER, "gather", &["GATHER"], &[("WG", WG as f64)])?;
+    let pipe = gpu.pipeline(&SHADER, "gather", &book.defines("GATHER"), &[("WG", WG as f64)])?;
     let groups = gpu.grid((count as usize * book.d).div_ceil(WG as usize) as u32);
     for chunk in &book.chunks {
         let p = LookupParams {
