@@ -270,8 +270,8 @@ fn bad_inputs_are_errors() {
     assert!(lfq_decode(gpu, &mut enc, &idx, 4, &Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap()).is_err(), "wrong out");
 }
 
-/// Times the benchmark cases (preferred layout) and the same search with storage-buffer codes:
-/// `cargo test --test vq time_bench -- --ignored --nocapture`.
+/// Times the benchmark cases (preferred layout):
+/// `cargo test --release --test vq time_bench -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn time_bench() {
@@ -280,19 +280,42 @@ fn time_bench() {
         let (ms, clock) = gpu.time_step(5, |enc| (case.step)(gpu, enc)).unwrap();
         eprintln!("{} {}: {ms:.1} ms ({clock:?}), {:.1} GFLOP/s", case.kernel, case.shape, case.flops as f64 / ms / 1e6);
     }
+}
+
+#[test]
+fn quick_bench_cases_run() {
+    let gpu = gpu();
+    let mut cases = lowbit::kernels::vq::bench_cases(gpu, lowbit::kernels::BenchSize::Quick).unwrap();
+    assert_eq!(cases.len(), 2);
+    let mut enc = gpu.encoder();
+    for case in &mut cases {
+        assert!(case.flops > 0 && case.bytes > 0);
+        (case.step)(gpu, &mut enc).unwrap();
+    }
+    gpu.submit(enc).unwrap();
+    gpu.wait().unwrap();
+}
+
+/// Interleaved A/B timing of the two code layouts (the machine is shared and noisy).
+#[test]
+#[ignore]
+fn compare_layouts() {
+    let gpu = gpu();
     let (n, k, d) = (256, 16384, 256);
-    let book = Codebook::with_layout(gpu, &random(k * d, 1, 1.0), k, d, Metric::L2, CodeLayout::Storage).unwrap();
+    let codes = random(k * d, 1, 1.0);
     let x = Tensor::from_f32(gpu, &[n, d], &random(n * d, 2, 1.0)).unwrap();
     let idx = Tensor::zeros(gpu, &[n], DType::U32).unwrap();
-    let (ms, clock) = gpu.time_step(5, |enc| book.search(gpu, enc, &x, &idx, None)).unwrap();
-    eprintln!("vq_search {n}x{k}x{d} L2 storage layout: {ms:.1} ms ({clock:?}), {:.1} GFLOP/s", 2.0 * (n * k * d) as f64 / ms / 1e6);
-    let t = std::time::Instant::now();
-    let book = Codebook::new(gpu, &random(k * d, 1, 1.0), k, d, Metric::L2).unwrap();
-    for _ in 0..3 {
-        let mut enc = gpu.encoder();
-        book.search(gpu, &mut enc, &x, &idx, None).unwrap();
-        gpu.submit(enc).unwrap();
-        gpu.wait().unwrap();
+    let books = LAYOUTS.map(|l| Codebook::with_layout(gpu, &codes, k, d, Metric::L2, l).unwrap());
+    for round in 0..4 {
+        for book in &books {
+            let (ms, _) = gpu.time_step(3, |enc| book.search(gpu, enc, &x, &idx, None)).unwrap();
+            let t = std::time::Instant::now();
+            let mut enc = gpu.encoder();
+            book.search(gpu, &mut enc, &x, &idx, None).unwrap();
+            let rec = t.elapsed().as_secs_f64() * 1e3;
+            gpu.submit(enc).unwrap();
+            gpu.wait().unwrap();
+            eprintln!("round {round} {:?}: {ms:.1} ms timestamps, {:.1} ms wall ({rec:.1} recording)", book.layout, t.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    eprintln!("preferred layout ({:?}), wall clock incl. recording and upload: {:.1} ms per search", book.layout, t.elapsed().as_secs_f64() * 1e3 / 3.0);
 }
