@@ -98,9 +98,13 @@ fn dots8(xv: vec4<f32>, c: array<vec4<f32>, 8>, lo: ptr<function, vec4<f32>>, hi
     *hi += vec4<f32>(dot(xv, c[4]), dot(xv, c[5]), dot(xv, c[6]), dot(xv, c[7]));
 }
 
+fn norms4(i: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(code_norms[i.x], code_norms[i.y], code_norms[i.z], code_norms[i.w]);
+}
+
 // In code order, and only a strictly smaller score wins, so ties keep the lowest index.
-fn pick(dots: vec4<f32>, i: vec4<u32>, r: u32) {
-    let s = vec4<f32>(code_norms[i.x], code_norms[i.y], code_norms[i.z], code_norms[i.w]) - 2.0 * dots;
+fn pick(dots: vec4<f32>, norms: vec4<f32>, i: vec4<u32>, r: u32) {
+    let s = norms - 2.0 * dots;
     for (var q = 0u; q < 4u; q++) {
         if s[q] < best[r] { best[r] = s[q]; best_i[r] = i[q]; }
     }
@@ -140,10 +144,13 @@ fn search(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             dots8(xp[rows.z + j], cs, &a2, &b2);
             dots8(xp[rows.w + j], cs, &a3, &b3);
         }
-        pick(a0, i0, 0u); pick(b0, i1, 0u);
-        pick(a1, i0, 1u); pick(b1, i1, 1u);
-        pick(a2, i0, 2u); pick(b2, i1, 2u);
-        pick(a3, i0, 3u); pick(b3, i1, 3u);
+        // Loaded once per block for all 4 vectors: with few dimensions they would rival the scan.
+        let n0 = norms4(i0);
+        let n1 = norms4(i1);
+        pick(a0, n0, i0, 0u); pick(b0, n1, i1, 0u);
+        pick(a1, n0, i0, 1u); pick(b1, n1, i1, 1u);
+        pick(a2, n0, i0, 2u); pick(b2, n1, i1, 2u);
+        pick(a3, n0, i0, 3u); pick(b3, n1, i1, 3u);
     }
     for (var r = 0u; r < 4u; r++) {
         if vs[r] < p.n {

@@ -296,17 +296,22 @@ fn quick_bench_cases_run() {
     gpu.wait().unwrap();
 }
 
-/// Interleaved A/B timing of the two code layouts (the machine is shared and noisy).
+/// Interleaved A/B timing of the two code layouts (the machine is shared and noisy);
+/// `VQ_SHAPE=NxKxD` picks the shape.
 #[test]
 #[ignore]
 fn compare_layouts() {
     let gpu = gpu();
-    let (n, k, d) = (256, 16384, 256);
+    let (n, k, d) = std::env::var("VQ_SHAPE").map_or((256, 16384, 256), |s| {
+        let v: Vec<usize> = s.split('x').map(|t| t.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    });
     let codes = random(k * d, 1, 1.0);
     let x = Tensor::from_f32(gpu, &[n, d], &random(n * d, 2, 1.0)).unwrap();
     let idx = Tensor::zeros(gpu, &[n], DType::U32).unwrap();
     let books = LAYOUTS.map(|l| Codebook::with_layout(gpu, &codes, k, d, Metric::L2, l).unwrap());
-    for round in 0..4 {
+    eprintln!("{n} vectors x {k} codes x {d} dims");
+    for round in 0..3 {
         for book in &books {
             let (ms, _) = gpu.time_step(3, |enc| book.search(gpu, enc, &x, &idx, None)).unwrap();
             let t = std::time::Instant::now();

@@ -4,8 +4,10 @@
 //!
 //! A `Codebook` is uploaded once: rows padded to whole vec4s, ‖c‖² precomputed, rows
 //! l2-normalized for the cosine metric (cosine search is then an L2 search of normalized x),
-//! and split into chunks that each fit one storage binding (a 100k-entry codebook may not).
-//! The search (shaders/vq.wgsl) is prepare → search per chunk → reduce, see the shader.
+//! and split into chunks: storage buffers that each fit one binding (a 100k-entry codebook may
+//! not fit one), or on CPU adapters 64 KiB uniform blocks, which llvmpipe reads much faster
+//! (`CodeLayout`). The search (shaders/vq.wgsl) is prepare → search per chunk, split across
+//! workgroups → reduce of (score, index) per vector → optional exact distances.
 
 mod lookup;
 pub mod reference;
