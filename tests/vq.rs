@@ -255,6 +255,7 @@ fn bad_inputs_are_errors() {
     assert!(Codebook::new(gpu, &[], 0, 4, Metric::L2).is_err());
     assert!(Codebook::new(gpu, &[1.0; 7], 2, 4, Metric::L2).is_err());
     assert!(FactorizedCodebook::new(gpu, &[1.0; 20], 3, 2, 4, Metric::L2).is_err());
+    assert!(FactorizedCodebook::new(gpu, &[], 3, 0, 4, Metric::L2).is_err());
     let book = Codebook::new(gpu, &random(40, 1, 1.0), 10, 4, Metric::L2).unwrap();
     let mut enc = gpu.encoder();
     let x = Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap();
@@ -268,6 +269,12 @@ fn bad_inputs_are_errors() {
     assert!(book.gather(gpu, &mut enc, &idx, &Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap()).is_err(), "wrong out");
     assert!(lfq_decode(gpu, &mut enc, &idx, 0, &Tensor::zeros(gpu, &[5], DType::F32).unwrap()).is_err(), "0 bits");
     assert!(lfq_decode(gpu, &mut enc, &idx, 4, &Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap()).is_err(), "wrong out");
+    let scalar = Tensor::from_u32(gpu, &[], &[1]).unwrap();
+    assert!(lfq_decode(gpu, &mut enc, &scalar, 4, &Tensor::zeros(gpu, &[4], DType::F32).unwrap()).is_err(), "no group dim");
+    let fq = FactorizedCodebook::new(gpu, &random(2 * 10 * 4, 3, 1.0), 2, 10, 4, Metric::L2).unwrap();
+    assert!(fq.gather(gpu, &mut enc, &scalar, &Tensor::zeros(gpu, &[8], DType::F32).unwrap()).is_err(), "no S dim");
+    let x = Tensor::zeros(gpu, &[5, 7], DType::F32).unwrap();
+    assert!(fq.search(gpu, &mut enc, &x, &Tensor::zeros(gpu, &[5, 2], DType::U32).unwrap(), None).is_err(), "wrong S*d");
 }
 
 /// Times the benchmark cases (preferred layout):

@@ -162,7 +162,9 @@ pub fn lfq_decode(gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, bits: u32, out: &T
         invalid!("lfq_decode: {bits} bits per group; supported: 1 to 31");
     }
     out.expect_dtype("lfq_decode output", DType::F32)?;
-    let groups = *ids.shape.last().unwrap();
+    let Some(&groups) = ids.shape.last() else {
+        shape_err!("lfq_decode: ids need a group dimension, got shape []");
+    };
     out.expect_shape("lfq_decode output", &with_last(&ids.shape, groups * bits as usize))?;
     let check = IdCheck::new(gpu, ids, vec![1 << bits])?;
     let count = ids.numel() as u32;

@@ -314,13 +314,13 @@ pub struct FactorizedCodebook {
 impl FactorizedCodebook {
     /// `data` holds the S codebooks back to back, each [k, d].
     pub fn new(gpu: &Gpu, data: &[f32], s: usize, k: usize, d: usize, metric: Metric) -> Result<Self> {
-        if s == 0 {
-            shape_err!("factorized codebook with no sub-codebooks");
+        if s == 0 || k == 0 || d == 0 {
+            shape_err!("factorized codebook of {s} × {k} × {d}: all must be non-zero");
         }
         if data.len() != s * k * d {
             shape_err!("{s} codebooks of {k} × {d} need {} values, got {}", s * k * d, data.len());
         }
-        let books = data.chunks(k * d.max(1)).map(|c| Codebook::new(gpu, c, k, d, metric)).collect::<Result<_>>()?;
+        let books = data.chunks(k * d).map(|c| Codebook::new(gpu, c, k, d, metric)).collect::<Result<_>>()?;
         Ok(FactorizedCodebook { books })
     }
 
