@@ -1,10 +1,10 @@
 // VQ codebook kernels: nearest-code search, embedding gather by token id, LFQ bit decoding.
-// One entry per define (PREPARE, SEARCH, REDUCE, GATHER, LFQ) so each pipeline declares only
-// the bindings it uses.
+// One entry per define (PREPARE, SEARCH, REDUCE, DISTANCE, GATHER, LFQ) so each pipeline
+// declares only the bindings it uses; UBO reads the codes from uniform blocks (see UBO_VEC4S).
 //
 // The search runs in three passes so that a codebook of any size works:
 //   prepare:  rows of x (l2-normalized for the cosine metric) → zero-padded vec4 rows
-//   search:   each workgroup scans one split of one codebook chunk for WG vectors and writes
+//   search:   each workgroup scans one split of one codebook chunk for 4·WG vectors, writes
 //             its best (score, index) per vector, score = ‖c‖² − 2·x·c
 //   reduce:   per vector, the best over all splits → index
 //   distance: (optional, per chunk) ‖x − c‖² of the chosen codes, recomputed directly because
@@ -16,6 +16,11 @@ override WG: u32 = 64u;
 
 // Largest finite f32; a score never starts out better than this.
 const BIG: f32 = 3.4028235e38;
+
+// vec4s in one uniform block of codes (64 KiB, WebGPU's default uniform binding limit). On a
+// CPU rasterizer uniform-buffer reads are far cheaper than storage reads, so there codes are
+// streamed through blocks of this size, one dispatch per block (the UBO define).
+const UBO_VEC4S: u32 = 4096u;
 
 fn linear(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * WG + lid;
@@ -70,48 +75,87 @@ fn prepare(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 #if SEARCH
 @group(0) @binding(0) var<uniform> p: SearchParams;
 @group(0) @binding(1) var<storage, read> xp: array<vec4<f32>>;
+#if UBO
+@group(0) @binding(2) var<uniform> codes: array<vec4<f32>, UBO_VEC4S>;
+#else
 @group(0) @binding(2) var<storage, read> codes: array<vec4<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read> code_norms: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partial: array<vec2<u32>>;
 
-// One lane = one vector against 8 codes at a time, 4 dimensions per step. All lanes of a
-// workgroup read the same codes at the same time (uniform loads: one scalar load on a CPU
-// rasterizer, a broadcast on a GPU); only the x row differs per lane.
+// Best (score, code) so far of each of the lane's 4 vectors.
+var<private> best: array<f32, 4>;
+var<private> best_i: array<u32, 4>;
+
+// Codes c + k .. c + k + 3, clamped to `last`: a short final block re-scans the last code in
+// its spare slots (same score, same index, so nothing changes).
+fn block_codes(c: u32, k: u32, last: u32) -> vec4<u32> {
+    return min(vec4<u32>(c + k) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+}
+
+fn dots8(xv: vec4<f32>, c: array<vec4<f32>, 8>, lo: ptr<function, vec4<f32>>, hi: ptr<function, vec4<f32>>) {
+    *lo += vec4<f32>(dot(xv, c[0]), dot(xv, c[1]), dot(xv, c[2]), dot(xv, c[3]));
+    *hi += vec4<f32>(dot(xv, c[4]), dot(xv, c[5]), dot(xv, c[6]), dot(xv, c[7]));
+}
+
+fn norms4(i: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(code_norms[i.x], code_norms[i.y], code_norms[i.z], code_norms[i.w]);
+}
+
+// In code order, and only a strictly smaller score wins, so ties keep the lowest index.
+fn pick(dots: vec4<f32>, norms: vec4<f32>, i: vec4<u32>, r: u32) {
+    let s = norms - 2.0 * dots;
+    for (var q = 0u; q < 4u; q++) {
+        if s[q] < best[r] { best[r] = s[q]; best_i[r] = i[q]; }
+    }
+}
+
+// A register tile like a GEMM micro-kernel: each lane scores 4 vectors (v, v + WG, v + 2·WG,
+// v + 3·WG) against a block of 8 codes, 4 dimensions per step, so every loaded value feeds
+// several multiply-adds (loads are what a CPU rasterizer pays most for: a lane-by-lane loop).
+// All lanes read the same codes at the same time (a broadcast on a GPU).
 @compute @workgroup_size(WG)
 fn search(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let v = wg.x * WG + lid;
+    let v0 = wg.x * WG * 4u + lid;
+    let vs = vec4<u32>(v0, v0 + WG, v0 + 2u * WG, v0 + 3u * WG);
     // Lanes past the last vector redo the last one and skip the write (no divergent exit).
-    let row = min(v, p.n - 1u) * p.d4;
+    let rows = min(vs, vec4<u32>(p.n - 1u)) * p.d4;
     let first = wg.y * p.per_split;
     let end = min(first + p.per_split, p.codes);
     let last = end - 1u;
-    var best = BIG;
-    var best_i = first;
+    for (var r = 0u; r < 4u; r++) {
+        best[r] = BIG;
+        best_i[r] = first;
+    }
     for (var c = first; c < end; c += 8u) {
-        // A short final block re-scans the last code in its spare slots: same score, same
-        // index, so the result is unchanged.
-        let i0 = vec4<u32>(c, min(c + 1u, last), min(c + 2u, last), min(c + 3u, last));
-        let i1 = vec4<u32>(min(c + 4u, last), min(c + 5u, last), min(c + 6u, last), min(c + 7u, last));
+        let i0 = block_codes(c, 0u, last);
+        let i1 = block_codes(c, 4u, last);
         let r0 = i0 * p.d4;
         let r1 = i1 * p.d4;
-        var lo = vec4<f32>(0.0);
-        var hi = vec4<f32>(0.0);
+        var a0 = vec4<f32>(0.0); var b0 = vec4<f32>(0.0);
+        var a1 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0);
+        var a2 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0);
+        var a3 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
         for (var j = 0u; j < p.d4; j++) {
-            let xv = xp[row + j];
-            lo += vec4<f32>(dot(xv, codes[r0.x + j]), dot(xv, codes[r0.y + j]), dot(xv, codes[r0.z + j]), dot(xv, codes[r0.w + j]));
-            hi += vec4<f32>(dot(xv, codes[r1.x + j]), dot(xv, codes[r1.y + j]), dot(xv, codes[r1.z + j]), dot(xv, codes[r1.w + j]));
+            let cs = array<vec4<f32>, 8>(codes[r0.x + j], codes[r0.y + j], codes[r0.z + j], codes[r0.w + j],
+                                         codes[r1.x + j], codes[r1.y + j], codes[r1.z + j], codes[r1.w + j]);
+            dots8(xp[rows.x + j], cs, &a0, &b0);
+            dots8(xp[rows.y + j], cs, &a1, &b1);
+            dots8(xp[rows.z + j], cs, &a2, &b2);
+            dots8(xp[rows.w + j], cs, &a3, &b3);
         }
-        let s0 = vec4<f32>(code_norms[i0.x], code_norms[i0.y], code_norms[i0.z], code_norms[i0.w]) - 2.0 * lo;
-        let s1 = vec4<f32>(code_norms[i1.x], code_norms[i1.y], code_norms[i1.z], code_norms[i1.w]) - 2.0 * hi;
-        for (var q = 0u; q < 4u; q++) {
-            if s0[q] < best { best = s0[q]; best_i = i0[q]; }
-        }
-        for (var q = 0u; q < 4u; q++) {
-            if s1[q] < best { best = s1[q]; best_i = i1[q]; }
-        }
+        // Loaded once per block for all 4 vectors: with few dimensions they would rival the scan.
+        let n0 = norms4(i0);
+        let n1 = norms4(i1);
+        pick(a0, n0, i0, 0u); pick(b0, n1, i1, 0u);
+        pick(a1, n0, i0, 1u); pick(b1, n1, i1, 1u);
+        pick(a2, n0, i0, 2u); pick(b2, n1, i1, 2u);
+        pick(a3, n0, i0, 3u); pick(b3, n1, i1, 3u);
     }
-    if v < p.n {
-        partial[(p.slot_base + wg.y) * p.n + v] = vec2<u32>(bitcast<u32>(best), best_i + p.code_base);
+    for (var r = 0u; r < 4u; r++) {
+        if vs[r] < p.n {
+            partial[(p.slot_base + wg.y) * p.n + vs[r]] = vec2<u32>(bitcast<u32>(best[r]), best_i[r] + p.code_base);
+        }
     }
 }
 #endif
@@ -137,7 +181,11 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #if DISTANCE
 @group(0) @binding(0) var<uniform> p: SearchParams;
 @group(0) @binding(1) var<storage, read> xp: array<vec4<f32>>;
+#if UBO
+@group(0) @binding(2) var<uniform> codes: array<vec4<f32>, UBO_VEC4S>;
+#else
 @group(0) @binding(2) var<storage, read> codes: array<vec4<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read> indices: array<u32>;
 @group(0) @binding(4) var<storage, read_write> distances: array<f32>;
 
@@ -175,7 +223,11 @@ struct LookupParams {
 #if GATHER
 @group(0) @binding(0) var<uniform> p: LookupParams;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#if UBO
+@group(0) @binding(2) var<uniform> codes: array<vec4<f32>, UBO_VEC4S>;
+#else
 @group(0) @binding(2) var<storage, read> codes: array<vec4<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> first_bad: array<atomic<u32>>;
 

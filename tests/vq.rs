@@ -2,7 +2,9 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::vq::reference::{distance, gather_reference, lfq_decode_reference, lfq_encode_reference, normalize_rows, search_reference};
-use lowbit::kernels::vq::{check_gather, check_ids, lfq_decode, Codebook, FactorizedCodebook, Metric};
+use lowbit::kernels::vq::{check_gather, check_ids, lfq_decode, CodeLayout, Codebook, FactorizedCodebook, Metric};
+
+const LAYOUTS: [CodeLayout; 2] = [CodeLayout::Storage, CodeLayout::Uniform];
 use lowbit::{Error, Gpu, GpuOptions};
 
 /// Runs the search and returns (indices, distances).
@@ -40,10 +42,10 @@ fn search_matches_reference_on_odd_shapes() {
         for (n, k, d) in [(1, 1, 1), (3, 5, 3), (67, 301, 7), (130, 1029, 33)] {
             let x = random(n * d, (n + k + d) as u64, 1.0);
             let codes = random(k * d, (k * d) as u64, 1.0);
-            for metric in [Metric::L2, Metric::Cosine] {
-                let book = Codebook::new(gpu, &codes, k, d, metric).unwrap();
+            for (metric, layout) in [Metric::L2, Metric::Cosine].into_iter().flat_map(|m| LAYOUTS.map(|l| (m, l))) {
+                let book = Codebook::with_layout(gpu, &codes, k, d, metric, layout).unwrap();
                 let got = run_search(gpu, &book, &x, n);
-                assert_search(&format!("{metric:?} {n}x{k}x{d} {path}"), metric, &x, &codes, d, &got);
+                assert_search(&format!("{metric:?} {layout:?} {n}x{k}x{d} {path}"), metric, &x, &codes, d, &got);
             }
         }
     }
@@ -63,12 +65,15 @@ fn exact_matches_and_ties_pick_the_lowest_index() {
     // Each x is exactly a code (a duplicated one for rows 0..10).
     let picks: Vec<usize> = (40..50).chain([2, 3, 0, 49]).collect();
     let x: Vec<f32> = picks.iter().flat_map(|&c| codes[c * d..(c + 1) * d].to_vec()).collect();
-    let (idx, dist) = run_search(gpu, &Codebook::new(gpu, &codes, k, d, Metric::L2).unwrap(), &x, picks.len());
     let want: Vec<u32> = picks.iter().map(|&c| if c >= 40 { c as u32 - 30 } else { c as u32 }).collect();
-    assert_eq!(idx, want);
-    assert!(dist.iter().all(|&v| v < 1e-5), "{dist:?}");
-    let (idx, _) = run_search(gpu, &Codebook::new(gpu, &codes, k, d, Metric::Cosine).unwrap(), &x, picks.len());
-    assert_eq!(idx[10..12], [2, 2], "cosine: scaled copies tie, lowest index wins");
+    for layout in LAYOUTS {
+        let (idx, dist) = run_search(gpu, &Codebook::with_layout(gpu, &codes, k, d, Metric::L2, layout).unwrap(), &x, picks.len());
+        assert_eq!(idx, want, "{layout:?}");
+        assert!(dist.iter().all(|&v| v < 1e-5), "{dist:?}");
+        let book = Codebook::with_layout(gpu, &codes, k, d, Metric::Cosine, layout).unwrap();
+        let (idx, _) = run_search(gpu, &book, &x, picks.len());
+        assert_eq!(idx[10..12], [2, 2], "{layout:?} cosine: scaled copies tie, lowest index wins");
+    }
 }
 
 #[test]
@@ -76,12 +81,17 @@ fn chunked_codebook_matches_single_binding() {
     let small = GpuOptions { max_binding_size: Some(8192), ..GpuOptions::from_env() };
     let gpu = Gpu::with_options(&small).unwrap();
     let (n, k, d) = (77, 1003, 9);
-    let x = random(n * d, 11, 1.0);
-    let codes = random(k * d, 12, 1.0);
+    let mut x = random(n * d, 11, 1.0);
+    let mut codes = random(k * d, 12, 1.0);
+    // Code 900 (a later chunk) repeats code 5 and x[0] is that code: the tie spans chunks.
+    let c5 = codes[5 * d..6 * d].to_vec();
+    codes[900 * d..901 * d].copy_from_slice(&c5);
+    x[..d].copy_from_slice(&c5);
     for metric in [Metric::L2, Metric::Cosine] {
-        let book = Codebook::new(&gpu, &codes, k, d, metric).unwrap();
+        let book = Codebook::with_layout(&gpu, &codes, k, d, metric, CodeLayout::Storage).unwrap();
         assert!(book.num_chunks() >= 5, "{} chunks", book.num_chunks());
         let got = run_search(&gpu, &book, &x, n);
+        assert_eq!(got.0[0], 5, "{metric:?}: a tie across chunks goes to the lowest index");
         assert_search(&format!("chunked {metric:?}"), metric, &x, &codes, d, &got);
     }
 }
@@ -92,9 +102,11 @@ fn llamagen_sized_codebook_100k_by_8() {
     let (n, k, d) = (300, 100_000, 8);
     let x = random(n * d, 21, 1.0);
     let codes = random(k * d, 22, 1.0);
-    let book = Codebook::new(gpu, &codes, k, d, Metric::Cosine).unwrap();
-    let got = run_search(gpu, &book, &x, n);
-    assert_search("100k x 8 cosine", Metric::Cosine, &x, &codes, d, &got);
+    for layout in LAYOUTS {
+        let book = Codebook::with_layout(gpu, &codes, k, d, Metric::Cosine, layout).unwrap();
+        let got = run_search(gpu, &book, &x, n);
+        assert_search(&format!("100k x 8 cosine {layout:?}"), Metric::Cosine, &x, &codes, d, &got);
+    }
 }
 
 #[test]
@@ -135,8 +147,8 @@ fn gather_by_u32_and_i32_ids() {
         let (k, d) = (1000, 13);
         let codes = random(k * d, 41, 1.0);
         let ids: Vec<u32> = (0..37).map(|i| (i * 389 + 5) % k as u32).collect();
-        for metric in [Metric::L2, Metric::Cosine] {
-            let book = Codebook::new(gpu, &codes, k, d, metric).unwrap();
+        for (metric, layout) in [Metric::L2, Metric::Cosine].into_iter().flat_map(|m| LAYOUTS.map(|l| (m, l))) {
+            let book = Codebook::with_layout(gpu, &codes, k, d, metric, layout).unwrap();
             let rows = if metric == Metric::Cosine { normalize_rows(&codes, d) } else { codes.clone() };
             let want = gather_reference(&rows, d, &ids);
             let ids_u = Tensor::from_u32(gpu, &[37], &ids).unwrap();
@@ -147,13 +159,13 @@ fn gather_by_u32_and_i32_ids() {
                 let check = book.gather(gpu, &mut enc, &ids_t, &out).unwrap();
                 gpu.submit(enc).unwrap();
                 check_gather(gpu, &check).unwrap();
-                assert_nmse(&format!("gather {metric:?} {:?} {path}", ids_t.dtype), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+                assert_nmse(&format!("gather {metric:?} {layout:?} {:?} {path}", ids_t.dtype), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
             }
             let out = Tensor::zeros(gpu, &[37, d], DType::F32).unwrap();
             let mut enc = gpu.encoder();
             book.gather_host(gpu, &mut enc, &ids, &out).unwrap();
             gpu.submit(enc).unwrap();
-            assert_nmse(&format!("gather_host {metric:?} {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+            assert_nmse(&format!("gather_host {metric:?} {layout:?} {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
         }
     }
 }
@@ -163,7 +175,7 @@ fn gather_from_a_chunked_codebook() {
     let gpu = Gpu::with_options(&GpuOptions { max_binding_size: Some(4096), ..GpuOptions::from_env() }).unwrap();
     let (k, d) = (500, 5);
     let codes = random(k * d, 51, 1.0);
-    let book = Codebook::new(&gpu, &codes, k, d, Metric::L2).unwrap();
+    let book = Codebook::with_layout(&gpu, &codes, k, d, Metric::L2, CodeLayout::Storage).unwrap();
     assert!(book.num_chunks() >= 3, "{} chunks", book.num_chunks());
     let ids: Vec<u32> = (0..150).map(|i| (i * 7) % k as u32).collect();
     let ids_t = Tensor::from_u32(&gpu, &[10, 15], &ids).unwrap();
@@ -243,6 +255,7 @@ fn bad_inputs_are_errors() {
     assert!(Codebook::new(gpu, &[], 0, 4, Metric::L2).is_err());
     assert!(Codebook::new(gpu, &[1.0; 7], 2, 4, Metric::L2).is_err());
     assert!(FactorizedCodebook::new(gpu, &[1.0; 20], 3, 2, 4, Metric::L2).is_err());
+    assert!(FactorizedCodebook::new(gpu, &[], 3, 0, 4, Metric::L2).is_err());
     let book = Codebook::new(gpu, &random(40, 1, 1.0), 10, 4, Metric::L2).unwrap();
     let mut enc = gpu.encoder();
     let x = Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap();
@@ -256,15 +269,65 @@ fn bad_inputs_are_errors() {
     assert!(book.gather(gpu, &mut enc, &idx, &Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap()).is_err(), "wrong out");
     assert!(lfq_decode(gpu, &mut enc, &idx, 0, &Tensor::zeros(gpu, &[5], DType::F32).unwrap()).is_err(), "0 bits");
     assert!(lfq_decode(gpu, &mut enc, &idx, 4, &Tensor::zeros(gpu, &[5, 3], DType::F32).unwrap()).is_err(), "wrong out");
+    let scalar = Tensor::from_u32(gpu, &[], &[1]).unwrap();
+    assert!(lfq_decode(gpu, &mut enc, &scalar, 4, &Tensor::zeros(gpu, &[4], DType::F32).unwrap()).is_err(), "no group dim");
+    let fq = FactorizedCodebook::new(gpu, &random(2 * 10 * 4, 3, 1.0), 2, 10, 4, Metric::L2).unwrap();
+    assert!(fq.gather(gpu, &mut enc, &scalar, &Tensor::zeros(gpu, &[8], DType::F32).unwrap()).is_err(), "no S dim");
+    let x = Tensor::zeros(gpu, &[5, 7], DType::F32).unwrap();
+    assert!(fq.search(gpu, &mut enc, &x, &Tensor::zeros(gpu, &[5, 2], DType::U32).unwrap(), None).is_err(), "wrong S*d");
 }
 
-/// Times the benchmark cases: `cargo test --test vq time_bench -- --ignored --nocapture`.
+/// Times the benchmark cases (preferred layout):
+/// `cargo test --release --test vq time_bench -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn time_bench() {
     let gpu = gpu();
     for mut case in lowbit::kernels::vq::bench_cases(gpu, lowbit::kernels::BenchSize::Full).unwrap() {
         let (ms, clock) = gpu.time_step(5, |enc| (case.step)(gpu, enc)).unwrap();
-        eprintln!("{} {}: {ms:.2} ms ({clock:?}), {:.1} GFLOP/s", case.kernel, case.shape, case.flops as f64 / ms / 1e6);
+        eprintln!("{} {}: {ms:.1} ms ({clock:?}), {:.1} GFLOP/s", case.kernel, case.shape, case.flops as f64 / ms / 1e6);
+    }
+}
+
+#[test]
+fn quick_bench_cases_run() {
+    let gpu = gpu();
+    let mut cases = lowbit::kernels::vq::bench_cases(gpu, lowbit::kernels::BenchSize::Quick).unwrap();
+    assert_eq!(cases.len(), 2);
+    let mut enc = gpu.encoder();
+    for case in &mut cases {
+        assert!(case.flops > 0 && case.bytes > 0);
+        (case.step)(gpu, &mut enc).unwrap();
+    }
+    gpu.submit(enc).unwrap();
+    gpu.wait().unwrap();
+}
+
+/// Interleaved A/B timing of the two code layouts (the machine is shared and noisy);
+/// `VQ_SHAPE=NxKxD` picks the shape.
+#[test]
+#[ignore]
+fn compare_layouts() {
+    let gpu = gpu();
+    let (n, k, d) = std::env::var("VQ_SHAPE").map_or((256, 16384, 256), |s| {
+        let v: Vec<usize> = s.split('x').map(|t| t.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    });
+    let codes = random(k * d, 1, 1.0);
+    let x = Tensor::from_f32(gpu, &[n, d], &random(n * d, 2, 1.0)).unwrap();
+    let idx = Tensor::zeros(gpu, &[n], DType::U32).unwrap();
+    let books = LAYOUTS.map(|l| Codebook::with_layout(gpu, &codes, k, d, Metric::L2, l).unwrap());
+    eprintln!("{n} vectors x {k} codes x {d} dims");
+    for round in 0..3 {
+        for book in &books {
+            let (ms, _) = gpu.time_step(3, |enc| book.search(gpu, enc, &x, &idx, None)).unwrap();
+            let t = std::time::Instant::now();
+            let mut enc = gpu.encoder();
+            book.search(gpu, &mut enc, &x, &idx, None).unwrap();
+            let rec = t.elapsed().as_secs_f64() * 1e3;
+            gpu.submit(enc).unwrap();
+            gpu.wait().unwrap();
+            eprintln!("round {round} {:?}: {ms:.1} ms timestamps, {:.1} ms wall ({rec:.1} recording)", book.layout, t.elapsed().as_secs_f64() * 1e3);
+        }
     }
 }

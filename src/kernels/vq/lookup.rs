@@ -81,7 +81,7 @@ fn with_last(shape: &[usize], last: usize) -> Vec<usize> {
 /// `t * out_stride + out_offset`.
 fn record_gather(gpu: &Gpu, enc: &mut Encoder, book: &Codebook, ids: &Tensor, out: &Tensor, flag: &wgpu::Buffer, layout: [usize; 5]) -> Result<()> {
     let [count, id_stride, id_offset, out_stride, out_offset] = layout.map(|v| v as u32);
-    let pipe = gpu.pipeline(&SHADER, "gather", &["GATHER"], &[("WG", WG as f64)])?;
+    let pipe = gpu.pipeline(&SHADER, "gather", &book.defines("GATHER"), &[("WG", WG as f64)])?;
     let groups = gpu.grid((count as usize * book.d).div_ceil(WG as usize) as u32);
     for chunk in &book.chunks {
         let p = LookupParams {
@@ -162,7 +162,9 @@ pub fn lfq_decode(gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, bits: u32, out: &T
         invalid!("lfq_decode: {bits} bits per group; supported: 1 to 31");
     }
     out.expect_dtype("lfq_decode output", DType::F32)?;
-    let groups = *ids.shape.last().unwrap();
+    let Some(&groups) = ids.shape.last() else {
+        shape_err!("lfq_decode: ids need a group dimension, got shape []");
+    };
     out.expect_shape("lfq_decode output", &with_last(&ids.shape, groups * bits as usize))?;
     let check = IdCheck::new(gpu, ids, vec![1 << bits])?;
     let count = ids.numel() as u32;

@@ -4,8 +4,10 @@
 //!
 //! A `Codebook` is uploaded once: rows padded to whole vec4s, ‖c‖² precomputed, rows
 //! l2-normalized for the cosine metric (cosine search is then an L2 search of normalized x),
-//! and split into chunks that each fit one storage binding (a 100k-entry codebook may not).
-//! The search (shaders/vq.wgsl) is prepare → search per chunk → reduce, see the shader.
+//! and split into chunks: storage buffers that each fit one binding (a 100k-entry codebook may
+//! not fit one), or on CPU adapters 64 KiB uniform blocks, which llvmpipe reads much faster
+//! (`CodeLayout`). The search (shaders/vq.wgsl) is prepare → search per chunk, split across
+//! workgroups → reduce of (score, index) per vector → optional exact distances.
 
 mod lookup;
 pub mod reference;
@@ -15,13 +17,19 @@ pub use reference::{check_ids, TokenId};
 
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use wgpu::util::DeviceExt;
+
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("vq");
-/// Lanes per workgroup for every VQ entry; the search gives each lane one vector.
+/// Lanes per workgroup of the element-wise entries (prepare, reduce, distance, lookups).
 const WG: u32 = 64;
-/// Codes one search step compares at once (the shader's two vec4 accumulators).
+/// Codes one search step compares at once (the shader's register tile).
 const CODE_BLOCK: usize = 8;
+/// Vectors per search lane (the shader's register tile).
+const LANE_VECTORS: usize = 4;
+/// vec4s in one uniform block of codes (shaders/vq.wgsl `UBO_VEC4S`): 64 KiB.
+const UBO_VEC4S: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
@@ -31,11 +39,37 @@ pub enum Metric {
     Cosine,
 }
 
+/// How the codes are bound to the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeLayout {
+    /// Storage buffers as large as a binding allows (`Gpu::split_rows`), split across
+    /// workgroups within each.
+    Storage,
+    /// 64 KiB uniform blocks, one dispatch each. llvmpipe reads storage buffers lane by lane
+    /// but uniform buffers far more cheaply: the benchmark search runs about 2× faster.
+    Uniform,
+}
+
+impl CodeLayout {
+    /// Uniform blocks on CPU rasterizers (when a code fits one block), storage elsewhere.
+    pub fn preferred(gpu: &Gpu, d: usize) -> Self {
+        if gpu.class == AdapterClass::Cpu && Self::uniform_fits(gpu, d) {
+            CodeLayout::Uniform
+        } else {
+            CodeLayout::Storage
+        }
+    }
+
+    fn uniform_fits(gpu: &Gpu, d: usize) -> bool {
+        d.div_ceil(4) <= UBO_VEC4S && gpu.limits.max_uniform_buffer_binding_size as usize >= UBO_VEC4S * 16
+    }
+}
+
 /// Codes `start..start + len`, in one binding each.
 struct Chunk {
     start: usize,
     len: usize,
-    /// [len, d4] vec4 rows, zero-padded.
+    /// [len, d4] vec4 rows, zero-padded (a uniform block is padded to its full size).
     codes: wgpu::Buffer,
     /// [len] ‖c‖².
     norms: wgpu::Buffer,
@@ -46,6 +80,7 @@ pub struct Codebook {
     pub k: usize,
     pub d: usize,
     pub metric: Metric,
+    pub layout: CodeLayout,
     chunks: Vec<Chunk>,
 }
 
@@ -75,8 +110,14 @@ struct Columns {
 }
 
 impl Codebook {
-    /// Uploads `data` ([k, d] row-major), normalizing rows first for `Metric::Cosine`.
+    /// Uploads `data` ([k, d] row-major), normalizing rows first for `Metric::Cosine`, in the
+    /// adapter's preferred layout.
     pub fn new(gpu: &Gpu, data: &[f32], k: usize, d: usize, metric: Metric) -> Result<Self> {
+        Self::with_layout(gpu, data, k, d, metric, CodeLayout::preferred(gpu, d))
+    }
+
+    /// As `new`, in a chosen layout (tests run both).
+    pub fn with_layout(gpu: &Gpu, data: &[f32], k: usize, d: usize, metric: Metric, layout: CodeLayout) -> Result<Self> {
         if k == 0 || d == 0 {
             shape_err!("codebook of {k} × {d}: both must be non-zero");
         }
@@ -85,6 +126,9 @@ impl Codebook {
         }
         if k > u32::MAX as usize / 2 {
             invalid!("codebook of {k} entries is too large for u32 token ids");
+        }
+        if layout == CodeLayout::Uniform && !CodeLayout::uniform_fits(gpu, d) {
+            invalid!("codes of {d} dimensions do not fit this adapter's uniform blocks; use CodeLayout::Storage");
         }
         let rows = match metric {
             Metric::L2 => data.to_vec(),
@@ -97,16 +141,34 @@ impl Codebook {
             dst[..d].copy_from_slice(src);
             norms.push(src.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32);
         }
+        let ranges: Vec<std::ops::Range<usize>> = match layout {
+            CodeLayout::Storage => gpu.split_rows(k, (d4 * 16) as u64)?,
+            CodeLayout::Uniform => {
+                let per = UBO_VEC4S / d4;
+                (0..k).step_by(per).map(|s| s..(s + per).min(k)).collect()
+            }
+        };
         let mut chunks = Vec::new();
-        for r in gpu.split_rows(k, (d4 * 16) as u64)? {
-            chunks.push(Chunk {
-                start: r.start,
-                len: r.len(),
-                codes: gpu.upload(bytemuck::cast_slice(&padded[r.start * d4 * 4..r.end * d4 * 4]), "vq codes")?,
-                norms: gpu.upload(bytemuck::cast_slice(&norms[r.clone()]), "vq code norms")?,
-            });
+        for r in ranges {
+            let values = &padded[r.start * d4 * 4..r.end * d4 * 4];
+            let codes = match layout {
+                CodeLayout::Storage => gpu.upload(bytemuck::cast_slice(values), "vq codes")?,
+                CodeLayout::Uniform => {
+                    let mut block = values.to_vec();
+                    block.resize(UBO_VEC4S * 4, 0.0);
+                    gpu.scoped(|| {
+                        gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some("vq code block"),
+                            contents: bytemuck::cast_slice(&block),
+                            usage: wgpu::BufferUsages::UNIFORM,
+                        })
+                    })?
+                }
+            };
+            let norms = gpu.upload(bytemuck::cast_slice(&norms[r.clone()]), "vq code norms")?;
+            chunks.push(Chunk { start: r.start, len: r.len(), codes, norms });
         }
-        Ok(Codebook { k, d, metric, chunks })
+        Ok(Codebook { k, d, metric, layout, chunks })
     }
 
     /// How many bindings the codes were split into.
@@ -118,6 +180,14 @@ impl Codebook {
         self.d.div_ceil(4)
     }
 
+    /// The entry's define, plus UBO for entries that read uniform code blocks.
+    fn defines(&self, entry: &'static str) -> Vec<&'static str> {
+        match self.layout {
+            CodeLayout::Storage => vec![entry],
+            CodeLayout::Uniform => vec![entry, "UBO"],
+        }
+    }
+
     /// Records the nearest-code search of `x` [N, D] → `indices` [N] (u32) and optionally
     /// `distances` [N] (f32, squared L2; for cosine 2 − 2·cos). Ties go to the lowest index.
     pub fn search(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, indices: &Tensor, distances: Option<&Tensor>) -> Result<()> {
@@ -127,7 +197,8 @@ impl Codebook {
         }
         let n = x.shape[0];
         check_outputs(indices, distances, &[n])?;
-        self.record_search(gpu, enc, x, n, Columns { x_stride: self.d, x_offset: 0, out_stride: 1, out_offset: 0 }, indices, distances)
+        let cols = Columns { x_stride: self.d, x_offset: 0, out_stride: 1, out_offset: 0 };
+        self.record_search(gpu, enc, x, n, cols, indices, distances)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -149,7 +220,8 @@ impl Codebook {
         };
         gpu.dispatch(enc, &prepare, params(&p), &[&x.buffer, &xp.buffer], vector_groups)?;
 
-        let search = gpu.pipeline(&SHADER, "search", &["SEARCH"], &consts)?;
+        let search = gpu.pipeline(&SHADER, "search", &self.defines("SEARCH"), &[("WG", plan.lanes as f64)])?;
+        let tiles = n.div_ceil(plan.lanes * LANE_VECTORS) as u32;
         let mut slot = 0;
         for (chunk, &splits) in self.chunks.iter().zip(&plan.splits) {
             let p = SearchParams {
@@ -159,8 +231,8 @@ impl Codebook {
                 slot_base: slot as u32,
                 ..base
             };
-            let groups = [(n as u32).div_ceil(WG), splits as u32, 1];
-            gpu.dispatch(enc, &search, params(&p), &[&xp.buffer, &chunk.codes, &chunk.norms, &partial.buffer], groups)?;
+            let bufs = [&xp.buffer, &chunk.codes, &chunk.norms, &partial.buffer];
+            gpu.dispatch(enc, &search, params(&p), &bufs, [tiles, splits as u32, 1])?;
             slot += splits;
         }
 
@@ -170,7 +242,7 @@ impl Codebook {
         gpu.dispatch(enc, &reduce, params(&p), &[&partial.buffer, &indices.buffer], vector_groups)?;
 
         if let Some(distances) = distances {
-            let pipe = gpu.pipeline(&SHADER, "distance", &["DISTANCE"], &consts)?;
+            let pipe = gpu.pipeline(&SHADER, "distance", &self.defines("DISTANCE"), &consts)?;
             for chunk in &self.chunks {
                 let p = SearchParams { codes: chunk.len as u32, code_base: chunk.start as u32, ..out };
                 let bufs = [&xp.buffer, &chunk.codes, &indices.buffer, &distances.buffer];
@@ -181,17 +253,19 @@ impl Codebook {
     }
 
     /// How the codes are divided among workgroups: enough (vector tile × code split)
-    /// workgroups to keep every core / compute unit busy, each split long enough that its
-    /// partial result is cheap next to its scan.
+    /// workgroups per dispatch to keep every core / compute unit busy, each split long enough
+    /// that its partial result is cheap next to its scan. Uniform blocks are one dispatch
+    /// each, so they get small workgroups and are split on their own.
     fn plan(&self, gpu: &Gpu, n: usize) -> Result<Plan> {
-        let (target_groups, min_split): (usize, usize) = match gpu.class {
-            AdapterClass::Cpu => (64, 256),
-            AdapterClass::Discrete => (2048, 64),
-            AdapterClass::Integrated => (256, 128),
+        let (lanes, target_groups, min_split, span): (usize, usize, usize, usize) = match (self.layout, gpu.class) {
+            (CodeLayout::Uniform, _) => (16, 16, 16, self.chunks[0].len),
+            (CodeLayout::Storage, AdapterClass::Cpu) => (64, 64, 256, self.k),
+            (CodeLayout::Storage, AdapterClass::Discrete) => (64, 2048, 64, self.k),
+            (CodeLayout::Storage, AdapterClass::Integrated) => (64, 256, 128, self.k),
         };
-        let tiles = n.div_ceil(WG as usize);
+        let tiles = n.div_ceil(lanes * LANE_VECTORS);
         let wanted = target_groups.div_ceil(tiles).max(1);
-        let mut per_split = (self.k.div_ceil(wanted).max(min_split)).div_ceil(CODE_BLOCK) * CODE_BLOCK;
+        let mut per_split = span.div_ceil(wanted).max(min_split).div_ceil(CODE_BLOCK) * CODE_BLOCK;
         // Partial results (8 bytes per vector and split) must fit one binding: fewer, longer
         // splits when they don't.
         let max_slots = (gpu.max_binding_size() / (n as u64 * 8)) as usize;
@@ -208,11 +282,13 @@ impl Codebook {
         if tiles > max_groups || splits.iter().any(|&s| s > max_groups) {
             invalid!("vq search of {n} vectors × {} codes exceeds the dispatch limit; search fewer vectors at once", self.k);
         }
-        Ok(Plan { per_split, splits, slots })
+        Ok(Plan { lanes, per_split, splits, slots })
     }
 }
 
 struct Plan {
+    /// Lanes per search workgroup.
+    lanes: usize,
     per_split: usize,
     /// Workgroup rows per chunk.
     splits: Vec<usize>,
@@ -238,13 +314,13 @@ pub struct FactorizedCodebook {
 impl FactorizedCodebook {
     /// `data` holds the S codebooks back to back, each [k, d].
     pub fn new(gpu: &Gpu, data: &[f32], s: usize, k: usize, d: usize, metric: Metric) -> Result<Self> {
-        if s == 0 {
-            shape_err!("factorized codebook with no sub-codebooks");
+        if s == 0 || k == 0 || d == 0 {
+            shape_err!("factorized codebook of {s} × {k} × {d}: all must be non-zero");
         }
         if data.len() != s * k * d {
             shape_err!("{s} codebooks of {k} × {d} need {} values, got {}", s * k * d, data.len());
         }
-        let books = data.chunks(k * d.max(1)).map(|c| Codebook::new(gpu, c, k, d, metric)).collect::<Result<_>>()?;
+        let books = data.chunks(k * d).map(|c| Codebook::new(gpu, c, k, d, metric)).collect::<Result<_>>()?;
         Ok(FactorizedCodebook { books })
     }
 
