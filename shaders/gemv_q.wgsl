@@ -24,10 +24,21 @@ struct Params {
     // Row length of `out` (all chunks) and where this chunk's columns start.
     out_stride: u32,
     col_off: u32,
+    // X_UNIFORM: vec4s per staged x row.
+    x_pitch: u32,
+    // First row of x (and out) this dispatch covers; `m` counts from it.
+    m_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if X_UNIFORM
+// x staged by the Rust side in a uniform buffer, rows zero-padded to `x_pitch` vec4s (so no
+// masking). On llvmpipe (Mesa 22) a uniform load is one gather while a storage load loops over
+// the SIMD lanes, and x is read once per weight word.
+@group(0) @binding(1) var<uniform> xu: array<vec4<f32>, 4096>;
+#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#endif
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #if VEC4
@@ -153,20 +164,61 @@ fn decode(word: u32, offset: f32) -> mat4x4<f32> {
 // The PW x values of word `w` of x row `xrow`. In the tail (`tail` is a literal at each call
 // site, so the branch folds away) values past K read as 0: padding codes decode to −zero.
 fn load_x(xrow: u32, w: u32, tail: bool) -> mat4x4<f32> {
+#if X_UNIFORM
+    // Only for PW ≥ 4.
+    let b = xrow * p.x_pitch + w * (PW / 4u);
+    var u = mat4x4<f32>();
+    u[0] = xu[b];
+    if NC >= 2u {
+        u[1] = xu[b + 1u];
+    }
+    if NC >= 4u {
+        u[2] = xu[b + 2u];
+        u[3] = xu[b + 3u];
+    }
+    return u;
+#else
+    let k = w * PW;
+    let base = (p.m_off + xrow) * p.k + k;
+    if tail {
+        let last = (p.m_off + xrow) * p.k + p.k - 1u;
+        return mat4x4<f32>(x_tail4(base, k, last), x_tail4(base + 4u, k + 4u, last),
+                           x_tail4(base + 8u, k + 8u, last), x_tail4(base + 12u, k + 12u, last));
+    }
+    // Whole vec4s only: a word's elements never straddle a 4-aligned boundary of `k`.
     var v = mat4x4<f32>();
-    let base = xrow * p.k;
-    for (var c = 0u; c < NC; c++) {
-        for (var l = 0u; l < LANES; l++) {
-            let k = w * PW + c * 4u + l;
-            if tail {
-                v[c][l] = select(0.0, x[base + min(k, p.k - 1u)], k < p.k);
-            } else {
-                v[c][l] = x[base + k];
-            }
-        }
+    if PW == 1u {
+        v[0].x = x[base];
+    } else if PW == 2u {
+        v[0] = vec4<f32>(x[base], x[base + 1u], 0.0, 0.0);
+    } else {
+        v[0] = x4(base);
+    }
+    if NC >= 2u {
+        v[1] = x4(base + 4u);
+    }
+    if NC >= 4u {
+        v[2] = x4(base + 8u);
+        v[3] = x4(base + 12u);
     }
     return v;
+#endif
 }
+
+#if !X_UNIFORM
+
+fn x4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+// x[i..i+4] for elements k..k+4 of a row whose last element is x[last]; lanes with k ≥ K
+// read 0 (lanes past the word's own PW elements meet zero weights).
+fn x_tail4(i: u32, k: u32, last: u32) -> vec4<f32> {
+    let ok = vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k);
+    let v = vec4<f32>(x[min(i, last)], x[min(i + 1u, last)], x[min(i + 2u, last)], x[min(i + 3u, last)]);
+    return select(vec4<f32>(0.0), v, ok);
+}
+#endif
 
 fn mdot(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
     var s = dot(a[0], b[0]);
@@ -205,7 +257,7 @@ fn activate(v: f32) -> f32 {
 }
 
 fn store(m: u32, n: u32, acc: f32) {
-    out[m * p.out_stride + p.col_off + n] = activate(acc + bias[n]);
+    out[(p.m_off + m) * p.out_stride + p.col_off + n] = activate(acc + bias[n]);
 }
 
 // ---- GEMV, CPU adapters: each invocation owns ROWS rows (lid, lid + WG, ...), so the x
