@@ -220,6 +220,16 @@ fn x_tail4(i: u32, k: u32, last: u32) -> vec4<f32> {
 }
 #endif
 
+// Lane-wise products summed over the used columns: kept as a vec4 so the horizontal sum is
+// paid once per group instead of once per word.
+fn mmul(a: mat4x4<f32>, b: mat4x4<f32>) -> vec4<f32> {
+    var s = a[0] * b[0];
+    for (var c = 1u; c < NC; c++) {
+        s += a[c] * b[c];
+    }
+    return s;
+}
+
 fn mdot(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
     var s = dot(a[0], b[0]);
     for (var c = 1u; c < NC; c++) {
@@ -265,14 +275,14 @@ fn store(m: u32, n: u32, acc: f32) {
 // barriers. The group's dot product is summed unscaled and scaled once per group.
 
 override WG: u32 = 64u;
-override ROWS: u32 = 4u; // ≤ 8
+override ROWS: u32 = 4u; // ≤ 16
 
 @compute @workgroup_size(WG)
 fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m = wg.y;
     let first = wg.x * WG * ROWS + lid;
-    var rows: array<u32, 8>;
-    var acc: array<f32, 8>;
+    var rows: array<u32, 16>;
+    var acc: array<f32, 16>;
     for (var r = 0u; r < ROWS; r++) {
         rows[r] = min(first + r * WG, p.n - 1u);
         acc[r] = 0.0;
@@ -282,14 +292,14 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     for (var g = 0u; g < p.groups; g++) {
         let w0 = g * p.group_words;
         let w1 = min(w0 + p.group_words, p.stride);
-        var off: array<f32, 8>;
-        var s: array<f32, 8>;
+        var off: array<f32, 16>;
+        var s: array<vec4<f32>, 16>;
         for (var r = 0u; r < ROWS; r++) {
             off[r] = group_offset(rows[r] * p.groups + g);
-            s[r] = 0.0;
+            s[r] = vec4<f32>(0.0);
         }
         for (var w = w0; w < w1; w += CW) {
-            var chunk: array<vec4<u32>, 8>;
+            var chunk: array<vec4<u32>, 16>;
             for (var r = 0u; r < ROWS; r++) {
                 chunk[r] = load_chunk(rows[r], w);
             }
@@ -297,20 +307,20 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 for (var j = 0u; j < CW; j++) {
                     let xs = load_x(m, w + j, false);
                     for (var r = 0u; r < ROWS; r++) {
-                        s[r] += mdot(decode(chunk[r][j], off[r]), xs);
+                        s[r] += mmul(decode(chunk[r][j], off[r]), xs);
                     }
                 }
             } else {
                 for (var j = 0u; j < CW; j++) {
                     let xs = load_x(m, w + j, true);
                     for (var r = 0u; r < ROWS; r++) {
-                        s[r] += mdot(decode(chunk[r][j], off[r]), xs);
+                        s[r] += mmul(decode(chunk[r][j], off[r]), xs);
                     }
                 }
             }
         }
         for (var r = 0u; r < ROWS; r++) {
-            acc[r] += s[r] * group_scale(rows[r] * p.groups + g);
+            acc[r] += dot(s[r], vec4<f32>(group_scale(rows[r] * p.groups + g)));
         }
     }
     for (var r = 0u; r < ROWS; r++) {

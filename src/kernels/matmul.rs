@@ -213,7 +213,7 @@ fn dispatch_slice(
         let n = c.rows.len();
         let (shader, entry, constants, groups) = match variant {
             Variant::GemvRows { wg, rows } => {
-                check_range("rows", rows, 1, 8)?;
+                check_range("rows", rows, 1, 16)?;
                 let consts = vec![("WG", wg as f64), ("ROWS", rows as f64)];
                 (&GEMV, "gemv_rows", consts, [n.div_ceil((wg * rows) as usize), m, 1])
             }
@@ -229,7 +229,7 @@ fn dispatch_slice(
             }
             Variant::GemmTiled { wg, tm, tn } => {
                 check_range("tm", tm, 1, 8)?;
-                check_range("tn", tn, 1, 4)?;
+                check_range("tn", tn, 1, 8)?;
                 let consts = vec![("WG", wg as f64), ("TM", tm as f64), ("TN", tn as f64)];
                 (&GEMM, "gemm_tiled", consts, [n.div_ceil((wg * tn) as usize), m.div_ceil(tm as usize), 1])
             }
@@ -251,7 +251,11 @@ fn dispatch_slice(
             m_off: m_off as u32,
             _pad: [0; 2],
         };
-        let x_buf = if x_pitch > 0 { layer.x_staging.get().expect("staged") } else { &*x.buffer };
+        let x_buf = match (x_pitch, layer.x_staging.get()) {
+            (0, _) => &*x.buffer,
+            (_, Some(staged)) => staged,
+            (_, None) => return Err(Error::Invalid("linear: x was not staged".into())),
+        };
         let mut buffers = vec![x_buf, &c.bias, &*out.buffer, &c.data];
         buffers.extend(c.scales.iter().chain(&c.zeros));
         gpu.dispatch(enc, &pipe, params(&p), &buffers, groups.map(|g| g as u32))?;
@@ -267,7 +271,7 @@ fn staged_pitch(gpu: &Gpu, layer: &QLinear, variant: Variant) -> u32 {
     let pitch = layer.chunks[0].stride as u64 * per_word as u64 / 4;
     let fits = pitch * 16 <= X_STAGING_BYTES.min(gpu.limits.max_uniform_buffer_binding_size);
     let wanted = matches!(variant, Variant::GemvRows { .. } | Variant::GemmTiled { .. });
-    if wanted && per_word >= 4 && fits && std::env::var("NOXU").is_err() { pitch as u32 } else { 0 }
+    if wanted && per_word >= 4 && fits { pitch as u32 } else { 0 }
 }
 
 /// Copies x rows `rows` into the layer's uniform staging buffer, each zero-padded to `pitch`
