@@ -78,7 +78,7 @@ pub fn candidates(gemm: bool) -> Vec<Variant> {
     if gemm {
         let mut v = vec![];
         for wg in [32, 64] {
-            for (tm, tn) in [(4, 2), (8, 2), (4, 4), (8, 4), (2, 8), (4, 8)] {
+            for (tm, tn) in [(2, 4), (4, 2), (4, 4), (8, 4), (2, 8), (4, 8)] {
                 v.push(Variant::GemmTiled { wg, tm, tn });
             }
         }
