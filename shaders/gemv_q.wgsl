@@ -24,10 +24,21 @@ struct Params {
     // Row length of `out` (all chunks) and where this chunk's columns start.
     out_stride: u32,
     col_off: u32,
+    // X_UNIFORM: vec4s per staged x row.
+    x_pitch: u32,
+    // First row of x (and out) this dispatch covers; `m` counts from it.
+    m_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if X_UNIFORM
+// x staged by the Rust side in a uniform buffer, rows zero-padded to `x_pitch` vec4s (so no
+// masking). On llvmpipe (Mesa 22) a uniform load is one gather while a storage load loops over
+// the SIMD lanes, and x is read once per weight word.
+@group(0) @binding(1) var<uniform> xu: array<vec4<f32>, 4096>;
+#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#endif
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #if VEC4
@@ -153,19 +164,70 @@ fn decode(word: u32, offset: f32) -> mat4x4<f32> {
 // The PW x values of word `w` of x row `xrow`. In the tail (`tail` is a literal at each call
 // site, so the branch folds away) values past K read as 0: padding codes decode to −zero.
 fn load_x(xrow: u32, w: u32, tail: bool) -> mat4x4<f32> {
+#if X_UNIFORM
+    // Only for PW ≥ 4.
+    let b = xrow * p.x_pitch + w * (PW / 4u);
+    var u = mat4x4<f32>();
+    u[0] = xu[b];
+    if NC >= 2u {
+        u[1] = xu[b + 1u];
+    }
+    if NC >= 4u {
+        u[2] = xu[b + 2u];
+        u[3] = xu[b + 3u];
+    }
+    return u;
+#else
+    let k = w * PW;
+    let base = (p.m_off + xrow) * p.k + k;
+    if tail {
+        let last = (p.m_off + xrow) * p.k + p.k - 1u;
+        return mat4x4<f32>(x_tail4(base, k, last), x_tail4(base + 4u, k + 4u, last),
+                           x_tail4(base + 8u, k + 8u, last), x_tail4(base + 12u, k + 12u, last));
+    }
+    // Whole vec4s only: a word's elements never straddle a 4-aligned boundary of `k`.
     var v = mat4x4<f32>();
-    let base = xrow * p.k;
-    for (var c = 0u; c < NC; c++) {
-        for (var l = 0u; l < LANES; l++) {
-            let k = w * PW + c * 4u + l;
-            if tail {
-                v[c][l] = select(0.0, x[base + min(k, p.k - 1u)], k < p.k);
-            } else {
-                v[c][l] = x[base + k];
-            }
-        }
+    if PW == 1u {
+        v[0].x = x[base];
+    } else if PW == 2u {
+        v[0] = vec4<f32>(x[base], x[base + 1u], 0.0, 0.0);
+    } else {
+        v[0] = x4(base);
+    }
+    if NC >= 2u {
+        v[1] = x4(base + 4u);
+    }
+    if NC >= 4u {
+        v[2] = x4(base + 8u);
+        v[3] = x4(base + 12u);
     }
     return v;
+#endif
+}
+
+#if !X_UNIFORM
+
+fn x4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+// x[i..i+4] for elements k..k+4 of a row whose last element is x[last]; lanes with k ≥ K
+// read 0 (lanes past the word's own PW elements meet zero weights).
+fn x_tail4(i: u32, k: u32, last: u32) -> vec4<f32> {
+    let ok = vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k);
+    let v = vec4<f32>(x[min(i, last)], x[min(i + 1u, last)], x[min(i + 2u, last)], x[min(i + 3u, last)]);
+    return select(vec4<f32>(0.0), v, ok);
+}
+#endif
+
+// Lane-wise products summed over the used columns: kept as a vec4 so the horizontal sum is
+// paid once per group instead of once per word.
+fn mmul(a: mat4x4<f32>, b: mat4x4<f32>) -> vec4<f32> {
+    var s = a[0] * b[0];
+    for (var c = 1u; c < NC; c++) {
+        s += a[c] * b[c];
+    }
+    return s;
 }
 
 fn mdot(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
@@ -205,7 +267,7 @@ fn activate(v: f32) -> f32 {
 }
 
 fn store(m: u32, n: u32, acc: f32) {
-    out[m * p.out_stride + p.col_off + n] = activate(acc + bias[n]);
+    out[(p.m_off + m) * p.out_stride + p.col_off + n] = activate(acc + bias[n]);
 }
 
 // ---- GEMV, CPU adapters: each invocation owns ROWS rows (lid, lid + WG, ...), so the x
@@ -213,14 +275,14 @@ fn store(m: u32, n: u32, acc: f32) {
 // barriers. The group's dot product is summed unscaled and scaled once per group.
 
 override WG: u32 = 64u;
-override ROWS: u32 = 4u; // ≤ 8
+override ROWS: u32 = 4u; // ≤ 16
 
 @compute @workgroup_size(WG)
 fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m = wg.y;
     let first = wg.x * WG * ROWS + lid;
-    var rows: array<u32, 8>;
-    var acc: array<f32, 8>;
+    var rows: array<u32, 16>;
+    var acc: array<f32, 16>;
     for (var r = 0u; r < ROWS; r++) {
         rows[r] = min(first + r * WG, p.n - 1u);
         acc[r] = 0.0;
@@ -230,14 +292,14 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     for (var g = 0u; g < p.groups; g++) {
         let w0 = g * p.group_words;
         let w1 = min(w0 + p.group_words, p.stride);
-        var off: array<f32, 8>;
-        var s: array<f32, 8>;
+        var off: array<f32, 16>;
+        var s: array<vec4<f32>, 16>;
         for (var r = 0u; r < ROWS; r++) {
             off[r] = group_offset(rows[r] * p.groups + g);
-            s[r] = 0.0;
+            s[r] = vec4<f32>(0.0);
         }
         for (var w = w0; w < w1; w += CW) {
-            var chunk: array<vec4<u32>, 8>;
+            var chunk: array<vec4<u32>, 16>;
             for (var r = 0u; r < ROWS; r++) {
                 chunk[r] = load_chunk(rows[r], w);
             }
@@ -245,20 +307,20 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 for (var j = 0u; j < CW; j++) {
                     let xs = load_x(m, w + j, false);
                     for (var r = 0u; r < ROWS; r++) {
-                        s[r] += mdot(decode(chunk[r][j], off[r]), xs);
+                        s[r] += mmul(decode(chunk[r][j], off[r]), xs);
                     }
                 }
             } else {
                 for (var j = 0u; j < CW; j++) {
                     let xs = load_x(m, w + j, true);
                     for (var r = 0u; r < ROWS; r++) {
-                        s[r] += mdot(decode(chunk[r][j], off[r]), xs);
+                        s[r] += mmul(decode(chunk[r][j], off[r]), xs);
                     }
                 }
             }
         }
         for (var r = 0u; r < ROWS; r++) {
-            acc[r] += s[r] * group_scale(rows[r] * p.groups + g);
+            acc[r] += dot(s[r], vec4<f32>(group_scale(rows[r] * p.groups + g)));
         }
     }
     for (var r = 0u; r < ROWS; r++) {

@@ -4,7 +4,7 @@
 //! Which kernel shape runs on which adapter is decided in `kernels::tuning`.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::elementwise::Activation;
 use super::tuning::{self, Variant};
@@ -36,6 +36,9 @@ struct Params {
     groups: u32,
     out_stride: u32,
     col_off: u32,
+    x_pitch: u32,
+    m_off: u32,
+    _pad: [u32; 2],
 }
 
 /// A Linear layer's weights on the GPU, split by output rows into chunks that each fit one
@@ -46,7 +49,12 @@ pub struct QLinear {
     out_features: usize,
     bytes: usize,
     chunks: Vec<Chunk>,
+    /// Uniform buffer GEMV stages x in (see X_UNIFORM in gemv_q.wgsl), made on first use.
+    x_staging: OnceLock<wgpu::Buffer>,
 }
+
+/// Bytes of the X_UNIFORM staging buffer (`array<vec4<f32>, 4096>` in the shader).
+const X_STAGING_BYTES: u64 = 65536;
 
 /// Output rows `rows` of a layer, uploaded with each weight row padded to a multiple of four
 /// words so kernels may read whole vec4<u32>s.
@@ -110,7 +118,7 @@ impl QLinear {
                 groups: groups as u32,
             });
         }
-        Ok(QLinear { format: w.format, in_features: w.cols, out_features: w.rows, bytes: w.bytes(), chunks })
+        Ok(QLinear { format: w.format, in_features: w.cols, out_features: w.rows, bytes: w.bytes(), chunks, x_staging: OnceLock::new() })
     }
 
     pub fn in_features(&self) -> usize {
@@ -165,17 +173,47 @@ pub fn linear_with(
         Some(Activation::Swish) => defines.push("ACT_SWISH"),
         None => {}
     }
+    let x_pitch = staged_pitch(gpu, layer, variant);
+    if x_pitch > 0 {
+        defines.push("X_UNIFORM");
+    }
+    // Slices of x rows: all of them, or as many as fit the uniform staging buffer.
+    let per_slice = if x_pitch > 0 { (X_STAGING_BYTES / (x_pitch as u64 * 16)) as usize } else { m };
+    for start in (0..m).step_by(per_slice) {
+        let rows = per_slice.min(m - start);
+        if x_pitch > 0 {
+            stage_x(gpu, enc, layer, x, start..start + rows, x_pitch)?;
+        }
+        dispatch_slice(gpu, enc, layer, x, out, &defines, variant, start, rows, x_pitch)?;
+    }
+    Ok(())
+}
+
+/// Dispatches every weight chunk for rows `m_off..m_off + m` of x.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_slice(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    layer: &QLinear,
+    x: &Tensor,
+    out: &Tensor,
+    defines: &[&'static str],
+    variant: Variant,
+    m_off: usize,
+    m: usize,
+    x_pitch: u32,
+) -> Result<()> {
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
     for c in &layer.chunks {
         let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. });
-        let mut defs = defines.clone();
+        let mut defs = defines.to_vec();
         if vec4 {
             defs.push("VEC4");
         }
         let n = c.rows.len();
         let (shader, entry, constants, groups) = match variant {
             Variant::GemvRows { wg, rows } => {
-                check_range("rows", rows, 1, 8)?;
+                check_range("rows", rows, 1, 16)?;
                 let consts = vec![("WG", wg as f64), ("ROWS", rows as f64)];
                 (&GEMV, "gemv_rows", consts, [n.div_ceil((wg * rows) as usize), m, 1])
             }
@@ -191,7 +229,7 @@ pub fn linear_with(
             }
             Variant::GemmTiled { wg, tm, tn } => {
                 check_range("tm", tm, 1, 8)?;
-                check_range("tn", tn, 1, 4)?;
+                check_range("tn", tn, 1, 8)?;
                 let consts = vec![("WG", wg as f64), ("TM", tm as f64), ("TN", tn as f64)];
                 (&GEMM, "gemm_tiled", consts, [n.div_ceil((wg * tn) as usize), m.div_ceil(tm as usize), 1])
             }
@@ -209,10 +247,55 @@ pub fn linear_with(
             groups: c.groups,
             out_stride: layer.out_features as u32,
             col_off: c.rows.start as u32,
+            x_pitch,
+            m_off: m_off as u32,
+            _pad: [0; 2],
         };
-        let mut buffers = vec![&*x.buffer, &c.bias, &*out.buffer, &c.data];
+        let x_buf = match (x_pitch, layer.x_staging.get()) {
+            (0, _) => &*x.buffer,
+            (_, Some(staged)) => staged,
+            (_, None) => return Err(Error::Invalid("linear: x was not staged".into())),
+        };
+        let mut buffers = vec![x_buf, &c.bias, &*out.buffer, &c.data];
         buffers.extend(c.scales.iter().chain(&c.zeros));
         gpu.dispatch(enc, &pipe, params(&p), &buffers, groups.map(|g| g as u32))?;
+    }
+    Ok(())
+}
+
+/// Row pitch (vec4s) of x staged in a uniform buffer for this variant, or 0 when the kernel
+/// reads x from storage: staging suits the CPU-oriented variants on formats with ≥ 4 elements
+/// per word, when at least one padded row fits the staging buffer.
+fn staged_pitch(gpu: &Gpu, layer: &QLinear, variant: Variant) -> u32 {
+    let per_word = layer.format.per_word();
+    let pitch = layer.chunks[0].stride as u64 * per_word as u64 / 4;
+    let fits = pitch * 16 <= X_STAGING_BYTES.min(gpu.limits.max_uniform_buffer_binding_size);
+    let wanted = matches!(variant, Variant::GemvRows { .. } | Variant::GemmTiled { .. });
+    if wanted && per_word >= 4 && fits { pitch as u32 } else { 0 }
+}
+
+/// Copies x rows `rows` into the layer's uniform staging buffer, each zero-padded to `pitch`
+/// vec4s (the padded weight row, so the kernel needs no masking).
+fn stage_x(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, rows: Range<usize>, pitch: u32) -> Result<()> {
+    let buf = match layer.x_staging.get() {
+        Some(b) => b,
+        None => {
+            let b = gpu.scoped(|| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("x staging"),
+                    size: X_STAGING_BYTES,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })?;
+            layer.x_staging.get_or_init(|| b)
+        }
+    };
+    let k = layer.in_features as u64;
+    let raw = enc.raw();
+    raw.clear_buffer(buf, 0, None);
+    for (i, row) in rows.enumerate() {
+        raw.copy_buffer_to_buffer(&x.buffer, row as u64 * k * 4, buf, i as u64 * pitch as u64 * 16, k * 4);
     }
     Ok(())
 }
