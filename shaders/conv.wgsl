@@ -34,13 +34,8 @@ struct Params {
 // Weights re-laid out by tiles of 8 output channels: the words at column word `wi` of the
 // tile's 8 rows are adjacent, so two vector loads fetch a word for every channel of the tile.
 @group(0) @binding(4) var<storage, read> w_tiles: array<vec4<u32>>;
-// dequant's w_element names this; the kernel reads `w_tiles` instead.
-var<private> w_data: array<u32, 1>;
 #if SCALED
 @group(0) @binding(5) var<storage, read> w_scales: array<u32>;
-#else
-// dequant's w_scale names this array; unscaled formats never call it.
-var<private> w_scales: array<u32, 1>;
 #endif
 #if FMT_Q4Z
 @group(0) @binding(6) var<storage, read> w_zeros: array<u32>;

@@ -1,9 +1,9 @@
 // Weight decoding shared by every kernel that reads packed matrices (gemv_q, gemm_q, conv).
-// Included with `#include dequant`. The including shader declares the bindings
-//   w_data: array<u32>   packed rows, `row_words` words per row, elements LSB first
-//   w_scales: array<u32> f16 scales, two per word, index = row * groups + group
-//   w_zeros: array<u32>  (FMT_Q4Z only) 4-bit zero points, eight per word, same index
-// and picks the format with one define: FMT_F32, FMT_F16, FMT_Q8, FMT_Q4, FMT_Q4Z, FMT_TERNARY, FMT_FP4.
+// Included with `#include dequant`. The including shader picks the format with one define
+// (FMT_F32, FMT_F16, FMT_Q8, FMT_Q4, FMT_Q4Z, FMT_TERNARY, FMT_FP4), sets SCALED for the
+// formats with scales, and declares the bindings these helpers read:
+//   w_scales: array<u32> (SCALED) f16 scales, two per word, index = row * groups + group
+//   w_zeros: array<u32>  (FMT_Q4Z) 4-bit zero points, eight per word, same index
 // Layouts are documented bit by bit in docs/FORMATS.md.
 
 #if FMT_F32
@@ -29,10 +29,12 @@ const W_BITS: u32 = 4u;
 #endif
 const W_PER_WORD: u32 = 32u / W_BITS;
 
+#if SCALED
 fn w_scale(i: u32) -> f32 {
     let pair = unpack2x16float(w_scales[i >> 1u]);
     return select(pair.x, pair.y, (i & 1u) == 1u);
 }
+#endif
 
 // E2M1 magnitudes: code & 7 → {0, 0.5, 1, 1.5, 2, 3, 4, 6}; bit 3 is the sign.
 fn fp4_value(code: u32) -> f32 {
@@ -77,15 +79,4 @@ fn w_zero(i: u32) -> f32 {
 #else
     return 0.0;
 #endif
-}
-
-// The value of element (row, col): slow but simple, for kernels where weight reads are not
-// the bottleneck (convolutions with few channels, tests). `group_size` 0 means no scales.
-fn w_element(row: u32, col: u32, row_words: u32, groups: u32, group_size: u32) -> f32 {
-    let word = w_data[row * row_words + col / W_PER_WORD];
-    if group_size == 0u {
-        return w_decode(word, col % W_PER_WORD, 0.0);
-    }
-    let g = row * groups + col / group_size;
-    return w_decode(word, col % W_PER_WORD, w_zero(g)) * w_scale(g);
 }

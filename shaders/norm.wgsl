@@ -7,6 +7,7 @@
 // Defines: AFFINE (layer_norm / group_norm: weight + bias bindings), SWISH (group_norm's fused
 // nonlinearity), INPLACE (softmax reading and writing one buffer), SUBGROUPS (reduce inside a
 // subgroup first: fewer workgroup-memory round trips on GPUs that have it).
+// exclusive: AFFINE INPLACE
 
 struct Params {
     rows: u32,

@@ -11,6 +11,7 @@
 //             ‖x‖² + score loses most of its digits to cancellation when x is near c
 // Ties go to the lowest index: codes are scanned in increasing order, splits are reduced in
 // increasing order, and only a strictly smaller score replaces the best.
+// exclusive: PREPARE SEARCH REDUCE DISTANCE GATHER LFQ
 
 override WG: u32 = 64u;
 

@@ -1,5 +1,5 @@
 //! Tensors: a storage buffer plus a shape. Activations are f32 (or u32/i32 for token ids);
-//! packed low-bit weights live in their own structs (`kernels::matmul::GpuWeights`) built on
+//! packed low-bit weights live in their own structs (`kernels::matmul::QLinear`) built on
 //! the same upload and readback helpers.
 
 use std::sync::Arc;

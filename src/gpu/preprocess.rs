@@ -45,8 +45,10 @@ pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
 }
 
 /// Shader files that others include; each is also validated on its own through its includers.
-pub const INCLUDES: &[(&str, &str)] =
-    &[("dequant", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/dequant.wgsl")))];
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("dequant", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/dequant.wgsl"))),
+    ("gemv_q", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemv_q.wgsl"))),
+];
 
 fn expand_includes(source: &str) -> Result<String, String> {
     if !source.contains("#include") {

@@ -14,15 +14,8 @@ use crate::quant::{PackedMatrix, WeightFormat};
 use crate::{shader, Encoder, Error, Gpu, Result};
 
 const GEMV: Shader = shader!("gemv_q");
-/// The GEMM kernels reuse gemv_q.wgsl's bindings and decoding, so they are compiled after it.
-const GEMM: Shader = Shader {
-    name: "gemm_q",
-    source: concat!(
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemv_q.wgsl")),
-        "\n",
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemm_q.wgsl"))
-    ),
-};
+/// The GEMM kernels `#include gemv_q` for its bindings and decoding.
+const GEMM: Shader = shader!("gemm_q");
 
 /// Matches `struct Params` in shaders/gemv_q.wgsl.
 #[repr(C)]
