@@ -84,17 +84,13 @@ const NEG: f32 = -3.0e38;
 
 // Queries per invocation. Mesa 22's llvmpipe loads storage buffers lane by lane inside loops
 // (even at uniform addresses), so on CPU adapters (WIDE) each K/V value loaded should serve
-// several queries; the private arrays are the limit for wide heads. GPUs want more
+// several queries. Wide heads get fewer: their unrolled loops make llvmpipe's compile slow. GPUs want more
 // invocations instead: one query each.
 #if WIDE
 #if D4_128
-const QL: u32 = 1u;
-#else
-#if D4_64
 const QL: u32 = 2u;
 #else
 const QL: u32 = 4u;
-#endif
 #endif
 #else
 const QL: u32 = 1u;

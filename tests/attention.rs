@@ -168,3 +168,23 @@ fn timings() {
         }
     }
 }
+
+/// Layout sweep for tuning `Layout::for_gpu` on this adapter (run with --ignored --nocapture).
+#[test]
+#[ignore]
+fn layout_sweep() {
+    let gpu = gpu();
+    for p in [AttentionParams::new(1, 197, 12, 64), AttentionParams::new(1, 256, 1, 512)] {
+        let qkv = Tensor::from_f32(gpu, &p.qkv_shape(), &realistic_qkv(&p, 1)).unwrap();
+        let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32).unwrap();
+        for wide in [true, false] {
+            for workgroup in [8, 16, 32, 64] {
+                let layout = Layout { workgroup, wide };
+                let (ms, _) = gpu.time_step(3, |enc| attention_with_layout(gpu, enc, &qkv, &out, p, layout)).unwrap();
+                let scratch = SageScratch::new(gpu, p, SageOptions { pv_f16: false, layout: Some(layout), ..Default::default() }).unwrap();
+                let (sage_ms, _) = gpu.time_step(3, |enc| sage_attention_with(gpu, enc, &qkv, &out, &scratch)).unwrap();
+                eprintln!("T{} H{} D{} {layout:?}: f32 {ms:.2} ms, sage f32pv {sage_ms:.2} ms", p.tokens, p.heads, p.head_dim);
+            }
+        }
+    }
+}

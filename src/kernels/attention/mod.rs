@@ -178,7 +178,7 @@ impl Layout {
         match gpu.class {
             // A workgroup is one thread looping over its lanes 8 at a time: small groups keep
             // every core busy.
-            AdapterClass::Cpu => Layout { workgroup: 16, wide: true },
+            AdapterClass::Cpu => Layout { workgroup: 8, wide: true },
             AdapterClass::Discrete | AdapterClass::Integrated => Layout { workgroup: 64, wide: false },
         }
     }
@@ -187,9 +187,8 @@ impl Layout {
     fn queries_per_lane(&self, head_dim: usize) -> u32 {
         match (self.wide, head_dim.div_ceil(4)) {
             (false, _) => 1,
-            (true, 0..=32) => 4,
-            (true, 33..=64) => 2,
-            (true, _) => 1,
+            (true, 0..=64) => 4,
+            (true, _) => 2,
         }
     }
 
