@@ -65,9 +65,8 @@ const D4: u32 = 16u;
 #endif
 #endif
 
-// Channel quads per head. EXACT (D == 4·D4) makes it a constant so the channel loops unroll
-// and the private arrays get constant indices: llvmpipe turns dynamically indexed private
-// arrays into select chains, which costs several times the arithmetic.
+// Channel quads per head. EXACT (D == 4·D4) makes it a constant so the channel loops can
+// unroll and the private arrays get constant indices (registers instead of indexed memory).
 #if EXACT
 fn quads() -> u32 {
     return D4;
