@@ -13,7 +13,7 @@
 // private arrays of D4 = D/4 vec4s.
 //
 // Flags: D4_32 / D4_64 / D4_128 size the private arrays (default 16 → D ≤ 64), EXACT when
-// D fills them;
+// D fills them; WIDE (several queries per invocation, CPU adapters);
 // F16 (P·V in f16, V stored as f16 by sage_quantize); PACKED_DOT (dot4I8Packed).
 #if F16
 enable f16;
@@ -65,9 +65,8 @@ const D4: u32 = 16u;
 #endif
 #endif
 
-// Channel quads per head. EXACT (D == 4·D4) makes it a constant so the channel loops unroll
-// and the private arrays get constant indices: llvmpipe turns dynamically indexed private
-// arrays into select chains, which costs several times the arithmetic.
+// Channel quads per head. EXACT (D == 4·D4) makes it a constant so the channel loops can
+// unroll and the private arrays get constant indices (registers instead of indexed memory).
 #if EXACT
 fn quads() -> u32 {
     return D4;
@@ -84,17 +83,13 @@ const NEG: f32 = -3.0e38;
 
 // Queries per invocation. Mesa 22's llvmpipe loads storage buffers lane by lane inside loops
 // (even at uniform addresses), so on CPU adapters (WIDE) each K/V value loaded should serve
-// several queries; the private arrays are the limit for wide heads. GPUs want more
-// invocations instead: one query each.
+// several queries (fewer for D > 256, whose unrolled loops make llvmpipe's compile slow).
+// GPUs want more invocations instead: one query each.
 #if WIDE
 #if D4_128
-const QL: u32 = 1u;
-#else
-#if D4_64
 const QL: u32 = 2u;
 #else
 const QL: u32 = 4u;
-#endif
 #endif
 #else
 const QL: u32 = 1u;

@@ -93,11 +93,13 @@ pub struct SageOptions {
     pub q_block: usize,
     pub k_block: usize,
     pub pv_f16: bool,
+    /// Query-to-invocation mapping of the attention pass; `None` picks `Layout::for_gpu`.
+    pub layout: Option<Layout>,
 }
 
 impl Default for SageOptions {
     fn default() -> Self {
-        SageOptions { q_block: 128, k_block: 64, pv_f16: true }
+        SageOptions { q_block: 128, k_block: 64, pv_f16: true, layout: None }
     }
 }
 
@@ -159,48 +161,82 @@ fn size_defines(head_dim: usize) -> Vec<&'static str> {
     if d4 == capacity { vec![define, "EXACT"] } else { vec![define] }
 }
 
-/// Invocations per workgroup. On CPU adapters a workgroup is one thread looping over its
-/// lanes 8 at a time, so small groups keep every core busy.
-fn attend_workgroup(gpu: &Gpu) -> u32 {
-    match gpu.class {
-        AdapterClass::Cpu => 16,
-        AdapterClass::Discrete | AdapterClass::Integrated => 64,
-    }
+/// How queries map onto invocations. `for_gpu` picks it per adapter class; it is public so
+/// tests can run the GPU-class mapping on lavapipe too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Invocations per workgroup.
+    pub workgroup: u32,
+    /// Several queries per invocation (the shader's WIDE): on CPU adapters, where Mesa 22's
+    /// llvmpipe loads storage buffers lane by lane inside loops, each K/V value loaded then
+    /// serves several queries. GPUs prefer more invocations with one query each.
+    pub wide: bool,
 }
 
-/// Queries per invocation: the shader's QL for the defines `attend_defines` picks.
-fn queries_per_lane(gpu: &Gpu, head_dim: usize) -> u32 {
-    if gpu.class != AdapterClass::Cpu {
-        return 1;
+impl Layout {
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        match gpu.class {
+            // A workgroup is one thread looping over its lanes 8 at a time: small groups keep
+            // every core busy.
+            AdapterClass::Cpu => Layout { workgroup: 8, wide: true },
+            AdapterClass::Discrete | AdapterClass::Integrated => Layout { workgroup: 64, wide: false },
+        }
     }
-    match head_dim.div_ceil(4) {
-        0..=32 => 4,
-        33..=64 => 2,
-        _ => 1,
-    }
-}
 
-/// Array-size defines, plus WIDE (several queries per invocation) on CPU adapters.
-fn attend_defines(gpu: &Gpu, head_dim: usize) -> Vec<&'static str> {
-    let mut d = size_defines(head_dim);
-    if gpu.class == AdapterClass::Cpu {
-        d.push("WIDE");
+    /// Queries per invocation: the shader's QL for these defines.
+    fn queries_per_lane(&self, head_dim: usize) -> u32 {
+        match (self.wide, head_dim.div_ceil(4)) {
+            (false, _) => 1,
+            (true, 0..=64) => 4,
+            (true, _) => 2,
+        }
     }
-    d
-}
 
-fn attend_grid(gpu: &Gpu, p: &AttentionParams, wg: u32) -> [u32; 3] {
-    let per_group = wg * queries_per_lane(gpu, p.head_dim);
-    [(p.tokens as u32).div_ceil(per_group), p.heads as u32, p.batch as u32]
+    fn defines(&self, head_dim: usize) -> Vec<&'static str> {
+        let mut d = size_defines(head_dim);
+        if self.wide {
+            d.push("WIDE");
+        }
+        d
+    }
+
+    fn grid(&self, p: &AttentionParams) -> [u32; 3] {
+        let per_group = self.workgroup * self.queries_per_lane(p.head_dim);
+        [(p.tokens as u32).div_ceil(per_group), p.heads as u32, p.batch as u32]
+    }
+
+    fn check(&self, gpu: &Gpu) -> Result<()> {
+        let max = gpu.limits.max_compute_invocations_per_workgroup.min(gpu.limits.max_compute_workgroup_size_x);
+        if self.workgroup == 0 || self.workgroup > max {
+            invalid!("attention: workgroup of {} invocations is out of range", self.workgroup);
+        }
+        Ok(())
+    }
+
+    fn constants(&self) -> [(&'static str, f64); 1] {
+        [("WG", self.workgroup as f64)]
+    }
 }
 
 /// `out = softmax(q·kᵀ·scale [+ causal mask]) · v`, per batch and head, in f32.
 pub fn attention(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: AttentionParams) -> Result<()> {
+    attention_with_layout(gpu, enc, qkv, out, p, Layout::for_gpu(gpu))
+}
+
+/// `attention` with an explicit query-to-invocation mapping.
+pub fn attention_with_layout(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    qkv: &Tensor,
+    out: &Tensor,
+    p: AttentionParams,
+    layout: Layout,
+) -> Result<()> {
     p.validate(gpu)?;
     p.check_tensors(qkv, out)?;
-    let wg = attend_workgroup(gpu);
-    let pipe = gpu.pipeline(&SHADER, "attend_f32", &attend_defines(gpu, p.head_dim), &[("WG", wg as f64)])?;
-    gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], attend_grid(gpu, &p, wg))
+    layout.check(gpu)?;
+    let pipe = gpu.pipeline(&SHADER, "attend_f32", &layout.defines(p.head_dim), &layout.constants())?;
+    gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], layout.grid(&p))
 }
 
 /// Intermediate buffers of `sage_attention`, reusable across calls of the same shape.
@@ -254,10 +290,11 @@ pub fn sage_attention(
 pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, s: &SageScratch) -> Result<()> {
     let (p, opts) = (&s.params, &s.opts);
     p.check_tensors(qkv, out)?;
-    let mut defines = attend_defines(gpu, p.head_dim);
-    if opts.pv_f16 {
-        defines.push("F16");
-    }
+    let layout = opts.layout.unwrap_or_else(|| Layout::for_gpu(gpu));
+    layout.check(gpu)?;
+    let prep_defines: &[&str] = if opts.pv_f16 { &["F16"] } else { &[] };
+    let mut defines = layout.defines(p.head_dim);
+    defines.extend(prep_defines);
     if gpu.caps.packed_dot {
         defines.push("PACKED_DOT");
     }
@@ -272,26 +309,25 @@ pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Ten
     const PREP_WG: u32 = 16;
     let prep = [("WG", PREP_WG as f64)];
     u.items = bh * u.d4;
-    let mean = gpu.pipeline(&SHADER, "sage_mean", &defines, &prep)?;
+    let mean = gpu.pipeline(&SHADER, "sage_mean", prep_defines, &prep)?;
     gpu.dispatch(enc, &mean, params(&u), &[&qkv.buffer, &s.k_mean.buffer], gpu.grid(u.items.div_ceil(PREP_WG)))?;
 
     u.items = bh * (u.n_qb + u.n_kb * if opts.pv_f16 { 2 } else { 1 });
-    let quant = gpu.pipeline(&SHADER, "sage_quantize", &defines, &prep)?;
+    let quant = gpu.pipeline(&SHADER, "sage_quantize", prep_defines, &prep)?;
     let mut bufs = vec![&*qkv.buffer, &*s.k_mean.buffer, &*s.q8.buffer, &*s.k8.buffer, &*s.scales.buffer];
     if let Some(v16) = &s.v16 {
         bufs.push(&v16.buffer);
     }
     gpu.dispatch(enc, &quant, params(&u), &bufs, gpu.grid(u.items.div_ceil(PREP_WG)))?;
 
-    let wg = attend_workgroup(gpu);
-    let attend = gpu.pipeline(&SHADER, "attend_sage", &defines, &[("WG", wg as f64)])?;
+    let attend = gpu.pipeline(&SHADER, "attend_sage", &defines, &layout.constants())?;
     let v = s.v16.as_ref().map_or(&qkv.buffer, |t| &t.buffer);
     gpu.dispatch(
         enc,
         &attend,
         params(&u),
         &[v, &out.buffer, &s.q8.buffer, &s.k8.buffer, &s.scales.buffer],
-        attend_grid(gpu, p, wg),
+        layout.grid(p),
     )
 }
 
