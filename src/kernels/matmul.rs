@@ -4,12 +4,12 @@
 //! Which kernel shape runs on which adapter is decided in `kernels::tuning`.
 
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use super::elementwise::Activation;
 use super::tuning::{self, Variant};
 use super::{params, BenchCase, BenchSize};
-use crate::gpu::{DType, Shader, Tensor};
+use crate::gpu::{AdapterClass, DType, Shader, Tensor};
 use crate::quant::{PackedMatrix, WeightFormat};
 use crate::{shader, Encoder, Error, Gpu, Result};
 
@@ -362,6 +362,9 @@ pub(crate) fn bench_weights(cols: usize, rows: usize) -> Vec<f32> {
 
 /// Shapes are M×K×N (rows of x, in_features, out_features): GEMV 1×4096×4096 and 1×768×3072,
 /// GEMM 197×768×2304 (ViT-B qkv) and 197×4096×4096, for every format.
+/// Working set of the GEMV benchmarks: twice the L2 of the largest current GPUs.
+const BENCH_STREAM_BYTES: usize = 128 << 20;
+
 pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let shapes: &[(&str, usize, usize, usize)] = match size {
         BenchSize::Full => &[("gemv", 1, 4096, 4096), ("gemv", 1, 768, 3072), ("gemm", 197, 768, 2304), ("gemm", 197, 4096, 4096)],
@@ -369,27 +372,33 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     };
     let mut cases = vec![];
     for fmt in WeightFormat::all() {
-        let mut layers: Vec<((usize, usize), Arc<QLinear>)> = vec![];
+        let mut packed: Vec<((usize, usize), PackedMatrix)> = vec![];
         for &(kernel, m, k, n) in shapes {
-            let layer = match layers.iter().find(|(s, _)| *s == (k, n)) {
-                Some((_, l)) => l.clone(),
-                None => {
-                    let packed = PackedMatrix::quantize(&bench_weights(k, n), n, k, fmt)?;
-                    let l = Arc::new(QLinear::new(gpu, &packed, None)?);
-                    layers.push(((k, n), l.clone()));
-                    l
-                }
-            };
+            if !packed.iter().any(|(s, _)| *s == (k, n)) {
+                packed.push(((k, n), PackedMatrix::quantize(&bench_weights(k, n), n, k, fmt)?));
+            }
+            let w = &packed.iter().find(|(s, _)| *s == (k, n)).unwrap().1;
+            // A GEMV reads each weight once, so a matrix that fits the GPU's L2 cache would be
+            // timed at cache speed. Steps rotate over enough copies to stream ≥ 128 MiB, the
+            // way a real model's layers follow one another. (CPU adapters are timed like
+            // ggml's test-backend-ops, on one matrix: their caches are what a small model sees.)
+            let streamed = kernel == "gemv" && size == BenchSize::Full && gpu.class != AdapterClass::Cpu;
+            let copies = if streamed { (BENCH_STREAM_BYTES / w.bytes()).clamp(1, 64) } else { 1 };
+            let layers = (0..copies).map(|_| QLinear::new(gpu, w, None)).collect::<Result<Vec<_>>>()?;
             let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;
             let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
             let variant = if kernel == "gemv" { tuning::plan(gpu.class).gemv } else { tuning::plan(gpu.class).gemm };
+            let mut next = 0;
             cases.push(BenchCase {
                 kernel: kernel.into(),
                 format: fmt.name(),
                 shape: format!("{m}x{k}x{n}"),
-                bytes: layer.bytes() as u64,
+                bytes: w.bytes() as u64,
                 flops: 2 * (m * k * n) as u64,
-                step: Box::new(move |gpu, enc| linear_with(gpu, enc, &layer, &x, &out, None, variant)),
+                step: Box::new(move |gpu, enc| {
+                    next = (next + 1) % layers.len();
+                    linear_with(gpu, enc, &layers[next], &x, &out, None, variant)
+                }),
             });
         }
     }
