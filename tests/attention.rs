@@ -60,7 +60,8 @@ fn sage_matches_its_reference_and_exact_attention() {
             let exact = attention_reference(&data, &p).unwrap();
             let what = format!("sage {p:?} {path} (pv_f16 {})", opts.effective(gpu).pv_f16);
             // The f32 P·V path reproduces the reference's arithmetic; f16 P·V rounds P too.
-            let own_bound = if opts.effective(gpu).pv_f16 { 1e-6 } else { 1e-10 };
+            // f32 P·V: the f32 bound (NVIDIA's exp and division differ from the CPU's in the last bits).
+            let own_bound = if opts.effective(gpu).pv_f16 { 1e-6 } else { F32_NMSE };
             assert_nmse(&format!("{what} vs sage reference"), &got, &own, own_bound);
             assert_nmse(&format!("{what} vs exact"), &got, &exact, QUANT_NMSE);
             let (cos, l1) = (cosine(&got, &exact), relative_l1(&got, &exact));

@@ -38,10 +38,22 @@ fn activation_quantization_matches_cpu_exactly() {
             let xq = quantize_on_gpu(gpu, &x, m, k);
             let (codes, scales) = xq.read(gpu).unwrap();
             let (want_codes, want_scales) = reference::quantize(&x, m, k).unwrap();
-            let differing = codes.iter().zip(&want_codes).filter(|(a, b)| a != b).count();
-            assert_eq!(differing, 0, "{path} {m}×{k}: {differing} code words differ");
+            // WGSL lets division be off by 2.5 ULP (lavapipe is exact, NVIDIA is not), so a code
+            // may differ by one where x/scale sits on a rounding tie; nowhere else.
+            let code = |words: &[u32], i: usize| (words[i / 4] >> (8 * (i % 4))) as u8 as i8 as i32;
+            let row_words = k.div_ceil(4);
+            for r in 0..m {
+                for c in 0..k {
+                    let (got, want) = (code(&codes[r * row_words..], c), code(&want_codes[r * row_words..], c));
+                    if got != want {
+                        let t = x[r * k + c] / want_scales[r];
+                        let near_tie = (t.abs().fract() - 0.5).abs() < 1e-3;
+                        assert!((got - want).abs() == 1 && near_tie, "{path} {m}×{k} ({r},{c}): code {got} vs {want} (x/scale {t})");
+                    }
+                }
+            }
             for (r, (s, w)) in scales.iter().zip(&want_scales).enumerate() {
-                assert!((s - w).abs() <= 1e-7 * w.abs(), "{path} {m}×{k} row {r}: scale {s} vs {w}");
+                assert!((s - w).abs() <= 1e-6 * w.abs(), "{path} {m}×{k} row {r}: scale {s} vs {w}");
             }
             if m > 2 {
                 assert_eq!(scales[1], 0.0, "all-zero row gets scale 0");
