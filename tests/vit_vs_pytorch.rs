@@ -180,3 +180,87 @@ fn bad_configs_and_inputs_are_errors() {
         assert!(model.forward(gpu, &x).is_err(), "{shape:?}");
     }
 }
+
+/// Random weights under timm's key names for any config (real-size shapes without a download).
+fn synthetic_weights(c: &VitConfig) -> Weights {
+    let (d, p, h, t) = (c.embed_dim, c.patch_size, c.mlp_hidden(), c.tokens());
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("cls_token".into(), vec![1, 1, d]),
+        ("pos_embed".into(), vec![1, t, d]),
+        ("patch_embed.proj.weight".into(), vec![d, 3, p, p]),
+        ("patch_embed.proj.bias".into(), vec![d]),
+        ("norm.weight".into(), vec![d]),
+        ("norm.bias".into(), vec![d]),
+        ("head.weight".into(), vec![c.num_classes, d]),
+        ("head.bias".into(), vec![c.num_classes]),
+    ];
+    for i in 0..c.depth {
+        for (k, s) in [
+            ("norm1.weight", vec![d]), ("norm1.bias", vec![d]), ("norm2.weight", vec![d]), ("norm2.bias", vec![d]),
+            ("attn.qkv.weight", vec![3 * d, d]), ("attn.qkv.bias", vec![3 * d]),
+            ("attn.proj.weight", vec![d, d]), ("attn.proj.bias", vec![d]),
+            ("mlp.fc1.weight", vec![h, d]), ("mlp.fc1.bias", vec![h]),
+            ("mlp.fc2.weight", vec![d, h]), ("mlp.fc2.bias", vec![d]),
+        ] {
+            shapes.push((format!("blocks.{i}.{k}"), s));
+        }
+    }
+    let mut w = Weights { source: "synthetic".into(), ..Default::default() };
+    for (seed, (name, shape)) in shapes.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let fan_in = if shape.len() > 1 { n / shape[0] } else { 1 };
+        let mut data = random(n, seed as u64 + 1, (3.0 / fan_in as f32).sqrt());
+        if name.ends_with("norm1.weight") || name.ends_with("norm2.weight") || name == "norm.weight" {
+            data.iter_mut().for_each(|v| *v += 1.0);
+        }
+        w.tensors.insert(name, lowbit::models::weights::WeightTensor { shape, data });
+    }
+    w
+}
+
+#[test]
+fn quantized_weights_stay_close_to_f32() {
+    // The format hook: the same checkpoint with every matrix in Q8 (per row) instead of f32.
+    let gpu = gpu();
+    let name = "vit_tiny_test";
+    let f32_model = VisionTransformer::from_pretrained(gpu, &fixture(name), None, WeightFormat::F32).unwrap();
+    let q8 = VisionTransformer::from_pretrained(gpu, &fixture(name), None, WeightFormat::Q8 { group: None }).unwrap();
+    let io = io(name);
+    let (shape, images) = tensor(&io, "images");
+    let (a, b) = (run(gpu, &f32_model, shape, images), run(gpu, &q8, shape, images));
+    let cos = cosine(&b, &a);
+    eprintln!("q8 vs f32 logits: cosine {cos:.6}");
+    assert!(cos > 0.999, "q8 logits cosine {cos}");
+}
+
+#[test]
+fn real_size_model_runs() {
+    // deit_tiny at 224×224 (197 tokens, 12 blocks): shapes and bindings at full size.
+    let gpu = gpu();
+    let cfg = VitConfig::from_json(r#"{"architecture": "deit_tiny_patch16_224", "num_classes": 1000}"#).unwrap();
+    let model = VisionTransformer::new(gpu, &cfg, &synthetic_weights(&cfg), WeightFormat::F32).unwrap();
+    let images = random(2 * 3 * 224 * 224, 9, 2.0);
+    let t0 = std::time::Instant::now();
+    let logits = run(gpu, &model, &[2, 3, 224, 224], &images);
+    eprintln!("deit_tiny forward, batch 2: {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+    assert_eq!(logits.len(), 2000);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // Images are independent: the second image alone gives the same logits as in the batch.
+    let single = run(gpu, &model, &[1, 3, 224, 224], &images[3 * 224 * 224..]);
+    assert_nmse("batch independence", &single, &logits[1000..], F32_NMSE);
+}
+
+/// `cargo test --release --test vit_vs_pytorch vit_base_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn vit_base_timing() {
+    let gpu = gpu();
+    let cfg = VitConfig::from_json(r#"{"architecture": "vit_base_patch16_224"}"#).unwrap();
+    let model = VisionTransformer::new(gpu, &cfg, &synthetic_weights(&cfg), WeightFormat::F32).unwrap();
+    let images = Tensor::from_f32(gpu, &[1, 3, 224, 224], &random(3 * 224 * 224, 9, 2.0)).unwrap();
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        model.forward(gpu, &images).unwrap().to_vec_f32(gpu).unwrap();
+        eprintln!("vit_base forward: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    }
+}
