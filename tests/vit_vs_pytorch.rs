@@ -264,3 +264,36 @@ fn vit_base_timing() {
         eprintln!("vit_base forward: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
     }
 }
+
+#[test]
+fn half_precision_checkpoints_widen_to_f32() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let vals = [1.5f32, -0.25, 3.0e-3, 65504.0];
+    let f16: Vec<u8> = vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    let bf16: Vec<u8> = vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+    let i64s = vec![0u8; 16];
+    let views = [
+        ("a", TensorView::new(Dtype::F16, vec![2, 2], &f16).unwrap()),
+        ("b", TensorView::new(Dtype::BF16, vec![4], &bf16).unwrap()),
+    ];
+    let bytes = safetensors::serialize(views, None).unwrap();
+    let w = Weights::from_bytes(&bytes, "half").unwrap();
+    let want_f16: Vec<f32> = vals.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    let want_bf16: Vec<f32> = vals.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    assert_eq!(w.get("a", &[2, 2]).unwrap(), &want_f16[..]);
+    assert_eq!(w.get("b", &[4]).unwrap(), &want_bf16[..]);
+    let ints = safetensors::serialize([("ids", TensorView::new(Dtype::I64, vec![2], &i64s).unwrap())], None).unwrap();
+    let e = Weights::from_bytes(&ints, "ints").unwrap_err().to_string();
+    assert!(e.contains("tensor ids has dtype I64"), "{e}");
+}
+
+#[test]
+fn preprocessing_rejects_what_it_cannot_do() {
+    let cfg = VitConfig::load(&fixture("vit_tiny_test").join("config.json")).unwrap().preprocess;
+    let img = image::RgbImage::new(20, 50);
+    // Shorter side 20 → 36 by 90 before the 32×32 crop: upscaling works.
+    assert_eq!(preprocess(&img, &cfg).unwrap().len(), 3 * 32 * 32);
+    let lanczos = lowbit::models::PreprocessConfig { interpolation: "lanczos".into(), ..cfg.clone() };
+    assert!(preprocess(&img, &lanczos).is_err());
+    assert!(load_image(Path::new("/nonexistent.png")).is_err());
+}
