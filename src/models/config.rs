@@ -168,10 +168,10 @@ impl VitConfig {
         if self.embed_dim == 0 || self.num_heads == 0 || self.depth == 0 || self.patch_size == 0 || self.img_size == 0 {
             invalid!("embed_dim, num_heads, depth, patch_size and img_size must all be set and non-zero ({self:?})");
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             invalid!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads);
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             invalid!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size);
         }
         if self.mlp_hidden() == 0 {
@@ -181,10 +181,10 @@ impl VitConfig {
         if p.input_size != (self.img_size, self.img_size) {
             invalid!("pretrained_cfg.input_size {:?} differs from img_size {} (position embeddings are not resampled)", p.input_size, self.img_size);
         }
-        if !(p.crop_pct > 0.0 && p.crop_pct <= 1.0) {
+        if !(0.0..=1.0).contains(&p.crop_pct) || p.crop_pct == 0.0 {
             invalid!("crop_pct must be in (0, 1], got {}", p.crop_pct);
         }
-        if p.std.iter().any(|&s| !(s > 0.0)) {
+        if p.std.iter().any(|&s| s.is_nan() || s <= 0.0) {
             invalid!("std must be positive, got {:?}", p.std);
         }
         Ok(())
