@@ -297,3 +297,23 @@ fn preprocessing_rejects_what_it_cannot_do() {
     assert!(preprocess(&img, &lanczos).is_err());
     assert!(load_image(Path::new("/nonexistent.png")).is_err());
 }
+
+#[test]
+fn hub_config_parses() {
+    // The shape of timm's config.json on the Hugging Face hub (vit_base_patch16_224.augreg2_in21k_ft_in1k).
+    let json = r#"{
+        "architecture": "vit_base_patch16_224", "num_classes": 3, "num_features": 768, "global_pool": "token",
+        "label_names": ["tench", "goldfish", "great white shark"],
+        "pretrained_cfg": {"tag": "augreg2_in21k_ft_in1k", "custom_load": false, "input_size": [3, 224, 224],
+            "fixed_input_size": true, "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_classes": 1000, "pool_size": null,
+            "first_conv": "patch_embed.proj", "classifier": "head"}
+    }"#;
+    let c = VitConfig::from_json(json).unwrap();
+    assert_eq!((c.embed_dim, c.num_heads, c.tokens(), c.mlp_hidden(), c.num_classes), (768, 12, 197, 3072, 3));
+    assert_eq!(c.label_names[2], "great white shark");
+    assert_eq!((c.preprocess.crop_pct, c.preprocess.input_size), (0.9, (224, 224)));
+    assert!(VitConfig::from_json(&json.replace("\"center\"", "\"squash\"")).is_err());
+    assert!(VitConfig::from_json(&json.replace("\"token\"", "\"avg\"")).is_err());
+    assert!(VitConfig::from_json(&json.replace("\"num_classes\": 3", "\"num_classes\": 4")).is_err());
+}

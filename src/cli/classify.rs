@@ -25,7 +25,7 @@ pub struct ClassifyArgs {
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub topk: usize,
-    /// Class names, one per line (line N names class N).
+    /// Class names, one per line (line N names class N); default: config.json's label_names.
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
     /// Write the logits as tensor `logits` f32 [N, classes], in argument order.
@@ -41,7 +41,7 @@ pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.model.display()))?;
     let labels = match &args.labels {
         Some(path) => read_labels(path, model.output_dim())?,
-        None => vec![],
+        None => model.config.label_names.clone(),
     };
     let mut all_logits = Vec::with_capacity(args.images.len() * model.output_dim());
     for batch in args.images.chunks(BATCH) {

@@ -35,6 +35,8 @@ pub struct VitConfig {
     pub init_values: Option<f64>,
     /// 0 means no head: the forward pass returns the pooled features.
     pub num_classes: usize,
+    /// Class names when the hub config lists them (`label_names`), else empty.
+    pub label_names: Vec<String>,
     pub preprocess: PreprocessConfig,
 }
 
@@ -76,6 +78,7 @@ impl VitConfig {
             qkv_bias: true,
             init_values: None,
             num_classes: 1000,
+            label_names: vec![],
             preprocess: PreprocessConfig { input_size: (224, 224), mean, std, crop_pct, interpolation: "bicubic".into() },
         })
     }
@@ -118,6 +121,15 @@ impl VitConfig {
         if let Some(n) = v.get("num_classes") {
             c.num_classes = uint(n, "num_classes")?;
         }
+        if let Some(pool) = v.get("global_pool") {
+            if *pool != "token" {
+                invalid!("global_pool {pool} is not supported (only \"token\")");
+            }
+        }
+        if let Some(names) = v.get("label_names") {
+            let names = names.as_array().ok_or_else(|| bad("label_names", names))?;
+            c.label_names = names.iter().map(|n| n.as_str().map(str::to_string).ok_or_else(|| bad("label_names", n))).collect::<Result<_>>()?;
+        }
         if let Some(pc) = v.get("pretrained_cfg") {
             let p = &mut c.preprocess;
             if let Some(s) = pc.get("input_size") {
@@ -133,6 +145,11 @@ impl VitConfig {
             }
             if let Some(x) = pc.get("crop_pct") {
                 p.crop_pct = num(x, "crop_pct")?;
+            }
+            if let Some(mode) = pc.get("crop_mode") {
+                if *mode != "center" {
+                    invalid!("pretrained_cfg.crop_mode {mode} is not supported (only \"center\")");
+                }
             }
             if let Some(x) = pc.get("interpolation") {
                 p.interpolation = x.as_str().ok_or_else(|| bad("interpolation", x))?.to_string();
@@ -186,6 +203,9 @@ impl VitConfig {
         }
         if p.std.iter().any(|&s| s.is_nan() || s <= 0.0) {
             invalid!("std must be positive, got {:?}", p.std);
+        }
+        if !self.label_names.is_empty() && self.label_names.len() != self.num_classes {
+            invalid!("{} label_names for {} classes", self.label_names.len(), self.num_classes);
         }
         Ok(())
     }
