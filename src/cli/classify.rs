@@ -1,0 +1,93 @@
+//! `lowbit classify --model PATH [--config FILE] [--topk K] [--labels FILE]
+//! [--save-logits OUT.safetensors] IMAGE...`: timm ViT/DeiT classification of image files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::gpu::Tensor;
+use crate::models::weights::save_f32;
+use crate::models::{load_image, preprocess, VisionTransformer};
+use crate::quant::WeightFormat;
+use crate::Gpu;
+
+/// Images per forward pass: bounds activation memory for long argument lists.
+const BATCH: usize = 8;
+
+#[derive(clap::Args, Debug)]
+pub struct ClassifyArgs {
+    /// A folder with model.safetensors + config.json (timm's hub layout), or a .safetensors file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// config.json to use instead of the one next to the weights.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub topk: usize,
+    /// Class names, one per line (line N names class N); default: config.json's label_names.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Write the logits as tensor `logits` f32 [N, classes], in argument order.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_logits: Option<PathBuf>,
+    /// Image files (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+}
+
+pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
+    let model = VisionTransformer::from_pretrained(gpu, &args.model, args.config.as_deref(), WeightFormat::F32)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let labels = match &args.labels {
+        Some(path) => read_labels(path, model.output_dim())?,
+        None => model.config.label_names.clone(),
+    };
+    let mut all_logits = Vec::with_capacity(args.images.len() * model.output_dim());
+    for batch in args.images.chunks(BATCH) {
+        let logits = classify(gpu, &model, batch)?;
+        for (path, row) in batch.iter().zip(logits.chunks(model.output_dim())) {
+            println!("{}:", path.display());
+            for (class, score, prob) in top_k(row, args.topk) {
+                let name = labels.get(class).map_or(String::new(), |l| format!("  {l}"));
+                println!("  {class:>5}  {prob:>7.4}  (logit {score:.4}){name}");
+            }
+        }
+        all_logits.extend(logits);
+    }
+    if let Some(out) = &args.save_logits {
+        let shape = [args.images.len(), model.output_dim()];
+        save_f32(out, &[("logits", &shape, &all_logits)]).with_context(|| format!("--save-logits {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Logits of `paths`, row-major [paths.len(), classes].
+pub fn classify(gpu: &Gpu, model: &VisionTransformer, paths: &[PathBuf]) -> anyhow::Result<Vec<f32>> {
+    let s = model.config.img_size;
+    let mut pixels = Vec::with_capacity(paths.len() * 3 * s * s);
+    for path in paths {
+        let img = load_image(path)?;
+        pixels.extend(preprocess(&img, &model.config.preprocess).with_context(|| format!("image {}", path.display()))?);
+    }
+    let images = Tensor::from_f32(gpu, &[paths.len(), 3, s, s], &pixels)?;
+    Ok(model.forward(gpu, &images)?.to_vec_f32(gpu)?)
+}
+
+/// The `k` best classes as (index, logit, softmax probability), best first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order.into_iter().take(k).map(|i| (i, logits[i], (((logits[i] - max) as f64).exp() / total) as f32)).collect()
+}
+
+fn read_labels(path: &Path, classes: usize) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--labels {}", path.display()))?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    if labels.len() < classes {
+        bail!("--labels {}: {} lines for {classes} classes", path.display(), labels.len());
+    }
+    Ok(labels)
+}
