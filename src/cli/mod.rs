@@ -1,6 +1,7 @@
 //! The `lowbit` command line: a thin layer over library calls.
 
 mod bench;
+mod classify;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Classify images with a timm ViT/DeiT checkpoint.
+    Classify(classify::ClassifyArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -64,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices => devices(&opts),
         Command::Bench { what } => bench::run(&Gpu::with_options(&opts)?, what),
         Command::Demo(args) => demo::run(&Gpu::with_options(&opts)?, args),
+        Command::Classify(args) => classify::run(&Gpu::with_options(&opts)?, args),
     }
 }
 
