@@ -5,7 +5,7 @@
 //
 // Defines: one FMT_* (F32, F16, Q8, Q4, Q4Z, TERNARY, FP4), SCALED (the format has f16
 // scales), VEC4 (weights read as vec4<u32>: rows padded to 4 words and scale groups made of
-// whole vec4s), ACT_GELU / ACT_SWISH, SUBGROUPS (gemv_coop's reduction).
+// whole vec4s), ACT_GELU / ACT_SWISH, SUBGROUPS (gemv_coop's reduction: one team = one subgroup).
 //
 // Weights are never expanded: each packed u32 is decoded in registers. Integer codes become
 // floats with the magic-number trick (bitcast(0x4B000000 | q) = 2^23 + q exactly), and the
@@ -330,25 +330,34 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
 }
 
-// ---- GEMV, discrete GPUs: a workgroup per row, lanes walk the row's words side by side
-// (coalesced loads), then one reduction: subgroupAdd + a shared slot per subgroup, or a
-// shared-memory tree without subgroups. WG must be a power of two.
+// ---- GEMV, discrete GPUs: teams of TEAM lanes, one weight row per team and WG/TEAM rows per
+// workgroup. A team's lanes walk its row side by side (coalesced vec4 loads), then reduce:
+// with SUBGROUPS the team is one subgroup (the Rust side sets it only when the subgroup size is
+// fixed and equal to TEAM) and subgroupAdd needs no barrier; otherwise a shared-memory tree per
+// team. Many rows per workgroup keep launch and reduction costs small next to the loads.
 
+override TEAM: u32 = 32u;
 var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32,
 #if SUBGROUPS
-             @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) sg_count: u32,
-             @builtin(subgroup_invocation_id) sg_lane: u32,
+             @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32,
 #endif
 ) {
-    let row_id = wg.x + wg.y * nwg.x;
+#if SUBGROUPS
+    let team = sg_id;
+    let lane = sg_lane;
+#else
+    let team = lid / TEAM;
+    let lane = lid % TEAM;
+#endif
+    let row_id = (wg.x + wg.y * nwg.x) * (WG / TEAM) + team;
     let m = wg.z;
     let row = min(row_id, p.n - 1u);
     var acc = 0.0;
-    for (var w = lid * CW; w < p.stride; w += WG * CW) {
+    for (var w = lane * CW; w < p.stride; w += TEAM * CW) {
         let g = row * p.groups + w / p.group_words;
         let chunk = load_chunk(row, w);
         var s = 0.0;
@@ -359,31 +368,21 @@ fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         acc += s * group_scale(g);
     }
 #if SUBGROUPS
-    let t = subgroupAdd(acc);
-    if sg_lane == 0u {
-        partial[sg_id] = t;
-    }
-    workgroupBarrier();
-    if lid == 0u {
-        var total = 0.0;
-        for (var i = 0u; i < sg_count; i++) {
-            total += partial[i];
-        }
-        if row_id < p.n {
-            store(m, row, total);
-        }
+    let total = subgroupAdd(acc);
+    if lane == 0u && row_id < p.n {
+        store(m, row, total);
     }
 #else
     partial[lid] = acc;
     workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half >>= 1u) {
-        if lid < half {
+    for (var half = TEAM / 2u; half > 0u; half >>= 1u) {
+        if lane < half {
             partial[lid] += partial[lid + half];
         }
         workgroupBarrier();
     }
-    if lid == 0u && row_id < p.n {
-        store(m, row, partial[0]);
+    if lane == 0u && row_id < p.n {
+        store(m, row, partial[lid]);
     }
 #endif
 }

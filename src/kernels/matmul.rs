@@ -198,7 +198,7 @@ fn dispatch_slice(
 ) -> Result<()> {
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
     for c in &layer.chunks {
-        let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. });
+        let vec4 = c.group_words % 4 == 0;
         let mut defs = defines.to_vec();
         if vec4 {
             defs.push("VEC4");
@@ -210,15 +210,18 @@ fn dispatch_slice(
                 let consts = vec![("WG", wg as f64), ("ROWS", rows as f64)];
                 (&GEMV, "gemv_rows", consts, [n.div_ceil((wg * rows) as usize), m, 1])
             }
-            Variant::GemvCoop { wg } => {
-                if !wg.is_power_of_two() {
-                    return Err(Error::Invalid(format!("gemv_coop needs a power-of-two workgroup, got {wg}")));
+            Variant::GemvCoop { wg, team } => {
+                if !team.is_power_of_two() || wg % team != 0 {
+                    return Err(Error::Invalid(format!("gemv_coop needs power-of-two teams that divide the workgroup, got {team} of {wg}")));
                 }
-                if gpu.caps.subgroups {
+                // subgroupAdd stands in for the team's reduction only when every subgroup is
+                // exactly one team.
+                let c = gpu.caps;
+                if c.subgroups && c.subgroup_min_size == team && c.subgroup_max_size == team {
                     defs.push("SUBGROUPS");
                 }
-                let [gx, gy, _] = gpu.grid(n as u32);
-                (&GEMV, "gemv_coop", vec![("WG", wg as f64)], [gx as usize, gy as usize, m])
+                let [gx, gy, _] = gpu.grid(n.div_ceil((wg / team) as usize) as u32);
+                (&GEMV, "gemv_coop", vec![("WG", wg as f64), ("TEAM", team as f64)], [gx as usize, gy as usize, m])
             }
             Variant::GemmTiled { wg, tm, tn } => {
                 check_range("tm", tm, 1, 8)?;

@@ -16,9 +16,9 @@ pub enum Variant {
     /// GEMV, one invocation per `rows` output rows, `wg` invocations per workgroup. Suits
     /// CPU adapters: the x loads are uniform across lanes and there are no barriers.
     GemvRows { wg: u32, rows: u32 },
-    /// GEMV, one workgroup of `wg` lanes per output row with coalesced loads and a
-    /// subgroup (or shared-memory) reduction. Suits GPUs.
-    GemvCoop { wg: u32 },
+    /// GEMV, teams of `team` lanes per output row (`wg / team` rows per workgroup) with
+    /// coalesced loads and a subgroup (or shared-memory) reduction. Suits GPUs.
+    GemvCoop { wg: u32, team: u32 },
     /// Register-tiled GEMM: each invocation computes `tm` x-rows × `tn` output rows.
     GemmTiled { wg: u32, tm: u32, tn: u32 },
 }
@@ -27,7 +27,7 @@ impl Variant {
     pub fn name(&self) -> String {
         match *self {
             Variant::GemvRows { wg, rows } => format!("gemv_rows wg{wg} r{rows}"),
-            Variant::GemvCoop { wg } => format!("gemv_coop wg{wg}"),
+            Variant::GemvCoop { wg, team } => format!("gemv_coop wg{wg} team{team}"),
             Variant::GemmTiled { wg, tm, tn } => format!("gemm_tiled wg{wg} {tm}x{tn}"),
         }
     }
@@ -48,8 +48,9 @@ pub struct Plan {
 
 /// THE table. The CPU row was measured on lavapipe (Mesa 22.3, 2 cores, AVX2): 8 rows per
 /// invocation beat 1/2/4 (x loads shared) and 16 (register spills); GEMM 4×4 and 2×8 tiles
-/// beat 8×N (x is staged 4 rows at a time for K = 4096). The discrete row is the textbook
-/// shape for NVIDIA/AMD (a 256-lane workgroup per row), to be re-tuned on hardware.
+/// beat 8×N (x is staged 4 rows at a time for K = 4096). The discrete row was measured on an
+/// H100 (Vulkan, subgroups of 32): one subgroup per weight row, 8 rows per workgroup (a whole
+/// workgroup per row spent its time launching and reducing); GEMM 4×2 tiles in 32 lanes.
 const TABLE: [(AdapterClass, Plan); 3] = [
     (
         AdapterClass::Cpu,
@@ -61,11 +62,11 @@ const TABLE: [(AdapterClass, Plan); 3] = [
     ),
     (
         AdapterClass::Discrete,
-        Plan { gemv: Variant::GemvCoop { wg: 256 }, gemm: Variant::GemmTiled { wg: 64, tm: 8, tn: 2 }, gemv_max_m: 4 },
+        Plan { gemv: Variant::GemvCoop { wg: 256, team: 32 }, gemm: Variant::GemmTiled { wg: 32, tm: 4, tn: 2 }, gemv_max_m: 4 },
     ),
     (
         AdapterClass::Integrated,
-        Plan { gemv: Variant::GemvCoop { wg: 128 }, gemm: Variant::GemmTiled { wg: 64, tm: 4, tn: 2 }, gemv_max_m: 4 },
+        Plan { gemv: Variant::GemvCoop { wg: 128, team: 32 }, gemm: Variant::GemmTiled { wg: 64, tm: 4, tn: 2 }, gemv_max_m: 4 },
     ),
 ];
 
@@ -90,7 +91,7 @@ pub fn candidates(gemm: bool) -> Vec<Variant> {
                 v.push(Variant::GemvRows { wg, rows });
             }
         }
-        v.extend([64, 128, 256].map(|wg| Variant::GemvCoop { wg }));
+        v.extend([(64, 8), (128, 32), (256, 32), (256, 64), (256, 256)].map(|(wg, team)| Variant::GemvCoop { wg, team }));
         v
     }
 }
