@@ -331,13 +331,35 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 }
 
 // ---- GEMV, discrete GPUs: teams of TEAM lanes, one weight row per team and WG/TEAM rows per
-// workgroup. A team's lanes walk its row side by side (coalesced vec4 loads), then reduce:
-// with SUBGROUPS the team is one subgroup (the Rust side sets it only when the subgroup size is
-// fixed and equal to TEAM) and subgroupAdd needs no barrier; otherwise a shared-memory tree per
-// team. Many rows per workgroup keep launch and reduction costs small next to the loads.
+// workgroup. The workgroup stages XT values of x in workgroup memory (x is read once per word
+// per lane otherwise: 8 loads per 4-byte Q4 word, which made global x traffic, not weights, the
+// bottleneck on an H100), then each team's lanes walk their row's words side by side
+// (coalesced loads) and reduce: with SUBGROUPS the team is one subgroup (the Rust side sets it
+// only when the subgroup size is fixed and equal to TEAM) and subgroupAdd needs no barrier;
+// otherwise a shared-memory tree per team.
 
+#if !X_UNIFORM
 override TEAM: u32 = 32u;
+const XT: u32 = 2048u;
+var<workgroup> xs: array<vec4<f32>, XT / 4u>;
 var<workgroup> partial: array<f32, WG>;
+
+// The PW staged x values of tile word `lw`, laid out like decode()'s output.
+fn xs_word(lw: u32) -> mat4x4<f32> {
+    var v = mat4x4<f32>();
+    let b = lw * PW;
+    if PW == 1u {
+        v[0].x = xs[b >> 2u][b & 3u];
+    } else if PW == 2u {
+        let q = xs[b >> 2u];
+        v[0] = select(vec4<f32>(q.x, q.y, 0.0, 0.0), vec4<f32>(q.z, q.w, 0.0, 0.0), (b & 2u) != 0u);
+    } else {
+        for (var c = 0u; c < NC; c++) {
+            v[c] = xs[(b >> 2u) + c];
+        }
+    }
+    return v;
+}
 
 @compute @workgroup_size(WG)
 fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -356,16 +378,26 @@ fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let row_id = (wg.x + wg.y * nwg.x) * (WG / TEAM) + team;
     let m = wg.z;
     let row = min(row_id, p.n - 1u);
+    let xbase = (p.m_off + m) * p.k;
+    let tile_words = XT / PW;
     var acc = 0.0;
-    for (var w = lane * CW; w < p.stride; w += TEAM * CW) {
-        let g = row * p.groups + w / p.group_words;
-        let chunk = load_chunk(row, w);
-        var s = 0.0;
-        for (var j = 0u; j < CW; j++) {
-            // Masked x loads throughout: on a GPU the selects hide under the memory traffic.
-            s += mdot(decode(chunk[j], group_offset(g)), load_x(m, w + j, true));
+    for (var t0 = 0u; t0 < p.stride; t0 += tile_words) {
+        workgroupBarrier();
+        for (var i = lid; i < XT / 4u; i += WG) {
+            let k = t0 * PW + 4u * i;
+            let ok = vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.k);
+            let last = xbase + p.k - 1u;
+            let v = vec4<f32>(x[min(xbase + k, last)], x[min(xbase + k + 1u, last)],
+                              x[min(xbase + k + 2u, last)], x[min(xbase + k + 3u, last)]);
+            xs[i] = select(vec4<f32>(0.0), v, ok);
         }
-        acc += s * group_scale(g);
+        workgroupBarrier();
+        let end = min(t0 + tile_words, p.stride);
+        for (var w = t0 + lane; w < end; w += TEAM) {
+            let g = row * p.groups + w / p.group_words;
+            let word = load_chunk(row, w).x;
+            acc += mdot(decode(word, group_offset(g)), xs_word(w - t0)) * group_scale(g);
+        }
     }
 #if SUBGROUPS
     let total = subgroupAdd(acc);
@@ -386,3 +418,4 @@ fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 #endif
 }
+#endif

@@ -198,7 +198,9 @@ fn dispatch_slice(
 ) -> Result<()> {
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
     for c in &layer.chunks {
-        let vec4 = c.group_words % 4 == 0;
+        // gemv_coop reads one word per lane: indexing a vec4 chunk in its loop spilled to
+        // local memory on NVIDIA (3× slower on an H100).
+        let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. });
         let mut defs = defines.to_vec();
         if vec4 {
             defs.push("VEC4");
