@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod quant;
+pub mod synthetic;
 pub mod cli;
 
 pub use error::{Error, Result};

@@ -28,17 +28,8 @@ pub struct DemoArgs {
 
 /// Deterministic weights with the heavy-tailed rows real checkpoints have.
 fn synthetic(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            let outlier = if i % 97 == 0 { 4.0 } else { 1.0 };
-            u * u * u.signum() * scale * outlier
-        })
-        .collect()
+    let u = crate::synthetic::uniform(n, seed, 1.0);
+    u.iter().enumerate().map(|(i, &u)| u * u * u.signum() * scale * if i % 97 == 0 { 4.0 } else { 1.0 }).collect()
 }
 
 pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {

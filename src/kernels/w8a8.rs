@@ -310,19 +310,6 @@ pub mod reference {
     }
 }
 
-/// Deterministic values in [-scale, scale) for benchmark data.
-fn bench_data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
 /// GEMM cases over pre-quantized activations (M×K×N); the quantization step is its own case.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let shapes: &[(usize, usize, usize)] = match size {
@@ -332,9 +319,9 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let format = format!("w8a8-{}", if gpu.caps.packed_dot { "dot4" } else { "fallback" });
     let mut cases = Vec::new();
     for &(m, k, n) in shapes {
-        let w = PackedMatrix::quantize(&bench_data(n * k, 1, 0.05), n, k, WeightFormat::Q8 { group: None })?;
-        let layer = W8A8Linear::new(gpu, &w, Some(&bench_data(n, 2, 0.1)))?;
-        let x = Tensor::from_f32(gpu, &[m, k], &bench_data(m * k, 3, 1.0))?;
+        let w = PackedMatrix::quantize(&crate::synthetic::uniform(n * k, 1, 0.05), n, k, WeightFormat::Q8 { group: None })?;
+        let layer = W8A8Linear::new(gpu, &w, Some(&crate::synthetic::uniform(n, 2, 0.1)))?;
+        let x = Tensor::from_f32(gpu, &[m, k], &crate::synthetic::uniform(m * k, 3, 1.0))?;
         let xq = QuantizedActivations::new(gpu, m, k)?;
         let mut enc = gpu.encoder();
         quantize_activations(gpu, &mut enc, &x, &xq)?;

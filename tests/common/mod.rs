@@ -23,18 +23,8 @@ pub fn gpus() -> [(&'static str, &'static Gpu); 2] {
     [("native", gpu()), ("fallback", gpu_fallback())]
 }
 
-/// Deterministic pseudo-random values in [-scale, scale) (xorshift; no rand dependency).
-pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+/// Deterministic pseudo-random values in [-scale, scale).
+pub use lowbit::synthetic::uniform as random;
 
 /// Asserts NMSE(got, want) ≤ bound, printing the value so logs show the margin.
 pub fn assert_nmse(what: &str, got: &[f32], want: &[f32], bound: f64) {

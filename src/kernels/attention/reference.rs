@@ -141,13 +141,8 @@ pub fn sage_reference(qkv: &[f32], p: &AttentionParams, opts: &SageOptions) -> R
 /// per-channel bias on K shared by all tokens (the outlier channels SageAttention's smoothing
 /// is for). Deterministic in `seed`.
 pub fn realistic_qkv(p: &AttentionParams, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut rng = crate::synthetic::Rng::new(seed);
+    let mut next = move || rng.next_f32();
     let hd = p.heads * p.head_dim;
     let bias: Vec<f32> = (0..hd).map(|_| 6.0 * next()).collect();
     let mut out = Vec::with_capacity(p.batch * p.tokens * 3 * hd);

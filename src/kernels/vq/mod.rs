@@ -347,8 +347,8 @@ impl FactorizedCodebook {
 /// The benchmark: 256 vectors × 16384 codes × 256 dims, L2 and cosine.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let (n, k, d) = if size == BenchSize::Full { (256, 16384, 256) } else { (67, 1000, 24) };
-    let codes = pseudo_random(k * d, 1);
-    let x = Tensor::from_f32(gpu, &[n, d], &pseudo_random(n * d, 2))?;
+    let codes = crate::synthetic::uniform(k * d, 1, 1.0);
+    let x = Tensor::from_f32(gpu, &[n, d], &crate::synthetic::uniform(n * d, 2, 1.0))?;
     let mut cases = Vec::new();
     for metric in [Metric::L2, Metric::Cosine] {
         let book = Codebook::new(gpu, &codes, k, d, metric)?;
@@ -363,17 +363,4 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
         });
     }
     Ok(cases)
-}
-
-/// Deterministic values in [-1, 1) for benchmark inputs.
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
 }
