@@ -126,15 +126,7 @@ impl Conv2d {
     }
 
     fn defines(&self, tokens: bool) -> Vec<&'static str> {
-        let mut d = vec![match self.format {
-            WeightFormat::F32 => "FMT_F32",
-            WeightFormat::F16 => "FMT_F16",
-            WeightFormat::Q8 { .. } => "FMT_Q8",
-            WeightFormat::Q4 { zero_point: false, .. } => "FMT_Q4",
-            WeightFormat::Q4 { zero_point: true, .. } => "FMT_Q4Z",
-            WeightFormat::Ternary => "FMT_TERNARY",
-            WeightFormat::Fp4 { .. } => "FMT_FP4",
-        }];
+        let mut d = vec![self.format.wgsl_define()];
         if self.groups > 0 {
             d.push("SCALED");
         }
