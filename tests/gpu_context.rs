@@ -9,7 +9,7 @@ fn reports_adapter_and_caps() {
     let gpu = gpu();
     eprintln!("adapter {} class {:?} caps {:?}", gpu.adapter_name(), gpu.class, gpu.caps);
     assert!(!gpu.info.name.is_empty());
-    assert!(gpu.max_binding_size() >= 128 << 20 || gpu.max_binding_size() == gpu.limits.max_storage_buffer_binding_size as u64 & !255);
+    assert!(gpu.max_binding_size() >= 128 << 20 || gpu.max_binding_size() == gpu.limits.max_storage_buffer_binding_size & !255);
 }
 
 #[test]

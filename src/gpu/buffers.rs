@@ -130,7 +130,7 @@ fn padded_size(bytes: u64) -> u64 {
 }
 
 fn check_shape(shape: &[usize]) -> Result<()> {
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return Err(Error::Shape(format!("zero-sized shape {shape:?}")));
     }
     Ok(())

@@ -12,7 +12,7 @@ pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
     let mut out = String::with_capacity(source.len());
     // Each entry: (this branch active, any enclosing branch inactive).
     let mut stack: Vec<(bool, bool)> = Vec::new();
-    let active = |stack: &[(bool, bool)]| stack.last().map_or(true, |&(a, outer_off)| a && !outer_off);
+    let active = |stack: &[(bool, bool)]| stack.last().is_none_or(|&(a, outer_off)| a && !outer_off);
     for (n, line) in source.lines().enumerate() {
         let t = line.trim();
         if let Some(cond) = t.strip_prefix("#if ") {

@@ -67,7 +67,7 @@ impl Conv2d {
         if kh == 0 || kw == 0 || stride == 0 {
             invalid!("conv2d: kernel {kernel:?} and stride {stride} must be non-zero");
         }
-        if weight.cols % (kh * kw) != 0 {
+        if !weight.cols.is_multiple_of(kh * kw) {
             shape_err!("conv2d: weight has {} columns, not a multiple of the {kh}×{kw} kernel", weight.cols);
         }
         let cout = weight.rows;

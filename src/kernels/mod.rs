@@ -22,8 +22,14 @@ pub struct BenchCase {
     /// Bytes of weights (or the equivalent streamed operand) one step reads, for GB/s.
     pub bytes: u64,
     pub flops: u64,
-    pub step: Box<dyn FnMut(&Gpu, &mut Encoder) -> Result<()>>,
+    pub step: BenchStep,
 }
+
+/// Records one benchmark step's dispatches.
+pub type BenchStep = Box<dyn FnMut(&Gpu, &mut Encoder) -> Result<()>>;
+
+/// A family's `bench_cases`.
+type FamilyBenches = fn(&Gpu, BenchSize) -> Result<Vec<BenchCase>>;
 
 /// Which benchmark shapes to build: the full sizes, or small ones for a smoke test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +41,7 @@ pub enum BenchSize {
 /// Every family's benchmark cases, in the order `lowbit bench kernels` prints them.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<BenchCase>> {
     let mut cases = Vec::new();
-    let families: [(&str, fn(&Gpu, BenchSize) -> Result<Vec<BenchCase>>); 7] = [
+    let families: [(&str, FamilyBenches); 7] = [
         ("matmul", matmul::bench_cases),
         ("w8a8", w8a8::bench_cases),
         ("attention", attention::bench_cases),

@@ -78,7 +78,7 @@ pub fn layer_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, weight: &Tensor, bia
     bias.expect_shape("layer_norm bias", &[c])?;
     out.expect_shape("layer_norm out", &x.shape)?;
     check_distinct("layer_norm", x, out)?;
-    if !(eps > 0.0) {
+    if eps.is_nan() || eps <= 0.0 {
         invalid!("layer_norm: eps must be positive, got {eps}");
     }
     let p = Params { rows: rows as u32, n: c as u32, eps, ..Default::default() };
@@ -100,7 +100,7 @@ pub fn group_norm(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, groups: usize, weigh
     bias.expect_shape("group_norm bias", &[c])?;
     out.expect_shape("group_norm out", &x.shape)?;
     check_distinct("group_norm", x, out)?;
-    if !(eps > 0.0) {
+    if eps.is_nan() || eps <= 0.0 {
         invalid!("group_norm: eps must be positive, got {eps}");
     }
     let cpg = c / groups;

@@ -24,6 +24,7 @@ pub fn gpus() -> [(&'static str, &'static Gpu); 2] {
 }
 
 /// Deterministic pseudo-random values in [-scale, scale).
+#[allow(unused_imports)]
 pub use lowbit::synthetic::uniform as random;
 
 /// Asserts NMSE(got, want) ≤ bound, printing the value so logs show the margin.
