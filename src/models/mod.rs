@@ -6,6 +6,8 @@ pub mod config;
 pub mod glue;
 pub mod preprocess;
 pub mod vit;
+pub mod vqgan;
+pub mod vqgan_glue;
 pub mod weights;
 
 pub use config::{PreprocessConfig, VitConfig};

@@ -1,0 +1,128 @@
+//! taming-transformers' YAML config (`configs/*.yaml`, `model.params`):
+//!
+//! ```yaml
+//! model:
+//!   target: taming.models.vqgan.VQModel
+//!   params:
+//!     embed_dim: 256
+//!     n_embed: 1024
+//!     ddconfig: { z_channels: 256, resolution: 256, out_ch: 3, ch: 128,
+//!                 ch_mult: [1, 1, 2, 2, 4], num_res_blocks: 2, attn_resolutions: [16], ... }
+//! ```
+//!
+//! Only what the decoder needs is read; `double_z`, `in_channels`, `dropout` (a no-op at
+//! inference) and `lossconfig` are ignored.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The decoder-side hyper-parameters of a taming `VQModel`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VqganConfig {
+    /// Codebook vector width (post_quant_conv input).
+    pub embed_dim: usize,
+    /// Codebook entries: valid token ids are 0..n_embed.
+    pub n_embed: usize,
+    pub ddconfig: DdConfig,
+}
+
+/// taming's `ddconfig`, the `Decoder`'s constructor arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct DdConfig {
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    /// Feature-map sizes (at the training resolution) that get an AttnBlock.
+    pub attn_resolutions: Vec<usize>,
+    pub z_channels: usize,
+    pub resolution: usize,
+    pub out_ch: usize,
+    /// Upsample without its 3×3 conv when false (taming's default is true).
+    #[serde(default = "yes")]
+    pub resamp_with_conv: bool,
+    /// Return the features before norm_out (unsupported: decoding wants the image).
+    #[serde(default)]
+    pub give_pre_end: bool,
+    /// tanh on the output (later taming versions; unsupported).
+    #[serde(default)]
+    pub tanh_out: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct File {
+    model: Section,
+}
+
+#[derive(Deserialize)]
+struct Section {
+    params: VqganConfig,
+}
+
+impl VqganConfig {
+    pub fn load(path: &Path) -> Result<VqganConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses taming's layout (`model.params`); `source` names the file in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<VqganConfig> {
+        let file: File = serde_yaml::from_str(text).map_err(|e| Error::Invalid(format!("config {source}: not a taming VQModel config (model.params with embed_dim, n_embed, ddconfig): {e}")))?;
+        let c = file.model.params;
+        c.validate().map_err(|e| Error::Invalid(format!("config {source}: {e}")))?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let d = &self.ddconfig;
+        let sizes = [("embed_dim", self.embed_dim), ("n_embed", self.n_embed), ("ch", d.ch), ("z_channels", d.z_channels), ("resolution", d.resolution), ("out_ch", d.out_ch)];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be non-zero"));
+        }
+        if d.ch_mult.is_empty() || d.ch_mult.contains(&0) {
+            return Err(format!("ch_mult {:?} must be non-empty and non-zero", d.ch_mult));
+        }
+        if d.give_pre_end || d.tanh_out {
+            return Err("give_pre_end and tanh_out are not supported".into());
+        }
+        Ok(())
+    }
+
+    /// Channels of level `i` (`ch · ch_mult[i]`).
+    pub fn level_channels(&self, level: usize) -> usize {
+        self.ddconfig.ch * self.ddconfig.ch_mult[level]
+    }
+
+    /// Feature-map size at the lowest level, at the training resolution (taming's `curr_res`).
+    pub fn latent_resolution(&self) -> usize {
+        self.ddconfig.resolution >> (self.ddconfig.ch_mult.len() - 1)
+    }
+
+    /// How much the decoder enlarges the token grid.
+    pub fn upscale(&self) -> usize {
+        1 << (self.ddconfig.ch_mult.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_taming_layout_and_rejects_others() {
+        let yaml = "model:\n  target: taming.models.vqgan.VQModel\n  params:\n    embed_dim: 4\n    n_embed: 9\n    ddconfig:\n      double_z: False\n      z_channels: 8\n      resolution: 32\n      out_ch: 3\n      ch: 32\n      ch_mult: [1,2,2]\n      num_res_blocks: 2\n      attn_resolutions: [8]\n      dropout: 0.0\n    lossconfig: {target: x}\n";
+        let c = VqganConfig::from_yaml(yaml, "t").unwrap();
+        assert_eq!((c.embed_dim, c.n_embed, c.latent_resolution(), c.upscale(), c.level_channels(2)), (4, 9, 8, 4, 64));
+        assert!(c.ddconfig.resamp_with_conv);
+        let err = VqganConfig::from_yaml("model: {params: {embed_dim: 4}}", "t").unwrap_err().to_string();
+        assert!(err.contains("n_embed"), "{err}");
+        let err = VqganConfig::from_yaml(&yaml.replace("ch_mult: [1,2,2]", "ch_mult: []"), "t").unwrap_err().to_string();
+        assert!(err.contains("ch_mult"), "{err}");
+    }
+}
