@@ -157,3 +157,16 @@ fn tokens_to_nchw_matches_reference() {
         assert!(tokens_to_nchw(gpu, &mut enc, &xt, &wrong, false).is_err());
     }
 }
+
+/// Int8 weights (per-row scales) stay close to taming's f32 image: a sanity bound for the
+/// quantized path end to end, not a kernel parity bound.
+#[test]
+fn q8_weights_stay_close() {
+    let gpu = gpu();
+    let model = VqganDecoder::from_pretrained(gpu, &fixture(), None, WeightFormat::Q8 { group: None }).unwrap();
+    let got = model.decode(gpu, &tokens("tokens")).unwrap().to_vec_f32(gpu).unwrap();
+    let want = reference("image").1;
+    let (cos, e) = (cosine(&got, &want), lowbit::metrics::nmse(&got, &want));
+    eprintln!("q8 decoder: cosine {cos:.6}, nmse {e:.3e}");
+    assert!(cos >= 0.999 && e <= 2e-3, "q8 decoder: cosine {cos}, nmse {e}");
+}

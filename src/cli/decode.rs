@@ -1,0 +1,90 @@
+//! `lowbit decode --model PATH [--config FILE] --tokens TOKENS.safetensors --out OUT.png
+//! [--save-tensor OUT.safetensors] [--format FMT]`: taming VQGAN token grids → images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::models::vqgan::{TokenGrid, VqganDecoder};
+use crate::models::weights::save_f32;
+use crate::quant::WeightFormat;
+use crate::Gpu;
+
+#[derive(clap::Args, Debug)]
+pub struct DecodeArgs {
+    /// A folder with model.safetensors + config.yaml (taming's VQModel), or a .safetensors file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// taming's YAML config to use instead of the config.yaml next to the weights.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Token ids: tensor `tokens`, integer (i32, i64 or u32) [B, h, w].
+    #[arg(long, value_name = "TOKENS.safetensors")]
+    pub tokens: PathBuf,
+    /// Output PNG; with B > 1 images go to OUT-0.png, OUT-1.png, ...
+    #[arg(long, value_name = "OUT.png")]
+    pub out: PathBuf,
+    /// Also write the raw decoder output as tensor `image` f32 [B, 3, H, W].
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_tensor: Option<PathBuf>,
+    /// Weight format of convs and Linears (f32 reproduces taming; q8, q4g32, ... quantize).
+    #[arg(long, default_value = "f32", value_name = "FMT")]
+    pub format: String,
+}
+
+pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
+    let format = WeightFormat::parse(&args.format)?;
+    let model = VqganDecoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let tokens = TokenGrid::load(&args.tokens, "tokens")?;
+    let start = std::time::Instant::now();
+    let image = model.decode(gpu, &tokens)?;
+    let pixels = image.to_vec_f32(gpu)?;
+    let shape = image.shape.clone();
+    eprintln!("decoded {:?} tokens to {shape:?} in {:.1} ms", tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
+    if let Some(path) = &args.save_tensor {
+        save_f32(path, &[("image", &shape, &pixels)]).with_context(|| format!("--save-tensor {}", path.display()))?;
+    }
+    let &[b, c, h, w] = &shape[..] else { bail!("decoder output {shape:?} is not [B, C, H, W]") };
+    if c != 3 {
+        bail!("the model decodes {c} channels; PNG output needs 3 (use --save-tensor for the raw output)");
+    }
+    for (i, img) in pixels.chunks(c * h * w).enumerate() {
+        let path = if b == 1 { args.out.clone() } else { numbered(&args.out, i) };
+        to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// OUT.png → OUT-i.png (the extension kept, or .png when there is none).
+pub fn numbered(out: &Path, i: usize) -> PathBuf {
+    let stem = out.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let ext = out.extension().map_or_else(|| "png".into(), |e| e.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+/// One CHW image in taming's [−1, 1] range → 8-bit RGB: clamp((x + 1) · 127.5), truncated
+/// like taming's `custom_to_pil` (`(255 · (x + 1) / 2).astype(uint8)`).
+pub fn to_rgb(chw: &[f32], h: usize, w: usize) -> image::RgbImage {
+    let plane = h * w;
+    image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        image::Rgb([0, 1, 2].map(|c| ((chw[c * plane + i] + 1.0) * 127.5).clamp(0.0, 255.0) as u8))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_outputs_and_pixel_mapping() {
+        assert_eq!(numbered(Path::new("dir/out.png"), 2), PathBuf::from("dir/out-2.png"));
+        assert_eq!(numbered(Path::new("out"), 0), PathBuf::from("out-0.png"));
+        // R, G, B planes of a 1×2 image: −1 → 0, 1 → 255, out of range clamps.
+        let img = to_rgb(&[-1.0, 1.0, 0.0, 3.0, -5.0, 0.5], 1, 2);
+        assert_eq!(img.get_pixel(0, 0).0, [0, 127, 0]);
+        assert_eq!(img.get_pixel(1, 0).0, [255, 255, 191]);
+    }
+}
