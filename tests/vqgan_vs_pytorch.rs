@@ -170,3 +170,16 @@ fn q8_weights_stay_close() {
     eprintln!("q8 decoder: cosine {cos:.6}, nmse {e:.3e}");
     assert!(cos >= 0.999 && e <= 2e-3, "q8 decoder: cosine {cos}, nmse {e}");
 }
+
+/// Batches too large for one pass decode image by image into one output.
+#[test]
+fn decoding_in_passes_matches_one_pass() {
+    let gpu = gpu();
+    let model = VqganDecoder::from_pretrained(gpu, &fixture(), None, WeightFormat::F32).unwrap();
+    let image = model.decode_in_passes(gpu, &tokens("tokens"), 1).unwrap();
+    assert_eq!(image.shape, [2, 3, 16, 16]);
+    assert_parity("one image per pass", &image.to_vec_f32(gpu).unwrap(), &reference("image").1);
+    assert!(model.decode_in_passes(gpu, &tokens("tokens"), 0).is_err());
+    // Level 0 of the fixture: 16×16 pixels × 64 channels (upsampled from level 1) in f32.
+    assert_eq!(model.activation_bytes(8, 8), 4 * 256 * 64);
+}

@@ -197,17 +197,63 @@ impl VqganDecoder {
         [tokens[0], self.config.ddconfig.out_ch, tokens[1] * s, tokens[2] * s]
     }
 
-    /// Decodes a token grid; ids are range-checked on the CPU before anything runs.
+    /// Decodes a token grid; ids are range-checked on the CPU before anything runs. Batches
+    /// whose activations would outgrow a storage binding run a few images per pass.
     pub fn decode(&self, gpu: &Gpu, tokens: &TokenGrid) -> Result<Tensor> {
+        let per_image = self.activation_bytes(tokens.height, tokens.width);
+        let fit = (gpu.max_binding_size() / per_image.max(1) as u64) as usize;
+        self.decode_in_passes(gpu, tokens, fit.max(1))
+    }
+
+    /// `decode` with at most `images_per_pass` images per command encoder; each pass is waited
+    /// for, so its activations are freed before the next one allocates.
+    pub fn decode_in_passes(&self, gpu: &Gpu, tokens: &TokenGrid, images_per_pass: usize) -> Result<Tensor> {
         tokens.check(self.config.n_embed)?;
+        if images_per_pass == 0 {
+            invalid!("vqgan decode: images_per_pass must be at least 1");
+        }
+        let [b, h, w] = tokens.shape();
         let rows: Vec<u32> = tokens.ids.iter().map(|&id| id as u32).collect();
-        let ids = Tensor::from_u32(gpu, &tokens.shape(), &rows)?;
-        let mut enc = gpu.encoder();
-        let (image, check) = self.record(gpu, &mut enc, &ids)?;
-        gpu.submit(enc)?;
-        // Already checked above; the GPU flag needs no readback.
-        drop(check);
+        let pass = |gpu: &Gpu, first: usize, n: usize| -> Result<(Tensor, Encoder)> {
+            let ids = Tensor::from_u32(gpu, &[n, h, w], &rows[first * h * w..(first + n) * h * w])?;
+            let mut enc = gpu.encoder();
+            // Ids were checked above: the GPU-side check needs no readback.
+            let (image, _checked_on_cpu) = self.record(gpu, &mut enc, &ids)?;
+            Ok((image, enc))
+        };
+        if images_per_pass >= b {
+            let (image, enc) = pass(gpu, 0, b)?;
+            gpu.submit(enc)?;
+            return Ok(image);
+        }
+        let image = Tensor::zeros(gpu, &self.image_shape(tokens.shape()), DType::F32)?;
+        let image_bytes = (image.numel() / b * 4) as u64;
+        for first in (0..b).step_by(images_per_pass) {
+            let n = images_per_pass.min(b - first);
+            let (part, mut enc) = pass(gpu, first, n)?;
+            enc.inner.copy_buffer_to_buffer(&part.buffer, 0, &image.buffer, first as u64 * image_bytes, Some(n as u64 * image_bytes));
+            gpu.submit(enc)?;
+            gpu.wait()?;
+        }
         Ok(image)
+    }
+
+    /// Bytes of the largest activation tensor one image needs for an `h`×`w` token grid (each
+    /// tensor must fit one storage binding).
+    pub fn activation_bytes(&self, h: usize, w: usize) -> usize {
+        let c = &self.config;
+        let levels = self.up.len();
+        let (top, latent) = (c.level_channels(levels - 1), h * w);
+        // Codes and z at the latent size; the mid AttnBlock's qkv [T, 3C].
+        let mut most = latent * c.embed_dim.max(c.ddconfig.z_channels).max(3 * top);
+        for (l, level) in self.up.iter().enumerate() {
+            let pixels = latent << (2 * (levels - 1 - l));
+            // A level's first block reads the channels of the level above (upsampled here).
+            let channels = c.level_channels(l).max(c.level_channels((l + 1).min(levels - 1)));
+            let attn = if level.attns.is_empty() { 1 } else { 3 };
+            most = most.max(pixels * channels * attn);
+        }
+        4 * most
     }
 
     /// Records the decode of GPU-resident ids [B, h, w] (u32 or i32) into `enc`. Out-of-range
