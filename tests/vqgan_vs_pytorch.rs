@@ -134,6 +134,12 @@ fn missing_or_misshapen_weights_are_clear_errors() {
     let err = VqganDecoder::new(gpu, &other, &weights, WeightFormat::F32).err().unwrap().to_string();
     assert!(err.contains("quantize.embedding.weight"), "{err}");
 
+    // A config describing fewer blocks than the checkpoint holds.
+    let mut fewer = config.clone();
+    fewer.ddconfig.num_res_blocks = 0;
+    let err = VqganDecoder::new(gpu, &fewer, &weights, WeightFormat::F32).err().unwrap().to_string();
+    assert!(err.contains("decoder.up.1.block.1.norm1.weight") && err.contains("num_res_blocks"), "{err}");
+
     let err = VqganDecoder::from_pretrained(gpu, &fixture().join("absent"), None, WeightFormat::F32).err().unwrap().to_string();
     assert!(err.contains("no such checkpoint"), "{err}");
 }

@@ -166,6 +166,12 @@ impl VqganDecoder {
                     attns.push(l.attn(&format!("{p}.attn.{i}"), ch)?);
                 }
             }
+            // Blocks the config does not account for mean the config is for another model.
+            for extra in [format!("{p}.block.{}.norm1.weight", dd.num_res_blocks + 1), format!("{p}.attn.{}.norm.weight", attns.len())] {
+                if w.contains(&extra) {
+                    invalid!("checkpoint {} has {extra}, which the config (num_res_blocks, attn_resolutions) does not describe", w.source);
+                }
+            }
             let upsample = if level == 0 {
                 None
             } else {
