@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod decode;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     },
     /// Classify images with a timm ViT/DeiT checkpoint.
     Classify(classify::ClassifyArgs),
+    /// Decode VQ tokens to images with a taming-transformers VQGAN decoder.
+    Decode(decode::DecodeArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { what } => bench::run(&Gpu::with_options(&opts)?, what),
         Command::Demo(args) => demo::run(&Gpu::with_options(&opts)?, args),
         Command::Classify(args) => classify::run(&Gpu::with_options(&opts)?, args),
+        Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
     }
 }
 
