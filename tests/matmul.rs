@@ -196,3 +196,49 @@ fn cpu_ms() -> f64 {
     // Fields 14 and 15 of the file (utime, stime) in 100 Hz ticks; `f` starts at field 3.
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * 10.0
 }
+
+/// A/B of kernel variants on the headline Q4 shapes, interleaved so shared-machine noise hits
+/// all alike: `cargo test --release --test matmul -- --ignored --nocapture variants_ab`.
+#[test]
+#[ignore]
+fn variants_ab() {
+    let gpu = gpu();
+    let (k, n) = (4096, 4096);
+    let filter = std::env::var("LOWBIT_FILTER").unwrap_or_default();
+    for fmt in [WeightFormat::Q4 { group: 32, zero_point: false }, WeightFormat::Q4 { group: 128, zero_point: false }] {
+        let packed = PackedMatrix::quantize(&random(n * k, 1, 1.0), n, k, fmt).unwrap();
+        let layer = QLinear::new(gpu, &packed, None).unwrap();
+        for gemm in [false, true] {
+            let m = if gemm { 197 } else { 1 };
+            let variants: Vec<Variant> = tuning::candidates(gemm).into_iter().filter(|v| !matches!(v, Variant::GemvCoop { .. })).collect();
+            let label = format!("{} {m}x{k}x{n}", fmt.name());
+            if !label.contains(&filter) {
+                continue;
+            }
+            let x = Tensor::from_f32(gpu, &[m, k], &random(m * k, 2, 1.0)).unwrap();
+            let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
+            let mut times = vec![vec![]; variants.len()];
+            for _ in 0..if gemm { 1 } else { 3 } {
+                for (t, &v) in times.iter_mut().zip(&variants) {
+                    // CPU time of all lavapipe threads over the 2 cores: steadier than the
+                    // wall clock on a shared machine.
+                    let reps = if m == 1 { 100 } else { 1 };
+                    let mut enc = gpu.encoder();
+                    for _ in 0..reps {
+                        linear_with(gpu, &mut enc, &layer, &x, &out, None, v).unwrap();
+                    }
+                    let t0 = cpu_ms();
+                    gpu.submit(enc).unwrap();
+                    gpu.wait().unwrap();
+                    t.push((cpu_ms() - t0) / reps as f64 / 2.0);
+                }
+            }
+            for (t, v) in times.iter_mut().zip(&variants) {
+                t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let ms = t[t.len() / 2];
+                let name = v.name();
+                eprintln!("{label:24} {name:24} {ms:8.3} ms {:6.2} GB/s {:6.2} GFLOP/s", packed.bytes() as f64 / ms / 1e6, 2.0 * (m * k * n) as f64 / ms / 1e6);
+            }
+        }
+    }
+}
