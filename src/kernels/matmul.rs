@@ -83,7 +83,7 @@ impl QLinear {
         let (groups, group_words) = if gs == 0 || gs >= w.cols {
             (1, stride)
         } else {
-            if gs % per_word != 0 {
+            if !gs.is_multiple_of(per_word) {
                 return Err(Error::Invalid(format!("{}: group size {gs} is not whole words", w.format.name())));
             }
             (w.groups, gs / per_word)
@@ -157,7 +157,7 @@ pub fn linear_with(
     variant: Variant,
 ) -> Result<()> {
     let m = check_args(layer, x, out)?;
-    let mut defines = vec![format_define(layer.format)];
+    let mut defines = vec![layer.format.wgsl_define()];
     if !matches!(layer.format, WeightFormat::F32 | WeightFormat::F16) {
         defines.push("SCALED");
     }
@@ -324,18 +324,6 @@ fn check_args(layer: &QLinear, x: &Tensor, out: &Tensor) -> Result<usize> {
     Ok(m)
 }
 
-fn format_define(f: WeightFormat) -> &'static str {
-    match f {
-        WeightFormat::F32 => "FMT_F32",
-        WeightFormat::F16 => "FMT_F16",
-        WeightFormat::Q8 { .. } => "FMT_Q8",
-        WeightFormat::Q4 { zero_point: false, .. } => "FMT_Q4",
-        WeightFormat::Q4 { zero_point: true, .. } => "FMT_Q4Z",
-        WeightFormat::Ternary => "FMT_TERNARY",
-        WeightFormat::Fp4 { .. } => "FMT_FP4",
-    }
-}
-
 /// CPU reference: `act(x · Wᵀ + b)` with the exact weights the GPU decodes, in f64.
 pub fn linear_reference(w: &PackedMatrix, bias: Option<&[f32]>, x: &[f32], m: usize, act: Option<Activation>) -> Vec<f32> {
     let (k, n) = (w.cols, w.rows);
@@ -354,15 +342,7 @@ pub fn linear_reference(w: &PackedMatrix, bias: Option<&[f32]>, x: &[f32], m: us
 
 /// Deterministic values in [-1, 1) for benchmarks (no rand dependency).
 pub(crate) fn bench_weights(cols: usize, rows: usize) -> Vec<f32> {
-    let mut s = 0x9E3779B97F4A7C15u64 ^ (rows * 31 + cols) as u64;
-    (0..rows * cols)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    crate::synthetic::uniform(rows * cols, (rows * 31 + cols) as u64, 1.0)
 }
 
 /// Shapes are M×K×N (rows of x, in_features, out_features): GEMV 1×4096×4096 and 1×768×3072,
