@@ -5,7 +5,7 @@
 //! → norm (on the class token only: LayerNorm is per token, so this equals timm's norm of
 //! every token followed by `global_pool='token'`) → head.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::config::VitConfig;
 use super::glue::{embed_tokens, layer_scale_add, take_token};
@@ -114,7 +114,7 @@ impl VisionTransformer {
     /// Loads `path`: a folder with `model.safetensors` and `config.json`, or a `.safetensors`
     /// file with `config.json` beside it; `config` overrides where the config comes from.
     pub fn from_pretrained(gpu: &Gpu, path: &Path, config: Option<&Path>, format: WeightFormat) -> Result<VisionTransformer> {
-        let (weights_path, config_path) = resolve_checkpoint(path, config)?;
+        let (weights_path, config_path) = crate::models::weights::resolve_checkpoint(path, config, "config.json")?;
         let cfg = VitConfig::load(&config_path)?;
         let weights = Weights::load(&weights_path)?;
         Self::new(gpu, &cfg, &weights, format)
@@ -183,20 +183,4 @@ fn residual(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, branch: &Tensor, gamma: Op
         Some(g) => layer_scale_add(gpu, enc, x, branch, g),
         None => add_inplace(gpu, enc, x, branch),
     }
-}
-
-/// (weights file, config file) for a model path as `from_pretrained` describes.
-pub fn resolve_checkpoint(path: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
-    let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    if !weights.is_file() {
-        invalid!("model {}: no such checkpoint (expected a folder with model.safetensors, or a .safetensors file)", weights.display());
-    }
-    let config = match config {
-        Some(c) => c.to_path_buf(),
-        None => weights.parent().unwrap_or(Path::new(".")).join("config.json"),
-    };
-    if !config.is_file() {
-        invalid!("model {}: config {} not found (pass --config)", path.display(), config.display());
-    }
-    Ok((weights, config))
 }

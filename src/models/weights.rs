@@ -4,7 +4,7 @@
 //! another architecture says what is wrong instead of failing somewhere in a kernel.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -85,4 +85,21 @@ pub fn save_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()>
         })
         .collect::<Result<_>>()?;
     safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+}
+
+/// (weights file, config file) for a model path: a folder holding `model.safetensors` and
+/// `config_name`, or a `.safetensors` file with `config_name` beside it, or `config` if given.
+pub fn resolve_checkpoint(path: &Path, config: Option<&Path>, config_name: &str) -> Result<(PathBuf, PathBuf)> {
+    let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+    if !weights.is_file() {
+        invalid!("model {}: no such checkpoint (expected a folder with model.safetensors, or a .safetensors file)", weights.display());
+    }
+    let config = match config {
+        Some(c) => c.to_path_buf(),
+        None => weights.parent().unwrap_or(Path::new(".")).join(config_name),
+    };
+    if !config.is_file() {
+        invalid!("model {}: config {} not found (pass --config)", path.display(), config.display());
+    }
+    Ok((weights, config))
 }

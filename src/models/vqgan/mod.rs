@@ -18,7 +18,7 @@ mod tokens;
 pub use config::{DdConfig, VqganConfig};
 pub use tokens::TokenGrid;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::vqgan_glue::tokens_to_nchw;
 use super::weights::Weights;
@@ -191,7 +191,7 @@ impl VqganDecoder {
     /// Loads `path`: a folder with `model.safetensors` and `config.yaml`, or a `.safetensors`
     /// file with `config.yaml` beside it; `config` overrides where the config comes from.
     pub fn from_pretrained(gpu: &Gpu, path: &Path, config: Option<&Path>, format: WeightFormat) -> Result<VqganDecoder> {
-        let (weights_path, config_path) = resolve_checkpoint(path, config)?;
+        let (weights_path, config_path) = crate::models::weights::resolve_checkpoint(path, config, "config.yaml")?;
         let cfg = VqganConfig::load(&config_path)?;
         let weights = Weights::load(&weights_path)?;
         Self::new(gpu, &cfg, &weights, format)
@@ -344,20 +344,4 @@ impl VqganDecoder {
 /// [B, C, H, W] of an activation the decoder itself allocated.
 fn dims(x: &Tensor) -> [usize; 4] {
     [x.shape[0], x.shape[1], x.shape[2], x.shape[3]]
-}
-
-/// (weights file, config file) for a model path as `from_pretrained` describes.
-pub fn resolve_checkpoint(path: &Path, config: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
-    let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    if !weights.is_file() {
-        invalid!("model {}: no such checkpoint (expected a folder with model.safetensors, or a .safetensors file)", weights.display());
-    }
-    let config = match config {
-        Some(c) => c.to_path_buf(),
-        None => weights.parent().unwrap_or(Path::new(".")).join("config.yaml"),
-    };
-    if !config.is_file() {
-        invalid!("model {}: config {} not found (pass --config)", path.display(), config.display());
-    }
-    Ok((weights, config))
 }
