@@ -17,7 +17,8 @@ pub struct KernelArgs {
     /// One JSON object per line: kernel, format, shape, ms, gbps, gflops, adapter.
     #[arg(long)]
     json: bool,
-    /// Time every candidate variant of the tuned kernels on this adapter and print the winners.
+    /// Time every candidate variant of the tuned kernels on this adapter, print the winners and
+    /// save them for this adapter (see LOWBIT_TUNING); later runs use them.
     #[arg(long)]
     tune: bool,
     /// Small shapes: a smoke test of the benchmark itself.
@@ -104,21 +105,12 @@ pub fn measure(gpu: &Gpu, mut case: BenchCase, reps: usize) -> anyhow::Result<Me
 }
 
 fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
-    let plan = kernels::tuning::plan(gpu.class);
-    let mut best: Option<(String, String, f64)> = None; // (problem, variant, ms)
-    let report = |best: &Option<(String, String, f64)>| {
-        if let (Some((problem, v, t)), false) = (best, args.json) {
-            let current = if problem.starts_with("gemv") { plan.gemv } else { plan.gemm };
-            println!("  -> fastest for {problem}: {v} ({t:.3} ms); the table picks {} for {:?}\n", current.name(), gpu.class);
-        }
-    };
+    let plan = kernels::tuning::table_plan(gpu.class);
+    // Fastest variant per problem, in the order the problems come: (problem, variant, ms).
+    let mut winners: Vec<(String, String, f64)> = Vec::new();
     for (variant, case) in kernels::tuning::tune_cases(gpu, size)? {
         let r = measure(gpu, case, args.reps)?;
         let problem = format!("{} {} {}", r.kernel, r.format, r.shape);
-        if best.as_ref().is_some_and(|(p, _, _)| *p != problem) {
-            report(&best);
-            best = None;
-        }
         if args.json {
             println!(
                 "{}",
@@ -130,10 +122,28 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
         } else {
             println!("{problem:<28} {variant:<24} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.ms, r.gbps, r.gflops);
         }
-        if best.as_ref().is_none_or(|(_, _, t)| r.ms < *t) {
-            best = Some((problem, variant, r.ms));
+        match winners.iter_mut().find(|(p, _, _)| *p == problem) {
+            Some(w) if r.ms < w.2 => *w = (problem, variant, r.ms),
+            Some(_) => {}
+            None => winners.push((problem, variant, r.ms)),
         }
     }
-    report(&best);
+    let pick = |kernel: &str| {
+        winners.iter().find(|(p, _, _)| p.starts_with(kernel)).and_then(|(_, v, _)| kernels::tuning::Variant::parse(v))
+    };
+    let (gemv, gemm) = (pick("gemv"), pick("gemm"));
+    if !args.json {
+        for (problem, v, t) in &winners {
+            let table = if problem.starts_with("gemv") { plan.gemv } else { plan.gemm };
+            println!("fastest for {problem}: {v} ({t:.3} ms); the table's row for {:?} is {}", gpu.class, table.name());
+        }
+    }
+    // Picks from the small shapes of --quick would not say much about real layers.
+    if size == BenchSize::Full {
+        let path = kernels::tuning::save_picks(gpu, gemv, gemm)?;
+        if !args.json {
+            println!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
+        }
+    }
     Ok(())
 }

@@ -140,7 +140,7 @@ impl QLinear {
 /// `out = act(x · Wᵀ + b)` for `x` of shape [..., in_features] and `out` [..., out_features],
 /// with the variant `kernels::tuning` picks for this adapter.
 pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &Tensor, act: Option<Activation>) -> Result<()> {
-    let plan = tuning::plan(gpu.class);
+    let plan = tuning::plan(gpu);
     let m = check_args(layer, x, out)?;
     let variant = if m <= plan.gemv_max_m { plan.gemv } else { plan.gemm };
     linear_with(gpu, enc, layer, x, out, act, variant)
@@ -372,7 +372,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
             let layers = (0..copies).map(|_| QLinear::new(gpu, w, None)).collect::<Result<Vec<_>>>()?;
             let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;
             let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-            let variant = if kernel == "gemv" { tuning::plan(gpu.class).gemv } else { tuning::plan(gpu.class).gemm };
+            let variant = if kernel == "gemv" { tuning::plan(gpu).gemv } else { tuning::plan(gpu).gemm };
             let mut next = 0;
             cases.push(BenchCase {
                 kernel: kernel.into(),

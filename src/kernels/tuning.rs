@@ -1,14 +1,18 @@
 //! The per-adapter choice of kernel variants, in one table.
 //!
-//! `linear` asks [`plan`] which variant to run; `lowbit bench kernels --tune` times every
-//! [`candidates`] entry (through [`tune_cases`]) so a new adapter's best row can be found and
-//! copied into `TABLE`.
+//! `linear` asks [`plan`] which variant to run: the row of `TABLE` for the adapter's class,
+//! unless `lowbit bench kernels --tune` has timed every [`candidates`] entry (through
+//! [`tune_cases`]) on this adapter and saved its picks in [`tuning_file`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use super::matmul::{self, QLinear};
 use super::{BenchCase, BenchSize};
 use crate::gpu::{AdapterClass, DType, Tensor};
 use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{Gpu, Result};
+use crate::{Error, Gpu, Result};
 
 /// A kernel shape for `linear`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +38,25 @@ impl Variant {
 
     pub fn is_gemv(&self) -> bool {
         !matches!(self, Variant::GemmTiled { .. })
+    }
+
+    /// The inverse of [`Variant::name`].
+    pub fn parse(s: &str) -> Option<Variant> {
+        let mut words = s.split_whitespace();
+        let (kind, wg, last) = (words.next()?, words.next()?, words.next()?);
+        let wg = wg.strip_prefix("wg")?.parse().ok()?;
+        if words.next().is_some() {
+            return None;
+        }
+        match kind {
+            "gemv_rows" => Some(Variant::GemvRows { wg, rows: last.strip_prefix('r')?.parse().ok()? }),
+            "gemv_coop" => Some(Variant::GemvCoop { wg, team: last.strip_prefix("team")?.parse().ok()? }),
+            "gemm_tiled" => {
+                let (tm, tn) = last.split_once('x')?;
+                Some(Variant::GemmTiled { wg, tm: tm.parse().ok()?, tn: tn.parse().ok()? })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -70,8 +93,80 @@ const TABLE: [(AdapterClass, Plan); 3] = [
     ),
 ];
 
-pub fn plan(class: AdapterClass) -> Plan {
+/// The table's row for a class of adapter.
+pub fn table_plan(class: AdapterClass) -> Plan {
     TABLE.iter().find(|(c, _)| *c == class).map(|(_, p)| *p).unwrap_or(TABLE[2].1)
+}
+
+/// What `linear` runs on this adapter: the table's row, with the variants `--tune` saved for
+/// this adapter (by name) in its place.
+pub fn plan(gpu: &Gpu) -> Plan {
+    let mut plan = table_plan(gpu.class);
+    if let Some(saved) = saved_picks().get(&gpu.info.name) {
+        plan.gemv = saved.gemv.unwrap_or(plan.gemv);
+        plan.gemm = saved.gemm.unwrap_or(plan.gemm);
+    }
+    plan
+}
+
+/// Where `--tune` keeps its picks: `$LOWBIT_TUNING`, else `$XDG_CACHE_HOME/lowbit/tuning.json`,
+/// else `~/.cache/lowbit/tuning.json`. The file maps adapter names to
+/// `{"gemv": "<variant name>", "gemm": "<variant name>"}`.
+pub fn tuning_file() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LOWBIT_TUNING") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("lowbit").join("tuning.json"))
+}
+
+#[derive(Clone, Copy, Default)]
+struct Picks {
+    gemv: Option<Variant>,
+    gemm: Option<Variant>,
+}
+
+/// The saved picks, read once per process. Entries that are not known candidates are ignored
+/// (a stale or hand-edited file must not select a kernel shape nobody tested).
+fn saved_picks() -> &'static HashMap<String, Picks> {
+    static PICKS: OnceLock<HashMap<String, Picks>> = OnceLock::new();
+    PICKS.get_or_init(|| {
+        let Some(text) = tuning_file().and_then(|p| std::fs::read_to_string(p).ok()) else {
+            return HashMap::new();
+        };
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) else {
+            eprintln!("warning: ignoring the unreadable tuning file {:?}", tuning_file());
+            return HashMap::new();
+        };
+        let pick = |entry: &serde_json::Value, key: &str, gemm: bool| {
+            entry.get(key).and_then(|v| v.as_str()).and_then(Variant::parse).filter(|v| candidates(gemm).contains(v))
+        };
+        map.iter().map(|(adapter, e)| (adapter.clone(), Picks { gemv: pick(e, "gemv", false), gemm: pick(e, "gemm", true) })).collect()
+    })
+}
+
+/// Saves `--tune`'s picks for this adapter (other adapters' entries are kept); returns the file.
+pub fn save_picks(gpu: &Gpu, gemv: Option<Variant>, gemm: Option<Variant>) -> Result<PathBuf> {
+    let path = tuning_file().ok_or_else(|| Error::Invalid("no place for the tuning file: set LOWBIT_TUNING".into()))?;
+    let mut map = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&t).ok())
+        .unwrap_or_default();
+    let mut entry = serde_json::Map::new();
+    for (key, v) in [("gemv", gemv), ("gemm", gemm)] {
+        if let Some(v) = v {
+            entry.insert(key.into(), v.name().into());
+        }
+    }
+    map.insert(gpu.info.name.clone(), entry.into());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(&map).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(&path, text)?;
+    Ok(path)
 }
 
 /// Alternatives worth timing on any adapter: GEMV variants when `gemm` is false, else GEMM.
@@ -123,4 +218,18 @@ pub fn tune_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<(String, BenchCase)>
         }
     }
     Ok(cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_round_trip() {
+        for v in candidates(false).into_iter().chain(candidates(true)) {
+            assert_eq!(Variant::parse(&v.name()), Some(v));
+        }
+        assert_eq!(Variant::parse("gemm_tiled wg64 4x"), None);
+        assert_eq!(Variant::parse("gemv_rows wg64 r8 extra"), None);
+    }
 }
