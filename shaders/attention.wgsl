@@ -248,16 +248,14 @@ fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 // ---- SageAttention ----
 
-// Grid index for the 1-D item grids of sage_mean / sage_quantize (2-D past 65535 groups).
-fn item(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + lid;
-}
+// sage_mean / sage_quantize run over 1-D item grids.
+#include grid
 
 // One item per (batch, head, channel quad). Sequential f32 sum over tokens, which the CPU
 // reference reproduces bit for bit.
 @compute @workgroup_size(WG)
 fn sage_mean(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n = item(wg, nwg, lid);
+    let n = grid_item(wg, nwg, lid);
     if n >= p.items { return; }
     let c = n % p.d4;
     let bh = n / p.d4;
@@ -288,7 +286,7 @@ fn pack_i8(v: vec4<f32>) -> u32 {
 // Each item finds its block's max |x|, then writes x · 127/max rounded.
 @compute @workgroup_size(WG)
 fn sage_quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n = item(wg, nwg, lid);
+    let n = grid_item(wg, nwg, lid);
     if n >= p.items { return; }
     let bh_count = p.batch * p.heads;
     let q_items = bh_count * p.n_qb;

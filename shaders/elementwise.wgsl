@@ -11,9 +11,7 @@ struct Params { n: u32, w: u32 }
 
 override WG: u32 = 256u;
 
-fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + lid;
-}
+#include grid
 
 // Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, plenty for f32 activations.
 fn erf(x: f32) -> f32 {
@@ -24,7 +22,7 @@ fn erf(x: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     let x = a[i];
     out[i] = 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
@@ -32,7 +30,7 @@ fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
 @compute @workgroup_size(WG)
 fn swish(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     let x = a[i];
     out[i] = x / (1.0 + exp(-x));
@@ -41,7 +39,7 @@ fn swish(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // `out += a` (residual add, in place on the residual stream).
 @compute @workgroup_size(WG)
 fn add_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     out[i] = out[i] + a[i];
 }
@@ -51,7 +49,7 @@ fn add_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 // `n` counts input elements.
 @compute @workgroup_size(WG)
 fn upsample_nearest2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     // Input row r = (bc, y) becomes output rows 2r and 2r + 1, each 2w wide.
     let r = i / p.w;

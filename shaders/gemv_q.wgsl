@@ -275,6 +275,7 @@ fn store(m: u32, n: u32, acc: f32) {
 // barriers. The group's dot product is summed unscaled and scaled once per group.
 
 override WG: u32 = 64u;
+#include grid
 override ROWS: u32 = 4u; // ≤ 16
 
 // One word (`j`, a literal at each call) of every row's chunk. Spelled out word by word in
@@ -392,7 +393,7 @@ fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let team = lid / TEAM;
     let lane = lid % TEAM;
 #endif
-    let row_id = (wg.x + wg.y * nwg.x) * (WG / TEAM) + team;
+    let row_id = grid_group(wg, nwg) * (WG / TEAM) + team;
     let m = wg.z;
     let row = min(row_id, p.n - 1u);
     let xbase = (p.m_off + m) * p.k;

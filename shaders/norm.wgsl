@@ -37,6 +37,7 @@ fn load(i: u32) -> f32 { return x[i]; }
 #endif
 
 override WG: u32 = 64u;
+#include grid
 const MAX_WG: u32 = 256u;
 
 // Two independent slots, so a second reduction never overwrites partials that slower lanes
@@ -76,9 +77,9 @@ fn combine(v: f32, lid: u32, slot: u32, is_max: bool) -> f32 {
 // This invocation's row, and where it starts and strides in that row.
 fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 #if ROW_PER_LANE
-    return (wg.x + wg.y * nwg.x) * WG + lid;
+    return grid_item(wg, nwg, lid);
 #else
-    return wg.x + wg.y * nwg.x;
+    return grid_group(wg, nwg);
 #endif
 }
 #if ROW_PER_LANE

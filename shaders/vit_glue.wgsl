@@ -12,9 +12,7 @@ struct Params { n: u32, tokens: u32, dim: u32, pad: u32 }
 
 override WG: u32 = 256u;
 
-fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + lid;
-}
+#include grid
 
 #if LAYER_SCALE
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -24,7 +22,7 @@ fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 // residual += gamma ⊙ x (timm's LayerScale fused into the residual add).
 @compute @workgroup_size(WG)
 fn layer_scale_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     residual[i] = residual[i] + gamma[i % p.dim] * x[i];
 }
@@ -36,7 +34,7 @@ fn layer_scale_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 // out[b, d] = x[b, 0, d]: the class token, which timm's `global_pool='token'` classifies.
 @compute @workgroup_size(WG)
 fn take_token(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     let b = i / p.dim;
     let d = i % p.dim;
@@ -51,7 +49,7 @@ fn take_token(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 // out[b, t, d] = (t == 0 ? cls[d] : patches[b, t - 1, d]) + pos[t, d].
 @compute @workgroup_size(WG)
 fn embed_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     let d = i % p.dim;
     let row = i / p.dim;

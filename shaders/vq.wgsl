@@ -23,9 +23,7 @@ const BIG: f32 = 3.4028235e38;
 // streamed through blocks of this size, one dispatch per block (the UBO define).
 const UBO_VEC4S: u32 = 4096u;
 
-fn linear(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + lid;
-}
+#include grid
 
 struct SearchParams {
     n: u32,         // vectors
@@ -47,7 +45,7 @@ struct SearchParams {
 
 @compute @workgroup_size(WG)
 fn prepare(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let v = linear(wg, nwg, lid);
+    let v = grid_item(wg, nwg, lid);
     if v >= p.n { return; }
     let base = v * p.stride + p.offset;
     var scale = 1.0;
@@ -168,7 +166,7 @@ fn search(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 
 @compute @workgroup_size(WG)
 fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let v = linear(wg, nwg, lid);
+    let v = grid_item(wg, nwg, lid);
     if v >= p.n { return; }
     var best = partial[v];
     for (var s = 1u; s < p.slot_base; s++) {
@@ -192,7 +190,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
 @compute @workgroup_size(WG)
 fn distance(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let v = linear(wg, nwg, lid);
+    let v = grid_item(wg, nwg, lid);
     if v >= p.n { return; }
     let o = v * p.stride + p.offset;
     let c = indices[o] - p.code_base;
@@ -236,7 +234,7 @@ struct LookupParams {
 // huge u32, so the one range check `id >= k` catches both.
 @compute @workgroup_size(WG)
 fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = linear(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.count * p.d { return; }
     let t = i / p.d;
     let j = i % p.d;
@@ -264,7 +262,7 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // Bit b (LSB first) of each group's id → +1 if set, −1 if not.
 @compute @workgroup_size(WG)
 fn lfq_decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = linear(wg, nwg, lid);
+    let i = grid_item(wg, nwg, lid);
     if i >= p.count * p.d { return; }
     let t = i / p.d;
     let b = i % p.d;

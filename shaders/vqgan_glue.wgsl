@@ -11,11 +11,12 @@ struct Params { n: u32, tokens: u32, channels: u32, pad: u32 }
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 override WG: u32 = 256u;
+#include grid
 
 // out[b, c, t] (+)= x[b, t, c]. Indexed by the output so the writes are contiguous.
 @compute @workgroup_size(WG)
 fn tokens_to_nchw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     let t = i % p.tokens;
     let bc = i / p.tokens;

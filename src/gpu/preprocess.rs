@@ -48,28 +48,37 @@ pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
 pub const INCLUDES: &[(&str, &str)] = &[
     ("dequant", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/dequant.wgsl"))),
     ("gemv_q", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemv_q.wgsl"))),
+    ("grid", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/grid.wgsl"))),
 ];
 
 fn expand_includes(source: &str) -> Result<String, String> {
-    if !source.contains("#include") {
-        return Ok(source.to_string());
-    }
     let mut out = String::with_capacity(source.len() * 2);
+    expand_into(source, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+/// Pastes includes recursively, each at most once (an include may include another, e.g.
+/// gemm_q → gemv_q → grid, and two paths to one file must not define its functions twice).
+fn expand_into<'a>(source: &str, seen: &mut Vec<&'a str>, out: &mut String) -> Result<(), String> {
     for line in source.lines() {
         match line.trim().strip_prefix("#include ") {
             Some(name) => {
-                let name = name.trim();
-                let (_, text) = INCLUDES
+                let &(name, text) = INCLUDES
                     .iter()
-                    .find(|(n, _)| *n == name)
-                    .ok_or(format!("#include {name}: no such shader include"))?;
-                out.push_str(text);
+                    .find(|(n, _)| *n == name.trim())
+                    .ok_or(format!("#include {}: no such shader include", name.trim()))?;
+                if !seen.contains(&name) {
+                    seen.push(name);
+                    expand_into(text, seen, out)?;
+                }
             }
-            None => out.push_str(line),
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
-        out.push('\n');
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Every flag a shader source tests, so a test can validate each combination.
@@ -99,5 +108,14 @@ mod tests {
         assert_eq!(keep(&["X", "Y"]), ["a", "b", "d", "f"]);
         assert_eq!(shader_flags(src), ["X", "Y"]);
         assert!(preprocess("#if A\n", &[]).is_err());
+    }
+
+    #[test]
+    fn includes_nest_and_paste_once() {
+        // gemv_q includes grid itself; a second path to grid must not define it again.
+        let text = preprocess("#include gemv_q\n#include grid\n", &["FMT_Q4"]).unwrap();
+        assert_eq!(text.matches("fn grid_group").count(), 1);
+        assert!(!text.lines().any(|l| l.trim_start().starts_with("#include")));
+        assert!(preprocess("#include nothing\n", &[]).is_err());
     }
 }
