@@ -26,17 +26,6 @@ fn tensor<'a>(w: &'a Weights, key: &str) -> (&'a [usize], &'a [f32]) {
     (&t.shape, &t.data)
 }
 
-/// The parity bar: cosine ≥ 0.99999 and max |error| ≤ 1e-3 · max |reference|.
-fn assert_parity(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let cos = cosine(got, want);
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{what}: cosine {cos:.8}, max abs err {max_err:.3e} (max |ref| {max_ref:.3})");
-    assert!(cos >= 0.99999, "{what}: cosine {cos}");
-    assert!(max_err <= 1e-3 * max_ref, "{what}: max abs err {max_err} > 1e-3 × {max_ref}");
-}
-
 fn run(gpu: &lowbit::Gpu, model: &VisionTransformer, shape: &[usize], pixels: &[f32]) -> Vec<f32> {
     let images = Tensor::from_f32(gpu, shape, pixels).unwrap();
     model.forward(gpu, &images).unwrap().to_vec_f32(gpu).unwrap()

@@ -36,6 +36,19 @@ pub fn assert_nmse(what: &str, got: &[f32], want: &[f32], bound: f64) {
     assert!(e <= bound, "{what}: nmse {e:.3e} > {bound:.0e}");
 }
 
+/// The models' parity bar against PyTorch: cosine ≥ 0.99999 and
+/// max |error| ≤ 1e-3 · max |reference|.
+pub fn assert_parity(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    let cos = lowbit::metrics::cosine(got, want);
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{what}: cosine {cos:.8}, max abs err {max_err:.3e} (max |ref| {max_ref:.3})");
+    assert!(cos >= 0.99999, "{what}: cosine {cos}");
+    assert!(max_err <= 1e-3 * max_ref, "{what}: max abs err {max_err} > 1e-3 × {max_ref}");
+}
+
 /// f32 ops bound (issue: ≤ 1e-8), quantized GEMM and attention bound (ggml's 5e-4).
 pub const F32_NMSE: f64 = 1e-8;
 pub const QUANT_NMSE: f64 = 5e-4;
