@@ -187,7 +187,7 @@ impl Gpu {
             })
         })?;
         let mut enc = self.encoder();
-        enc.inner.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        enc.raw().copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
         self.submit(enc)?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {

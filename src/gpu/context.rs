@@ -237,7 +237,7 @@ impl Gpu {
     /// Submits the recorded work and reports any error it raised.
     pub fn submit(&self, enc: Encoder) -> Result<wgpu::SubmissionIndex> {
         self.check_lost()?;
-        let index = self.scoped(|| self.queue.submit([enc.inner.finish()]))?;
+        let index = self.scoped(|| self.queue.submit([enc.finish()]))?;
         self.check_lost()?;
         Ok(index)
     }
@@ -299,21 +299,54 @@ fn convert_error(e: wgpu::Error) -> Error {
     }
 }
 
-/// Records dispatches into one command encoder; `Gpu::submit` sends it.
+/// Records dispatches into one command encoder; `Gpu::submit` sends it. Dispatches share one
+/// compute pass until something else (a copy, a clear) needs the encoder; under a profiler each
+/// dispatch gets its own pass so timestamps can bracket it.
 pub struct Encoder {
     pub(crate) inner: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
     /// Timestamp query slots written around each dispatch when profiling.
     pub(crate) profiler: Option<super::timing::PassTimer>,
+    /// Bind groups reused across runs of a planned graph (see `graph::Plan`).
+    pub(crate) bind_groups: Option<Arc<Mutex<super::pipelines::BindGroupCache>>>,
 }
 
 impl Encoder {
     fn new(gpu: &Gpu) -> Self {
         let inner = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lowbit") });
-        Encoder { inner, profiler: None }
+        Encoder { inner, pass: None, profiler: None, bind_groups: None }
     }
 
+    /// The encoder itself, for copies and clears (ends the open compute pass).
     pub fn raw(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
         &mut self.inner
+    }
+
+    /// The compute pass the next dispatch goes into.
+    pub(crate) fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        if let Some(timer) = self.profiler.as_mut() {
+            self.pass = None;
+            let timestamp_writes = timer.next_pass();
+            let pass = self.inner.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+            return self.pass.insert(pass.forget_lifetime());
+        }
+        if self.pass.is_none() {
+            let pass = self.inner.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            self.pass = Some(pass.forget_lifetime());
+        }
+        self.pass.as_mut().unwrap()
+    }
+
+    /// Reuse bind groups from `cache` (and store new ones there) for this encoder's dispatches.
+    pub fn with_bind_group_cache(mut self, cache: Arc<Mutex<super::pipelines::BindGroupCache>>) -> Self {
+        self.bind_groups = Some(cache);
+        self
+    }
+
+    pub(crate) fn finish(mut self) -> wgpu::CommandBuffer {
+        self.pass = None;
+        self.inner.finish()
     }
 }
 

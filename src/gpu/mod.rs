@@ -8,5 +8,5 @@ pub mod timing;
 
 pub use buffers::{DType, Tensor};
 pub use context::{AdapterClass, Caps, Encoder, Gpu, GpuOptions};
-pub use pipelines::Shader;
+pub use pipelines::{BindGroupCache, Shader};
 pub use preprocess::{preprocess, shader_flags, INCLUDES};

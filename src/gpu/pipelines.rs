@@ -33,6 +33,31 @@ macro_rules! shader {
 
 type Key = (&'static str, String, Vec<String>, String);
 
+/// What makes two dispatches' bind groups interchangeable.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: wgpu::ComputePipeline,
+    buffers: Vec<wgpu::Buffer>,
+    params: Vec<u8>,
+}
+
+/// Bind groups (with their params uniforms) kept from one run of a planned graph to the next:
+/// the graph's buffers stay the same, so every dispatch after the first finds its bind group here.
+#[derive(Default)]
+pub struct BindGroupCache {
+    map: HashMap<BindKey, wgpu::BindGroup>,
+}
+
+impl BindGroupCache {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
@@ -87,7 +112,9 @@ impl Gpu {
     }
 
     /// Records one dispatch: `params` (raw bytes of a `#[repr(C)]` struct, empty for none) go
-    /// to binding 0, `buffers` to bindings 1.., `groups` is the workgroup grid.
+    /// to binding 0, `buffers` to bindings 1.., `groups` is the workgroup grid. An encoder
+    /// carrying a bind-group cache (a planned graph's) reuses the bind group, params included,
+    /// from the previous run with the same pipeline, buffers and params.
     pub fn dispatch(
         &self,
         enc: &mut Encoder,
@@ -96,6 +123,36 @@ impl Gpu {
         buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Invalid(format!("dispatch {groups:?} exceeds {max} workgroups per dimension")));
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let bind_group = match enc.bind_groups.clone() {
+            Some(cache) => {
+                let key = BindKey { pipeline: pipeline.clone(), buffers: buffers.iter().map(|&b| b.clone()).collect(), params: params.to_vec() };
+                let mut cache = cache.lock().unwrap();
+                match cache.map.get(&key) {
+                    Some(bg) => bg.clone(),
+                    None => {
+                        let bg = self.bind_group(pipeline, params, buffers)?;
+                        cache.map.insert(key, bg.clone());
+                        bg
+                    }
+                }
+            }
+            None => self.bind_group(pipeline, params, buffers)?,
+        };
+        let pass = enc.pass();
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    fn bind_group(&self, pipeline: &wgpu::ComputePipeline, params: &[u8], buffers: &[&wgpu::Buffer]) -> Result<wgpu::BindGroup> {
         let mut entries = Vec::with_capacity(buffers.len() + 1);
         let uniform;
         let first = if params.is_empty() {
@@ -115,26 +172,13 @@ impl Gpu {
         for (i, b) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: first + i as u32, resource: b.as_entire_binding() });
         }
-        let max = self.limits.max_compute_workgroups_per_dimension;
-        if groups.iter().any(|&g| g > max) {
-            return Err(Error::Invalid(format!("dispatch {groups:?} exceeds {max} workgroups per dimension")));
-        }
-        if groups.contains(&0) {
-            return Ok(());
-        }
-        let bind_group = self.scoped(|| {
+        self.scoped(|| {
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             })
-        })?;
-        let timestamp_writes = enc.profiler.as_mut().and_then(|p| p.next_pass());
-        let mut pass = enc.inner.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        Ok(())
+        })
     }
 
     /// A 2-D grid covering `n` workgroups within the per-dimension limit. Shaders recover the

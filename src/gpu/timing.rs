@@ -78,7 +78,7 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         })?;
-        enc.inner.resolve_query_set(&timer.query_set, 0..timer.used, &resolve, 0);
+        enc.raw().resolve_query_set(&timer.query_set, 0..timer.used, &resolve, 0);
         self.submit(enc)?;
         let raw = self.read_bytes(&resolve, bytes)?;
         let ticks: &[u64] = bytemuck::cast_slice(&raw);

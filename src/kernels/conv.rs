@@ -12,6 +12,7 @@ const CHANNELS_PER_LANE: u32 = 8;
 const PIXELS_PER_LANE: usize = 4;
 
 /// The weights of one dispatch: a range of output channels small enough for one binding.
+#[derive(Clone)]
 struct Part {
     first_channel: usize,
     channels: usize,
@@ -21,6 +22,7 @@ struct Part {
 }
 
 /// A convolution layer on the GPU: `weight` [Cout, Cin·kh·kw] (PyTorch order), bias, geometry.
+#[derive(Clone)]
 pub struct Conv2d {
     pub in_channels: usize,
     pub out_channels: usize,

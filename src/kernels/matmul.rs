@@ -36,6 +36,7 @@ struct Params {
 
 /// A Linear layer's weights on the GPU, split by output rows into chunks that each fit one
 /// storage binding.
+#[derive(Clone)]
 pub struct QLinear {
     format: WeightFormat,
     in_features: usize,
@@ -51,6 +52,7 @@ const X_STAGING_BYTES: u64 = 65536;
 
 /// Output rows `rows` of a layer, uploaded with each weight row padded to a multiple of four
 /// words so kernels may read whole vec4<u32>s.
+#[derive(Clone)]
 struct Chunk {
     rows: Range<usize>,
     data: wgpu::Buffer,

@@ -1,5 +1,5 @@
 //! timm's `VisionTransformer` (ViT / DeiT) for classification, built from a checkpoint with
-//! timm's key names and run as one command encoder per forward pass:
+//! timm's key names and run as a planned graph (one command encoder per forward pass):
 //!
 //! patch_embed → [cls; patches] + pos_embed → depth × (x += attn(norm1 x); x += mlp(norm2 x))
 //! → norm (on the class token only: LayerNorm is per token, so this equals timm's norm of
@@ -11,22 +11,16 @@ use super::config::VitConfig;
 use super::glue::{embed_tokens, layer_scale_add, take_token};
 use super::weights::Weights;
 use crate::gpu::{DType, Tensor};
-use crate::kernels::attention::{attention, AttentionParams};
-use crate::kernels::conv::{patch_embed, Conv2d};
-use crate::kernels::elementwise::{add_inplace, Activation};
-use crate::kernels::matmul::{linear, QLinear};
-use crate::kernels::norm::layer_norm;
+use crate::graph::{Graph, Norm, Plan, Value};
+use crate::kernels::attention::AttentionParams;
+use crate::kernels::conv::Conv2d;
+use crate::kernels::elementwise::Activation;
+use crate::kernels::matmul::QLinear;
 use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{invalid, shape_err, Encoder, Error, Gpu, Result};
+use crate::{invalid, shape_err, Error, Gpu, Result};
 
 /// timm's ViT LayerNorm epsilon.
 const LN_EPS: f32 = 1e-6;
-
-/// A LayerNorm's affine parameters on the GPU.
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-}
 
 struct Block {
     norm1: Norm,
@@ -125,62 +119,65 @@ impl VisionTransformer {
         self.head.as_ref().map_or(self.config.embed_dim, |h| h.out_features())
     }
 
-    /// Logits [B, num_classes] for normalized images [B, 3, img_size, img_size].
+    /// Logits [B, num_classes] for normalized images [B, 3, img_size, img_size]: plans the
+    /// graph for this batch and runs it once (hold a `plan` to run many times).
     pub fn forward(&self, gpu: &Gpu, images: &Tensor) -> Result<Tensor> {
-        let mut enc = gpu.encoder();
-        let out = self.record(gpu, &mut enc, images)?;
-        gpu.submit(enc)?;
-        Ok(out)
-    }
-
-    /// Records the forward pass into `enc`; the returned tensor holds the logits once it runs.
-    pub fn record(&self, gpu: &Gpu, enc: &mut Encoder, images: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
         images.expect_dtype("vit input", DType::F32)?;
-        let s = c.img_size;
+        let s = self.config.img_size;
         let &[b, 3, h, w] = &images.shape[..] else { shape_err!("vit: images must be [B, 3, {s}, {s}], got {:?}", images.shape) };
         if (h, w) != (s, s) {
             shape_err!("vit: images are {h}×{w}, the model takes {s}×{s}");
         }
-        let (d, t, hidden) = (c.embed_dim, c.tokens(), c.mlp_hidden());
-        let zeros = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32);
-        let patches = zeros(&[b, t - 1, d])?;
-        patch_embed(gpu, enc, images, &self.patch, &patches)?;
-        let x = zeros(&[b, t, d])?;
-        embed_tokens(gpu, enc, &patches, &self.cls_token, &self.pos_embed, &x)?;
+        let plan = self.plan(gpu, b)?;
+        Ok(plan.run_with(gpu, &[images])?.remove(0))
+    }
 
-        let normed = zeros(&[b, t, d])?;
-        let qkv = zeros(&[b, t, 3 * d])?;
-        let heads_out = zeros(&[b, t, d])?;
-        let branch = zeros(&[b, t, d])?;
-        let mlp = zeros(&[b, t, hidden])?;
+    /// The forward pass for `batch` images, planned: input 0 is the images, output 0 the logits.
+    pub fn plan(&self, gpu: &Gpu, batch: usize) -> Result<Plan> {
+        Plan::new(gpu, self.graph(batch)?)
+    }
+
+    /// The forward pass as a graph; node names are the checkpoint's.
+    pub fn graph(&self, batch: usize) -> Result<Graph> {
+        let c = &self.config;
+        let (b, s, d, t) = (batch, c.img_size, c.embed_dim, c.tokens());
+        let mut g = Graph::new();
+        let images = g.input(&[b, 3, s, s], DType::F32);
+        let patches = g.conv_to_tokens("patch_embed.proj", &self.patch, images)?;
+        let (cls, pos) = (self.cls_token.clone(), self.pos_embed.clone());
+        let mut x = g.node("pos_embed", "embed_tokens", &[patches], &[b, t, d], DType::F32, move |gpu, enc, i, out| {
+            embed_tokens(gpu, enc, i[0], &cls, &pos, out)
+        });
         let attn = AttentionParams::new(b, t, c.num_heads, c.head_dim());
-        for blk in &self.blocks {
-            layer_norm(gpu, enc, &x, &blk.norm1.weight, &blk.norm1.bias, LN_EPS, &normed)?;
-            linear(gpu, enc, &blk.qkv, &normed, &qkv, None)?;
-            attention(gpu, enc, &qkv, &heads_out, attn)?;
-            linear(gpu, enc, &blk.proj, &heads_out, &branch, None)?;
-            residual(gpu, enc, &x, &branch, blk.ls1.as_ref())?;
-            layer_norm(gpu, enc, &x, &blk.norm2.weight, &blk.norm2.bias, LN_EPS, &normed)?;
-            linear(gpu, enc, &blk.fc1, &normed, &mlp, Some(Activation::Gelu))?;
-            linear(gpu, enc, &blk.fc2, &mlp, &branch, None)?;
-            residual(gpu, enc, &x, &branch, blk.ls2.as_ref())?;
+        for (n, blk) in self.blocks.iter().enumerate() {
+            let p = |name: &str| format!("blocks.{n}.{name}");
+            let h = g.layer_norm(&p("norm1"), x, &blk.norm1, LN_EPS)?;
+            let qkv = g.linear(&p("attn.qkv"), &blk.qkv, h, None)?;
+            let heads = g.attention(&p("attn"), qkv, attn)?;
+            let h = g.linear(&p("attn.proj"), &blk.proj, heads, None)?;
+            x = residual(&mut g, &p("ls1"), x, h, blk.ls1.as_ref())?;
+            let h = g.layer_norm(&p("norm2"), x, &blk.norm2, LN_EPS)?;
+            let h = g.linear(&p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
+            let h = g.linear(&p("mlp.fc2"), &blk.fc2, h, None)?;
+            x = residual(&mut g, &p("ls2"), x, h, blk.ls2.as_ref())?;
         }
-        let cls = zeros(&[b, d])?;
-        take_token(gpu, enc, &x, &cls)?;
-        let pooled = zeros(&[b, d])?;
-        layer_norm(gpu, enc, &cls, &self.norm.weight, &self.norm.bias, LN_EPS, &pooled)?;
-        let Some(head) = &self.head else { return Ok(pooled) };
-        let logits = zeros(&[b, head.out_features()])?;
-        linear(gpu, enc, head, &pooled, &logits, None)?;
-        Ok(logits)
+        let cls = g.node("cls_token", "take_token", &[x], &[b, d], DType::F32, |gpu, enc, i, out| take_token(gpu, enc, i[0], out));
+        let mut out = g.layer_norm("norm", cls, &self.norm, LN_EPS)?;
+        if let Some(head) = &self.head {
+            out = g.linear("head", head, out, None)?;
+        }
+        g.output(out);
+        Ok(g)
     }
 }
 
-/// `x += gamma ⊙ branch`, or `x += branch` without LayerScale.
-fn residual(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, branch: &Tensor, gamma: Option<&Tensor>) -> Result<()> {
+/// `x += gamma ⊙ branch` (LayerScale), or `x += branch` without it.
+fn residual(g: &mut Graph, name: &str, x: Value, branch: Value, gamma: Option<&Tensor>) -> Result<Value> {
     match gamma {
-        Some(g) => layer_scale_add(gpu, enc, x, branch, g),
-        None => add_inplace(gpu, enc, x, branch),
+        Some(gamma) => {
+            let gamma = gamma.clone();
+            Ok(g.node_inplace(name, "layer_scale_add", x, &[branch], move |gpu, enc, i, out| layer_scale_add(gpu, enc, out, i[0], &gamma)))
+        }
+        None => g.add(name, x, branch),
     }
 }

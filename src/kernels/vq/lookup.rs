@@ -117,6 +117,16 @@ impl Codebook {
         Ok(check)
     }
 
+    /// Gather of ids already range-checked on the CPU (a planned graph's input filled from a
+    /// checked `TokenGrid`). `flag` is a one-word buffer the kernel may write and nobody reads:
+    /// keeping it across runs keeps the dispatch's bind group reusable.
+    pub fn gather_checked(&self, gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, out: &Tensor, flag: &wgpu::Buffer) -> Result<()> {
+        expect_ids("gather", ids)?;
+        out.expect_dtype("gather output", DType::F32)?;
+        out.expect_shape("gather output", &[&ids.shape[..], &[self.d]].concat())?;
+        record_gather(gpu, enc, self, ids, out, flag, [ids.numel(), 1, 0, self.d, 0])
+    }
+
     /// Gather for ids the caller holds on the CPU: checked here before anything is recorded.
     pub fn gather_host<T: TokenId>(&self, gpu: &Gpu, enc: &mut Encoder, ids: &[T], out: &Tensor) -> Result<()> {
         check_ids(ids, self.k)?;

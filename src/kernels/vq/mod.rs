@@ -66,6 +66,7 @@ impl CodeLayout {
 }
 
 /// Codes `start..start + len`, in one binding each.
+#[derive(Clone)]
 struct Chunk {
     start: usize,
     len: usize,
@@ -76,6 +77,7 @@ struct Chunk {
 }
 
 /// A codebook [K, D] on the GPU.
+#[derive(Clone)]
 pub struct Codebook {
     pub k: usize,
     pub d: usize,
