@@ -19,7 +19,9 @@
 struct Params {
     cin: u32, h: u32, w: u32, cout: u32,
     ho: u32, wo: u32, kh: u32, kw: u32,
-    stride: u32, pad: u32, k: u32, row_words: u32,
+    // Zero padding before the first row and column; padding after the last only changes the
+    // output size (ho, wo), and reads past the input are zero anyway.
+    stride: u32, pad_top: u32, pad_left: u32, k: u32, row_words: u32,
     groups: u32, group_size: u32,
     // This dispatch covers weight rows [co_base, co_base + co_count) (weights split over bindings).
     co_base: u32, co_count: u32,
@@ -91,8 +93,8 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     var chan_off = b * p.cin * plane;
     var ky = 0u;
     var kx = 0u;
-    let iy0 = i32(oy * p.stride) - i32(p.pad);
-    let ix0 = vec4(i32(ox0 * p.stride) - i32(p.pad)) + vec4<i32>(0, 1, 2, 3) * i32(p.stride);
+    let iy0 = i32(oy * p.stride) - i32(p.pad_top);
+    let ix0 = vec4(i32(ox0 * p.stride) - i32(p.pad_left)) + vec4<i32>(0, 1, 2, 3) * i32(p.stride);
 
     var scale_lo = vec4(1.0);
     var scale_hi = vec4(1.0);

@@ -1,7 +1,7 @@
 mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
-use lowbit::kernels::conv::{conv2d, conv2d_reference, patch_embed, to_tokens, Conv2d};
+use lowbit::kernels::conv::{conv2d, conv2d_reference, conv2d_reference_padded, patch_embed, to_tokens, Conv2d, Padding};
 use lowbit::quant::formats::{PackedMatrix, WeightFormat};
 use lowbit::{Gpu, GpuOptions};
 
@@ -15,21 +15,26 @@ struct Case {
 
 /// Runs one conv on the GPU and compares with the f64 reference on the dequantized weights.
 fn check(gpu: &Gpu, label: &str, c: &Case, fmt: WeightFormat, bound: f64) {
+    check_padded(gpu, label, c, Padding::same(c.pad), fmt, bound);
+}
+
+/// `check` with `padding` instead of `c.pad` on every side.
+fn check_padded(gpu: &Gpu, label: &str, c: &Case, padding: Padding, fmt: WeightFormat, bound: f64) {
     let [b, cin, h, w] = c.shape;
     let cols = cin * c.kernel * c.kernel;
     let x = random(b * cin * h * w, 1 + cols as u64, 1.0);
     let wt = random(c.cout * cols, 2 + c.cout as u64, 0.3);
     let bias = random(c.cout, 3, 0.5);
     let packed = PackedMatrix::quantize(&wt, c.cout, cols, fmt).unwrap();
-    let conv = Conv2d::new(gpu, &packed, Some(&bias), (c.kernel, c.kernel), c.stride, c.pad).unwrap();
+    let conv = Conv2d::with_padding(gpu, &packed, Some(&bias), (c.kernel, c.kernel), c.stride, padding).unwrap();
     let (ho, wo) = conv.output_size(h, w).unwrap();
     let xt = Tensor::from_f32(gpu, &c.shape, &x).unwrap();
     let out = Tensor::zeros(gpu, &[b, c.cout, ho, wo], DType::F32).unwrap();
     let mut enc = gpu.encoder();
     conv2d(gpu, &mut enc, &xt, &conv, &out).unwrap();
     gpu.submit(enc).unwrap();
-    let want = conv2d_reference(&x, c.shape, &packed.dequantize(), &bias, (c.kernel, c.kernel), c.stride, c.pad);
-    let what = format!("conv {:?} {}->{} k{} s{} p{} {} {label}", c.shape, cin, c.cout, c.kernel, c.stride, c.pad, fmt.name());
+    let want = conv2d_reference_padded(&x, c.shape, &packed.dequantize(), &bias, (c.kernel, c.kernel), c.stride, padding);
+    let what = format!("conv {:?} {}->{} k{} s{} {padding:?} {} {label}", c.shape, cin, c.cout, c.kernel, c.stride, fmt.name());
     assert_nmse(&what, &out.to_vec_f32(gpu).unwrap(), &want, bound);
 }
 
@@ -66,6 +71,31 @@ fn every_weight_format() {
             check(gpu, path, &odd, fmt, bound(fmt));
         }
     }
+}
+
+#[test]
+fn asymmetric_padding_as_taming_downsample() {
+    // taming's Downsample: F.pad(x, (0, 1, 0, 1)) then a 3×3 stride-2 conv without padding.
+    let downsample = Padding { top: 0, left: 0, bottom: 1, right: 1 };
+    let q4 = WeightFormat::Q4 { group: 32, zero_point: true };
+    for (path, gpu) in gpus() {
+        // Even sizes halve exactly; odd ones floor like PyTorch ((h + 1 - 3) / 2 + 1).
+        for shape in [[2, 6, 8, 8], [1, 5, 9, 7], [1, 3, 16, 10], [1, 4, 3, 4]] {
+            let c = Case { shape, cout: 11, kernel: 3, stride: 2, pad: 0 };
+            for fmt in [WeightFormat::F32, q4] {
+                check_padded(gpu, path, &c, downsample, fmt, bound(fmt));
+            }
+        }
+        // Padding on the top/left only, and different amounts per side.
+        let c = Case { shape: [1, 3, 7, 6], cout: 5, kernel: 3, stride: 1, pad: 0 };
+        check_padded(gpu, path, &c, Padding { top: 2, left: 1, bottom: 0, right: 3 }, WeightFormat::F32, F32_NMSE);
+    }
+    // The output size follows PyTorch: 8×8 → 4×4, 9×7 → 4×3.
+    let w = PackedMatrix::quantize(&random(4 * 27, 1, 1.0), 4, 27, WeightFormat::F32).unwrap();
+    let conv = Conv2d::with_padding(gpu(), &w, None, (3, 3), 2, downsample).unwrap();
+    assert_eq!(conv.output_size(8, 8).unwrap(), (4, 4));
+    assert_eq!(conv.output_size(9, 7).unwrap(), (4, 3));
+    assert!(conv.output_size(1, 1).is_err(), "2×2 padded input under a 3×3 kernel");
 }
 
 #[test]

@@ -21,6 +21,36 @@ struct Part {
     zeros: Option<wgpu::Buffer>,
 }
 
+/// Zero padding on each side of the input, in pixels. PyTorch's `padding=p` pads every side by
+/// `p`; taming's `Downsample` pads only the bottom and right (`F.pad(x, (0, 1, 0, 1))`) before
+/// a stride-2 conv, which is `Padding { top: 0, left: 0, bottom: 1, right: 1 }`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Padding {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Padding {
+    /// The same padding on all four sides (`nn.Conv2d(..., padding=p)`).
+    pub fn same(p: usize) -> Padding {
+        Padding { top: p, left: p, bottom: p, right: p }
+    }
+
+    /// Output height and width of a `kernel` conv with `stride` over an `h`×`w` input, as
+    /// PyTorch computes them (floor division); an error if the padded input is smaller than
+    /// the kernel.
+    pub fn output_size(&self, h: usize, w: usize, kernel: (usize, usize), stride: usize) -> Result<(usize, usize)> {
+        let (kh, kw) = kernel;
+        let (ph, pw) = (h + self.top + self.bottom, w + self.left + self.right);
+        if ph < kh || pw < kw || stride == 0 {
+            shape_err!("conv2d: {h}×{w} input (padding {self:?}) is smaller than the {kh}×{kw} kernel");
+        }
+        Ok(((ph - kh) / stride + 1, (pw - kw) / stride + 1))
+    }
+}
+
 /// A convolution layer on the GPU: `weight` [Cout, Cin·kh·kw] (PyTorch order), bias, geometry.
 #[derive(Clone)]
 pub struct Conv2d {
@@ -28,7 +58,7 @@ pub struct Conv2d {
     pub out_channels: usize,
     pub kernel: (usize, usize),
     pub stride: usize,
-    pub padding: usize,
+    pub padding: Padding,
     pub format: WeightFormat,
     cols: usize,
     row_words: usize,
@@ -50,7 +80,8 @@ struct Params {
     kh: u32,
     kw: u32,
     stride: u32,
-    pad: u32,
+    pad_top: u32,
+    pad_left: u32,
     k: u32,
     row_words: u32,
     groups: u32,
@@ -64,7 +95,13 @@ struct Params {
 impl Conv2d {
     /// Uploads `weight` (rows = output channels, cols = Cin·kh·kw) and `bias` (None = zeros),
     /// split by output channels over as many bindings as `gpu.max_binding_size()` requires.
+    /// `padding` pads all four sides alike; see `with_padding` for other paddings.
     pub fn new(gpu: &Gpu, weight: &PackedMatrix, bias: Option<&[f32]>, kernel: (usize, usize), stride: usize, padding: usize) -> Result<Conv2d> {
+        Self::with_padding(gpu, weight, bias, kernel, stride, Padding::same(padding))
+    }
+
+    /// As `new`, with a different padding on each side (e.g. taming's `Downsample`).
+    pub fn with_padding(gpu: &Gpu, weight: &PackedMatrix, bias: Option<&[f32]>, kernel: (usize, usize), stride: usize, padding: Padding) -> Result<Conv2d> {
         let (kh, kw) = kernel;
         if kh == 0 || kw == 0 || stride == 0 {
             invalid!("conv2d: kernel {kernel:?} and stride {stride} must be non-zero");
@@ -114,12 +151,7 @@ impl Conv2d {
 
     /// Output height and width for an `h`×`w` input.
     pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        let (kh, kw) = self.kernel;
-        let (ph, pw) = (h + 2 * self.padding, w + 2 * self.padding);
-        if ph < kh || pw < kw {
-            shape_err!("conv2d: {h}×{w} input (padding {}) is smaller than the {kh}×{kw} kernel", self.padding);
-        }
-        Ok(((ph - kh) / self.stride + 1, (pw - kw) / self.stride + 1))
+        self.padding.output_size(h, w, self.kernel, self.stride)
     }
 
     /// Bytes of packed weights (data, scales, zero points) one forward pass reads.
@@ -159,7 +191,8 @@ impl Conv2d {
                 kh: kh as u32,
                 kw: kw as u32,
                 stride: self.stride as u32,
-                pad: self.padding as u32,
+                pad_top: self.padding.top as u32,
+                pad_left: self.padding.left as u32,
                 k: self.cols as u32,
                 row_words: self.row_words as u32,
                 groups: self.groups as u32,
@@ -221,8 +254,8 @@ pub fn conv2d(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, conv: &Conv2d, out: &Ten
 /// `out` [B, (H/p)·(W/p), D] (row-major patches, as `flatten(2).transpose(1, 2)`).
 pub fn patch_embed(gpu: &Gpu, enc: &mut Encoder, image: &Tensor, conv: &Conv2d, out: &Tensor) -> Result<()> {
     let (kh, kw) = conv.kernel;
-    if kh != kw || conv.stride != kh || conv.padding != 0 {
-        invalid!("patch_embed: needs a square kernel equal to the stride and no padding, got kernel {:?} stride {} padding {}", conv.kernel, conv.stride, conv.padding);
+    if kh != kw || conv.stride != kh || conv.padding != Padding::default() {
+        invalid!("patch_embed: needs a square kernel equal to the stride and no padding, got kernel {:?} stride {} padding {:?}", conv.kernel, conv.stride, conv.padding);
     }
     let (b, ho, wo) = conv.check_input("patch_embed", image, out)?;
     let (h, w) = (image.shape[2], image.shape[3]);
@@ -234,13 +267,16 @@ pub fn patch_embed(gpu: &Gpu, enc: &mut Encoder, image: &Tensor, conv: &Conv2d, 
 }
 
 /// CPU reference in f64: `weight` row-major [Cout, Cin·kh·kw] (dequantized), NCHW in and out.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_reference(x: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f32], kernel: (usize, usize), stride: usize, padding: usize) -> Vec<f32> {
+    conv2d_reference_padded(x, shape, weight, bias, kernel, stride, Padding::same(padding))
+}
+
+/// `conv2d_reference` with a different padding on each side.
+pub fn conv2d_reference_padded(x: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f32], kernel: (usize, usize), stride: usize, padding: Padding) -> Vec<f32> {
     let [b, cin, h, w] = shape;
     let (kh, kw) = kernel;
     let cout = bias.len();
-    let ho = (h + 2 * padding - kh) / stride + 1;
-    let wo = (w + 2 * padding - kw) / stride + 1;
+    let (ho, wo) = padding.output_size(h, w, kernel, stride).expect("conv2d_reference: input smaller than the kernel");
     let mut out = Vec::with_capacity(b * cout * ho * wo);
     for bi in 0..b {
         for co in 0..cout {
@@ -250,12 +286,12 @@ pub fn conv2d_reference(x: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f3
                     let mut acc = bias[co] as f64;
                     for ci in 0..cin {
                         for ky in 0..kh {
-                            let iy = (oy * stride + ky) as isize - padding as isize;
+                            let iy = (oy * stride + ky) as isize - padding.top as isize;
                             if iy < 0 || iy >= h as isize {
                                 continue;
                             }
                             for kx in 0..kw {
-                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                let ix = (ox * stride + kx) as isize - padding.left as isize;
                                 if ix < 0 || ix >= w as isize {
                                     continue;
                                 }

@@ -11,6 +11,7 @@
 //! mean of K adds the same constant q·mean to every score of a query, which softmax ignores,
 //! but it removes the per-channel bias that would otherwise dominate K's int8 range.
 
+pub mod kv_cache;
 mod reference;
 
 pub use reference::{attention_reference, realistic_qkv, sage_reference};

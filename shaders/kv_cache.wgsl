@@ -1,0 +1,120 @@
+// Incremental decoding for causal transformers: token + position embedding at a position,
+// appending K and V to per-layer caches, and causal attention of new queries over the cache.
+//
+// The start position of the tokens a call processes is read from a one-word storage buffer
+// (`position[0]`), not from the uniform parameters: every decoding step then records the same
+// dispatches with the same parameters, and only that word (and the new token ids) change
+// between steps.
+//
+// Layouts: qkv [B, T, 3E] as the fused q|k|v Linear writes it (head h of each third at
+// columns h·D..(h+1)·D); caches [B, H, S, D] (S = capacity); out [B, T, E], heads side by side.
+
+#include grid
+
+struct Params {
+    batch: u32,
+    tokens: u32,    // T: new tokens per sequence in this call
+    heads: u32,
+    head_dim: u32,
+    capacity: u32,  // S: positions the caches (and pos_emb) hold
+    vocab: u32,
+    scale: f32,     // multiplies q·k before the softmax
+    items: u32,     // embed / kv_append: work items in the grid
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Bindings are numbered per entry point (each uses 1..n contiguously); globals that no entry
+// uses together share numbers.
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> tok_emb: array<f32>;
+@group(0) @binding(3) var<storage, read> pos_emb: array<f32>;
+@group(0) @binding(4) var<storage, read> embed_position: array<u32>;
+@group(0) @binding(5) var<storage, read_write> x_out: array<f32>;
+
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> position: array<u32>;
+@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+override WG: u32 = 64u;
+
+fn embd() -> u32 {
+    return p.heads * p.head_dim;
+}
+
+// x[b, t] = tok_emb[ids[b, t]] + pos_emb[start + t]. Ids are range-checked on the CPU; the
+// clamps only keep a bad call inside the buffers.
+@compute @workgroup_size(WG)
+fn embed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = grid_item(wg, nwg, lid);
+    if n >= p.items { return; }
+    let e_dim = embd();
+    let e = n % e_dim;
+    let row = n / e_dim;
+    let t = row % p.tokens;
+    let id = min(ids[row], p.vocab - 1u);
+    let pos = min(embed_position[0] + t, p.capacity - 1u);
+    x_out[n] = tok_emb[id * e_dim + e] + pos_emb[pos * e_dim + e];
+}
+
+fn cache_index(b: u32, h: u32, pos: u32, d: u32) -> u32 {
+    return ((b * p.heads + h) * p.capacity + pos) * p.head_dim + d;
+}
+
+// One item per (b, t, channel): copies that channel's k and v into the caches at start + t.
+@compute @workgroup_size(WG)
+fn kv_append(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = grid_item(wg, nwg, lid);
+    if n >= p.items { return; }
+    let e_dim = embd();
+    let e = n % e_dim;
+    let row = n / e_dim;
+    let t = row % p.tokens;
+    let b = row / p.tokens;
+    let pos = position[0] + t;
+    // The CPU checks start + T ≤ S before recording; never write past a sequence's slots.
+    if pos >= p.capacity { return; }
+    let dst = cache_index(b, e / p.head_dim, pos, e % p.head_dim);
+    k_cache[dst] = qkv[row * 3u * e_dim + e_dim + e];
+    v_cache[dst] = qkv[row * 3u * e_dim + 2u * e_dim + e];
+}
+
+// One workgroup per (b, t, h); lane d owns output channel d (and d + WG, ...). Every lane
+// computes the same scores: those loads have one address for all lanes (broadcasts, cheap on
+// CPU adapters), no lane waits on another and no barrier is needed, and the head dimension
+// can be anything. Query t (at position start + t) sees cache positions 0..=start + t, which
+// the caller has appended before. One pass with an online softmax.
+@compute @workgroup_size(WG)
+fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = wg.x + wg.y * nwg.x;
+    if w >= p.batch * p.tokens * p.heads { return; }
+    let h = w % p.heads;
+    let row = w / p.heads;
+    let t = row % p.tokens;
+    let b = row / p.tokens;
+    let e_dim = embd();
+    let q0 = row * 3u * e_dim + h * p.head_dim;
+    let keys = min(position[0] + t + 1u, p.capacity);
+    let k0 = cache_index(b, h, 0u, 0u);
+    for (var d = lid; d < p.head_dim; d += WG) {
+        var m = -3.0e38;
+        var l = 0.0;
+        var acc = 0.0;
+        for (var j = 0u; j < keys; j++) {
+            let kj = k0 + j * p.head_dim;
+            var s = 0.0;
+            for (var c = 0u; c < p.head_dim; c++) {
+                s = fma(qkv[q0 + c], k_cache[kj + c], s);
+            }
+            s *= p.scale;
+            let m_new = max(m, s);
+            let alpha = exp(m - m_new);
+            let e = exp(s - m_new);
+            l = l * alpha + e;
+            acc = acc * alpha + e * v_cache[kj + d];
+            m = m_new;
+        }
+        out[row * e_dim + h * p.head_dim + d] = acc / l;
+    }
+}

@@ -1,0 +1,221 @@
+//! Incremental (autoregressive) decoding: per-layer K/V caches, appending the new tokens' K
+//! and V at a position, causal attention of the new queries over the cache, and the token +
+//! position embedding at a position. See `shaders/kv_cache.wgsl`.
+//!
+//! The start position lives in a one-word GPU buffer (`Position`) that the kernels read, so a
+//! decoding step records the same dispatches with the same parameters at every position.
+
+use crate::gpu::{DType, Shader, Tensor};
+use crate::kernels::params;
+use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
+
+const SHADER: Shader = shader!("kv_cache");
+/// Invocations per workgroup of the item-per-lane entries (embed, kv_append).
+const WG: u32 = 64;
+
+/// The start position of the tokens the next recorded calls process, on the GPU. `set` writes
+/// it through the queue, so it takes effect for the next submission.
+pub struct Position {
+    buffer: wgpu::Buffer,
+    value: usize,
+}
+
+impl Position {
+    pub fn new(gpu: &Gpu) -> Result<Position> {
+        Ok(Position { buffer: gpu.upload_u32(&[0], "kv position")?, value: 0 })
+    }
+
+    pub fn set(&mut self, gpu: &Gpu, pos: usize) -> Result<()> {
+        let word = u32::try_from(pos).map_err(|_| crate::Error::Invalid(format!("position {pos} is too large")))?;
+        gpu.queue.write_buffer(&self.buffer, 0, bytemuck::bytes_of(&word));
+        self.value = pos;
+        Ok(())
+    }
+
+    pub fn get(&self) -> usize {
+        self.value
+    }
+}
+
+/// One layer's K and V for `batch` sequences of up to `capacity` positions, [B, H, S, D] each.
+pub struct KvCache {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl KvCache {
+    pub fn new(gpu: &Gpu, batch: usize, heads: usize, head_dim: usize, capacity: usize) -> Result<KvCache> {
+        if batch == 0 || heads == 0 || head_dim == 0 || capacity == 0 {
+            shape_err!("kv cache: zero-sized dimension (batch {batch}, heads {heads}, head_dim {head_dim}, capacity {capacity})");
+        }
+        let shape = [batch, heads, capacity, head_dim];
+        Ok(KvCache { batch, heads, head_dim, capacity, k: Tensor::zeros(gpu, &shape, DType::F32)?, v: Tensor::zeros(gpu, &shape, DType::F32)? })
+    }
+
+    pub fn embd(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Checks `qkv` [B, T, 3E] and that T new tokens from `pos` fit; returns T.
+    fn check_new(&self, what: &str, qkv: &Tensor, pos: &Position) -> Result<usize> {
+        qkv.expect_dtype(what, DType::F32)?;
+        let e = self.embd();
+        let &[b, t, w] = &qkv.shape[..] else { shape_err!("{what}: qkv must be [B, T, 3·{e}], got {:?}", qkv.shape) };
+        if b != self.batch || w != 3 * e || t == 0 {
+            shape_err!("{what}: qkv {:?} does not match the cache (batch {}, 3·E = {})", qkv.shape, self.batch, 3 * e);
+        }
+        if pos.get() + t > self.capacity {
+            invalid!("{what}: {t} tokens at position {} overflow the cache of {} positions", pos.get(), self.capacity);
+        }
+        Ok(t)
+    }
+
+    fn params(&self, tokens: usize, items: usize) -> Params {
+        Params {
+            batch: self.batch as u32,
+            tokens: tokens as u32,
+            heads: self.heads as u32,
+            head_dim: self.head_dim as u32,
+            capacity: self.capacity as u32,
+            vocab: 0,
+            scale: (self.head_dim as f32).powf(-0.5),
+            items: items as u32,
+        }
+    }
+}
+
+/// Matches `struct Params` in shaders/kv_cache.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    capacity: u32,
+    vocab: u32,
+    scale: f32,
+    items: u32,
+}
+
+fn item_count(what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| crate::Error::Invalid(format!("{what}: {n} items is too many")))
+}
+
+/// Writes the K and V of `qkv` [B, T, 3E] into `cache` at positions `pos..pos + T`.
+pub fn kv_append(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &KvCache, pos: &Position) -> Result<()> {
+    let t = cache.check_new("kv_append", qkv, pos)?;
+    let n = item_count("kv_append", cache.batch * t * cache.embd())?;
+    let pipe = gpu.pipeline(&SHADER, "kv_append", &[], &[("WG", WG as f64)])?;
+    let p = cache.params(t, n as usize);
+    gpu.dispatch(enc, &pipe, params(&p), &[&qkv.buffer, &pos.buffer, &cache.k.buffer, &cache.v.buffer], gpu.grid(n.div_ceil(WG)))
+}
+
+/// `out` [B, T, E]: the T queries of `qkv` (at positions `pos..pos + T`) attend causally over
+/// cache positions 0..=their own, with scale D^-0.5 (their K and V must be appended already).
+pub fn kv_attend(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &KvCache, pos: &Position, out: &Tensor) -> Result<()> {
+    let t = cache.check_new("kv_attend", qkv, pos)?;
+    out.expect_dtype("kv_attend out", DType::F32)?;
+    out.expect_shape("kv_attend out", &[cache.batch, t, cache.embd()])?;
+    if std::sync::Arc::ptr_eq(&qkv.buffer, &out.buffer) {
+        invalid!("kv_attend: out must not alias qkv");
+    }
+    // A lane per channel: the smallest power of two ≥ D within a SIMD width or two of lanes, so
+    // few lanes idle on small heads and big heads loop.
+    let lanes = cache.head_dim.next_power_of_two().clamp(8, 64) as u32;
+    let pipe = gpu.pipeline(&SHADER, "attend", &[], &[("WG", lanes as f64)])?;
+    let groups = item_count("kv_attend", cache.batch * t * cache.heads)?;
+    let p = cache.params(t, 0);
+    let buffers = [&*qkv.buffer, &pos.buffer, &cache.k.buffer, &cache.v.buffer, &out.buffer];
+    gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(groups))
+}
+
+/// `out[b, t] = tok_emb[ids[b, t]] + pos_emb[pos + t]`: `ids` u32 [B, T] (checked by the
+/// caller against V: the GPU clamps), `tok_emb` [V, E], `pos_emb` [S, E], `out` [B, T, E].
+pub fn embed_at(gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, tok_emb: &Tensor, pos_emb: &Tensor, pos: &Position, out: &Tensor) -> Result<()> {
+    if ids.dtype != DType::U32 {
+        invalid!("embed_at: ids must be u32, got {:?}", ids.dtype);
+    }
+    for (what, t) in [("tok_emb", tok_emb), ("pos_emb", pos_emb), ("out", out)] {
+        t.expect_dtype(&format!("embed_at {what}"), DType::F32)?;
+    }
+    let (&[b, t], &[v, e], &[s, e2]) = (&ids.shape[..], &tok_emb.shape[..], &pos_emb.shape[..]) else {
+        shape_err!("embed_at: ids must be [B, T], tok_emb [V, E], pos_emb [S, E]; got {:?}, {:?}, {:?}", ids.shape, tok_emb.shape, pos_emb.shape);
+    };
+    if e != e2 || b == 0 || t == 0 || v == 0 || e == 0 {
+        shape_err!("embed_at: tok_emb {:?} and pos_emb {:?} must share a non-zero width, ids {:?} be non-empty", tok_emb.shape, pos_emb.shape, ids.shape);
+    }
+    out.expect_shape("embed_at out", &[b, t, e])?;
+    if pos.get() + t > s {
+        invalid!("embed_at: {t} tokens at position {} go past the {s} position embeddings", pos.get());
+    }
+    let n = item_count("embed_at", b * t * e)?;
+    let p = Params { batch: b as u32, tokens: t as u32, heads: 1, head_dim: e as u32, capacity: s as u32, vocab: v as u32, scale: 1.0, items: n };
+    let pipe = gpu.pipeline(&SHADER, "embed", &[], &[("WG", WG as f64)])?;
+    let buffers = [&*ids.buffer, &tok_emb.buffer, &pos_emb.buffer, &pos.buffer, &out.buffer];
+    gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(n.div_ceil(WG)))
+}
+
+/// CPU references, f64 accumulation. Caches are [B, H, S, D] as on the GPU.
+pub mod reference {
+    /// Copies the K and V of `qkv` [B, T, 3·H·D] into the caches at positions `pos..pos + T`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_append(k: &mut [f32], v: &mut [f32], qkv: &[f32], batch: usize, tokens: usize, heads: usize, head_dim: usize, capacity: usize, pos: usize) {
+        let e = heads * head_dim;
+        for b in 0..batch {
+            for t in 0..tokens {
+                let row = &qkv[(b * tokens + t) * 3 * e..][..3 * e];
+                for h in 0..heads {
+                    let dst = ((b * heads + h) * capacity + pos + t) * head_dim;
+                    k[dst..dst + head_dim].copy_from_slice(&row[e + h * head_dim..][..head_dim]);
+                    v[dst..dst + head_dim].copy_from_slice(&row[2 * e + h * head_dim..][..head_dim]);
+                }
+            }
+        }
+    }
+
+    /// Causal attention of the T queries of `qkv` (at positions `pos..pos + T`) over the
+    /// caches, scale D^-0.5; returns [B, T, H·D].
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_attend(qkv: &[f32], k: &[f32], v: &[f32], batch: usize, tokens: usize, heads: usize, head_dim: usize, capacity: usize, pos: usize) -> Vec<f32> {
+        let e = heads * head_dim;
+        let scale = (head_dim as f64).powf(-0.5);
+        let mut out = vec![0f32; batch * tokens * e];
+        for b in 0..batch {
+            for t in 0..tokens {
+                for h in 0..heads {
+                    let q = &qkv[(b * tokens + t) * 3 * e + h * head_dim..][..head_dim];
+                    let base = (b * heads + h) * capacity;
+                    let scores: Vec<f64> = (0..=pos + t)
+                        .map(|j| {
+                            let kj = &k[(base + j) * head_dim..][..head_dim];
+                            q.iter().zip(kj).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>() * scale
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = weights.iter().sum();
+                    for d in 0..head_dim {
+                        let acc: f64 = weights.iter().enumerate().map(|(j, w)| w * v[(base + j) * head_dim + d] as f64).sum();
+                        out[(b * tokens + t) * e + h * head_dim + d] = (acc / sum) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `tok_emb[ids[i]] + pos_emb[pos + i % tokens]` for ids [B, T]; rows of width `e`.
+    pub fn embed_at(ids: &[u32], tokens: usize, tok_emb: &[f32], pos_emb: &[f32], e: usize, pos: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(ids.len() * e);
+        for (i, &id) in ids.iter().enumerate() {
+            let p = pos + i % tokens;
+            out.extend((0..e).map(|c| tok_emb[id as usize * e + c] + pos_emb[p * e + c]));
+        }
+        out
+    }
+}

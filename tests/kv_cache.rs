@@ -1,0 +1,142 @@
+mod common;
+use common::*;
+use lowbit::gpu::{DType, Tensor};
+use lowbit::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, reference, KvCache, Position};
+use lowbit::kernels::attention::{attention_reference, AttentionParams};
+use lowbit::Gpu;
+
+/// Geometry of one decoding run: batch, heads, head_dim, capacity.
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    capacity: usize,
+}
+
+/// Fills the cache chunk by chunk (`chunks` new tokens per call, from position 0), checking
+/// after every call the attention output and, at the end, the cache contents against the CPU.
+fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize]) {
+    let Geo { batch, heads, head_dim, capacity } = g;
+    let e = heads * head_dim;
+    let cache = KvCache::new(gpu, batch, heads, head_dim, capacity).unwrap();
+    let mut pos = Position::new(gpu).unwrap();
+    let cache_len = batch * heads * capacity * head_dim;
+    let (mut k_ref, mut v_ref) = (vec![0f32; cache_len], vec![0f32; cache_len]);
+    let mut start = 0;
+    for (i, &t) in chunks.iter().enumerate() {
+        let qkv = random(batch * t * 3 * e, 10 + i as u64, 1.5);
+        let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], &qkv).unwrap();
+        let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32).unwrap();
+        pos.set(gpu, start).unwrap();
+        let mut enc = gpu.encoder();
+        kv_append(gpu, &mut enc, &qkv_t, &cache, &pos).unwrap();
+        kv_attend(gpu, &mut enc, &qkv_t, &cache, &pos, &out).unwrap();
+        gpu.submit(enc).unwrap();
+        reference::kv_append(&mut k_ref, &mut v_ref, &qkv, batch, t, heads, head_dim, capacity, start);
+        let want = reference::kv_attend(&qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start);
+        let what = format!("kv_attend {g:?} {t} tokens at {start} {label}");
+        assert_nmse(&what, &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+        start += t;
+    }
+    // Positions past `start` stay zero on both sides.
+    assert_nmse(&format!("k cache {g:?} {label}"), &cache.k.to_vec_f32(gpu).unwrap(), &k_ref, F32_NMSE);
+    assert_nmse(&format!("v cache {g:?} {label}"), &cache.v.to_vec_f32(gpu).unwrap(), &v_ref, F32_NMSE);
+}
+
+#[test]
+fn incremental_attention_matches_reference() {
+    let geos = [
+        Geo { batch: 3, heads: 2, head_dim: 12, capacity: 13 },
+        // Odd head dims, one of them wider than the 64 lanes of a workgroup.
+        Geo { batch: 1, heads: 3, head_dim: 7, capacity: 9 },
+        Geo { batch: 2, heads: 1, head_dim: 67, capacity: 6 },
+        Geo { batch: 1, heads: 1, head_dim: 1, capacity: 3 },
+    ];
+    for (path, gpu) in gpus() {
+        for g in geos {
+            // A prefill of several tokens, then single-token steps up to the capacity.
+            let mut chunks = vec![g.capacity.min(3)];
+            chunks.extend(std::iter::repeat_n(1, g.capacity - chunks[0]));
+            run_chunks(gpu, path, g, &chunks);
+        }
+        // Uneven chunks that end one short of the capacity.
+        run_chunks(gpu, path, Geo { batch: 2, heads: 3, head_dim: 5, capacity: 11 }, &[1, 4, 2, 3]);
+    }
+}
+
+#[test]
+fn prefill_equals_causal_attention() {
+    // All T tokens from position 0 is plain causal self-attention: compare with the f64
+    // reference of the attention family.
+    let (b, t, h, d) = (2, 9, 3, 8);
+    for (path, gpu) in gpus() {
+        let qkv = random(b * t * 3 * h * d, 5, 1.0);
+        let cache = KvCache::new(gpu, b, h, d, 16).unwrap();
+        let pos = Position::new(gpu).unwrap();
+        let qkv_t = Tensor::from_f32(gpu, &[b, t, 3 * h * d], &qkv).unwrap();
+        let out = Tensor::zeros(gpu, &[b, t, h * d], DType::F32).unwrap();
+        let mut enc = gpu.encoder();
+        kv_append(gpu, &mut enc, &qkv_t, &cache, &pos).unwrap();
+        kv_attend(gpu, &mut enc, &qkv_t, &cache, &pos, &out).unwrap();
+        gpu.submit(enc).unwrap();
+        let want = attention_reference(&qkv, &AttentionParams::new(b, t, h, d).causal(true)).unwrap();
+        assert_nmse(&format!("prefill vs causal attention {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+    }
+}
+
+#[test]
+fn embedding_at_a_position() {
+    let (b, t, v, e, s) = (3, 2, 11, 13, 7);
+    for (path, gpu) in gpus() {
+        let tok = random(v * e, 1, 1.0);
+        let posv = random(s * e, 2, 1.0);
+        let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
+        let tok_t = Tensor::from_f32(gpu, &[v, e], &tok).unwrap();
+        let pos_t = Tensor::from_f32(gpu, &[s, e], &posv).unwrap();
+        let ids_t = Tensor::from_u32(gpu, &[b, t], &ids).unwrap();
+        let out = Tensor::zeros(gpu, &[b, t, e], DType::F32).unwrap();
+        let mut pos = Position::new(gpu).unwrap();
+        for start in [0, 3, s - t] {
+            pos.set(gpu, start).unwrap();
+            let mut enc = gpu.encoder();
+            embed_at(gpu, &mut enc, &ids_t, &tok_t, &pos_t, &pos, &out).unwrap();
+            gpu.submit(enc).unwrap();
+            let want = reference::embed_at(&ids, t, &tok, &posv, e, start);
+            assert_nmse(&format!("embed_at {start} {path}"), &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let gpu = gpu();
+    assert!(KvCache::new(gpu, 0, 2, 4, 8).is_err(), "zero batch");
+    assert!(KvCache::new(gpu, 1, 2, 4, 0).is_err(), "zero capacity");
+    let cache = KvCache::new(gpu, 2, 2, 4, 5).unwrap();
+    let mut pos = Position::new(gpu).unwrap();
+    let mut enc = gpu.encoder();
+    let qkv = Tensor::zeros(gpu, &[2, 3, 24], DType::F32).unwrap();
+    let out = Tensor::zeros(gpu, &[2, 3, 8], DType::F32).unwrap();
+    assert!(kv_append(gpu, &mut enc, &Tensor::zeros(gpu, &[1, 3, 24], DType::F32).unwrap(), &cache, &pos).is_err(), "batch");
+    assert!(kv_append(gpu, &mut enc, &Tensor::zeros(gpu, &[2, 3, 23], DType::F32).unwrap(), &cache, &pos).is_err(), "width");
+    assert!(kv_append(gpu, &mut enc, &Tensor::from_u32(gpu, &[2, 3, 24], &[0; 144]).unwrap(), &cache, &pos).is_err(), "dtype");
+    assert!(kv_attend(gpu, &mut enc, &qkv, &cache, &pos, &Tensor::zeros(gpu, &[2, 3, 9], DType::F32).unwrap()).is_err(), "out shape");
+    assert!(kv_attend(gpu, &mut enc, &qkv, &cache, &pos, &qkv).is_err(), "aliasing");
+    pos.set(gpu, 3).unwrap();
+    assert!(kv_append(gpu, &mut enc, &qkv, &cache, &pos).is_err(), "3 tokens at 3 overflow 5 positions");
+    assert!(kv_attend(gpu, &mut enc, &qkv, &cache, &pos, &out).is_err(), "overflow");
+    pos.set(gpu, 2).unwrap();
+    kv_append(gpu, &mut enc, &qkv, &cache, &pos).unwrap();
+    // Embedding: ids must be u32 [B, T], widths must agree, positions must exist.
+    let tok = Tensor::zeros(gpu, &[5, 8], DType::F32).unwrap();
+    let pe = Tensor::zeros(gpu, &[4, 8], DType::F32).unwrap();
+    let ids = Tensor::from_u32(gpu, &[2, 3], &[0; 6]).unwrap();
+    let x = Tensor::zeros(gpu, &[2, 3, 8], DType::F32).unwrap();
+    assert!(embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &x).is_err(), "3 tokens at 2 past 4 positions");
+    pos.set(gpu, 0).unwrap();
+    embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &x).unwrap();
+    assert!(embed_at(gpu, &mut enc, &Tensor::from_i32(gpu, &[2, 3], &[0; 6]).unwrap(), &tok, &pe, &pos, &x).is_err(), "i32 ids");
+    assert!(embed_at(gpu, &mut enc, &ids, &tok, &Tensor::zeros(gpu, &[4, 7], DType::F32).unwrap(), &pos, &x).is_err(), "widths");
+    assert!(embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &Tensor::zeros(gpu, &[2, 3, 9], DType::F32).unwrap()).is_err(), "out shape");
+}
