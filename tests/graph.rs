@@ -96,9 +96,12 @@ fn vit_plan_reruns_identically_with_cached_bind_groups() {
     let other = random(2 * 3 * s * s, 8, 1.0);
     plan.set_input(gpu, 0, &other).unwrap();
     plan.run(gpu).unwrap();
+    let cached = plan.cached_bind_groups();
+    assert!(cached >= plan.node_count(), "{cached} bind groups for {} nodes", plan.node_count());
     plan.set_input(gpu, 0, &images).unwrap();
     let again = plan.run(gpu).unwrap()[0].to_vec_f32(gpu).unwrap();
     assert_eq!(first, again);
+    assert_eq!(plan.cached_bind_groups(), cached);
     let one_shot = model.forward(gpu, &Tensor::from_f32(gpu, &[2, 3, s, s], &images).unwrap()).unwrap();
     assert_eq!(first, one_shot.to_vec_f32(gpu).unwrap());
 }

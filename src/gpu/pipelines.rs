@@ -43,12 +43,21 @@ struct BindKey {
 
 /// Bind groups (with their params uniforms) kept from one run of a planned graph to the next:
 /// the graph's buffers stay the same, so every dispatch after the first finds its bind group here.
+/// Entries a run did not use (kernels' per-call scratch buffers) are dropped at its end.
 #[derive(Default)]
 pub struct BindGroupCache {
-    map: HashMap<BindKey, wgpu::BindGroup>,
+    map: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    run: u64,
 }
 
 impl BindGroupCache {
+    /// Ends a run: forgets the bind groups it did not use.
+    pub fn end_run(&mut self) {
+        let run = self.run;
+        self.map.retain(|_, (_, used)| *used == run);
+        self.run += 1;
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -134,11 +143,15 @@ impl Gpu {
             Some(cache) => {
                 let key = BindKey { pipeline: pipeline.clone(), buffers: buffers.iter().map(|&b| b.clone()).collect(), params: params.to_vec() };
                 let mut cache = cache.lock().unwrap();
-                match cache.map.get(&key) {
-                    Some(bg) => bg.clone(),
+                let run = cache.run;
+                match cache.map.get_mut(&key) {
+                    Some((bg, used)) => {
+                        *used = run;
+                        bg.clone()
+                    }
                     None => {
                         let bg = self.bind_group(pipeline, params, buffers)?;
-                        cache.map.insert(key, bg.clone());
+                        cache.map.insert(key, (bg.clone(), run));
                         bg
                     }
                 }

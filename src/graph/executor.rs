@@ -74,6 +74,11 @@ impl Plan {
         &self.memory
     }
 
+    /// Bind groups kept for the next run.
+    pub fn cached_bind_groups(&self) -> usize {
+        self.bind_groups.lock().unwrap().len()
+    }
+
     pub fn node_count(&self) -> usize {
         self.graph.nodes.len()
     }
@@ -105,6 +110,7 @@ impl Plan {
     pub fn record(&self, gpu: &Gpu, enc: &mut Encoder) -> Result<Vec<Tensor>> {
         let saved = enc.bind_groups.replace(self.bind_groups.clone());
         let result = self.graph.nodes.iter().try_for_each(|node| self.record_node(gpu, enc, node));
+        self.bind_groups.lock().unwrap().end_run();
         enc.bind_groups = saved;
         result.map(|()| self.outputs())
     }
@@ -151,6 +157,7 @@ impl Plan {
                 self.record_node(gpu, &mut enc, node)?;
                 bounds.push(enc.passes_recorded());
             }
+            self.bind_groups.lock().unwrap().end_run();
             // Past the query budget passes go unmeasured; fall through to the wall clock then.
             if *bounds.last().unwrap() < 2048 {
                 let pass_ms = gpu.submit_profiled(enc)?;
@@ -173,6 +180,7 @@ impl Plan {
             gpu.wait()?;
             times.push(NodeTime { name: node.name.clone(), op: node.op, ms: start.elapsed().as_secs_f64() * 1e3 });
         }
+        self.bind_groups.lock().unwrap().end_run();
         Ok((self.outputs(), times))
     }
 

@@ -4,7 +4,7 @@
 use crate::gpu::{DType, Tensor};
 use crate::graph::{Graph, Norm, Value};
 use crate::kernels::attention::AttentionParams;
-use crate::kernels::conv::Conv2d;
+use crate::kernels::conv::{Conv2d, Padding};
 use crate::kernels::matmul::QLinear;
 use crate::models::vqgan_glue::tokens_to_nchw;
 use crate::models::weights::Weights;
@@ -50,13 +50,13 @@ impl Loader<'_> {
 
     /// An `nn.Conv2d(cin, cout, k, padding=k/2)` with bias.
     pub fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Conv2d> {
-        self.conv_with(prefix, cin, cout, k, 1, k / 2)
+        self.conv_padded(prefix, cin, cout, k, 1, Padding::same(k / 2))
     }
 
-    pub fn conv_with(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+    pub fn conv_padded(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, padding: Padding) -> Result<Conv2d> {
         let key = format!("{prefix}.weight");
         let weight = self.matrix(&key, self.w.get(&key, &[cout, cin, k, k])?, cout, cin * k * k)?;
-        Conv2d::new(self.gpu, &weight, Some(self.w.get(&format!("{prefix}.bias"), &[cout])?), (k, k), stride, padding)
+        Conv2d::with_padding(self.gpu, &weight, Some(self.w.get(&format!("{prefix}.bias"), &[cout])?), (k, k), stride, padding)
     }
 
     pub fn resnet(&self, prefix: &str, cin: usize, cout: usize) -> Result<ResnetBlock> {

@@ -10,8 +10,7 @@
 //!                 ch_mult: [1, 1, 2, 2, 4], num_res_blocks: 2, attn_resolutions: [16], ... }
 //! ```
 //!
-//! Only what the decoder needs is read; `double_z`, `in_channels`, `dropout` (a no-op at
-//! inference) and `lossconfig` are ignored.
+//! `dropout` (a no-op at inference) and `lossconfig` are ignored.
 
 use std::path::Path;
 
@@ -40,6 +39,12 @@ pub struct DdConfig {
     pub z_channels: usize,
     pub resolution: usize,
     pub out_ch: usize,
+    /// Image channels the encoder takes.
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    /// The encoder emits mean and log-variance (a KL autoencoder, not a VQGAN) when true.
+    #[serde(default)]
+    pub double_z: bool,
     /// Upsample without its 3×3 conv when false (taming's default is true).
     #[serde(default = "yes")]
     pub resamp_with_conv: bool,
@@ -49,6 +54,10 @@ pub struct DdConfig {
     /// tanh on the output (later taming versions; unsupported).
     #[serde(default)]
     pub tanh_out: bool,
+}
+
+fn three() -> usize {
+    3
 }
 
 fn yes() -> bool {

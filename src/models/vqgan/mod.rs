@@ -5,8 +5,10 @@
 mod blocks;
 mod config;
 mod decoder;
+mod encoder;
 mod tokens;
 
 pub use config::{DdConfig, VqganConfig};
 pub use decoder::VqganDecoder;
+pub use encoder::VqganEncoder;
 pub use tokens::TokenGrid;
