@@ -2,7 +2,13 @@
 
 use clap::{Args, Subcommand};
 
-use crate::gpu::timing::Clock;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::model::{print_profile, weight_summary, Runnable};
+use crate::gpu::timing::{median, Clock};
+use crate::graph::Plan;
+use crate::quant::WeightFormat;
 use crate::kernels::{self, BenchCase, BenchSize};
 use crate::Gpu;
 
@@ -10,6 +16,30 @@ use crate::Gpu;
 pub enum BenchCommand {
     /// Every kernel family on the reference shapes.
     Kernels(KernelArgs),
+    /// One model's forward pass: median latency, images/s, peak GPU memory.
+    Model(ModelArgs),
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A model folder (timm ViT or taming VQGAN decoder).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// One JSON object: model, task, format, batch, median_ms, images_per_s, peak_gpu_bytes, ...
+    #[arg(long)]
+    json: bool,
+    /// Weight format (f32, f16, q8, q4g32, ...).
+    #[arg(long, default_value = "f32", value_name = "FMT")]
+    format: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed runs (at least 10; the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Also print GPU time per node.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -33,7 +63,10 @@ pub struct KernelArgs {
 }
 
 pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Kernels(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Kernels(args) => args,
+        BenchCommand::Model(args) => return model(gpu, args),
+    };
     let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
     let adapter = gpu.adapter_name();
     if !args.json {
@@ -144,6 +177,55 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
         if !args.json {
             println!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
         }
+    }
+    Ok(())
+}
+
+/// Wall-clock latency of whole forward passes (submit to completion), as a user sees them.
+fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
+    let format = WeightFormat::parse(&args.format)?;
+    let runnable = Runnable::load(gpu, &args.model, format)?;
+    let weights = weight_summary(&args.model)?.bytes(format) as u64;
+    let plan = Plan::new(gpu, runnable.graph(args.batch.max(1))?)?;
+    runnable.random_input(gpu, &plan, 1)?;
+    plan.run(gpu)?;
+    gpu.wait()?;
+    let reps = args.reps.max(10);
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        plan.run(gpu)?;
+        gpu.wait()?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let median_ms = median(&mut ms);
+    let images_per_s = args.batch as f64 / (median_ms * 1e-3);
+    let activations = plan.peak_bytes();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.display().to_string(), "task": runnable.name(), "format": format.name(),
+                "batch": args.batch, "reps": reps, "median_ms": median_ms, "images_per_s": images_per_s,
+                "peak_gpu_bytes": weights + activations, "weight_bytes": weights, "activation_bytes": activations,
+                "adapter": gpu.adapter_name(),
+            })
+        );
+    } else {
+        println!("adapter: {}", gpu.adapter_name());
+        println!("model: {}", runnable.describe());
+        println!(
+            "{} batch {} ({}): median {median_ms:.2} ms over {reps} runs, {images_per_s:.2} images/s, peak GPU memory {:.2} MB (weights {:.2} + activations {:.2})",
+            runnable.name(),
+            args.batch,
+            format.name(),
+            (weights + activations) as f64 / 1e6,
+            weights as f64 / 1e6,
+            activations as f64 / 1e6
+        );
+    }
+    if args.profile {
+        print_profile(&plan.profile(gpu)?.1, 15);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::gpu::Tensor;
+use super::model::print_profile;
 use crate::models::weights::save_f32;
 use crate::models::{load_image, preprocess, VisionTransformer};
 use crate::quant::WeightFormat;
@@ -31,21 +31,31 @@ pub struct ClassifyArgs {
     /// Write the logits as tensor `logits` f32 [N, classes], in argument order.
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_logits: Option<PathBuf>,
+    /// Weight precision: f32 (reproduces timm) or f16 (half the weight memory).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub precision: String,
+    /// Weight format for quantized runs (q8, q4g32, ternary, ...); overrides --precision.
+    #[arg(long, value_name = "FMT")]
+    pub format: Option<String>,
+    /// Print GPU time per node of the (first batch's) forward pass.
+    #[arg(long)]
+    pub profile: bool,
     /// Image files (PNG or JPEG).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
 }
 
 pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
-    let model = VisionTransformer::from_pretrained(gpu, &args.model, args.config.as_deref(), WeightFormat::F32)
+    let format = WeightFormat::parse(args.format.as_deref().unwrap_or(&args.precision))?;
+    let model = VisionTransformer::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let labels = match &args.labels {
         Some(path) => read_labels(path, model.output_dim())?,
         None => model.config.label_names.clone(),
     };
     let mut all_logits = Vec::with_capacity(args.images.len() * model.output_dim());
-    for batch in args.images.chunks(BATCH) {
-        let logits = classify(gpu, &model, batch)?;
+    for (i, batch) in args.images.chunks(BATCH).enumerate() {
+        let logits = classify(gpu, &model, batch, args.profile && i == 0)?;
         for (path, row) in batch.iter().zip(logits.chunks(model.output_dim())) {
             println!("{}:", path.display());
             for (class, score, prob) in top_k(row, args.topk) {
@@ -62,16 +72,24 @@ pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logits of `paths`, row-major [paths.len(), classes].
-pub fn classify(gpu: &Gpu, model: &VisionTransformer, paths: &[PathBuf]) -> anyhow::Result<Vec<f32>> {
+/// Logits of `paths`, row-major [paths.len(), classes]; `profile` prints GPU time per node.
+pub fn classify(gpu: &Gpu, model: &VisionTransformer, paths: &[PathBuf], profile: bool) -> anyhow::Result<Vec<f32>> {
     let s = model.config.img_size;
     let mut pixels = Vec::with_capacity(paths.len() * 3 * s * s);
     for path in paths {
         let img = load_image(path)?;
         pixels.extend(preprocess(&img, &model.config.preprocess).with_context(|| format!("image {}", path.display()))?);
     }
-    let images = Tensor::from_f32(gpu, &[paths.len(), 3, s, s], &pixels)?;
-    Ok(model.forward(gpu, &images)?.to_vec_f32(gpu)?)
+    let plan = model.plan(gpu, paths.len())?;
+    plan.set_input(gpu, 0, &pixels)?;
+    let logits = if profile {
+        let (out, times) = plan.profile(gpu)?;
+        print_profile(&times, 15);
+        out
+    } else {
+        plan.run(gpu)?
+    };
+    Ok(logits[0].to_vec_f32(gpu)?)
 }
 
 /// The `k` best classes as (index, logit, softmax probability), best first.

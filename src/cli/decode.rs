@@ -1,10 +1,12 @@
 //! `lowbit decode --model PATH [--config FILE] --tokens TOKENS.safetensors --out OUT.png
-//! [--save-tensor OUT.safetensors] [--format FMT]`: taming VQGAN token grids → images.
+//! [--save-tensor OUT.safetensors] [--precision f32|f16] [--format FMT] [--profile]`: taming VQGAN
+//! token grids → images.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use super::model::print_profile;
 use crate::models::vqgan::{TokenGrid, VqganDecoder};
 use crate::models::weights::save_f32;
 use crate::quant::WeightFormat;
@@ -27,18 +29,30 @@ pub struct DecodeArgs {
     /// Also write the raw decoder output as tensor `image` f32 [B, 3, H, W].
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_tensor: Option<PathBuf>,
-    /// Weight format of convs and Linears (f32 reproduces taming; q8, q4g32, ... quantize).
-    #[arg(long, default_value = "f32", value_name = "FMT")]
-    pub format: String,
+    /// Weight precision: f32 (reproduces taming) or f16 (half the weight memory).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub precision: String,
+    /// Weight format for quantized runs (q8, q4g32, ternary, ...); overrides --precision.
+    #[arg(long, value_name = "FMT")]
+    pub format: Option<String>,
+    /// Print GPU time per node of the decode.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
-    let format = WeightFormat::parse(&args.format)?;
+    let format = WeightFormat::parse(args.format.as_deref().unwrap_or(&args.precision))?;
     let model = VqganDecoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tokens = TokenGrid::load(&args.tokens, "tokens")?;
     let start = std::time::Instant::now();
     let image = model.decode(gpu, &tokens)?;
+    if args.profile {
+        let [b, h, w] = tokens.shape();
+        let plan = model.plan(gpu, b, h, w)?;
+        plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
+        print_profile(&plan.profile(gpu)?.1, 15);
+    }
     let pixels = image.to_vec_f32(gpu)?;
     let shape = image.shape.clone();
     eprintln!("decoded {:?} tokens to {shape:?} in {:.1} ms", tokens.shape(), start.elapsed().as_secs_f64() * 1e3);

@@ -4,6 +4,9 @@ mod bench;
 mod classify;
 mod decode;
 mod demo;
+mod encode;
+mod info;
+mod model;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +38,10 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Decode VQ tokens to images with a taming-transformers VQGAN decoder.
     Decode(decode::DecodeArgs),
+    /// Encode images to VQ tokens with a taming-transformers VQGAN encoder.
+    Encode(encode::EncodeArgs),
+    /// Architecture, parameters, bytes per weight format and planned peak GPU memory of a model.
+    Info(info::InfoArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -72,6 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&Gpu::with_options(&opts)?, args),
         Command::Classify(args) => classify::run(&Gpu::with_options(&opts)?, args),
         Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
+        Command::Encode(args) => encode::run(&Gpu::with_options(&opts)?, args),
+        Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod glue;
+pub mod info;
 pub mod preprocess;
 pub mod vit;
 pub mod vqgan;
@@ -11,6 +12,7 @@ pub mod vqgan_glue;
 pub mod weights;
 
 pub use config::{PreprocessConfig, VitConfig};
+pub use info::{detect, ModelKind, WeightSummary};
 pub use preprocess::{load_image, preprocess};
 pub use vit::VisionTransformer;
 pub use weights::Weights;

@@ -44,6 +44,15 @@ impl WeightFormat {
     }
 
     /// Elements sharing one scale; `cols` for per-channel formats, 0 for unscaled floats.
+    /// Bytes of a `rows × cols` matrix packed in this format (what `PackedMatrix::bytes`
+    /// reports after `quantize`).
+    pub fn packed_bytes(self, rows: usize, cols: usize) -> usize {
+        let gs = self.group_size(cols);
+        let groups = if gs == 0 { 0 } else { cols.div_ceil(gs) };
+        let zeros = if matches!(self, WeightFormat::Q4 { zero_point: true, .. }) { (rows * groups).div_ceil(8) } else { 0 };
+        4 * (rows * cols.div_ceil(self.per_word()) + (rows * groups).div_ceil(2) + zeros)
+    }
+
     pub fn group_size(self, cols: usize) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::F16 => 0,
@@ -378,6 +387,7 @@ mod tests {
             };
             assert!(nmse <= bound, "{}: nmse {nmse}", f.name());
             assert_eq!(WeightFormat::parse(&f.name()).unwrap(), f);
+            assert_eq!(f.packed_bytes(rows, cols), p.bytes(), "{}", f.name());
         }
     }
 

@@ -61,4 +61,16 @@ impl TokenGrid {
         };
         Self::new(view.shape(), ids).map_err(|e| Error::Invalid(format!("tokens {source}: {e}")))
     }
+
+    /// Writes the grid as tensor `name`, i32 [B, h, w].
+    pub fn save(&self, path: &Path, name: &str) -> Result<()> {
+        let ids = self
+            .ids
+            .iter()
+            .map(|&id| i32::try_from(id).map_err(|_| Error::Invalid(format!("token id {id} does not fit i32"))))
+            .collect::<Result<Vec<i32>>>()?;
+        let view = safetensors::tensor::TensorView::new(Dtype::I32, self.shape().to_vec(), bytemuck::cast_slice(&ids))
+            .map_err(|e| Error::Invalid(format!("tokens: {e}")))?;
+        safetensors::serialize_to_file([(name, view)], None, path).map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+    }
 }

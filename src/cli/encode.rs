@@ -1,0 +1,76 @@
+//! `lowbit encode --model PATH IMAGE... --out TOKENS.safetensors [--config FILE] [--format FMT]`:
+//! images → taming VQGAN token grids (tensor `tokens`, i32 [B, h, w]) that `lowbit decode` turns
+//! back into images.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::gpu::Tensor;
+use crate::models::load_image;
+use crate::models::vqgan::VqganEncoder;
+use crate::quant::WeightFormat;
+use crate::Gpu;
+
+#[derive(clap::Args, Debug)]
+pub struct EncodeArgs {
+    /// A folder with model.safetensors + config.yaml (taming's VQModel with its encoder).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// taming's YAML config to use instead of the config.yaml next to the weights.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to write the tokens (tensor `tokens`, i32 [B, h, w]).
+    #[arg(long, value_name = "TOKENS.safetensors")]
+    pub out: PathBuf,
+    /// Weight format of the convs (f32 reproduces taming; q8, q4g32, ... quantize).
+    #[arg(long, default_value = "f32", value_name = "FMT")]
+    pub format: String,
+    /// Images (PNG or JPEG), all the same size. Sides that are not multiples of the model's
+    /// downsampling factor are center-cropped to the nearest smaller multiple.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+}
+
+pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
+    let format = WeightFormat::parse(&args.format)?;
+    let model = VqganEncoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let f = model.downscale();
+    let mut pixels = Vec::new();
+    let mut size = None;
+    for path in &args.images {
+        let img = load_image(path)?;
+        let (h, w) = (img.height() as usize / f * f, img.width() as usize / f * f);
+        if h == 0 || w == 0 {
+            bail!("image {}: {}×{} is smaller than the model's {f}×{f} token cell", path.display(), img.width(), img.height());
+        }
+        if *size.get_or_insert((h, w)) != (h, w) {
+            bail!("image {}: {w}×{h} after cropping, but earlier images are {:?}; encode different sizes separately", path.display(), size.unwrap());
+        }
+        pixels.extend(to_signed_chw(&img, h, w));
+    }
+    let (h, w) = size.unwrap();
+    let images = Tensor::from_f32(gpu, &[args.images.len(), 3, h, w], &pixels)?;
+    let start = std::time::Instant::now();
+    let tokens = model.encode(gpu, &images)?;
+    eprintln!("encoded {} image(s) of {w}×{h} to {:?} tokens in {:.1} ms", args.images.len(), tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
+    tokens.save(&args.out, "tokens").with_context(|| format!("--out {}", args.out.display()))?;
+    println!("{}", args.out.display());
+    Ok(())
+}
+
+/// The center `h`×`w` crop of an RGB image as CHW floats in taming's [−1, 1] (x / 127.5 − 1).
+pub fn to_signed_chw(img: &image::RgbImage, h: usize, w: usize) -> Vec<f32> {
+    let (y0, x0) = ((img.height() as usize - h) / 2, (img.width() as usize - w) / 2);
+    let mut out = vec![0.0; 3 * h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let p = img.get_pixel((x0 + x) as u32, (y0 + y) as u32);
+            for c in 0..3 {
+                out[(c * h + y) * w + x] = p[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    out
+}

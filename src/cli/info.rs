@@ -1,0 +1,54 @@
+//! `lowbit info PATH`: architecture, parameters, bytes per weight format, planned peak GPU memory.
+
+use std::path::PathBuf;
+
+use super::model::{weight_summary, Runnable};
+use crate::graph::plan;
+use crate::models::{detect, ModelKind};
+use crate::quant::WeightFormat;
+use crate::Gpu;
+
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// A model folder (or its .safetensors file).
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Batch size for the planned memory.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+}
+
+pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
+    let summary = weight_summary(&args.path)?;
+    let kind = detect(&args.path)?;
+    println!("model: {} ({kind:?})", args.path.display());
+    let model = if kind == ModelKind::Prior { None } else { Some(Runnable::load(gpu, &args.path, WeightFormat::F32)?) };
+    if let Some(m) = &model {
+        println!("architecture: {}", m.describe());
+    }
+    let params = summary.params();
+    let packable: usize = summary.matrices.iter().map(|(_, r, c)| r * c).sum();
+    println!("parameters: {params} ({packable} in {} packable matrices, {} kept f32)", summary.matrices.len(), summary.other_params);
+    println!("weight bytes per format (packable matrices packed, the rest f32):");
+    for f in WeightFormat::all() {
+        let b = summary.bytes(f);
+        println!("  {:<10} {:>12} bytes  {:>8.2} MB  {:>5.2} bits/weight", f.name(), b, b as f64 / 1e6, 8.0 * b as f64 / params as f64);
+    }
+    if let Some(m) = &model {
+        let graph = m.graph(args.batch)?;
+        let (nodes, unplanned) = (graph.node_count(), graph.unplanned_bytes());
+        let memory = plan(&graph)?;
+        let weights = summary.bytes(WeightFormat::F32) as u64;
+        let act = memory.peak_bytes();
+        println!(
+            "planned peak GPU memory (batch {}, f32 weights): {:.2} MB = weights {:.2} MB + activations {:.2} MB in {} buffers ({nodes} nodes; {:.2} MB without reuse)",
+            args.batch,
+            (weights + act) as f64 / 1e6,
+            weights as f64 / 1e6,
+            act as f64 / 1e6,
+            memory.buffers.len(),
+            unplanned as f64 / 1e6
+        );
+    }
+    Ok(())
+}

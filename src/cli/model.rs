@@ -1,0 +1,106 @@
+//! What `info`, `bench model` and `--profile` share: load any model folder, describe it, and
+//! plan its forward pass on inputs of its natural size.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::graph::{totals_per_op, Graph, NodeTime};
+use crate::models::vqgan::VqganDecoder;
+use crate::models::{detect, ModelKind, VisionTransformer, Weights, WeightSummary};
+use crate::quant::WeightFormat;
+use crate::synthetic::Rng;
+use crate::Gpu;
+
+/// A loaded model whose forward pass is a graph.
+pub enum Runnable {
+    Vit(VisionTransformer),
+    Decoder(VqganDecoder),
+}
+
+impl Runnable {
+    pub fn load(gpu: &Gpu, path: &Path, format: WeightFormat) -> anyhow::Result<Runnable> {
+        let load = || -> anyhow::Result<Runnable> {
+            Ok(match detect(path)? {
+                ModelKind::Vit => Runnable::Vit(VisionTransformer::from_pretrained(gpu, path, None, format)?),
+                ModelKind::Vqgan => Runnable::Decoder(VqganDecoder::from_pretrained(gpu, path, None, format)?),
+                ModelKind::Prior => anyhow::bail!("a prior runs through `lowbit generate`; bench its decoder instead"),
+            })
+        };
+        load().with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// One line on what the model is.
+    pub fn describe(&self) -> String {
+        match self {
+            Runnable::Vit(m) => {
+                let c = &m.config;
+                format!(
+                    "timm ViT `{}`: {}×{} images, patch {}, width {}, depth {}, {} heads, {} classes",
+                    c.architecture, c.img_size, c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.num_classes
+                )
+            }
+            Runnable::Decoder(m) => {
+                let (c, r) = (&m.config, m.config.latent_resolution());
+                format!(
+                    "taming VQGAN decoder: {} codes of dim {}, ch {} × {:?}, {} res blocks, {r}×{r} tokens → {}×{} images",
+                    c.n_embed, c.embed_dim, c.ddconfig.ch, c.ddconfig.ch_mult, c.ddconfig.num_res_blocks, r * c.upscale(), r * c.upscale()
+                )
+            }
+        }
+    }
+
+    /// The forward pass for `batch` inputs of the model's training size.
+    pub fn graph(&self, batch: usize) -> anyhow::Result<Graph> {
+        Ok(match self {
+            Runnable::Vit(m) => m.graph(batch)?,
+            Runnable::Decoder(m) => {
+                let r = m.config.latent_resolution();
+                m.graph(batch, r, r)?
+            }
+        })
+    }
+
+    /// Fills input 0 of a plan of `graph(batch)` with seeded random data of the right kind.
+    pub fn random_input(&self, gpu: &Gpu, plan: &crate::graph::Plan, seed: u64) -> anyhow::Result<()> {
+        let n = plan.input(0)?.numel();
+        let mut rng = Rng::new(seed);
+        match self {
+            Runnable::Vit(_) => plan.set_input(gpu, 0, &(0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect::<Vec<f32>>())?,
+            Runnable::Decoder(m) => {
+                let k = m.config.n_embed as f32;
+                plan.set_input(gpu, 0, &(0..n).map(|_| ((rng.next_f32() * k) as u32).min(k as u32 - 1)).collect::<Vec<u32>>())?
+            }
+        }
+        Ok(())
+    }
+
+    /// Images per input: what "images/s" counts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runnable::Vit(_) => "classify",
+            Runnable::Decoder(_) => "decode",
+        }
+    }
+}
+
+/// Parameters and weight bytes per format of the checkpoint at `path`.
+pub fn weight_summary(path: &Path) -> anyhow::Result<WeightSummary> {
+    let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+    Ok(WeightSummary::new(&Weights::load(&file)?))
+}
+
+/// Prints the `n` slowest nodes and the time per op kind.
+pub fn print_profile(times: &[NodeTime], n: usize) {
+    let total: f64 = times.iter().map(|t| t.ms).sum();
+    println!("profile: {} nodes, {total:.2} ms of GPU time", times.len());
+    let mut slowest: Vec<&NodeTime> = times.iter().collect();
+    slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    for t in slowest.iter().take(n) {
+        println!("  {:>9.3} ms {:>5.1}%  {:<16} {}", t.ms, 100.0 * t.ms / total, t.op, t.name);
+    }
+    println!("per op:");
+    for (op, count, ms) in totals_per_op(times) {
+        println!("  {ms:>9.3} ms {:>5.1}%  {op:<16} ({count} nodes)", 100.0 * ms / total);
+    }
+}

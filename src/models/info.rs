@@ -1,0 +1,76 @@
+//! What a checkpoint folder holds, without running it: which model family, how many
+//! parameters, and how many bytes its weights take in each weight format (`lowbit info`).
+
+use std::path::{Path, PathBuf};
+
+use super::weights::Weights;
+use crate::quant::WeightFormat;
+use crate::{invalid, Error, Result};
+
+/// The model families lowbit loads, told apart by their config files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// timm ViT/DeiT: `config.json` in the hub layout.
+    Vit,
+    /// taming-transformers VQModel: `config.yaml`.
+    Vqgan,
+    /// taming minGPT prior over VQ tokens: `config.json` with `"architecture": "taming_mingpt"`.
+    Prior,
+}
+
+/// The kind of model at `path` (a folder, or a `.safetensors` file with its config beside it).
+pub fn detect(path: &Path) -> Result<ModelKind> {
+    let dir: PathBuf = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+    if dir.join("config.yaml").is_file() {
+        return Ok(ModelKind::Vqgan);
+    }
+    let json = dir.join("config.json");
+    if !json.is_file() {
+        invalid!("model {}: neither config.json (timm ViT, prior) nor config.yaml (taming VQGAN) found", path.display());
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| Error::Invalid(format!("{}: {e}", json.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", json.display())))?;
+    Ok(match v.get("architecture").and_then(|a| a.as_str()) {
+        Some("taming_mingpt") => ModelKind::Prior,
+        _ => ModelKind::Vit,
+    })
+}
+
+/// Parameter counts of a checkpoint, split into the matrices lowbit packs in low-bit formats
+/// (every `*.weight` of two or more dimensions except embedding tables: Linear and conv
+/// weights) and the tensors that stay f32 (biases, norms, embeddings, codebooks).
+#[derive(Clone, Debug, Default)]
+pub struct WeightSummary {
+    /// (name, rows, cols) of each packable matrix, by name.
+    pub matrices: Vec<(String, usize, usize)>,
+    /// Parameters of everything else.
+    pub other_params: usize,
+}
+
+/// Tables looked up by id rather than multiplied: they stay f32.
+const EMBEDDINGS: [&str; 3] = ["quantize.embedding.weight", "tok_emb.weight", "pos_emb"];
+
+impl WeightSummary {
+    pub fn new(w: &Weights) -> WeightSummary {
+        let mut s = WeightSummary::default();
+        for (name, t) in &w.tensors {
+            let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !EMBEDDINGS.contains(&name.as_str());
+            if packable {
+                s.matrices.push((name.clone(), t.shape[0], t.shape[1..].iter().product()));
+            } else if !name.ends_with(".attn.mask") {
+                s.other_params += t.data.len();
+            }
+        }
+        s.matrices.sort();
+        s
+    }
+
+    pub fn params(&self) -> usize {
+        self.other_params + self.matrices.iter().map(|(_, r, c)| r * c).sum::<usize>()
+    }
+
+    /// GPU bytes of all weights with the matrices packed in `format`.
+    pub fn bytes(&self, format: WeightFormat) -> usize {
+        4 * self.other_params + self.matrices.iter().map(|&(_, r, c)| format.packed_bytes(r, c)).sum::<usize>()
+    }
+}
