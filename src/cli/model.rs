@@ -14,16 +14,16 @@ use crate::Gpu;
 
 /// A loaded model whose forward pass is a graph.
 pub enum Runnable {
-    Vit(VisionTransformer),
-    Decoder(VqganDecoder),
+    Vit(Box<VisionTransformer>),
+    Decoder(Box<VqganDecoder>),
 }
 
 impl Runnable {
     pub fn load(gpu: &Gpu, path: &Path, format: WeightFormat) -> anyhow::Result<Runnable> {
         let load = || -> anyhow::Result<Runnable> {
             Ok(match detect(path)? {
-                ModelKind::Vit => Runnable::Vit(VisionTransformer::from_pretrained(gpu, path, None, format)?),
-                ModelKind::Vqgan => Runnable::Decoder(VqganDecoder::from_pretrained(gpu, path, None, format)?),
+                ModelKind::Vit => Runnable::Vit(Box::new(VisionTransformer::from_pretrained(gpu, path, None, format)?)),
+                ModelKind::Vqgan => Runnable::Decoder(Box::new(VqganDecoder::from_pretrained(gpu, path, None, format)?)),
                 ModelKind::Prior => anyhow::bail!("a prior runs through `lowbit generate`; bench its decoder instead"),
             })
         };

@@ -59,7 +59,7 @@ fn expand_includes(source: &str) -> Result<String, String> {
 
 /// Pastes includes recursively, each at most once (an include may include another, e.g.
 /// gemm_q → gemv_q → grid, and two paths to one file must not define its functions twice).
-fn expand_into<'a>(source: &str, seen: &mut Vec<&'a str>, out: &mut String) -> Result<(), String> {
+fn expand_into(source: &str, seen: &mut Vec<&str>, out: &mut String) -> Result<(), String> {
     for line in source.lines() {
         match line.trim().strip_prefix("#include ") {
             Some(name) => {

@@ -124,7 +124,7 @@ impl VqganEncoder {
     /// The encode as a graph: input 0 the images, output 0 the ids [B, h, w] (u32).
     pub fn graph(&self, batch: usize, height: usize, width: usize) -> Result<Graph> {
         let f = self.downscale();
-        if height == 0 || width == 0 || height % f != 0 || width % f != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) {
             shape_err!("vqgan encoder: {height}×{width} images; sides must be positive multiples of {f}");
         }
         let mut g = Graph::new();
