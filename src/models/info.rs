@@ -12,7 +12,7 @@ use crate::{invalid, Error, Result};
 pub enum ModelKind {
     /// timm ViT/DeiT: `config.json` in the hub layout.
     Vit,
-    /// taming-transformers VQModel: `config.yaml`.
+    /// taming-transformers VQModel (`config.yaml`) or LlamaGen VQ tokenizer (`config.json`).
     Vqgan,
     /// taming minGPT prior over VQ tokens: `config.json` with `"architecture": "taming_mingpt"`.
     Prior,
@@ -32,6 +32,7 @@ pub fn detect(path: &Path) -> Result<ModelKind> {
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", json.display())))?;
     Ok(match v.get("architecture").and_then(|a| a.as_str()) {
         Some("taming_mingpt") => ModelKind::Prior,
+        Some("VQ-16" | "VQ_16" | "VQ-8" | "VQ_8" | "llamagen_vq") => ModelKind::Vqgan,
         _ => ModelKind::Vit,
     })
 }
@@ -50,6 +51,9 @@ pub struct WeightSummary {
 /// Tables looked up by id rather than multiplied: they stay f32.
 const EMBEDDINGS: [&str; 3] = ["quantize.embedding.weight", "tok_emb.weight", "pos_emb"];
 
+/// Training-time bookkeeping buffers, not parameters.
+const BUFFERS: [&str; 2] = [".attn.mask", "quantize.codebook_used"];
+
 impl WeightSummary {
     pub fn new(w: &Weights) -> WeightSummary {
         let mut s = WeightSummary::default();
@@ -57,7 +61,7 @@ impl WeightSummary {
             let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !EMBEDDINGS.contains(&name.as_str());
             if packable {
                 s.matrices.push((name.clone(), t.shape[0], t.shape[1..].iter().product()));
-            } else if !name.ends_with(".attn.mask") {
+            } else if !BUFFERS.iter().any(|b| name.ends_with(b)) {
                 s.other_params += t.data.len();
             }
         }

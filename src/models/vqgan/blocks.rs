@@ -16,6 +16,8 @@ pub(super) const GROUPS: usize = 32;
 pub(super) const GN_EPS: f32 = 1e-6;
 
 pub(super) struct ResnetBlock {
+    /// The checkpoint prefix, naming the block's nodes.
+    name: String,
     norm1: Norm,
     conv1: Conv2d,
     norm2: Norm,
@@ -25,10 +27,48 @@ pub(super) struct ResnetBlock {
 }
 
 pub(super) struct AttnBlock {
+    name: String,
     norm: Norm,
     /// q, k, v stacked as one 1×1 conv with 3C outputs.
     qkv: Conv2d,
     proj_out: QLinear,
+}
+
+/// Where the checkpoint keeps each block: taming's names, or LlamaGen's (which renamed the
+/// containers of the same blocks: `mid.0..2`, `conv_blocks.N.res/attn`, levels of the decoder
+/// numbered from the deepest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Taming,
+    LlamaGen,
+}
+
+impl Flavor {
+    /// `side` is "encoder" or "decoder"; `i` indexes (block_1, attn_1, block_2).
+    pub(super) fn mid(self, side: &str, i: usize) -> String {
+        match self {
+            Flavor::Taming => format!("{side}.mid.{}", ["block_1", "attn_1", "block_2"][i]),
+            Flavor::LlamaGen => format!("{side}.mid.{i}"),
+        }
+    }
+
+    /// The prefix of resolution level `level` (0 = full resolution) of `levels`.
+    pub(super) fn level(self, side: &str, level: usize, levels: usize) -> String {
+        match (self, side) {
+            (Flavor::Taming, "encoder") => format!("encoder.down.{level}"),
+            (Flavor::Taming, _) => format!("{side}.up.{level}"),
+            (Flavor::LlamaGen, "encoder") => format!("encoder.conv_blocks.{level}"),
+            (Flavor::LlamaGen, _) => format!("{side}.conv_blocks.{}", levels - 1 - level),
+        }
+    }
+
+    /// The ResnetBlock list inside a level.
+    pub(super) fn blocks(self) -> &'static str {
+        match self {
+            Flavor::Taming => "block",
+            Flavor::LlamaGen => "res",
+        }
+    }
 }
 
 /// Reads and uploads the checkpoint's tensors, packing matrices in `format`.
@@ -64,6 +104,7 @@ impl Loader<'_> {
             invalid!("checkpoint {}: {prefix}.conv_shortcut (3×3 shortcut) is not supported", self.w.source);
         }
         Ok(ResnetBlock {
+            name: prefix.to_string(),
             norm1: self.norm(&format!("{prefix}.norm1"), cin)?,
             conv1: self.conv(&format!("{prefix}.conv1"), cin, cout, 3)?,
             norm2: self.norm(&format!("{prefix}.norm2"), cout)?,
@@ -83,6 +124,7 @@ impl Loader<'_> {
         let key = format!("{prefix}.proj_out.weight");
         let proj = self.matrix(&key, self.w.get(&key, &[c, c, 1, 1])?, c, c)?;
         Ok(AttnBlock {
+            name: prefix.to_string(),
             norm: self.norm(&format!("{prefix}.norm"), c)?,
             qkv,
             proj_out: QLinear::new(self.gpu, &proj, Some(self.w.get(&format!("{prefix}.proj_out.bias"), &[c])?))?,
@@ -91,7 +133,8 @@ impl Loader<'_> {
 }
 
 /// norm1 → swish → conv1 → norm2 → swish → conv2, plus the (projected) input.
-pub(super) fn resnet(g: &mut Graph, name: &str, blk: &ResnetBlock, x: Value) -> Result<Value> {
+pub(super) fn resnet(g: &mut Graph, blk: &ResnetBlock, x: Value) -> Result<Value> {
+    let name = &blk.name;
     let h = g.group_norm(&format!("{name}.norm1"), x, &blk.norm1, GROUPS, GN_EPS, true)?;
     let h = g.conv2d(&format!("{name}.conv1"), &blk.conv1, h)?;
     let h = g.group_norm(&format!("{name}.norm2"), h, &blk.norm2, GROUPS, GN_EPS, true)?;
@@ -106,7 +149,8 @@ pub(super) fn resnet(g: &mut Graph, name: &str, blk: &ResnetBlock, x: Value) -> 
 /// `x + proj_out(softmax(q·kᵀ·C^-0.5)·v)` with q, k, v from GroupNorm(x), written over `x`:
 /// q, k, v come out of one 1×1 conv as tokens [B, T, 3C] (the attention kernel's layout, one
 /// head of width C), and proj_out's tokens are transposed back while added to the residual.
-pub(super) fn attn_block(g: &mut Graph, name: &str, blk: &AttnBlock, x: Value) -> Result<Value> {
+pub(super) fn attn_block(g: &mut Graph, blk: &AttnBlock, x: Value) -> Result<Value> {
+    let name = &blk.name;
     let [b, c, h, w] = g.nchw(x, name)?;
     let normed = g.group_norm(&format!("{name}.norm"), x, &blk.norm, GROUPS, GN_EPS, false)?;
     let qkv = g.conv_to_tokens(&format!("{name}.q/k/v"), &blk.qkv, normed)?;

@@ -16,9 +16,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::blocks::Flavor;
+use crate::kernels::vq::Metric;
 use crate::{Error, Result};
 
-/// The decoder-side hyper-parameters of a taming `VQModel`.
+/// The hyper-parameters of a taming `VQModel` (or of LlamaGen's, which has the same shape).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct VqganConfig {
     /// Codebook vector width (post_quant_conv input).
@@ -26,6 +28,60 @@ pub struct VqganConfig {
     /// Codebook entries: valid token ids are 0..n_embed.
     pub n_embed: usize,
     pub ddconfig: DdConfig,
+    /// LlamaGen: codes and encoder outputs are l2-normalized (search by cosine).
+    #[serde(default)]
+    pub codebook_l2_norm: bool,
+    /// Whose key names the checkpoint uses (set by the loader from the config's format).
+    #[serde(skip, default = "taming")]
+    pub flavor: Flavor,
+}
+
+fn taming() -> Flavor {
+    Flavor::Taming
+}
+
+/// LlamaGen's `config.json` (lowbit's own: LlamaGen defines its models in code, `VQ_16` and
+/// `VQ_8` in `tokenizer/tokenizer_image/vq_model.py`); every field defaults to `VQ_16`'s.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LlamaGenFile {
+    architecture: String,
+    #[serde(default = "llamagen_codes")]
+    codebook_size: usize,
+    #[serde(default = "llamagen_dim")]
+    codebook_embed_dim: usize,
+    #[serde(default = "yes")]
+    codebook_l2_norm: bool,
+    encoder_ch_mult: Option<Vec<usize>>,
+    decoder_ch_mult: Option<Vec<usize>>,
+    #[serde(default = "llamagen_z")]
+    z_channels: usize,
+    #[serde(default = "llamagen_ch")]
+    ch: usize,
+    #[serde(default = "two")]
+    num_res_blocks: usize,
+    /// The training resolution (only sets which level has attention: the deepest).
+    #[serde(default = "llamagen_image")]
+    image_size: usize,
+}
+
+fn llamagen_codes() -> usize {
+    16384
+}
+fn llamagen_dim() -> usize {
+    8
+}
+fn llamagen_z() -> usize {
+    256
+}
+fn llamagen_ch() -> usize {
+    128
+}
+fn two() -> usize {
+    2
+}
+fn llamagen_image() -> usize {
+    256
 }
 
 /// taming's `ddconfig`, the `Decoder`'s constructor arguments.
@@ -75,9 +131,76 @@ struct Section {
 }
 
 impl VqganConfig {
+    /// taming's YAML (`.yaml`/`.yml`) or LlamaGen's JSON.
     pub fn load(path: &Path) -> Result<VqganConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
-        Self::from_yaml(&text, &path.display().to_string())
+        let source = path.display().to_string();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Self::from_llamagen_json(&text, &source),
+            _ => Self::from_yaml(&text, &source),
+        }
+    }
+
+    /// (weights, config) of a model folder: `config.yaml` (taming) if present, else
+    /// `config.json` (LlamaGen); `config` overrides.
+    pub fn resolve(path: &Path, config: Option<&Path>) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let name = if config.is_none() && !dir.join("config.yaml").is_file() && dir.join("config.json").is_file() { "config.json" } else { "config.yaml" };
+        crate::models::weights::resolve_checkpoint(path, config, name)
+    }
+
+    /// LlamaGen's VQ models in lowbit's `config.json`: `{"architecture": "VQ-16"}` (or `VQ-8`,
+    /// or `llamagen_vq` with `encoder_ch_mult`/`decoder_ch_mult`), other fields as `ModelArgs`.
+    pub fn from_llamagen_json(text: &str, source: &str) -> Result<VqganConfig> {
+        let bad = |e: String| Error::Invalid(format!("config {source}: {e}"));
+        let f: LlamaGenFile = serde_json::from_str(text).map_err(|e| bad(format!("not a LlamaGen VQ config: {e}")))?;
+        let preset = match f.architecture.as_str() {
+            "VQ-16" | "VQ_16" => vec![1, 1, 2, 2, 4],
+            "VQ-8" | "VQ_8" => vec![1, 2, 2, 4],
+            "llamagen_vq" => vec![],
+            other => return Err(bad(format!("unknown architecture `{other}` (VQ-16, VQ-8, llamagen_vq)"))),
+        };
+        let pick = |m: Option<Vec<usize>>| m.unwrap_or_else(|| preset.clone());
+        let (enc, dec) = (pick(f.encoder_ch_mult), pick(f.decoder_ch_mult));
+        if enc != dec {
+            return Err(bad(format!("encoder_ch_mult {enc:?} and decoder_ch_mult {dec:?} differ; lowbit supports equal ones")));
+        }
+        if dec.is_empty() {
+            return Err(bad("llamagen_vq needs decoder_ch_mult".into()));
+        }
+        let latent = f.image_size >> (dec.len() - 1);
+        let c = VqganConfig {
+            embed_dim: f.codebook_embed_dim,
+            n_embed: f.codebook_size,
+            ddconfig: DdConfig {
+                ch: f.ch,
+                ch_mult: dec,
+                num_res_blocks: f.num_res_blocks,
+                // LlamaGen puts attention at the deepest level only.
+                attn_resolutions: vec![latent],
+                z_channels: f.z_channels,
+                resolution: f.image_size,
+                out_ch: 3,
+                in_channels: 3,
+                double_z: false,
+                resamp_with_conv: true,
+                give_pre_end: false,
+                tanh_out: false,
+            },
+            codebook_l2_norm: f.codebook_l2_norm,
+            flavor: Flavor::LlamaGen,
+        };
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+
+    /// How the codebook is searched and read: cosine for l2-normalized codebooks.
+    pub fn metric(&self) -> Metric {
+        if self.codebook_l2_norm {
+            Metric::Cosine
+        } else {
+            Metric::L2
+        }
     }
 
     /// Parses taming's layout (`model.params`); `source` names the file in errors.

@@ -10,12 +10,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::blocks::{attn_block, resnet, to_nchw, AttnBlock, Loader, ResnetBlock, GN_EPS, GROUPS};
+use super::blocks::{attn_block, resnet, to_nchw, AttnBlock, Flavor, Loader, ResnetBlock, GN_EPS, GROUPS};
 use super::{TokenGrid, VqganConfig};
 use crate::gpu::{DType, Tensor};
 use crate::graph::{Graph, Norm, Plan};
 use crate::kernels::conv::Conv2d;
-use crate::kernels::vq::{Codebook, Metric};
+use crate::kernels::vq::Codebook;
 use crate::models::weights::Weights;
 use crate::quant::WeightFormat;
 use crate::{invalid, Gpu, Result};
@@ -50,32 +50,29 @@ impl VqganDecoder {
         let dd = &c.ddconfig;
         let l = Loader { gpu, w, format };
         let codes = w.get("quantize.embedding.weight", &[c.n_embed, c.embed_dim])?;
-        let codebook = Codebook::new(gpu, codes, c.n_embed, c.embed_dim, Metric::L2)?;
+        let codebook = Codebook::new(gpu, codes, c.n_embed, c.embed_dim, c.metric())?;
         let post_quant_conv = l.conv("post_quant_conv", c.embed_dim, dd.z_channels, 1)?;
         let levels = dd.ch_mult.len();
         let mut ch = c.level_channels(levels - 1);
         let conv_in = l.conv("decoder.conv_in", dd.z_channels, ch, 3)?;
-        let mid = (
-            l.resnet("decoder.mid.block_1", ch, ch)?,
-            l.attn("decoder.mid.attn_1", ch)?,
-            l.resnet("decoder.mid.block_2", ch, ch)?,
-        );
+        let f = c.flavor;
+        let mid = (l.resnet(&f.mid("decoder", 0), ch, ch)?, l.attn(&f.mid("decoder", 1), ch)?, l.resnet(&f.mid("decoder", 2), ch, ch)?);
         let mut up: Vec<Level> = Vec::with_capacity(levels);
         let mut res = c.latent_resolution();
         for level in (0..levels).rev() {
-            let p = format!("decoder.up.{level}");
+            let p = f.level("decoder", level, levels);
             let out = c.level_channels(level);
             let mut blocks = Vec::new();
             let mut attns = Vec::new();
             for i in 0..=dd.num_res_blocks {
-                blocks.push(l.resnet(&format!("{p}.block.{i}"), ch, out)?);
+                blocks.push(l.resnet(&format!("{p}.{}.{i}", f.blocks()), ch, out)?);
                 ch = out;
                 if dd.attn_resolutions.contains(&res) {
                     attns.push(l.attn(&format!("{p}.attn.{i}"), ch)?);
                 }
             }
             // Blocks the config does not account for mean the config is for another model.
-            for extra in [format!("{p}.block.{}.norm1.weight", dd.num_res_blocks + 1), format!("{p}.attn.{}.norm.weight", attns.len())] {
+            for extra in [format!("{p}.{}.{}.norm1.weight", f.blocks(), dd.num_res_blocks + 1), format!("{p}.attn.{}.norm.weight", attns.len())] {
                 if w.contains(&extra) {
                     invalid!("checkpoint {} has {extra}, which the config (num_res_blocks, attn_resolutions) does not describe", w.source);
                 }
@@ -88,7 +85,13 @@ impl VqganDecoder {
             };
             up.insert(0, Level { blocks, attns, upsample });
         }
-        if w.contains(&format!("decoder.up.{levels}.block.0.norm1.weight")) {
+        // One level more than ch_mult describes: taming numbers it `levels`, LlamaGen (counting
+        // from the deepest) too, which is level 0 of a model one level deeper.
+        let extra = match f {
+            Flavor::Taming => f.level("decoder", levels, levels + 1),
+            Flavor::LlamaGen => f.level("decoder", 0, levels + 1),
+        };
+        if w.contains(&format!("{extra}.{}.0.norm1.weight", f.blocks())) {
             invalid!("checkpoint {} has more than the configured {levels} decoder levels (ch_mult)", w.source);
         }
         let norm_out = l.norm("decoder.norm_out", ch)?;
@@ -99,7 +102,7 @@ impl VqganDecoder {
     /// Loads `path`: a folder with `model.safetensors` and `config.yaml`, or a `.safetensors`
     /// file with `config.yaml` beside it; `config` overrides where the config comes from.
     pub fn from_pretrained(gpu: &Gpu, path: &Path, config: Option<&Path>, format: WeightFormat) -> Result<VqganDecoder> {
-        let (weights_path, config_path) = crate::models::weights::resolve_checkpoint(path, config, "config.yaml")?;
+        let (weights_path, config_path) = VqganConfig::resolve(path, config)?;
         let cfg = VqganConfig::load(&config_path)?;
         let weights = Weights::load(&weights_path)?;
         Self::new(gpu, &cfg, &weights, format)
@@ -175,20 +178,22 @@ impl VqganDecoder {
         let z = to_nchw(&mut g, "quantize", codes, (h, w))?;
         let z = g.conv2d("post_quant_conv", &self.post_quant_conv, z)?;
         let mut x = g.conv2d("decoder.conv_in", &self.conv_in, z)?;
-        x = resnet(&mut g, "decoder.mid.block_1", &self.mid.0, x)?;
-        x = attn_block(&mut g, "decoder.mid.attn_1", &self.mid.1, x)?;
-        x = resnet(&mut g, "decoder.mid.block_2", &self.mid.2, x)?;
+        x = resnet(&mut g, &self.mid.0, x)?;
+        x = attn_block(&mut g, &self.mid.1, x)?;
+        x = resnet(&mut g, &self.mid.2, x)?;
+        let levels = self.up.len();
         for (l, level) in self.up.iter().enumerate().rev() {
             for (i, block) in level.blocks.iter().enumerate() {
-                x = resnet(&mut g, &format!("decoder.up.{l}.block.{i}"), block, x)?;
+                x = resnet(&mut g, block, x)?;
                 if let Some(a) = level.attns.get(i) {
-                    x = attn_block(&mut g, &format!("decoder.up.{l}.attn.{i}"), a, x)?;
+                    x = attn_block(&mut g, a, x)?;
                 }
             }
             if let Some(conv) = &level.upsample {
-                x = g.upsample2x(&format!("decoder.up.{l}.upsample"), x)?;
+                let p = self.config.flavor.level("decoder", l, levels);
+                x = g.upsample2x(&format!("{p}.upsample"), x)?;
                 if let Some(conv) = conv {
-                    x = g.conv2d(&format!("decoder.up.{l}.upsample.conv"), conv, x)?;
+                    x = g.conv2d(&format!("{p}.upsample.conv"), conv, x)?;
                 }
             }
         }

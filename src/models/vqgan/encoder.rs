@@ -13,7 +13,7 @@ use super::{TokenGrid, VqganConfig};
 use crate::gpu::{DType, Tensor};
 use crate::graph::{Graph, Norm, Plan};
 use crate::kernels::conv::{Conv2d, Padding};
-use crate::kernels::vq::{Codebook, Metric};
+use crate::kernels::vq::Codebook;
 use crate::models::weights::Weights;
 use crate::quant::WeightFormat;
 use crate::{invalid, shape_err, Gpu, Result};
@@ -50,25 +50,27 @@ impl VqganEncoder {
             invalid!("vqgan encoder: resamp_with_conv: false (average-pool downsampling) is not supported");
         }
         let l = Loader { gpu, w, format };
+        let f = c.flavor;
+        let levels = dd.ch_mult.len();
         let mut ch = dd.ch;
         let conv_in = l.conv("encoder.conv_in", dd.in_channels, ch, 3)?;
         let mut res = dd.resolution;
         let mut down = Vec::with_capacity(dd.ch_mult.len());
         for (level, &mult) in dd.ch_mult.iter().enumerate() {
-            let p = format!("encoder.down.{level}");
+            let p = f.level("encoder", level, levels);
             let out = dd.ch * mult;
             let (mut blocks, mut attns) = (Vec::new(), Vec::new());
             for i in 0..dd.num_res_blocks {
-                blocks.push(l.resnet(&format!("{p}.block.{i}"), ch, out)?);
+                blocks.push(l.resnet(&format!("{p}.{}.{i}", f.blocks()), ch, out)?);
                 ch = out;
                 if dd.attn_resolutions.contains(&res) {
                     attns.push(l.attn(&format!("{p}.attn.{i}"), ch)?);
                 }
             }
-            if w.contains(&format!("{p}.block.{}.norm1.weight", dd.num_res_blocks)) {
+            if w.contains(&format!("{p}.{}.{}.norm1.weight", f.blocks(), dd.num_res_blocks)) {
                 invalid!("checkpoint {} has more blocks at {p} than num_res_blocks = {}", w.source, dd.num_res_blocks);
             }
-            let downsample = if level + 1 < dd.ch_mult.len() {
+            let downsample = if level + 1 < levels {
                 res /= 2;
                 let key = format!("{p}.downsample.conv");
                 // F.pad(x, (0, 1, 0, 1)) then a 3×3 stride-2 conv without padding.
@@ -78,21 +80,21 @@ impl VqganEncoder {
             };
             down.push(Level { blocks, attns, downsample });
         }
-        if w.contains(&format!("encoder.down.{}.block.0.norm1.weight", dd.ch_mult.len())) {
+        if w.contains(&format!("{}.{}.0.norm1.weight", f.level("encoder", levels, levels + 1), f.blocks())) {
             invalid!("checkpoint {} has more encoder levels than ch_mult describes", w.source);
         }
-        let mid = (l.resnet("encoder.mid.block_1", ch, ch)?, l.attn("encoder.mid.attn_1", ch)?, l.resnet("encoder.mid.block_2", ch, ch)?);
+        let mid = (l.resnet(&f.mid("encoder", 0), ch, ch)?, l.attn(&f.mid("encoder", 1), ch)?, l.resnet(&f.mid("encoder", 2), ch, ch)?);
         let norm_out = l.norm("encoder.norm_out", ch)?;
         let conv_out = l.conv("encoder.conv_out", ch, dd.z_channels, 3)?;
         let quant_conv = l.conv("quant_conv", dd.z_channels, c.embed_dim, 1)?;
         let codes = w.get("quantize.embedding.weight", &[c.n_embed, c.embed_dim])?;
-        let codebook = Codebook::new(gpu, codes, c.n_embed, c.embed_dim, Metric::L2)?;
+        let codebook = Codebook::new(gpu, codes, c.n_embed, c.embed_dim, c.metric())?;
         Ok(VqganEncoder { config: c.clone(), format, conv_in, down, mid, norm_out, conv_out, quant_conv, codebook })
     }
 
     /// Loads `path` (a folder with model.safetensors + config.yaml, or a .safetensors file).
     pub fn from_pretrained(gpu: &Gpu, path: &Path, config: Option<&Path>, format: WeightFormat) -> Result<VqganEncoder> {
-        let (weights_path, config_path) = crate::models::weights::resolve_checkpoint(path, config, "config.yaml")?;
+        let (weights_path, config_path) = VqganConfig::resolve(path, config)?;
         let cfg = VqganConfig::load(&config_path)?;
         let weights = Weights::load(&weights_path)?;
         Self::new(gpu, &cfg, &weights, format)
@@ -130,20 +132,21 @@ impl VqganEncoder {
         let mut g = Graph::new();
         let image = g.input(&[batch, self.config.ddconfig.in_channels, height, width], DType::F32);
         let mut x = g.conv2d("encoder.conv_in", &self.conv_in, image)?;
+        let levels = self.down.len();
         for (l, level) in self.down.iter().enumerate() {
             for (i, block) in level.blocks.iter().enumerate() {
-                x = resnet(&mut g, &format!("encoder.down.{l}.block.{i}"), block, x)?;
+                x = resnet(&mut g, block, x)?;
                 if let Some(a) = level.attns.get(i) {
-                    x = attn_block(&mut g, &format!("encoder.down.{l}.attn.{i}"), a, x)?;
+                    x = attn_block(&mut g, a, x)?;
                 }
             }
             if let Some(conv) = &level.downsample {
-                x = g.conv2d(&format!("encoder.down.{l}.downsample.conv"), conv, x)?;
+                x = g.conv2d(&format!("{}.downsample.conv", self.config.flavor.level("encoder", l, levels)), conv, x)?;
             }
         }
-        x = resnet(&mut g, "encoder.mid.block_1", &self.mid.0, x)?;
-        x = attn_block(&mut g, "encoder.mid.attn_1", &self.mid.1, x)?;
-        x = resnet(&mut g, "encoder.mid.block_2", &self.mid.2, x)?;
+        x = resnet(&mut g, &self.mid.0, x)?;
+        x = attn_block(&mut g, &self.mid.1, x)?;
+        x = resnet(&mut g, &self.mid.2, x)?;
         let x = g.group_norm("encoder.norm_out", x, &self.norm_out, GROUPS, GN_EPS, true)?;
         let z = g.conv2d("encoder.conv_out", &self.conv_out, x)?;
         let z = g.conv_to_tokens("quant_conv", &self.quant_conv, z)?;
