@@ -145,3 +145,20 @@ fn planned_memory_changes_nothing() {
     assert!(results[0].iter().all(|v| v.is_finite()));
     assert!(results.iter().all(|r| r == &results[0]));
 }
+
+#[test]
+fn unshared_plans_expose_every_node_input() {
+    let gpu = gpu();
+    let n = 64;
+    let x = random(n, 4, 2.0);
+    let plan = Plan::unshared(gpu, chain(n)).unwrap();
+    plan.set_input(gpu, 0, &x).unwrap();
+    plan.run(gpu).unwrap();
+    let (inputs, out) = plan.node_values("b").unwrap();
+    let a: Vec<f32> = x.iter().map(|&v| Activation::Gelu.reference(v)).collect();
+    assert_nmse("input of b", &inputs[0].to_vec_f32(gpu).unwrap(), &a, F32_NMSE);
+    let b: Vec<f32> = a.iter().map(|&v| Activation::Swish.reference(v)).collect();
+    assert_nmse("output of b", &out.to_vec_f32(gpu).unwrap(), &b, F32_NMSE);
+    assert_eq!(plan.nodes().map(|(name, _)| name).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert!(plan.node_values("z").is_err());
+}

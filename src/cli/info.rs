@@ -27,7 +27,7 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         println!("architecture: {}", m.describe());
     }
     let params = summary.params();
-    let packable: usize = summary.matrices.iter().map(|(_, r, c)| r * c).sum();
+    let packable: usize = summary.matrices.iter().map(|(_, r, c, _)| r * c).sum();
     println!("parameters: {params} ({packable} in {} packable matrices, {} kept f32)", summary.matrices.len(), summary.other_params);
     println!("weight bytes per format (packable matrices packed, the rest f32):");
     for f in WeightFormat::all() {

@@ -66,10 +66,10 @@ impl Runnable {
         let n = plan.input(0)?.numel();
         let mut rng = Rng::new(seed);
         match self {
-            Runnable::Vit(_) => plan.set_input(gpu, 0, &(0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect::<Vec<f32>>())?,
+            Runnable::Vit(_) => plan.set_input(gpu, 0, &(0..n).map(|_| rng.next_f32()).collect::<Vec<f32>>())?,
             Runnable::Decoder(m) => {
                 let k = m.config.n_embed as f32;
-                plan.set_input(gpu, 0, &(0..n).map(|_| ((rng.next_f32() * k) as u32).min(k as u32 - 1)).collect::<Vec<u32>>())?
+                plan.set_input(gpu, 0, &(0..n).map(|_| (((rng.next_f32() + 1.0) * 0.5 * k) as u32).min(k as u32 - 1)).collect::<Vec<u32>>())?
             }
         }
         Ok(())
@@ -87,7 +87,7 @@ impl Runnable {
 /// Parameters and weight bytes per format of the checkpoint at `path`.
 pub fn weight_summary(path: &Path) -> anyhow::Result<WeightSummary> {
     let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    Ok(WeightSummary::new(&Weights::load(&file)?))
+    Ok(WeightSummary::new(&Weights::load(&file)?)?)
 }
 
 /// Prints the `n` slowest nodes and the time per op kind.

@@ -52,6 +52,26 @@ impl Plan {
         Ok(Plan { graph, memory, tensors, bind_groups: Default::default() })
     }
 
+    /// A plan that keeps every value in its own buffer, so all of them can be read after a run
+    /// (calibration reads each layer's inputs through `node_values`).
+    pub fn unshared(gpu: &Gpu, graph: Graph) -> Result<Plan> {
+        let memory = super::planner::unshared(&graph);
+        Self::with_memory(gpu, graph, memory)
+    }
+
+    /// The names and op kinds of the nodes, in execution order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.graph.nodes.iter().map(|n| (n.name.as_str(), n.op))
+    }
+
+    /// The input tensors and the output tensor of node `name` after a run. With shared memory
+    /// (`Plan::new`) a value may since have been overwritten: use `Plan::unshared` to read them.
+    pub fn node_values(&self, name: &str) -> Result<(Vec<Tensor>, Tensor)> {
+        let Some(node) = self.graph.nodes.iter().find(|n| n.name == name) else { invalid!("graph has no node `{name}`") };
+        let inputs = node.inputs.iter().map(|v| self.tensors[v.0].clone()).collect();
+        Ok((inputs, self.tensors[node.output.0].clone()))
+    }
+
     /// Fills every buffer with `word` (tests: results must not depend on what buffers held).
     pub fn fill_buffers(&self, gpu: &Gpu, word: u32) {
         for t in &self.tensors {

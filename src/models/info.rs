@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::weights::Weights;
+use crate::quant::packed::Description;
 use crate::quant::WeightFormat;
 use crate::{invalid, Error, Result};
 
@@ -42,8 +43,8 @@ pub fn detect(path: &Path) -> Result<ModelKind> {
 /// weights) and the tensors that stay f32 (biases, norms, embeddings, codebooks).
 #[derive(Clone, Debug, Default)]
 pub struct WeightSummary {
-    /// (name, rows, cols) of each packable matrix, by name.
-    pub matrices: Vec<(String, usize, usize)>,
+    /// (name, rows, cols, the format `lowbit quantize` packed it in) of each packable matrix.
+    pub matrices: Vec<(String, usize, usize, Option<WeightFormat>)>,
     /// Parameters of everything else.
     pub other_params: usize,
 }
@@ -55,26 +56,38 @@ const EMBEDDINGS: [&str; 3] = ["quantize.embedding.weight", "tok_emb.weight", "p
 const BUFFERS: [&str; 2] = [".attn.mask", "quantize.codebook_used"];
 
 impl WeightSummary {
-    pub fn new(w: &Weights) -> WeightSummary {
+    pub fn new(w: &Weights) -> Result<WeightSummary> {
         let mut s = WeightSummary::default();
         for (name, t) in &w.tensors {
             let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !EMBEDDINGS.contains(&name.as_str());
             if packable {
-                s.matrices.push((name.clone(), t.shape[0], t.shape[1..].iter().product()));
+                s.matrices.push((name.clone(), t.shape[0], t.shape[1..].iter().product(), None));
             } else if !BUFFERS.iter().any(|b| name.ends_with(b)) {
                 s.other_params += t.data.len();
             }
         }
-        s.matrices.sort();
-        s
+        if let Some(desc) = Description::of(w)? {
+            for (name, t) in desc.tensors {
+                let format = WeightFormat::parse(&t.format)?;
+                s.matrices.push((name, t.shape[0], t.shape[1..].iter().product(), Some(format)));
+            }
+        }
+        s.matrices.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(s)
     }
 
     pub fn params(&self) -> usize {
-        self.other_params + self.matrices.iter().map(|(_, r, c)| r * c).sum::<usize>()
+        self.other_params + self.matrices.iter().map(|(_, r, c, _)| r * c).sum::<usize>()
     }
 
-    /// GPU bytes of all weights with the matrices packed in `format`.
+    /// GPU bytes of all weights with the matrices packed in `format` (matrices the checkpoint
+    /// already packed count in their own format).
     pub fn bytes(&self, format: WeightFormat) -> usize {
-        4 * self.other_params + self.matrices.iter().map(|&(_, r, c)| format.packed_bytes(r, c)).sum::<usize>()
+        4 * self.other_params + self.matrices.iter().map(|&(_, r, c, stored)| stored.unwrap_or(format).packed_bytes(r, c)).sum::<usize>()
+    }
+
+    /// True when `lowbit quantize` wrote this checkpoint.
+    pub fn is_quantized(&self) -> bool {
+        self.matrices.iter().any(|m| m.3.is_some())
     }
 }

@@ -16,8 +16,8 @@ use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::matmul::QLinear;
-use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{invalid, shape_err, Error, Gpu, Result};
+use crate::quant::WeightFormat;
+use crate::{invalid, shape_err, Gpu, Result};
 
 /// timm's ViT LayerNorm epsilon.
 const LN_EPS: f32 = 1e-6;
@@ -58,11 +58,9 @@ fn load_norm(gpu: &Gpu, w: &Weights, prefix: &str, dim: usize) -> Result<Norm> {
     })
 }
 
-/// A `nn.Linear` (`weight` [out, in]) packed in `format`.
+/// A `nn.Linear` (`weight` [out, in]) packed in `format` (or as the checkpoint packed it).
 fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat) -> Result<QLinear> {
-    let key = format!("{prefix}.weight");
-    let weight = w.get(&key, &[out, inp])?;
-    let packed = PackedMatrix::quantize(weight, out, inp, format).map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
+    let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
     let bias = if bias { Some(w.get(&format!("{prefix}.bias"), &[out])?) } else { None };
     QLinear::new(gpu, &packed, bias)
 }
@@ -74,8 +72,7 @@ impl VisionTransformer {
         let c = config;
         let (d, p, hidden) = (c.embed_dim, c.patch_size, c.mlp_hidden());
         let tokens = c.tokens();
-        let pw = w.get("patch_embed.proj.weight", &[d, 3, p, p])?;
-        let packed = PackedMatrix::quantize(pw, d, 3 * p * p, format)?;
+        let packed = w.matrix("patch_embed.proj.weight", &[d, 3, p, p], format)?;
         let patch = Conv2d::new(gpu, &packed, Some(w.get("patch_embed.proj.bias", &[d])?), (p, p), p, 0)?;
         let cls_token = upload(gpu, w, "cls_token", &[1, 1, d], &[d])?;
         let pos_embed = upload(gpu, w, "pos_embed", &[1, tokens, d], &[tokens, d])?;
@@ -139,6 +136,16 @@ impl VisionTransformer {
 
     /// The forward pass as a graph; node names are the checkpoint's.
     pub fn graph(&self, batch: usize) -> Result<Graph> {
+        self.build(batch, false)
+    }
+
+    /// `graph` with a second output: the pooled features [B, embed_dim] the head reads (what
+    /// Fréchet distances between image sets are computed on).
+    pub fn graph_with_features(&self, batch: usize) -> Result<Graph> {
+        self.build(batch, true)
+    }
+
+    fn build(&self, batch: usize, features: bool) -> Result<Graph> {
         let c = &self.config;
         let (b, s, d, t) = (batch, c.img_size, c.embed_dim, c.tokens());
         let mut g = Graph::new();
@@ -162,11 +169,15 @@ impl VisionTransformer {
             x = residual(&mut g, &p("ls2"), x, h, blk.ls2.as_ref())?;
         }
         let cls = g.node("cls_token", "take_token", &[x], &[b, d], DType::F32, |gpu, enc, i, out| take_token(gpu, enc, i[0], out));
-        let mut out = g.layer_norm("norm", cls, &self.norm, LN_EPS)?;
-        if let Some(head) = &self.head {
-            out = g.linear("head", head, out, None)?;
-        }
+        let pooled = g.layer_norm("norm", cls, &self.norm, LN_EPS)?;
+        let out = match &self.head {
+            Some(head) => g.linear("head", head, pooled, None)?,
+            None => pooled,
+        };
         g.output(out);
+        if features {
+            g.output(pooled);
+        }
         Ok(g)
     }
 }

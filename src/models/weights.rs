@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::quant::{PackedMatrix, WeightFormat};
 use crate::{invalid, shape_err, Error, Result};
 
 /// One tensor of a checkpoint, in f32.
@@ -23,6 +24,10 @@ pub struct Weights {
     /// The file name (or any label) errors mention.
     pub source: String,
     pub tensors: HashMap<String, WeightTensor>,
+    /// u32 tensors: the words of matrices packed by `lowbit quantize` (see `quant::packed`).
+    pub words: HashMap<String, (Vec<usize>, Vec<u32>)>,
+    /// The safetensors header's `__metadata__` (`quantization` describes packed matrices).
+    pub metadata: HashMap<String, String>,
 }
 
 impl Weights {
@@ -35,26 +40,54 @@ impl Weights {
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::Invalid(format!("checkpoint {source}: not a valid safetensors file (truncated or corrupt?): {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Invalid(format!("checkpoint {source}: {e}")))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
+        let mut words = HashMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
                 Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
                 Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                other => invalid!("checkpoint {source}: tensor {name} has dtype {other:?} (only F32, F16, BF16 are supported)"),
+                Dtype::U32 => {
+                    let w = raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    words.insert(name, (view.shape().to_vec(), w));
+                    continue;
+                }
+                other => invalid!("checkpoint {source}: tensor {name} has dtype {other:?} (only F32, F16, BF16 and packed U32 are supported)"),
             };
             tensors.insert(name, WeightTensor { shape: view.shape().to_vec(), data });
         }
-        Ok(Weights { source: source.to_string(), tensors })
+        Ok(Weights { source: source.to_string(), tensors, words, metadata })
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
+        self.tensors.contains_key(key) || self.words.contains_key(key)
+    }
+
+    /// The matrix `key` (checkpoint shape `shape`: [rows, ...] flattened to rows × the rest)
+    /// ready for the kernels: as stored if `lowbit quantize` packed it, else the f32 tensor
+    /// packed in `format` by round-to-nearest. Asking a packed matrix for another format than
+    /// its own (other than the default F32, "as stored") is an error: re-packing low-bit codes
+    /// would compound the rounding.
+    pub fn matrix(&self, key: &str, shape: &[usize], format: WeightFormat) -> Result<PackedMatrix> {
+        let rows = shape.first().copied().unwrap_or(0);
+        let cols: usize = shape.iter().skip(1).product();
+        if let Some(stored) = crate::quant::packed::stored_format(self, key)? {
+            if format != WeightFormat::F32 && format != stored {
+                invalid!("checkpoint {}: {key} is already quantized as {}; it cannot be re-packed as {}", self.source, stored.name(), format.name());
+            }
+            return crate::quant::packed::read(self, key, shape);
+        }
+        PackedMatrix::quantize(self.get(key, shape)?, rows, cols, format).map_err(|e| Error::Invalid(format!("{key}: {e}")))
     }
 
     /// The tensor `key`, which must have exactly `shape`.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<&[f32]> {
+        if self.words.contains_key(key) {
+            invalid!("checkpoint {}: {key} is a packed low-bit matrix, not an f32 tensor", self.source);
+        }
         let t = self.tensors.get(key).ok_or_else(|| {
             Error::Invalid(format!("checkpoint {}: missing tensor {key} (expected shape {shape:?})", self.source))
         })?;

@@ -294,6 +294,29 @@ impl PackedMatrix {
         out
     }
 
+    /// Stacks matrices of one format and width by rows (q, k, v into one qkv matrix).
+    pub fn concat_rows(parts: &[PackedMatrix]) -> Result<PackedMatrix> {
+        let Some(first) = parts.first() else { return Err(Error::Shape("concat_rows: no matrices".into())) };
+        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols) {
+            return Err(Error::Shape("concat_rows: matrices differ in format or width".into()));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let groups = first.groups;
+        // Scales and zero points are packed across row boundaries: unpack, stack, repack.
+        let scales: Vec<f32> = parts.iter().flat_map(|p| (0..p.rows * groups).map(move |i| p.scale(i / groups.max(1), i % groups.max(1)))).collect();
+        let zeros: Vec<u32> = parts.iter().flat_map(|p| (0..p.zeros.len() * 8).take(p.rows * groups).map(move |i| (p.zeros[i / 8] >> ((i % 8) * 4)) & 0xf)).collect();
+        Ok(PackedMatrix {
+            format: first.format,
+            rows,
+            cols: first.cols,
+            row_words: first.row_words,
+            groups,
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            scales: if first.scales.is_empty() { Vec::new() } else { pack_f16(&scales) },
+            zeros: pack_nibbles(&zeros),
+        })
+    }
+
     /// Bytes the kernels read: packed data + scales + zero points.
     pub fn bytes(&self) -> usize {
         4 * (self.data.len() + self.scales.len() + self.zeros.len())
@@ -388,6 +411,10 @@ mod tests {
             assert!(nmse <= bound, "{}: nmse {nmse}", f.name());
             assert_eq!(WeightFormat::parse(&f.name()).unwrap(), f);
             assert_eq!(f.packed_bytes(rows, cols), p.bytes(), "{}", f.name());
+            // Stacking packed parts equals packing the stacked matrix.
+            let (top, bottom) = (PackedMatrix::quantize(&w[..2 * cols], 2, cols, f).unwrap(), PackedMatrix::quantize(&w[2 * cols..], rows - 2, cols, f).unwrap());
+            let stacked = PackedMatrix::concat_rows(&[top, bottom]).unwrap();
+            assert_eq!((stacked.data.clone(), stacked.scales.clone(), stacked.zeros.clone()), (p.data.clone(), p.scales.clone(), p.zeros.clone()), "{}", f.name());
         }
     }
 

@@ -2,5 +2,6 @@
 //! arrive with the quantizer issue; the formats here are what every kernel reads.
 
 pub mod formats;
+pub mod packed;
 
 pub use formats::{PackedMatrix, WeightFormat};

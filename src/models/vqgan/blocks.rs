@@ -9,7 +9,7 @@ use crate::kernels::matmul::QLinear;
 use crate::models::vqgan_glue::tokens_to_nchw;
 use crate::models::weights::Weights;
 use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{invalid, Error, Gpu, Result};
+use crate::{invalid, Gpu, Result};
 
 /// taming's `Normalize`: GroupNorm(32 groups, eps 1e-6).
 pub(super) const GROUPS: usize = 32;
@@ -84,18 +84,13 @@ impl Loader<'_> {
         Ok(Norm { weight: up("weight")?, bias: up("bias")? })
     }
 
-    fn matrix(&self, key: &str, data: &[f32], rows: usize, cols: usize) -> Result<PackedMatrix> {
-        PackedMatrix::quantize(data, rows, cols, self.format).map_err(|e| Error::Invalid(format!("{key}: {e}")))
-    }
-
     /// An `nn.Conv2d(cin, cout, k, padding=k/2)` with bias.
     pub fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Conv2d> {
         self.conv_padded(prefix, cin, cout, k, 1, Padding::same(k / 2))
     }
 
     pub fn conv_padded(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, padding: Padding) -> Result<Conv2d> {
-        let key = format!("{prefix}.weight");
-        let weight = self.matrix(&key, self.w.get(&key, &[cout, cin, k, k])?, cout, cin * k * k)?;
+        let weight = self.w.matrix(&format!("{prefix}.weight"), &[cout, cin, k, k], self.format)?;
         Conv2d::with_padding(self.gpu, &weight, Some(self.w.get(&format!("{prefix}.bias"), &[cout])?), (k, k), stride, padding)
     }
 
@@ -114,15 +109,14 @@ impl Loader<'_> {
     }
 
     pub fn attn(&self, prefix: &str, c: usize) -> Result<AttnBlock> {
-        let mut weight = Vec::with_capacity(3 * c * c);
+        let mut parts = Vec::with_capacity(3);
         let mut bias = Vec::with_capacity(3 * c);
         for part in ["q", "k", "v"] {
-            weight.extend_from_slice(self.w.get(&format!("{prefix}.{part}.weight"), &[c, c, 1, 1])?);
+            parts.push(self.w.matrix(&format!("{prefix}.{part}.weight"), &[c, c, 1, 1], self.format)?);
             bias.extend_from_slice(self.w.get(&format!("{prefix}.{part}.bias"), &[c])?);
         }
-        let qkv = Conv2d::new(self.gpu, &self.matrix(&format!("{prefix}.q/k/v"), &weight, 3 * c, c)?, Some(&bias), (1, 1), 1, 0)?;
-        let key = format!("{prefix}.proj_out.weight");
-        let proj = self.matrix(&key, self.w.get(&key, &[c, c, 1, 1])?, c, c)?;
+        let qkv = Conv2d::new(self.gpu, &PackedMatrix::concat_rows(&parts)?, Some(&bias), (1, 1), 1, 0)?;
+        let proj = self.w.matrix(&format!("{prefix}.proj_out.weight"), &[c, c, 1, 1], self.format)?;
         Ok(AttnBlock {
             name: prefix.to_string(),
             norm: self.norm(&format!("{prefix}.norm"), c)?,

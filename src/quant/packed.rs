@@ -1,0 +1,130 @@
+//! Packed matrices in a safetensors checkpoint (what `lowbit quantize` writes and every
+//! model loader reads through `Weights::matrix`).
+//!
+//! A matrix `K` packed in a low-bit format is stored as the words the kernels read
+//! (`docs/FORMATS.md` gives their bit layout):
+//! - `K`: U32 [rows, row_words], the codes;
+//! - `K.scales`: U32 [words], f16 scales two per word (absent for F32/F16);
+//! - `K.zeros`: U32 [words], 4-bit zero points eight per word (Q4 with zero point only);
+//!
+//! and the header's `__metadata__["quantization"]` is a JSON object whose `tensors` map each
+//! packed `K` to `{"format": "q4g32", "shape": [checkpoint shape], ...}` (the quantizer may add
+//! fields, e.g. the method that chose the codes). Everything else stays f32/f16 as before.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PackedMatrix, WeightFormat};
+use crate::models::Weights;
+use crate::{invalid, Error, Result};
+
+/// The metadata key holding the description.
+pub const METADATA_KEY: &str = "quantization";
+
+/// How one matrix was packed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackedTensor {
+    pub format: String,
+    /// The checkpoint's shape of the f32 original ([out, in] or [out, in, kh, kw]).
+    pub shape: Vec<usize>,
+    /// Free-form provenance (method, calibration), for people reading the file.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The whole `quantization` description.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    pub tensors: BTreeMap<String, PackedTensor>,
+    /// Everything else the quantizer records (recipe, activation quantizers, ...).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Description {
+    pub fn of(w: &Weights) -> Result<Option<Description>> {
+        match w.metadata.get(METADATA_KEY) {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|e| Error::Invalid(format!("checkpoint {}: bad `{METADATA_KEY}` metadata: {e}", w.source))),
+        }
+    }
+}
+
+/// The format `key` was packed in, if it was.
+pub fn stored_format(w: &Weights, key: &str) -> Result<Option<WeightFormat>> {
+    if !w.words.contains_key(key) {
+        return Ok(None);
+    }
+    let desc = Description::of(w)?.unwrap_or_default();
+    let Some(t) = desc.tensors.get(key) else {
+        invalid!("checkpoint {}: {key} holds packed words but the `{METADATA_KEY}` metadata does not describe it", w.source);
+    };
+    WeightFormat::parse(&t.format).map(Some).map_err(|e| Error::Invalid(format!("checkpoint {}: {key}: {e}", w.source)))
+}
+
+/// Rebuilds the packed matrix `key`, checking every part against its format and `shape`.
+pub fn read(w: &Weights, key: &str, shape: &[usize]) -> Result<PackedMatrix> {
+    let desc = Description::of(w)?.unwrap_or_default();
+    let Some(t) = desc.tensors.get(key) else { invalid!("checkpoint {}: {key} is not a packed matrix", w.source) };
+    if t.shape != shape {
+        invalid!("checkpoint {}: packed {key} has shape {:?}, expected {shape:?}", w.source, t.shape);
+    }
+    let format = WeightFormat::parse(&t.format)?;
+    let (rows, cols) = (shape[0], shape[1..].iter().product::<usize>());
+    let row_words = cols.div_ceil(format.per_word());
+    let gs = format.group_size(cols);
+    let groups = if gs == 0 { 0 } else { cols.div_ceil(gs) };
+    let part = |name: &str, len: usize| -> Result<Vec<u32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        match w.words.get(name) {
+            Some((_, words)) if words.len() == len => Ok(words.clone()),
+            Some((_, words)) => invalid!("checkpoint {}: {name} has {} words, {} {key} needs {len}", w.source, words.len(), format.name()),
+            None => invalid!("checkpoint {}: missing {name} for packed {key}", w.source),
+        }
+    };
+    let zero_words = if matches!(format, WeightFormat::Q4 { zero_point: true, .. }) { (rows * groups).div_ceil(8) } else { 0 };
+    Ok(PackedMatrix {
+        format,
+        rows,
+        cols,
+        row_words,
+        groups,
+        data: part(key, rows * row_words)?,
+        scales: part(&format!("{key}.scales"), (rows * groups).div_ceil(2))?,
+        zeros: part(&format!("{key}.zeros"), zero_words)?,
+    })
+}
+
+/// The tensors that store `m` under `key`: (name, shape, words).
+pub fn tensors(key: &str, m: &PackedMatrix) -> Vec<(String, Vec<usize>, Vec<u32>)> {
+    let mut out = vec![(key.to_string(), vec![m.rows, m.row_words], m.data.clone())];
+    if !m.scales.is_empty() {
+        out.push((format!("{key}.scales"), vec![m.scales.len()], m.scales.clone()));
+    }
+    if !m.zeros.is_empty() {
+        out.push((format!("{key}.zeros"), vec![m.zeros.len()], m.zeros.clone()));
+    }
+    out
+}
+
+/// Writes a checkpoint: f32 tensors as they are, packed matrices as their words, and the
+/// description in the header.
+pub fn save(path: &std::path::Path, floats: &[(String, Vec<usize>, Vec<f32>)], packed: &[(String, PackedMatrix)], desc: &Description) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let words: Vec<(String, Vec<usize>, Vec<u32>)> = packed.iter().flat_map(|(k, m)| tensors(k, m)).collect();
+    let mut views = Vec::with_capacity(floats.len() + words.len());
+    for (name, shape, data) in floats {
+        views.push((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data)).map_err(|e| Error::Invalid(format!("{name}: {e}")))?));
+    }
+    for (name, shape, data) in &words {
+        views.push((name.clone(), TensorView::new(Dtype::U32, shape.clone(), bytemuck::cast_slice(data)).map_err(|e| Error::Invalid(format!("{name}: {e}")))?));
+    }
+    let meta = std::collections::HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(desc).map_err(|e| Error::Invalid(e.to_string()))?)]);
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+}
