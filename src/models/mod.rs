@@ -5,6 +5,8 @@
 pub mod config;
 pub mod glue;
 pub mod preprocess;
+pub mod prior;
+pub mod sampling;
 pub mod vit;
 pub mod vqgan;
 pub mod vqgan_glue;
