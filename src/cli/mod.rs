@@ -4,6 +4,7 @@ mod bench;
 mod classify;
 mod decode;
 mod demo;
+mod generate;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Decode VQ tokens to images with a taming-transformers VQGAN decoder.
     Decode(decode::DecodeArgs),
+    /// Generate images of a class: a minGPT prior samples VQ tokens, the VQGAN decodes them.
+    Generate(generate::GenerateArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -72,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&Gpu::with_options(&opts)?, args),
         Command::Classify(args) => classify::run(&Gpu::with_options(&opts)?, args),
         Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
+        Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
     }
 }
 
