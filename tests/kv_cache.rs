@@ -113,6 +113,7 @@ fn bad_input_is_an_error() {
     let gpu = gpu();
     assert!(KvCache::new(gpu, 0, 2, 4, 8).is_err(), "zero batch");
     assert!(KvCache::new(gpu, 1, 2, 4, 0).is_err(), "zero capacity");
+    assert!(KvCache::new(gpu, 1, 2, 4, 1025).is_err(), "capacity over the attention limit");
     let cache = KvCache::new(gpu, 2, 2, 4, 5).unwrap();
     let mut pos = Position::new(gpu).unwrap();
     let mut enc = gpu.encoder();

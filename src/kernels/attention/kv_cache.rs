@@ -12,6 +12,8 @@ use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 const SHADER: Shader = shader!("kv_cache");
 /// Invocations per workgroup of the item-per-lane entries (embed, kv_append).
 const WG: u32 = 64;
+/// Most positions a cache holds: `attend` keeps one query's scores in workgroup memory.
+pub const MAX_CAPACITY: usize = 1024;
 
 /// The start position of the tokens the next recorded calls process, on the GPU. `set` writes
 /// it through the queue, so it takes effect for the next submission.
@@ -51,6 +53,9 @@ impl KvCache {
     pub fn new(gpu: &Gpu, batch: usize, heads: usize, head_dim: usize, capacity: usize) -> Result<KvCache> {
         if batch == 0 || heads == 0 || head_dim == 0 || capacity == 0 {
             shape_err!("kv cache: zero-sized dimension (batch {batch}, heads {heads}, head_dim {head_dim}, capacity {capacity})");
+        }
+        if capacity > MAX_CAPACITY {
+            invalid!("kv cache: capacity {capacity} is over the {MAX_CAPACITY} positions attention supports");
         }
         let shape = [batch, heads, capacity, head_dim];
         Ok(KvCache { batch, heads, head_dim, capacity, k: Tensor::zeros(gpu, &shape, DType::F32)?, v: Tensor::zeros(gpu, &shape, DType::F32)? })
@@ -124,9 +129,9 @@ pub fn kv_attend(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &KvCache, po
     if std::sync::Arc::ptr_eq(&qkv.buffer, &out.buffer) {
         invalid!("kv_attend: out must not alias qkv");
     }
-    // A lane per channel: the smallest power of two ≥ D within a SIMD width or two of lanes, so
-    // few lanes idle on small heads and big heads loop.
-    let lanes = cache.head_dim.next_power_of_two().clamp(8, 64) as u32;
+    // Lanes score keys, then own channels: enough for both in one round on small models, at
+    // most 64 (bigger caches and heads loop).
+    let lanes = cache.head_dim.max(cache.capacity).next_power_of_two().clamp(8, 64) as u32;
     let pipe = gpu.pipeline(&SHADER, "attend", &[], &[("WG", lanes as f64)])?;
     let groups = item_count("kv_attend", cache.batch * t * cache.heads)?;
     let p = cache.params(t, 0);

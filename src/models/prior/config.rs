@@ -59,7 +59,7 @@ impl PriorConfig {
         if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
             invalid!("{name} must be at least 1");
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             invalid!("n_embd {} is not a multiple of n_head {}", self.n_embd, self.n_head);
         }
         if self.vocab_size < self.n_classes {
