@@ -263,3 +263,34 @@ fn generation_timing() {
         }
     }
 }
+
+/// `lowbit generate` end to end on the fixtures: the prior's config names the decoder
+/// (tests/fixtures/vqgan_encoder_test, 64 codes ≥ the prior's 37).
+#[test]
+fn generate_command_writes_images_and_tokens() {
+    let out = std::env::temp_dir().join(format!("lowbit-generate-test-{}", std::process::id()));
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lowbit")).arg("generate").args(["--prior", DIR]).args(args).output().unwrap()
+    };
+    let dir = out.to_str().unwrap();
+    let ok = run(&["--class", "2", "--count", "3", "--seed", "9", "--out", dir]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("generate") && stdout.contains("decode"), "prints stage times: {stdout}");
+    for i in 0..3 {
+        let img = image::open(out.join(format!("class2-{i}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (8, 6), "3×4 tokens, one 2× upsampling");
+    }
+    // The tokens file is what `generate` samples for that seed, as i32 [3, 3, 4].
+    let tokens = lowbit::models::vqgan::TokenGrid::load(&out.join("tokens.safetensors"), "tokens").unwrap();
+    let gpu = gpu();
+    let prior = load(gpu, WeightFormat::F32);
+    let opts = prior.config.sampling.unwrap();
+    assert_eq!(tokens, generate(gpu, &prior, 2, 3, 9, &opts).unwrap());
+    for bad in [&["--class", "5", "--out", dir][..], &["--class", "0", "--count", "0", "--out", dir], &["--class", "0", "--decoder", "/nonexistent", "--out", dir]] {
+        let r = run(bad);
+        assert!(!r.status.success(), "{bad:?} should fail");
+        assert!(String::from_utf8_lossy(&r.stderr).contains("error"), "{bad:?}: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
