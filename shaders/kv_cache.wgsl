@@ -36,6 +36,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+#if VEC4
+// attend with D % 4 == 0: q and K read four channels per load (fewer, wider loads on
+// llvmpipe, which issues storage loads lane by lane).
+@group(0) @binding(1) var<storage, read> qkv4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> k_cache4: array<vec4<f32>>;
+#endif
 
 override WG: u32 = 64u;
 
@@ -109,10 +115,18 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
     for (var j = lid; j < keys; j += WG) {
         let kj = k0 + j * p.head_dim;
+#if VEC4
+        var s4 = vec4(0.0);
+        for (var c = 0u; c < p.head_dim; c += 4u) {
+            s4 = fma(qkv4[(q0 + c) / 4u], k_cache4[(kj + c) / 4u], s4);
+        }
+        let s = s4.x + s4.y + s4.z + s4.w;
+#else
         var s = 0.0;
         for (var c = 0u; c < p.head_dim; c++) {
             s = fma(qkv[q0 + c], k_cache[kj + c], s);
         }
+#endif
         scores[j] = s * p.scale;
     }
     workgroupBarrier();
