@@ -138,7 +138,7 @@ pub fn kv_attend_with_lanes(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &
     if std::sync::Arc::ptr_eq(&qkv.buffer, &out.buffer) {
         invalid!("kv_attend: out must not alias qkv");
     }
-    let defines: &[&str] = if cache.head_dim % 4 == 0 { &["VEC4"] } else { &[] };
+    let defines: &[&str] = if cache.head_dim.is_multiple_of(4) { &["VEC4"] } else { &[] };
     let pipe = gpu.pipeline(&SHADER, "attend", defines, &[("WG", lanes as f64)])?;
     let groups = item_count("kv_attend", cache.batch * t * cache.heads)?;
     let p = cache.params(t, 0);
