@@ -165,19 +165,17 @@ fn bad_input_is_an_error() {
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &Tensor::zeros(gpu, &[2, 3, 9], DType::F32).unwrap()).is_err(), "out shape");
 }
 
-/// One decoding step's attention at the digits prior's size (10 sequences, 4 heads of 32,
-/// the last of 64 positions): `cargo test --release --test kv_cache -- --ignored --nocapture`.
+/// Benchmark timings: `cargo test --release --test kv_cache -- --ignored --nocapture`
+/// (LOWBIT_BENCH=quick for the small shapes).
 #[test]
 #[ignore]
-fn attend_timing() {
+fn bench_timings() {
+    use lowbit::kernels::attention::kv_cache::bench_cases;
+    use lowbit::kernels::BenchSize;
     let gpu = gpu();
-    for (b, h, d) in [(10, 4, 32), (10, 4, 31), (1, 8, 64)] {
-        let cache = KvCache::new(gpu, b, h, d, 64).unwrap();
-        let mut pos = Position::new(gpu).unwrap();
-        pos.set(gpu, 63).unwrap();
-        let qkv = Tensor::from_f32(gpu, &[b, 1, 3 * h * d], &random(b * 3 * h * d, 1, 1.0)).unwrap();
-        let out = Tensor::zeros(gpu, &[b, 1, h * d], DType::F32).unwrap();
-        let (ms, clock) = gpu.time_step(10, |enc| kv_attend(gpu, enc, &qkv, &cache, &pos, &out)).unwrap();
-        eprintln!("kv_attend B{b} H{h} D{d} 64 keys: {ms:.3} ms ({clock:?})");
+    let size = if std::env::var("LOWBIT_BENCH").as_deref() == Ok("quick") { BenchSize::Quick } else { BenchSize::Full };
+    for mut case in bench_cases(gpu, size).unwrap() {
+        let (ms, clock) = gpu.time_step(10, |enc| (case.step)(gpu, enc)).unwrap();
+        eprintln!("{} {} {}: {ms:.3} ms, {:.2} GB/s ({clock:?})", case.kernel, case.format, case.shape, case.bytes as f64 / ms / 1e6);
     }
 }

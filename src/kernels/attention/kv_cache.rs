@@ -6,7 +6,7 @@
 //! decoding step records the same dispatches with the same parameters at every position.
 
 use crate::gpu::{AdapterClass, DType, Shader, Tensor};
-use crate::kernels::params;
+use crate::kernels::{params, BenchCase, BenchSize};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("kv_cache");
@@ -242,4 +242,33 @@ pub mod reference {
         }
         out
     }
+}
+
+/// One decoding step's attention (one new query per sequence over a full cache). Full: the
+/// digits prior (10 sequences × 4 heads × 32, 64 positions) and a GPT-2-small-like head
+/// shape (12 × 64, 1024 positions); Quick: small odd shapes.
+pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
+    let shapes: &[(usize, usize, usize, usize)] = match size {
+        BenchSize::Full => &[(10, 4, 32, 64), (1, 12, 64, 1024)],
+        BenchSize::Quick => &[(3, 2, 12, 9), (1, 3, 7, 5)],
+    };
+    let mut cases = Vec::new();
+    for &(b, h, d, s) in shapes {
+        let cache = KvCache::new(gpu, b, h, d, s)?;
+        let mut pos = Position::new(gpu)?;
+        pos.set(gpu, s - 1)?;
+        let qkv = Tensor::from_f32(gpu, &[b, 1, 3 * h * d], &crate::synthetic::uniform(b * 3 * h * d, 1, 1.0))?;
+        let out = Tensor::zeros(gpu, &[b, 1, h * d], DType::F32)?;
+        let (b64, h64, d64, s64) = (b as u64, h as u64, d as u64, s as u64);
+        cases.push(BenchCase {
+            kernel: "kv_attend".into(),
+            format: "f32".into(),
+            shape: format!("B{b} H{h} D{d} {s} keys"),
+            // The step streams the whole K and V cache.
+            bytes: 2 * b64 * h64 * s64 * d64 * 4,
+            flops: 4 * b64 * h64 * s64 * d64,
+            step: Box::new(move |gpu, enc| kv_attend(gpu, enc, &qkv, &cache, &pos, &out)),
+        });
+    }
+    Ok(cases)
 }
