@@ -183,6 +183,7 @@ fn bad_input_is_an_error() {
     assert!(prior.forward(gpu, &[0, 37], [1, 2]).is_err(), "id 37 of 37");
     assert!(prior.forward(gpu, &[], [0, 1]).is_err(), "batch 0");
     assert!(prior.session(gpu, 0).is_err(), "batch 0");
+    assert!(prior.session(gpu, 100_000_000).is_err(), "more sequences than a binding holds");
     let mut session = prior.session(gpu, 2).unwrap();
     assert!(session.step(gpu, &[1]).is_err(), "one id for two sequences");
     assert!(session.step(gpu, &[1, 99]).is_err(), "id out of range");
