@@ -92,11 +92,12 @@ const MAX_KEYS: u32 = 1024u;
 var<workgroup> scores: array<f32, MAX_KEYS>;
 
 // One workgroup per (b, t, h). Query t (at position start + t) sees cache positions
-// 0..=start + t, appended by the caller before. Two phases around one barrier:
+// 0..=start + t, appended by the caller before. Phases separated by barriers:
 // 1. lane j scores keys j, j + WG, ... into workgroup memory;
-// 2. lane d owns output channels d, d + WG, ...: every lane reads all scores (the same
-//    addresses in every lane: broadcasts), takes their max and softmax sum, and accumulates
-//    its channels of V.
+// 2. every lane reads all scores for their max (the same addresses in every lane:
+//    broadcasts), then lane j turns its scores into softmax numerators, each exp once;
+// 3. every lane sums the numerators, and lane d accumulates output channels d, d + WG, ...
+//    of V.
 // Each K and V value is loaded once per workgroup, which matters on CPU adapters where
 // llvmpipe loads storage lane by lane; and any head dimension works.
 @compute @workgroup_size(WG)
