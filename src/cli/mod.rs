@@ -7,6 +7,7 @@ mod demo;
 mod encode;
 mod info;
 mod model;
+mod generate;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,8 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Architecture, parameters, bytes per weight format and planned peak GPU memory of a model.
     Info(info::InfoArgs),
+    /// Generate images of a class: a minGPT prior samples VQ tokens, the VQGAN decodes them.
+    Generate(generate::GenerateArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
         Command::Encode(args) => encode::run(&Gpu::with_options(&opts)?, args),
         Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
+        Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
     }
 }
 
