@@ -3,16 +3,15 @@
 //! with a KV cache) → images (the VQGAN decoder). Writes `DIR/class<C>-<i>.png` and
 //! `DIR/tokens.safetensors` (tensor `tokens`, i32 [N, h, w], readable by `lowbit decode`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use safetensors::{tensor::TensorView, Dtype};
 
-use super::decode::to_rgb;
+use crate::models::images::signed_chw_to_rgb;
 use crate::models::prior::Prior;
 use crate::models::sampling::{generate, SamplingOptions};
-use crate::models::vqgan::{TokenGrid, VqganDecoder};
+use crate::models::vqgan::VqganDecoder;
 use crate::quant::WeightFormat;
 use crate::Gpu;
 
@@ -83,11 +82,11 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     for (i, img) in pixels.chunks(3 * h * w).enumerate().take(n) {
         let path = args.out.join(format!("class{}-{i}.png", args.class));
-        to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
+        signed_chw_to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
     let tokens_path = args.out.join("tokens.safetensors");
-    save_tokens(&tokens_path, &tokens)?;
+    tokens.save(&tokens_path, "tokens").with_context(|| format!("writing {}", tokens_path.display()))?;
     println!("{}", tokens_path.display());
     let write_ms = ms(t);
 
@@ -104,11 +103,4 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
         (gen_ms + decode_ms) / args.count as f64
     );
     Ok(())
-}
-
-/// `tokens` as tensor `tokens`, i32 [N, h, w].
-fn save_tokens(path: &Path, tokens: &TokenGrid) -> anyhow::Result<()> {
-    let ids: Vec<i32> = tokens.ids.iter().map(|&id| i32::try_from(id)).collect::<Result<_, _>>()?;
-    let view = TensorView::new(Dtype::I32, tokens.shape().to_vec(), bytemuck::cast_slice(&ids))?;
-    safetensors::serialize_to_file([("tokens", view)], None, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod glue;
+pub mod images;
 pub mod info;
 pub mod preprocess;
 pub mod prior;
