@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(numbered(Path::new("dir/out.png"), 2), PathBuf::from("dir/out-2.png"));
         assert_eq!(numbered(Path::new("out"), 0), PathBuf::from("out-0.png"));
         // R, G, B planes of a 1×2 image: −1 → 0, 1 → 255, out of range clamps.
-        let img = to_rgb(&[-1.0, 1.0, 0.0, 3.0, -5.0, 0.5], 1, 2);
+        let img = crate::models::images::signed_chw_to_rgb(&[-1.0, 1.0, 0.0, 3.0, -5.0, 0.5], 1, 2);
         assert_eq!(img.get_pixel(0, 0).0, [0, 127, 0]);
         assert_eq!(img.get_pixel(1, 0).0, [255, 255, 191]);
     }

@@ -18,7 +18,7 @@ use crate::graph::Plan;
 use crate::metrics::{frechet_distance, psnr_db};
 use crate::models::images::{hstack, rgb_to_signed_chw, signed_chw_to_rgb, tile, vstack};
 use crate::models::prior::Prior;
-use crate::models::sampling::generate;
+use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
 use crate::models::{load_image, preprocess, VisionTransformer, WeightSummary, Weights};
 use crate::quant::WeightFormat;
@@ -127,14 +127,12 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
 
     // Generate every class, decode, and ask digits-vit what it sees.
     let opts = prior.config.sampling.unwrap_or_default();
-    let mut generated = Vec::new();
-    for class in 0..prior.config.n_classes {
-        let tokens = generate(gpu, &prior, class, args.per_class, args.seed + class as u64, &opts)?;
-        let image = digits.decode(gpu, &tokens)?;
-        let &[n, _, h, w] = &image.shape[..] else { bail!("decoder output {:?}", image.shape) };
-        let pixels = image.to_vec_f32(gpu)?;
-        generated.extend((0..n).map(|i| (class, signed_chw_to_rgb(&pixels[i * 3 * h * w..(i + 1) * 3 * h * w], h, w))));
-    }
+    let wanted: Vec<usize> = (0..prior.config.n_classes).flat_map(|c| std::iter::repeat_n(c, args.per_class)).collect();
+    let tokens = generate_classes(gpu, &prior, &wanted, args.seed, &opts)?;
+    let image = digits.decode(gpu, &tokens)?;
+    let &[n, _, h, w] = &image.shape[..] else { bail!("decoder output {:?}", image.shape) };
+    let pixels = image.to_vec_f32(gpu)?;
+    let generated: Vec<(usize, RgbImage)> = (0..n).map(|i| (wanted[i], signed_chw_to_rgb(&pixels[i * 3 * h * w..(i + 1) * 3 * h * w], h, w))).collect();
     let images: Vec<RgbImage> = generated.iter().map(|(_, img)| img.clone()).collect();
     let (logits, features) = classify(gpu, &vit, &images)?;
     let matched = logits.chunks(classes).zip(&generated).filter(|(row, (class, _))| argmax(row) == *class).count();
@@ -160,7 +158,7 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
         photo_psnr,
         seconds: start.elapsed().as_secs_f64(),
         generated: tile(&images, args.per_class, 2, 2, [40, 40, 40]),
-        roundtrip: hstack(&[original, reconstructed], 4, [40, 40, 40]),
+        roundtrip: vstack(&[original, reconstructed], 4, [40, 40, 40]),
     })
 }
 
@@ -184,7 +182,8 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         row.roundtrip.save(args.out.join(format!("roundtrip-{}.png", row.precision)))?;
         rows.push(row);
     }
-    let sheet = vstack(&rows.iter().map(|r| hstack(&[r.generated.clone(), r.roundtrip.clone()], 12, [40, 40, 40])).collect::<Vec<_>>(), 12, [40, 40, 40]);
+    // One column per precision: its generated digits (a row per class) above its round trip.
+    let sheet = hstack(&rows.iter().map(|r| vstack(&[r.generated.clone(), r.roundtrip.clone()], 12, [40, 40, 40])).collect::<Vec<_>>(), 16, [40, 40, 40]);
     let sheet_path = args.out.join("contact-sheet.png");
     sheet.save(&sheet_path)?;
 

@@ -25,7 +25,7 @@ use crate::kernels::elementwise::{add_inplace, Activation};
 use crate::kernels::matmul::{linear, QLinear};
 use crate::kernels::norm::layer_norm;
 use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{invalid, shape_err, Encoder, Error, Gpu, Result};
+use crate::{invalid, shape_err, Encoder, Gpu, Result};
 
 /// `nn.LayerNorm`'s default epsilon, which minGPT keeps.
 const LN_EPS: f32 = 1e-5;
@@ -63,25 +63,20 @@ fn load_norm(gpu: &Gpu, w: &Weights, prefix: &str, e: usize) -> Result<Norm> {
     Ok(Norm { weight: get("weight")?, bias: get("bias")? })
 }
 
-fn pack(key: &str, data: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Result<PackedMatrix> {
-    PackedMatrix::quantize(data, rows, cols, format).map_err(|e| Error::Invalid(format!("{key}: {e}")))
-}
-
 /// An `nn.Linear(inp, out)` with bias, packed in `format`.
 fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, format: WeightFormat) -> Result<QLinear> {
-    let key = format!("{prefix}.weight");
-    let packed = pack(&key, w.get(&key, &[out, inp])?, out, inp, format)?;
+    let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
     QLinear::new(gpu, &packed, Some(w.get(&format!("{prefix}.bias"), &[out])?))
 }
 
 /// query, key and value of one attention layer as a single [3E, E] Linear.
 fn load_qkv(gpu: &Gpu, w: &Weights, prefix: &str, e: usize, format: WeightFormat) -> Result<QLinear> {
-    let (mut weight, mut bias) = (Vec::with_capacity(3 * e * e), Vec::with_capacity(3 * e));
+    let (mut parts, mut bias) = (Vec::with_capacity(3), Vec::with_capacity(3 * e));
     for part in ["query", "key", "value"] {
-        weight.extend_from_slice(w.get(&format!("{prefix}.{part}.weight"), &[e, e])?);
+        parts.push(w.matrix(&format!("{prefix}.{part}.weight"), &[e, e], format)?);
         bias.extend_from_slice(w.get(&format!("{prefix}.{part}.bias"), &[e])?);
     }
-    QLinear::new(gpu, &pack(&format!("{prefix}.query/key/value"), &weight, 3 * e, e, format)?, Some(&bias))
+    QLinear::new(gpu, &PackedMatrix::concat_rows(&parts)?, Some(&bias))
 }
 
 impl Prior {
@@ -108,7 +103,7 @@ impl Prior {
             invalid!("checkpoint {} has more than the configured {} layers", w.source, c.n_layer);
         }
         let ln_f = load_norm(gpu, w, "ln_f", e)?;
-        let head = QLinear::new(gpu, &pack("head.weight", w.get("head.weight", &[v, e])?, v, e, format)?, None)?;
+        let head = QLinear::new(gpu, &w.matrix("head.weight", &[v, e], format)?, None)?;
         if w.contains("head.bias") {
             invalid!("checkpoint {}: head.bias present, but minGPT's head has no bias", w.source);
         }

@@ -101,10 +101,19 @@ pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> Result<u
 /// Samples `count` token grids of class `class` at once (batch = count), raster order, one
 /// prior step per token: [class] → z_0, then z_i → z_{i+1}.
 pub fn generate(gpu: &Gpu, prior: &Prior, class: usize, count: usize, seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
+    if count == 0 {
+        invalid!("count must be at least 1");
+    }
+    generate_classes(gpu, prior, &vec![class; count], seed, opts)
+}
+
+/// One token grid per entry of `classes`, all sampled in one batch.
+pub fn generate_classes(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
     let c = &prior.config;
-    if class >= c.n_classes {
+    if let Some(&class) = classes.iter().find(|&&k| k >= c.n_classes) {
         invalid!("class {class} is out of range: the prior knows {} classes (0..={})", c.n_classes, c.n_classes - 1);
     }
+    let count = classes.len();
     if count == 0 {
         invalid!("count must be at least 1");
     }
@@ -113,7 +122,7 @@ pub fn generate(gpu: &Gpu, prior: &Prior, class: usize, count: usize, seed: u64,
     let n = h * w;
     let mut rng = Rng::new(seed);
     let mut session = prior.session(gpu, count)?;
-    let mut logits = session.step(gpu, &vec![class as u32; count])?;
+    let mut logits = session.step(gpu, &classes.iter().map(|&k| k as u32).collect::<Vec<_>>())?;
     let mut grid = vec![0u32; count * n];
     let v = c.vocab_size;
     for i in 0..n {
