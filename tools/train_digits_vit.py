@@ -32,7 +32,7 @@ def normalize(x_uint8):
     return (torch.as_tensor(x_uint8).float() / 255.0 - 0.5) / 0.5
 
 
-def augment(x, gen, max_rot=15.0, scale=(0.85, 1.15), max_shift=0.12):
+def augment(x, gen, max_rot=12.0, scale=(0.88, 1.12), max_shift=0.1):
     """x normalized [B,3,H,W] (background -1). Random rotation/scale/shift per image."""
     b = x.shape[0]
     ang = (torch.rand(b, generator=gen) * 2 - 1) * max_rot * math.pi / 180
@@ -58,9 +58,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="assets/models/digits-vit")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--epochs", type=int, default=35)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--embed-dim", type=int, default=96)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
