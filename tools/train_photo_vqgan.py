@@ -44,9 +44,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="assets/models/photo-vqgan")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--crop", type=int, default=32)
+    ap.add_argument("--crop", type=int, default=32, help="smallest crop side; also 2x, 4x, 8x after 30%% of the steps")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=None)
@@ -68,15 +68,28 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     c = args.crop
 
+    # Crop-size schedule: 32 px only for the first 30% of the steps (fast codebook learning), then
+    # cycling 32/64/128/256 px at a roughly constant pixel budget per batch, so that GroupNorm statistics
+    # and the mid-block attention also see whole-image sizes (trained on 32 px crops only, a 256x256
+    # image came out colour-shifted: 16.4 dB vs 26.7 dB when coded as 32x32 tiles).
+    sizes = [(c, args.batch), (2 * c, max(1, args.batch // 4)), (4 * c, max(1, args.batch // 16)),
+             (8 * c, max(1, args.batch // 32))]
+
     def sample_batch(step):
-        n = 512 if step < 0 else args.batch
-        which = torch.multinomial(weights, n, replacement=True, generator=gen)
+        if step < 0:
+            cs, n = c, 512
+        elif step < 0.3 * args.steps:
+            cs, n = sizes[0]
+        else:
+            cs, n = sizes[step % len(sizes)]
+        w = torch.tensor([float(p.shape[1] >= cs and p.shape[2] >= cs) for p in pyr]) * weights
+        which = torch.multinomial(w, n, replacement=True, generator=gen)
         out = []
         for k in which.tolist():
             p = pyr[k]
-            t = int(torch.randint(0, p.shape[1] - c + 1, (1,), generator=gen))
-            l = int(torch.randint(0, p.shape[2] - c + 1, (1,), generator=gen))
-            crop = p[:, t:t + c, l:l + c]
+            t = int(torch.randint(0, p.shape[1] - cs + 1, (1,), generator=gen))
+            l = int(torch.randint(0, p.shape[2] - cs + 1, (1,), generator=gen))
+            crop = p[:, t:t + cs, l:l + cs]
             if torch.rand(1, generator=gen) < 0.5:
                 crop = crop.flip(2)
             out.append(crop)
