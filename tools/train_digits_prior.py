@@ -200,7 +200,7 @@ def main():
     if os.path.exists(os.path.join(args.vit, "model.safetensors")):
         vit = load_vit(args.vit)
         results = {}
-        for temp, k in [(1.0, 100), (1.0, 50), (0.8, 50)]:
+        for temp, k in [(1.0, 100), (1.0, 50), (0.8, 50), (0.7, 20), (0.5, 10)]:
             acc, imgs, c, pred = sample_accuracy(m2, vq, vit, temp, k, seed=args.seed)
             results[f"t{temp}_k{k}"] = acc
             print(f"samples temperature {temp} top_k {k}: digits-vit agrees with the class for {acc * 100:.0f}% "
