@@ -143,6 +143,20 @@ fn q8_weights_stay_close() {
     assert!(cos >= 0.999 && e <= 2e-3, "q8 decoder: cosine {cos}, nmse {e}");
 }
 
+/// `--precision f16`: f16 weights against taming's f32 decode, bound cosine ≥ 0.9999 and max
+/// error ≤ 1e-2 × max|reference|.
+#[test]
+fn f16_weights_match_taming_within_their_bound() {
+    let gpu = gpu();
+    let model = VqganDecoder::from_pretrained(gpu, &fixture(), None, WeightFormat::F16).unwrap();
+    let got = model.decode(gpu, &tokens("tokens")).unwrap().to_vec_f32(gpu).unwrap();
+    let want = reference("image").1;
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let cos = cosine(&got, &want);
+    assert!(cos >= 0.9999 && max_err <= 1e-2 * max_ref, "cosine {cos}, max error {max_err} (max |ref| {max_ref})");
+}
+
 /// Batches too large for one pass decode image by image into one output.
 #[test]
 fn decoding_in_passes_matches_one_pass() {
