@@ -168,7 +168,8 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let samples = assets.join("samples");
     println!("lowbit demo on {} ({:?}); models from {}", gpu.adapter_name(), gpu.class, assets.display());
     let real = sample_digits(&samples)?;
-    let photo_path = samples.join("photo-astronaut.png");
+    // Held out from photo-vqgan's training (see its model card).
+    let photo_path = samples.join("photo-chelsea.png");
     let photo = load_image(&photo_path)?;
     if photo.width() < args.photo_size as u32 || photo.height() < args.photo_size as u32 {
         bail!("{} is smaller than --photo-size {}", photo_path.display(), args.photo_size);
