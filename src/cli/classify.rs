@@ -8,7 +8,6 @@ use anyhow::{bail, Context};
 use super::model::print_profile;
 use crate::models::weights::save_f32;
 use crate::models::{load_image, preprocess, VisionTransformer};
-use crate::quant::WeightFormat;
 use crate::Gpu;
 
 /// Images per forward pass: bounds activation memory for long argument lists.
@@ -31,12 +30,8 @@ pub struct ClassifyArgs {
     /// Write the logits as tensor `logits` f32 [N, classes], in argument order.
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_logits: Option<PathBuf>,
-    /// Weight precision: f32 (reproduces timm) or f16 (half the weight memory).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
-    pub precision: String,
-    /// Weight format for quantized runs (q8, q4g32, ternary, ...); overrides --precision.
-    #[arg(long, value_name = "FMT")]
-    pub format: Option<String>,
+    #[command(flatten)]
+    pub weights: super::model::WeightArgs,
     /// Print GPU time per node of the (first batch's) forward pass.
     #[arg(long)]
     pub profile: bool,
@@ -46,7 +41,7 @@ pub struct ClassifyArgs {
 }
 
 pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
-    let format = WeightFormat::parse(args.format.as_deref().unwrap_or(&args.precision))?;
+    let format = args.weights.format()?;
     let model = VisionTransformer::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let labels = match &args.labels {

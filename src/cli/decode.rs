@@ -10,7 +10,6 @@ use super::model::print_profile;
 use crate::models::images::signed_chw_to_rgb;
 use crate::models::vqgan::{TokenGrid, VqganDecoder};
 use crate::models::weights::save_f32;
-use crate::quant::WeightFormat;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
@@ -30,19 +29,15 @@ pub struct DecodeArgs {
     /// Also write the raw decoder output as tensor `image` f32 [B, 3, H, W].
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_tensor: Option<PathBuf>,
-    /// Weight precision: f32 (reproduces taming) or f16 (half the weight memory).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
-    pub precision: String,
-    /// Weight format for quantized runs (q8, q4g32, ternary, ...); overrides --precision.
-    #[arg(long, value_name = "FMT")]
-    pub format: Option<String>,
+    #[command(flatten)]
+    pub weights: super::model::WeightArgs,
     /// Print GPU time per node of the decode.
     #[arg(long)]
     pub profile: bool,
 }
 
 pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
-    let format = WeightFormat::parse(args.format.as_deref().unwrap_or(&args.precision))?;
+    let format = args.weights.format()?;
     let model = VqganDecoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tokens = TokenGrid::load(&args.tokens, "tokens")?;

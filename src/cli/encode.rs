@@ -10,7 +10,6 @@ use crate::gpu::Tensor;
 use crate::models::images::rgb_to_signed_chw;
 use crate::models::load_image;
 use crate::models::vqgan::VqganEncoder;
-use crate::quant::WeightFormat;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
@@ -24,9 +23,8 @@ pub struct EncodeArgs {
     /// Where to write the tokens (tensor `tokens`, i32 [B, h, w]).
     #[arg(long, value_name = "TOKENS.safetensors")]
     pub out: PathBuf,
-    /// Weight format of the convs (f32 reproduces taming; q8, q4g32, ... quantize).
-    #[arg(long, default_value = "f32", value_name = "FMT")]
-    pub format: String,
+    #[command(flatten)]
+    pub weights: super::model::WeightArgs,
     /// Images (PNG or JPEG), all the same size. Sides that are not multiples of the model's
     /// downsampling factor are center-cropped to the nearest smaller multiple.
     #[arg(required = true, value_name = "IMAGE")]
@@ -34,7 +32,7 @@ pub struct EncodeArgs {
 }
 
 pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
-    let format = WeightFormat::parse(&args.format)?;
+    let format = args.weights.format()?;
     let model = VqganEncoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let f = model.downscale();

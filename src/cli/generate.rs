@@ -12,7 +12,6 @@ use crate::models::images::signed_chw_to_rgb;
 use crate::models::prior::Prior;
 use crate::models::sampling::{generate, SamplingOptions};
 use crate::models::vqgan::VqganDecoder;
-use crate::quant::WeightFormat;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
@@ -40,9 +39,8 @@ pub struct GenerateArgs {
     /// Sample among the k most likely tokens (0 = all); defaults to the prior config's, else 100.
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// Weight format of the prior's Linears and the decoder (f32, f16, q8, q4g32, ...).
-    #[arg(long, default_value = "f32", value_name = "FMT")]
-    pub format: String,
+    #[command(flatten)]
+    pub weights: super::model::WeightArgs,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -50,7 +48,7 @@ fn ms(since: Instant) -> f64 {
 }
 
 pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
-    let format = WeightFormat::parse(&args.format)?;
+    let format = args.weights.format()?;
     let t = Instant::now();
     let prior = Prior::from_pretrained(gpu, &args.prior, format).with_context(|| format!("loading prior {}", args.prior.display()))?;
     let c = &prior.config;

@@ -12,6 +12,24 @@ use crate::quant::WeightFormat;
 use crate::synthetic::Rng;
 use crate::Gpu;
 
+/// How the weights run: `--precision f32|f16`, or any `--format` (q8, q4g32, ternary, ...).
+/// A checkpoint written by `lowbit quantize` runs as stored either way.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WeightArgs {
+    /// Weight precision: f32 (reproduces PyTorch) or f16 (half the weight memory).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub precision: String,
+    /// Weight format for quantized runs (q8, q4g32, ternary, ...); overrides --precision.
+    #[arg(long, value_name = "FMT")]
+    pub format: Option<String>,
+}
+
+impl WeightArgs {
+    pub fn format(&self) -> crate::Result<WeightFormat> {
+        WeightFormat::parse(self.format.as_deref().unwrap_or(&self.precision))
+    }
+}
+
 /// A loaded model whose forward pass is a graph.
 pub enum Runnable {
     Vit(Box<VisionTransformer>),
