@@ -43,6 +43,18 @@ fn gemm_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             for (var r = 0u; r < TN; r++) {
                 chunk[r] = load_chunk(rows[r], w);
             }
+#if FLOAT_CHUNK
+            var wc: array<mat4x4<f32>, 8>;
+            for (var r = 0u; r < TN; r++) {
+                wc[r] = decode_chunk(chunk[r]);
+            }
+            for (var i = 0u; i < TM; i++) {
+                let xs = load_x_chunk(xrows[i], w);
+                for (var r = 0u; r < TN; r++) {
+                    acc[i * 8u + r] += chunk_dot(wc[r], xs);
+                }
+            }
+#else
             for (var j = 0u; j < CW; j++) {
                 var wv: array<mat4x4<f32>, 8>;
                 for (var r = 0u; r < TN; r++) {
@@ -71,6 +83,7 @@ fn gemm_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
                     }
                 }
             }
+#endif
         }
     }
     for (var i = 0u; i < TM; i++) {

@@ -5,7 +5,8 @@
 //
 // Defines: one FMT_* (F32, F16, Q8, Q4, Q4Z, TERNARY, FP4), SCALED (the format has f16
 // scales), VEC4 (weights read as vec4<u32>: rows padded to 4 words and scale groups made of
-// whole vec4s), ACT_GELU / ACT_SWISH, SUBGROUPS (gemv_coop's reduction: one team = one subgroup).
+// whole vec4s), FLOAT_CHUNK (F32/F16 with VEC4 and X_UNIFORM: a vec4 chunk of 4 or 8 weights is
+// decoded and multiplied as a whole, like one word of the 4-bit formats), ACT_GELU / ACT_SWISH, SUBGROUPS (gemv_coop's reduction: one team = one subgroup).
 //
 // Weights are never expanded: each packed u32 is decoded in registers. Integer codes become
 // floats with the magic-number trick (bitcast(0x4B000000 | q) = 2^23 + q exactly), and the
@@ -205,6 +206,60 @@ fn load_x(xrow: u32, w: u32, tail: bool) -> mat4x4<f32> {
 #endif
 }
 
+#if FLOAT_CHUNK
+// F32 and F16 read whole chunks: one vec4<u32> is 4 f32 or 8 f16 weights, so the loops pay
+// their per-word costs (x loads, loop control) once per 4-8 weights instead of per 1-2.
+fn decode_chunk(c: vec4<u32>) -> mat4x4<f32> {
+    var v = mat4x4<f32>();
+#if FMT_F32
+    v[0] = bitcast<vec4<f32>>(c);
+#else
+    v[0] = vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y));
+    v[1] = vec4<f32>(unpack2x16float(c.z), unpack2x16float(c.w));
+#endif
+    return v;
+}
+
+// x values of the chunk at word `w` of row `xrow` (4 for F32, 8 for F16). The Rust side
+// sets FLOAT_CHUNK with X_UNIFORM only; the storage path (masked past K) keeps every define
+// combination valid.
+fn load_x_chunk(xrow: u32, w: u32) -> mat4x4<f32> {
+    var u = mat4x4<f32>();
+#if X_UNIFORM
+    let b = xrow * p.x_pitch + w * PW / 4u;
+    u[0] = xu[b];
+    if PW == 2u {
+        u[1] = xu[b + 1u];
+    }
+#else
+    let k = w * PW;
+    let row = (p.m_off + xrow) * p.k;
+    let last = row + p.k - 1u;
+    u[0] = x_tail4(row + k, k, last);
+    if PW == 2u {
+        u[1] = x_tail4(row + k + 4u, k + 4u, last);
+    }
+#endif
+    return u;
+}
+
+fn chunk_mul(a: mat4x4<f32>, b: mat4x4<f32>) -> vec4<f32> {
+    var s = a[0] * b[0];
+    if PW == 2u {
+        s += a[1] * b[1];
+    }
+    return s;
+}
+
+fn chunk_dot(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
+    var s = dot(a[0], b[0]);
+    if PW == 2u {
+        s += dot(a[1], b[1]);
+    }
+    return s;
+}
+#endif
+
 #if !X_UNIFORM
 
 fn x4(i: u32) -> vec4<f32> {
@@ -325,6 +380,12 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             for (var r = 0u; r < ROWS; r++) {
                 chunk[r] = load_chunk(rows[r], w);
             }
+#if FLOAT_CHUNK
+            let xs = load_x_chunk(m, w);
+            for (var r = 0u; r < ROWS; r++) {
+                s[r] += chunk_mul(decode_chunk(chunk[r]), xs);
+            }
+#else
 #if X_UNIFORM
             // Staged x is zero-padded past K, so no tail: one copy of the loop body (two
             // identical copies cost 10-15% on llvmpipe).
@@ -335,6 +396,7 @@ fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             } else {
                 rows_chunk(&s, &chunk, &off, m, w, true);
             }
+#endif
 #endif
         }
         for (var r = 0u; r < ROWS; r++) {

@@ -171,6 +171,9 @@ pub fn linear_with(
     let x_pitch = staged_pitch(gpu, layer, variant);
     if x_pitch > 0 {
         defines.push("X_UNIFORM");
+        if layer.format.per_word() < 4 {
+            defines.push("FLOAT_CHUNK");
+        }
     }
     // Slices of x rows: all of them, or as many as fit the uniform staging buffer.
     let per_slice = if x_pitch > 0 { (X_STAGING_BYTES / (x_pitch as u64 * 16)) as usize } else { m };
@@ -264,14 +267,16 @@ fn dispatch_slice(
 }
 
 /// Row pitch (vec4s) of x staged in a uniform buffer for this variant, or 0 when the kernel
-/// reads x from storage: staging suits the CPU-oriented variants on formats with ≥ 4 elements
-/// per word, when at least one padded row fits the staging buffer.
+/// reads x from storage: staging suits the CPU-oriented variants, when at least one padded row
+/// fits the staging buffer, on formats with ≥ 4 elements per word, or F32/F16 read a vec4 chunk
+/// at a time (FLOAT_CHUNK: rows padded to whole chunks).
 fn staged_pitch(gpu: &Gpu, layer: &QLinear, variant: Variant) -> u32 {
     let per_word = layer.format.per_word();
     let pitch = layer.chunks[0].stride as u64 * per_word as u64 / 4;
     let fits = pitch * 16 <= X_STAGING_BYTES.min(gpu.limits.max_uniform_buffer_binding_size);
     let wanted = matches!(variant, Variant::GemvRows { .. } | Variant::GemmTiled { .. });
-    if wanted && per_word >= 4 && fits { pitch as u32 } else { 0 }
+    let whole_words = per_word >= 4 || layer.chunks.iter().all(|c| c.group_words % 4 == 0);
+    if wanted && whole_words && fits { pitch as u32 } else { 0 }
 }
 
 /// Copies x rows `rows` into the layer's uniform staging buffer, each zero-padded to `pitch`
