@@ -1,0 +1,188 @@
+//! The viewer, tested by its screenshots: `lowbit viewer --screenshot OUT.png --action ...`
+//! runs in a virtual X display (Xvfb), and the pixels of the image it shows must be what the
+//! command line produces for the same tokens (`lowbit decode`) or the same class
+//! (`lowbit classify`). Skipped, with a message, where `xvfb-run` is not installed.
+//!
+//! `LOWBIT_UPDATE_SCREENSHOTS=1` also copies each screenshot into docs/screenshots/.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use image::RgbImage;
+use lowbit::models::vqgan::TokenGrid;
+
+/// Mean |screen − CLI| per channel, in 8-bit levels, for the image the viewer shows. Both
+/// come from the same f32 decoder on the same adapter and egui draws the texture with
+/// nearest filtering, so they should match nearly exactly; 2 levels leaves room for the
+/// sRGB texture round trip and a half-pixel offset of the widget.
+const MAX_MEAN_ABS_ERROR: f64 = 2.0;
+
+/// One viewer at a time: parallel Xvfb servers and lavapipe renderers on two cores only slow
+/// each other down (and `xvfb-run -a` can race for a display number).
+static DISPLAY: Mutex<()> = Mutex::new(());
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn xvfb_run() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("xvfb-run")).find(|p| p.is_file())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lowbit-viewer-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the viewer in Xvfb for `action`; returns its JSON line and the screenshot.
+fn screenshot(action: &str, name: &str) -> Option<(serde_json::Value, RgbImage)> {
+    let Some(xvfb) = xvfb_run() else {
+        eprintln!("skipping the viewer screenshot test: xvfb-run is not installed (apt-get install xvfb xauth)");
+        return None;
+    };
+    let _one = DISPLAY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch(name);
+    let png = dir.join("screen.png");
+    let runtime = dir.join("xdg");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let out = Command::new(xvfb)
+        .current_dir(root())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .args(["-a", "-s", "-screen 0 1024x768x24 -nolisten tcp"])
+        .arg(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["viewer", "--screenshot"])
+        .arg(&png)
+        .args(["--action", action])
+        .output()
+        .expect("running xvfb-run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "viewer {action} failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in:\n{stdout}"));
+    let json: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(json["action"], action);
+    let shot = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display())).to_rgb8();
+    if std::env::var("LOWBIT_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        let docs = root().join("docs/screenshots");
+        std::fs::create_dir_all(&docs).unwrap();
+        shot.save(docs.join(format!("{name}.png"))).unwrap();
+    }
+    Some((json, shot))
+}
+
+/// The `image_rect` part of the screenshot brought back to `w`×`h` by sampling each source
+/// pixel's center (the viewer enlarges by a whole factor with nearest filtering).
+fn shown_image(json: &serde_json::Value, shot: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let r: Vec<f64> = json["image_rect"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(r[2] >= w as f64 && r[3] >= h as f64, "image_rect {r:?} is smaller than {w}×{h}");
+    assert!(r[0] + r[2] <= shot.width() as f64 && r[1] + r[3] <= shot.height() as f64, "image_rect {r:?} outside the screenshot");
+    RgbImage::from_fn(w, h, |x, y| {
+        let sx = r[0] + (x as f64 + 0.5) * r[2] / w as f64;
+        let sy = r[1] + (y as f64 + 0.5) * r[3] / h as f64;
+        *shot.get_pixel(sx as u32, sy as u32)
+    })
+}
+
+fn tokens_of(json: &serde_json::Value) -> TokenGrid {
+    let shape: Vec<usize> = json["token_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let ids: Vec<i64> = json["tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    TokenGrid::new(&shape, ids).unwrap()
+}
+
+/// `lowbit decode` of `tokens` with the shipped `model`.
+fn cli_decode(model: &str, tokens: &TokenGrid, name: &str) -> RgbImage {
+    let dir = scratch(name);
+    let (t, png) = (dir.join("tokens.safetensors"), dir.join("cli.png"));
+    tokens.save(&t, "tokens").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .current_dir(root())
+        .args(["decode", "--model", &format!("assets/models/{model}"), "--tokens"])
+        .arg(&t)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lowbit decode: {}", String::from_utf8_lossy(&out.stderr));
+    image::open(&png).unwrap().to_rgb8()
+}
+
+fn mean_abs_error(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| x.abs_diff(y) as f64).sum::<f64>() / a.as_raw().len() as f64
+}
+
+fn assert_shows_decode(json: &serde_json::Value, shot: &RgbImage, model: &str, name: &str) {
+    let want = cli_decode(model, &tokens_of(json), name);
+    let got = shown_image(json, shot, want.width(), want.height());
+    let err = mean_abs_error(&got, &want);
+    assert!(err <= MAX_MEAN_ABS_ERROR, "{name}: mean |screen − lowbit decode| = {err:.2} levels > {MAX_MEAN_ABS_ERROR}");
+    // Not a blank widget: a decoded digit or photo has contrast.
+    let (lo, hi) = got.as_raw().iter().fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(hi - lo > 64, "{name}: the shown image is nearly flat ({lo}..{hi})");
+}
+
+#[test]
+fn generate_shows_the_decoded_tokens() {
+    let Some((json, shot)) = screenshot("generate:3", "generate") else { return };
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 64, "digits-prior samples an 8×8 grid: {json}");
+    assert_shows_decode(&json, &shot, "digits-vqgan", "generate");
+}
+
+#[test]
+fn roundtrip_shows_the_reconstruction() {
+    let Some((json, shot)) = screenshot("roundtrip:assets/samples/photo-chelsea.png", "roundtrip") else { return };
+    assert_shows_decode(&json, &shot, "photo-vqgan", "roundtrip");
+}
+
+#[test]
+fn classify_agrees_with_the_cli() {
+    let image = "assets/samples/digit-7-0.png";
+    let Some((json, shot)) = screenshot(&format!("classify:{image}"), "classify") else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .current_dir(root())
+        .args(["classify", "--model", "assets/models/digits-vit", image])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "lowbit classify: {}", String::from_utf8_lossy(&out.stderr));
+    // The first ranked line: "  <class>  <prob>  (logit ...)".
+    let top1: u64 = stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(json["top1"].as_u64(), Some(top1), "viewer {json} vs lowbit classify:\n{stdout}");
+    assert_eq!(json["top5"].as_array().unwrap().len(), 5);
+    // The input widget shows the 32×32 digit as the model saw it.
+    let want = image::open(root().join(image)).unwrap().to_rgb8();
+    let got = shown_image(&json, &shot, 32, 32);
+    let err = mean_abs_error(&got, &want);
+    assert!(err <= MAX_MEAN_ABS_ERROR, "classify input: mean |screen − file| = {err:.2}");
+}
+
+#[test]
+fn bad_actions_fail_with_a_message() {
+    // Parsed before any window opens: no display needed.
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit")).args(["viewer", "--screenshot", "x.png", "--action", "paint:1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown action"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A missing image: the app reports the error and exits non-zero instead of hanging.
+    if xvfb_run().is_none() {
+        return;
+    }
+    let _one = DISPLAY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("missing");
+    let out = Command::new(xvfb_run().unwrap())
+        .current_dir(root())
+        .env("XDG_RUNTIME_DIR", &dir)
+        .args(["-a", "-s", "-screen 0 1024x768x24 -nolisten tcp"])
+        .arg(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["viewer", "--screenshot"])
+        .arg(dir.join("never.png"))
+        .args(["--action", "classify:no/such/image.png"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no/such/image.png"), "{stderr}");
+    assert!(!dir.join("never.png").exists());
+}
