@@ -118,6 +118,7 @@ fn assert_shows_decode(json: &serde_json::Value, shot: &RgbImage, model: &str, n
     let want = cli_decode(model, &tokens_of(json), name);
     let got = shown_image(json, shot, want.width(), want.height());
     let err = mean_abs_error(&got, &want);
+    eprintln!("{name}: mean |screen − lowbit decode| = {err:.3} levels");
     assert!(err <= MAX_MEAN_ABS_ERROR, "{name}: mean |screen − lowbit decode| = {err:.2} levels > {MAX_MEAN_ABS_ERROR}");
     // Not a blank widget: a decoded digit or photo has contrast.
     let (lo, hi) = got.as_raw().iter().fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -156,6 +157,7 @@ fn classify_agrees_with_the_cli() {
     let want = image::open(root().join(image)).unwrap().to_rgb8();
     let got = shown_image(&json, &shot, 32, 32);
     let err = mean_abs_error(&got, &want);
+    eprintln!("classify: mean |screen − file| = {err:.3} levels");
     assert!(err <= MAX_MEAN_ABS_ERROR, "classify input: mean |screen − file| = {err:.2}");
 }
 
@@ -185,4 +187,43 @@ fn bad_actions_fail_with_a_message() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("no/such/image.png"), "{stderr}");
     assert!(!dir.join("never.png").exists());
+}
+
+/// The viewer's engine without a window: what the tabs and the precision panel call.
+#[test]
+fn engine_actions_and_errors() {
+    use lowbit::viewer::engine::{Engine, ModelName, Recipe};
+    for opts in [lowbit::GpuOptions::from_env(), lowbit::GpuOptions::fallback()] {
+        let mut engine = Engine::new(lowbit::Gpu::with_options(&opts).unwrap(), root().join("assets"));
+        let names: Vec<String> = engine.recipes().into_iter().map(|r| r.name).collect();
+        assert!(names.starts_with(&["f32".into(), "q8".into(), "q4g32".into()]), "{names:?}");
+        let f32 = Recipe::f32();
+
+        let generated = engine.generate(&f32, 3, 0).unwrap();
+        assert_eq!((generated.tokens.shape(), generated.image.dimensions()), ([1, 8, 8], (32, 32)));
+        let again = engine.decode_digits(&f32, &generated.tokens).unwrap();
+        assert_eq!(again.image, generated.image, "decoding the same tokens twice differs");
+        let mut edited = generated.tokens.clone();
+        edited.ids[27] = (edited.ids[27] + 128) % 256;
+        assert_ne!(engine.decode_digits(&f32, &edited).unwrap().image, generated.image, "an edited token changed nothing");
+
+        let classified = engine.classify(&f32, &root().join("assets/samples/digit-7-0.png")).unwrap();
+        assert_eq!(classified.top(1)[0].0, 7);
+        assert_eq!(classified.rollout.len(), classified.grid * classified.grid);
+        assert!(classified.rollout.iter().all(|v| (0.0..=1.0).contains(v)) && classified.rollout.contains(&1.0));
+
+        let times = engine.profile(&f32, ModelName::DigitsVit, None).unwrap();
+        assert!(times.iter().any(|t| t.name == "blocks.0.attn.qkv"), "{:?}", times.iter().map(|t| &t.name).collect::<Vec<_>>());
+        let q8 = Recipe::format(lowbit::quant::WeightFormat::parse("q8").unwrap());
+        assert!(engine.weight_bytes(ModelName::DigitsVqgan, &q8).unwrap() < engine.weight_bytes(ModelName::DigitsVqgan, &f32).unwrap() / 2);
+
+        // Bad input: clear errors, no panics.
+        let e = engine.classify(&f32, Path::new("no/such/image.png")).unwrap_err().to_string();
+        assert!(e.contains("no/such/image.png"), "{e}");
+        assert!(engine.generate(&f32, 10, 0).unwrap_err().to_string().contains("out of range"));
+        let mut bad = generated.tokens.clone();
+        bad.ids[0] = 999;
+        assert!(engine.decode_digits(&f32, &bad).is_err());
+        assert!(engine.profile(&f32, ModelName::DigitsVqgan, None).is_err(), "profiling a decoder needs tokens");
+    }
 }

@@ -13,6 +13,10 @@ pub struct ViewerArgs {
     /// Where the shipped models and samples are (default: ./assets, else the source tree's).
     #[arg(long)]
     assets: Option<PathBuf>,
+    /// The weight recipe selected at start: f32, q8, q4g32, or the name of a quantized model
+    /// folder in the assets (listed in the precision panel).
+    #[arg(long, default_value = "f32")]
+    recipe: String,
     /// Perform --action, save the window to this PNG and exit (prints one JSON line).
     #[arg(long, value_name = "OUT.png", requires = "action")]
     screenshot: Option<PathBuf>,
@@ -24,7 +28,7 @@ pub struct ViewerArgs {
 pub fn run(gpu: GpuOptions, args: ViewerArgs) -> anyhow::Result<()> {
     let assets = assets_dir(args.assets.as_deref())?;
     let screenshot = args.screenshot.zip(args.action);
-    run_viewer(ViewerOptions { assets, gpu, screenshot })
+    run_viewer(ViewerOptions { assets, gpu, recipe: args.recipe, screenshot })
 }
 
 fn assets_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {

@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 use eframe::egui::{self, Color32, Rect};
 
-use super::engine::{difference, rollout_overlay, Engine, ModelName};
+use super::engine::{difference, rollout_overlay, Engine, ModelName, Recipe};
 use super::screenshot::ScreenshotJob;
 use super::widgets::{self, Shown};
 use crate::graph::NodeTime;
 use crate::models::vqgan::TokenGrid;
-use crate::quant::WeightFormat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {
@@ -43,6 +42,8 @@ pub struct Comparison {
     pub diff: Shown,
     pub max: u8,
     pub mean: f32,
+    /// How the tokens compare, when the recipe also changed them.
+    pub note: String,
 }
 
 #[derive(Default)]
@@ -76,13 +77,12 @@ pub struct ClassifyState {
     pub f32_logits: Option<Vec<f32>>,
 }
 
-/// Weight recipes offered in the precision panel.
-const RECIPES: [&str; 3] = ["f32", "q8", "q4g32"];
-
 pub struct ViewerApp {
     pub engine: Result<Engine, String>,
     pub tab: Tab,
-    pub recipe: WeightFormat,
+    pub recipe: Recipe,
+    /// What the precision panel offers.
+    recipes: Vec<Recipe>,
     /// Also run the f32 recipe and show the difference.
     pub compare_f32: bool,
     pub generate: GenerateState,
@@ -101,16 +101,23 @@ pub struct ViewerApp {
 }
 
 impl ViewerApp {
-    pub fn new(engine: Result<Engine, String>, screenshot: Option<ScreenshotJob>) -> ViewerApp {
+    /// `recipe`: the one selected at start (a name from `Engine::recipes`).
+    pub fn new(engine: Result<Engine, String>, recipe: &str, screenshot: Option<ScreenshotJob>) -> anyhow::Result<ViewerApp> {
+        let recipes = engine.as_ref().map(|e| e.recipes()).unwrap_or_else(|_| vec![Recipe::f32()]);
+        let Some(selected) = recipes.iter().find(|r| r.name == recipe).cloned() else {
+            let names: Vec<&str> = recipes.iter().map(|r| r.name.as_str()).collect();
+            anyhow::bail!("--recipe {recipe}: not one of {}", names.join(", "))
+        };
         let (photo, digit) = match &engine {
             Ok(e) => (e.samples("photo-").into_iter().next(), e.samples("digit-").into_iter().next()),
             Err(_) => (None, None),
         };
         let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
-        ViewerApp {
+        Ok(ViewerApp {
             engine,
             tab: Tab::Generate,
-            recipe: WeightFormat::F32,
+            recipe: selected,
+            recipes,
             compare_f32: true,
             generate: GenerateState { class: 3, ..Default::default() },
             roundtrip: RoundTripState { path: path(photo), ..Default::default() },
@@ -122,7 +129,7 @@ impl ViewerApp {
             main_rect: None,
             times: None,
             screenshot,
-        }
+        })
     }
 
     /// Queues `action`; it runs once a frame showing "working…" has been drawn.
@@ -140,39 +147,44 @@ impl ViewerApp {
 
     fn run(&mut self, ctx: &egui::Context, action: Action) -> anyhow::Result<()> {
         let Ok(engine) = self.engine.as_mut() else { anyhow::bail!("no GPU engine") };
-        let format = self.recipe;
+        let recipe = &self.recipe;
+        let f32 = &Recipe::f32();
         // The f32 reference is computed only when it differs from what is shown.
-        let reference = self.compare_f32 && format != WeightFormat::F32;
+        let reference = self.compare_f32 && *recipe != *f32;
         if !matches!(action, Action::Profile) {
             self.last[Self::tab_index(self.tab)] = Some(action.clone());
         }
         match action {
             Action::Generate { class, seed } => {
-                let out = engine.generate(format, class, seed)?;
-                let f32_out = if reference { Some(engine.generate(WeightFormat::F32, class, seed)?) } else { None };
+                let out = engine.generate(recipe, class, seed)?;
+                let f32_out = if reference { Some(engine.generate(f32, class, seed)?) } else { None };
                 let g = &mut self.generate;
-                g.compare = f32_out.map(|r| compare(ctx, "generate", &out.image, r.image));
+                g.compare = f32_out.map(|r| {
+                    // The prior runs in the recipe too, so the sampled tokens may differ.
+                    let differ = out.tokens.ids.iter().zip(&r.tokens.ids).filter(|(a, b)| a != b).count();
+                    Comparison { note: format!("the f32 prior sampled\n{differ} of {} tokens differently", r.tokens.ids.len()), ..compare(ctx, "generate", &out.image, r.image) }
+                });
                 g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
                 g.selected = None;
             }
             Action::Redecode(tokens) => {
-                let out = engine.decode_digits(format, &tokens)?;
-                let f32_out = if reference { Some(engine.decode_digits(WeightFormat::F32, &tokens)?) } else { None };
+                let out = engine.decode_digits(recipe, &tokens)?;
+                let f32_out = if reference { Some(engine.decode_digits(f32, &tokens)?) } else { None };
                 let g = &mut self.generate;
                 g.compare = f32_out.map(|r| compare(ctx, "generate", &out.image, r.image));
                 g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
             }
             Action::RoundTrip(path) => {
-                let (original, out) = engine.roundtrip(format, &path)?;
-                let f32_out = if reference { Some(engine.roundtrip(WeightFormat::F32, &path)?.1) } else { None };
+                let (original, out) = engine.roundtrip(recipe, &path)?;
+                let f32_out = if reference { Some(engine.roundtrip(f32, &path)?.1) } else { None };
                 let r = &mut self.roundtrip;
                 r.compare = f32_out.map(|f| compare(ctx, "roundtrip", &out.image, f.image));
                 r.original = Some(Shown::new(ctx, "photo", original));
                 r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
             }
             Action::Classify(path) => {
-                let out = engine.classify(format, &path)?;
-                let f32_logits = if reference { Some(engine.classify(WeightFormat::F32, &path)?.logits) } else { None };
+                let out = engine.classify(recipe, &path)?;
+                let f32_logits = if reference { Some(engine.classify(f32, &path)?.logits) } else { None };
                 let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
                 self.classify.out = Some(ClassView {
                     input: Shown::new(ctx, "classify-input", out.input.clone()),
@@ -187,8 +199,8 @@ impl ViewerApp {
                     Tab::RoundTrip => (ModelName::PhotoVqgan, self.roundtrip.out.as_ref().map(|o| &o.tokens)),
                     Tab::Classify => (ModelName::DigitsVit, None),
                 };
-                let times = engine.profile(format, model, tokens)?;
-                self.times = Some((format!("{} ({})", model.dir(), format.name()), times));
+                let times = engine.profile(recipe, model, tokens)?;
+                self.times = Some((format!("{} ({})", model.dir(), recipe.name), times));
             }
         }
         Ok(())
@@ -209,10 +221,9 @@ impl ViewerApp {
 
     fn precision_panel(&mut self, ui: &mut egui::Ui) {
         ui.heading("Precision");
-        let before = self.recipe;
-        for name in RECIPES {
-            let format = WeightFormat::parse(name).expect("built-in recipe names parse");
-            ui.radio_value(&mut self.recipe, format, name);
+        let before = self.recipe.clone();
+        for r in &self.recipes {
+            ui.radio_value(&mut self.recipe, r.clone(), &r.name);
         }
         let toggled = ui.checkbox(&mut self.compare_f32, "compare with f32").changed();
         if before != self.recipe || toggled {
@@ -230,8 +241,8 @@ impl ViewerApp {
         };
         if let Ok(engine) = self.engine.as_mut() {
             for &m in models {
-                let mut size = |f| engine.weight_bytes(m, f).map(widgets::bytes).unwrap_or_else(|e| format!("? ({e})"));
-                let (this, full) = (size(self.recipe), size(WeightFormat::F32));
+                let mut size = |r: &Recipe| engine.weight_bytes(m, r).map(widgets::bytes).unwrap_or_else(|e| format!("? ({e})"));
+                let (this, full) = (size(&self.recipe), size(&Recipe::f32()));
                 ui.label(format!("  {}: {this} (f32 {full})", m.dir()));
             }
         }
@@ -334,6 +345,7 @@ fn compare(ctx: &egui::Context, name: &str, out: &image::RgbImage, reference: im
         diff: Shown::new(ctx, &format!("{name}-diff"), diff),
         max,
         mean,
+        note: String::new(),
     }
 }
 

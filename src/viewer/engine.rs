@@ -23,6 +23,26 @@ use crate::Gpu;
 /// a second on lavapipe, the full 256² takes several.
 pub const PHOTO_SIDE: usize = 128;
 
+/// A weight recipe: a format every shipped model is packed in when loaded, or a packed
+/// checkpoint folder written by `lowbit quantize` that replaces one shipped model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    pub name: String,
+    pub format: WeightFormat,
+    /// The quantized folder standing in for one model (the others stay f32).
+    pub folder: Option<(ModelName, PathBuf)>,
+}
+
+impl Recipe {
+    pub fn format(format: WeightFormat) -> Recipe {
+        Recipe { name: format.name(), format, folder: None }
+    }
+
+    pub fn f32() -> Recipe {
+        Recipe::format(WeightFormat::F32)
+    }
+}
+
 /// The models of one weight recipe, each loaded when first needed.
 #[derive(Default)]
 struct ModelSet {
@@ -43,6 +63,8 @@ pub enum ModelName {
 }
 
 impl ModelName {
+    pub const ALL: [ModelName; 4] = [ModelName::DigitsVit, ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::PhotoVqgan];
+
     pub fn dir(self) -> &'static str {
         match self {
             ModelName::DigitsVit => "digits-vit",
@@ -54,14 +76,14 @@ impl ModelName {
 }
 
 /// A generated or reconstructed image with the tokens it was decoded from.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Decoded {
     pub tokens: TokenGrid,
     pub image: RgbImage,
 }
 
 /// What classify produced for one image.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Classified {
     /// The image as the network saw it (preprocessed, then mapped back to RGB).
     pub input: RgbImage,
@@ -97,8 +119,30 @@ impl Engine {
         Engine { gpu, assets, models: HashMap::new(), weight_bytes: HashMap::new() }
     }
 
-    fn model_dir(&self, m: ModelName) -> PathBuf {
-        self.assets.join("models").join(m.dir())
+    fn model_dir(&self, m: ModelName, recipe: &Recipe) -> PathBuf {
+        match &recipe.folder {
+            Some((which, dir)) if *which == m => dir.clone(),
+            _ => self.assets.join("models").join(m.dir()),
+        }
+    }
+
+    /// f32, q8 and q4g32, then every folder in `assets/models` named `<shipped model>-<suffix>`
+    /// whose weights `lowbit quantize` packed (e.g. `digits-vit-w4a16`).
+    pub fn recipes(&self) -> Vec<Recipe> {
+        let mut out: Vec<Recipe> = ["f32", "q8", "q4g32"].iter().map(|n| Recipe::format(WeightFormat::parse(n).expect("built-in format names parse"))).collect();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.assets.join("models"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        for dir in dirs {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let Some(m) = ModelName::ALL.into_iter().find(|m| name.starts_with(&format!("{}-", m.dir()))) else { continue };
+            let quantized = Weights::load(&dir.join("model.safetensors")).and_then(|w| WeightSummary::new(&w)).is_ok_and(|s| s.is_quantized());
+            if quantized {
+                out.push(Recipe { name, format: WeightFormat::F32, folder: Some((m, dir)) });
+            }
+        }
+        out
     }
 
     /// The sample images shipped in `assets/samples` whose names start with `prefix`, sorted.
@@ -114,65 +158,66 @@ impl Engine {
         out
     }
 
-    fn set(&mut self, format: WeightFormat) -> &mut ModelSet {
-        self.models.entry(format.name()).or_default()
+    fn set(&mut self, recipe: &Recipe) -> &mut ModelSet {
+        self.models.entry(recipe.name.clone()).or_default()
     }
 
-    /// Loads what `need` lists for `format` (a no-op once loaded).
-    fn load(&mut self, format: WeightFormat, need: &[ModelName]) -> anyhow::Result<(&Gpu, &ModelSet)> {
+    /// Loads what `need` lists for `recipe` (a no-op once loaded).
+    fn load(&mut self, recipe: &Recipe, need: &[ModelName]) -> anyhow::Result<(&Gpu, &ModelSet)> {
+        let format = recipe.format;
         for &m in need {
-            let dir = self.model_dir(m);
+            let dir = self.model_dir(m, recipe);
             let gpu = &self.gpu;
             let loaded = match m {
-                ModelName::DigitsVit => self.models.get(&format.name()).is_some_and(|s| s.vit.is_some()),
-                ModelName::DigitsPrior => self.models.get(&format.name()).is_some_and(|s| s.prior.is_some()),
-                ModelName::DigitsVqgan => self.models.get(&format.name()).is_some_and(|s| s.digits.is_some()),
-                ModelName::PhotoVqgan => self.models.get(&format.name()).is_some_and(|s| s.photo_decoder.is_some()),
+                ModelName::DigitsVit => self.models.get(&recipe.name).is_some_and(|s| s.vit.is_some()),
+                ModelName::DigitsPrior => self.models.get(&recipe.name).is_some_and(|s| s.prior.is_some()),
+                ModelName::DigitsVqgan => self.models.get(&recipe.name).is_some_and(|s| s.digits.is_some()),
+                ModelName::PhotoVqgan => self.models.get(&recipe.name).is_some_and(|s| s.photo_decoder.is_some()),
             };
             if loaded {
                 continue;
             }
-            let what = || format!("loading {} as {}", dir.display(), format.name());
+            let what = || format!("loading {} ({})", dir.display(), recipe.name);
             match m {
                 ModelName::DigitsVit => {
                     let vit = VisionTransformer::from_pretrained(gpu, &dir, None, format).with_context(what)?;
-                    self.set(format).vit = Some(vit);
+                    self.set(recipe).vit = Some(vit);
                 }
                 ModelName::DigitsPrior => {
                     let prior = Prior::from_pretrained(gpu, &dir, format).with_context(what)?;
-                    self.set(format).prior = Some(prior);
+                    self.set(recipe).prior = Some(prior);
                 }
                 ModelName::DigitsVqgan => {
                     let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
-                    self.set(format).digits = Some(dec);
+                    self.set(recipe).digits = Some(dec);
                 }
                 ModelName::PhotoVqgan => {
                     let enc = VqganEncoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
                     let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
-                    let set = self.set(format);
+                    let set = self.set(recipe);
                     set.photo_encoder = Some(enc);
                     set.photo_decoder = Some(dec);
                 }
             }
         }
-        Ok((&self.gpu, &self.models[&format.name()]))
+        Ok((&self.gpu, &self.models[&recipe.name]))
     }
 
-    /// Bytes of `m`'s weights stored as `format` (packed matrices plus the f32 rest).
-    pub fn weight_bytes(&mut self, m: ModelName, format: WeightFormat) -> anyhow::Result<usize> {
-        let key = (m, format.name());
+    /// Bytes of `m`'s weights under `recipe` (packed matrices plus the f32 rest).
+    pub fn weight_bytes(&mut self, m: ModelName, recipe: &Recipe) -> anyhow::Result<usize> {
+        let key = (m, recipe.name.clone());
         if let Some(&b) = self.weight_bytes.get(&key) {
             return Ok(b);
         }
-        let path = self.model_dir(m).join("model.safetensors");
-        let bytes = WeightSummary::new(&Weights::load(&path)?)?.bytes(format);
+        let path = self.model_dir(m, recipe).join("model.safetensors");
+        let bytes = WeightSummary::new(&Weights::load(&path)?)?.bytes(recipe.format);
         self.weight_bytes.insert(key, bytes);
         Ok(bytes)
     }
 
     /// A digit of `class` sampled by digits-prior (batch 1) and decoded by digits-vqgan.
-    pub fn generate(&mut self, format: WeightFormat, class: usize, seed: u64) -> anyhow::Result<Decoded> {
-        let (gpu, set) = self.load(format, &[ModelName::DigitsPrior, ModelName::DigitsVqgan])?;
+    pub fn generate(&mut self, recipe: &Recipe, class: usize, seed: u64) -> anyhow::Result<Decoded> {
+        let (gpu, set) = self.load(recipe, &[ModelName::DigitsPrior, ModelName::DigitsVqgan])?;
         let prior = set.prior.as_ref().unwrap();
         let opts = prior.config.sampling.unwrap_or_default();
         let tokens = generate(gpu, prior, class, 1, seed, &opts)?;
@@ -181,21 +226,21 @@ impl Engine {
     }
 
     /// digits-vqgan's image of a (possibly edited) token grid.
-    pub fn decode_digits(&mut self, format: WeightFormat, tokens: &TokenGrid) -> anyhow::Result<Decoded> {
-        let (gpu, set) = self.load(format, &[ModelName::DigitsVqgan])?;
+    pub fn decode_digits(&mut self, recipe: &Recipe, tokens: &TokenGrid) -> anyhow::Result<Decoded> {
+        let (gpu, set) = self.load(recipe, &[ModelName::DigitsVqgan])?;
         let image = decode_one(gpu, set.digits.as_ref().unwrap(), tokens)?;
         Ok(Decoded { tokens: tokens.clone(), image })
     }
 
     /// Codebook size of digits-vqgan (the range of an edited token).
-    pub fn digits_codes(&mut self, format: WeightFormat) -> anyhow::Result<usize> {
-        Ok(self.load(format, &[ModelName::DigitsVqgan])?.1.digits.as_ref().unwrap().config.n_embed)
+    pub fn digits_codes(&mut self, recipe: &Recipe) -> anyhow::Result<usize> {
+        Ok(self.load(recipe, &[ModelName::DigitsVqgan])?.1.digits.as_ref().unwrap().config.n_embed)
     }
 
     /// The center crop of `path` photo-vqgan sees, and its reconstruction.
-    pub fn roundtrip(&mut self, format: WeightFormat, path: &Path) -> anyhow::Result<(RgbImage, Decoded)> {
+    pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<(RgbImage, Decoded)> {
         let photo = load_image(path)?;
-        let (gpu, set) = self.load(format, &[ModelName::PhotoVqgan])?;
+        let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
         let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.as_ref().unwrap());
         let f = enc.downscale();
         let side = |n: u32| (n as usize).min(PHOTO_SIDE) / f * f;
@@ -211,9 +256,9 @@ impl Engine {
     }
 
     /// digits-vit's logits for `path` and the attention rollout of its class token.
-    pub fn classify(&mut self, format: WeightFormat, path: &Path) -> anyhow::Result<Classified> {
+    pub fn classify(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Classified> {
         let img = load_image(path)?;
-        let (gpu, set) = self.load(format, &[ModelName::DigitsVit])?;
+        let (gpu, set) = self.load(recipe, &[ModelName::DigitsVit])?;
         let vit = set.vit.as_ref().unwrap();
         let c = &vit.config;
         let pixels = preprocess(&img, &c.preprocess)?;
@@ -242,8 +287,8 @@ impl Engine {
 
     /// Per-node GPU times of the model behind `m`'s main output at the shape last used:
     /// the decoder for generate/round trip (`tokens`), the classifier for classify.
-    pub fn profile(&mut self, format: WeightFormat, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Vec<NodeTime>> {
-        let (gpu, set) = self.load(format, &[m])?;
+    pub fn profile(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Vec<NodeTime>> {
+        let (gpu, set) = self.load(recipe, &[m])?;
         let plan = match m {
             ModelName::DigitsVit => {
                 let vit = set.vit.as_ref().unwrap();

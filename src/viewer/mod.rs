@@ -28,6 +28,8 @@ pub struct ViewerOptions {
     /// The folder with `models/` and `samples/`.
     pub assets: PathBuf,
     pub gpu: GpuOptions,
+    /// The weight recipe selected at start (f32, q8, q4g32 or a quantized folder's name).
+    pub recipe: String,
     /// `(OUT.png, ACTION)`: perform ACTION, save the window, exit.
     pub screenshot: Option<(PathBuf, String)>,
 }
@@ -44,7 +46,7 @@ pub fn run(opts: ViewerOptions) -> anyhow::Result<()> {
         wgpu_options: wgpu_configuration(&opts.gpu),
         ..Default::default()
     };
-    let (assets, gpu_opts) = (opts.assets, opts.gpu);
+    let (assets, gpu_opts, recipe) = (opts.assets, opts.gpu, opts.recipe);
     eframe::run_native(
         "lowbit viewer",
         native,
@@ -54,7 +56,7 @@ pub fn run(opts: ViewerOptions) -> anyhow::Result<()> {
                 Some(rs) => Ok(Engine::new(Gpu::from_wgpu(&rs.instance, &rs.adapter, rs.device.clone(), rs.queue.clone(), &gpu_opts), assets)),
                 None => Err("eframe started without the wgpu renderer".to_string()),
             };
-            Ok(Box::new(ViewerApp::new(engine, job)))
+            Ok(Box::new(ViewerApp::new(engine, &recipe, job)?))
         }),
     )
     .map_err(|e| anyhow!("viewer window: {e}"))?;

@@ -151,7 +151,7 @@ impl ScreenshotJob {
         // The screenshot is in physical pixels; egui lays out in points.
         let ppp = ctx.pixels_per_point();
         let image_rect = [rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64);
-        let mut json = serde_json::json!({ "action": self.text, "image_rect": image_rect, "recipe": app.recipe.name() });
+        let mut json = serde_json::json!({ "action": self.text, "image_rect": image_rect, "recipe": app.recipe.name });
         let tokens = match self.action {
             ScreenAction::Generate(_) => app.generate.out.as_ref().map(|o| &o.tokens),
             ScreenAction::RoundTrip(_) => app.roundtrip.out.as_ref().map(|o| &o.tokens),

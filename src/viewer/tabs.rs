@@ -12,10 +12,12 @@ use super::widgets;
 /// Points the main image is enlarged to fill (whole factors only, see `Shown::show`).
 const MAIN_SIDE: f32 = 256.0;
 const SMALL_SIDE: f32 = 128.0;
+/// Classify shows two images and the bars side by side: a little smaller.
+const CLASSIFY_SIDE: f32 = 224.0;
 
 pub fn generate(app: &mut ViewerApp, ui: &mut egui::Ui) {
     let busy = app.busy();
-    let codes = app.engine.as_mut().ok().and_then(|e| e.digits_codes(app.recipe).ok()).unwrap_or(1);
+    let codes = app.engine.as_mut().ok().and_then(|e| e.digits_codes(&app.recipe).ok()).unwrap_or(1);
     let g = &mut app.generate;
     let mut request = None;
     ui.horizontal(|ui| {
@@ -83,9 +85,14 @@ pub fn roundtrip(app: &mut ViewerApp, ui: &mut egui::Ui) {
             original.show_captioned(ui, "input (center crop)", MAIN_SIDE);
             app.main_rect = Some(out.shown.show_captioned(ui, "reconstruction (photo-vqgan)", MAIN_SIDE));
         });
-        ui.label(format!("tokens {}×{}", out.tokens.height, out.tokens.width));
-        widgets::token_grid(ui, "photo-tokens", &out.tokens.ids, out.tokens.width, None);
-        comparison(ui, r.compare.as_ref());
+        ui.separator();
+        ui.horizontal_top(|ui| {
+            ui.vertical(|ui| {
+                ui.label(format!("tokens {}×{}", out.tokens.height, out.tokens.width));
+                widgets::token_grid(ui, "photo-tokens", &out.tokens.ids, out.tokens.width, None);
+            });
+            comparison_row(ui, r.compare.as_ref());
+        });
     } else {
         ui.label("Open a photograph to encode it to tokens and decode it back.");
     }
@@ -109,12 +116,12 @@ pub fn classify(app: &mut ViewerApp, ui: &mut egui::Ui) {
         return;
     };
     ui.horizontal_top(|ui| {
-        app.main_rect = Some(out.input.show_captioned(ui, "input (as the model sees it)", MAIN_SIDE));
-        out.overlay.show_captioned(ui, "attention rollout (class token)", MAIN_SIDE);
+        app.main_rect = Some(out.input.show_captioned(ui, "input (as the model sees it)", CLASSIFY_SIDE));
+        out.overlay.show_captioned(ui, "attention rollout (class token)", CLASSIFY_SIDE);
         ui.vertical(|ui| {
             ui.label("top 5");
             for (class, p) in out.result.top(5) {
-                widgets::bar(ui, p, 160.0, Color32::from_rgb(80, 170, 90), &format!("{class}: {:.1}%", 100.0 * p));
+                widgets::bar(ui, p, 110.0, Color32::from_rgb(80, 170, 90), &format!("{class}: {:.1}%", 100.0 * p));
             }
             if let Some(reference) = &c.f32_logits {
                 ui.separator();
@@ -154,11 +161,15 @@ fn open_row(ui: &mut egui::Ui, path: &mut String, samples: &[PathBuf], busy: boo
 
 /// The f32 output and the amplified difference, when the precision panel asks for them.
 fn comparison(ui: &mut egui::Ui, c: Option<&Comparison>) {
+    if c.is_some() {
+        ui.separator();
+        ui.horizontal_top(|ui| comparison_row(ui, c));
+    }
+}
+
+fn comparison_row(ui: &mut egui::Ui, c: Option<&Comparison>) {
     let Some(c) = c else { return };
-    ui.separator();
-    ui.horizontal_top(|ui| {
-        c.reference.show_captioned(ui, "f32 weights", SMALL_SIDE);
-        c.diff.show_captioned(ui, "|difference| × 8", SMALL_SIDE);
-        ui.label(format!("max {} levels\nmean {:.2} levels", c.max, c.mean));
-    });
+    c.reference.show_captioned(ui, "f32 weights", SMALL_SIDE);
+    c.diff.show_captioned(ui, "|difference| × 8", SMALL_SIDE);
+    ui.label(format!("max {} levels\nmean {:.2} levels\n{}", c.max, c.mean, c.note));
 }

@@ -36,25 +36,58 @@ impl Shown {
     }
 }
 
-/// The token ids as a grid of clickable cells, each tinted by its id so repeated codes are
-/// easy to spot. Returns the index clicked this frame, if any.
+/// Grids wider than this are drawn as small colored squares (id on hover) instead of labelled
+/// buttons: photo-vqgan's 32×32 tokens would otherwise fill several screens.
+const LABELLED_MAX_WIDTH: usize = 16;
+
+/// A color per code, spread around the hue circle so neighbouring ids differ and repeated
+/// codes are easy to spot.
+fn code_color(id: i64, value: f32) -> Color32 {
+    let hue = (id as f32 * 0.618_034).fract();
+    egui::ecolor::Hsva::new(hue, 0.6, value, 1.0).into()
+}
+
+/// The token ids as a grid of clickable cells tinted by id. Returns the index clicked this
+/// frame, if any.
 pub fn token_grid(ui: &mut egui::Ui, id_salt: &str, ids: &[i64], width: usize, selected: Option<usize>) -> Option<usize> {
+    let width = width.max(1);
+    if width > LABELLED_MAX_WIDTH {
+        return compact_token_grid(ui, ids, width);
+    }
     let mut clicked = None;
     egui::Grid::new(id_salt).spacing([2.0, 2.0]).show(ui, |ui| {
         for (i, &id) in ids.iter().enumerate() {
-            let hue = (id as f32 * 0.618_034).fract();
-            let fill: Color32 = egui::ecolor::Hsva::new(hue, 0.5, 0.12, 1.0).into();
             let text = egui::RichText::new(format!("{id:>4}")).monospace().color(Color32::WHITE);
-            let button = egui::Button::new(text).fill(fill).min_size(Vec2::new(34.0, 18.0)).selected(selected == Some(i));
+            let button = egui::Button::new(text).fill(code_color(id, 0.12)).min_size(Vec2::new(34.0, 18.0)).selected(selected == Some(i));
             if ui.add(button).clicked() {
                 clicked = Some(i);
             }
-            if (i + 1) % width.max(1) == 0 {
+            if (i + 1) % width == 0 {
                 ui.end_row();
             }
         }
     });
     clicked
+}
+
+fn compact_token_grid(ui: &mut egui::Ui, ids: &[i64], width: usize) -> Option<usize> {
+    const CELL: f32 = 6.0;
+    let height = ids.len().div_ceil(width);
+    let (rect, response) = ui.allocate_exact_size(Vec2::new(width as f32 * CELL, height as f32 * CELL), egui::Sense::click());
+    for (i, &id) in ids.iter().enumerate() {
+        let min = rect.min + Vec2::new((i % width) as f32 * CELL, (i / width) as f32 * CELL);
+        ui.painter().rect_filled(Rect::from_min_size(min, Vec2::splat(CELL - 1.0)), 0.0, code_color(id, 0.3));
+    }
+    let cell_at = |pos: egui::Pos2| {
+        let d = pos - rect.min;
+        let i = (d.y / CELL) as usize * width + (d.x / CELL) as usize;
+        (d.x >= 0.0 && d.y >= 0.0 && i < ids.len()).then_some(i)
+    };
+    let hovered = response.hover_pos().and_then(cell_at);
+    if let Some(i) = hovered {
+        response.clone().on_hover_text(format!("({}, {}): code {}", i / width, i % width, ids[i]));
+    }
+    if response.clicked() { hovered } else { None }
 }
 
 /// A horizontal bar of `fraction` (0..1) of `width` points with a label on its right.
