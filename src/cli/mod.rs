@@ -8,7 +8,7 @@ mod encode;
 mod info;
 mod model;
 mod generate;
-#[cfg(feature = "viewer")]
+#[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
 mod viewer;
 
 use clap::{Parser, Subcommand};
@@ -50,7 +50,7 @@ enum Command {
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
     /// Interactive window over the shipped models (generate, round-trip, classify, precision).
-    #[cfg(feature = "viewer")]
+    #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
     Viewer(viewer::ViewerArgs),
 }
 
@@ -91,7 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
         Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
         // The viewer opens its own device (eframe's, shared with the engine).
-        #[cfg(feature = "viewer")]
+        #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
         Command::Viewer(args) => viewer::run(opts, args),
     }
 }
