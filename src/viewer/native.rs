@@ -16,6 +16,9 @@ use crate::{Gpu, GpuOptions};
 pub fn run(opts: ViewerOptions) -> anyhow::Result<()> {
     // Parse the action before opening a window, so a typo fails fast.
     let job = opts.screenshot.map(|(out, action)| ScreenshotJob::new(out, &action)).transpose()?;
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        bail!("no display to open a window on (DISPLAY is not set); without one, run it under Xvfb: xvfb-run -a lowbit viewer ...");
+    }
     let outcome = job.as_ref().map(|j| j.outcome.clone());
     let native = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default().with_inner_size([1000.0, 720.0]).with_title("lowbit viewer"),
