@@ -228,3 +228,39 @@ fn engine_actions_and_errors() {
         assert!(engine.profile(&f32, ModelName::DigitsVqgan, None).is_err(), "profiling a decoder needs tokens");
     }
 }
+
+/// The rollout reads q and k out of `blocks.N.attn.qkv` itself; check that reading against the
+/// GPU's own attention: softmax(q·kᵀ/√d)·v per head, computed on the CPU from the same qkv,
+/// must equal the `blocks.N.attn` node output.
+#[test]
+fn rollout_reads_q_and_k_the_way_the_attention_kernel_does() {
+    use lowbit::graph::Plan;
+    use lowbit::models::{load_image, preprocess, VisionTransformer};
+    use lowbit::viewer::rollout::head_attention;
+    let gpu = lowbit::Gpu::new().unwrap();
+    let vit = VisionTransformer::from_pretrained(&gpu, &root().join("assets/models/digits-vit"), None, lowbit::quant::WeightFormat::F32).unwrap();
+    let c = &vit.config;
+    let (t, heads, hd) = (c.tokens(), c.num_heads, c.head_dim());
+    let d = heads * hd;
+    let plan = Plan::unshared(&gpu, vit.graph(1).unwrap()).unwrap();
+    let pixels = preprocess(&load_image(&root().join("assets/samples/digit-4-0.png")).unwrap(), &c.preprocess).unwrap();
+    plan.set_input(&gpu, 0, &pixels).unwrap();
+    plan.run(&gpu).unwrap();
+    for n in [0, c.depth - 1] {
+        let qkv = plan.node_values(&format!("blocks.{n}.attn.qkv")).unwrap().1.to_vec_f32(&gpu).unwrap();
+        let gpu_out = plan.node_values(&format!("blocks.{n}.attn")).unwrap().1.to_vec_f32(&gpu).unwrap();
+        assert_eq!(gpu_out.len(), t * d);
+        let mut want = vec![0.0f32; t * d];
+        for h in 0..heads {
+            let p = head_attention(&qkv, t, heads, hd, h);
+            for i in 0..t {
+                for ch in 0..hd {
+                    let v = (0..t).map(|j| p[i * t + j] * qkv[j * 3 * d + 2 * d + h * hd + ch] as f64).sum::<f64>();
+                    want[i * d + h * hd + ch] = v as f32;
+                }
+            }
+        }
+        let err = lowbit::metrics::nmse(&gpu_out, &want);
+        assert!(err <= 1e-8, "block {n}: NMSE {err:.3e} between the attention node and softmax(q·kᵀ/√d)·v from its qkv");
+    }
+}

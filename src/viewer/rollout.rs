@@ -4,28 +4,37 @@
 //! multiplied together. Computed on the CPU from the q and k the GPU produced: the maps are
 //! tiny (65×65 for digits-vit) and this keeps the engine free of a viewer-only kernel.
 
-/// One layer's head-averaged attention with the identity added, rows normalized: [t, t].
-/// `qkv` is the `attn.qkv` linear output of one image, [t, 3·heads·head_dim] in timm's layout
-/// (q, k, v blocks, each split into heads).
-pub fn layer_attention(qkv: &[f32], tokens: usize, heads: usize, head_dim: usize) -> Vec<f64> {
+/// Head `h`'s attention probabilities softmax(q·kᵀ/√d), [t, t] row-major, from one image's
+/// `attn.qkv` linear output [t, 3·heads·head_dim] in timm's layout (q, k, v blocks, each
+/// split into heads).
+pub fn head_attention(qkv: &[f32], tokens: usize, heads: usize, head_dim: usize, h: usize) -> Vec<f64> {
     let d = heads * head_dim;
     let row = 3 * d;
     let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut p = vec![0.0f64; tokens * tokens];
+    for i in 0..tokens {
+        let q = &qkv[i * row + h * head_dim..][..head_dim];
+        let scores = &mut p[i * tokens..(i + 1) * tokens];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let k = &qkv[j * row + d + h * head_dim..][..head_dim];
+            *s = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
+        }
+        // Softmax with the maximum subtracted so large logits don't overflow.
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        scores.iter_mut().for_each(|s| *s = (*s - max).exp());
+        let sum: f64 = scores.iter().sum();
+        scores.iter_mut().for_each(|s| *s /= sum);
+    }
+    p
+}
+
+/// One layer's head-averaged attention with the identity added (the residual connection),
+/// rows normalized: [t, t].
+pub fn layer_attention(qkv: &[f32], tokens: usize, heads: usize, head_dim: usize) -> Vec<f64> {
     let mut avg = vec![0.0f64; tokens * tokens];
-    let mut scores = vec![0.0f64; tokens];
     for h in 0..heads {
-        for i in 0..tokens {
-            let q = &qkv[i * row + h * head_dim..][..head_dim];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let k = &qkv[j * row + d + h * head_dim..][..head_dim];
-                *s = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
-            }
-            // Softmax with the maximum subtracted so large logits don't overflow.
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-            for (j, s) in scores.iter().enumerate() {
-                avg[i * tokens + j] += (s - max).exp() / sum / heads as f64;
-            }
+        for (a, p) in avg.iter_mut().zip(head_attention(qkv, tokens, heads, head_dim, h)) {
+            *a += p / heads as f64;
         }
     }
     for i in 0..tokens {
