@@ -258,8 +258,8 @@ impl ViewerApp {
             let slowest = sorted.first().map_or(1.0, |t| t.ms).max(1e-9);
             egui::ScrollArea::vertical().max_height(320.0).show(ui, |ui| {
                 for t in sorted.iter().take(20) {
-                    let label = format!("{:.3} ms  {} ({})", t.ms, t.name, t.op);
-                    widgets::bar(ui, (t.ms / slowest) as f32, 60.0, Color32::from_rgb(90, 140, 220), &label);
+                    let label = format!("{:.3} ms  {}", t.ms, t.name);
+                    widgets::bar(ui, (t.ms / slowest) as f32, 30.0, Color32::from_rgb(90, 140, 220), &label).on_hover_text(format!("{} ({})", t.name, t.op));
                 }
             });
         }
@@ -323,7 +323,7 @@ impl eframe::App for ViewerApp {
             });
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
-        egui::Panel::right("precision").default_size(250.0).show(ui, |ui| self.precision_panel(ui));
+        egui::Panel::right("precision").default_size(300.0).max_size(360.0).show(ui, |ui| self.precision_panel(ui));
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::both().show(ui, |ui| match self.tab {
                 Tab::Generate => super::tabs::generate(self, ui),

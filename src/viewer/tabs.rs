@@ -49,11 +49,11 @@ pub fn generate(app: &mut ViewerApp, ui: &mut egui::Ui) {
                 ui.horizontal(|ui| {
                     ui.label(format!("token ({}, {}): code", i / out.tokens.width, i % out.tokens.width));
                     let mut changed = ui.add(egui::DragValue::new(&mut id).range(0..=codes as i64 - 1)).changed();
-                    if ui.button("◀ previous").clicked() {
+                    if ui.button("previous").clicked() {
                         id = (id - 1).rem_euclid(codes as i64);
                         changed = true;
                     }
-                    if ui.button("next ▶").clicked() {
+                    if ui.button("next").clicked() {
                         id = (id + 1) % codes as i64;
                         changed = true;
                     }
@@ -121,7 +121,7 @@ pub fn classify(app: &mut ViewerApp, ui: &mut egui::Ui) {
         ui.vertical(|ui| {
             ui.label("top 5");
             for (class, p) in out.result.top(5) {
-                widgets::bar(ui, p, 110.0, Color32::from_rgb(80, 170, 90), &format!("{class}: {:.1}%", 100.0 * p));
+                widgets::bar(ui, p, 100.0, Color32::from_rgb(80, 170, 90), &format!("{class}: {:.1}%", 100.0 * p));
             }
             if let Some(reference) = &c.f32_logits {
                 ui.separator();

@@ -91,15 +91,17 @@ fn compact_token_grid(ui: &mut egui::Ui, ids: &[i64], width: usize) -> Option<us
 }
 
 /// A horizontal bar of `fraction` (0..1) of `width` points with a label on its right.
-pub fn bar(ui: &mut egui::Ui, fraction: f32, width: f32, color: Color32, label: &str) {
+pub fn bar(ui: &mut egui::Ui, fraction: f32, width: f32, color: Color32, label: &str) -> egui::Response {
     ui.horizontal(|ui| {
         let (rect, _) = ui.allocate_exact_size(Vec2::new(width, 14.0), egui::Sense::hover());
         ui.painter().rect_filled(rect, 2.0, Color32::from_gray(50));
         let mut filled = rect;
         filled.set_width(width * fraction.clamp(0.0, 1.0));
         ui.painter().rect_filled(filled, 2.0, color);
-        ui.label(label);
-    });
+        // Truncated: long node names must not widen the side panel.
+        ui.add(egui::Label::new(label).truncate())
+    })
+    .inner
 }
 
 /// Human-readable bytes (MB with two decimals, KB below 100 KB).
