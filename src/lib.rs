@@ -13,6 +13,8 @@ pub mod models;
 pub mod quant;
 pub mod synthetic;
 pub mod cli;
+#[cfg(feature = "viewer")]
+pub mod viewer;
 
 pub use error::{Error, Result};
 pub use gpu::{Caps, Encoder, Gpu, GpuOptions, Tensor};

@@ -8,6 +8,8 @@ mod encode;
 mod info;
 mod model;
 mod generate;
+#[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
+mod viewer;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +49,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
+    /// Interactive window over the shipped models (generate, round-trip, classify, precision).
+    #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
+    Viewer(viewer::ViewerArgs),
 }
 
 pub fn main() -> i32 {
@@ -85,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encode(args) => encode::run(&Gpu::with_options(&opts)?, args),
         Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
         Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
+        // The viewer opens its own device (eframe's, shared with the engine).
+        #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
+        Command::Viewer(args) => viewer::run(opts, args),
     }
 }
 

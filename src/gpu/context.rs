@@ -137,14 +137,7 @@ impl Gpu {
                 )
             })?,
         };
-        let info = adapter.get_info();
-        let features = adapter.features();
-        let mut wanted = wgpu::Features::empty();
-        for f in [wgpu::Features::SHADER_F16, wgpu::Features::SUBGROUP, wgpu::Features::TIMESTAMP_QUERY] {
-            if features.contains(f) {
-                wanted |= f;
-            }
-        }
+        let wanted = Self::wanted_features(&adapter);
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -157,7 +150,29 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::from_wgpu(&instance, &adapter, device, queue, opts))
+    }
 
+    /// The optional features the kernels can use that `adapter` has: request these when
+    /// creating a device for `from_wgpu` elsewhere (e.g. in a UI toolkit's wgpu setup).
+    pub fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+        let features = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::SUBGROUP, wgpu::Features::TIMESTAMP_QUERY] {
+            if features.contains(f) {
+                wanted |= f;
+            }
+        }
+        wanted
+    }
+
+    /// A `Gpu` on a device someone else created (the viewer shares eframe's device this way).
+    /// Caps follow the device's enabled features, so request `wanted_features` and the
+    /// adapter's limits when creating it; the device-lost and uncaptured-error handlers are
+    /// replaced by this `Gpu`'s.
+    pub fn from_wgpu(instance: &wgpu::Instance, adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue, opts: &GpuOptions) -> Self {
+        let info = adapter.get_info();
+        let limits = device.limits();
         let lost = Arc::new(Mutex::new(None));
         let lost2 = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -192,7 +207,7 @@ impl Gpu {
         };
         let adapter_max = limits.max_storage_buffer_binding_size as u64;
         let max_binding = opts.max_binding_size.map_or(adapter_max, |m| m.min(adapter_max)) & !255;
-        Ok(Gpu {
+        Gpu {
             device,
             queue,
             info,
@@ -203,7 +218,7 @@ impl Gpu {
             lost,
             uncaptured,
             pipelines: PipelineCache::default(),
-        })
+        }
     }
 
     /// Adapter name plus backend, as printed by benchmarks.

@@ -1,0 +1,360 @@
+//! The eframe app: state, the frame loop (queued actions run one frame after "working…" is
+//! shown, so the UI never looks frozen without a reason) and the precision side panel.
+
+use std::path::PathBuf;
+
+use eframe::egui::{self, Color32, Rect};
+
+use super::engine::{difference, rollout_overlay, Engine, ModelName, Recipe};
+use super::screenshot::ScreenshotJob;
+use super::widgets::{self, Shown};
+use crate::graph::NodeTime;
+use crate::models::vqgan::TokenGrid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tab {
+    Generate,
+    RoundTrip,
+    Classify,
+}
+
+/// Work the UI asked for.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Generate { class: usize, seed: u64 },
+    /// Decode an edited token grid (the Generate tab's cell editor).
+    Redecode(TokenGrid),
+    RoundTrip(PathBuf),
+    Classify(PathBuf),
+    /// Per-node GPU times of the current tab's main model.
+    Profile,
+}
+
+/// A decoded image as shown: its tokens and texture.
+pub struct DecodedView {
+    pub tokens: TokenGrid,
+    pub shown: Shown,
+}
+
+/// The comparison of an output with the f32 recipe's.
+pub struct Comparison {
+    pub reference: Shown,
+    pub diff: Shown,
+    pub max: u8,
+    pub mean: f32,
+    /// How the tokens compare, when the recipe also changed them.
+    pub note: String,
+}
+
+#[derive(Default)]
+pub struct GenerateState {
+    pub class: usize,
+    pub seed: u64,
+    pub out: Option<DecodedView>,
+    pub compare: Option<Comparison>,
+    pub selected: Option<usize>,
+}
+
+#[derive(Default)]
+pub struct RoundTripState {
+    pub path: String,
+    pub original: Option<Shown>,
+    pub out: Option<DecodedView>,
+    pub compare: Option<Comparison>,
+}
+
+pub struct ClassView {
+    pub result: super::engine::Classified,
+    pub input: Shown,
+    pub overlay: Shown,
+}
+
+#[derive(Default)]
+pub struct ClassifyState {
+    pub path: String,
+    pub out: Option<ClassView>,
+    /// The f32 recipe's logits for the same image, when another recipe is selected.
+    pub f32_logits: Option<Vec<f32>>,
+}
+
+pub struct ViewerApp {
+    pub engine: Result<Engine, String>,
+    pub tab: Tab,
+    pub recipe: Recipe,
+    /// What the precision panel offers.
+    recipes: Vec<Recipe>,
+    /// Also run the f32 recipe and show the difference.
+    pub compare_f32: bool,
+    pub generate: GenerateState,
+    pub roundtrip: RoundTripState,
+    pub classify: ClassifyState,
+    /// The action to run and the frame it was queued in.
+    pub pending: Option<(Action, u64)>,
+    /// The last action per tab, re-run when the recipe changes.
+    last: [Option<Action>; 3],
+    pub error: Option<String>,
+    pub frame: u64,
+    /// Where the current tab's main image was drawn this frame (screenshot mode reports it).
+    pub main_rect: Option<Rect>,
+    times: Option<(String, Vec<NodeTime>)>,
+    pub screenshot: Option<ScreenshotJob>,
+}
+
+impl ViewerApp {
+    /// `recipe`: the one selected at start (a name from `Engine::recipes`).
+    pub fn new(engine: Result<Engine, String>, recipe: &str, screenshot: Option<ScreenshotJob>) -> anyhow::Result<ViewerApp> {
+        let recipes = engine.as_ref().map(|e| e.recipes()).unwrap_or_else(|_| vec![Recipe::f32()]);
+        let Some(selected) = recipes.iter().find(|r| r.name == recipe).cloned() else {
+            let names: Vec<&str> = recipes.iter().map(|r| r.name.as_str()).collect();
+            anyhow::bail!("--recipe {recipe}: not one of {}", names.join(", "))
+        };
+        let (photo, digit) = match &engine {
+            Ok(e) => (e.samples("photo-").into_iter().next(), e.samples("digit-").into_iter().next()),
+            Err(_) => (None, None),
+        };
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        Ok(ViewerApp {
+            engine,
+            tab: Tab::Generate,
+            recipe: selected,
+            recipes,
+            compare_f32: true,
+            generate: GenerateState { class: 3, ..Default::default() },
+            roundtrip: RoundTripState { path: path(photo), ..Default::default() },
+            classify: ClassifyState { path: path(digit), ..Default::default() },
+            pending: None,
+            last: [None, None, None],
+            error: None,
+            frame: 0,
+            main_rect: None,
+            times: None,
+            screenshot,
+        })
+    }
+
+    /// Queues `action`; it runs once a frame showing "working…" has been drawn.
+    pub fn request(&mut self, action: Action) {
+        self.pending = Some((action, self.frame));
+    }
+
+    pub fn busy(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn tab_index(tab: Tab) -> usize {
+        tab as usize
+    }
+
+    fn run(&mut self, ctx: &egui::Context, action: Action) -> anyhow::Result<()> {
+        let Ok(engine) = self.engine.as_mut() else { anyhow::bail!("no GPU engine") };
+        let recipe = &self.recipe;
+        let f32 = &Recipe::f32();
+        // The f32 reference is computed only when it differs from what is shown.
+        let reference = self.compare_f32 && *recipe != *f32;
+        if !matches!(action, Action::Profile) {
+            self.last[Self::tab_index(self.tab)] = Some(action.clone());
+        }
+        match action {
+            Action::Generate { class, seed } => {
+                let out = engine.generate(recipe, class, seed)?;
+                let f32_out = if reference { Some(engine.generate(f32, class, seed)?) } else { None };
+                let g = &mut self.generate;
+                g.compare = f32_out.map(|r| {
+                    // The prior runs in the recipe too, so the sampled tokens may differ.
+                    let differ = out.tokens.ids.iter().zip(&r.tokens.ids).filter(|(a, b)| a != b).count();
+                    Comparison { note: format!("the f32 prior sampled\n{differ} of {} tokens differently", r.tokens.ids.len()), ..compare(ctx, "generate", &out.image, r.image) }
+                });
+                g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+                g.selected = None;
+            }
+            Action::Redecode(tokens) => {
+                let out = engine.decode_digits(recipe, &tokens)?;
+                let f32_out = if reference { Some(engine.decode_digits(f32, &tokens)?) } else { None };
+                let g = &mut self.generate;
+                g.compare = f32_out.map(|r| compare(ctx, "generate", &out.image, r.image));
+                g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+            }
+            Action::RoundTrip(path) => {
+                let (original, out) = engine.roundtrip(recipe, &path)?;
+                let f32_out = if reference { Some(engine.roundtrip(f32, &path)?.1) } else { None };
+                let r = &mut self.roundtrip;
+                r.compare = f32_out.map(|f| compare(ctx, "roundtrip", &out.image, f.image));
+                r.original = Some(Shown::new(ctx, "photo", original));
+                r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
+            }
+            Action::Classify(path) => {
+                let out = engine.classify(recipe, &path)?;
+                let f32_logits = if reference { Some(engine.classify(f32, &path)?.logits) } else { None };
+                let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
+                self.classify.out = Some(ClassView {
+                    input: Shown::new(ctx, "classify-input", out.input.clone()),
+                    overlay: Shown::new(ctx, "classify-rollout", overlay),
+                    result: out,
+                });
+                self.classify.f32_logits = f32_logits;
+            }
+            Action::Profile => {
+                let (model, tokens) = match self.tab {
+                    Tab::Generate => (ModelName::DigitsVqgan, self.generate.out.as_ref().map(|o| &o.tokens)),
+                    Tab::RoundTrip => (ModelName::PhotoVqgan, self.roundtrip.out.as_ref().map(|o| &o.tokens)),
+                    Tab::Classify => (ModelName::DigitsVit, None),
+                };
+                let times = engine.profile(recipe, model, tokens)?;
+                self.times = Some((format!("{} ({})", model.dir(), recipe.name), times));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the queued action if "working…" has been on screen for a frame.
+    fn run_pending(&mut self, ctx: &egui::Context) {
+        let Some((action, queued)) = self.pending.take() else { return };
+        if queued >= self.frame {
+            self.pending = Some((action, queued));
+            return;
+        }
+        self.error = None;
+        if let Err(e) = self.run(ctx, action) {
+            self.error = Some(format!("{e:#}"));
+        }
+    }
+
+    fn precision_panel(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Precision");
+        let before = self.recipe.clone();
+        for r in &self.recipes {
+            ui.radio_value(&mut self.recipe, r.clone(), &r.name);
+        }
+        let toggled = ui.checkbox(&mut self.compare_f32, "compare with f32").changed();
+        if before != self.recipe || toggled {
+            self.times = None;
+            if let Some(action) = self.last[Self::tab_index(self.tab)].clone() {
+                self.request(action);
+            }
+        }
+        ui.separator();
+        ui.label("Weights of this tab's models:");
+        let models: &[ModelName] = match self.tab {
+            Tab::Generate => &[ModelName::DigitsPrior, ModelName::DigitsVqgan],
+            Tab::RoundTrip => &[ModelName::PhotoVqgan],
+            Tab::Classify => &[ModelName::DigitsVit],
+        };
+        if let Ok(engine) = self.engine.as_mut() {
+            for &m in models {
+                let mut size = |r: &Recipe| engine.weight_bytes(m, r).map(widgets::bytes).unwrap_or_else(|e| format!("? ({e})"));
+                let (this, full) = (size(&self.recipe), size(&Recipe::f32()));
+                ui.label(format!("  {}: {this} (f32 {full})", m.dir()));
+            }
+        }
+        ui.separator();
+        if ui.add_enabled(!self.busy(), egui::Button::new("Profile per node")).clicked() {
+            self.request(Action::Profile);
+        }
+        if let Some((what, times)) = &self.times {
+            let total: f64 = times.iter().map(|t| t.ms).sum();
+            ui.label(format!("{what}: {} nodes, {total:.2} ms", times.len()));
+            let mut sorted: Vec<&NodeTime> = times.iter().collect();
+            sorted.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+            let slowest = sorted.first().map_or(1.0, |t| t.ms).max(1e-9);
+            egui::ScrollArea::vertical().max_height(320.0).show(ui, |ui| {
+                for t in sorted.iter().take(20) {
+                    let label = format!("{:.3} ms  {}", t.ms, t.name);
+                    widgets::bar(ui, (t.ms / slowest) as f32, 30.0, Color32::from_rgb(90, 140, 220), &label).on_hover_text(format!("{} ({})", t.name, t.op));
+                }
+            });
+        }
+    }
+
+    fn status_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            if let Err(e) = &self.engine {
+                ui.colored_label(Color32::LIGHT_RED, format!("GPU unavailable: {e}"));
+            } else if let Some((action, _)) = &self.pending {
+                ui.spinner();
+                ui.label(format!("working… {}", describe(action)));
+            } else if let Some(e) = &self.error {
+                ui.colored_label(Color32::LIGHT_RED, format!("error: {e}"));
+                if ui.small_button("dismiss").clicked() {
+                    self.error = None;
+                }
+            } else if let Ok(engine) = &self.engine {
+                ui.label(format!("ready on {} ({:?})", engine.gpu.adapter_name(), engine.gpu.class));
+            }
+        });
+    }
+
+    /// Files dropped on the window open in the round-trip or classify tab.
+    fn take_dropped_file(&mut self, ctx: &egui::Context) {
+        let dropped: Option<PathBuf> = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_path_buf()));
+        let Some(path) = dropped else { return };
+        match self.tab {
+            Tab::Classify => {
+                self.classify.path = path.display().to_string();
+                self.request(Action::Classify(path));
+            }
+            _ => {
+                self.tab = Tab::RoundTrip;
+                self.roundtrip.path = path.display().to_string();
+                self.request(Action::RoundTrip(path));
+            }
+        }
+    }
+}
+
+impl eframe::App for ViewerApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.frame += 1;
+        if let Some(mut job) = self.screenshot.take() {
+            job.step(self, &ctx);
+            self.screenshot = Some(job);
+        }
+        self.take_dropped_file(&ctx);
+        self.run_pending(&ctx);
+        self.main_rect = None;
+
+        egui::Panel::top("tabs").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("lowbit");
+                ui.separator();
+                ui.selectable_value(&mut self.tab, Tab::Generate, "Generate");
+                ui.selectable_value(&mut self.tab, Tab::RoundTrip, "Round-trip");
+                ui.selectable_value(&mut self.tab, Tab::Classify, "Classify");
+            });
+        });
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::Panel::right("precision").default_size(300.0).max_size(360.0).show(ui, |ui| self.precision_panel(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            egui::ScrollArea::both().show(ui, |ui| match self.tab {
+                Tab::Generate => super::tabs::generate(self, ui),
+                Tab::RoundTrip => super::tabs::roundtrip(self, ui),
+                Tab::Classify => super::tabs::classify(self, ui),
+            });
+        });
+        if self.pending.is_some() || self.screenshot.is_some() {
+            ctx.request_repaint();
+        }
+    }
+}
+
+fn compare(ctx: &egui::Context, name: &str, out: &image::RgbImage, reference: image::RgbImage) -> Comparison {
+    // ×8: a difference of 4 levels (barely visible) becomes 32 (clearly visible).
+    let (diff, max, mean) = difference(out, &reference, 8.0);
+    Comparison {
+        reference: Shown::new(ctx, &format!("{name}-f32"), reference),
+        diff: Shown::new(ctx, &format!("{name}-diff"), diff),
+        max,
+        mean,
+        note: String::new(),
+    }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Generate { class, seed } => format!("sampling a {class} (seed {seed}) and decoding it"),
+        Action::Redecode(_) => "decoding the edited tokens".into(),
+        Action::RoundTrip(p) => format!("encoding and decoding {}", p.display()),
+        Action::Classify(p) => format!("classifying {}", p.display()),
+        Action::Profile => "profiling each node".into(),
+    }
+}

@@ -1,0 +1,389 @@
+//! What the viewer computes, without any UI: models loaded per weight recipe on first use,
+//! and one function per action (generate, decode, round trip, classify, profile). Everything
+//! returns plain images and numbers so the UI and the screenshot mode share it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use image::{Rgb, RgbImage};
+
+use super::rollout::{class_token_rollout, layer_attention};
+use crate::gpu::Tensor;
+use crate::graph::{NodeTime, Plan};
+use crate::models::images::{rgb_to_signed_chw, signed_chw_to_rgb};
+use crate::models::prior::Prior;
+use crate::models::sampling::generate;
+use crate::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
+use crate::models::{load_image, preprocess, VisionTransformer, WeightSummary, Weights};
+use crate::quant::WeightFormat;
+use crate::Gpu;
+
+/// The photograph's center crop side for the round trip: photo-vqgan decodes 128² in well under
+/// a second on lavapipe, the full 256² takes several.
+pub const PHOTO_SIDE: usize = 128;
+
+/// A weight recipe: a format every shipped model is packed in when loaded, or a packed
+/// checkpoint folder written by `lowbit quantize` that replaces one shipped model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    pub name: String,
+    pub format: WeightFormat,
+    /// The quantized folder standing in for one model (the others stay f32).
+    pub folder: Option<(ModelName, PathBuf)>,
+}
+
+impl Recipe {
+    pub fn format(format: WeightFormat) -> Recipe {
+        Recipe { name: format.name(), format, folder: None }
+    }
+
+    pub fn f32() -> Recipe {
+        Recipe::format(WeightFormat::F32)
+    }
+}
+
+/// The models of one weight recipe, each loaded when first needed.
+#[derive(Default)]
+struct ModelSet {
+    vit: Option<VisionTransformer>,
+    prior: Option<Prior>,
+    digits: Option<VqganDecoder>,
+    photo_encoder: Option<VqganEncoder>,
+    photo_decoder: Option<VqganDecoder>,
+}
+
+/// Which shipped model a measurement refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelName {
+    DigitsVit,
+    DigitsPrior,
+    DigitsVqgan,
+    PhotoVqgan,
+}
+
+impl ModelName {
+    pub const ALL: [ModelName; 4] = [ModelName::DigitsVit, ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::PhotoVqgan];
+
+    pub fn dir(self) -> &'static str {
+        match self {
+            ModelName::DigitsVit => "digits-vit",
+            ModelName::DigitsPrior => "digits-prior",
+            ModelName::DigitsVqgan => "digits-vqgan",
+            ModelName::PhotoVqgan => "photo-vqgan",
+        }
+    }
+}
+
+/// A generated or reconstructed image with the tokens it was decoded from.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub tokens: TokenGrid,
+    pub image: RgbImage,
+}
+
+/// What classify produced for one image.
+#[derive(Clone, Debug)]
+pub struct Classified {
+    /// The image as the network saw it (preprocessed, then mapped back to RGB).
+    pub input: RgbImage,
+    pub logits: Vec<f32>,
+    /// Attention rollout per patch, [grid, grid] row-major, largest = 1.
+    pub rollout: Vec<f32>,
+    pub grid: usize,
+}
+
+impl Classified {
+    pub fn probabilities(&self) -> Vec<f32> {
+        softmax(&self.logits)
+    }
+
+    /// (class, probability), most probable first.
+    pub fn top(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut p: Vec<(usize, f32)> = self.probabilities().into_iter().enumerate().collect();
+        p.sort_by(|a, b| b.1.total_cmp(&a.1));
+        p.truncate(k);
+        p
+    }
+}
+
+pub struct Engine {
+    pub gpu: Gpu,
+    pub assets: PathBuf,
+    models: HashMap<String, ModelSet>,
+    weight_bytes: HashMap<(ModelName, String), usize>,
+}
+
+impl Engine {
+    pub fn new(gpu: Gpu, assets: PathBuf) -> Engine {
+        Engine { gpu, assets, models: HashMap::new(), weight_bytes: HashMap::new() }
+    }
+
+    fn model_dir(&self, m: ModelName, recipe: &Recipe) -> PathBuf {
+        match &recipe.folder {
+            Some((which, dir)) if *which == m => dir.clone(),
+            _ => self.assets.join("models").join(m.dir()),
+        }
+    }
+
+    /// f32, q8 and q4g32, then every folder in `assets/models` named `<shipped model>-<suffix>`
+    /// whose weights `lowbit quantize` packed (e.g. `digits-vit-w4a16`).
+    pub fn recipes(&self) -> Vec<Recipe> {
+        let mut out: Vec<Recipe> = ["f32", "q8", "q4g32"].iter().map(|n| Recipe::format(WeightFormat::parse(n).expect("built-in format names parse"))).collect();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.assets.join("models"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        for dir in dirs {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let Some(m) = ModelName::ALL.into_iter().find(|m| name.starts_with(&format!("{}-", m.dir()))) else { continue };
+            let quantized = Weights::load(&dir.join("model.safetensors")).and_then(|w| WeightSummary::new(&w)).is_ok_and(|s| s.is_quantized());
+            if quantized {
+                out.push(Recipe { name, format: WeightFormat::F32, folder: Some((m, dir)) });
+            }
+        }
+        out
+    }
+
+    /// The sample images shipped in `assets/samples` whose names start with `prefix`, sorted.
+    pub fn samples(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(self.assets.join("samples"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        out.retain(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(prefix) && name.ends_with(".png")
+        });
+        out.sort();
+        out
+    }
+
+    fn set(&mut self, recipe: &Recipe) -> &mut ModelSet {
+        self.models.entry(recipe.name.clone()).or_default()
+    }
+
+    /// Loads what `need` lists for `recipe` (a no-op once loaded).
+    fn load(&mut self, recipe: &Recipe, need: &[ModelName]) -> anyhow::Result<(&Gpu, &ModelSet)> {
+        let format = recipe.format;
+        for &m in need {
+            let dir = self.model_dir(m, recipe);
+            let gpu = &self.gpu;
+            let loaded = match m {
+                ModelName::DigitsVit => self.models.get(&recipe.name).is_some_and(|s| s.vit.is_some()),
+                ModelName::DigitsPrior => self.models.get(&recipe.name).is_some_and(|s| s.prior.is_some()),
+                ModelName::DigitsVqgan => self.models.get(&recipe.name).is_some_and(|s| s.digits.is_some()),
+                ModelName::PhotoVqgan => self.models.get(&recipe.name).is_some_and(|s| s.photo_decoder.is_some()),
+            };
+            if loaded {
+                continue;
+            }
+            let what = || format!("loading {} ({})", dir.display(), recipe.name);
+            match m {
+                ModelName::DigitsVit => {
+                    let vit = VisionTransformer::from_pretrained(gpu, &dir, None, format).with_context(what)?;
+                    self.set(recipe).vit = Some(vit);
+                }
+                ModelName::DigitsPrior => {
+                    let prior = Prior::from_pretrained(gpu, &dir, format).with_context(what)?;
+                    self.set(recipe).prior = Some(prior);
+                }
+                ModelName::DigitsVqgan => {
+                    let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
+                    self.set(recipe).digits = Some(dec);
+                }
+                ModelName::PhotoVqgan => {
+                    let enc = VqganEncoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
+                    let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
+                    let set = self.set(recipe);
+                    set.photo_encoder = Some(enc);
+                    set.photo_decoder = Some(dec);
+                }
+            }
+        }
+        Ok((&self.gpu, &self.models[&recipe.name]))
+    }
+
+    /// Bytes of `m`'s weights under `recipe` (packed matrices plus the f32 rest).
+    pub fn weight_bytes(&mut self, m: ModelName, recipe: &Recipe) -> anyhow::Result<usize> {
+        let key = (m, recipe.name.clone());
+        if let Some(&b) = self.weight_bytes.get(&key) {
+            return Ok(b);
+        }
+        let path = self.model_dir(m, recipe).join("model.safetensors");
+        let bytes = WeightSummary::new(&Weights::load(&path)?)?.bytes(recipe.format);
+        self.weight_bytes.insert(key, bytes);
+        Ok(bytes)
+    }
+
+    /// A digit of `class` sampled by digits-prior (batch 1) and decoded by digits-vqgan.
+    pub fn generate(&mut self, recipe: &Recipe, class: usize, seed: u64) -> anyhow::Result<Decoded> {
+        let (gpu, set) = self.load(recipe, &[ModelName::DigitsPrior, ModelName::DigitsVqgan])?;
+        let prior = set.prior.as_ref().unwrap();
+        let opts = prior.config.sampling.unwrap_or_default();
+        let tokens = generate(gpu, prior, class, 1, seed, &opts)?;
+        let image = decode_one(gpu, set.digits.as_ref().unwrap(), &tokens)?;
+        Ok(Decoded { tokens, image })
+    }
+
+    /// digits-vqgan's image of a (possibly edited) token grid.
+    pub fn decode_digits(&mut self, recipe: &Recipe, tokens: &TokenGrid) -> anyhow::Result<Decoded> {
+        let (gpu, set) = self.load(recipe, &[ModelName::DigitsVqgan])?;
+        let image = decode_one(gpu, set.digits.as_ref().unwrap(), tokens)?;
+        Ok(Decoded { tokens: tokens.clone(), image })
+    }
+
+    /// Codebook size of digits-vqgan (the range of an edited token).
+    pub fn digits_codes(&mut self, recipe: &Recipe) -> anyhow::Result<usize> {
+        Ok(self.load(recipe, &[ModelName::DigitsVqgan])?.1.digits.as_ref().unwrap().config.n_embed)
+    }
+
+    /// The center crop of `path` photo-vqgan sees, and its reconstruction.
+    pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<(RgbImage, Decoded)> {
+        let photo = load_image(path)?;
+        let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
+        let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.as_ref().unwrap());
+        let f = enc.downscale();
+        let side = |n: u32| (n as usize).min(PHOTO_SIDE) / f * f;
+        let (h, w) = (side(photo.height()), side(photo.width()));
+        if h == 0 || w == 0 {
+            bail!("{} is {}×{}: photo-vqgan needs at least {f}×{f} pixels", path.display(), photo.width(), photo.height());
+        }
+        let pixels = rgb_to_signed_chw(&photo, h, w);
+        let input = Tensor::from_f32(gpu, &[1, 3, h, w], &pixels)?;
+        let tokens = enc.encode(gpu, &input)?;
+        let image = decode_one(gpu, dec, &tokens)?;
+        Ok((signed_chw_to_rgb(&pixels, h, w), Decoded { tokens, image }))
+    }
+
+    /// digits-vit's logits for `path` and the attention rollout of its class token.
+    pub fn classify(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Classified> {
+        let img = load_image(path)?;
+        let (gpu, set) = self.load(recipe, &[ModelName::DigitsVit])?;
+        let vit = set.vit.as_ref().unwrap();
+        let c = &vit.config;
+        let pixels = preprocess(&img, &c.preprocess)?;
+        // Unshared buffers: every block's qkv output must still be readable after the run.
+        let plan = Plan::unshared(gpu, vit.graph(1)?)?;
+        plan.set_input(gpu, 0, &pixels)?;
+        let logits = plan.run(gpu)?[0].to_vec_f32(gpu)?;
+        let tokens = c.tokens();
+        let mut layers = Vec::with_capacity(c.depth);
+        for n in 0..c.depth {
+            let qkv = plan.node_values(&format!("blocks.{n}.attn.qkv"))?.1.to_vec_f32(gpu)?;
+            layers.push(layer_attention(&qkv, tokens, c.num_heads, c.head_dim()));
+        }
+        let rollout = class_token_rollout(&layers, tokens);
+        let grid = c.img_size / c.patch_size;
+        if rollout.len() != grid * grid {
+            bail!("digits-vit has {} patch tokens, expected a {grid}×{grid} grid", rollout.len());
+        }
+        let (h, w) = c.preprocess.input_size;
+        let input = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let i = y as usize * w + x as usize;
+            Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
+        });
+        Ok(Classified { input, logits, rollout, grid })
+    }
+
+    /// Per-node GPU times of the model behind `m`'s main output at the shape last used:
+    /// the decoder for generate/round trip (`tokens`), the classifier for classify.
+    pub fn profile(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Vec<NodeTime>> {
+        let (gpu, set) = self.load(recipe, &[m])?;
+        let plan = match m {
+            ModelName::DigitsVit => {
+                let vit = set.vit.as_ref().unwrap();
+                let plan = vit.plan(gpu, 1)?;
+                plan.set_input(gpu, 0, &vec![0.0f32; 3 * vit.config.img_size * vit.config.img_size])?;
+                plan
+            }
+            _ => {
+                let Some(tokens) = tokens else { bail!("nothing decoded yet: run the action first") };
+                let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_ref() } else { set.digits.as_ref() }.unwrap();
+                let [b, h, w] = tokens.shape();
+                let plan = dec.plan(gpu, b, h, w)?;
+                plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
+                plan
+            }
+        };
+        Ok(plan.profile(gpu)?.1)
+    }
+}
+
+fn decode_one(gpu: &Gpu, dec: &VqganDecoder, tokens: &TokenGrid) -> anyhow::Result<RgbImage> {
+    let image = dec.decode(gpu, tokens)?;
+    let &[_, 3, h, w] = &image.shape[..] else { bail!("decoder output {:?} is not [B, 3, H, W]", image.shape) };
+    let pixels = image.to_vec_f32(gpu)?;
+    Ok(signed_chw_to_rgb(&pixels[..3 * h * w], h, w))
+}
+
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| (v / sum) as f32).collect()
+}
+
+/// |a − b| per channel, multiplied by `gain` so small quantization differences are visible;
+/// (max, mean) of the raw difference in 8-bit levels. Images of different sizes compare as
+/// their common top-left part.
+pub fn difference(a: &RgbImage, b: &RgbImage, gain: f32) -> (RgbImage, u8, f32) {
+    let (w, h) = (a.width().min(b.width()), a.height().min(b.height()));
+    let (mut max, mut sum) = (0u8, 0u64);
+    let map = RgbImage::from_fn(w, h, |x, y| {
+        let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+        Rgb([0, 1, 2].map(|c| {
+            let d = p[c].abs_diff(q[c]);
+            max = max.max(d);
+            sum += d as u64;
+            (d as f32 * gain).min(255.0) as u8
+        }))
+    });
+    (map, max, sum as f32 / (3 * w * h).max(1) as f32)
+}
+
+/// The rollout as a heat map over `image`: each patch tinted from blue (little attention)
+/// to red (most), blended half and half with the image.
+pub fn rollout_overlay(image: &RgbImage, rollout: &[f32], grid: usize) -> RgbImage {
+    let (w, h) = (image.width(), image.height());
+    RgbImage::from_fn(w, h, |x, y| {
+        let (gx, gy) = ((x as usize * grid / w as usize).min(grid - 1), (y as usize * grid / h as usize).min(grid - 1));
+        let heat = heat_color(rollout[gy * grid + gx]);
+        let p = image.get_pixel(x, y);
+        Rgb([0, 1, 2].map(|c| ((p[c] as u16 + heat[c] as u16) / 2) as u8))
+    })
+}
+
+/// A blue → green → red ramp for t in [0, 1].
+pub fn heat_color(t: f32) -> [u8; 3] {
+    let t = t.clamp(0.0, 1.0);
+    let r = ((t - 0.5) * 2.0).clamp(0.0, 1.0);
+    let b = ((0.5 - t) * 2.0).clamp(0.0, 1.0);
+    let g = 1.0 - r - b;
+    [r, g, b].map(|v| (v * 255.0) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn difference_counts_levels_and_amplifies() {
+        let a = RgbImage::from_pixel(2, 1, Rgb([10, 20, 30]));
+        let mut b = a.clone();
+        b.put_pixel(1, 0, Rgb([14, 20, 30]));
+        let (map, max, mean) = difference(&a, &b, 10.0);
+        assert_eq!(max, 4);
+        assert!((mean - 4.0 / 6.0).abs() < 1e-6);
+        assert_eq!(map.get_pixel(1, 0).0, [40, 0, 0]);
+        assert_eq!(map.get_pixel(0, 0).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let p = softmax(&[1.0, 3.0, 2.0, 20.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[3] > 0.99 && p[1] > p[2] && p[2] > p[0]);
+        // Large logits must not overflow to NaN.
+        assert!(softmax(&[1000.0, 0.0])[0] == 1.0);
+    }
+}
