@@ -7,6 +7,7 @@ mod demo;
 mod encode;
 mod info;
 mod model;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,8 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Architecture, parameters, bytes per weight format and planned peak GPU memory of a model.
     Info(info::InfoArgs),
+    /// Post-training quantization of a ViT or VQGAN into a packed checkpoint folder.
+    Quantize(quantize::QuantizeArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
         Command::Encode(args) => encode::run(&Gpu::with_options(&opts)?, args),
         Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
+        Command::Quantize(args) => quantize::run(&Gpu::with_options(&opts)?, args),
     }
 }
 

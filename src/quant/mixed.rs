@@ -1,0 +1,193 @@
+//! Mixed precision (`mixed:<bits>`): each layer's sensitivity is the SQNR of the model's output
+//! on the calibration inputs with only that layer quantized (MixDQ's measurement), for each
+//! candidate format (ternary ≈ 2 bits, q4g32 = 4.5, q8 = 8.25 bits per weight with scales).
+//! Treating the layers' output noises as independent, the noise of an allocation is the sum of
+//! the single-layer noise powers 10^(−SQNR/10); the allocation minimizing it under the byte
+//! budget (average bits × matrix parameters / 8) is a multiple-choice knapsack, solved exactly by
+//! dynamic programming over sizes in small units (each cost rounded up, so the budget holds).
+//! The greedy allocation (MPTQ-ViT style: start everything at the fewest bits, then repeatedly
+//! widen the layer with the best noise reduction per byte that still fits) is reported beside it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+
+use super::calibrate::{with_packed, Calibration, Layer, Model, Progress};
+use super::gptq::Hessian;
+use super::recipe::{quantize_matrix, Methods};
+use super::WeightFormat;
+use crate::{invalid, Gpu, Result};
+
+/// The formats a layer may get, fewest bits first.
+pub fn candidates() -> Vec<WeightFormat> {
+    vec![WeightFormat::Ternary, WeightFormat::Q4 { group: 32, zero_point: false }, WeightFormat::Q8 { group: None }]
+}
+
+/// One option for one layer.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub format: WeightFormat,
+    pub bytes: usize,
+    /// Output SQNR (dB) with only this layer in this format.
+    pub sqnr_db: f64,
+}
+
+impl Choice {
+    /// The output noise power relative to the signal (what the allocation adds up).
+    pub fn noise(&self) -> f64 {
+        10f64.powf(-self.sqnr_db / 10.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    pub keys: Vec<String>,
+    pub params: Vec<usize>,
+    pub options: Vec<Vec<Choice>>,
+    pub budget_bytes: usize,
+    pub exact: Vec<usize>,
+    pub greedy: Vec<usize>,
+}
+
+impl Allocation {
+    pub fn formats(&self) -> HashMap<String, WeightFormat> {
+        self.keys.iter().zip(&self.exact).enumerate().map(|(i, (k, &c))| (k.clone(), self.options[i][c].format)).collect()
+    }
+
+    /// (bytes, predicted noise, predicted SQNR dB, average bits) of a choice per layer.
+    pub fn summary(&self, pick: &[usize]) -> (usize, f64, f64, f64) {
+        let bytes: usize = pick.iter().enumerate().map(|(i, &c)| self.options[i][c].bytes).sum();
+        let noise: f64 = pick.iter().enumerate().map(|(i, &c)| self.options[i][c].noise()).sum();
+        let params: usize = self.params.iter().sum();
+        (bytes, noise, -10.0 * noise.log10(), 8.0 * bytes as f64 / params as f64)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let side = |pick: &[usize]| {
+            let (bytes, _, sqnr, bits) = self.summary(pick);
+            json!({"bytes": bytes, "average_bits": bits, "predicted_sqnr_db": sqnr,
+                   "formats": self.keys.iter().zip(pick).enumerate().map(|(i, (k, &c))| (k.clone(), json!(self.options[i][c].format.name()))).collect::<BTreeMap<_, _>>()})
+        };
+        json!({"budget_bytes": self.budget_bytes, "exact": side(&self.exact), "greedy": side(&self.greedy),
+               "sensitivity_sqnr_db": self.keys.iter().enumerate().map(|(i, k)| (k.clone(), self.options[i].iter().map(|c| (c.format.name(), c.sqnr_db)).collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>()})
+    }
+}
+
+/// Exact multiple-choice knapsack: one option per item, total cost ≤ `budget`, least total
+/// value. Returns the option per item and the total, or None when even the cheapest options
+/// do not fit.
+pub fn knapsack(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Option<(Vec<usize>, f64)> {
+    let n = costs.len();
+    // best[c]: least value of the items so far with total cost exactly c.
+    let mut best = vec![f64::INFINITY; budget + 1];
+    best[0] = 0.0;
+    let mut from = vec![vec![u8::MAX; budget + 1]; n];
+    for i in 0..n {
+        let mut next = vec![f64::INFINITY; budget + 1];
+        for c in 0..=budget {
+            if !best[c].is_finite() {
+                continue;
+            }
+            for (k, (&cost, &v)) in costs[i].iter().zip(&values[i]).enumerate() {
+                let t = c + cost;
+                if t <= budget && best[c] + v < next[t] {
+                    next[t] = best[c] + v;
+                    from[i][t] = k as u8;
+                }
+            }
+        }
+        best = next;
+    }
+    let (mut c, total) = best.iter().enumerate().filter(|(_, v)| v.is_finite()).min_by(|a, b| a.1.total_cmp(b.1)).map(|(c, &v)| (c, v))?;
+    let mut pick = vec![0; n];
+    for i in (0..n).rev() {
+        let k = from[i][c] as usize;
+        pick[i] = k;
+        c -= costs[i][k];
+    }
+    Some((pick, total))
+}
+
+/// The greedy allocation: cheapest option everywhere, then the upgrade with the most value
+/// saved per extra cost, while the budget allows.
+pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Option<Vec<usize>> {
+    let cheapest = |i: usize| (0..costs[i].len()).min_by_key(|&k| costs[i][k]).unwrap();
+    let mut pick: Vec<usize> = (0..costs.len()).map(cheapest).collect();
+    let mut used: usize = pick.iter().enumerate().map(|(i, &k)| costs[i][k]).sum();
+    if used > budget {
+        return None;
+    }
+    loop {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for i in 0..costs.len() {
+            for k in 0..costs[i].len() {
+                let (dc, dv) = (costs[i][k] as f64 - costs[i][pick[i]] as f64, values[i][pick[i]] - values[i][k]);
+                if dc <= 0.0 || dv <= 0.0 || used + costs[i][k] - costs[i][pick[i]] > budget {
+                    continue;
+                }
+                if best.is_none_or(|(r, ..)| dv / dc > r) {
+                    best = Some((dv / dc, i, k));
+                }
+            }
+        }
+        let Some((_, i, k)) = best else { return Some(pick) };
+        used = used + costs[i][k] - costs[i][pick[i]];
+        pick[i] = k;
+    }
+}
+
+/// Measures every layer's sensitivity and allocates `bits` average weight bits.
+pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>) -> Result<Allocation> {
+    let params: Vec<usize> = layers.iter().map(|l| l.rows() * l.cols()).collect();
+    let budget_bytes = (bits * params.iter().sum::<usize>() as f64 / 8.0).floor() as usize;
+    let reference = model.outputs(gpu, &model.weights, calib)?;
+    let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
+    let mut options = Vec::with_capacity(layers.len());
+    let mut progress = Progress::new("measuring layer sensitivities", layers.len());
+    for l in layers {
+        // The encoder's effect on a decoder's output is not measured here: it stays 8-bit.
+        let formats = if l.encoder { vec![WeightFormat::Q8 { group: None }] } else { candidates() };
+        let w = &model.weights.tensors[&l.key].data;
+        let h = hessians.get(&l.key);
+        let mut opts = Vec::new();
+        for format in formats {
+            let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
+            let m = quantize_matrix(w, l.rows(), l.cols(), format, used, h)?;
+            let sqnr_db = if l.encoder {
+                f64::INFINITY
+            } else {
+                let weights = with_packed(&model.weights, &BTreeMap::from([(l.key.clone(), m.clone())]), &shapes)?;
+                crate::metrics::sqnr_db(&model.outputs(gpu, &weights, calib)?, &reference).min(200.0)
+            };
+            opts.push(Choice { format, bytes: m.bytes(), sqnr_db });
+        }
+        options.push(opts);
+        progress.step(1);
+    }
+    progress.finish();
+    allocate(layers.iter().map(|l| l.key.clone()).collect(), params, options, budget_bytes, bits)
+}
+
+/// The exact and greedy allocations of measured options under `budget_bytes`.
+pub fn allocate(keys: Vec<String>, params: Vec<usize>, options: Vec<Vec<Choice>>, budget_bytes: usize, bits: f64) -> Result<Allocation> {
+    let least: usize = options.iter().map(|o| o.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
+    if least > budget_bytes {
+        let total: usize = params.iter().sum();
+        invalid!(
+            "mixed:{bits}: a budget of {budget_bytes} bytes ({bits} bits × {total} weights) is below the smallest allocation ({least} bytes, {:.2} bits per weight)",
+            8.0 * least as f64 / total as f64
+        );
+    }
+    // Units small enough for a fine allocation, few enough for a quick table (≤ ~4000 states).
+    let unit = budget_bytes.div_ceil(4000).max(1);
+    let costs: Vec<Vec<usize>> = options.iter().map(|o| o.iter().map(|c| c.bytes.div_ceil(unit)).collect()).collect();
+    let values: Vec<Vec<f64>> = options.iter().map(|o| o.iter().map(Choice::noise).collect()).collect();
+    let budget = budget_bytes / unit;
+    let exact = match knapsack(&costs, &values, budget) {
+        Some((pick, _)) => pick,
+        // Rounding every cost up can push a barely-fitting allocation over; then use bytes.
+        None => knapsack(&options.iter().map(|o| o.iter().map(|c| c.bytes).collect()).collect::<Vec<_>>(), &values, budget_bytes).map(|p| p.0).unwrap(),
+    };
+    let greedy = greedy(&costs, &values, budget).unwrap_or_else(|| exact.clone());
+    Ok(Allocation { keys, params, options, budget_bytes, exact, greedy })
+}
