@@ -349,7 +349,7 @@ impl Calibration {
 }
 
 /// The center `h`×`w` crop as CHW in taming's [−1, 1], as `lowbit encode` feeds the encoder.
-fn signed_center_crop(img: &image::RgbImage, h: usize, w: usize) -> std::result::Result<Vec<f32>, String> {
+pub fn signed_center_crop(img: &image::RgbImage, h: usize, w: usize) -> std::result::Result<Vec<f32>, String> {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
     if ih < h || iw < w {
         return Err(format!("{iw}×{ih} is smaller than the model's {w}×{h} input"));
