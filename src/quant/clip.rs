@@ -7,11 +7,12 @@ use super::rtn::{group_error, group_params, quantize_with, Choice, Group};
 use super::{PackedMatrix, WeightFormat};
 use crate::Result;
 
-/// Candidate ratios: 0.50, 0.525, …, 1.0 of the absmax range. Ternary's scale is the absmean,
-/// which can be too small as well as too large, so it searches 0.5..1.5 instead.
+/// Candidate ratios: 0.20, 0.22, …, 1.0 of the absmax range (8-bit grids on heavy-tailed rows
+/// gain from clipping far below 0.5). Ternary's scale is the absmean, which can be too small as
+/// well as too large, so it searches 0.5..1.5 instead.
 pub fn ratios(format: WeightFormat) -> Vec<f32> {
-    let top = if format == WeightFormat::Ternary { 60 } else { 40 };
-    (20..=top).map(|i| i as f32 * 0.025).collect()
+    let (lo, hi) = if format == WeightFormat::Ternary { (25, 75) } else { (10, 50) };
+    (lo..=hi).map(|i| i as f32 * 0.02).collect()
 }
 
 /// The group parameters with the least squared error over the candidate ratios.

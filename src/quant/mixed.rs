@@ -140,6 +140,15 @@ pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Optio
 pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>) -> Result<Allocation> {
     let params: Vec<usize> = layers.iter().map(|l| l.rows() * l.cols()).collect();
     let budget_bytes = (bits * params.iter().sum::<usize>() as f64 / 8.0).floor() as usize;
+    // A budget nothing fits is refused before the (slow) sensitivity measurements.
+    let cheapest: Vec<Vec<Choice>> = layers
+        .iter()
+        .map(|l| {
+            let f = if l.encoder { WeightFormat::Q8 { group: None } } else { candidates()[0] };
+            vec![Choice { format: f, bytes: f.packed_bytes(l.rows(), l.cols()), sqnr_db: 0.0 }]
+        })
+        .collect();
+    allocate(layers.iter().map(|l| l.key.clone()).collect(), params.clone(), cheapest, budget_bytes, bits)?;
     let reference = model.outputs(gpu, &model.weights, calib)?;
     let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
     let mut options = Vec::with_capacity(layers.len());
