@@ -203,6 +203,29 @@ fn quantize_then_classify_round_trip() {
 }
 
 #[test]
+fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
+    let dir = scratch("w8a8");
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let (a8, a16) = (dir.join("w8a8"), dir.join("w8a16"));
+    for (recipe, out) in [("w8a8", &a8), ("w8a16", &a16)] {
+        ok(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", recipe, "--method", "clip", "--out", out.to_str().unwrap()]);
+    }
+    let desc = std::fs::read_to_string(a8.join("quantization.json")).unwrap();
+    assert!(desc.contains("int8 per-token dynamic"), "{desc}");
+    // Same int8 weights; only the activations differ: close, but not identical.
+    let (x, y) = (logits(&a8, &image, &dir.join("a.safetensors")), logits(&a16, &image, &dir.join("b.safetensors")));
+    let sqnr = lowbit::metrics::sqnr_db(&x, &y);
+    eprintln!("w8a8 vs w8a16 logits: {sqnr:.1} dB");
+    assert!(sqnr > 25.0 && sqnr.is_finite(), "{sqnr}");
+    let profile = ok(&["classify", "--model", a8.to_str().unwrap(), "--profile", image.to_str().unwrap()]);
+    assert!(profile.contains("w8a8_linear      blocks.0.mlp.fc1"), "{profile}");
+    // Convolutions have no int8-activation path.
+    let vq = fixture("vqgan_tiny_test");
+    refused(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w8a8", "--out", dir.join("vq").to_str().unwrap()], &["w8a8", "ViT"], &dir.join("vq"));
+}
+
+#[test]
 fn quantize_vqgan_decoder_with_tokens_then_decode() {
     let dir = scratch("vqgan");
     let vq = fixture("vqgan_tiny_test");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::calibrate::{Calibration, Layer, Model, Progress};
+use super::calibrate::{Calibration, Family, Layer, Model, Progress};
 use super::gptq::{GptqOptions, Hessian};
 use super::packed::{Description, PackedTensor};
 use super::{clip, gptq, mixed, rtn, PackedMatrix, WeightFormat};
@@ -155,8 +155,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     if model.is_quantized()? {
         invalid!("model {}: already quantized by lowbit quantize; quantize the f32 original instead", model_path.display());
     }
-    if let Recipe::Activations { name, .. } = &recipe {
-        invalid!("recipe {name}: activation quantization is not implemented in lowbit quantize yet; use a weight-only recipe ({RECIPES})");
+    match (&recipe, &model.family) {
+        (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Vit(_)) => {}
+        (Recipe::Activations { name, weight_bits: 8, act_bits: 8 }, _) => invalid!("recipe {name}: int8 activations run in ViT Linear layers only (the W8A8 kernel); quantize a VQGAN with a weight-only recipe"),
+        (Recipe::Activations { name, .. }, _) => {
+            invalid!("recipe {name}: static activation quantization (RepQ-ViT/log2 quantizers) is not implemented in lowbit quantize yet; use w8a8 or a weight-only recipe ({RECIPES})")
+        }
+        _ => {}
     }
     let needs_calib = methods.gptq || matches!(recipe, Recipe::Mixed { .. });
     let calib = match &opts.calib {
@@ -186,7 +191,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians)?;
             (a.formats(), Some(a))
         }
-        Recipe::Activations { .. } => unreachable!(),
+        Recipe::Activations { .. } => (layers.iter().map(|l| (l.key.clone(), WeightFormat::Q8 { group: None })).collect(), None),
     };
 
     let mut report = Report { layers: Vec::new(), methods, packed_bytes: 0, f32_bytes: 0, params: 0, mixed: allocation };
@@ -217,7 +222,11 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     report.f32_bytes = 4 * report.params;
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
-    desc.extra.insert("activations".into(), json!("f32 (weight-only)"));
+    let activations = match recipe {
+        Recipe::Activations { .. } => crate::models::vit::INT8_ACTIVATIONS,
+        _ => "f32 (weight-only)",
+    };
+    desc.extra.insert("activations".into(), json!(activations));
     if let Some(c) = &calib {
         desc.extra.insert("calibration".into(), json!({"source": c.source, "count": c.count(), "seed": opts.seed}));
     }
