@@ -74,6 +74,7 @@ fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bia
 }
 
 /// A block Linear: through the W8A8 kernel when the checkpoint asks for int8 activations.
+#[allow(clippy::too_many_arguments)]
 fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool) -> Result<Linear> {
     if !int8_activations(w)? {
         return Ok(Linear::Float(load_linear(gpu, w, prefix, out, inp, bias, format)?));

@@ -112,8 +112,8 @@ impl Model {
     /// The ViT, or the VQGAN decoder, built from `w` with matrices as stored (f32 otherwise).
     fn build(&self, gpu: &Gpu, w: &Weights) -> Result<Built> {
         Ok(match &self.family {
-            Family::Vit(c) => Built::Vit(VisionTransformer::new(gpu, c, w, WeightFormat::F32)?),
-            Family::Vqgan(c) => Built::Decoder(VqganDecoder::new(gpu, c, w, WeightFormat::F32)?),
+            Family::Vit(c) => Built::Vit(Box::new(VisionTransformer::new(gpu, c, w, WeightFormat::F32)?)),
+            Family::Vqgan(c) => Built::Decoder(Box::new(VqganDecoder::new(gpu, c, w, WeightFormat::F32)?)),
         })
     }
 
@@ -169,8 +169,8 @@ impl Model {
 }
 
 enum Built {
-    Vit(VisionTransformer),
-    Decoder(VqganDecoder),
+    Vit(Box<VisionTransformer>),
+    Decoder(Box<VqganDecoder>),
 }
 
 impl Built {
@@ -439,7 +439,7 @@ impl Progress {
             return;
         }
         let width = 30;
-        let filled = if self.total == 0 { width } else { self.done * width / self.total };
+        let filled = (self.done * width).checked_div(self.total).unwrap_or(width);
         eprint!("\r{:<34} [{}{}] {}/{}", self.what, "#".repeat(filled), "-".repeat(width - filled), self.done, self.total);
         let _ = std::io::stderr().flush();
     }

@@ -84,14 +84,11 @@ pub fn knapsack(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Opt
     let mut from = vec![vec![u8::MAX; budget + 1]; n];
     for i in 0..n {
         let mut next = vec![f64::INFINITY; budget + 1];
-        for c in 0..=budget {
-            if !best[c].is_finite() {
-                continue;
-            }
+        for (c, &so_far) in best.iter().enumerate().filter(|(_, v)| v.is_finite()) {
             for (k, (&cost, &v)) in costs[i].iter().zip(&values[i]).enumerate() {
                 let t = c + cost;
-                if t <= budget && best[c] + v < next[t] {
-                    next[t] = best[c] + v;
+                if t <= budget && so_far + v < next[t] {
+                    next[t] = so_far + v;
                     from[i][t] = k as u8;
                 }
             }
