@@ -109,6 +109,31 @@ fn knapsack_matches_brute_force_and_respects_the_budget() {
 }
 
 #[test]
+fn mixed_allocation_never_loses_to_a_uniform_format_that_fits() {
+    use lowbit::quant::mixed::{allocate, Choice};
+    let mut rng = Rng::new(11);
+    let formats = [WeightFormat::Ternary, Q4, WeightFormat::Q8 { group: None }];
+    let shapes = [(48, 48), (144, 48), (48, 192), (192, 48), (10, 48), (48, 100)];
+    let options: Vec<Vec<Choice>> = shapes
+        .iter()
+        .map(|&(r, c)| {
+            let base = 10.0 + 20.0 * (rng.next_f32() as f64 + 1.0);
+            formats.iter().zip([0.0, 18.0, 42.0]).map(|(&f, db)| Choice { format: f, bytes: f.packed_bytes(r, c), sqnr_db: base + db }).collect()
+        })
+        .collect();
+    let params: Vec<usize> = shapes.iter().map(|(r, c)| r * c).collect();
+    let uniform_q4: usize = options.iter().map(|o| o[1].bytes).sum();
+    let bits = 8.0 * uniform_q4 as f64 / params.iter().sum::<usize>() as f64;
+    let a = allocate(shapes.iter().map(|s| format!("{s:?}")).collect(), params, options, uniform_q4, bits).unwrap();
+    let (exact, greedy, uniform) = (a.summary(&a.exact), a.summary(&a.greedy), a.summary(&a.uniform(1).unwrap()));
+    assert!(exact.0 <= uniform_q4 && greedy.0 <= uniform_q4, "{exact:?} {greedy:?}");
+    assert!(exact.1 <= uniform.1 + 1e-15 && exact.1 <= greedy.1 + 1e-15, "exact {exact:?} greedy {greedy:?} uniform {uniform:?}");
+    // A budget below all-ternary is an error naming the smallest allocation.
+    let err = allocate(vec!["a".into()], vec![100], vec![vec![Choice { format: WeightFormat::Ternary, bytes: 40, sqnr_db: 10.0 }]], 30, 2.4).unwrap_err();
+    assert!(err.to_string().contains("below the smallest allocation"), "{err}");
+}
+
+#[test]
 fn calibration_picks_are_seeded() {
     assert_eq!(pick(5, 10, 1), vec![0, 1, 2, 3, 4]);
     let a = pick(100, 10, 7);

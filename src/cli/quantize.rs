@@ -45,8 +45,14 @@ pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
             let sens: Vec<String> = a.options[i].iter().map(|c| format!("{} {:.1}", c.format.name(), c.sqnr_db)).collect();
             println!("  {key:<40} {:>9} {:>9}   {}", a.options[i][a.exact[i]].format.name(), a.options[i][a.greedy[i]].format.name(), sens.join(", "));
         }
-        for (name, pick) in [("exact (knapsack DP)", &a.exact), ("greedy", &a.greedy)] {
-            let (bytes, noise, sqnr, bits) = a.summary(pick);
+        let uniform: Vec<(String, Vec<usize>)> = crate::quant::mixed::candidates()
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| a.uniform(k).map(|p| (format!("uniform {}", f.name()), p)))
+            .collect();
+        let rows = [("exact (knapsack DP)".to_string(), a.exact.clone()), ("greedy".to_string(), a.greedy.clone())].into_iter().chain(uniform);
+        for (name, pick) in rows {
+            let (bytes, noise, sqnr, bits) = a.summary(&pick);
             println!("  {name:<20} {bytes} bytes, {bits:.3} bits/weight, predicted output SQNR {sqnr:.2} dB (noise {noise:.3e})");
         }
     }

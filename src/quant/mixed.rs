@@ -4,7 +4,8 @@
 //! Treating the layers' output noises as independent, the noise of an allocation is the sum of
 //! the single-layer noise powers 10^(−SQNR/10); the allocation minimizing it under the byte
 //! budget (average bits × matrix parameters / 8) is a multiple-choice knapsack, solved exactly by
-//! dynamic programming over sizes in small units (each cost rounded up, so the budget holds).
+//! dynamic programming over sizes in 4-byte words (exact: packed sizes are whole words); budgets
+//! above 4 MiB use coarser units with each cost rounded up, so the budget still holds.
 //! The greedy allocation (MPTQ-ViT style: start everything at the fewest bits, then repeatedly
 //! widen the layer with the best noise reduction per byte that still fits) is reported beside it.
 
@@ -60,6 +61,11 @@ impl Allocation {
         let noise: f64 = pick.iter().enumerate().map(|(i, &c)| self.options[i][c].noise()).sum();
         let params: usize = self.params.iter().sum();
         (bytes, noise, -10.0 * noise.log10(), 8.0 * bytes as f64 / params as f64)
+    }
+
+    /// Every layer in candidate `k` (for comparison at equal format), where all layers have it.
+    pub fn uniform(&self, k: usize) -> Option<Vec<usize>> {
+        self.options.iter().map(|o| (o.len() > k).then_some(k).or((o.len() == 1).then_some(0))).collect()
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -184,8 +190,9 @@ pub fn allocate(keys: Vec<String>, params: Vec<usize>, options: Vec<Vec<Choice>>
             8.0 * least as f64 / total as f64
         );
     }
-    // Units small enough for a fine allocation, few enough for a quick table (≤ ~4000 states).
-    let unit = budget_bytes.div_ceil(4000).max(1);
+    // Packed sizes are whole u32 words, so 4-byte units make the DP exact; budgets past ~4 MiB
+    // (1M states) use coarser units, costs rounded up so the budget still holds.
+    let unit = 4 * budget_bytes.div_ceil(4 << 20).max(1);
     let costs: Vec<Vec<usize>> = options.iter().map(|o| o.iter().map(|c| c.bytes.div_ceil(unit)).collect()).collect();
     let values: Vec<Vec<f64>> = options.iter().map(|o| o.iter().map(Choice::noise).collect()).collect();
     let budget = budget_bytes / unit;
