@@ -1,6 +1,7 @@
 //! Mixed precision (`mixed:<bits>`): each layer's sensitivity is the SQNR of the model's output
 //! on the calibration inputs with only that layer quantized (MixDQ's measurement), for each
-//! candidate format (ternary ≈ 2 bits, q4g32 = 4.5, q8 = 8.25 bits per weight with scales).
+//! candidate format (ternary ≈ 2 bits, q4g128 ≈ 4.1, q4g32 = 4.5, q8 = 8.25 bits per weight with
+//! scales).
 //! Treating the layers' output noises as independent, the noise of an allocation is the sum of
 //! the single-layer noise powers 10^(−SQNR/10); the allocation minimizing it under the byte
 //! budget (average bits × matrix parameters / 8) is a multiple-choice knapsack, solved exactly by
@@ -19,9 +20,16 @@ use super::recipe::{quantize_matrix, Methods};
 use super::WeightFormat;
 use crate::{invalid, Gpu, Result};
 
-/// The formats a layer may get, fewest bits first.
+/// The formats a layer may get, fewest bits first. q4g128 (≈4.1 bits) beside q4g32 (4.5) gives
+/// the allocation a cheap step down for insensitive layers: ternary alone is too lossy to pay
+/// for widening the sensitive ones.
 pub fn candidates() -> Vec<WeightFormat> {
-    vec![WeightFormat::Ternary, WeightFormat::Q4 { group: 32, zero_point: false }, WeightFormat::Q8 { group: None }]
+    vec![
+        WeightFormat::Ternary,
+        WeightFormat::Q4 { group: 128, zero_point: false },
+        WeightFormat::Q4 { group: 32, zero_point: false },
+        WeightFormat::Q8 { group: None },
+    ]
 }
 
 /// One option for one layer.
