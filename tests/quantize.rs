@@ -265,6 +265,18 @@ fn quantize_vqgan_decoder_with_tokens_then_decode() {
     let png = dir.join("out.png");
     ok(&["decode", "--model", out.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
     assert!(dir.join("out-0.png").is_file());
+    // A VQModel with its encoder, calibrated on images: GPTQ sees the encoder's convs too
+    // (including the stride-2 downsample), and `lowbit encode` loads the result.
+    let full = fixture("vqgan_encoder_test");
+    let calib = calibration_images(&dir, 3, 20);
+    let out = dir.join("qe");
+    ok(&["quantize", "--model", full.to_str().unwrap(), "--recipe", "fp4", "--method", "gptq", "--calib", calib.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+    assert_eq!(desc["tensors"]["encoder.down.0.downsample.conv.weight"]["method"], "gptq", "{desc}");
+    assert_eq!(desc["tensors"]["decoder.conv_out.weight"]["format"], "fp4g32", "{desc}");
+    let tokens = dir.join("tokens.safetensors");
+    ok(&["encode", "--model", out.to_str().unwrap(), "--out", tokens.to_str().unwrap(), full.join("../vit_tiny_test/image_exact.png").to_str().unwrap()]);
+    assert!(tokens.is_file());
 }
 
 /// Exit code 1, every word in the message, no panic, and nothing written next to `out`.
