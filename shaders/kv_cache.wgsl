@@ -36,6 +36,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+#if VEC4
+// attend with D % 4 == 0: q and K read four channels per load (fewer, wider loads on
+// llvmpipe, which issues storage loads lane by lane).
+@group(0) @binding(1) var<storage, read> qkv4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> k_cache4: array<vec4<f32>>;
+#endif
 
 override WG: u32 = 64u;
 
@@ -80,40 +86,71 @@ fn kv_append(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     v_cache[dst] = qkv[row * 3u * e_dim + 2u * e_dim + e];
 }
 
-// One workgroup per (b, t, h); lane d owns output channel d (and d + WG, ...). Every lane
-// computes the same scores: those loads have one address for all lanes (broadcasts, cheap on
-// CPU adapters), no lane waits on another and no barrier is needed, and the head dimension
-// can be anything. Query t (at position start + t) sees cache positions 0..=start + t, which
-// the caller has appended before. One pass with an online softmax.
+// Scores of one query against every cached key: keys per workgroup are capped by this
+// (4 KiB of workgroup memory; the Rust side rejects larger caches).
+const MAX_KEYS: u32 = 1024u;
+var<workgroup> scores: array<f32, MAX_KEYS>;
+
+// One workgroup per (b, t, h). Query t (at position start + t) sees cache positions
+// 0..=start + t, appended by the caller before. Phases separated by barriers:
+// 1. lane j scores keys j, j + WG, ... into workgroup memory;
+// 2. every lane reads all scores for their max (the same addresses in every lane:
+//    broadcasts), then lane j turns its scores into softmax numerators, each exp once;
+// 3. every lane sums the numerators, and lane d accumulates output channels d, d + WG, ...
+//    of V.
+// Each K and V value is loaded once per workgroup, which matters on CPU adapters where
+// llvmpipe loads storage lane by lane; and any head dimension works.
 @compute @workgroup_size(WG)
 fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // Uniform across the workgroup, so every lane reaches the barrier even past the grid's end.
     let w = wg.x + wg.y * nwg.x;
-    if w >= p.batch * p.tokens * p.heads { return; }
+    let in_grid = w < p.batch * p.tokens * p.heads;
     let h = w % p.heads;
     let row = w / p.heads;
     let t = row % p.tokens;
     let b = row / p.tokens;
     let e_dim = embd();
     let q0 = row * 3u * e_dim + h * p.head_dim;
-    let keys = min(position[0] + t + 1u, p.capacity);
+    let keys = select(0u, min(min(position[0] + t + 1u, p.capacity), MAX_KEYS), in_grid);
     let k0 = cache_index(b, h, 0u, 0u);
+
+    for (var j = lid; j < keys; j += WG) {
+        let kj = k0 + j * p.head_dim;
+#if VEC4
+        var s4 = vec4(0.0);
+        for (var c = 0u; c < p.head_dim; c += 4u) {
+            s4 = fma(qkv4[(q0 + c) / 4u], k_cache4[(kj + c) / 4u], s4);
+        }
+        let s = s4.x + s4.y + s4.z + s4.w;
+#else
+        var s = 0.0;
+        for (var c = 0u; c < p.head_dim; c++) {
+            s = fma(qkv[q0 + c], k_cache[kj + c], s);
+        }
+#endif
+        scores[j] = s * p.scale;
+    }
+    workgroupBarrier();
+
+    // Softmax numerators replace the scores, each exp computed once.
+    var m = -3.0e38;
+    for (var j = 0u; j < keys; j++) {
+        m = max(m, scores[j]);
+    }
+    workgroupBarrier();
+    for (var j = lid; j < keys; j += WG) {
+        scores[j] = exp(scores[j] - m);
+    }
+    workgroupBarrier();
+    if !in_grid { return; }
+    var l = 0.0;
+    for (var j = 0u; j < keys; j++) {
+        l += scores[j];
+    }
     for (var d = lid; d < p.head_dim; d += WG) {
-        var m = -3.0e38;
-        var l = 0.0;
         var acc = 0.0;
         for (var j = 0u; j < keys; j++) {
-            let kj = k0 + j * p.head_dim;
-            var s = 0.0;
-            for (var c = 0u; c < p.head_dim; c++) {
-                s = fma(qkv[q0 + c], k_cache[kj + c], s);
-            }
-            s *= p.scale;
-            let m_new = max(m, s);
-            let alpha = exp(m - m_new);
-            let e = exp(s - m_new);
-            l = l * alpha + e;
-            acc = acc * alpha + e * v_cache[kj + d];
-            m = m_new;
+            acc = fma(scores[j], v_cache[k0 + j * p.head_dim + d], acc);
         }
         out[row * e_dim + h * p.head_dim + d] = acc / l;
     }

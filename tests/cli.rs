@@ -41,13 +41,8 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// An f32 tensor of a safetensors file (which may hold integer tensors too).
 fn tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(name).unwrap();
-    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-    (view.shape().to_vec(), view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+    common::read_f32(path, name)
 }
 
 #[test]

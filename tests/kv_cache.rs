@@ -1,7 +1,7 @@
 mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
-use lowbit::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, reference, KvCache, Position};
+use lowbit::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, kv_attend_with_lanes, reference, KvCache, Position};
 use lowbit::kernels::attention::{attention_reference, AttentionParams};
 use lowbit::Gpu;
 
@@ -16,7 +16,8 @@ struct Geo {
 
 /// Fills the cache chunk by chunk (`chunks` new tokens per call, from position 0), checking
 /// after every call the attention output and, at the end, the cache contents against the CPU.
-fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize]) {
+/// `lanes`: the attention workgroup size (None: the adapter's).
+fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize], lanes: Option<u32>) {
     let Geo { batch, heads, head_dim, capacity } = g;
     let e = heads * head_dim;
     let cache = KvCache::new(gpu, batch, heads, head_dim, capacity).unwrap();
@@ -31,11 +32,14 @@ fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize]) {
         pos.set(gpu, start).unwrap();
         let mut enc = gpu.encoder();
         kv_append(gpu, &mut enc, &qkv_t, &cache, &pos).unwrap();
-        kv_attend(gpu, &mut enc, &qkv_t, &cache, &pos, &out).unwrap();
+        match lanes {
+            Some(l) => kv_attend_with_lanes(gpu, &mut enc, &qkv_t, &cache, &pos, &out, l).unwrap(),
+            None => kv_attend(gpu, &mut enc, &qkv_t, &cache, &pos, &out).unwrap(),
+        }
         gpu.submit(enc).unwrap();
         reference::kv_append(&mut k_ref, &mut v_ref, &qkv, batch, t, heads, head_dim, capacity, start);
         let want = reference::kv_attend(&qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start);
-        let what = format!("kv_attend {g:?} {t} tokens at {start} {label}");
+        let what = format!("kv_attend {g:?} {t} tokens at {start} lanes {lanes:?} {label}");
         assert_nmse(&what, &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
         start += t;
     }
@@ -58,11 +62,30 @@ fn incremental_attention_matches_reference() {
             // A prefill of several tokens, then single-token steps up to the capacity.
             let mut chunks = vec![g.capacity.min(3)];
             chunks.extend(std::iter::repeat_n(1, g.capacity - chunks[0]));
-            run_chunks(gpu, path, g, &chunks);
+            run_chunks(gpu, path, g, &chunks, None);
         }
         // Uneven chunks that end one short of the capacity.
-        run_chunks(gpu, path, Geo { batch: 2, heads: 3, head_dim: 5, capacity: 11 }, &[1, 4, 2, 3]);
+        run_chunks(gpu, path, Geo { batch: 2, heads: 3, head_dim: 5, capacity: 11 }, &[1, 4, 2, 3], None);
     }
+}
+
+#[test]
+fn every_workgroup_size() {
+    // The GPU classes' 32–64 lanes (more lanes than keys or channels: idle lanes) and fewer
+    // lanes than keys and channels (lanes loop), on both paths.
+    let g = Geo { batch: 2, heads: 2, head_dim: 36, capacity: 70 };
+    let odd = Geo { batch: 1, heads: 2, head_dim: 67, capacity: 5 };
+    for (path, gpu) in gpus() {
+        for lanes in [1, 8, 32, 64, 128] {
+            run_chunks(gpu, path, g, &[1, 66, 1, 1], Some(lanes));
+            run_chunks(gpu, path, odd, &[2, 1, 1], Some(lanes));
+        }
+    }
+    let cache = KvCache::new(gpu(), 1, 1, 4, 4).unwrap();
+    let qkv = Tensor::zeros(gpu(), &[1, 1, 12], DType::F32).unwrap();
+    let out = Tensor::zeros(gpu(), &[1, 1, 4], DType::F32).unwrap();
+    let pos = Position::new(gpu()).unwrap();
+    assert!(kv_attend_with_lanes(gpu(), &mut gpu().encoder(), &qkv, &cache, &pos, &out, 0).is_err(), "0 lanes");
 }
 
 #[test]
@@ -113,6 +136,7 @@ fn bad_input_is_an_error() {
     let gpu = gpu();
     assert!(KvCache::new(gpu, 0, 2, 4, 8).is_err(), "zero batch");
     assert!(KvCache::new(gpu, 1, 2, 4, 0).is_err(), "zero capacity");
+    assert!(KvCache::new(gpu, 1, 2, 4, 1025).is_err(), "capacity over the attention limit");
     let cache = KvCache::new(gpu, 2, 2, 4, 5).unwrap();
     let mut pos = Position::new(gpu).unwrap();
     let mut enc = gpu.encoder();
@@ -139,4 +163,19 @@ fn bad_input_is_an_error() {
     assert!(embed_at(gpu, &mut enc, &Tensor::from_i32(gpu, &[2, 3], &[0; 6]).unwrap(), &tok, &pe, &pos, &x).is_err(), "i32 ids");
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &Tensor::zeros(gpu, &[4, 7], DType::F32).unwrap(), &pos, &x).is_err(), "widths");
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &Tensor::zeros(gpu, &[2, 3, 9], DType::F32).unwrap()).is_err(), "out shape");
+}
+
+/// Benchmark timings: `cargo test --release --test kv_cache -- --ignored --nocapture`
+/// (LOWBIT_BENCH=quick for the small shapes).
+#[test]
+#[ignore]
+fn bench_timings() {
+    use lowbit::kernels::attention::kv_cache::bench_cases;
+    use lowbit::kernels::BenchSize;
+    let gpu = gpu();
+    let size = if std::env::var("LOWBIT_BENCH").as_deref() == Ok("quick") { BenchSize::Quick } else { BenchSize::Full };
+    for mut case in bench_cases(gpu, size).unwrap() {
+        let (ms, clock) = gpu.time_step(10, |enc| (case.step)(gpu, enc)).unwrap();
+        eprintln!("{} {} {}: {ms:.3} ms, {:.2} GB/s ({clock:?})", case.kernel, case.format, case.shape, case.bytes as f64 / ms / 1e6);
+    }
 }

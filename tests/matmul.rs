@@ -242,3 +242,35 @@ fn variants_ab() {
         }
     }
 }
+
+/// deit_tiny's Linear shapes in f32, f16 and q8 with the table's variant, CPU time per call:
+/// `cargo test --release --test matmul -- --ignored --nocapture deit_shapes`.
+#[test]
+#[ignore]
+fn deit_shapes() {
+    let gpu = gpu();
+    for (k, n) in [(192, 576), (192, 768), (768, 192)] {
+        for fmt in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Q8 { group: None }, WeightFormat::Q4 { group: 32, zero_point: false }] {
+            let m = 197;
+            let packed = PackedMatrix::quantize(&random(n * k, 1, 1.0), n, k, fmt).unwrap();
+            let layer = QLinear::new(gpu, &packed, None).unwrap();
+            let x = Tensor::from_f32(gpu, &[m, k], &random(m * k, 2, 1.0)).unwrap();
+            let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
+            let mut t = vec![];
+            for _ in 0..5 {
+                let reps = 10;
+                let mut enc = gpu.encoder();
+                for _ in 0..reps {
+                    linear(gpu, &mut enc, &layer, &x, &out, None).unwrap();
+                }
+                let t0 = cpu_ms();
+                gpu.submit(enc).unwrap();
+                gpu.wait().unwrap();
+                t.push((cpu_ms() - t0) / reps as f64 / 2.0);
+            }
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let ms = t[2];
+            eprintln!("{m}x{k}x{n} {:8} {ms:8.3} ms {:6.2} GFLOP/s", fmt.name(), 2.0 * (m * k * n) as f64 / ms / 1e6);
+        }
+    }
+}

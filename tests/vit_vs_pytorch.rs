@@ -222,6 +222,24 @@ fn quantized_weights_stay_close_to_f32() {
     assert!(cos > 0.999, "q8 logits cosine {cos}");
 }
 
+/// `--precision f16`: f16 weights (f32 activations) against timm's f32 logits. f16 keeps 11
+/// significant bits, so the bound is cosine ≥ 0.9999 and max error ≤ 1e-2 × max|reference|.
+#[test]
+fn f16_weights_match_timm_within_their_bound() {
+    let gpu = gpu();
+    for name in ["vit_tiny_test", "vit_layerscale_test"] {
+        let model = VisionTransformer::from_pretrained(gpu, &fixture(name), None, WeightFormat::F16).unwrap();
+        let io = io(name);
+        let (shape, images) = tensor(&io, "images");
+        let got = run(gpu, &model, shape, images);
+        let want = tensor(&io, "logits").1;
+        let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max_err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let cos = cosine(&got, want);
+        assert!(cos >= 0.9999 && max_err <= 1e-2 * max_ref, "{name}: cosine {cos}, max error {max_err} (max |ref| {max_ref})");
+    }
+}
+
 #[test]
 fn real_size_model_runs() {
     // deit_tiny at 224×224 (197 tokens, 12 blocks): shapes and bindings at full size.

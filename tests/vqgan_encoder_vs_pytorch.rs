@@ -14,11 +14,7 @@ fn fixture() -> PathBuf {
 }
 
 fn reference(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(fixture().join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(name).unwrap();
-    assert_eq!(view.dtype(), safetensors::Dtype::F32);
-    (view.shape().to_vec(), view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+    read_f32(&fixture().join("io.safetensors"), name)
 }
 
 #[test]

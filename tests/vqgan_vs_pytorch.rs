@@ -16,13 +16,8 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan_tiny_test")
 }
 
-/// An f32 tensor of the fixture's io file (which also holds integer tensors, so not `Weights`).
 fn reference(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(fixture().join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(name).unwrap();
-    assert_eq!(view.dtype(), safetensors::Dtype::F32);
-    (view.shape().to_vec(), view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+    read_f32(&fixture().join("io.safetensors"), name)
 }
 
 fn tokens(name: &str) -> TokenGrid {
@@ -141,6 +136,20 @@ fn q8_weights_stay_close() {
     let (cos, e) = (cosine(&got, &want), lowbit::metrics::nmse(&got, &want));
     eprintln!("q8 decoder: cosine {cos:.6}, nmse {e:.3e}");
     assert!(cos >= 0.999 && e <= 2e-3, "q8 decoder: cosine {cos}, nmse {e}");
+}
+
+/// `--precision f16`: f16 weights against taming's f32 decode, bound cosine ≥ 0.9999 and max
+/// error ≤ 1e-2 × max|reference|.
+#[test]
+fn f16_weights_match_taming_within_their_bound() {
+    let gpu = gpu();
+    let model = VqganDecoder::from_pretrained(gpu, &fixture(), None, WeightFormat::F16).unwrap();
+    let got = model.decode(gpu, &tokens("tokens")).unwrap().to_vec_f32(gpu).unwrap();
+    let want = reference("image").1;
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let cos = cosine(&got, &want);
+    assert!(cos >= 0.9999 && max_err <= 1e-2 * max_ref, "cosine {cos}, max error {max_err} (max |ref| {max_ref})");
 }
 
 /// Batches too large for one pass decode image by image into one output.

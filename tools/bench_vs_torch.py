@@ -6,6 +6,7 @@ median latency over the same number of runs, and the ratio lowbit / PyTorch.
     python tools/bench_vs_torch.py --make deit_tiny_patch16_224 --out /tmp/deit_tiny   # random weights
     python tools/bench_vs_torch.py --make taming-f16-16384 --out /tmp/taming_f16
     python tools/bench_vs_torch.py --model /tmp/deit_tiny --format f16 --json
+    python tools/bench_vs_torch.py --model /tmp/deit_small --check      # full-size parity too
 
 No weights can be downloaded, so `--make` writes a full-size model with random weights in the
 layout lowbit loads (timm's hub layout; taming's VQModel + YAML); speed does not depend on the
@@ -98,6 +99,42 @@ def bench_torch(path, batch, reps):
     return statistics.median(times), task
 
 
+@torch.no_grad()
+def check(binary, path, fmt):
+    """Runs one input through both and compares the outputs (full-size parity)."""
+    import tempfile
+    import numpy as np
+    from PIL import Image
+    run, make_input, task = torch_model(path, 1)
+    tmp = tempfile.mkdtemp()
+    torch.manual_seed(1)
+    if task == "classify":
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f).get("pretrained_cfg", {})
+        _, h, w = cfg.get("input_size", [3, 224, 224])
+        pixels = (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(os.path.join(tmp, "x.png"))
+        mean, std = torch.tensor(cfg.get("mean", [0.485, 0.456, 0.406])), torch.tensor(cfg.get("std", [0.229, 0.224, 0.225]))
+        x = ((torch.from_numpy(pixels).float() / 255 - mean) / std).permute(2, 0, 1)[None]
+        want = run(x)
+        cmd = [binary, "classify", "--model", path, "--format", fmt, "--save-logits", os.path.join(tmp, "out.safetensors"), os.path.join(tmp, "x.png")]
+        key = "logits"
+    else:
+        tokens = make_input()
+        save_file({"tokens": tokens.to(torch.int64).contiguous()}, os.path.join(tmp, "tokens.safetensors"))
+        want = run(tokens)
+        cmd = [binary, "decode", "--model", path, "--format", fmt, "--tokens", os.path.join(tmp, "tokens.safetensors"),
+               "--out", os.path.join(tmp, "x.png"), "--save-tensor", os.path.join(tmp, "out.safetensors")]
+        key = "image"
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    got = load_file(os.path.join(tmp, "out.safetensors"))[key]
+    cos = torch.nn.functional.cosine_similarity(got.flatten().double(), want.flatten().double(), dim=0).item()
+    err = (got - want).abs().max().item() / want.abs().max().item()
+    return {"cosine": cos, "max_abs_err_rel": err}
+
+
 def bench_lowbit(binary, path, batch, reps, fmt):
     cmd = [binary, "bench", "model", "--model", path, "--json", "--batch", str(batch), "--reps", str(reps), "--format", fmt]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -116,6 +153,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--check", action="store_true", help="also compare one output of each (parity at full size)")
     args = ap.parse_args()
     if args.make:
         make(args.make, args.out)
@@ -128,12 +166,16 @@ def main():
            "torch_ms": torch_ms, "torch_threads": torch.get_num_threads(),
            "lowbit_ms": lb["median_ms"], "lowbit_format": lb["format"], "adapter": lb["adapter"],
            "ratio": lb["median_ms"] / torch_ms, "peak_gpu_bytes": lb["peak_gpu_bytes"]}
+    if args.check:
+        row.update(check(args.lowbit, args.model, args.format))
     if args.json:
         print(json.dumps(row))
     else:
         print(f"{task} {args.model} batch {args.batch}: PyTorch CPU f32 {torch_ms:.1f} ms ({row['torch_threads']} threads), "
               f"lowbit {lb['format']} on {lb['adapter']} {lb['median_ms']:.1f} ms → ratio {row['ratio']:.2f}× "
               f"(peak GPU memory {lb['peak_gpu_bytes'] / 1e6:.1f} MB)")
+        if args.check:
+            print(f"parity: cosine {row['cosine']:.7f}, max abs error {row['max_abs_err_rel']:.2e} × max|reference|")
 
 
 if __name__ == "__main__":

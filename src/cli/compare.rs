@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::decode::to_rgb;
 use crate::gpu::Tensor;
 use crate::metrics::{cosine, psnr_db, sqnr_db};
 use crate::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
+use crate::models::images::signed_chw_to_rgb;
 use crate::models::{detect, load_image, preprocess, ModelKind, VisionTransformer};
 use crate::quant::calibrate::{find_images, signed_center_crop};
 use crate::quant::WeightFormat;
@@ -127,7 +127,7 @@ fn compare_decoders(gpu: &Gpu, args: &CompareArgs) -> anyhow::Result<serde_json:
     if c != 3 {
         bail!("PSNR/SSIM need 3-channel images, the decoder makes {c}");
     }
-    let bytes = |x: &[f32]| -> Vec<f32> { x.chunks(c * h * w).flat_map(|img| to_rgb(img, h, w).into_raw()).map(f32::from).collect() };
+    let bytes = |x: &[f32]| -> Vec<f32> { x.chunks(c * h * w).flat_map(|img| signed_chw_to_rgb(img, h, w).into_raw()).map(f32::from).collect() };
     let (pa, pb) = (bytes(&xa), bytes(&xb));
     let ssim_mean = (0..n).map(|i| ssim_rgb(&pa[i * h * w * 3..(i + 1) * h * w * 3], &pb[i * h * w * 3..(i + 1) * h * w * 3], h, w)).sum::<f64>() / n as f64;
     Ok(json!({"kind": "decoder", "images": n, "sqnr_db": finite(sqnr_db(&xb, &xa)), "cosine": cosine(&xb, &xa),

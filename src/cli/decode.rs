@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::model::print_profile;
+use crate::models::images::signed_chw_to_rgb;
 use crate::models::vqgan::{TokenGrid, VqganDecoder};
 use crate::models::weights::save_f32;
 use crate::quant::WeightFormat;
@@ -65,7 +66,7 @@ pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     }
     for (i, img) in pixels.chunks(c * h * w).enumerate() {
         let path = if b == 1 { args.out.clone() } else { numbered(&args.out, i) };
-        to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
+        signed_chw_to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
     Ok(())
@@ -78,15 +79,6 @@ pub fn numbered(out: &Path, i: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
-/// One CHW image in taming's [−1, 1] range → 8-bit RGB: clamp((x + 1) · 127.5), truncated
-/// like taming's `custom_to_pil` (`(255 · (x + 1) / 2).astype(uint8)`).
-pub fn to_rgb(chw: &[f32], h: usize, w: usize) -> image::RgbImage {
-    let plane = h * w;
-    image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let i = y as usize * w + x as usize;
-        image::Rgb([0, 1, 2].map(|c| ((chw[c * plane + i] + 1.0) * 127.5).clamp(0.0, 255.0) as u8))
-    })
-}
 
 #[cfg(test)]
 mod tests {
@@ -97,7 +89,7 @@ mod tests {
         assert_eq!(numbered(Path::new("dir/out.png"), 2), PathBuf::from("dir/out-2.png"));
         assert_eq!(numbered(Path::new("out"), 0), PathBuf::from("out-0.png"));
         // R, G, B planes of a 1×2 image: −1 → 0, 1 → 255, out of range clamps.
-        let img = to_rgb(&[-1.0, 1.0, 0.0, 3.0, -5.0, 0.5], 1, 2);
+        let img = crate::models::images::signed_chw_to_rgb(&[-1.0, 1.0, 0.0, 3.0, -5.0, 0.5], 1, 2);
         assert_eq!(img.get_pixel(0, 0).0, [0, 127, 0]);
         assert_eq!(img.get_pixel(1, 0).0, [255, 255, 191]);
     }

@@ -1,101 +1,225 @@
-//! `lowbit demo`: a tour of what the engine does today, measured on this adapter.
+//! `lowbit demo`: the shipped models end to end, in f32 and in low-bit weights, on this adapter.
 //!
-//! A ViT-Base MLP layer (768 → 3072, GELU, 197 tokens) runs in every weight format and is
-//! compared with its f32 output; ViT-Base attention runs in f32 and in SageAttention int8; a
-//! LlamaGen-sized codebook is searched. Each result is checked against the CPU reference, so the
-//! demo doubles as a self-test on an unfamiliar GPU. The model-level demo (classify, generate,
-//! round-trip) builds on these kernels.
+//! For each precision: classify the sample digits with digits-vit; generate digits of every
+//! class with digits-prior + digits-vqgan and check them with digits-vit (the fraction
+//! classified as the class asked for, and the Fréchet distance of digits-vit features to the
+//! real samples); round-trip a photograph through photo-vqgan (encode → tokens → decode) and
+//! measure its PSNR. Writes the images, one contact sheet and a JSON summary to `out/`.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::{bail, Context};
 use clap::Args;
+use image::RgbImage;
 
-use crate::gpu::{DType, Tensor};
-use crate::kernels::attention::{self, AttentionParams, SageOptions};
-use crate::kernels::elementwise::Activation;
-use crate::kernels::matmul::{linear, linear_reference, QLinear};
-use crate::kernels::vq::{self, Codebook, Metric};
-use crate::metrics::{cosine, nmse, relative_l1, sqnr_db};
-use crate::quant::{PackedMatrix, WeightFormat};
+use crate::gpu::Tensor;
+use crate::graph::Plan;
+use crate::metrics::{frechet_distance, psnr_db};
+use crate::models::images::{hstack, rgb_to_signed_chw, signed_chw_to_rgb, tile, vstack};
+use crate::models::prior::Prior;
+use crate::models::sampling::generate_classes;
+use crate::models::vqgan::{VqganDecoder, VqganEncoder};
+use crate::models::{load_image, preprocess, VisionTransformer, WeightSummary, Weights};
+use crate::quant::WeightFormat;
 use crate::Gpu;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Folder for the JSON summary.
+    /// Folder for the images, the contact sheet and demo.json.
     #[arg(long, default_value = "out")]
-    out: std::path::PathBuf,
+    out: PathBuf,
+    /// Where the shipped models and samples are (default: ./assets, else the source tree's).
+    #[arg(long)]
+    assets: Option<PathBuf>,
+    /// Weight formats to compare (the first is the reference).
+    #[arg(long, value_delimiter = ',', default_value = "f32,q8,q4g32")]
+    precisions: Vec<String>,
+    /// Generated digits per class.
+    #[arg(long, default_value_t = 4)]
+    per_class: usize,
+    /// Side of the photograph's center crop for the round trip.
+    #[arg(long, default_value_t = 128)]
+    photo_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
-/// Deterministic weights with the heavy-tailed rows real checkpoints have.
-fn synthetic(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let u = crate::synthetic::uniform(n, seed, 1.0);
-    u.iter().enumerate().map(|(i, &u)| u * u * u.signum() * scale * if i % 97 == 0 { 4.0 } else { 1.0 }).collect()
+/// What one precision measured.
+struct Row {
+    precision: String,
+    weight_bytes: usize,
+    sample_top1: f64,
+    class_match: f64,
+    frechet: f64,
+    photo_psnr: f64,
+    seconds: f64,
+    generated: RgbImage,
+    roundtrip: RgbImage,
+}
+
+fn assets_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let candidates = match given {
+        Some(p) => vec![p.to_path_buf()],
+        None => vec![PathBuf::from("assets"), Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")],
+    };
+    candidates
+        .into_iter()
+        .find(|p| p.join("models/digits-vit").is_dir())
+        .context("no assets/models/digits-vit found (run from the repository root or pass --assets)")
+}
+
+/// Sample digits `digit-<label>-<i>.png`, sorted, with their labels.
+fn sample_digits(samples: &Path) -> anyhow::Result<Vec<(PathBuf, usize)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(samples).with_context(|| format!("reading {}", samples.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if let Some(label) = name.strip_prefix("digit-").and_then(|r| r.split('-').next()).and_then(|l| l.parse().ok()) {
+            out.push((path, label));
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        bail!("no digit-<label>-<i>.png samples in {}", samples.display());
+    }
+    Ok(out)
+}
+
+/// (logits [N, classes], pooled features [N, dim]) of RGB images through digits-vit.
+fn classify(gpu: &Gpu, vit: &VisionTransformer, images: &[RgbImage]) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let mut pixels = Vec::new();
+    for img in images {
+        pixels.extend(preprocess(img, &vit.config.preprocess)?);
+    }
+    let plan = Plan::new(gpu, vit.graph_with_features(images.len())?)?;
+    plan.set_input(gpu, 0, &pixels)?;
+    let out = plan.run(gpu)?;
+    Ok((out[0].to_vec_f32(gpu)?, out[1].to_vec_f32(gpu)?))
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+fn weight_bytes(dir: &Path, format: WeightFormat) -> anyhow::Result<usize> {
+    Ok(WeightSummary::new(&Weights::load(&dir.join("model.safetensors"))?)?.bytes(format))
+}
+
+fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs, real: &[(PathBuf, usize)], photo: &RgbImage) -> anyhow::Result<Row> {
+    let start = Instant::now();
+    let models = assets.join("models");
+    let vit = VisionTransformer::from_pretrained(gpu, &models.join("digits-vit"), None, format)?;
+    let prior = Prior::from_pretrained(gpu, &models.join("digits-prior"), format)?;
+    let digits = VqganDecoder::from_pretrained(gpu, &models.join("digits-vqgan"), None, format)?;
+    let photo_enc = VqganEncoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
+    let photo_dec = VqganDecoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
+    let weight_bytes = ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan"]
+        .iter()
+        .map(|m| weight_bytes(&models.join(m), format))
+        .sum::<anyhow::Result<usize>>()?;
+
+    // Classify the real samples.
+    let real_images: Vec<RgbImage> = real.iter().map(|(p, _)| load_image(p)).collect::<crate::Result<_>>()?;
+    let (logits, real_features) = classify(gpu, &vit, &real_images)?;
+    let classes = vit.output_dim();
+    let correct = logits.chunks(classes).zip(real).filter(|(row, (_, label))| argmax(row) == *label).count();
+
+    // Generate every class, decode, and ask digits-vit what it sees.
+    let opts = prior.config.sampling.unwrap_or_default();
+    let wanted: Vec<usize> = (0..prior.config.n_classes).flat_map(|c| std::iter::repeat_n(c, args.per_class)).collect();
+    let tokens = generate_classes(gpu, &prior, &wanted, args.seed, &opts)?;
+    let image = digits.decode(gpu, &tokens)?;
+    let &[n, _, h, w] = &image.shape[..] else { bail!("decoder output {:?}", image.shape) };
+    let pixels = image.to_vec_f32(gpu)?;
+    let generated: Vec<(usize, RgbImage)> = (0..n).map(|i| (wanted[i], signed_chw_to_rgb(&pixels[i * 3 * h * w..(i + 1) * 3 * h * w], h, w))).collect();
+    let images: Vec<RgbImage> = generated.iter().map(|(_, img)| img.clone()).collect();
+    let (logits, features) = classify(gpu, &vit, &images)?;
+    let matched = logits.chunks(classes).zip(&generated).filter(|(row, (class, _))| argmax(row) == *class).count();
+    let dim = vit.config.embed_dim;
+    let frechet = frechet_distance(&features, &real_features, dim);
+
+    // Round-trip the photograph.
+    let s = args.photo_size / photo_enc.downscale() * photo_enc.downscale();
+    let input = Tensor::from_f32(gpu, &[1, 3, s, s], &rgb_to_signed_chw(photo, s, s))?;
+    let tokens = photo_enc.encode(gpu, &input)?;
+    let decoded = photo_dec.decode(gpu, &tokens)?.to_vec_f32(gpu)?;
+    let original = signed_chw_to_rgb(&input.to_vec_f32(gpu)?, s, s);
+    let reconstructed = signed_chw_to_rgb(&decoded, s, s);
+    let as_f32 = |img: &RgbImage| img.as_raw().iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let photo_psnr = psnr_db(&as_f32(&reconstructed), &as_f32(&original), 255.0);
+
+    Ok(Row {
+        precision: format.name(),
+        weight_bytes,
+        sample_top1: 100.0 * correct as f64 / real.len() as f64,
+        class_match: 100.0 * matched as f64 / generated.len() as f64,
+        frechet,
+        photo_psnr,
+        seconds: start.elapsed().as_secs_f64(),
+        generated: tile(&images, args.per_class, 2, 2, [40, 40, 40]),
+        roundtrip: vstack(&[original, reconstructed], 4, [40, 40, 40]),
+    })
 }
 
 pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    println!("lowbit demo on {} ({:?}; f16 {}, subgroups {}, packed dot {})\n", gpu.adapter_name(), gpu.class, gpu.caps.f16, gpu.caps.subgroups, gpu.caps.packed_dot);
-    let mut summary = serde_json::Map::new();
-
-    // 1. One ViT-Base MLP layer in every weight format.
-    let (m, k, n) = (197, 768, 3072);
-    let w = synthetic(n * k, 1, 0.05);
-    let bias = synthetic(n, 2, 0.1);
-    let x = synthetic(m * k, 3, 1.0);
-    let f32_layer = PackedMatrix::quantize(&w, n, k, WeightFormat::F32)?;
-    let exact = linear_reference(&f32_layer, Some(&bias), &x, m, Some(Activation::Gelu));
-    let xt = Tensor::from_f32(gpu, &[m, k], &x)?;
-    let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-    println!("ViT-B MLP fc1 ({m} tokens × {k} → {n}, GELU) per weight format:");
-    println!("{:<10} {:>9} {:>9} {:>12} {:>13}", "format", "size MB", "GEMM ms", "SQNR vs f32", "GPU vs CPU");
-    let mut rows = Vec::new();
-    for fmt in WeightFormat::all() {
-        let packed = PackedMatrix::quantize(&w, n, k, fmt)?;
-        let layer = QLinear::new(gpu, &packed, Some(&bias))?;
-        let (ms, _) = gpu.time_step(5, |enc| linear(gpu, enc, &layer, &xt, &out, Some(Activation::Gelu)))?;
-        let got = out.to_vec_f32(gpu)?;
-        let reference = linear_reference(&packed, Some(&bias), &x, m, Some(Activation::Gelu));
-        let self_check = nmse(&got, &reference);
-        let sqnr = sqnr_db(&got, &exact);
-        anyhow::ensure!(self_check <= 5e-4, "{}: GPU disagrees with the CPU reference (NMSE {self_check:.2e})", fmt.name());
-        println!("{:<10} {:>9.2} {:>9.3} {:>9.1} dB {:>13.1e}", fmt.name(), packed.bytes() as f64 / 1e6, ms, sqnr, self_check);
-        rows.push(serde_json::json!({"format": fmt.name(), "bytes": packed.bytes(), "ms": ms, "sqnr_db": sqnr, "nmse_vs_cpu": self_check}));
+    let assets = assets_dir(args.assets.as_deref())?;
+    let samples = assets.join("samples");
+    println!("lowbit demo on {} ({:?}); models from {}", gpu.adapter_name(), gpu.class, assets.display());
+    let real = sample_digits(&samples)?;
+    // Held out from photo-vqgan's training (see its model card).
+    let photo_path = samples.join("photo-chelsea.png");
+    let photo = load_image(&photo_path)?;
+    if photo.width() < args.photo_size as u32 || photo.height() < args.photo_size as u32 {
+        bail!("{} is smaller than --photo-size {}", photo_path.display(), args.photo_size);
     }
-    summary.insert("mlp".into(), rows.into());
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut rows = Vec::new();
+    for p in &args.precisions {
+        let format = WeightFormat::parse(p)?;
+        let row = run_precision(gpu, &assets, format, &args, &real, &photo).with_context(|| format!("precision {p}"))?;
+        row.generated.save(args.out.join(format!("generated-{}.png", row.precision)))?;
+        row.roundtrip.save(args.out.join(format!("roundtrip-{}.png", row.precision)))?;
+        rows.push(row);
+    }
+    // One column per precision: its generated digits (a row per class) above its round trip.
+    let sheet = hstack(&rows.iter().map(|r| vstack(&[r.generated.clone(), r.roundtrip.clone()], 12, [40, 40, 40])).collect::<Vec<_>>(), 16, [40, 40, 40]);
+    let sheet_path = args.out.join("contact-sheet.png");
+    sheet.save(&sheet_path)?;
 
-    // 2. ViT-B attention: f32 vs SageAttention (int8 Q·Kᵀ).
-    let p = AttentionParams::new(1, 197, 12, 64);
-    let qkv = attention::realistic_qkv(&p, 7);
-    let qkv_t = Tensor::from_f32(gpu, &p.qkv_shape(), &qkv)?;
-    let out_f32 = Tensor::zeros(gpu, &p.out_shape(), DType::F32)?;
-    let out_sage = Tensor::zeros(gpu, &p.out_shape(), DType::F32)?;
-    let sage = SageOptions::default().effective(gpu);
-    let (ms_f32, _) = gpu.time_step(5, |enc| attention::attention(gpu, enc, &qkv_t, &out_f32, p))?;
-    let scratch = attention::SageScratch::new(gpu, p, sage)?;
-    let (ms_sage, _) = gpu.time_step(5, |enc| attention::sage_attention_with(gpu, enc, &qkv_t, &out_sage, &scratch))?;
-    let (a, b) = (out_f32.to_vec_f32(gpu)?, out_sage.to_vec_f32(gpu)?);
-    let (cos, rl1) = (cosine(&b, &a), relative_l1(&b, &a));
-    println!("\nViT-B attention (197 tokens × 12 heads × 64):");
-    println!("  f32 {ms_f32:.3} ms; SageAttention int8 QK (P·V in {}) {ms_sage:.3} ms, cosine {cos:.6}, relative L1 {rl1:.4}", if sage.pv_f16 { "f16" } else { "f32" });
-    summary.insert("attention".into(), serde_json::json!({"f32_ms": ms_f32, "sage_ms": ms_sage, "cosine": cos, "relative_l1": rl1}));
-
-    // 3. LlamaGen-sized codebook search: 256 latents against 16384 l2-normalized 8-d codes.
-    let (nv, kc, d) = (256, 16384, 8);
-    let codes = synthetic(kc * d, 11, 1.0);
-    let book = Codebook::new(gpu, &codes, kc, d, Metric::Cosine)?;
-    let z = synthetic(nv * d, 12, 1.0);
-    let zt = Tensor::from_f32(gpu, &[nv, d], &z)?;
-    let ids = Tensor::zeros(gpu, &[nv], DType::U32)?;
-    let (ms_vq, _) = gpu.time_step(5, |enc| book.search(gpu, enc, &zt, &ids, None))?;
-    let got = ids.to_vec_u32(gpu)?;
-    let (want, _) = vq::reference::search_reference(Metric::Cosine, &z, &vq::reference::normalize_rows(&codes, d), d);
-    let agree = got.iter().zip(&want).filter(|(a, b)| a == b).count();
-    println!("\nVQ search ({nv} latents × {kc} codes × {d} dims, cosine): {ms_vq:.3} ms, {agree}/{nv} indices equal to the CPU's");
-    summary.insert("vq".into(), serde_json::json!({"ms": ms_vq, "agree": agree, "total": nv}));
-
-    std::fs::create_dir_all(&args.out)?;
-    let path = args.out.join("demo.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(summary))?)?;
-    println!("\nwrote {} in {:.1} s", path.display(), start.elapsed().as_secs_f64());
+    println!("\n{:<9} {:>10} {:>12} {:>14} {:>10} {:>12} {:>8}", "weights", "size MB", "samples top1", "gen → class %", "Fréchet", "photo PSNR", "time s");
+    for r in &rows {
+        println!(
+            "{:<9} {:>10.2} {:>11.1}% {:>13.1}% {:>10.2} {:>9.2} dB {:>8.1}",
+            r.precision,
+            r.weight_bytes as f64 / 1e6,
+            r.sample_top1,
+            r.class_match,
+            r.frechet,
+            r.photo_psnr,
+            r.seconds
+        );
+    }
+    println!(
+        "\n{} sample digits; {} generated per class; Fréchet distance of digits-vit features, generated vs the samples; photo: {}×{} crop of {}",
+        real.len(),
+        args.per_class,
+        args.photo_size,
+        args.photo_size,
+        photo_path.display()
+    );
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "precision": r.precision, "weight_bytes": r.weight_bytes, "sample_top1": r.sample_top1,
+                "generated_class_match": r.class_match, "frechet_distance": r.frechet, "photo_psnr_db": r.photo_psnr, "seconds": r.seconds,
+            })
+        })
+        .collect();
+    let json = serde_json::json!({ "adapter": gpu.adapter_name(), "rows": summary, "total_seconds": start.elapsed().as_secs_f64() });
+    std::fs::write(args.out.join("demo.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {} and the images beside it; {:.1} s in all", sheet_path.display(), start.elapsed().as_secs_f64());
     Ok(())
 }

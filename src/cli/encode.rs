@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 use crate::gpu::Tensor;
+use crate::models::images::rgb_to_signed_chw;
 use crate::models::load_image;
 use crate::models::vqgan::VqganEncoder;
 use crate::quant::WeightFormat;
@@ -48,7 +49,7 @@ pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
         if *size.get_or_insert((h, w)) != (h, w) {
             bail!("image {}: {w}×{h} after cropping, but earlier images are {:?}; encode different sizes separately", path.display(), size.unwrap());
         }
-        pixels.extend(to_signed_chw(&img, h, w));
+        pixels.extend(rgb_to_signed_chw(&img, h, w));
     }
     let (h, w) = size.unwrap();
     let images = Tensor::from_f32(gpu, &[args.images.len(), 3, h, w], &pixels)?;
@@ -58,19 +59,4 @@ pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
     tokens.save(&args.out, "tokens").with_context(|| format!("--out {}", args.out.display()))?;
     println!("{}", args.out.display());
     Ok(())
-}
-
-/// The center `h`×`w` crop of an RGB image as CHW floats in taming's [−1, 1] (x / 127.5 − 1).
-pub fn to_signed_chw(img: &image::RgbImage, h: usize, w: usize) -> Vec<f32> {
-    let (y0, x0) = ((img.height() as usize - h) / 2, (img.width() as usize - w) / 2);
-    let mut out = vec![0.0; 3 * h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let p = img.get_pixel((x0 + x) as u32, (y0 + y) as u32);
-            for c in 0..3 {
-                out[(c * h + y) * w + x] = p[c] as f32 / 127.5 - 1.0;
-            }
-        }
-    }
-    out
 }

@@ -10,6 +10,7 @@ mod eval;
 mod info;
 mod model;
 mod quantize;
+mod generate;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Post-training quantization of a ViT or VQGAN into a packed checkpoint folder.
     Quantize(quantize::QuantizeArgs),
+    /// Generate images of a class: a minGPT prior samples VQ tokens, the VQGAN decodes them.
+    Generate(generate::GenerateArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
 }
@@ -93,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&Gpu::with_options(&opts)?, args),
         Command::Compare(args) => compare::run(&Gpu::with_options(&opts)?, args),
         Command::Quantize(args) => quantize::run(&Gpu::with_options(&opts)?, args),
+        Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
     }
 }
 

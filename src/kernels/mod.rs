@@ -41,10 +41,11 @@ pub enum BenchSize {
 /// Every family's benchmark cases, in the order `lowbit bench kernels` prints them.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<BenchCase>> {
     let mut cases = Vec::new();
-    let families: [(&str, FamilyBenches); 7] = [
+    let families: [(&str, FamilyBenches); 8] = [
         ("matmul", matmul::bench_cases),
         ("w8a8", w8a8::bench_cases),
         ("attention", attention::bench_cases),
+        ("kv_cache", attention::kv_cache::bench_cases),
         ("vq", vq::bench_cases),
         ("norm", norm::bench_cases),
         ("elementwise", elementwise::bench_cases),

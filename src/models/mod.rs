@@ -4,8 +4,11 @@
 
 pub mod config;
 pub mod glue;
+pub mod images;
 pub mod info;
 pub mod preprocess;
+pub mod prior;
+pub mod sampling;
 pub mod vit;
 pub mod vqgan;
 pub mod vqgan_glue;

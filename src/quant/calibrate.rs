@@ -354,17 +354,7 @@ pub fn signed_center_crop(img: &image::RgbImage, h: usize, w: usize) -> std::res
     if ih < h || iw < w {
         return Err(format!("{iw}×{ih} is smaller than the model's {w}×{h} input"));
     }
-    let (y0, x0) = ((ih - h) / 2, (iw - w) / 2);
-    let mut out = vec![0.0; 3 * h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let p = img.get_pixel((x0 + x) as u32, (y0 + y) as u32);
-            for c in 0..3 {
-                out[(c * h + y) * w + x] = p[c] as f32 / 127.5 - 1.0;
-            }
-        }
-    }
-    Ok(out)
+    Ok(crate::models::images::rgb_to_signed_chw(img, h, w))
 }
 
 /// Every PNG/JPEG under `dir`, sorted by path (so a seed means the same images everywhere).

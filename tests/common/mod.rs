@@ -49,6 +49,16 @@ pub fn assert_parity(what: &str, got: &[f32], want: &[f32]) {
     assert!(max_err <= 1e-3 * max_ref, "{what}: max abs err {max_err} > 1e-3 × {max_ref}");
 }
 
+/// An f32 tensor (shape, values) of a safetensors file that may also hold integer tensors
+/// (fixtures' `io.safetensors`, CLI outputs).
+pub fn read_f32(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap_or_else(|_| panic!("{}: no tensor {name}", path.display()));
+    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+    (view.shape().to_vec(), view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+}
+
 /// f32 ops bound (issue: ≤ 1e-8), quantized GEMM and attention bound (ggml's 5e-4).
 pub const F32_NMSE: f64 = 1e-8;
 pub const QUANT_NMSE: f64 = 5e-4;

@@ -1,0 +1,106 @@
+//! `lowbit generate --prior PATH [--decoder PATH] --class C --count N --seed S --out DIR
+//! [--temperature T] [--top-k K] [--format FMT]`: class → tokens (the minGPT prior, sampled
+//! with a KV cache) → images (the VQGAN decoder). Writes `DIR/class<C>-<i>.png` and
+//! `DIR/tokens.safetensors` (tensor `tokens`, i32 [N, h, w], readable by `lowbit decode`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::models::images::signed_chw_to_rgb;
+use crate::models::prior::Prior;
+use crate::models::sampling::{generate, SamplingOptions};
+use crate::models::vqgan::VqganDecoder;
+use crate::quant::WeightFormat;
+use crate::Gpu;
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// The prior: a folder with model.safetensors + config.json (taming minGPT).
+    #[arg(long, value_name = "PATH")]
+    pub prior: PathBuf,
+    /// The VQGAN decoder folder; defaults to the prior config's `decoder`.
+    #[arg(long, value_name = "PATH")]
+    pub decoder: Option<PathBuf>,
+    /// Class to generate (0 ≤ C < n_classes).
+    #[arg(long)]
+    pub class: usize,
+    /// Images to generate, sampled together as one batch.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Softmax temperature (0 = greedy); defaults to the prior config's, else 1.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sample among the k most likely tokens (0 = all); defaults to the prior config's, else 100.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Weight format of the prior's Linears and the decoder (f32, f16, q8, q4g32, ...).
+    #[arg(long, default_value = "f32", value_name = "FMT")]
+    pub format: String,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
+    let format = WeightFormat::parse(&args.format)?;
+    let t = Instant::now();
+    let prior = Prior::from_pretrained(gpu, &args.prior, format).with_context(|| format!("loading prior {}", args.prior.display()))?;
+    let c = &prior.config;
+    if args.class >= c.n_classes {
+        bail!("--class {} is out of range: the prior has {} classes (0..={})", args.class, c.n_classes, c.n_classes - 1);
+    }
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let Some(decoder_path) = args.decoder.clone().or_else(|| prior.decoder_path.clone()) else {
+        bail!("no --decoder given and the prior's config.json names no `decoder`");
+    };
+    let decoder = VqganDecoder::from_pretrained(gpu, &decoder_path, None, format).with_context(|| format!("loading decoder {}", decoder_path.display()))?;
+    let load_ms = ms(t);
+
+    let defaults = c.sampling.unwrap_or_default();
+    let opts = SamplingOptions { temperature: args.temperature.unwrap_or(defaults.temperature), top_k: args.top_k.unwrap_or(defaults.top_k) };
+    let t = Instant::now();
+    let tokens = generate(gpu, &prior, args.class, args.count, args.seed, &opts)?;
+    let gen_ms = ms(t);
+
+    let t = Instant::now();
+    let image = decoder.decode(gpu, &tokens).context("decoding the generated tokens")?;
+    let pixels = image.to_vec_f32(gpu)?;
+    let decode_ms = ms(t);
+    let &[n, 3, h, w] = &image.shape[..] else { bail!("decoder output {:?} is not [N, 3, H, W]", image.shape) };
+
+    let t = Instant::now();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    for (i, img) in pixels.chunks(3 * h * w).enumerate().take(n) {
+        let path = args.out.join(format!("class{}-{i}.png", args.class));
+        signed_chw_to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    let tokens_path = args.out.join("tokens.safetensors");
+    tokens.save(&tokens_path, "tokens").with_context(|| format!("writing {}", tokens_path.display()))?;
+    println!("{}", tokens_path.display());
+    let write_ms = ms(t);
+
+    let steps = c.tokens_per_image();
+    println!(
+        "class {} × {} (seed {}, temperature {}, top-k {}, {}): load {load_ms:.0} ms, generate {gen_ms:.1} ms ({steps} steps, {:.2} ms/step), decode {decode_ms:.1} ms, write {write_ms:.1} ms; {:.1} ms per image",
+        args.class,
+        args.count,
+        args.seed,
+        opts.temperature,
+        opts.top_k,
+        format.name(),
+        gen_ms / steps as f64,
+        (gen_ms + decode_ms) / args.count as f64
+    );
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Sampling token grids from the prior: temperature and top-k over the next-token logits, as
+//! taming's `sample` (`logits / temperature`, keep logits ≥ the k-th largest, softmax,
+//! multinomial), with a seeded generator so a seed always gives the same images.
+
+use serde::Deserialize;
+
+use super::prior::Prior;
+use super::vqgan::TokenGrid;
+use crate::{invalid, Gpu, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingOptions {
+    /// Divides the logits; 0 always takes the most likely token.
+    #[serde(default = "one")]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (ties at the k-th included); 0 keeps all.
+    #[serde(default)]
+    pub top_k: usize,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl Default for SamplingOptions {
+    /// taming's sampling scripts' usual settings.
+    fn default() -> Self {
+        SamplingOptions { temperature: 1.0, top_k: 100 }
+    }
+}
+
+impl SamplingOptions {
+    pub fn check(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            invalid!("temperature must be a finite number ≥ 0, got {}", self.temperature);
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64: a tiny, well-mixed generator; the same stream on every platform.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Draws one token id from `logits` (one row of V values).
+pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> Result<u32> {
+    opts.check()?;
+    if logits.is_empty() {
+        invalid!("sample: no logits");
+    }
+    if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
+        invalid!("sample: logit {i} is {} (the model produced a non-finite value)", logits[i]);
+    }
+    let argmax = || logits.iter().enumerate().fold(0, |best, (i, &l)| if l > logits[best] { i } else { best }) as u32;
+    if opts.temperature == 0.0 {
+        return Ok(argmax());
+    }
+    let threshold = match opts.top_k {
+        k if k == 0 || k >= logits.len() => f32::NEG_INFINITY,
+        k => {
+            let mut sorted = logits.to_vec();
+            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+            sorted[k - 1]
+        }
+    };
+    let t = opts.temperature as f64;
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+    let weights: Vec<f64> = logits.iter().map(|&l| if l >= threshold { ((l as f64 - max) / t).exp() } else { 0.0 }).collect();
+    let total: f64 = weights.iter().sum();
+    // A tiny temperature can underflow every weight but the max's to 0: still a valid draw.
+    let mut u = rng.next_f64() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            return Ok(i as u32);
+        }
+        u -= w;
+    }
+    // Rounding left u at the very end: the last kept token.
+    Ok(weights.iter().rposition(|&w| w > 0.0).unwrap_or_else(|| argmax() as usize) as u32)
+}
+
+/// Samples `count` token grids of class `class` at once (batch = count), raster order, one
+/// prior step per token: [class] → z_0, then z_i → z_{i+1}.
+pub fn generate(gpu: &Gpu, prior: &Prior, class: usize, count: usize, seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
+    if count == 0 {
+        invalid!("count must be at least 1");
+    }
+    generate_classes(gpu, prior, &vec![class; count], seed, opts)
+}
+
+/// One token grid per entry of `classes`, all sampled in one batch.
+pub fn generate_classes(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
+    let c = &prior.config;
+    if let Some(&class) = classes.iter().find(|&&k| k >= c.n_classes) {
+        invalid!("class {class} is out of range: the prior knows {} classes (0..={})", c.n_classes, c.n_classes - 1);
+    }
+    let count = classes.len();
+    if count == 0 {
+        invalid!("count must be at least 1");
+    }
+    opts.check()?;
+    let [h, w] = c.token_grid;
+    let n = h * w;
+    let mut rng = Rng::new(seed);
+    let mut session = prior.session(gpu, count)?;
+    let mut logits = session.step(gpu, &classes.iter().map(|&k| k as u32).collect::<Vec<_>>())?;
+    let mut grid = vec![0u32; count * n];
+    let v = c.vocab_size;
+    for i in 0..n {
+        let next: Vec<u32> = logits.chunks(v).map(|row| sample(row, opts, &mut rng)).collect::<Result<_>>()?;
+        for (b, &id) in next.iter().enumerate() {
+            grid[b * n + i] = id;
+        }
+        if i + 1 < n {
+            logits = session.step(gpu, &next)?;
+        }
+    }
+    TokenGrid::new(&[count, h, w], grid.into_iter().map(i64::from).collect())
+}

@@ -1,0 +1,36 @@
+//! The shipped models load and the demo path runs end to end (a small run of `lowbit demo`),
+//! with results that show the models are the trained ones, not noise.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn demo_runs_on_the_shipped_models() {
+    let out = std::env::temp_dir().join(format!("lowbit-demo-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["demo", "--precisions", "f32,q8", "--per-class", "2", "--photo-size", "64", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    for file in ["contact-sheet.png", "generated-f32.png", "roundtrip-q8.png", "demo.json"] {
+        assert!(out.join(file).is_file(), "{file} missing; {stdout}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let get = |k: &str| row[k].as_f64().unwrap();
+        // Trained models: the sample digits are read, generated digits are mostly the class
+        // asked for, and the photograph comes back recognisably.
+        assert!(get("sample_top1") >= 80.0, "{row}");
+        assert!(get("generated_class_match") >= 50.0, "{row}");
+        assert!(get("photo_psnr_db") >= 18.0, "{row}");
+        assert!(get("frechet_distance").is_finite(), "{row}");
+    }
+    let sheet = image::open(out.join("contact-sheet.png")).unwrap();
+    assert!(sheet.width() > 64 && sheet.height() > 64);
+    assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/digits-vit/README.md").is_file(), "model card missing");
+}
