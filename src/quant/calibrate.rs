@@ -282,6 +282,20 @@ impl Calibration {
         }
     }
 
+    /// The first `n` inputs (the mixed-precision search runs the model many times: a smaller
+    /// set keeps it affordable).
+    pub fn first(&self, n: usize) -> Calibration {
+        let images = self.images.as_ref().map(|(p, s)| {
+            let k = n.min(s[0]);
+            (p[..k * s[1] * s[2] * s[3]].to_vec(), [k, s[1], s[2], s[3]])
+        });
+        let tokens = self.tokens.as_ref().map(|t| {
+            let k = n.min(t.batch);
+            TokenGrid::new(&[k, t.height, t.width], t.ids[..k * t.height * t.width].to_vec()).unwrap()
+        });
+        Calibration { images, tokens, source: self.source.clone() }
+    }
+
     /// The model's own inputs in passes of BATCH: tokens when there are (a decoder), else images.
     pub fn batches(&self) -> Result<Vec<Batch<'_>>> {
         if let Some(t) = &self.tokens {

@@ -20,6 +20,10 @@ use super::recipe::{quantize_matrix, Methods};
 use super::WeightFormat;
 use crate::{invalid, Gpu, Result};
 
+/// Calibration inputs the sensitivities are measured on (the model runs once per layer and
+/// candidate format).
+const SENSITIVITY_INPUTS: usize = 16;
+
 /// The formats a layer may get, fewest bits first. q4g128 (≈4.1 bits) beside q4g32 (4.5) gives
 /// the allocation a cheap step down for insensitive layers: ternary alone is too lossy to pay
 /// for widening the sensitive ones.
@@ -160,6 +164,7 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
         })
         .collect();
     allocate(layers.iter().map(|l| l.key.clone()).collect(), params.clone(), cheapest, budget_bytes, bits)?;
+    let calib = &calib.first(SENSITIVITY_INPUTS);
     let reference = model.outputs(gpu, &model.weights, calib)?;
     let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
     let mut options = Vec::with_capacity(layers.len());
