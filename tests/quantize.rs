@@ -265,6 +265,14 @@ fn quantize_vqgan_decoder_with_tokens_then_decode() {
     let png = dir.join("out.png");
     ok(&["decode", "--model", out.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
     assert!(dir.join("out-0.png").is_file());
+    // Mixed precision keeps q, k and v of an attention block in one format (one stacked conv).
+    let mixed = dir.join("mixed");
+    let stdout = ok(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "mixed:4.5", "--method", "clip", "--calib", tokens.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
+    assert!(stdout.contains("decoder.mid.attn_1.q/k/v"), "{stdout}");
+    let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mixed.join("quantization.json")).unwrap()).unwrap();
+    let fmt = |k: &str| desc["tensors"][format!("decoder.mid.attn_1.{k}.weight")]["format"].clone();
+    assert!(fmt("q") == fmt("k") && fmt("k") == fmt("v"), "{desc}");
+    ok(&["decode", "--model", mixed.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
     // A VQModel with its encoder, calibrated on images: GPTQ sees the encoder's convs too
     // (including the stride-2 downsample), and `lowbit encode` loads the result.
     let full = fixture("vqgan_encoder_test");

@@ -54,7 +54,10 @@ impl Choice {
 
 #[derive(Clone, Debug)]
 pub struct Allocation {
+    /// One name per item: the matrix key, or the node of matrices that share one format.
     pub keys: Vec<String>,
+    /// The matrix keys of each item.
+    pub members: Vec<Vec<String>>,
     pub params: Vec<usize>,
     pub options: Vec<Vec<Choice>>,
     pub budget_bytes: usize,
@@ -64,7 +67,7 @@ pub struct Allocation {
 
 impl Allocation {
     pub fn formats(&self) -> HashMap<String, WeightFormat> {
-        self.keys.iter().zip(&self.exact).enumerate().map(|(i, (k, &c))| (k.clone(), self.options[i][c].format)).collect()
+        self.members.iter().zip(&self.exact).enumerate().flat_map(|(i, (m, &c))| m.iter().map(move |k| (k.clone(), self.options[i][c].format))).collect()
     }
 
     /// (bytes, predicted noise, predicted SQNR dB, average bits) of a choice per layer.
@@ -151,46 +154,59 @@ pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Optio
     }
 }
 
-/// Measures every layer's sensitivity and allocates `bits` average weight bits.
+/// Measures every layer's sensitivity and allocates `bits` average weight bits. Matrices the
+/// model runs as one (a VQGAN attention's q, k, v: one stacked conv, one format) are one item.
 pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>) -> Result<Allocation> {
-    let params: Vec<usize> = layers.iter().map(|l| l.rows() * l.cols()).collect();
+    let mut items: Vec<(String, Vec<&Layer>)> = Vec::new();
+    for l in layers {
+        match items.iter_mut().find(|(node, _)| *node == l.node) {
+            Some((_, members)) => members.push(l),
+            None => items.push((l.node.clone(), vec![l])),
+        }
+    }
+    let names: Vec<String> = items.iter().map(|(node, m)| if m.len() == 1 { m[0].key.clone() } else { node.clone() }).collect();
+    let params: Vec<usize> = items.iter().map(|(_, m)| m.iter().map(|l| l.rows() * l.cols()).sum()).collect();
     let budget_bytes = (bits * params.iter().sum::<usize>() as f64 / 8.0).floor() as usize;
+    // The encoder's effect on a decoder's output is not measured here: it stays 8-bit.
+    let formats_of = |m: &[&Layer]| if m[0].encoder { vec![WeightFormat::Q8 { group: None }] } else { candidates() };
     // A budget nothing fits is refused before the (slow) sensitivity measurements.
-    let cheapest: Vec<Vec<Choice>> = layers
+    let cheapest: Vec<Vec<Choice>> = items
         .iter()
-        .map(|l| {
-            let f = if l.encoder { WeightFormat::Q8 { group: None } } else { candidates()[0] };
-            vec![Choice { format: f, bytes: f.packed_bytes(l.rows(), l.cols()), sqnr_db: 0.0 }]
+        .map(|(_, m)| {
+            let f = formats_of(m)[0];
+            vec![Choice { format: f, bytes: m.iter().map(|l| f.packed_bytes(l.rows(), l.cols())).sum(), sqnr_db: 0.0 }]
         })
         .collect();
-    allocate(layers.iter().map(|l| l.key.clone()).collect(), params.clone(), cheapest, budget_bytes, bits)?;
+    allocate(names.clone(), params.clone(), cheapest, budget_bytes, bits)?;
     let calib = &calib.first(SENSITIVITY_INPUTS);
     let reference = model.outputs(gpu, &model.weights, calib)?;
     let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
-    let mut options = Vec::with_capacity(layers.len());
-    let mut progress = Progress::new("measuring layer sensitivities", layers.len());
-    for l in layers {
-        // The encoder's effect on a decoder's output is not measured here: it stays 8-bit.
-        let formats = if l.encoder { vec![WeightFormat::Q8 { group: None }] } else { candidates() };
-        let w = &model.weights.tensors[&l.key].data;
-        let h = hessians.get(&l.key);
+    let mut options = Vec::with_capacity(items.len());
+    let mut progress = Progress::new("measuring layer sensitivities", items.len());
+    for (_, members) in &items {
         let mut opts = Vec::new();
-        for format in formats {
-            let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
-            let m = quantize_matrix(w, l.rows(), l.cols(), format, used, h)?;
-            let sqnr_db = if l.encoder {
+        for format in formats_of(members) {
+            let mut packed = BTreeMap::new();
+            for l in members {
+                let h = hessians.get(&l.key);
+                let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
+                packed.insert(l.key.clone(), quantize_matrix(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), format, used, h)?);
+            }
+            let sqnr_db = if members[0].encoder {
                 f64::INFINITY
             } else {
-                let weights = with_packed(&model.weights, &BTreeMap::from([(l.key.clone(), m.clone())]), &shapes)?;
+                let weights = with_packed(&model.weights, &packed, &shapes)?;
                 crate::metrics::sqnr_db(&model.outputs(gpu, &weights, calib)?, &reference).min(200.0)
             };
-            opts.push(Choice { format, bytes: m.bytes(), sqnr_db });
+            opts.push(Choice { format, bytes: packed.values().map(|m| m.bytes()).sum(), sqnr_db });
         }
         options.push(opts);
         progress.step(1);
     }
     progress.finish();
-    allocate(layers.iter().map(|l| l.key.clone()).collect(), params, options, budget_bytes, bits)
+    let mut a = allocate(names, params, options, budget_bytes, bits)?;
+    a.members = items.iter().map(|(_, m)| m.iter().map(|l| l.key.clone()).collect()).collect();
+    Ok(a)
 }
 
 /// The exact and greedy allocations of measured options under `budget_bytes`.
@@ -215,5 +231,6 @@ pub fn allocate(keys: Vec<String>, params: Vec<usize>, options: Vec<Vec<Choice>>
         None => knapsack(&options.iter().map(|o| o.iter().map(|c| c.bytes).collect()).collect::<Vec<_>>(), &values, budget_bytes).map(|p| p.0).unwrap(),
     };
     let greedy = greedy(&costs, &values, budget).unwrap_or_else(|| exact.clone());
-    Ok(Allocation { keys, params, options, budget_bytes, exact, greedy })
+    let members = keys.iter().map(|k| vec![k.clone()]).collect();
+    Ok(Allocation { keys, members, params, options, budget_bytes, exact, greedy })
 }
