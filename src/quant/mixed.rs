@@ -167,8 +167,9 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
     let names: Vec<String> = items.iter().map(|(node, m)| if m.len() == 1 { m[0].key.clone() } else { node.clone() }).collect();
     let params: Vec<usize> = items.iter().map(|(_, m)| m.iter().map(|l| l.rows() * l.cols()).sum()).collect();
     let budget_bytes = (bits * params.iter().sum::<usize>() as f64 / 8.0).floor() as usize;
-    // The encoder's effect on a decoder's output is not measured here: it stays 8-bit.
-    let formats_of = |m: &[&Layer]| if m[0].encoder { vec![WeightFormat::Q8 { group: None }] } else { candidates() };
+    // The encoder's effect on the decoder's output is not measured (its tokens are discrete):
+    // it gets uniform q4g32 and counts in the budget.
+    let formats_of = |m: &[&Layer]| if m[0].encoder { vec![WeightFormat::Q4 { group: 32, zero_point: false }] } else { candidates() };
     // A budget nothing fits is refused before the (slow) sensitivity measurements.
     let cheapest: Vec<Vec<Choice>> = items
         .iter()
