@@ -140,4 +140,16 @@ mod tests {
             assert_eq!((a.data, a.scales, a.zeros), (b.data, b.scales, b.zeros), "{}", f.name());
         }
     }
+
+    #[test]
+    fn from_codes_checks_its_input() {
+        let q4z = WeightFormat::Q4 { group: 32, zero_point: true };
+        assert!(PackedMatrix::from_codes(q4z, 1, 40, &[3; 40], &[0.5; 2], &[8; 2]).is_ok());
+        assert!(PackedMatrix::from_codes(q4z, 1, 40, &[3; 39], &[0.5; 2], &[8; 2]).is_err(), "codes short");
+        assert!(PackedMatrix::from_codes(q4z, 1, 40, &[3; 40], &[0.5; 1], &[8; 2]).is_err(), "scales short");
+        assert!(PackedMatrix::from_codes(q4z, 1, 40, &[3; 40], &[0.5; 2], &[]).is_err(), "zeros missing");
+        assert!(PackedMatrix::from_codes(q4z, 1, 40, &[16; 40], &[0.5; 2], &[8; 2]).is_err(), "code too wide");
+        assert!(PackedMatrix::from_codes(q4z, 1, 40, &[3; 40], &[0.5; 2], &[16; 2]).is_err(), "zero too wide");
+        assert!(PackedMatrix::from_codes(WeightFormat::Ternary, 0, 4, &[], &[], &[]).is_err(), "empty");
+    }
 }
