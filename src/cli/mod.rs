@@ -2,11 +2,14 @@
 
 mod bench;
 mod classify;
+mod compare;
 mod decode;
 mod demo;
 mod encode;
+mod eval;
 mod info;
 mod model;
+mod quantize;
 mod generate;
 #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
 mod viewer;
@@ -45,6 +48,12 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Architecture, parameters, bytes per weight format and planned peak GPU memory of a model.
     Info(info::InfoArgs),
+    /// Top-1/top-5 accuracy of a classifier on an ImageFolder (DIR/<class>/<image>).
+    Eval(eval::EvalArgs),
+    /// SQNR/cosine (and PSNR/SSIM for decoders) of a model's outputs against a reference's.
+    Compare(compare::CompareArgs),
+    /// Post-training quantization of a ViT or VQGAN into a packed checkpoint folder.
+    Quantize(quantize::QuantizeArgs),
     /// Generate images of a class: a minGPT prior samples VQ tokens, the VQGAN decodes them.
     Generate(generate::GenerateArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
@@ -89,6 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
         Command::Encode(args) => encode::run(&Gpu::with_options(&opts)?, args),
         Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
+        Command::Eval(args) => eval::run(&Gpu::with_options(&opts)?, args),
+        Command::Compare(args) => compare::run(&Gpu::with_options(&opts)?, args),
+        Command::Quantize(args) => quantize::run(&Gpu::with_options(&opts)?, args),
         Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
         // The viewer opens its own device (eframe's, shared with the engine).
         #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]

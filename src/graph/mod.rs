@@ -18,6 +18,7 @@
 mod executor;
 mod ir;
 mod ops;
+mod ops_quant;
 mod planner;
 
 pub use executor::{totals_per_op, NodeTime, Plan};

@@ -6,6 +6,7 @@
 //! every token followed by `global_pool='token'`) → head.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::config::VitConfig;
 use super::glue::{embed_tokens, layer_scale_add, take_token};
@@ -16,21 +17,28 @@ use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::matmul::QLinear;
+use crate::kernels::w8a8::W8A8Linear;
 use crate::quant::WeightFormat;
 use crate::{invalid, shape_err, Gpu, Result};
 
 /// timm's ViT LayerNorm epsilon.
 const LN_EPS: f32 = 1e-6;
 
+/// A block's Linear: f32 activations × packed weights, or int8 × int8 (`--recipe w8a8`).
+enum Linear {
+    Float(QLinear),
+    Int8(Arc<W8A8Linear>),
+}
+
 struct Block {
     norm1: Norm,
-    qkv: QLinear,
-    proj: QLinear,
+    qkv: Linear,
+    proj: Linear,
     /// LayerScale gammas (checkpoints trained with `init_values`).
     ls1: Option<Tensor>,
     norm2: Norm,
-    fc1: QLinear,
-    fc2: QLinear,
+    fc1: Linear,
+    fc2: Linear,
     ls2: Option<Tensor>,
 }
 
@@ -65,6 +73,37 @@ fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bia
     QLinear::new(gpu, &packed, bias)
 }
 
+/// A block Linear: through the W8A8 kernel when the checkpoint asks for int8 activations.
+#[allow(clippy::too_many_arguments)]
+fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool) -> Result<Linear> {
+    if !int8_activations(w)? {
+        return Ok(Linear::Float(load_linear(gpu, w, prefix, out, inp, bias, format)?));
+    }
+    let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
+    let bias = if bias { Some(w.get(&format!("{prefix}.bias"), &[out])?) } else { None };
+    let layer = W8A8Linear::new(gpu, &packed, bias)?;
+    Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
+}
+
+/// Whether `lowbit quantize` marked the checkpoint for int8 activations (`--recipe w8a8`).
+fn int8_activations(w: &Weights) -> Result<bool> {
+    let desc = crate::quant::packed::Description::of(w)?;
+    Ok(desc.is_some_and(|d| d.extra.get("activations").and_then(|a| a.as_str()) == Some(INT8_ACTIVATIONS)))
+}
+
+/// The `activations` value of a W8A8 checkpoint's quantization description.
+pub const INT8_ACTIVATIONS: &str = "int8 per-token dynamic (W8A8 kernel)";
+
+/// A block Linear as a graph node.
+fn linear(g: &mut Graph, name: &str, layer: &Linear, x: Value, act: Option<Activation>) -> Result<Value> {
+    match layer {
+        Linear::Float(l) => g.linear(name, l, x, act),
+        // GELU is fused into the int8 layer when it is loaded (fc1).
+        Linear::Int8(l) if l.gelu == act.is_some() => g.w8a8_linear(name, l, x),
+        Linear::Int8(_) => crate::invalid!("{name}: the int8 layer's fused activation does not match {act:?}"),
+    }
+}
+
 impl VisionTransformer {
     /// Builds the model from checkpoint tensors, packing matrices in `format`
     /// (`WeightFormat::F32` reproduces timm's numbers).
@@ -85,12 +124,12 @@ impl VisionTransformer {
             let b = format!("blocks.{i}");
             blocks.push(Block {
                 norm1: load_norm(gpu, w, &format!("{b}.norm1"), d)?,
-                qkv: load_linear(gpu, w, &format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias, format)?,
-                proj: load_linear(gpu, w, &format!("{b}.attn.proj"), d, d, true, format)?,
+                qkv: load_block_linear(gpu, w, &format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias, format, false)?,
+                proj: load_block_linear(gpu, w, &format!("{b}.attn.proj"), d, d, true, format, false)?,
                 ls1: layer_scale(&format!("{b}.ls1.gamma"))?,
                 norm2: load_norm(gpu, w, &format!("{b}.norm2"), d)?,
-                fc1: load_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format)?,
-                fc2: load_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format)?,
+                fc1: load_block_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format, true)?,
+                fc2: load_block_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format, false)?,
                 ls2: layer_scale(&format!("{b}.ls2.gamma"))?,
             });
         }
@@ -159,13 +198,13 @@ impl VisionTransformer {
         for (n, blk) in self.blocks.iter().enumerate() {
             let p = |name: &str| format!("blocks.{n}.{name}");
             let h = g.layer_norm(&p("norm1"), x, &blk.norm1, LN_EPS)?;
-            let qkv = g.linear(&p("attn.qkv"), &blk.qkv, h, None)?;
+            let qkv = linear(&mut g, &p("attn.qkv"), &blk.qkv, h, None)?;
             let heads = g.attention(&p("attn"), qkv, attn)?;
-            let h = g.linear(&p("attn.proj"), &blk.proj, heads, None)?;
+            let h = linear(&mut g, &p("attn.proj"), &blk.proj, heads, None)?;
             x = residual(&mut g, &p("ls1"), x, h, blk.ls1.as_ref())?;
             let h = g.layer_norm(&p("norm2"), x, &blk.norm2, LN_EPS)?;
-            let h = g.linear(&p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
-            let h = g.linear(&p("mlp.fc2"), &blk.fc2, h, None)?;
+            let h = linear(&mut g, &p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
+            let h = linear(&mut g, &p("mlp.fc2"), &blk.fc2, h, None)?;
             x = residual(&mut g, &p("ls2"), x, h, blk.ls2.as_ref())?;
         }
         let cls = g.node("cls_token", "take_token", &[x], &[b, d], DType::F32, |gpu, enc, i, out| take_token(gpu, enc, i[0], out));

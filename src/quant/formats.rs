@@ -241,6 +241,41 @@ impl PackedMatrix {
         Ok(PackedMatrix { format, rows, cols, row_words, groups, data, scales, zeros })
     }
 
+    /// Packs codes a quantization method chose: `codes` row-major `rows × cols` (the values
+    /// `code` returns), `scales` and `zeros` row-major over (row, group). Zero points are only
+    /// stored for Q4 with zero point; pass an empty `zeros` otherwise.
+    pub fn from_codes(format: WeightFormat, rows: usize, cols: usize, codes: &[u32], scales: &[f32], zeros: &[u32]) -> Result<Self> {
+        format.validate()?;
+        let gs = format.group_size(cols);
+        let groups = if gs == 0 { 0 } else { cols.div_ceil(gs) };
+        let with_zeros = matches!(format, WeightFormat::Q4 { zero_point: true, .. });
+        if rows == 0 || cols == 0 || codes.len() != rows * cols || scales.len() != rows * groups || zeros.len() != if with_zeros { rows * groups } else { 0 } {
+            return Err(Error::Shape(format!(
+                "from_codes: {} codes, {} scales, {} zeros do not fit a {rows}×{cols} {} matrix",
+                codes.len(),
+                scales.len(),
+                zeros.len(),
+                format.name()
+            )));
+        }
+        let (bits, per_word) = (format.bits(), format.per_word());
+        let limit = if bits == 32 { u32::MAX } else { (1u32 << bits) - 1 };
+        if let Some(i) = codes.iter().position(|&c| c > limit) {
+            return Err(Error::Invalid(format!("from_codes: code {} at {i} does not fit {bits} bits", codes[i])));
+        }
+        if let Some(i) = zeros.iter().position(|&z| z > 15) {
+            return Err(Error::Invalid(format!("from_codes: zero point {} at {i} does not fit 4 bits", zeros[i])));
+        }
+        let row_words = cols.div_ceil(per_word);
+        let mut data = vec![0u32; rows * row_words];
+        for (r, row) in codes.chunks(cols).enumerate() {
+            for (i, &c) in row.iter().enumerate() {
+                data[r * row_words + i / per_word] |= if bits == 32 { c } else { c << ((i % per_word) * bits) };
+            }
+        }
+        Ok(PackedMatrix { format, rows, cols, row_words, groups, data, scales: pack_f16(scales), zeros: pack_nibbles(zeros) })
+    }
+
     /// The scale of (row, group) as the kernels read it.
     pub fn scale(&self, row: usize, group: usize) -> f32 {
         let i = row * self.groups + group;

@@ -1,0 +1,74 @@
+//! `lowbit quantize --model PATH --recipe RECIPE [--method LIST] [--calib DIR|TOKENS]
+//! [--calib-count N] [--seed S] --out DIR`: post-training quantization of a timm ViT or a taming
+//! VQGAN into a packed checkpoint folder that every other command loads as it is.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::quant::recipe::{quantize, Options};
+use crate::Gpu;
+
+#[derive(clap::Args, Debug)]
+pub struct QuantizeArgs {
+    /// The f32 model folder (model.safetensors + config.json / config.yaml).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// w8a16, w4a16, ternary, fp4, mixed:<average bits> (e.g. mixed:4.5); w8a8, w6a6, w4a8, w4a4.
+    #[arg(long, value_name = "RECIPE")]
+    pub recipe: String,
+    /// Comma list of rtn, clip, gptq (default: clip, plus gptq when --calib is given).
+    #[arg(long, value_name = "LIST")]
+    pub method: Option<String>,
+    /// Calibration images (a folder, searched recursively) or, for a VQGAN decoder, a
+    /// .safetensors file with a `tokens` tensor.
+    #[arg(long, value_name = "DIR")]
+    pub calib: Option<PathBuf>,
+    /// How many calibration images (or token grids) to use, drawn with --seed.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub calib_count: usize,
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// The output folder (must not exist; written completely or not at all).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
+    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed };
+    let start = std::time::Instant::now();
+    let report = quantize(gpu, &args.model, &opts, &args.out).with_context(|| format!("quantizing {}", args.model.display()))?;
+    if let Some(a) = &report.mixed {
+        println!("mixed precision, budget {} bytes of matrices:", a.budget_bytes);
+        println!("  {:<40} {:>9} {:>9}   sensitivity (output SQNR dB per format)", "layer", "exact", "greedy");
+        for (i, key) in a.keys.iter().enumerate() {
+            let sens: Vec<String> = a.options[i].iter().map(|c| format!("{} {:.1}", c.format.name(), c.sqnr_db)).collect();
+            println!("  {key:<40} {:>9} {:>9}   {}", a.options[i][a.exact[i]].format.name(), a.options[i][a.greedy[i]].format.name(), sens.join(", "));
+        }
+        let uniform: Vec<(String, Vec<usize>)> = crate::quant::mixed::candidates()
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| a.uniform(k).map(|p| (format!("uniform {}", f.name()), p)))
+            .collect();
+        let rows = [("exact (knapsack DP)".to_string(), a.exact.clone()), ("greedy".to_string(), a.greedy.clone())].into_iter().chain(uniform);
+        for (name, pick) in rows {
+            let (bytes, noise, sqnr, bits) = a.summary(&pick);
+            println!("  {name:<20} {bytes} bytes, {bits:.3} bits/weight, predicted output SQNR {sqnr:.2} dB (noise {noise:.3e})");
+        }
+    }
+    println!("{:<40} {:<9} {:<10} {:>12}", "matrix", "format", "method", "weight SQNR");
+    for (key, format, method, err) in &report.layers {
+        println!("{key:<40} {:<9} {method:<10} {:>9.2} dB", format.name(), -10.0 * err.log10());
+    }
+    println!(
+        "{} parameters: {:.3} MB packed (f32 {:.3} MB, {:.2}×) with {} in {:.1} s → {}",
+        report.params,
+        report.packed_bytes as f64 / 1e6,
+        report.f32_bytes as f64 / 1e6,
+        report.f32_bytes as f64 / report.packed_bytes as f64,
+        report.methods.name(),
+        start.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}

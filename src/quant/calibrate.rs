@@ -1,0 +1,465 @@
+//! What the quantizer needs from a model: its checkpoint and config, the matrices to pack, the
+//! calibration inputs (an image folder, or VQ tokens for a decoder), the inputs each matrix sees
+//! on them (for GPTQ's Hessians, read back from an unshared `Plan`), and the model's output on
+//! them with any set of weights (for the mixed-precision sensitivities).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use super::gptq::Hessian;
+use crate::graph::Plan;
+use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
+use crate::models::{detect, load_image, preprocess, ModelKind, VisionTransformer, VitConfig, Weights, WeightSummary};
+use crate::quant::WeightFormat;
+use crate::synthetic::Rng;
+use crate::{invalid, Error, Gpu, Result};
+
+/// Images (or token grids) per calibration forward pass.
+const BATCH: usize = 8;
+/// Input rows per matrix and pass that reach the Hessian: a conv sees one row per output pixel,
+/// and a few thousand rows already pin down a Hessian of a few hundred columns.
+const ROWS_PER_PASS: usize = 2048;
+
+#[derive(Clone, Debug)]
+pub enum Family {
+    Vit(VitConfig),
+    Vqgan(VqganConfig),
+}
+
+/// A checkpoint the quantizer reads.
+pub struct Model {
+    pub family: Family,
+    pub weights: Weights,
+    pub weights_path: PathBuf,
+    pub config_path: PathBuf,
+}
+
+/// One matrix to pack: the checkpoint key, its shape, and the graph node whose input it
+/// multiplies.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub node: String,
+    /// The VQGAN encoder's layers see images; everything else the model's own input.
+    pub encoder: bool,
+}
+
+impl Layer {
+    pub fn rows(&self) -> usize {
+        self.shape[0]
+    }
+    pub fn cols(&self) -> usize {
+        self.shape[1..].iter().product()
+    }
+}
+
+impl Model {
+    pub fn load(path: &Path) -> Result<Model> {
+        let (family, (weights_path, config_path)) = match detect(path)? {
+            ModelKind::Vit => {
+                let files = crate::models::weights::resolve_checkpoint(path, None, "config.json")?;
+                (Family::Vit(VitConfig::load(&files.1)?), files)
+            }
+            ModelKind::Vqgan => {
+                let files = VqganConfig::resolve(path, None)?;
+                (Family::Vqgan(VqganConfig::load(&files.1)?), files)
+            }
+            ModelKind::Prior => invalid!("model {}: a minGPT prior is not quantized by `lowbit quantize` (quantize its VQGAN)", path.display()),
+        };
+        let weights = Weights::load(&weights_path)?;
+        Ok(Model { family, weights, weights_path, config_path })
+    }
+
+    pub fn is_quantized(&self) -> Result<bool> {
+        Ok(WeightSummary::new(&self.weights)?.is_quantized())
+    }
+
+    pub fn has_encoder(&self) -> bool {
+        matches!(self.family, Family::Vqgan(_)) && self.weights.contains("encoder.conv_in.weight")
+    }
+
+    /// The matrices the model's loaders read through `Weights::matrix`, sorted by key. Tensors
+    /// of a checkpoint the model never reads (a VQGAN's discriminator) stay as they are.
+    pub fn layers(&self) -> Vec<Layer> {
+        let summary = WeightSummary::new(&self.weights).unwrap_or_default();
+        let mut out = Vec::new();
+        for (key, _, _, _) in &summary.matrices {
+            let Some(t) = self.weights.tensors.get(key) else { continue };
+            let base = key.strip_suffix(".weight").unwrap_or(key);
+            let (node, encoder) = match self.family {
+                Family::Vit(_) => (base.to_string(), false),
+                Family::Vqgan(_) => {
+                    let side = ["decoder.", "post_quant_conv"].iter().any(|p| key.starts_with(p));
+                    let enc = ["encoder.", "quant_conv"].iter().any(|p| key.starts_with(p));
+                    if !side && !enc {
+                        continue;
+                    }
+                    // q, k and v run as one stacked 1×1 conv node.
+                    let node = match base.rsplit_once('.') {
+                        Some((attn, "q" | "k" | "v")) => format!("{attn}.q/k/v"),
+                        _ => base.to_string(),
+                    };
+                    (node, enc)
+                }
+            };
+            out.push(Layer { key: key.clone(), shape: t.shape.clone(), node, encoder });
+        }
+        out
+    }
+
+    /// The ViT, or the VQGAN decoder, built from `w` with matrices as stored (f32 otherwise).
+    fn build(&self, gpu: &Gpu, w: &Weights) -> Result<Built> {
+        Ok(match &self.family {
+            Family::Vit(c) => Built::Vit(Box::new(VisionTransformer::new(gpu, c, w, WeightFormat::F32)?)),
+            Family::Vqgan(c) => Built::Decoder(Box::new(VqganDecoder::new(gpu, c, w, WeightFormat::F32)?)),
+        })
+    }
+
+    /// The model's output on the calibration inputs with weights `w`, concatenated over
+    /// batches: logits for a classifier, decoded images for a VQGAN.
+    pub fn outputs(&self, gpu: &Gpu, w: &Weights, calib: &Calibration) -> Result<Vec<f32>> {
+        let model = self.build(gpu, w)?;
+        let mut out = Vec::new();
+        let mut plan: Option<(usize, Plan)> = None;
+        for batch in calib.batches()? {
+            let n = batch.count();
+            if plan.as_ref().is_none_or(|(b, _)| *b != n) {
+                plan = Some((n, Plan::new(gpu, model.graph(n, calib)?)?));
+            }
+            let p = &plan.as_ref().unwrap().1;
+            batch.set(gpu, p)?;
+            out.extend(p.run(gpu)?[0].to_vec_f32(gpu)?);
+        }
+        Ok(out)
+    }
+
+    /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights.
+    pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
+        let mut out: HashMap<String, Hessian> = layers.iter().map(|l| (l.key.clone(), Hessian::new(l.cols()))).collect();
+        let (main, enc): (Vec<&Layer>, Vec<&Layer>) = layers.iter().partition(|l| !l.encoder);
+        if !main.is_empty() {
+            let model = self.build(gpu, &self.weights)?;
+            for batch in calib.batches()? {
+                let plan = Plan::unshared(gpu, model.graph(batch.count(), calib)?)?;
+                batch.set(gpu, &plan)?;
+                plan.run(gpu)?;
+                accumulate(gpu, &plan, &main, &mut out)?;
+                progress.step(batch.count());
+            }
+        }
+        if !enc.is_empty() {
+            let Family::Vqgan(c) = &self.family else { unreachable!() };
+            let Some((pixels, [_, ch, h, w])) = &calib.images else {
+                invalid!("gptq on the VQGAN encoder needs calibration images (--calib DIR), not tokens");
+            };
+            let encoder = VqganEncoder::new(gpu, c, &self.weights, WeightFormat::F32)?;
+            let per = ch * h * w;
+            for chunk in pixels.chunks(BATCH * per) {
+                let n = chunk.len() / per;
+                let plan = Plan::unshared(gpu, encoder.graph(n, *h, *w)?)?;
+                plan.set_input(gpu, 0, chunk)?;
+                plan.run(gpu)?;
+                accumulate(gpu, &plan, &enc, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum Built {
+    Vit(Box<VisionTransformer>),
+    Decoder(Box<VqganDecoder>),
+}
+
+impl Built {
+    fn graph(&self, n: usize, calib: &Calibration) -> Result<crate::graph::Graph> {
+        match self {
+            Built::Vit(m) => m.graph(n),
+            Built::Decoder(m) => {
+                let Some(t) = &calib.tokens else { invalid!("decoder calibration needs tokens") };
+                m.graph(n, t.height, t.width)
+            }
+        }
+    }
+}
+
+/// Reads back each layer's input and adds its rows to the layer's Hessian.
+fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], out: &mut HashMap<String, Hessian>) -> Result<()> {
+    let mut cache: HashMap<&str, Vec<f32>> = HashMap::new();
+    for l in layers {
+        let (inputs, output) = plan.node_values(&l.node)?;
+        if !cache.contains_key(l.node.as_str()) {
+            cache.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l)?);
+        }
+        out.get_mut(&l.key).unwrap().add_rows(&cache[l.node.as_str()])?;
+    }
+    Ok(())
+}
+
+/// The rows a layer multiplies: the last axis of tokens, or im2col patches of an NCHW map (in
+/// the weight's [cin, kh, kw] order), thinned to at most ROWS_PER_PASS evenly spaced rows.
+fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer) -> Result<Vec<f32>> {
+    let x = input.to_vec_f32(gpu)?;
+    let cols = l.cols();
+    if input.shape.len() != 4 {
+        let rows = x.len() / cols;
+        let step = rows.div_ceil(ROWS_PER_PASS).max(1);
+        return Ok(x.chunks(cols).step_by(step).flatten().copied().collect());
+    }
+    let [b, c, h, w] = [input.shape[0], input.shape[1], input.shape[2], input.shape[3]];
+    let (kh, kw) = (l.shape.get(2).copied().unwrap_or(1), l.shape.get(3).copied().unwrap_or(1));
+    if c * kh * kw != cols {
+        invalid!("{}: input has {c} channels, the weight expects {}", l.key, cols / (kh * kw));
+    }
+    // The conv's geometry from its output size: same-size (padding k/2), patchify (stride k),
+    // or taming's Downsample (stride 2, one row/column of zeros at the bottom/right).
+    let out_pixels: usize = if out_shape.len() == 4 { out_shape[2] * out_shape[3] } else { out_shape[1] };
+    let (stride, pad, oh, ow) = if out_pixels == h * w {
+        (1, (kh / 2, kw / 2), h, w)
+    } else if out_pixels == (h / kh) * (w / kw) {
+        (kh, (0, 0), h / kh, w / kw)
+    } else if out_pixels == (h / 2) * (w / 2) {
+        (2, (0, 0), h / 2, w / 2)
+    } else {
+        invalid!("{}: cannot tell the conv geometry of {h}×{w} → {out_pixels} pixels", l.key);
+    };
+    let total = b * oh * ow;
+    let step = total.div_ceil(ROWS_PER_PASS).max(1);
+    let mut rows = Vec::with_capacity(total.div_ceil(step) * cols);
+    for p in (0..total).step_by(step) {
+        let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
+        for ci in 0..c {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let (y, xx) = ((oy * stride + ky) as isize - pad.0 as isize, (ox * stride + kx) as isize - pad.1 as isize);
+                    let inside = y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w;
+                    rows.push(if inside { x[((n * c + ci) * h + y as usize) * w + xx as usize] } else { 0.0 });
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Calibration inputs: preprocessed images (ViT input, or a VQGAN encoder's [−1, 1] images)
+/// and, for a VQGAN, token grids for its decoder.
+#[derive(Default)]
+pub struct Calibration {
+    pub images: Option<(Vec<f32>, [usize; 4])>,
+    pub tokens: Option<TokenGrid>,
+    /// Where they came from, recorded in the checkpoint.
+    pub source: String,
+}
+
+/// One forward pass worth of calibration inputs.
+pub enum Batch<'a> {
+    Pixels(&'a [f32], usize),
+    Ids(Vec<u32>, usize),
+}
+
+impl Batch<'_> {
+    pub fn count(&self) -> usize {
+        match self {
+            Batch::Pixels(_, n) | Batch::Ids(_, n) => *n,
+        }
+    }
+    pub fn set(&self, gpu: &Gpu, plan: &Plan) -> Result<()> {
+        match self {
+            Batch::Pixels(p, _) => plan.set_input(gpu, 0, p),
+            Batch::Ids(ids, _) => plan.set_input(gpu, 0, ids),
+        }
+    }
+}
+
+impl Calibration {
+    pub fn count(&self) -> usize {
+        match (&self.tokens, &self.images) {
+            (Some(t), _) => t.batch,
+            (None, Some((_, s))) => s[0],
+            _ => 0,
+        }
+    }
+
+    /// The first `n` inputs (the mixed-precision search runs the model many times: a smaller
+    /// set keeps it affordable).
+    pub fn first(&self, n: usize) -> Calibration {
+        let images = self.images.as_ref().map(|(p, s)| {
+            let k = n.min(s[0]);
+            (p[..k * s[1] * s[2] * s[3]].to_vec(), [k, s[1], s[2], s[3]])
+        });
+        let tokens = self.tokens.as_ref().map(|t| {
+            let k = n.min(t.batch);
+            TokenGrid::new(&[k, t.height, t.width], t.ids[..k * t.height * t.width].to_vec()).unwrap()
+        });
+        Calibration { images, tokens, source: self.source.clone() }
+    }
+
+    /// The model's own inputs in passes of BATCH: tokens when there are (a decoder), else images.
+    pub fn batches(&self) -> Result<Vec<Batch<'_>>> {
+        if let Some(t) = &self.tokens {
+            let per = t.height * t.width;
+            return Ok(t.ids.chunks(BATCH * per).map(|c| Batch::Ids(c.iter().map(|&i| i as u32).collect(), c.len() / per)).collect());
+        }
+        let Some((pixels, [_, c, h, w])) = &self.images else { invalid!("no calibration inputs") };
+        Ok(pixels.chunks(BATCH * c * h * w).map(|p| Batch::Pixels(p, p.len() / (c * h * w))).collect())
+    }
+
+    /// Reads `path`: an image folder (searched recursively; PNG/JPEG), or for a VQGAN a
+    /// `.safetensors` file with a `tokens` tensor. `count` images are drawn with `seed` when the
+    /// folder has more; the same seed always picks the same images.
+    pub fn load(gpu: &Gpu, model: &Model, path: &Path, count: usize, seed: u64) -> Result<Calibration> {
+        if count == 0 {
+            invalid!("--calib-count must be at least 1");
+        }
+        let is_tokens = path.is_file() && path.extension().is_some_and(|e| e == "safetensors");
+        match (&model.family, is_tokens) {
+            (Family::Vit(_), true) => invalid!("calibration {}: a classifier calibrates on an image folder, not tokens", path.display()),
+            (Family::Vqgan(c), true) => {
+                let all = TokenGrid::load(path, "tokens")?;
+                all.check(c.n_embed)?;
+                let per = all.height * all.width;
+                let picked = pick(all.batch, count, seed);
+                let ids = picked.iter().flat_map(|&i| all.ids[i * per..(i + 1) * per].iter().copied()).collect();
+                let tokens = TokenGrid::new(&[picked.len(), all.height, all.width], ids)?;
+                Ok(Calibration { images: None, tokens: Some(tokens), source: path.display().to_string() })
+            }
+            (family, false) => {
+                let files = find_images(path)?;
+                let chosen: Vec<&PathBuf> = pick(files.len(), count, seed).into_iter().map(|i| &files[i]).collect();
+                let mut progress = Progress::new("reading calibration images", chosen.len());
+                let mut pixels = Vec::new();
+                let (c, h, w) = match family {
+                    Family::Vit(cfg) => (3, cfg.preprocess.input_size.0, cfg.preprocess.input_size.1),
+                    Family::Vqgan(cfg) => (cfg.ddconfig.in_channels, cfg.ddconfig.resolution, cfg.ddconfig.resolution),
+                };
+                for f in &chosen {
+                    let img = load_image(f)?;
+                    let chw = match family {
+                        Family::Vit(cfg) => preprocess(&img, &cfg.preprocess)?,
+                        Family::Vqgan(_) => signed_center_crop(&img, h, w).map_err(|e| Error::Invalid(format!("image {}: {e}", f.display())))?,
+                    };
+                    pixels.extend(chw);
+                    progress.step(1);
+                }
+                progress.finish();
+                let images = (pixels, [chosen.len(), c, h, w]);
+                let tokens = match family {
+                    Family::Vqgan(cfg) => {
+                        if !model.has_encoder() {
+                            invalid!("calibration {}: this VQGAN has no encoder to turn images into tokens; pass a tokens .safetensors", path.display());
+                        }
+                        let encoder = VqganEncoder::new(gpu, cfg, &model.weights, WeightFormat::F32)?;
+                        let t = crate::Tensor::from_f32(gpu, &images.1, &images.0)?;
+                        Some(encoder.encode(gpu, &t)?)
+                    }
+                    Family::Vit(_) => None,
+                };
+                Ok(Calibration { images: Some(images), tokens, source: path.display().to_string() })
+            }
+        }
+    }
+}
+
+/// The center `h`×`w` crop as CHW in taming's [−1, 1], as `lowbit encode` feeds the encoder.
+pub fn signed_center_crop(img: &image::RgbImage, h: usize, w: usize) -> std::result::Result<Vec<f32>, String> {
+    let (ih, iw) = (img.height() as usize, img.width() as usize);
+    if ih < h || iw < w {
+        return Err(format!("{iw}×{ih} is smaller than the model's {w}×{h} input"));
+    }
+    Ok(crate::models::images::rgb_to_signed_chw(img, h, w))
+}
+
+/// Every PNG/JPEG under `dir`, sorted by path (so a seed means the same images everywhere).
+pub fn find_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::Invalid(format!("calibration folder {}: {e}", dir.display())))?;
+        for entry in entries {
+            let path = entry.map_err(|e| Error::Invalid(format!("calibration folder {}: {e}", dir.display())))?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    if !dir.is_dir() {
+        invalid!("calibration folder {}: not a folder", dir.display());
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    if out.is_empty() {
+        invalid!("calibration folder {}: no PNG or JPEG images in it", dir.display());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `count` of `n` indices (all of them, in order, when count ≥ n), chosen by a seeded shuffle.
+pub fn pick(n: usize, count: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    if count >= n {
+        return idx;
+    }
+    let mut rng = Rng::new(seed);
+    for i in (1..n).rev() {
+        let u = (rng.next_f32() + 1.0) * 0.5;
+        idx.swap(i, ((u * (i + 1) as f32) as usize).min(i));
+    }
+    idx.truncate(count);
+    idx.sort();
+    idx
+}
+
+/// A progress bar on stderr (one line, redrawn in place).
+pub struct Progress {
+    what: String,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    pub fn new(what: &str, total: usize) -> Progress {
+        let p = Progress { what: what.to_string(), total, done: 0 };
+        p.draw();
+        p
+    }
+    pub fn step(&mut self, n: usize) {
+        self.done = (self.done + n).min(self.total);
+        self.draw();
+    }
+    pub fn finish(&self) {
+        if std::io::stderr().is_terminal() {
+            eprintln!();
+        } else {
+            eprintln!("{}: {}/{}", self.what, self.done, self.total);
+        }
+    }
+    /// Redrawn in place on a terminal; logs get only the `finish` line.
+    fn draw(&self) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let width = 30;
+        let filled = (self.done * width).checked_div(self.total).unwrap_or(width);
+        eprint!("\r{:<34} [{}{}] {}/{}", self.what, "#".repeat(filled), "-".repeat(width - filled), self.done, self.total);
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// `w` with `packed` matrices replacing their f32 tensors, as `lowbit quantize` stores them.
+pub fn with_packed(w: &Weights, packed: &BTreeMap<String, super::PackedMatrix>, shapes: &HashMap<String, Vec<usize>>) -> Result<Weights> {
+    let mut out = w.clone();
+    let mut desc = super::packed::Description::of(w)?.unwrap_or_default();
+    for (key, m) in packed {
+        out.tensors.remove(key);
+        for (name, shape, words) in super::packed::tensors(key, m) {
+            out.words.insert(name, (shape, words));
+        }
+        desc.tensors.insert(key.clone(), super::packed::PackedTensor { format: m.format.name(), shape: shapes[key].clone(), extra: Default::default() });
+    }
+    out.metadata.insert(super::packed::METADATA_KEY.into(), serde_json::to_string(&desc).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(out)
+}

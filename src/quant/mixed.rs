@@ -1,0 +1,237 @@
+//! Mixed precision (`mixed:<bits>`): each layer's sensitivity is the SQNR of the model's output
+//! on the calibration inputs with only that layer quantized (MixDQ's measurement), for each
+//! candidate format (ternary ≈ 2 bits, q4g128 ≈ 4.1, q4g32 = 4.5, q8 = 8.25 bits per weight with
+//! scales).
+//! Treating the layers' output noises as independent, the noise of an allocation is the sum of
+//! the single-layer noise powers 10^(−SQNR/10); the allocation minimizing it under the byte
+//! budget (average bits × matrix parameters / 8) is a multiple-choice knapsack, solved exactly by
+//! dynamic programming over sizes in 4-byte words (exact: packed sizes are whole words); budgets
+//! above 4 MiB use coarser units with each cost rounded up, so the budget still holds.
+//! The greedy allocation (MPTQ-ViT style: start everything at the fewest bits, then repeatedly
+//! widen the layer with the best noise reduction per byte that still fits) is reported beside it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+
+use super::calibrate::{with_packed, Calibration, Layer, Model, Progress};
+use super::gptq::Hessian;
+use super::recipe::{quantize_matrix, Methods};
+use super::WeightFormat;
+use crate::{invalid, Gpu, Result};
+
+/// Calibration inputs the sensitivities are measured on (the model runs once per layer and
+/// candidate format).
+const SENSITIVITY_INPUTS: usize = 16;
+
+/// The formats a layer may get, fewest bits first. q4g128 (≈4.1 bits) beside q4g32 (4.5) gives
+/// the allocation a cheap step down for insensitive layers: ternary alone is too lossy to pay
+/// for widening the sensitive ones.
+pub fn candidates() -> Vec<WeightFormat> {
+    vec![
+        WeightFormat::Ternary,
+        WeightFormat::Q4 { group: 128, zero_point: false },
+        WeightFormat::Q4 { group: 32, zero_point: false },
+        WeightFormat::Q8 { group: None },
+    ]
+}
+
+/// One option for one layer.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub format: WeightFormat,
+    pub bytes: usize,
+    /// Output SQNR (dB) with only this layer in this format.
+    pub sqnr_db: f64,
+}
+
+impl Choice {
+    /// The output noise power relative to the signal (what the allocation adds up).
+    pub fn noise(&self) -> f64 {
+        10f64.powf(-self.sqnr_db / 10.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    /// One name per item: the matrix key, or the node of matrices that share one format.
+    pub keys: Vec<String>,
+    /// The matrix keys of each item.
+    pub members: Vec<Vec<String>>,
+    pub params: Vec<usize>,
+    pub options: Vec<Vec<Choice>>,
+    pub budget_bytes: usize,
+    pub exact: Vec<usize>,
+    pub greedy: Vec<usize>,
+}
+
+impl Allocation {
+    pub fn formats(&self) -> HashMap<String, WeightFormat> {
+        self.members.iter().zip(&self.exact).enumerate().flat_map(|(i, (m, &c))| m.iter().map(move |k| (k.clone(), self.options[i][c].format))).collect()
+    }
+
+    /// (bytes, predicted noise, predicted SQNR dB, average bits) of a choice per layer.
+    pub fn summary(&self, pick: &[usize]) -> (usize, f64, f64, f64) {
+        let bytes: usize = pick.iter().enumerate().map(|(i, &c)| self.options[i][c].bytes).sum();
+        let noise: f64 = pick.iter().enumerate().map(|(i, &c)| self.options[i][c].noise()).sum();
+        let params: usize = self.params.iter().sum();
+        (bytes, noise, -10.0 * noise.log10(), 8.0 * bytes as f64 / params as f64)
+    }
+
+    /// Every layer in candidate `k` (for comparison at equal format), where all layers have it.
+    pub fn uniform(&self, k: usize) -> Option<Vec<usize>> {
+        self.options.iter().map(|o| (o.len() > k).then_some(k).or((o.len() == 1).then_some(0))).collect()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let side = |pick: &[usize]| {
+            let (bytes, _, sqnr, bits) = self.summary(pick);
+            json!({"bytes": bytes, "average_bits": bits, "predicted_sqnr_db": sqnr,
+                   "formats": self.keys.iter().zip(pick).enumerate().map(|(i, (k, &c))| (k.clone(), json!(self.options[i][c].format.name()))).collect::<BTreeMap<_, _>>()})
+        };
+        json!({"budget_bytes": self.budget_bytes, "exact": side(&self.exact), "greedy": side(&self.greedy),
+               "sensitivity_sqnr_db": self.keys.iter().enumerate().map(|(i, k)| (k.clone(), self.options[i].iter().map(|c| (c.format.name(), c.sqnr_db)).collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>()})
+    }
+}
+
+/// Exact multiple-choice knapsack: one option per item, total cost ≤ `budget`, least total
+/// value. Returns the option per item and the total, or None when even the cheapest options
+/// do not fit.
+pub fn knapsack(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Option<(Vec<usize>, f64)> {
+    let n = costs.len();
+    // best[c]: least value of the items so far with total cost exactly c.
+    let mut best = vec![f64::INFINITY; budget + 1];
+    best[0] = 0.0;
+    let mut from = vec![vec![u8::MAX; budget + 1]; n];
+    for i in 0..n {
+        let mut next = vec![f64::INFINITY; budget + 1];
+        for (c, &so_far) in best.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+            for (k, (&cost, &v)) in costs[i].iter().zip(&values[i]).enumerate() {
+                let t = c + cost;
+                if t <= budget && so_far + v < next[t] {
+                    next[t] = so_far + v;
+                    from[i][t] = k as u8;
+                }
+            }
+        }
+        best = next;
+    }
+    let (mut c, total) = best.iter().enumerate().filter(|(_, v)| v.is_finite()).min_by(|a, b| a.1.total_cmp(b.1)).map(|(c, &v)| (c, v))?;
+    let mut pick = vec![0; n];
+    for i in (0..n).rev() {
+        let k = from[i][c] as usize;
+        pick[i] = k;
+        c -= costs[i][k];
+    }
+    Some((pick, total))
+}
+
+/// The greedy allocation: cheapest option everywhere, then the upgrade with the most value
+/// saved per extra cost, while the budget allows.
+pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Option<Vec<usize>> {
+    let cheapest = |i: usize| (0..costs[i].len()).min_by_key(|&k| costs[i][k]).unwrap();
+    let mut pick: Vec<usize> = (0..costs.len()).map(cheapest).collect();
+    let mut used: usize = pick.iter().enumerate().map(|(i, &k)| costs[i][k]).sum();
+    if used > budget {
+        return None;
+    }
+    loop {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for i in 0..costs.len() {
+            for k in 0..costs[i].len() {
+                let (dc, dv) = (costs[i][k] as f64 - costs[i][pick[i]] as f64, values[i][pick[i]] - values[i][k]);
+                if dc <= 0.0 || dv <= 0.0 || used + costs[i][k] - costs[i][pick[i]] > budget {
+                    continue;
+                }
+                if best.is_none_or(|(r, ..)| dv / dc > r) {
+                    best = Some((dv / dc, i, k));
+                }
+            }
+        }
+        let Some((_, i, k)) = best else { return Some(pick) };
+        used = used + costs[i][k] - costs[i][pick[i]];
+        pick[i] = k;
+    }
+}
+
+/// Measures every layer's sensitivity and allocates `bits` average weight bits. Matrices the
+/// model runs as one (a VQGAN attention's q, k, v: one stacked conv, one format) are one item.
+pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>) -> Result<Allocation> {
+    let mut items: Vec<(String, Vec<&Layer>)> = Vec::new();
+    for l in layers {
+        match items.iter_mut().find(|(node, _)| *node == l.node) {
+            Some((_, members)) => members.push(l),
+            None => items.push((l.node.clone(), vec![l])),
+        }
+    }
+    let names: Vec<String> = items.iter().map(|(node, m)| if m.len() == 1 { m[0].key.clone() } else { node.clone() }).collect();
+    let params: Vec<usize> = items.iter().map(|(_, m)| m.iter().map(|l| l.rows() * l.cols()).sum()).collect();
+    let budget_bytes = (bits * params.iter().sum::<usize>() as f64 / 8.0).floor() as usize;
+    // The encoder's effect on the decoder's output is not measured (its tokens are discrete):
+    // it gets uniform q4g32 and counts in the budget.
+    let formats_of = |m: &[&Layer]| if m[0].encoder { vec![WeightFormat::Q4 { group: 32, zero_point: false }] } else { candidates() };
+    // A budget nothing fits is refused before the (slow) sensitivity measurements.
+    let cheapest: Vec<Vec<Choice>> = items
+        .iter()
+        .map(|(_, m)| {
+            let f = formats_of(m)[0];
+            vec![Choice { format: f, bytes: m.iter().map(|l| f.packed_bytes(l.rows(), l.cols())).sum(), sqnr_db: 0.0 }]
+        })
+        .collect();
+    allocate(names.clone(), params.clone(), cheapest, budget_bytes, bits)?;
+    let calib = &calib.first(SENSITIVITY_INPUTS);
+    let reference = model.outputs(gpu, &model.weights, calib)?;
+    let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
+    let mut options = Vec::with_capacity(items.len());
+    let mut progress = Progress::new("measuring layer sensitivities", items.len());
+    for (_, members) in &items {
+        let mut opts = Vec::new();
+        for format in formats_of(members) {
+            let mut packed = BTreeMap::new();
+            for l in members {
+                let h = hessians.get(&l.key);
+                let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
+                packed.insert(l.key.clone(), quantize_matrix(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), format, used, h)?);
+            }
+            let sqnr_db = if members[0].encoder {
+                f64::INFINITY
+            } else {
+                let weights = with_packed(&model.weights, &packed, &shapes)?;
+                crate::metrics::sqnr_db(&model.outputs(gpu, &weights, calib)?, &reference).min(200.0)
+            };
+            opts.push(Choice { format, bytes: packed.values().map(|m| m.bytes()).sum(), sqnr_db });
+        }
+        options.push(opts);
+        progress.step(1);
+    }
+    progress.finish();
+    let mut a = allocate(names, params, options, budget_bytes, bits)?;
+    a.members = items.iter().map(|(_, m)| m.iter().map(|l| l.key.clone()).collect()).collect();
+    Ok(a)
+}
+
+/// The exact and greedy allocations of measured options under `budget_bytes`.
+pub fn allocate(keys: Vec<String>, params: Vec<usize>, options: Vec<Vec<Choice>>, budget_bytes: usize, bits: f64) -> Result<Allocation> {
+    let least: usize = options.iter().map(|o| o.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
+    if least > budget_bytes {
+        let total: usize = params.iter().sum();
+        invalid!(
+            "mixed:{bits}: a budget of {budget_bytes} bytes ({bits} bits × {total} weights) is below the smallest allocation ({least} bytes, {:.2} bits per weight)",
+            8.0 * least as f64 / total as f64
+        );
+    }
+    // Packed sizes are whole u32 words, so 4-byte units make the DP exact; budgets past ~4 MiB
+    // (1M states) use coarser units, costs rounded up so the budget still holds.
+    let unit = 4 * budget_bytes.div_ceil(4 << 20).max(1);
+    let costs: Vec<Vec<usize>> = options.iter().map(|o| o.iter().map(|c| c.bytes.div_ceil(unit)).collect()).collect();
+    let values: Vec<Vec<f64>> = options.iter().map(|o| o.iter().map(Choice::noise).collect()).collect();
+    let budget = budget_bytes / unit;
+    let exact = match knapsack(&costs, &values, budget) {
+        Some((pick, _)) => pick,
+        // Rounding every cost up can push a barely-fitting allocation over; then use bytes.
+        None => knapsack(&options.iter().map(|o| o.iter().map(|c| c.bytes).collect()).collect::<Vec<_>>(), &values, budget_bytes).map(|p| p.0).unwrap(),
+    };
+    let greedy = greedy(&costs, &values, budget).unwrap_or_else(|| exact.clone());
+    let members = keys.iter().map(|k| vec![k.clone()]).collect();
+    Ok(Allocation { keys, members, params, options, budget_bytes, exact, greedy })
+}

@@ -1,0 +1,263 @@
+//! `lowbit quantize` as a library call: parse the recipe and methods, calibrate, pack every
+//! matrix, and write the quantized checkpoint folder in one step that either completes or
+//! leaves nothing behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::calibrate::{Calibration, Family, Layer, Model, Progress};
+use super::gptq::{GptqOptions, Hessian};
+use super::packed::{Description, PackedTensor};
+use super::{clip, gptq, mixed, rtn, PackedMatrix, WeightFormat};
+use crate::{invalid, Error, Gpu, Result};
+
+/// What a recipe asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recipe {
+    /// Weight-only: every matrix in one format, activations stay f32.
+    Weights { name: String, format: WeightFormat },
+    /// Weights and activations at low bit width (W8A8, W6A6, W4A8, W4A4).
+    Activations { name: String, weight_bits: u32, act_bits: u32 },
+    /// Per-layer bit widths under an average weight-bit budget.
+    Mixed { bits: f64 },
+}
+
+pub const RECIPES: &str = "w8a16, w4a16, ternary, fp4, mixed:<bits> (weight-only); w8a8, w6a6, w4a8, w4a4 (activations)";
+
+impl Recipe {
+    pub fn parse(s: &str) -> Result<Recipe> {
+        let weights = |format| Ok(Recipe::Weights { name: s.to_string(), format });
+        match s {
+            "w8a16" => weights(WeightFormat::Q8 { group: None }),
+            "w4a16" => weights(WeightFormat::Q4 { group: 32, zero_point: false }),
+            "ternary" => weights(WeightFormat::Ternary),
+            "fp4" => weights(WeightFormat::Fp4 { group: 32 }),
+            "w8a8" | "w6a6" | "w4a8" | "w4a4" => {
+                let (w, a) = s[1..].split_once('a').unwrap();
+                Ok(Recipe::Activations { name: s.to_string(), weight_bits: w.parse().unwrap(), act_bits: a.parse().unwrap() })
+            }
+            _ => match s.strip_prefix("mixed:").map(str::parse::<f64>) {
+                Some(Ok(bits)) if bits.is_finite() && bits > 0.0 => Ok(Recipe::Mixed { bits }),
+                Some(_) => invalid!("recipe `{s}`: mixed needs an average number of weight bits, e.g. mixed:4.5"),
+                None => invalid!("unknown recipe `{s}` (known: {RECIPES})"),
+            },
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Recipe::Weights { name, .. } | Recipe::Activations { name, .. } => name.clone(),
+            Recipe::Mixed { bits } => format!("mixed:{bits}"),
+        }
+    }
+}
+
+/// How codes are chosen for one matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Rtn,
+    Clip,
+    Gptq,
+}
+
+/// Methods of the seed papers that need activation quantization, not in this quantizer yet.
+const NOT_YET: [&str; 7] = ["repq", "log2", "adalog", "sulq", "twin", "noisy", "smoothq"];
+
+/// The choice of codes for every matrix: a combination of `rtn`, `clip`, `gptq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Methods {
+    pub clip: bool,
+    pub gptq: bool,
+}
+
+impl Methods {
+    pub fn parse(list: &str) -> Result<Methods> {
+        let mut m = Methods { clip: false, gptq: false };
+        let mut rtn = false;
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "rtn" => rtn = true,
+                "clip" => m.clip = true,
+                "gptq" => m.gptq = true,
+                _ if NOT_YET.contains(&name) => {
+                    invalid!("method `{name}` quantizes activations and is not implemented in lowbit quantize yet (implemented: rtn, clip, gptq)")
+                }
+                _ => invalid!("unknown method `{name}` (rtn, clip, gptq; planned: {})", NOT_YET.join(", ")),
+            }
+        }
+        if rtn && m.clip {
+            invalid!("methods rtn and clip contradict each other: rtn rounds the absmax range, clip searches it");
+        }
+        Ok(m)
+    }
+
+    /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
+    /// given whether calibration data was passed.
+    pub fn default_for(calibrated: bool) -> Methods {
+        Methods { clip: true, gptq: calibrated }
+    }
+
+    pub fn name(&self) -> String {
+        match (self.gptq, self.clip) {
+            (true, true) => "gptq+clip".into(),
+            (true, false) => "gptq".into(),
+            (false, true) => "clip".into(),
+            (false, false) => "rtn".into(),
+        }
+    }
+}
+
+/// Everything `lowbit quantize` was asked.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub recipe: String,
+    pub methods: Option<String>,
+    pub calib: Option<PathBuf>,
+    pub calib_count: usize,
+    pub seed: u64,
+}
+
+/// What was done, for printing.
+pub struct Report {
+    /// (key, format, method, relative weight error ‖W−Ŵ‖²/‖W‖²).
+    pub layers: Vec<(String, WeightFormat, String, f64)>,
+    pub methods: Methods,
+    pub packed_bytes: usize,
+    pub f32_bytes: usize,
+    pub params: usize,
+    /// The mixed allocation's own report, when the recipe is mixed.
+    pub mixed: Option<mixed::Allocation>,
+}
+
+/// Packs one matrix with `methods` (GPTQ needs the layer's Hessian).
+pub fn quantize_matrix(w: &[f32], rows: usize, cols: usize, format: WeightFormat, methods: Methods, hessian: Option<&Hessian>) -> Result<PackedMatrix> {
+    match (methods.gptq, hessian) {
+        (true, Some(h)) => gptq::gptq(w, rows, cols, format, h, GptqOptions { clip: methods.clip, ..Default::default() }),
+        (true, None) => invalid!("gptq needs calibration inputs for this matrix"),
+        (false, _) if methods.clip => clip::clip(w, rows, cols, format),
+        (false, _) => rtn::rtn(w, rows, cols, format),
+    }
+}
+
+/// Quantizes the model at `model_path` into the folder `out` (created; must not exist).
+pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Result<Report> {
+    let recipe = Recipe::parse(&opts.recipe)?;
+    let methods = match &opts.methods {
+        Some(list) => Methods::parse(list)?,
+        None => Methods::default_for(opts.calib.is_some()),
+    };
+    if out.exists() {
+        invalid!("--out {}: already exists (choose a new folder; nothing is overwritten)", out.display());
+    }
+    let model = Model::load(model_path)?;
+    if model.is_quantized()? {
+        invalid!("model {}: already quantized by lowbit quantize; quantize the f32 original instead", model_path.display());
+    }
+    match (&recipe, &model.family) {
+        (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Vit(_)) => {}
+        (Recipe::Activations { name, weight_bits: 8, act_bits: 8 }, _) => invalid!("recipe {name}: int8 activations run in ViT Linear layers only (the W8A8 kernel); quantize a VQGAN with a weight-only recipe"),
+        (Recipe::Activations { name, .. }, _) => {
+            invalid!("recipe {name}: static activation quantization (RepQ-ViT/log2 quantizers) is not implemented in lowbit quantize yet; use w8a8 or a weight-only recipe ({RECIPES})")
+        }
+        _ => {}
+    }
+    let needs_calib = methods.gptq || matches!(recipe, Recipe::Mixed { .. });
+    let calib = match &opts.calib {
+        Some(dir) => Some(Calibration::load(gpu, &model, dir, opts.calib_count, opts.seed)?),
+        None if methods.gptq => invalid!("method gptq needs calibration inputs: pass --calib DIR"),
+        None if needs_calib => invalid!("recipe {} measures layer sensitivities on calibration inputs: pass --calib DIR", recipe.name()),
+        None => None,
+    };
+    let layers = model.layers();
+    if layers.is_empty() {
+        invalid!("model {}: no matrices to quantize", model_path.display());
+    }
+    // Layers GPTQ cannot see (a VQGAN encoder calibrated with tokens) fall back to clip/rtn.
+    let hessians: HashMap<String, Hessian> = match (&calib, methods.gptq) {
+        (Some(c), true) => {
+            let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
+            let mut progress = Progress::new("calibrating (layer inputs)", c.count());
+            let h = model.hessians(gpu, &seen, c, &mut progress)?;
+            progress.finish();
+            h
+        }
+        _ => HashMap::new(),
+    };
+    let (formats, allocation) = match &recipe {
+        Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
+        Recipe::Mixed { bits } => {
+            let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians)?;
+            (a.formats(), Some(a))
+        }
+        Recipe::Activations { .. } => (layers.iter().map(|l| (l.key.clone(), WeightFormat::Q8 { group: None })).collect(), None),
+    };
+
+    let mut report = Report { layers: Vec::new(), methods, packed_bytes: 0, f32_bytes: 0, params: 0, mixed: allocation };
+    let mut packed: Vec<(String, PackedMatrix)> = Vec::new();
+    let mut desc = Description::default();
+    let mut progress = Progress::new("quantizing matrices", layers.len());
+    for l in &layers {
+        let format = formats[&l.key];
+        let w = &model.weights.tensors[&l.key].data;
+        let h = hessians.get(&l.key);
+        let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
+        let m = quantize_matrix(w, l.rows(), l.cols(), format, used, h).map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?;
+        let err = crate::metrics::nmse(&m.dequantize(), w);
+        report.layers.push((l.key.clone(), format, used.name(), err));
+        let extra = BTreeMap::from([("method".to_string(), json!(used.name()))]);
+        desc.tensors.insert(l.key.clone(), PackedTensor { format: format.name(), shape: l.shape.clone(), extra });
+        packed.push((l.key.clone(), m));
+        progress.step(1);
+    }
+    progress.finish();
+    let floats: Vec<(String, Vec<usize>, Vec<f32>)> = {
+        let mut names: Vec<&String> = model.weights.tensors.keys().filter(|k| !formats.contains_key(*k)).collect();
+        names.sort();
+        names.into_iter().map(|k| (k.clone(), model.weights.tensors[k].shape.clone(), model.weights.tensors[k].data.clone())).collect()
+    };
+    report.params = floats.iter().map(|f| f.2.len()).sum::<usize>() + layers.iter().map(|l| l.rows() * l.cols()).sum::<usize>();
+    report.packed_bytes = 4 * floats.iter().map(|f| f.2.len()).sum::<usize>() + packed.iter().map(|(_, m)| m.bytes()).sum::<usize>();
+    report.f32_bytes = 4 * report.params;
+    desc.extra.insert("recipe".into(), json!(recipe.name()));
+    desc.extra.insert("methods".into(), json!(methods.name()));
+    let activations = match recipe {
+        Recipe::Activations { .. } => crate::models::vit::INT8_ACTIVATIONS,
+        _ => "f32 (weight-only)",
+    };
+    desc.extra.insert("activations".into(), json!(activations));
+    if let Some(c) = &calib {
+        desc.extra.insert("calibration".into(), json!({"source": c.source, "count": c.count(), "seed": opts.seed}));
+    }
+    if let Some(a) = &report.mixed {
+        desc.extra.insert("mixed".into(), a.to_json());
+    }
+    write_folder(&model, &packed, &floats, &desc, out)?;
+    Ok(report)
+}
+
+/// Writes into a temporary folder beside `out` and renames it at the end, so a failure leaves
+/// no half-written output.
+fn write_folder(model: &Model, packed: &[(String, PackedMatrix)], floats: &[(String, Vec<usize>, Vec<f32>)], desc: &Description, out: &Path) -> Result<()> {
+    let name = out.file_name().ok_or_else(|| Error::Invalid(format!("--out {}: not a folder name", out.display())))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let io = |e: std::io::Error, what: &Path| Error::Invalid(format!("{}: {e}", what.display()));
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| io(e, &tmp))?;
+        super::packed::save(&tmp.join("model.safetensors"), floats, packed, desc)?;
+        let config_name = model.config_path.file_name().unwrap();
+        std::fs::copy(&model.config_path, tmp.join(config_name)).map_err(|e| io(e, &model.config_path))?;
+        let text = serde_json::to_string_pretty(desc).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(tmp.join("quantization.json"), text + "\n").map_err(|e| io(e, &tmp))?;
+        std::fs::rename(&tmp, out).map_err(|e| io(e, out))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}

@@ -1,0 +1,336 @@
+//! The post-training quantizer: each method does better than round-to-nearest where it should,
+//! the mixed-precision knapsack is exact, and `lowbit quantize` writes checkpoints the other
+//! commands load, refusing bad input with exit code 1 and no output folder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lowbit::quant::calibrate::pick;
+use lowbit::quant::gptq::{gptq, GptqOptions, Hessian};
+use lowbit::quant::mixed::{greedy, knapsack};
+use lowbit::quant::{clip, rtn, WeightFormat};
+use lowbit::synthetic::{uniform, Rng};
+
+const Q4: WeightFormat = WeightFormat::Q4 { group: 32, zero_point: false };
+
+/// ‖X·Wᵀ − X·Ŵᵀ‖² for row-major X [n, cols] and W, Ŵ [rows, cols] (f64 accumulation).
+fn output_error(x: &[f32], w: &[f32], q: &[f32], cols: usize) -> f64 {
+    let mut e = 0.0;
+    for xr in x.chunks(cols) {
+        for (wr, qr) in w.chunks(cols).zip(q.chunks(cols)) {
+            let d: f64 = xr.iter().zip(wr.iter().zip(qr)).map(|(&a, (&b, &c))| a as f64 * (b - c) as f64).sum();
+            e += d * d;
+        }
+    }
+    e
+}
+
+#[test]
+fn gptq_beats_rtn_on_layer_output_error_with_correlated_inputs() {
+    // 70 columns (not a multiple of the 32-column groups), inputs mixing 8 shared factors.
+    let (n, rows, cols, factors) = (400, 24, 70, 8);
+    let z = uniform(n * factors, 1, 1.0);
+    let mix = uniform(factors * cols, 2, 1.0);
+    let noise = uniform(n * cols, 3, 0.05);
+    let x: Vec<f32> = (0..n * cols).map(|i| (0..factors).map(|f| z[(i / cols) * factors + f] * mix[f * cols + i % cols]).sum::<f32>() + noise[i]).collect();
+    let w = uniform(rows * cols, 4, 1.0);
+    let mut h = Hessian::new(cols);
+    h.add_rows(&x).unwrap();
+    for format in [Q4, WeightFormat::Q4 { group: 64, zero_point: true }, WeightFormat::Ternary, WeightFormat::Fp4 { group: 32 }, WeightFormat::Q8 { group: None }] {
+        let base = output_error(&x, &w, &rtn::rtn(&w, rows, cols, format).unwrap().dequantize(), cols);
+        for act_order in [false, true] {
+            let q = gptq(&w, rows, cols, format, &h, GptqOptions { act_order, ..Default::default() }).unwrap();
+            let e = output_error(&x, &w, &q.dequantize(), cols);
+            eprintln!("{} act_order {act_order}: gptq {e:.4e} vs rtn {base:.4e}", format.name());
+            assert!(e < 0.7 * base, "{}: gptq {e} not below rtn {base}", format.name());
+        }
+    }
+    // A Hessian of the wrong width, or from no inputs, is an error.
+    assert!(gptq(&w, rows, cols, Q4, &Hessian::new(cols + 1), GptqOptions::default()).is_err());
+    assert!(gptq(&w, rows, cols, Q4, &Hessian::new(cols), GptqOptions::default()).is_err());
+    assert!(gptq(&w[1..], rows, cols, Q4, &h, GptqOptions::default()).is_err());
+}
+
+#[test]
+fn clip_beats_rtn_mse_on_heavy_tailed_weights() {
+    let (rows, cols) = (16, 100);
+    // Ratio of uniforms: mostly small values with a few large outliers per group.
+    let (a, b) = (uniform(rows * cols, 5, 1.0), uniform(rows * cols, 6, 1.0));
+    let w: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x / (y.abs() + 0.05)).collect();
+    for format in [Q4, WeightFormat::Q8 { group: None }, WeightFormat::Fp4 { group: 32 }, WeightFormat::Ternary] {
+        let mse = |q: Vec<f32>| q.iter().zip(&w).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        let (r, c) = (mse(rtn::rtn(&w, rows, cols, format).unwrap().dequantize()), mse(clip::clip(&w, rows, cols, format).unwrap().dequantize()));
+        eprintln!("{}: clip {c:.4e} vs rtn {r:.4e}", format.name());
+        // The search includes rtn's own range, so it never loses; on the coarse grids clipping
+        // the tails must win clearly (an 8-bit grid's steps are already fine).
+        assert!(c <= r, "{}: clip {c} above rtn {r}", format.name());
+        if format.bits() <= 4 {
+            assert!(c < 0.95 * r, "{}: clip {c} not clearly below rtn {r}", format.name());
+        }
+    }
+    assert!(clip::clip(&w, rows, cols, WeightFormat::F16).is_err());
+}
+
+#[test]
+fn knapsack_matches_brute_force_and_respects_the_budget() {
+    let mut rng = Rng::new(9);
+    let mut next = |k: f32| ((rng.next_f32() + 1.0) * 0.5 * k) as usize;
+    for trial in 0..20 {
+        let items = 5;
+        let costs: Vec<Vec<usize>> = (0..items).map(|_| (0..3).map(|_| 1 + next(20.0)).collect()).collect();
+        let values: Vec<Vec<f64>> = (0..items).map(|_| (0..3).map(|_| next(1000.0) as f64 / 100.0).collect()).collect();
+        let budget = 10 + next(50.0);
+        let mut brute: Option<f64> = None;
+        for code in 0..3usize.pow(items as u32) {
+            let pick: Vec<usize> = (0..items).map(|i| code / 3usize.pow(i as u32) % 3).collect();
+            let cost: usize = pick.iter().enumerate().map(|(i, &k)| costs[i][k]).sum();
+            let value: f64 = pick.iter().enumerate().map(|(i, &k)| values[i][k]).sum();
+            if cost <= budget && brute.is_none_or(|b| value < b) {
+                brute = Some(value);
+            }
+        }
+        let got = knapsack(&costs, &values, budget);
+        match (got, brute) {
+            (None, None) => assert!(greedy(&costs, &values, budget).is_none()),
+            (Some((pick, value)), Some(b)) => {
+                assert!((value - b).abs() < 1e-9, "trial {trial}: dp {value} vs brute force {b}");
+                let cost: usize = pick.iter().enumerate().map(|(i, &k)| costs[i][k]).sum();
+                assert!(cost <= budget, "trial {trial}: cost {cost} over {budget}");
+                let g = greedy(&costs, &values, budget).unwrap();
+                let gcost: usize = g.iter().enumerate().map(|(i, &k)| costs[i][k]).sum();
+                let gvalue: f64 = g.iter().enumerate().map(|(i, &k)| values[i][k]).sum();
+                assert!(gcost <= budget && gvalue >= value - 1e-9, "trial {trial}: greedy {gvalue} @ {gcost}");
+            }
+            (a, b) => panic!("trial {trial}: dp {a:?} vs brute force {b:?}"),
+        }
+    }
+}
+
+#[test]
+fn mixed_allocation_never_loses_to_a_uniform_format_that_fits() {
+    use lowbit::quant::mixed::{allocate, Choice};
+    let mut rng = Rng::new(11);
+    let formats = [WeightFormat::Ternary, Q4, WeightFormat::Q8 { group: None }];
+    let shapes = [(48, 48), (144, 48), (48, 192), (192, 48), (10, 48), (48, 100)];
+    let options: Vec<Vec<Choice>> = shapes
+        .iter()
+        .map(|&(r, c)| {
+            let base = 10.0 + 20.0 * (rng.next_f32() as f64 + 1.0);
+            formats.iter().zip([0.0, 18.0, 42.0]).map(|(&f, db)| Choice { format: f, bytes: f.packed_bytes(r, c), sqnr_db: base + db }).collect()
+        })
+        .collect();
+    let params: Vec<usize> = shapes.iter().map(|(r, c)| r * c).collect();
+    let uniform_q4: usize = options.iter().map(|o| o[1].bytes).sum();
+    let bits = 8.0 * uniform_q4 as f64 / params.iter().sum::<usize>() as f64;
+    let a = allocate(shapes.iter().map(|s| format!("{s:?}")).collect(), params, options, uniform_q4, bits).unwrap();
+    let (exact, greedy, uniform) = (a.summary(&a.exact), a.summary(&a.greedy), a.summary(&a.uniform(1).unwrap()));
+    assert!(exact.0 <= uniform_q4 && greedy.0 <= uniform_q4, "{exact:?} {greedy:?}");
+    assert!(exact.1 <= uniform.1 + 1e-15 && exact.1 <= greedy.1 + 1e-15, "exact {exact:?} greedy {greedy:?} uniform {uniform:?}");
+    // A budget below all-ternary is an error naming the smallest allocation.
+    let err = allocate(vec!["a".into()], vec![100], vec![vec![Choice { format: WeightFormat::Ternary, bytes: 40, sqnr_db: 10.0 }]], 30, 2.4).unwrap_err();
+    assert!(err.to_string().contains("below the smallest allocation"), "{err}");
+}
+
+#[test]
+fn calibration_picks_are_seeded() {
+    assert_eq!(pick(5, 10, 1), vec![0, 1, 2, 3, 4]);
+    let a = pick(100, 10, 7);
+    assert_eq!(a, pick(100, 10, 7));
+    assert_ne!(a, pick(100, 10, 8));
+    assert_eq!(a.len(), 10);
+    assert!(a.windows(2).all(|p| p[0] < p[1]) && a[9] < 100);
+}
+
+// ---- the command line ----
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn lowbit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("running lowbit")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lowbit(args);
+    assert!(out.status.success(), "lowbit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lowbit-quantize-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `n` seeded random-noise PNGs of `size`², some in a sub-folder (calibration is recursive).
+fn calibration_images(dir: &Path, n: usize, size: u32) -> PathBuf {
+    let root = dir.join("calib");
+    std::fs::create_dir_all(root.join("nested")).unwrap();
+    for i in 0..n {
+        let v = uniform((size * size * 3) as usize, 100 + i as u64, 1.0);
+        let img = image::RgbImage::from_fn(size, size, |x, y| {
+            let p = ((y * size + x) * 3) as usize;
+            image::Rgb([0, 1, 2].map(|c| ((v[p + c] + 1.0) * 127.5) as u8))
+        });
+        let sub = if i % 2 == 0 { root.clone() } else { root.join("nested") };
+        img.save(sub.join(format!("img{i}.png"))).unwrap();
+    }
+    root
+}
+
+fn logits(model: &Path, image: &Path, out: &Path) -> Vec<f32> {
+    ok(&["classify", "--model", model.to_str().unwrap(), "--save-logits", out.to_str().unwrap(), image.to_str().unwrap()]);
+    let bytes = std::fs::read(out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor("logits").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+#[test]
+fn quantize_then_classify_round_trip() {
+    let dir = scratch("vit");
+    let calib = calibration_images(&dir, 6, 32);
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let reference = logits(&vit, &image, &dir.join("ref.safetensors"));
+    for (recipe, method, min_sqnr) in [("w8a16", "rtn", 30.0), ("w4a16", "gptq,clip", 12.0), ("fp4", "clip", 8.0), ("mixed:4.5", "gptq", 12.0)] {
+        let out = dir.join(recipe.replace(':', "_"));
+        let stdout = ok(&[
+            "quantize", "--model", vit.to_str().unwrap(), "--recipe", recipe, "--method", method, "--calib", calib.to_str().unwrap(),
+            "--calib-count", "4", "--seed", "3", "--out", out.to_str().unwrap(),
+        ]);
+        assert!(stdout.contains("blocks.0.mlp.fc1.weight") && stdout.contains("MB packed"), "{stdout}");
+        // The folder holds the checkpoint, the config and the readable description.
+        let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+        assert_eq!(desc["recipe"], recipe);
+        assert_eq!(desc["calibration"]["count"], 4);
+        assert!(out.join("config.json").is_file());
+        assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() < std::fs::metadata(vit.join("model.safetensors")).unwrap().len());
+        if recipe.starts_with("mixed") {
+            assert!(stdout.contains("exact (knapsack DP)") && stdout.contains("greedy"), "{stdout}");
+            assert!(desc["mixed"]["exact"]["average_bits"].as_f64().unwrap() <= 4.5);
+        }
+        let got = logits(&out, &image, &dir.join("q.safetensors"));
+        let sqnr = lowbit::metrics::sqnr_db(&got, &reference);
+        eprintln!("{recipe} {method}: logits SQNR {sqnr:.1} dB");
+        assert!(sqnr > min_sqnr, "{recipe}: logits SQNR {sqnr} dB");
+        let info = ok(&["info", out.to_str().unwrap()]);
+        assert!(info.contains("q4g32") || info.contains("q8") || info.contains("fp4"), "{info}");
+    }
+    // The same seed gives the same bytes.
+    let again = dir.join("again");
+    ok(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", "w4a16", "--method", "gptq,clip", "--calib", calib.to_str().unwrap(), "--calib-count", "4", "--seed", "3", "--out", again.to_str().unwrap()]);
+    assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(dir.join("w4a16/model.safetensors")).unwrap());
+}
+
+#[test]
+fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
+    let dir = scratch("w8a8");
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let (a8, a16) = (dir.join("w8a8"), dir.join("w8a16"));
+    for (recipe, out) in [("w8a8", &a8), ("w8a16", &a16)] {
+        ok(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", recipe, "--method", "clip", "--out", out.to_str().unwrap()]);
+    }
+    let desc = std::fs::read_to_string(a8.join("quantization.json")).unwrap();
+    assert!(desc.contains("int8 per-token dynamic"), "{desc}");
+    // Same int8 weights; only the activations differ: close, but not identical.
+    let (x, y) = (logits(&a8, &image, &dir.join("a.safetensors")), logits(&a16, &image, &dir.join("b.safetensors")));
+    let sqnr = lowbit::metrics::sqnr_db(&x, &y);
+    eprintln!("w8a8 vs w8a16 logits: {sqnr:.1} dB");
+    assert!(sqnr > 25.0 && sqnr.is_finite(), "{sqnr}");
+    let profile = ok(&["classify", "--model", a8.to_str().unwrap(), "--profile", image.to_str().unwrap()]);
+    assert!(profile.contains("w8a8_linear      blocks.0.mlp.fc1"), "{profile}");
+    // Convolutions have no int8-activation path.
+    let vq = fixture("vqgan_tiny_test");
+    refused(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w8a8", "--out", dir.join("vq").to_str().unwrap()], &["w8a8", "ViT"], &dir.join("vq"));
+}
+
+#[test]
+fn quantize_vqgan_decoder_with_tokens_then_decode() {
+    let dir = scratch("vqgan");
+    let vq = fixture("vqgan_tiny_test");
+    let tokens = vq.join("io.safetensors");
+    let out = dir.join("q");
+    ok(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w4a16", "--calib", tokens.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(out.join("config.yaml").is_file());
+    let desc = std::fs::read_to_string(out.join("quantization.json")).unwrap();
+    assert!(desc.contains("decoder.mid.attn_1.q.weight") && desc.contains("gptq+clip"), "{desc}");
+    // Norms and the codebook stay f32.
+    assert!(!desc.contains("quantize.embedding") && !desc.contains("norm1.weight"), "{desc}");
+    let png = dir.join("out.png");
+    ok(&["decode", "--model", out.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(dir.join("out-0.png").is_file());
+    // Mixed precision keeps q, k and v of an attention block in one format (one stacked conv).
+    let mixed = dir.join("mixed");
+    let stdout = ok(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "mixed:4.5", "--method", "clip", "--calib", tokens.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
+    assert!(stdout.contains("decoder.mid.attn_1.q/k/v"), "{stdout}");
+    let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mixed.join("quantization.json")).unwrap()).unwrap();
+    let fmt = |k: &str| desc["tensors"][format!("decoder.mid.attn_1.{k}.weight")]["format"].clone();
+    assert!(fmt("q") == fmt("k") && fmt("k") == fmt("v"), "{desc}");
+    ok(&["decode", "--model", mixed.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    // A VQModel with its encoder, calibrated on images: GPTQ sees the encoder's convs too
+    // (including the stride-2 downsample), and `lowbit encode` loads the result.
+    let full = fixture("vqgan_encoder_test");
+    let calib = calibration_images(&dir, 3, 20);
+    let out = dir.join("qe");
+    ok(&["quantize", "--model", full.to_str().unwrap(), "--recipe", "fp4", "--method", "gptq", "--calib", calib.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+    assert_eq!(desc["tensors"]["encoder.down.0.downsample.conv.weight"]["method"], "gptq", "{desc}");
+    assert_eq!(desc["tensors"]["decoder.conv_out.weight"]["format"], "fp4g32", "{desc}");
+    let tokens = dir.join("tokens.safetensors");
+    ok(&["encode", "--model", out.to_str().unwrap(), "--out", tokens.to_str().unwrap(), full.join("../vit_tiny_test/image_exact.png").to_str().unwrap()]);
+    assert!(tokens.is_file());
+}
+
+/// Exit code 1, every word in the message, no panic, and nothing written next to `out`.
+fn refused(args: &[&str], words: &[&str], out: &Path) {
+    let o = lowbit(args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "lowbit {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "lowbit {args:?}: `{w}` not in: {stderr}");
+    }
+    assert!(!out.exists(), "{} was written", out.display());
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
+}
+
+#[test]
+fn bad_input_is_refused_without_output() {
+    let dir = scratch("bad");
+    let vit = fixture("vit_tiny_test");
+    let v = vit.to_str().unwrap();
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not an image").unwrap();
+    let calib = calibration_images(&dir, 2, 32);
+    let c = calib.to_str().unwrap();
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq", "--calib", empty.to_str().unwrap(), "--out", o], &["no PNG or JPEG", "empty"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq", "--calib", "/nonexistent/calib", "--out", o], &["/nonexistent/calib"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w3a16", "--out", o], &["unknown recipe `w3a16`"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "rtn,magic", "--out", o], &["unknown method `magic`"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "adalog", "--out", o], &["adalog", "not implemented"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq", "--out", o], &["gptq", "--calib"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a4", "--out", o], &["w4a4", "activation"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "mixed:1.5", "--calib", c, "--out", o], &["mixed:1.5", "below the smallest allocation"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "mixed:abc", "--out", o], &["mixed:abc"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--calib", c, "--calib-count", "0", "--out", o], &["--calib-count"], &out);
+    // An already quantized model.
+    let q = dir.join("q");
+    ok(&["quantize", "--model", v, "--recipe", "w8a16", "--method", "rtn", "--out", q.to_str().unwrap()]);
+    refused(&["quantize", "--model", q.to_str().unwrap(), "--recipe", "w4a16", "--method", "rtn", "--out", o], &["already quantized"], &out);
+    // An existing --out is not overwritten.
+    let before = std::fs::read(q.join("model.safetensors")).unwrap();
+    let o2 = lowbit(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "rtn", "--out", q.to_str().unwrap()]);
+    assert_eq!(o2.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o2.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(q.join("model.safetensors")).unwrap(), before);
+}
