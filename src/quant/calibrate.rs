@@ -4,7 +4,6 @@
 //! them with any set of weights (for the mixed-precision sensitivities).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use super::gptq::Hessian;
@@ -413,39 +412,29 @@ pub fn pick(n: usize, count: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
-/// A progress bar on stderr (one line, redrawn in place).
+/// A progress bar on stderr (indicatif, drawn only on a terminal); logs get one line at the end.
 pub struct Progress {
     what: String,
-    total: usize,
-    done: usize,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     pub fn new(what: &str, total: usize) -> Progress {
-        let p = Progress { what: what.to_string(), total, done: 0 };
-        p.draw();
-        p
+        let bar = indicatif::ProgressBar::new(total as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:34} [{bar:30}] {pos}/{len} {elapsed}") {
+            bar.set_style(style.progress_chars("#>-"));
+        }
+        bar.set_message(what.to_string());
+        Progress { what: what.to_string(), bar }
     }
+
     pub fn step(&mut self, n: usize) {
-        self.done = (self.done + n).min(self.total);
-        self.draw();
+        self.bar.inc(n as u64);
     }
+
     pub fn finish(&self) {
-        if std::io::stderr().is_terminal() {
-            eprintln!();
-        } else {
-            eprintln!("{}: {}/{}", self.what, self.done, self.total);
-        }
-    }
-    /// Redrawn in place on a terminal; logs get only the `finish` line.
-    fn draw(&self) {
-        if !std::io::stderr().is_terminal() {
-            return;
-        }
-        let width = 30;
-        let filled = (self.done * width).checked_div(self.total).unwrap_or(width);
-        eprint!("\r{:<34} [{}{}] {}/{}", self.what, "#".repeat(filled), "-".repeat(width - filled), self.done, self.total);
-        let _ = std::io::stderr().flush();
+        self.bar.finish_and_clear();
+        eprintln!("{}: {}/{} in {:.1} s", self.what, self.bar.position(), self.bar.length().unwrap_or(0), self.bar.elapsed().as_secs_f64());
     }
 }
 
