@@ -205,7 +205,7 @@ impl Gpu {
             }
             _ => AdapterClass::Integrated,
         };
-        let adapter_max = limits.max_storage_buffer_binding_size as u64;
+        let adapter_max = limits.max_storage_buffer_binding_size;
         let max_binding = opts.max_binding_size.map_or(adapter_max, |m| m.min(adapter_max)) & !255;
         Gpu {
             device,
