@@ -4,24 +4,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use common::assert_parity;
+use common::{assert_parity, lowbit};
 use lowbit::models::vqgan::TokenGrid;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("running lowbit")
+    common::fixture_dir(name)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = lowbit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "lowbit {args:?} failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::lowbit_ok(args)
 }
 
 /// Fails with exit code 1 and an `error:` line containing every one of `words`.

@@ -1,21 +1,17 @@
 //! `lowbit eval` (top-1/top-5 on an ImageFolder) and `lowbit compare` (output SQNR of a model
 //! against a reference) through the binary, on the fixtures.
 
+mod common;
+
+use common::lowbit;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("running lowbit")
+    common::fixture_dir(name)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = lowbit(args);
-    assert!(out.status.success(), "lowbit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::lowbit_ok(args)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {

@@ -3,9 +3,9 @@
 //! commands load, refusing bad input with exit code 1 and no output folder.
 
 mod common;
+use common::lowbit;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lowbit::quant::calibrate::pick;
 use lowbit::quant::gptq::{gptq, GptqOptions, Hessian};
@@ -146,17 +146,11 @@ fn calibration_picks_are_seeded() {
 // ---- the command line ----
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("running lowbit")
+    common::fixture_dir(name)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = lowbit(args);
-    assert!(out.status.success(), "lowbit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::lowbit_ok(args)
 }
 
 /// A fresh scratch folder for one test.

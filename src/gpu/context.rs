@@ -111,17 +111,7 @@ impl Gpu {
         let backends = backends();
         let mut adapters = instance.enumerate_adapters(backends).await;
         // Prefer real GPUs, then Vulkan over GL (the GL backend lacks compute limits on some drivers).
-        adapters.sort_by_key(|a| {
-            let i = a.get_info();
-            let ty = match i.device_type {
-                wgpu::DeviceType::DiscreteGpu => 0,
-                wgpu::DeviceType::IntegratedGpu => 1,
-                wgpu::DeviceType::VirtualGpu => 2,
-                wgpu::DeviceType::Cpu => 3,
-                wgpu::DeviceType::Other => 4,
-            };
-            (ty, i.backend == wgpu::Backend::Gl)
-        });
+        adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
         let adapter = match &opts.adapter {
             Some(want) => {
                 let w = want.to_lowercase();
@@ -363,6 +353,19 @@ impl Encoder {
         self.pass = None;
         self.inner.finish()
     }
+}
+
+/// Sort key of adapters, best first: real GPUs, then Vulkan/Metal/DX12 over GL (whose compute
+/// limits are missing on some drivers).
+pub fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, bool) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    (ty, info.backend == wgpu::Backend::Gl)
 }
 
 /// `WGPU_BACKEND` when set (vulkan, metal, dx12, gl, ...), else the primary backends: GL is

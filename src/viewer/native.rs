@@ -61,17 +61,7 @@ fn wgpu_configuration(opts: &GpuOptions) -> WgpuConfiguration {
             .filter(|a| surface.is_none_or(|s| a.is_surface_supported(s)))
             .filter(|a| wanted_name.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
             .collect();
-        usable.sort_by_key(|a| {
-            let i = a.get_info();
-            let ty = match i.device_type {
-                wgpu::DeviceType::DiscreteGpu => 0,
-                wgpu::DeviceType::IntegratedGpu => 1,
-                wgpu::DeviceType::VirtualGpu => 2,
-                wgpu::DeviceType::Cpu => 3,
-                wgpu::DeviceType::Other => 4,
-            };
-            (ty, i.backend == wgpu::Backend::Gl)
-        });
+        usable.sort_by_key(|a| crate::gpu::adapter_rank(&a.get_info()));
         usable.first().map(|a| (*a).clone()).ok_or_else(|| {
             let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
             format!("no adapter can draw to this window{} (have: {})", wanted_name.as_ref().map_or(String::new(), |w| format!(" matching `{w}`")), names.join(", "))

@@ -62,3 +62,20 @@ pub fn read_f32(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
 /// f32 ops bound (issue: ≤ 1e-8), quantized GEMM and attention bound (ggml's 5e-4).
 pub const F32_NMSE: f64 = 1e-8;
 pub const QUANT_NMSE: f64 = 5e-4;
+
+/// A fixture folder of `tests/fixtures`.
+pub fn fixture_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Runs the `lowbit` binary built for these tests.
+pub fn lowbit(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("running lowbit")
+}
+
+/// Runs `lowbit`, requires success, returns its stdout.
+pub fn lowbit_ok(args: &[&str]) -> String {
+    let out = lowbit(args);
+    assert!(out.status.success(), "lowbit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
