@@ -20,11 +20,11 @@ import os
 import sys
 
 import torch
-import yaml
 from safetensors.torch import save_file
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.transformer.mingpt import GPT
 from taming.modules.vqvae.quantize import VectorQuantizer
+from make_vqgan_fixtures import write_taming_config
 
 PRIOR = dict(vocab_size=37, block_size=12, n_layer=2, n_head=2, n_embd=24)
 N_CLASSES = 5
@@ -129,18 +129,7 @@ def make_vqgan(out):
     else:
         sys.exit("no seed gave nearest-code margins >= 1e-3")
     save_file(state, os.path.join(out, "model.safetensors"))
-    config = {"model": {
-        "base_learning_rate": 4.5e-6,
-        "target": "taming.models.vqgan.VQModel",
-        "params": {
-            "embed_dim": EMBED_DIM,
-            "n_embed": N_EMBED,
-            "ddconfig": DDCONFIG,
-            "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
-        },
-    }}
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
+    write_taming_config(out, EMBED_DIM, N_EMBED, DDCONFIG)
     io = {"image": image.contiguous(), "h": h.contiguous(), "z": z.contiguous(),
           "tokens": tokens.view(2, 8, 8).to(torch.int64).contiguous(), "decoded": decoded.contiguous()}
     save_file(io, os.path.join(out, "io.safetensors"))

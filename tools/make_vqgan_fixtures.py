@@ -45,6 +45,22 @@ def build():
     return state, embedding.eval(), post_quant_conv.eval(), decoder.eval()
 
 
+def write_taming_config(out, embed_dim, n_embed, ddconfig):
+    """`out/config.yaml` in taming's VQModel layout (also used by make_gen_fixtures.py)."""
+    config = {"model": {
+        "base_learning_rate": 4.5e-6,
+        "target": "taming.models.vqgan.VQModel",
+        "params": {
+            "embed_dim": embed_dim,
+            "n_embed": n_embed,
+            "ddconfig": ddconfig,
+            "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
+        },
+    }}
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
 @torch.no_grad()
 def decode(embedding, post_quant_conv, decoder, tokens):
     z = embedding(tokens).permute(0, 3, 1, 2).contiguous()
@@ -56,18 +72,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     state, embedding, pqc, decoder = build()
     save_file(state, os.path.join(out, "model.safetensors"))
-    config = {"model": {
-        "base_learning_rate": 4.5e-6,
-        "target": "taming.models.vqgan.VQModel",
-        "params": {
-            "embed_dim": EMBED_DIM,
-            "n_embed": N_EMBED,
-            "ddconfig": DDCONFIG,
-            "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
-        },
-    }}
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
+    write_taming_config(out, EMBED_DIM, N_EMBED, DDCONFIG)
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, N_EMBED, (2, 8, 8), generator=g)
     # An odd grid (not the training resolution, not square): the decoder is fully convolutional.
