@@ -20,7 +20,8 @@ use crate::models::images::{hstack, rgb_to_signed_chw, signed_chw_to_rgb, tile, 
 use crate::models::prior::Prior;
 use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
-use crate::models::{load_image, preprocess, VisionTransformer, WeightSummary, Weights};
+use super::model::weight_summary;
+use crate::models::{load_image, preprocess, VisionTransformer};
 use crate::quant::WeightFormat;
 use crate::Gpu;
 
@@ -102,10 +103,6 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-fn weight_bytes(dir: &Path, format: WeightFormat) -> anyhow::Result<usize> {
-    Ok(WeightSummary::new(&Weights::load(&dir.join("model.safetensors"))?)?.bytes(format))
-}
-
 fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs, real: &[(PathBuf, usize)], photo: &RgbImage) -> anyhow::Result<Row> {
     let start = Instant::now();
     let models = assets.join("models");
@@ -116,7 +113,7 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
     let photo_dec = VqganDecoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
     let weight_bytes = ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan"]
         .iter()
-        .map(|m| weight_bytes(&models.join(m), format))
+        .map(|m| Ok(weight_summary(&models.join(m))?.bytes(format)))
         .sum::<anyhow::Result<usize>>()?;
 
     // Classify the real samples.

@@ -19,6 +19,12 @@ pub struct Norm {
 }
 
 impl Norm {
+    /// `{prefix}.weight` and `{prefix}.bias` ([channels] each) of a checkpoint, on the GPU.
+    pub fn load(gpu: &crate::Gpu, w: &crate::models::Weights, prefix: &str, channels: usize) -> Result<Norm> {
+        let up = |key: &str| Tensor::from_f32(gpu, &[channels], w.get(&format!("{prefix}.{key}"), &[channels])?);
+        Ok(Norm { weight: up("weight")?, bias: up("bias")? })
+    }
+
     pub fn channels(&self) -> usize {
         self.weight.numel()
     }

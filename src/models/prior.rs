@@ -19,6 +19,7 @@ pub use config::PriorConfig;
 use std::path::{Path, PathBuf};
 
 use super::weights::Weights;
+use crate::graph::Norm;
 use crate::gpu::{DType, Tensor};
 use crate::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, KvCache, Position};
 use crate::kernels::elementwise::{add_inplace, Activation};
@@ -29,11 +30,6 @@ use crate::{invalid, shape_err, Encoder, Gpu, Result};
 
 /// `nn.LayerNorm`'s default epsilon, which minGPT keeps.
 const LN_EPS: f32 = 1e-5;
-
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-}
 
 struct Block {
     ln1: Norm,
@@ -56,11 +52,6 @@ pub struct Prior {
     blocks: Vec<Block>,
     ln_f: Norm,
     head: QLinear,
-}
-
-fn load_norm(gpu: &Gpu, w: &Weights, prefix: &str, e: usize) -> Result<Norm> {
-    let get = |k: &str| Tensor::from_f32(gpu, &[e], w.get(&format!("{prefix}.{k}"), &[e])?);
-    Ok(Norm { weight: get("weight")?, bias: get("bias")? })
 }
 
 /// An `nn.Linear(inp, out)` with bias, packed in `format`.
@@ -91,10 +82,10 @@ impl Prior {
         for i in 0..c.n_layer {
             let b = format!("blocks.{i}");
             blocks.push(Block {
-                ln1: load_norm(gpu, w, &format!("{b}.ln1"), e)?,
+                ln1: Norm::load(gpu, w, &format!("{b}.ln1"), e)?,
                 qkv: load_qkv(gpu, w, &format!("{b}.attn"), e, format)?,
                 proj: load_linear(gpu, w, &format!("{b}.attn.proj"), e, e, format)?,
-                ln2: load_norm(gpu, w, &format!("{b}.ln2"), e)?,
+                ln2: Norm::load(gpu, w, &format!("{b}.ln2"), e)?,
                 fc1: load_linear(gpu, w, &format!("{b}.mlp.0"), 4 * e, e, format)?,
                 fc2: load_linear(gpu, w, &format!("{b}.mlp.2"), e, 4 * e, format)?,
             });
@@ -102,7 +93,7 @@ impl Prior {
         if w.contains(&format!("blocks.{}.ln1.weight", c.n_layer)) {
             invalid!("checkpoint {} has more than the configured {} layers", w.source, c.n_layer);
         }
-        let ln_f = load_norm(gpu, w, "ln_f", e)?;
+        let ln_f = Norm::load(gpu, w, "ln_f", e)?;
         let head = QLinear::new(gpu, &w.matrix("head.weight", &[v, e], format)?, None)?;
         if w.contains("head.bias") {
             invalid!("checkpoint {}: head.bias present, but minGPT's head has no bias", w.source);

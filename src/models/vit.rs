@@ -59,13 +59,6 @@ fn upload(gpu: &Gpu, w: &Weights, key: &str, ckpt_shape: &[usize], shape: &[usiz
     Tensor::from_f32(gpu, shape, w.get(key, ckpt_shape)?)
 }
 
-fn load_norm(gpu: &Gpu, w: &Weights, prefix: &str, dim: usize) -> Result<Norm> {
-    Ok(Norm {
-        weight: upload(gpu, w, &format!("{prefix}.weight"), &[dim], &[dim])?,
-        bias: upload(gpu, w, &format!("{prefix}.bias"), &[dim], &[dim])?,
-    })
-}
-
 /// A `nn.Linear` (`weight` [out, in]) packed in `format` (or as the checkpoint packed it).
 fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat) -> Result<QLinear> {
     let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
@@ -123,11 +116,11 @@ impl VisionTransformer {
         for i in 0..c.depth {
             let b = format!("blocks.{i}");
             blocks.push(Block {
-                norm1: load_norm(gpu, w, &format!("{b}.norm1"), d)?,
+                norm1: Norm::load(gpu, w, &format!("{b}.norm1"), d)?,
                 qkv: load_block_linear(gpu, w, &format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias, format, false)?,
                 proj: load_block_linear(gpu, w, &format!("{b}.attn.proj"), d, d, true, format, false)?,
                 ls1: layer_scale(&format!("{b}.ls1.gamma"))?,
-                norm2: load_norm(gpu, w, &format!("{b}.norm2"), d)?,
+                norm2: Norm::load(gpu, w, &format!("{b}.norm2"), d)?,
                 fc1: load_block_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format, true)?,
                 fc2: load_block_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format, false)?,
                 ls2: layer_scale(&format!("{b}.ls2.gamma"))?,
@@ -136,7 +129,7 @@ impl VisionTransformer {
         if w.contains(&format!("blocks.{}.norm1.weight", c.depth)) {
             invalid!("checkpoint {} has more than the configured {} blocks", w.source, c.depth);
         }
-        let norm = load_norm(gpu, w, "norm", d)?;
+        let norm = Norm::load(gpu, w, "norm", d)?;
         let head = if c.num_classes > 0 { Some(load_linear(gpu, w, "head", c.num_classes, d, true, format)?) } else { None };
         Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head })
     }

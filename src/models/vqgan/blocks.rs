@@ -1,7 +1,7 @@
 //! The building blocks taming's Encoder and Decoder share (`taming/modules/diffusionmodules/
 //! model.py`): loading them from checkpoint keys, and writing them as graph ops.
 
-use crate::gpu::{DType, Tensor};
+use crate::gpu::DType;
 use crate::graph::{Graph, Norm, Value};
 use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::{Conv2d, Padding};
@@ -80,8 +80,7 @@ pub(super) struct Loader<'a> {
 
 impl Loader<'_> {
     pub fn norm(&self, prefix: &str, c: usize) -> Result<Norm> {
-        let up = |key: &str| Tensor::from_f32(self.gpu, &[c], self.w.get(&format!("{prefix}.{key}"), &[c])?);
-        Ok(Norm { weight: up("weight")?, bias: up("bias")? })
+        Norm::load(self.gpu, self.w, prefix, c)
     }
 
     /// An `nn.Conv2d(cin, cout, k, padding=k/2)` with bias.
