@@ -107,7 +107,7 @@ fn greedy_generation_follows_the_full_pass() {
     let gpu = gpu();
     let prior = load(gpu, WeightFormat::F32);
     let (v, n) = (prior.config.vocab_size, prior.config.tokens_per_image());
-    let greedy = SamplingOptions { temperature: 0.0, top_k: 0 };
+    let greedy = SamplingOptions::new(0.0, 0);
     let grid = generate(gpu, &prior, 3, 2, 0, &greedy).unwrap();
     assert_eq!(grid.shape(), [2, 3, 4]);
     for seq in grid.ids.chunks(n) {
@@ -121,11 +121,57 @@ fn greedy_generation_follows_the_full_pass() {
     }
 }
 
+/// The fixture's prior with token `null` declared as the null class of classifier-free guidance
+/// (the fixture was not trained for it, but the arithmetic of guidance does not care).
+fn guided(gpu: &Gpu, null: usize) -> Prior {
+    let dir = Path::new(DIR);
+    let mut config = PriorConfig::load(&dir.join("config.json")).unwrap();
+    config.null_class = Some(null);
+    Prior::new(gpu, &config, &Weights::load(&dir.join("model.safetensors")).unwrap(), WeightFormat::F32).unwrap()
+}
+
+#[test]
+fn guided_greedy_generation_follows_the_full_passes() {
+    // Guidance draws from uncond + g·(cond − uncond): with temperature 0 each token must be the
+    // argmax of that mix of two full passes, one under the class and one under the null class.
+    let gpu = gpu();
+    let (class, null, g) = (2u32, 6usize, 3.0f32);
+    let prior = guided(gpu, null);
+    let (v, n) = (prior.config.vocab_size, prior.config.tokens_per_image());
+    let opts = SamplingOptions { guidance: g, ..SamplingOptions::new(0.0, 0) };
+    let grid = generate(gpu, &prior, class as usize, 2, 0, &opts).unwrap();
+    let plain = generate(gpu, &prior, class as usize, 1, 0, &SamplingOptions::new(0.0, 0)).unwrap();
+    assert_ne!(grid.ids[..n], plain.ids[..], "guidance 3 changed nothing on this fixture");
+    for seq in grid.ids.chunks(n) {
+        let tail: Vec<u32> = seq[..n - 1].iter().map(|&z| z as u32).collect();
+        let pass = |first: u32| {
+            let ids: Vec<u32> = std::iter::once(first).chain(tail.iter().copied()).collect();
+            prior.forward(gpu, &ids, [1, n]).unwrap().to_vec_f32(gpu).unwrap()
+        };
+        let (cond, uncond) = (pass(class), pass(null as u32));
+        for i in 0..n {
+            let mix: Vec<f32> = (0..v).map(|j| uncond[i * v + j] + g * (cond[i * v + j] - uncond[i * v + j])).collect();
+            let best = mix.iter().enumerate().fold(0, |b, (j, &l)| if l > mix[b] { j } else { b });
+            assert_eq!(seq[i], best as i64, "guided greedy token {i}");
+        }
+    }
+    // Guidance 1 is plain conditional sampling, batch or not.
+    let one = generate(gpu, &prior, class as usize, 1, 0, &SamplingOptions { guidance: 1.0, ..SamplingOptions::new(0.0, 0) }).unwrap();
+    assert_eq!(one, plain);
+    // A prior without a null class refuses guidance; a null class among the classes is refused.
+    let err = generate(gpu, &load(gpu, WeightFormat::F32), 0, 1, 0, &opts).unwrap_err().to_string();
+    assert!(err.contains("null_class"), "{err}");
+    assert!(PriorConfig::from_json(&serde_json::to_string(&serde_json::json!({
+        "architecture": "taming_mingpt", "vocab_size": 37, "block_size": 12, "n_layer": 2, "n_head": 2,
+        "n_embd": 24, "n_classes": 5, "token_grid": [3, 4], "conditioning": "class_token", "null_class": 1
+    })).unwrap()).is_err());
+}
+
 #[test]
 fn sampling_is_deterministic_per_seed() {
     let gpu = gpu();
     let prior = load(gpu, WeightFormat::F32);
-    let opts = SamplingOptions { temperature: 1.0, top_k: 10 };
+    let opts = SamplingOptions::new(1.0, 10);
     let a = generate(gpu, &prior, 1, 3, 42, &opts).unwrap();
     let b = generate(gpu, &prior, 1, 3, 42, &opts).unwrap();
     let c = generate(gpu, &prior, 1, 3, 43, &opts).unwrap();
@@ -150,12 +196,12 @@ fn sample_follows_temperature_and_top_k() {
         c
     };
     // top-k 1 with a tie keeps both maxima; temperature 0 is the first maximum.
-    let c = count(SamplingOptions { temperature: 1.0, top_k: 1 }, &mut rng);
+    let c = count(SamplingOptions::new(1.0, 1), &mut rng);
     assert_eq!(c[0] + c[1] + c[3], 0);
     assert!(c[2] > draws / 3 && c[4] > draws / 3, "{c:?}");
-    assert_eq!(sample(&logits, &SamplingOptions { temperature: 0.0, top_k: 0 }, &mut rng).unwrap(), 2);
+    assert_eq!(sample(&logits, &SamplingOptions::new(0.0, 0), &mut rng).unwrap(), 2);
     // No filtering: frequencies follow softmax(logits / 2) within a few standard deviations.
-    let c = count(SamplingOptions { temperature: 2.0, top_k: 0 }, &mut rng);
+    let c = count(SamplingOptions::new(2.0, 0), &mut rng);
     let w: Vec<f64> = logits.iter().map(|&l| (l as f64 / 2.0).exp()).collect();
     let total: f64 = w.iter().sum();
     for (i, &n) in c.iter().enumerate() {
@@ -164,7 +210,7 @@ fn sample_follows_temperature_and_top_k() {
         assert!((n as f64 - draws as f64 * p).abs() < 5.0 * sd, "token {i}: {n} draws, expected {:.0}", draws as f64 * p);
     }
     // Bad options and logits.
-    assert!(sample(&logits, &SamplingOptions { temperature: -1.0, top_k: 0 }, &mut rng).is_err());
+    assert!(sample(&logits, &SamplingOptions::new(-1.0, 0), &mut rng).is_err());
     assert!(sample(&[0.0, f32::NAN], &SamplingOptions::default(), &mut rng).is_err());
     assert!(sample(&[], &SamplingOptions::default(), &mut rng).is_err());
 }
@@ -177,7 +223,7 @@ fn bad_input_is_an_error() {
     let opts = SamplingOptions::default();
     assert!(generate(gpu, &prior, 5, 1, 0, &opts).is_err(), "class 5 of 5");
     assert!(generate(gpu, &prior, 0, 0, 0, &opts).is_err(), "count 0");
-    assert!(generate(gpu, &prior, 0, 1, 0, &SamplingOptions { temperature: f32::INFINITY, top_k: 0 }).is_err());
+    assert!(generate(gpu, &prior, 0, 1, 0, &SamplingOptions::new(f32::INFINITY, 0)).is_err());
     assert!(prior.forward(gpu, &io.ids, [3, 11]).is_err(), "ids length");
     assert!(prior.forward(gpu, &[0; 13], [1, 13]).is_err(), "longer than block_size");
     assert!(prior.forward(gpu, &[0, 37], [1, 2]).is_err(), "id 37 of 37");

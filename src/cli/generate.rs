@@ -1,5 +1,5 @@
 //! `lowbit generate --prior PATH [--decoder PATH] --class C --count N --seed S --out DIR
-//! [--temperature T] [--top-k K] [--format FMT]`: class → tokens (the minGPT prior, sampled
+//! [--temperature T] [--top-k K] [--guidance G] [--format FMT]`: class → tokens (the minGPT prior, sampled
 //! with a KV cache) → images (the VQGAN decoder). Writes `DIR/class<C>-<i>.png` and
 //! `DIR/tokens.safetensors` (tensor `tokens`, i32 [N, h, w], readable by `lowbit decode`).
 
@@ -39,6 +39,10 @@ pub struct GenerateArgs {
     /// Sample among the k most likely tokens (0 = all); defaults to the prior config's, else 100.
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Classifier-free guidance scale (1 = none; needs a prior with a `null_class`); defaults
+    /// to the prior config's, else 1.
+    #[arg(long)]
+    pub guidance: Option<f32>,
     #[command(flatten)]
     pub weights: super::model::WeightArgs,
 }
@@ -65,7 +69,11 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
     let load_ms = ms(t);
 
     let defaults = c.sampling.unwrap_or_default();
-    let opts = SamplingOptions { temperature: args.temperature.unwrap_or(defaults.temperature), top_k: args.top_k.unwrap_or(defaults.top_k) };
+    let opts = SamplingOptions {
+        temperature: args.temperature.unwrap_or(defaults.temperature),
+        top_k: args.top_k.unwrap_or(defaults.top_k),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
+    };
     let t = Instant::now();
     let tokens = generate(gpu, &prior, args.class, args.count, args.seed, &opts)?;
     let gen_ms = ms(t);
@@ -90,12 +98,13 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
 
     let steps = c.tokens_per_image();
     println!(
-        "class {} × {} (seed {}, temperature {}, top-k {}, {}): load {load_ms:.0} ms, generate {gen_ms:.1} ms ({steps} steps, {:.2} ms/step), decode {decode_ms:.1} ms, write {write_ms:.1} ms; {:.1} ms per image",
+        "class {} × {} (seed {}, temperature {}, top-k {}, guidance {}, {}): load {load_ms:.0} ms, generate {gen_ms:.1} ms ({steps} steps, {:.2} ms/step), decode {decode_ms:.1} ms, write {write_ms:.1} ms; {:.1} ms per image",
         args.class,
         args.count,
         args.seed,
         opts.temperature,
         opts.top_k,
+        opts.guidance,
         format.name(),
         gen_ms / steps as f64,
         (gen_ms + decode_ms) / args.count as f64

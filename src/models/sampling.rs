@@ -1,6 +1,12 @@
 //! Sampling token grids from the prior: temperature and top-k over the next-token logits, as
 //! taming's `sample` (`logits / temperature`, keep logits ≥ the k-th largest, softmax,
 //! multinomial), with a seeded generator so a seed always gives the same images.
+//!
+//! Classifier-free guidance (Ho & Salimans 2022, as LlamaGen samples its class-conditional
+//! GPT): a prior trained with the class token sometimes replaced by a null class (`null_class`
+//! in its config) also predicts the unconditional next token. Sampling then runs each sequence
+//! twice in one batch, with its class and with the null class, and draws from
+//! `uncond + guidance · (cond − uncond)`; guidance 1 is plain conditional sampling.
 
 use serde::Deserialize;
 
@@ -17,6 +23,9 @@ pub struct SamplingOptions {
     /// Sample among the k most likely tokens (ties at the k-th included); 0 keeps all.
     #[serde(default)]
     pub top_k: usize,
+    /// Classifier-free guidance scale; 1 = none. Above 1 needs a prior with a `null_class`.
+    #[serde(default = "one")]
+    pub guidance: f32,
 }
 
 fn one() -> f32 {
@@ -26,14 +35,22 @@ fn one() -> f32 {
 impl Default for SamplingOptions {
     /// taming's sampling scripts' usual settings.
     fn default() -> Self {
-        SamplingOptions { temperature: 1.0, top_k: 100 }
+        SamplingOptions { temperature: 1.0, top_k: 100, guidance: 1.0 }
     }
 }
 
 impl SamplingOptions {
+    /// Temperature and top-k, without guidance.
+    pub fn new(temperature: f32, top_k: usize) -> SamplingOptions {
+        SamplingOptions { temperature, top_k, guidance: 1.0 }
+    }
+
     pub fn check(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             invalid!("temperature must be a finite number ≥ 0, got {}", self.temperature);
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 {
+            invalid!("guidance must be a finite number ≥ 0, got {}", self.guidance);
         }
         Ok(())
     }
@@ -118,20 +135,38 @@ pub fn generate_classes(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, 
         invalid!("count must be at least 1");
     }
     opts.check()?;
+    let null_class = match (opts.guidance != 1.0, c.null_class) {
+        (false, _) => None,
+        (true, Some(null)) => Some(null as u32),
+        (true, None) => invalid!("guidance {} needs a prior trained for classifier-free guidance (a `null_class` in its config); use guidance 1", opts.guidance),
+    };
     let [h, w] = c.token_grid;
     let n = h * w;
-    let mut rng = Rng::new(seed);
-    let mut session = prior.session(gpu, count)?;
-    let mut logits = session.step(gpu, &classes.iter().map(|&k| k as u32).collect::<Vec<_>>())?;
-    let mut grid = vec![0u32; count * n];
     let v = c.vocab_size;
+    let mut rng = Rng::new(seed);
+    // With guidance, rows count..2·count of the batch are the same sequences under the null class.
+    let rows = if null_class.is_some() { 2 * count } else { count };
+    let mut session = prior.session(gpu, rows)?;
+    let mut ids: Vec<u32> = classes.iter().map(|&k| k as u32).collect();
+    if let Some(null) = null_class {
+        ids.extend(std::iter::repeat_n(null, count));
+    }
+    let mut logits = session.step(gpu, &ids)?;
+    let mut grid = vec![0u32; count * n];
     for i in 0..n {
-        let next: Vec<u32> = logits.chunks(v).map(|row| sample(row, opts, &mut rng)).collect::<Result<_>>()?;
+        if null_class.is_some() {
+            let (cond, uncond) = logits.split_at_mut(count * v);
+            for (c, u) in cond.iter_mut().zip(uncond.iter()) {
+                *c = u + opts.guidance * (*c - u);
+            }
+        }
+        let next: Vec<u32> = logits[..count * v].chunks(v).map(|row| sample(row, opts, &mut rng)).collect::<Result<_>>()?;
         for (b, &id) in next.iter().enumerate() {
             grid[b * n + i] = id;
         }
         if i + 1 < n {
-            logits = session.step(gpu, &next)?;
+            ids = next.repeat(rows / count);
+            logits = session.step(gpu, &ids)?;
         }
     }
     TokenGrid::new(&[count, h, w], grid.into_iter().map(i64::from).collect())

@@ -4,7 +4,8 @@
 //! { "architecture": "taming_mingpt", "vocab_size": 1024, "block_size": 64, "n_layer": 8,
 //!   "n_head": 8, "n_embd": 256, "n_classes": 10, "token_grid": [8, 8],
 //!   "conditioning": "class_token", "decoder": "../digits-vqgan",
-//!   "sampling": { "temperature": 1.0, "top_k": 100 } }     // optional
+//!   "null_class": 10,                                       // optional: trained for guidance
+//!   "sampling": { "temperature": 1.0, "top_k": 100, "guidance": 3.0 } }     // optional
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ pub struct PriorConfig {
     pub decoder: Option<PathBuf>,
     #[serde(default)]
     pub sampling: Option<SamplingOptions>,
+    /// The class token of unconditional sequences, for a prior trained with class dropout
+    /// (classifier-free guidance); absent for a plain class-conditional prior.
+    #[serde(default)]
+    pub null_class: Option<usize>,
     /// minGPT's `n_unmasked` (a bidirectional prefix): only 0 is supported.
     #[serde(default)]
     pub n_unmasked: usize,
@@ -73,8 +78,16 @@ impl PriorConfig {
         if self.n_unmasked != 0 {
             invalid!("n_unmasked {} is not supported (only a fully causal prior)", self.n_unmasked);
         }
+        if let Some(null) = self.null_class {
+            if null < self.n_classes || null >= self.vocab_size {
+                invalid!("null_class {null} must be a token id outside the classes 0..{} and below vocab_size {}", self.n_classes, self.vocab_size);
+            }
+        }
         if let Some(s) = self.sampling {
             s.check()?;
+            if s.guidance != 1.0 && self.null_class.is_none() {
+                invalid!("sampling.guidance {} needs a `null_class` (a prior trained for classifier-free guidance)", s.guidance);
+            }
         }
         Ok(())
     }
