@@ -3,13 +3,18 @@
 //! mixed precision (`mixed`), calibration (`calibrate`) and the recipes tying them together
 //! (`recipe`). `docs/QUANTIZATION.md` describes each method and what it measured.
 
+pub mod act_calib;
+pub mod actq;
 pub mod calibrate;
 pub mod clip;
 pub mod formats;
 pub mod gptq;
 pub mod mixed;
+pub mod noisy;
 pub mod packed;
 pub mod recipe;
+pub mod repq;
 pub mod rtn;
+pub mod smooth;
 
 pub use formats::{PackedMatrix, WeightFormat};
