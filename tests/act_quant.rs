@@ -196,3 +196,144 @@ fn quantized_attention_matches_reference() {
         }
     }
 }
+
+// ---- calibration methods on synthetic cases ----
+
+use lowbit::quant::act_calib::{prepare, ActMethods};
+use lowbit::quant::actq::{fit, output_sse, per_channel, Kind};
+use lowbit::quant::calibrate::{Calibration, Model};
+use lowbit::quant::repq::repq_map;
+use lowbit::quant::{noisy, smooth};
+
+fn sse(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum()
+}
+
+/// Post-LayerNorm-like activations: a few channels with large offsets and spreads (the
+/// per-channel outliers RepQ-ViT and SmoothQuant are about).
+fn outlier_channels(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let r = random(rows * cols, seed, 1.0);
+    r.iter().enumerate().map(|(i, v)| {
+        let c = i % cols;
+        let (spread, offset) = if c % 7 == 3 { (12.0, 5.0) } else { (0.5, 0.1 * (c % 5) as f32) };
+        v * spread + offset
+    }).collect()
+}
+
+#[test]
+fn repq_beats_a_plain_per_tensor_grid_on_outlier_channels() {
+    let (rows, cols) = (512, 48);
+    let x = outlier_channels(rows, cols, 21);
+    let plain = fit(Kind::Uniform, 4, &x).unwrap();
+    let plain_err = sse(&plain.reference(&x), &x);
+    let (map, scale, zero) = repq_map(&per_channel(&x, cols, 4).unwrap());
+    let q = ActQuantizer::Uniform { bits: 4, scale, zero };
+    // Quantize the reparameterized values per tensor, then map back to compare.
+    let back: Vec<f32> = map.apply(&x).iter().enumerate().map(|(i, &v)| map.r[i % cols] * (q.apply(v) - map.b[i % cols])).collect();
+    let repq_err = sse(&back, &x);
+    eprintln!("per-tensor {plain_err:.3e}, RepQ {repq_err:.3e}");
+    assert!(repq_err < 0.25 * plain_err, "RepQ {repq_err} vs per-tensor {plain_err}");
+}
+
+#[test]
+fn smoothquant_beats_no_smoothing_on_outlier_channels() {
+    let (rows, cols, out) = (256, 48, 32);
+    let x = outlier_channels(rows, cols, 22);
+    let w = random(out * cols, 23, 0.2);
+    let map = smooth::search(&x, &w, cols, 4, 4).unwrap().expect("smoothing helps here");
+    let plain = smooth::output_error(&x, &w, cols, None, 4, 4).unwrap();
+    let smoothed = smooth::output_error(&x, &w, cols, Some(&map), 4, 4).unwrap();
+    eprintln!("no smoothing {plain:.3e}, SmoothQuant-b {smoothed:.3e}");
+    assert!(smoothed < 0.5 * plain);
+}
+
+#[test]
+fn noisyquant_cancels_coherent_rounding_error() {
+    // Every channel sits 0.4 steps above a level: plain rounding errs the same way in every
+    // channel, and an averaging layer adds those errors up; the noise decorrelates them.
+    let (rows, cols) = (64, 96);
+    let plain = ActQuantizer::Uniform { bits: 4, scale: 0.1, zero: 0.0 };
+    let x: Vec<f32> = random(rows * cols, 31, 0.004).iter().enumerate().map(|(i, v)| 0.1 * ((i % cols) % 8) as f32 + 0.04 + v).collect();
+    let w = vec![1.0 / cols as f32; 4 * cols];
+    let found = noisy::search(&x, &w, cols, &plain, 5).unwrap().expect("noise helps here");
+    let before = output_sse(&plain.reference(&x), &x, &w, cols);
+    let shifted: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + found.noise[i % cols]).collect();
+    let after_hat: Vec<f32> = shifted.iter().enumerate().map(|(i, &v)| found.quantizer.apply(v) - found.noise[i % cols]).collect();
+    let after = output_sse(&after_hat, &x, &w, cols);
+    eprintln!("plain {before:.3e}, NoisyQuant {after:.3e}");
+    assert!(after < 0.5 * before);
+    // The bias absorbs −N·W, so the float layer is unchanged.
+    let mut bias = vec![0.5f32; 4];
+    noisy::fold_bias(&mut bias, &w, &found.noise);
+    let n_w: f32 = found.noise.iter().map(|n| n / cols as f32).sum();
+    assert!((bias[0] - (0.5 - n_w)).abs() < 1e-6);
+}
+
+#[test]
+fn log_and_twin_quantizers_beat_uniform_on_attention_output() {
+    let p = AttentionParams::new(1, 65, 4, 16);
+    let qkv = realistic_qkv(&p, 8);
+    let exact = lowbit::kernels::attention::attention_reference(&qkv, &p).unwrap();
+    // Probabilities to calibrate on: the attention of the same input.
+    let probs = softmax_rows(&qkv, &p);
+    let err = |kind| {
+        let q = fit(kind, 4, &probs).unwrap();
+        lowbit::metrics::nmse(&attention_quantized_reference(&qkv, &p, &q).unwrap(), &exact)
+    };
+    let uniform = err(Kind::Uniform);
+    for kind in [Kind::LogSqrt2, Kind::Twin { gelu: false }, Kind::AdaLog] {
+        let e = err(kind);
+        eprintln!("{kind:?}: attention nmse {e:.3e} (uniform {uniform:.3e})");
+        assert!(e < uniform, "{kind:?}");
+    }
+    // AdaLog's search contains log2 (q = r): it never fits worse.
+    let mse = |kind| {
+        let q = fit(kind, 4, &probs).unwrap();
+        sse(&q.reference(&probs), &probs)
+    };
+    assert!(mse(Kind::AdaLog) <= mse(Kind::Log2));
+}
+
+fn softmax_rows(qkv: &[f32], p: &AttentionParams) -> Vec<f32> {
+    let (t, hd) = (p.tokens, p.heads * p.head_dim);
+    let mut out = Vec::new();
+    for h in 0..p.heads {
+        for i in 0..t {
+            let q = &qkv[i * 3 * hd + h * p.head_dim..][..p.head_dim];
+            let s: Vec<f64> = (0..t).map(|j| {
+                let k = &qkv[j * 3 * hd + hd + h * p.head_dim..][..p.head_dim];
+                q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * p.scale as f64
+            }).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let l: f64 = s.iter().map(|v| (v - m).exp()).sum();
+            out.extend(s.iter().map(|v| ((v - m).exp() / l) as f32));
+        }
+    }
+    out
+}
+
+/// Seeded random images for the fixture ViT.
+fn fixture_calibration(model: &Model, n: usize) -> Calibration {
+    let lowbit::quant::calibrate::Family::Vit(cfg) = &model.family else { panic!("a ViT") };
+    let (h, w) = cfg.preprocess.input_size;
+    let pixels = random(n * 3 * h * w, 77, 1.5);
+    Calibration { images: Some((pixels, [n, 3, h, w])), tokens: None, source: "random".into() }
+}
+
+#[test]
+fn reparameterized_float_model_equals_the_original() {
+    let gpu = common::gpu();
+    let model = Model::load(&common::fixture_dir("vit_tiny_test")).unwrap();
+    let calib = fixture_calibration(&model, 4);
+    let reference = model.outputs(gpu, &model.weights, &calib).unwrap();
+    for act in [ActMethods { repq: true, ..Default::default() }, ActMethods { smooth: true, ..Default::default() }] {
+        let prepared = prepare(gpu, &model, &calib, 4, 4, act, 0).unwrap();
+        assert_ne!(prepared.weights.tensors["blocks.0.norm1.weight"].data, model.weights.tensors["blocks.0.norm1.weight"].data, "{act:?} folded nothing");
+        let got = model.outputs(gpu, &prepared.weights, &calib).unwrap();
+        let cos = lowbit::metrics::cosine(&got, &reference);
+        eprintln!("{act:?}: cosine {cos:.8}");
+        assert!(cos >= 0.99999, "{act:?}: cosine {cos}");
+        // One quantizer per block Linear input and one per attention.
+        assert_eq!(prepared.points.len(), 5 * 2, "{:?}", prepared.points.iter().map(|p| &p.node).collect::<Vec<_>>());
+    }
+}

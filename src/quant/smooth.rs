@@ -22,7 +22,7 @@ pub fn fake_quant_rows(w: &[f32], cols: usize, bits: u32) -> Vec<f32> {
 }
 
 /// Output error of quantizing x at `a_bits` and w at `w_bits` after the map (identity: None).
-fn error(x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>, w_bits: u32, a_bits: u32) -> Result<f64> {
+pub fn output_error(x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>, w_bits: u32, a_bits: u32) -> Result<f64> {
     let (x2, w2) = match map {
         Some(m) => (m.apply(x), w.iter().enumerate().map(|(i, v)| v * m.r[i % cols]).collect::<Vec<f32>>()),
         None => (x.to_vec(), w.to_vec()),
@@ -69,11 +69,11 @@ pub fn search(x: &[f32], w: &[f32], cols: usize, w_bits: u32, a_bits: u32) -> Re
     for row in w.chunks(cols) {
         row.iter().zip(wmax.iter_mut()).for_each(|(v, m)| *m = m.max(v.abs()));
     }
-    let mut best = (error(x, w, cols, None, w_bits, a_bits)?, None);
+    let mut best = (output_error(x, w, cols, None, w_bits, a_bits)?, None);
     for alpha in ALPHAS {
         let s: Vec<f32> = xmax.iter().zip(&wmax).map(|(a, w)| (a.powf(alpha) / w.powf(1.0 - alpha)).max(1e-5)).collect();
         let map = ChannelMap { b: z.iter().zip(&s).map(|(z, s)| -z / s).collect(), r: s };
-        let e = error(x, w, cols, Some(&map), w_bits, a_bits)?;
+        let e = output_error(x, w, cols, Some(&map), w_bits, a_bits)?;
         if e < best.0 {
             best = (e, Some(map));
         }
