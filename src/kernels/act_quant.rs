@@ -28,11 +28,13 @@ pub enum ActQuantizer {
     /// RepQ-ViT: q = round(−2·log2(x/Δ)), x̂ = Δ·2^−⌈q/2⌉·(1 + (√2−1)(q mod 2)).
     LogSqrt2 { bits: u32, delta: f32 },
     /// AdaLog: base 2^(q/r), i.e. x̂ = scale·2^(−code·q/r), code = round(−log2(x/scale)·r/q).
+    #[serde(rename = "adalog")]
     AdaLog { bits: u32, q: u32, r: u32, scale: f32 },
     /// I&S-ViT SULQ: uniform on log2(x + η) over [m, m + δ·(2^bits−1)], x̂ = 2^(code·δ + m) − η.
     Sulq { bits: u32, eta: f32, m: f32, delta: f32 },
     /// PTQ4ViT twin uniform, bits−1 bits per range. Softmax: step `lo` for values up to
     /// lo·(2^(bits−1)−1), step `hi` above. GELU: step `lo` for negatives, `hi` for positives.
+    #[serde(rename = "twin")]
     TwinUniform { bits: u32, lo: f32, hi: f32, gelu: bool },
 }
 
@@ -61,7 +63,7 @@ impl ActQuantizer {
         }
     }
 
-    /// Short name for reports: "uniform", "log2", "log_sqrt2", "adalog", "sulq", "twin".
+    /// The `kind` of its JSON: "uniform", "log2", "log_sqrt2", "adalog", "sulq", "twin".
     pub fn kind(&self) -> &'static str {
         match self {
             ActQuantizer::Uniform { .. } => "uniform",
