@@ -202,12 +202,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fits_beat_a_naive_grid() {
+    fn fits_never_lose_to_the_naive_parameters_of_their_kind() {
         let x: Vec<f32> = crate::synthetic::uniform(5000, 3, 1.0).iter().map(|v| (v * 6.0 - 6.0).exp()).collect();
-        let naive = sse(&ActQuantizer::Uniform { bits: 4, scale: 1.0 / 15.0, zero: 0.0 }, &x);
-        for kind in [Kind::Uniform, Kind::LogSqrt2, Kind::Log2, Kind::AdaLog, Kind::Sulq, Kind::Twin { gelu: false }] {
+        let max = x.iter().fold(0f32, |m, v| m.max(*v));
+        let min = x.iter().fold(1f32, |m, v| m.min(*v));
+        let m = (min + 0.001).log2();
+        let naive = [
+            (Kind::Uniform, ActQuantizer::Uniform { bits: 4, scale: max / 15.0, zero: 0.0 }),
+            (Kind::Log2, ActQuantizer::Log2 { bits: 4, delta: max }),
+            (Kind::LogSqrt2, ActQuantizer::LogSqrt2 { bits: 4, delta: max }),
+            (Kind::AdaLog, ActQuantizer::AdaLog { bits: 4, q: 37, r: 37, scale: max }),
+            (Kind::Sulq, ActQuantizer::Sulq { bits: 4, eta: 0.001, m, delta: ((max + 0.001).log2() - m) / 15.0 }),
+            (Kind::Twin { gelu: false }, ActQuantizer::TwinUniform { bits: 4, lo: max / 7.0 / 8.0, hi: max / 7.0, gelu: false }),
+        ];
+        for (kind, q0) in naive {
             let q = fit(kind, 4, &x).unwrap();
-            assert!(sse(&q, &x) <= naive, "{kind:?}: {q:?}");
+            assert!(sse(&q, &x) <= sse(&q0, &x) * (1.0 + 1e-9), "{kind:?}: {q:?} vs {q0:?}");
         }
         assert!(fit(Kind::Uniform, 4, &[]).is_err());
         assert!(fit(Kind::Uniform, 4, &[f32::NAN]).is_err());
