@@ -6,9 +6,8 @@
 //   act_quant_noise  x[i] = Q(x[i] + noise[i mod channels])   (NoisyQuant; the Linear's bias
 //                    already holds −noise·W)
 //
-// The quantizer is chosen by `q.kind` in the uniform block (a branch every lane takes the same
-// way, so it costs one compare per element on llvmpipe and nothing on GPUs); its parameters
-// sit in a..d. The CPU reference is `ActQuantizer::apply` in src/kernels/act_quant.rs, which
+// The quantizer is chosen by the pipeline constant KIND (= `q.kind`); its parameters sit in
+// a..d of the uniform block. The CPU reference is `ActQuantizer::apply` in src/kernels/act_quant.rs, which
 // performs the same f32 operations. shaders/attention.wgsl carries a copy of `aq_apply` for
 // its post-softmax variant (the preprocessor only includes its own fragments).
 
@@ -39,12 +38,16 @@ struct Params {
 @group(0) @binding(2) var<storage, read> noise: array<f32>;
 
 override WG: u32 = 256u;
+// The quantizer kind (as `q.kind`): a pipeline constant, so each pipeline holds only its own
+// code. llvmpipe runs every branch a lane might take under a mask, and a uniform `switch` on
+// a uniform-buffer value cost ~30× the arithmetic of one quantizer.
+override KIND: u32 = 0u;
 
 #include grid
 
 fn aq_apply(v: f32, q: AqParams) -> f32 {
     let top = f32((1u << q.bits) - 1u);
-    switch q.kind {
+    switch KIND {
         case 1u: {
             let code = clamp(round(v / q.a) + q.b, 0.0, top);
             return (code - q.b) * q.a;
@@ -53,12 +56,12 @@ fn aq_apply(v: f32, q: AqParams) -> f32 {
             // Codes count halvings (log2), half-halvings (log√2) or steps of 2^(q/r)
             // (AdaLog) below the top value; codes past the last level round to zero.
             if v <= 0.0 { return 0.0; }
-            let per = select(select(1.0 / q.b, 2.0, q.kind == 3u), 1.0, q.kind == 2u);
+            let per = select(select(1.0 / q.b, 2.0, KIND == 3u), 1.0, KIND == 2u);
             let code = round(-log2(v / q.a) * per);
             if code > top { return 0.0; }
             let c = i32(max(code, 0.0));
-            if q.kind == 2u { return ldexp(q.a, -c); }
-            if q.kind == 3u { return ldexp(q.a, -((c + 1) / 2)) * select(1.0, 1.41421356237, (c & 1) == 1); }
+            if KIND == 2u { return ldexp(q.a, -c); }
+            if KIND == 3u { return ldexp(q.a, -((c + 1) / 2)) * select(1.0, 1.41421356237, (c & 1) == 1); }
             return q.a * exp2(-f32(c) * q.b);
         }
         case 5u: {

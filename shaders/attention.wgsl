@@ -265,21 +265,24 @@ struct AqParams {
     _p1: u32,
 }
 
+// attend_f32_pq's quantizer kind (= `p.pq.kind`), a pipeline constant as in act_quant.wgsl.
+override PQ_KIND: u32 = 0u;
+
 fn aq_apply(v: f32, q: AqParams) -> f32 {
     let top = f32((1u << q.bits) - 1u);
-    switch q.kind {
+    switch PQ_KIND {
         case 1u: {
             let code = clamp(round(v / q.a) + q.b, 0.0, top);
             return (code - q.b) * q.a;
         }
         case 2u, 3u, 4u: {
             if v <= 0.0 { return 0.0; }
-            let per = select(select(1.0 / q.b, 2.0, q.kind == 3u), 1.0, q.kind == 2u);
+            let per = select(select(1.0 / q.b, 2.0, PQ_KIND == 3u), 1.0, PQ_KIND == 2u);
             let code = round(-log2(v / q.a) * per);
             if code > top { return 0.0; }
             let c = i32(max(code, 0.0));
-            if q.kind == 2u { return ldexp(q.a, -c); }
-            if q.kind == 3u { return ldexp(q.a, -((c + 1) / 2)) * select(1.0, 1.41421356237, (c & 1) == 1); }
+            if PQ_KIND == 2u { return ldexp(q.a, -c); }
+            if PQ_KIND == 3u { return ldexp(q.a, -((c + 1) / 2)) * select(1.0, 1.41421356237, (c & 1) == 1); }
             return q.a * exp2(-f32(c) * q.b);
         }
         case 5u: {
