@@ -338,3 +338,30 @@ fn reparameterized_float_model_equals_the_original() {
         assert_eq!(prepared.points.len(), 5 * 2, "{:?}", prepared.points.iter().map(|p| &p.node).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn vit_refuses_bad_quantizer_descriptions() {
+    let gpu = common::gpu();
+    let model = Model::load(&common::fixture_dir("vit_tiny_test")).unwrap();
+    let lowbit::quant::calibrate::Family::Vit(cfg) = &model.family else { panic!("a ViT") };
+    let with = |list: serde_json::Value| {
+        let mut w = model.weights.clone();
+        let desc = serde_json::json!({ "tensors": {}, "activation_quantizers": list });
+        w.metadata.insert("quantization".into(), desc.to_string());
+        lowbit::models::VisionTransformer::new(gpu, cfg, &w, lowbit::quant::WeightFormat::F32)
+    };
+    let good = serde_json::json!([{"node": "blocks.0.attn", "kind": "log_sqrt2", "bits": 4, "delta": 1.0}]);
+    assert!(with(good).is_ok());
+    for (bad, why) in [
+        (serde_json::json!([{"node": "blocks.9.attn", "kind": "log2", "bits": 4, "delta": 1.0}]), "not a block"),
+        (serde_json::json!([{"node": "blocks.0.attn", "kind": "log2", "bits": 40, "delta": 1.0}]), "bits"),
+        (serde_json::json!([{"node": "blocks.0.attn", "kind": "cubic", "bits": 4}]), "cubic"),
+        (serde_json::json!([{"node": "blocks.0.mlp.fc1", "kind": "uniform", "bits": 4, "scale": 0.1, "zero": 3.0, "noise": "missing.tensor"}]), "missing.tensor"),
+    ] {
+        let err = match with(bad) {
+            Ok(_) => panic!("{why}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(why), "{why}: {err}");
+    }
+}

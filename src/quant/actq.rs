@@ -16,6 +16,12 @@ use crate::{invalid, Error, Result};
 /// The description key holding the list of `QuantPoint`s.
 pub const KEY: &str = "activation_quantizers";
 
+/// What the list means, recorded beside it in the description for people reading the file.
+pub const SCHEMA: &str = "one entry per fake-quantizer: `node` = a block Linear (its input is quantized, after adding \
+the f32 tensor named by `noise` if present) or `blocks.N.attn` (the normalized attention probabilities, before P·V); \
+`kind` = uniform {bits, scale, zero} | log2 {bits, delta} | log_sqrt2 {bits, delta} | adalog {bits, q, r, scale} | \
+sulq {bits, eta, m, delta} | twin {bits, lo, hi, gelu}; formulas in docs/QUANTIZATION.md";
+
 /// One quantizer in the checkpoint: `node` is a block Linear (`blocks.0.attn.qkv`: its input is
 /// quantized) or a block's attention (`blocks.0.attn`: its normalized probabilities are).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -288,6 +288,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     desc.extra.insert("activations".into(), json!(activations));
     if static_act.is_some() {
         desc.extra.insert(super::actq::KEY.into(), json!(act_points));
+        desc.extra.insert(format!("{}_schema", super::actq::KEY), json!(super::actq::SCHEMA));
     }
     if let Some((6, _)) = static_act {
         desc.extra.insert("weight_storage".into(), json!("block Linears: 6-bit codes (±31) stored in q8 words, so the file has int8 size"));
