@@ -351,6 +351,7 @@ fn bad_input_is_refused_without_output() {
     refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "adalog", "--out", o], &["adalog", "f32 activations"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w8a8", "--method", "repq", "--out", o], &["repq", "w8a8", "per token"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w6a6", "--method", "repq,gptq", "--calib", c, "--out", o], &["gptq", "w6a6"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w6a6", "--method", "gptq", "--calib", c, "--out", o], &["gptq", "w6a6"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w4a8", "--method", "repq,smoothq", "--calib", c, "--out", o], &["repq", "smoothq"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w4a8", "--method", "log2,twin", "--calib", c, "--out", o], &["post-softmax"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w4a8", "--method", "repq,magic", "--calib", c, "--out", o], &["unknown method `magic`"], &out);

@@ -130,13 +130,13 @@ impl Methods {
 
     /// Refuses activation methods on a recipe whose activations they cannot touch.
     fn check_recipe(&self, recipe: &Recipe) -> Result<()> {
+        if self.gptq && matches!(recipe, Recipe::Activations { weight_bits: 6, .. }) {
+            invalid!("method gptq: recipe w6a6 stores 6-bit codes with rtn/clip only (no 6-bit GPTQ grid); use --method repq,clip");
+        }
         let Some(first) = self.act.names().first().copied() else { return Ok(()) };
         match recipe {
             Recipe::Activations { weight_bits: 8, act_bits: 8, .. } => {
                 invalid!("method {first} calibrates static activation quantizers; recipe w8a8 quantizes activations per token at run time (use w6a6, w4a8 or w4a4)")
-            }
-            Recipe::Activations { weight_bits: 6, .. } if self.gptq => {
-                invalid!("method gptq: recipe w6a6 stores 6-bit codes with rtn/clip only (no 6-bit GPTQ grid); use --method repq,clip")
             }
             Recipe::Activations { .. } => Ok(()),
             _ => invalid!("method {first} quantizes activations; recipe {} keeps f32 activations (use w6a6, w4a8 or w4a4)", recipe.name()),
