@@ -172,7 +172,7 @@ pub fn uniform(bits: u32, lo: f32, hi: f32, top: f32) -> ActQuantizer {
 /// Per-channel (scale, zero) of values laid out [rows, channels]: each channel's own MSE-best
 /// uniform grid (RepQ-ViT's post-LayerNorm quantizer before reparameterization).
 pub fn per_channel(x: &[f32], channels: usize, bits: u32) -> Result<Vec<(f32, f32)>> {
-    if channels == 0 || x.len() % channels != 0 || x.is_empty() {
+    if channels == 0 || !x.len().is_multiple_of(channels) || x.is_empty() {
         invalid!("per-channel calibration: {} values in rows of {channels}", x.len());
     }
     let rows = x.len() / channels;
