@@ -110,10 +110,13 @@ impl Methods {
         Methods { clip: true, gptq: calibrated, act: ActMethods::default() }
     }
 
-    /// The default of the static activation recipes (calibration is required for them):
-    /// RepQ-ViT with GPTQ and clipped weights, except W6 (no 6-bit GPTQ).
-    pub fn default_for_activations(weight_bits: u32) -> Methods {
-        Methods { clip: true, gptq: weight_bits != 6, act: ActMethods { repq: true, ..Default::default() } }
+    /// The default of the static activation recipes (calibration is required for them): the
+    /// combination with the best logits SQNR on digits-vit (docs/QUANTIZATION.md). The AdaLog
+    /// post-softmax quantizer wins at every width; RepQ's reparameterization at 6 and 4 bits,
+    /// NoisyQuant at 8 and 4; W6 has no GPTQ.
+    pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
+        let act = ActMethods { repq: act_bits <= 6, noisy: act_bits != 6, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
+        Methods { clip: true, gptq: weight_bits != 6, act }
     }
 
     pub fn name(&self) -> String {
@@ -186,7 +189,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     };
     let methods = match (&opts.methods, static_act) {
         (Some(list), _) => Methods::parse(list)?,
-        (None, Some((wb, _))) => Methods::default_for_activations(wb),
+        (None, Some((wb, ab))) => Methods::default_for_activations(wb, ab),
         (None, None) => Methods::default_for(opts.calib.is_some()),
     };
     methods.check_recipe(&recipe)?;
