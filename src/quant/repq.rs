@@ -51,8 +51,8 @@ fn tensor_mut<'a>(w: &'a mut Weights, key: &str, len: usize) -> Result<&'a mut V
     Ok(&mut t.data)
 }
 
-/// Folds `map` into the LayerNorm `norm` (γ' = γ/r, β' = β/r + b) and the Linear `linear`
-/// reading it (and any further Linears in `more` reading the same LayerNorm output).
+/// Folds `map` into the LayerNorm `norm` (γ' = γ/r, β' = β/r + b) and into every Linear in
+/// `linears` that reads its output.
 pub fn fold_layer_norm(w: &mut Weights, norm: &str, linears: &[&str], map: &ChannelMap) -> Result<()> {
     map.check()?;
     let c = map.r.len();
