@@ -252,61 +252,7 @@ fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 // ---- f32 attention with a post-softmax quantizer ----
 
-// The static activation quantizers of shaders/act_quant.wgsl; a copy, because the preprocessor
-// includes only its own fragments. The CPU reference (`ActQuantizer::apply`) checks both.
-struct AqParams {
-    kind: u32,
-    bits: u32,
-    a: f32,
-    b: f32,
-    c: f32,
-    d: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-// attend_f32_pq's quantizer kind (= `p.pq.kind`), a pipeline constant as in act_quant.wgsl.
-override PQ_KIND: u32 = 0u;
-
-fn aq_apply(v: f32, q: AqParams) -> f32 {
-    let top = f32((1u << q.bits) - 1u);
-    switch PQ_KIND {
-        case 1u: {
-            let code = clamp(round(v / q.a) + q.b, 0.0, top);
-            return (code - q.b) * q.a;
-        }
-        case 2u, 3u, 4u: {
-            if v <= 0.0 { return 0.0; }
-            let per = select(select(1.0 / q.b, 2.0, PQ_KIND == 3u), 1.0, PQ_KIND == 2u);
-            let code = round(-log2(v / q.a) * per);
-            if code > top { return 0.0; }
-            let c = i32(max(code, 0.0));
-            if PQ_KIND == 2u { return ldexp(q.a, -c); }
-            if PQ_KIND == 3u { return ldexp(q.a, -((c + 1) / 2)) * select(1.0, 1.41421356237, (c & 1) == 1); }
-            return q.a * exp2(-f32(c) * q.b);
-        }
-        case 5u: {
-            let t = v + q.a;
-            var code = 0.0;
-            if t > 0.0 { code = clamp(round((log2(t) - q.b) / q.c), 0.0, top); }
-            return exp2(code * q.c + q.b) - q.a;
-        }
-        case 6u: {
-            let half = f32((1u << (q.bits - 1u)) - 1u);
-            let lo = round(max(v, 0.0) / q.a);
-            if lo <= half { return lo * q.a; }
-            return min(round(v / q.b), half) * q.b;
-        }
-        case 7u: {
-            let half = f32((1u << (q.bits - 1u)) - 1u);
-            if v < 0.0 { return max(round(v / q.a), -half) * q.a; }
-            return min(round(v / q.b), half) * q.b;
-        }
-        default: {
-            return v;
-        }
-    }
-}
+#include aq
 
 // Scores of the lane's queries against the 8 keys from j0 (pairs of vec4 per query).
 fn scores_f32(q: ptr<function, Rows>, b: u32, h: u32, j0: u32) -> array<vec4<f32>, 2 * QL> {

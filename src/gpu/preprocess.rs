@@ -46,6 +46,7 @@ pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
 
 /// Shader files that others include; each is also validated on its own through its includers.
 pub const INCLUDES: &[(&str, &str)] = &[
+    ("aq", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/aq.wgsl"))),
     ("dequant", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/dequant.wgsl"))),
     ("gemv_q", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/gemv_q.wgsl"))),
     ("grid", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/grid.wgsl"))),

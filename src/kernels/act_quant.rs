@@ -42,7 +42,7 @@ pub enum ActQuantizer {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct AqParams {
-    /// Also the shaders' pipeline constant (KIND / PQ_KIND) that selects the code.
+    /// Also the shaders' pipeline constant (AQ_KIND, shaders/aq.wgsl) that selects the code.
     pub kind: u32,
     bits: u32,
     a: f32,
@@ -210,7 +210,7 @@ fn check(x: &Tensor, q: &ActQuantizer) -> Result<u32> {
 /// `x = Q(x)` in place.
 pub fn act_quant(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, q: &ActQuantizer) -> Result<()> {
     let n = check(x, q)?;
-    let pipe = gpu.pipeline(&SHADER, "act_quant", &[], &[("KIND", q.shader_params().kind as f64)])?;
+    let pipe = gpu.pipeline(&SHADER, "act_quant", &[], &[("AQ_KIND", q.shader_params().kind as f64)])?;
     let p = Params { q: q.shader_params(), n, channels: 0, _p: [0; 2] };
     gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer], gpu.grid(n.div_ceil(WG)))
 }
@@ -224,7 +224,7 @@ pub fn act_quant_noise(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, noise: &Tensor,
     if noise.numel() != channels || channels == 0 {
         shape_err!("act_quant: noise has {} values, the input's rows {:?} have {channels}", noise.numel(), x.shape);
     }
-    let pipe = gpu.pipeline(&SHADER, "act_quant_noise", &[], &[("KIND", q.shader_params().kind as f64)])?;
+    let pipe = gpu.pipeline(&SHADER, "act_quant_noise", &[], &[("AQ_KIND", q.shader_params().kind as f64)])?;
     let p = Params { q: q.shader_params(), n, channels: channels as u32, _p: [0; 2] };
     gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer, &noise.buffer], gpu.grid(n.div_ceil(WG)))
 }

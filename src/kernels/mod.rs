@@ -42,7 +42,7 @@ pub enum BenchSize {
 /// Every family's benchmark cases, in the order `lowbit bench kernels` prints them.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<BenchCase>> {
     let mut cases = Vec::new();
-    let families: [(&str, FamilyBenches); 8] = [
+    let families: [(&str, FamilyBenches); 9] = [
         ("matmul", matmul::bench_cases),
         ("w8a8", w8a8::bench_cases),
         ("attention", attention::bench_cases),
@@ -51,6 +51,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) ->
         ("norm", norm::bench_cases),
         ("elementwise", elementwise::bench_cases),
         ("conv", conv::bench_cases),
+        ("act_quant", act_quant::bench_cases),
     ];
     for (name, f) in families {
         if filter(name) {

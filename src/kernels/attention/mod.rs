@@ -265,7 +265,7 @@ pub fn attention_quantized_with_layout(
     pq.validate()?;
     layout.check(gpu)?;
     let pq = pq.shader_params();
-    let constants = [layout.constants()[0], ("PQ_KIND", pq.kind as f64)];
+    let constants = [layout.constants()[0], ("AQ_KIND", pq.kind as f64)];
     let pipe = gpu.pipeline(&SHADER, "attend_f32_pq", &layout.defines(p.head_dim), &constants)?;
     let u = Params { pq, ..Params::new(&p) };
     gpu.dispatch(enc, &pipe, params(&u), &[&qkv.buffer, &out.buffer], layout.grid(&p))
