@@ -1,0 +1,244 @@
+//! The viewer in the browser: the same `ViewerApp` under eframe's `WebRunner`, rendering through
+//! WebGPU, with the engine on eframe's device (`Gpu::from_wgpu`). `web/index.html` calls
+//! `start("viewer")` once the wasm module is loaded (`scripts/build-web` builds both).
+//!
+//! The page downloads the models it needs (`assets/models/...`, relative to the page) while the
+//! app is up, showing progress in the status bar; actions wait until they are in. A URL like
+//! `index.html?action=generate:3&seed=0` performs an action at start and writes its result as
+//! JSON into `<pre id="result">` once the image has been drawn (tests read it; errors go there
+//! too, as `{"error": ...}`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use eframe::egui;
+use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+
+use super::app::{Action, Tab, ViewerApp};
+use super::engine::{Engine, ModelName};
+use crate::{Gpu, GpuOptions};
+
+/// What the Generate tab needs. (Classify and the round trip read local image files, which a
+/// page cannot; they report an error instead.)
+const MODELS: [ModelName; 2] = [ModelName::DigitsPrior, ModelName::DigitsVqgan];
+
+/// Frames drawn with the result before it is reported, as the desktop screenshot mode waits:
+/// egui sizes some widgets a frame late.
+const SETTLE_FRAMES: u32 = 2;
+
+/// Starts the viewer on the canvas with id `canvas_id`.
+#[wasm_bindgen]
+pub async fn start(canvas_id: String) -> Result<(), JsValue> {
+    let result = start_on(&canvas_id).await;
+    if let Err(e) = &result {
+        let msg = format!("the viewer could not start: {}", describe_js(e));
+        write_result(&serde_json::json!({ "error": msg }));
+        set_text("status", &msg);
+    }
+    result
+}
+
+async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
+    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let canvas = document
+        .get_element_by_id(canvas_id)
+        .ok_or_else(|| format!("no element #{canvas_id} on the page"))?
+        .dyn_into::<web_sys::HtmlCanvasElement>()
+        .map_err(|_| format!("#{canvas_id} is not a canvas"))?;
+    let request = UrlAction::from_page()?;
+    let options = eframe::WebOptions { renderer: eframe::Renderer::Wgpu, wgpu_options: wgpu_configuration(), ..Default::default() };
+    eframe::WebRunner::new()
+        .start(
+            canvas,
+            options,
+            Box::new(move |cc| {
+                // A missing render state leaves the app up with an error message, as natively.
+                let engine = match cc.wgpu_render_state.as_ref() {
+                    Some(rs) => Ok(Engine::new(Gpu::from_wgpu(&rs.instance, &rs.adapter, rs.device.clone(), rs.queue.clone(), &GpuOptions::default()), "assets".into())),
+                    None => Err("eframe started without the wgpu renderer".to_string()),
+                };
+                let app = ViewerApp::new(engine, "f32", None)?;
+                Ok(Box::new(WebApp::new(app, request, &cc.egui_ctx)))
+            }),
+        )
+        .await
+}
+
+/// WebGPU only (WebGL has no compute), with the adapter's limits and the optional features
+/// the kernels use, as on the desktop.
+fn wgpu_configuration() -> WgpuConfiguration {
+    let mut setup = WgpuSetupCreateNew::without_display_handle();
+    setup.instance_descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
+    setup.device_descriptor = std::sync::Arc::new(super::compute_device_descriptor);
+    WgpuConfiguration { wgpu_setup: WgpuSetup::CreateNew(setup), ..Default::default() }
+}
+
+/// `?action=generate:<class>&seed=<seed>`.
+struct UrlAction {
+    text: String,
+    class: usize,
+    seed: u64,
+}
+
+impl UrlAction {
+    fn from_page() -> Result<Option<UrlAction>, String> {
+        let search = web_sys::window().ok_or("no window")?.location().search().map_err(|e| describe_js(&e))?;
+        let params = web_sys::UrlSearchParams::new_with_str(&search).map_err(|e| describe_js(&e))?;
+        let Some(text) = params.get("action") else { return Ok(None) };
+        let seed = match params.get("seed") {
+            Some(s) => s.parse().map_err(|_| format!("?seed={s}: not a number"))?,
+            None => 0,
+        };
+        let class = match text.split_once(':') {
+            Some(("generate", c)) => c.parse().map_err(|_| format!("?action={text}: the class must be a number"))?,
+            _ => return Err(format!("?action={text}: the browser build performs generate:<class> only")),
+        };
+        Ok(Some(UrlAction { text, class, seed }))
+    }
+}
+
+/// The model files being downloaded.
+#[derive(Default)]
+struct Downloads {
+    total: usize,
+    /// Files arrived and not yet handed to the engine.
+    arrived: Vec<(String, Vec<u8>)>,
+    done: usize,
+    bytes: usize,
+    error: Option<String>,
+}
+
+struct WebApp {
+    app: ViewerApp,
+    downloads: Rc<RefCell<Downloads>>,
+    report: Option<UrlAction>,
+    /// Frames drawn with the result so far (see `SETTLE_FRAMES`).
+    settled: u32,
+}
+
+impl WebApp {
+    fn new(mut app: ViewerApp, report: Option<UrlAction>, ctx: &egui::Context) -> WebApp {
+        let files: Vec<String> = MODELS.iter().flat_map(|m| m.files()).collect();
+        let downloads = Rc::new(RefCell::new(Downloads { total: files.len(), ..Default::default() }));
+        let (state, ctx2) = (downloads.clone(), ctx.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            for file in files {
+                let result = fetch_bytes(&format!("assets/{file}")).await;
+                let mut s = state.borrow_mut();
+                match result {
+                    Ok(bytes) => {
+                        s.bytes += bytes.len();
+                        s.arrived.push((file, bytes));
+                    }
+                    Err(e) => s.error = Some(e),
+                }
+                ctx2.request_repaint();
+                if s.error.is_some() {
+                    break;
+                }
+            }
+        });
+        app.hold = Some("downloading the models…".into());
+        if let Some(r) = &report {
+            app.tab = Tab::Generate;
+            (app.generate.class, app.generate.seed) = (r.class, r.seed);
+            app.request(Action::Generate { class: r.class, seed: r.seed });
+        }
+        WebApp { app, downloads, report, settled: 0 }
+    }
+
+    /// Hands arrived files to the engine; releases the queued actions once all are in.
+    fn take_downloads(&mut self) {
+        let mut d = self.downloads.borrow_mut();
+        if let Some(e) = &d.error {
+            let msg = format!("downloading the models failed: {e}");
+            self.app.error = Some(msg.clone());
+            self.app.hold = Some(msg);
+            return;
+        }
+        let arrived = std::mem::take(&mut d.arrived);
+        d.done += arrived.len();
+        if let Ok(engine) = self.app.engine.as_mut() {
+            for (file, bytes) in arrived {
+                engine.add_fetched(&file, bytes);
+            }
+        }
+        self.app.hold = (d.done < d.total).then(|| format!("downloading the models: {} of {} files ({:.1} MB)…", d.done, d.total, d.bytes as f64 / 1e6));
+    }
+
+    /// Writes the URL action's outcome into the page once its image has been drawn.
+    fn report(&mut self, ctx: &egui::Context) {
+        let Some(request) = &self.report else { return };
+        ctx.request_repaint();
+        let outcome = if let Some(e) = self.app.error.clone().filter(|_| !self.app.busy() || self.app.hold.is_some()) {
+            Some(serde_json::json!({ "action": request.text, "seed": request.seed, "error": e }))
+        } else if let (false, Some(out), Some(rect)) = (self.app.busy() || self.app.hold.is_some(), &self.app.generate.out, self.app.main_rect) {
+            self.settled += 1;
+            (self.settled > SETTLE_FRAMES).then(|| {
+                let image = &out.shown.image;
+                let ppp = ctx.pixels_per_point();
+                let engine = self.app.engine.as_ref().ok();
+                let image_rect = [rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64);
+                serde_json::json!({
+                    "action": request.text,
+                    "seed": request.seed,
+                    "adapter": engine.map(|e| e.gpu.adapter_name()),
+                    "tokens": out.tokens.ids,
+                    "token_shape": out.tokens.shape(),
+                    "width": image.width(),
+                    "height": image.height(),
+                    "rgb": image.as_raw(),
+                    // Where the image is on the canvas, in physical pixels: [x, y, w, h].
+                    "image_rect": image_rect,
+                })
+            })
+        } else {
+            None
+        };
+        if let Some(json) = outcome {
+            write_result(&json);
+            self.report = None;
+        }
+    }
+}
+
+impl eframe::App for WebApp {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        self.take_downloads();
+        self.app.ui(ui, frame);
+        if self.app.hold.is_some() || self.app.busy() {
+            ui.ctx().request_repaint();
+        }
+        self.report(&ui.ctx().clone());
+    }
+}
+
+/// The bytes at `url` (relative to the page).
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let response = JsFuture::from(window.fetch_with_str(url)).await.map_err(|e| format!("{url}: {}", describe_js(&e)))?;
+    let response: web_sys::Response = response.dyn_into().map_err(|_| format!("{url}: not a response"))?;
+    if !response.ok() {
+        return Err(format!("{url}: HTTP {} {}", response.status(), response.status_text()));
+    }
+    let body = response.array_buffer().map_err(|e| format!("{url}: {}", describe_js(&e)))?;
+    let buffer = JsFuture::from(body).await.map_err(|e| format!("{url}: {}", describe_js(&e)))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+fn write_result(json: &serde_json::Value) {
+    set_text("result", &json.to_string());
+}
+
+fn set_text(id: &str, text: &str) {
+    if let Some(el) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id(id)) {
+        el.set_text_content(Some(text));
+    }
+}
+
+fn describe_js(v: &JsValue) -> String {
+    v.as_string().or_else(|| v.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message()))).unwrap_or_else(|| format!("{v:?}"))
+}
