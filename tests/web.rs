@@ -23,10 +23,15 @@ use lowbit::viewer::engine::{Engine, ModelName, Recipe};
 
 mod common;
 
-/// Largest |browser − native| per channel in 8-bit levels: SwiftShader and lavapipe differ in
-/// float details (fused multiply-adds, exp), which moves a few pixels by a level after PNG
-/// rounding; a wrong image differs by tens of levels.
-const MAX_ABS_DIFF: u8 = 2;
+/// |browser − native| per channel in 8-bit levels. The browser's only adapter here is
+/// SwiftShader, whose float math differs from lavapipe's more than expected: measured mean
+/// 0.79 and max 17 levels for class 3 / seed 0, the larger ones along the digit's edges (where
+/// a small change of the last activations moves pixels most); 261 of 3072 values differ by
+/// more than 2. It is not the kernel variants (the caps' fallbacks change nothing there) nor
+/// the browser's smaller limits (`browser_limits_do_not_change_the_decode`). A wrong image
+/// (other tokens, a broken kernel) differs by tens of levels on average.
+const MAX_MEAN_ABS_DIFF: f64 = 1.5;
+const MAX_ABS_DIFF: u8 = 24;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -101,9 +106,12 @@ fn browser_generate_matches_native() {
     let rgb: Vec<u8> = serde_json::from_value(page["rgb"].clone()).unwrap();
     let got = RgbImage::from_raw(w, h, rgb).expect("the page's rgb has width × height × 3 bytes");
     assert_eq!(got.dimensions(), want.dimensions());
-    let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-    eprintln!("browser vs native image: max |diff| {worst} levels");
-    assert!(worst <= MAX_ABS_DIFF, "the browser's image differs from the native one by up to {worst} levels");
+    let diffs: Vec<u8> = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
+    let worst = *diffs.iter().max().unwrap();
+    let mean_diff = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+    let over2 = diffs.iter().filter(|&&d| d > 2).count();
+    eprintln!("browser vs native image: mean |diff| {mean_diff:.2}, max {worst} levels, {over2} of {} values over 2", diffs.len());
+    assert!(mean_diff <= MAX_MEAN_ABS_DIFF && worst <= MAX_ABS_DIFF, "the browser's image differs from the native one: mean {mean_diff:.2}, max {worst} levels");
 
     // The screenshot must show that image where the page says it drew it (not a blank canvas).
     let screen = image::open(&png).unwrap().to_rgb8();
@@ -178,4 +186,31 @@ fn models_from_fetched_bytes_match_the_files() {
         corrupt.add_fetched(&file, b"not a model".to_vec());
     }
     assert!(corrupt.decode_digits(&f32, &a.tokens).is_err());
+}
+
+/// The browser grants WebGPU's default limits (256 invocations per workgroup, 8 storage
+/// buffers per stage, 16 KiB of workgroup memory, ...), lavapipe far more; kernels that size
+/// themselves from the limits must compute the same image under both.
+#[test]
+fn browser_limits_do_not_change_the_decode() {
+    let device = |limits: Option<wgpu::Limits>| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let instance = wgpu::Instance::new(desc);
+        let adapter = lowbit::Gpu::block_on(async { Ok::<_, lowbit::Error>(instance.request_adapter(&wgpu::RequestAdapterOptions::default()).await) }).unwrap().expect("an adapter");
+        let limits = limits.unwrap_or(adapter.limits());
+        let (d, q) = lowbit::Gpu::block_on(async { Ok::<_, lowbit::Error>(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }).await) }).unwrap().unwrap();
+        lowbit::Gpu::from_wgpu(&instance, &adapter, d, q, &lowbit::GpuOptions::fallback())
+    };
+    let decoder_dir = root().join("assets/models/digits-vqgan");
+    let tokens = TokenGrid::new(&[1, 8, 8], (0..64).map(|i| (i * 37 % 256) as i64).collect()).unwrap();
+    let images: Vec<Vec<f32>> = [None, Some(wgpu::Limits::default())]
+        .into_iter()
+        .map(|limits| {
+            let gpu = device(limits);
+            let dec = lowbit::models::vqgan::VqganDecoder::from_pretrained(&gpu, &decoder_dir, None, WeightFormat::F32).unwrap();
+            dec.decode(&gpu, &tokens).unwrap().to_vec_f32(&gpu).unwrap()
+        })
+        .collect();
+    common::assert_nmse("decode under the browser's default limits", &images[1], &images[0], common::F32_NMSE);
 }

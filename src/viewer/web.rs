@@ -49,6 +49,7 @@ async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
         .dyn_into::<web_sys::HtmlCanvasElement>()
         .map_err(|_| format!("#{canvas_id} is not a canvas"))?;
     let request = UrlAction::from_page()?;
+    let gpu_options = gpu_options_from_page()?;
     let options = eframe::WebOptions { renderer: eframe::Renderer::Wgpu, wgpu_options: wgpu_configuration(), ..Default::default() };
     eframe::WebRunner::new()
         .start(
@@ -57,7 +58,7 @@ async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
             Box::new(move |cc| {
                 // A missing render state leaves the app up with an error message, as natively.
                 let engine = match cc.wgpu_render_state.as_ref() {
-                    Some(rs) => Ok(Engine::new(Gpu::from_wgpu(&rs.instance, &rs.adapter, rs.device.clone(), rs.queue.clone(), &GpuOptions::default()), "assets".into())),
+                    Some(rs) => Ok(Engine::new(Gpu::from_wgpu(&rs.instance, &rs.adapter, rs.device.clone(), rs.queue.clone(), &gpu_options), "assets".into())),
                     None => Err("eframe started without the wgpu renderer".to_string()),
                 };
                 let app = ViewerApp::new(engine, "f32", None)?;
@@ -76,6 +77,28 @@ fn wgpu_configuration() -> WgpuConfiguration {
     WgpuConfiguration { wgpu_setup: WgpuSetup::CreateNew(setup), ..Default::default() }
 }
 
+/// `?disable=f16,subgroups,packed_dot` (or `all`): force the kernels' fallbacks, as
+/// `LOWBIT_DISABLE` does natively.
+fn gpu_options_from_page() -> Result<GpuOptions, String> {
+    let mut opts = GpuOptions::default();
+    let Some(list) = page_params()?.get("disable") else { return Ok(opts) };
+    for item in list.split(',').map(str::trim) {
+        match item {
+            "f16" => opts.no_f16 = true,
+            "subgroups" => opts.no_subgroups = true,
+            "packed_dot" => opts.no_packed_dot = true,
+            "all" => (opts.no_f16, opts.no_subgroups, opts.no_packed_dot) = (true, true, true),
+            other => return Err(format!("?disable={list}: unknown feature `{other}` (f16, subgroups, packed_dot, all)")),
+        }
+    }
+    Ok(opts)
+}
+
+fn page_params() -> Result<web_sys::UrlSearchParams, String> {
+    let search = web_sys::window().ok_or("no window")?.location().search().map_err(|e| describe_js(&e))?;
+    web_sys::UrlSearchParams::new_with_str(&search).map_err(|e| describe_js(&e))
+}
+
 /// `?action=generate:<class>&seed=<seed>`.
 struct UrlAction {
     text: String,
@@ -85,8 +108,7 @@ struct UrlAction {
 
 impl UrlAction {
     fn from_page() -> Result<Option<UrlAction>, String> {
-        let search = web_sys::window().ok_or("no window")?.location().search().map_err(|e| describe_js(&e))?;
-        let params = web_sys::UrlSearchParams::new_with_str(&search).map_err(|e| describe_js(&e))?;
+        let params = page_params()?;
         let Some(text) = params.get("action") else { return Ok(None) };
         let seed = match params.get("seed") {
             Some(s) => s.parse().map_err(|_| format!("?seed={s}: not a number"))?,
@@ -186,6 +208,7 @@ impl WebApp {
                     "action": request.text,
                     "seed": request.seed,
                     "adapter": engine.map(|e| e.gpu.adapter_name()),
+                    "caps": engine.map(|e| format!("{:?}", e.gpu.caps)),
                     "tokens": out.tokens.ids,
                     "token_shape": out.tokens.shape(),
                     "width": image.width(),
