@@ -50,6 +50,8 @@ async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
         .map_err(|_| format!("#{canvas_id} is not a canvas"))?;
     let request = UrlAction::from_page()?;
     let gpu_options = gpu_options_from_page()?;
+    // `?recipe=q8` (f32, q8, q4g32): the weight recipe selected at start.
+    let recipe = page_params()?.get("recipe").unwrap_or_else(|| "f32".into());
     let options = eframe::WebOptions { renderer: eframe::Renderer::Wgpu, wgpu_options: wgpu_configuration(), ..Default::default() };
     eframe::WebRunner::new()
         .start(
@@ -61,7 +63,7 @@ async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
                     Some(rs) => Ok(Engine::new(Gpu::from_wgpu(&rs.instance, &rs.adapter, rs.device.clone(), rs.queue.clone(), &gpu_options), "assets".into())),
                     None => Err("eframe started without the wgpu renderer".to_string()),
                 };
-                let app = ViewerApp::new(engine, "f32", None)?;
+                let app = ViewerApp::new(engine, &recipe, None)?;
                 Ok(Box::new(WebApp::new(app, request, &cc.egui_ctx)))
             }),
         )
@@ -209,6 +211,9 @@ impl WebApp {
                     "seed": request.seed,
                     "adapter": engine.map(|e| e.gpu.adapter_name()),
                     "caps": engine.map(|e| format!("{:?}", e.gpu.caps)),
+                    "recipe": self.app.recipe.name,
+                    // With a recipe other than f32: how far the f32 weights' image is, in levels.
+                    "vs_f32": self.app.generate.compare.as_ref().map(|c| serde_json::json!({ "max": c.max, "mean": c.mean })),
                     "tokens": out.tokens.ids,
                     "token_shape": out.tokens.shape(),
                     "width": image.width(),
