@@ -219,7 +219,7 @@ fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         for (var k = 0u; k < KB; k++) {
             base[k] = qkv_index(b, j0 + k, 1u, h);
         }
-        var s: array<vec4<f32>, 2 * QL>;
+        var s = array<vec4<f32>, 2 * QL>();
         for (var c = 0u; c < quads(); c++) {
             let k0 = qkv[base[0] + c];
             let k1 = qkv[base[1] + c];
@@ -405,7 +405,7 @@ fn attend_sage(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             base[k] = (bh * p.tokens + j) * p.d4;
             ks[k] = scales[k_scales + j / p.k_block];
         }
-        var s: array<vec4<i32>, 2 * QL>;
+        var s = array<vec4<i32>, 2 * QL>();
         for (var c = 0u; c < quads(); c++) {
             let k0 = k8[base[0] + c];
             let k1 = k8[base[1] + c];

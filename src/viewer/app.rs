@@ -1,7 +1,7 @@
 //! The eframe app: state, the frame loop (queued actions run one frame after "working…" is
 //! shown, so the UI never looks frozen without a reason) and the precision side panel.
 //!
-//! Generate and re-decode run as jobs (futures, see `Engine::generate_job`): natively they
+//! Generate, re-decode and classify run as jobs (futures, see `Engine::generate_job`): natively they
 //! complete right away; in the browser, where GPU readbacks resolve only between frames, the
 //! job runs on the page's event loop and its result is picked up by a later frame.
 
@@ -42,6 +42,7 @@ pub enum Action {
 pub enum Finished {
     Generated { out: Decoded, reference: Option<Decoded> },
     Redecoded { out: Decoded, reference: Option<Decoded> },
+    Classified { out: super::engine::Classified, f32_logits: Option<Vec<f32>> },
 }
 
 /// An action's remaining work, owning what it uses.
@@ -216,15 +217,16 @@ impl ViewerApp {
                 r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
             }
             Action::Classify(path) => {
-                let out = engine.classify(recipe, &path)?;
-                let f32_logits = if reference { Some(engine.classify(f32, &path)?.logits) } else { None };
-                let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
-                self.classify.out = Some(ClassView {
-                    input: Shown::new(ctx, "classify-input", out.input.clone()),
-                    overlay: Shown::new(ctx, "classify-rollout", overlay),
-                    result: out,
-                });
-                self.classify.f32_logits = f32_logits;
+                let job = engine.classify_job(recipe, &path)?;
+                let f32_job = if reference { Some(engine.classify_job(f32, &path)?) } else { None };
+                return Ok(Some(Box::pin(async move {
+                    let out = job.await?;
+                    let f32_logits = match f32_job {
+                        Some(j) => Some(j.await?.logits),
+                        None => None,
+                    };
+                    Ok(Finished::Classified { out, f32_logits })
+                })));
             }
             // The per-node timer reads the system clock, which wasm32 lacks (std's would panic).
             Action::Profile if cfg!(target_arch = "wasm32") => anyhow::bail!("per-node profiling is not available in the browser build"),
@@ -302,6 +304,15 @@ impl ViewerApp {
             Ok(Finished::Redecoded { out, reference }) => {
                 g.compare = reference.map(|r| compare(ctx, "generate", &out.image, r.image));
                 g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+            }
+            Ok(Finished::Classified { out, f32_logits }) => {
+                let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
+                self.classify.out = Some(ClassView {
+                    input: Shown::new(ctx, "classify-input", out.input.clone()),
+                    overlay: Shown::new(ctx, "classify-rollout", overlay),
+                    result: out,
+                });
+                self.classify.f32_logits = f32_logits;
             }
         }
     }

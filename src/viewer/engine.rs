@@ -193,11 +193,14 @@ impl Engine {
         out
     }
 
-    /// The sample images shipped in `assets/samples` whose names start with `prefix`, sorted.
+    /// The sample images shipped in `assets/samples` (or fetched there) whose names start
+    /// with `prefix`, sorted.
     pub fn samples(&self, prefix: &str) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = std::fs::read_dir(self.assets.join("samples"))
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
+        out.extend(self.fetched.keys().filter(|k| k.starts_with("samples")).map(|k| self.assets.join(k)));
+        out.dedup();
         out.retain(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             name.starts_with(prefix) && name.ends_with(".png")
@@ -328,9 +331,18 @@ impl Engine {
         Ok(self.load(recipe, &[ModelName::DigitsVqgan])?.1.digits.as_ref().unwrap().config.n_embed)
     }
 
+    /// An image file (PNG or JPEG) as RGB: fetched bytes first, else from the file system.
+    fn read_image(&self, path: &Path) -> anyhow::Result<RgbImage> {
+        if !self.fetched.keys().any(|k| path.strip_prefix(&self.assets).is_ok_and(|rel| rel == k)) {
+            return Ok(load_image(path)?);
+        }
+        let bytes = self.file_bytes(path)?;
+        Ok(image::load_from_memory(&bytes).with_context(|| format!("image {}", path.display()))?.to_rgb8())
+    }
+
     /// The center crop of `path` photo-vqgan sees, and its reconstruction.
     pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<(RgbImage, Decoded)> {
-        let photo = load_image(path)?;
+        let photo = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
         let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.as_ref().unwrap());
         let f = enc.downscale();
@@ -348,34 +360,50 @@ impl Engine {
 
     /// digits-vit's logits for `path` and the attention rollout of its class token.
     pub fn classify(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Classified> {
-        let img = load_image(path)?;
+        Gpu::block_on(self.classify_job(recipe, path)?)
+    }
+
+    /// `classify` as a future that owns what it uses (see `generate_job`): the image is read,
+    /// the model loaded and the graph planned now; running it and the readbacks come later.
+    pub fn classify_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<Classified>> + 'static> {
+        let img = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::DigitsVit])?;
         let vit = set.vit.as_ref().unwrap();
-        let c = &vit.config;
+        let c = vit.config.clone();
         let pixels = preprocess(&img, &c.preprocess)?;
         // Unshared buffers: every block's qkv output must still be readable after the run.
         let plan = Plan::unshared(gpu, vit.graph(1)?)?;
-        plan.set_input(gpu, 0, &pixels)?;
-        let logits = plan.run(gpu)?[0].to_vec_f32(gpu)?;
-        let tokens = c.tokens();
-        let mut layers = Vec::with_capacity(c.depth);
-        for n in 0..c.depth {
-            let qkv = plan.node_values(&format!("blocks.{n}.attn.qkv"))?.1.to_vec_f32(gpu)?;
-            layers.push(layer_attention(&qkv, tokens, c.num_heads, c.head_dim()));
-        }
-        let rollout = class_token_rollout(&layers, tokens);
-        let grid = c.img_size / c.patch_size;
-        if rollout.len() != grid * grid {
-            bail!("digits-vit has {} patch tokens, expected a {grid}×{grid} grid", rollout.len());
-        }
-        let (h, w) = c.preprocess.input_size;
-        let input = RgbImage::from_fn(w as u32, h as u32, |x, y| {
-            let i = y as usize * w + x as usize;
-            Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
-        });
-        Ok(Classified { input, logits, rollout, grid })
+        let gpu = self.gpu.clone();
+        Ok(async move {
+            plan.set_input(&gpu, 0, &pixels)?;
+            let logits = plan.run(&gpu)?[0].to_vec_f32_async(&gpu).await?;
+            let tokens = c.tokens();
+            let mut layers = Vec::with_capacity(c.depth);
+            for n in 0..c.depth {
+                let qkv = plan.node_values(&format!("blocks.{n}.attn.qkv"))?.1.to_vec_f32_async(&gpu).await?;
+                layers.push(layer_attention(&qkv, tokens, c.num_heads, c.head_dim()));
+            }
+            classified(&c, &pixels, logits, &layers)
+        })
     }
+}
 
+/// The classifier's result from its logits and per-layer attention.
+fn classified(c: &VitConfig, pixels: &[f32], logits: Vec<f32>, layers: &[Vec<f64>]) -> anyhow::Result<Classified> {
+    let rollout = class_token_rollout(layers, c.tokens());
+    let grid = c.img_size / c.patch_size;
+    if rollout.len() != grid * grid {
+        bail!("digits-vit has {} patch tokens, expected a {grid}×{grid} grid", rollout.len());
+    }
+    let (h, w) = c.preprocess.input_size;
+    let input = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
+    });
+    Ok(Classified { input, logits, rollout, grid })
+}
+
+impl Engine {
     /// Per-node GPU times of the model behind `m`'s main output at the shape last used:
     /// the decoder for generate/round trip (`tokens`), the classifier for classify.
     pub fn profile(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Vec<NodeTime>> {

@@ -21,9 +21,12 @@ use super::app::{Action, Tab, ViewerApp};
 use super::engine::{Engine, ModelName};
 use crate::{Gpu, GpuOptions};
 
-/// What the Generate tab needs. (Classify and the round trip read local image files, which a
-/// page cannot; they report an error instead.)
-const MODELS: [ModelName; 2] = [ModelName::DigitsPrior, ModelName::DigitsVqgan];
+/// What the Generate and Classify tabs need. (The round trip's photo-vqgan is left out: the
+/// tab has no way to open a photo in the page yet.)
+const MODELS: [ModelName; 3] = [ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::DigitsVit];
+
+/// The list of sample images `scripts/build-web` writes (a page cannot list a folder).
+const SAMPLES_INDEX: &str = "samples/index.json";
 
 /// Frames drawn with the result before it is reported, as the desktop screenshot mode waits:
 /// egui sizes some widgets a frame late.
@@ -101,10 +104,11 @@ fn page_params() -> Result<web_sys::UrlSearchParams, String> {
     web_sys::UrlSearchParams::new_with_str(&search).map_err(|e| describe_js(&e))
 }
 
-/// `?action=generate:<class>&seed=<seed>`.
+/// `?action=generate:<class>&seed=<seed>` or `?action=classify:<image>` (an image under the
+/// page, e.g. `assets/samples/digit-7-0.png`).
 struct UrlAction {
     text: String,
-    class: usize,
+    action: Action,
     seed: u64,
 }
 
@@ -116,11 +120,12 @@ impl UrlAction {
             Some(s) => s.parse().map_err(|_| format!("?seed={s}: not a number"))?,
             None => 0,
         };
-        let class = match text.split_once(':') {
-            Some(("generate", c)) => c.parse().map_err(|_| format!("?action={text}: the class must be a number"))?,
-            _ => return Err(format!("?action={text}: the browser build performs generate:<class> only")),
+        let action = match text.split_once(':') {
+            Some(("generate", c)) => Action::Generate { class: c.parse().map_err(|_| format!("?action={text}: the class must be a number"))?, seed },
+            Some(("classify", path)) if !path.is_empty() => Action::Classify(path.into()),
+            _ => return Err(format!("?action={text}: expected generate:<class> or classify:<image>")),
         };
-        Ok(Some(UrlAction { text, class, seed }))
+        Ok(Some(UrlAction { text, action, seed }))
     }
 }
 
@@ -145,10 +150,17 @@ struct WebApp {
 
 impl WebApp {
     fn new(mut app: ViewerApp, report: Option<UrlAction>, ctx: &egui::Context) -> WebApp {
-        let files: Vec<String> = MODELS.iter().flat_map(|m| m.files()).collect();
-        let downloads = Rc::new(RefCell::new(Downloads { total: files.len(), ..Default::default() }));
+        let mut files: Vec<String> = MODELS.iter().flat_map(|m| m.files()).collect();
+        let downloads = Rc::new(RefCell::new(Downloads { total: files.len() + 1, ..Default::default() }));
         let (state, ctx2) = (downloads.clone(), ctx.clone());
         wasm_bindgen_futures::spawn_local(async move {
+            // Samples are optional: without their list the tabs just offer none.
+            let samples: Vec<String> = match fetch_bytes(&format!("assets/{SAMPLES_INDEX}")).await {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            files.extend(samples.iter().map(|name| format!("samples/{name}")));
+            state.borrow_mut().total = files.len();
             for file in files {
                 let result = fetch_bytes(&format!("assets/{file}")).await;
                 let mut s = state.borrow_mut();
@@ -167,9 +179,18 @@ impl WebApp {
         });
         app.hold = Some("downloading the models…".into());
         if let Some(r) = &report {
-            app.tab = Tab::Generate;
-            (app.generate.class, app.generate.seed) = (r.class, r.seed);
-            app.request(Action::Generate { class: r.class, seed: r.seed });
+            match &r.action {
+                Action::Generate { class, seed } => {
+                    app.tab = Tab::Generate;
+                    (app.generate.class, app.generate.seed) = (*class, *seed);
+                }
+                Action::Classify(path) => {
+                    app.tab = Tab::Classify;
+                    app.classify.path = path.display().to_string();
+                }
+                _ => {}
+            }
+            app.request(r.action.clone());
         }
         WebApp { app, downloads, report, settled: 0 }
     }
@@ -199,7 +220,21 @@ impl WebApp {
         ctx.request_repaint();
         let outcome = if let Some(e) = self.app.error.clone().filter(|_| !self.app.busy() || self.app.hold.is_some()) {
             Some(serde_json::json!({ "action": request.text, "seed": request.seed, "error": e }))
-        } else if let (false, Some(out), Some(rect)) = (self.app.busy() || self.app.hold.is_some(), &self.app.generate.out, self.app.main_rect) {
+        } else if let (false, Some(out), Some(rect), Action::Classify(_)) = (self.app.busy() || self.app.hold.is_some(), &self.app.classify.out, self.app.main_rect, &request.action) {
+            self.settled += 1;
+            let ppp = ctx.pixels_per_point();
+            let image_rect = [rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64);
+            (self.settled > SETTLE_FRAMES).then(|| {
+                serde_json::json!({
+                    "action": request.text,
+                    "recipe": self.app.recipe.name,
+                    "top1": out.result.top(1)[0].0,
+                    "top5": out.result.top(5),
+                    "logits": out.result.logits,
+                    "image_rect": image_rect,
+                })
+            })
+        } else if let (false, Some(out), Some(rect), Action::Generate { .. }) = (self.app.busy() || self.app.hold.is_some(), &self.app.generate.out, self.app.main_rect, &request.action) {
             self.settled += 1;
             (self.settled > SETTLE_FRAMES).then(|| {
                 let image = &out.shown.image;
