@@ -83,7 +83,7 @@ fn browser_generate_matches_native() {
     let site = out.join("site");
     run(Command::new(root().join("scripts/build-web")).env("LOWBIT_WEB_OUT", &site).current_dir(root()), "scripts/build-web");
 
-    let (page, png) = open_page(&site, &out, "action=generate:3&seed=0", "generate");
+    let (page, png) = page_result(&site, &out, "action=generate:3&seed=0", "generate");
     eprintln!("browser adapter: {}, {}", page["adapter"], page["caps"]);
 
     // The same action natively, through the command line.
@@ -124,7 +124,7 @@ fn browser_generate_matches_native() {
     std::fs::copy(&png, &doc).unwrap();
 
     // Classify a fetched sample: digits-vit's logits as natively (same kernels, fallback caps).
-    let (page, _) = open_page(&site, &out, "action=classify:assets/samples/digit-7-0.png", "classify");
+    let (page, _) = page_result(&site, &out, "action=classify:assets/samples/digit-7-0.png", "classify");
     let native = {
         let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::fallback()).unwrap();
         let mut engine = Engine::new(gpu, root().join("assets"));
@@ -136,6 +136,13 @@ fn browser_generate_matches_native() {
     eprintln!("browser vs native logits: max |diff| {worst:.2e}; top1 {}", page["top1"]);
     assert!(worst <= MAX_LOGIT_DIFF, "the browser's logits differ by up to {worst}");
     assert_eq!(page["top1"].as_u64(), Some(native.top(1)[0].0 as u64));
+
+    // Bad input is reported in the page, as natively, instead of hanging or panicking.
+    for (query, says) in [("action=generate:42", "out of range"), ("action=classify:assets/samples/none.png", "none.png"), ("action=paint:1", "expected generate")] {
+        let (page, _) = open_page(&site, &out, query, "bad");
+        let e = page["error"].as_str().unwrap_or_else(|| panic!("?{query}: no error in {page}"));
+        assert!(e.contains(says), "?{query}: {e}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -149,6 +156,13 @@ fn open_page(site: &Path, out: &Path, query: &str, name: &str) -> (serde_json::V
     }
     run(&mut node, &format!("the page ?{query} in headless Chromium"));
     (serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap(), png)
+}
+
+/// The page's result for `query`, which must be a success.
+fn page_result(site: &Path, out: &Path, query: &str, name: &str) -> (serde_json::Value, PathBuf) {
+    let (json, png) = open_page(site, out, query, name);
+    assert!(json.get("error").is_none(), "?{query}: the page reported {json}");
+    (json, png)
 }
 
 /// Polls `fut` by hand, as a browser's event loop would, counting the polls.

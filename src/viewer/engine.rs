@@ -154,6 +154,9 @@ impl Engine {
         if let Some(bytes) = path.strip_prefix(&self.assets).ok().and_then(|rel| self.fetched.get(rel)) {
             return Ok(bytes.clone());
         }
+        if cfg!(target_arch = "wasm32") {
+            bail!("{}: not among the files the page fetched (the models and the digit samples)", path.display());
+        }
         Ok(Arc::new(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?))
     }
 
@@ -333,7 +336,8 @@ impl Engine {
 
     /// An image file (PNG or JPEG) as RGB: fetched bytes first, else from the file system.
     fn read_image(&self, path: &Path) -> anyhow::Result<RgbImage> {
-        if !self.fetched.keys().any(|k| path.strip_prefix(&self.assets).is_ok_and(|rel| rel == k)) {
+        let fetched = self.fetched.keys().any(|k| path.strip_prefix(&self.assets).is_ok_and(|rel| rel == k));
+        if !fetched && !cfg!(target_arch = "wasm32") {
             return Ok(load_image(path)?);
         }
         let bytes = self.file_bytes(path)?;

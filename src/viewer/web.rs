@@ -214,58 +214,58 @@ impl WebApp {
         self.app.hold = (d.done < d.total).then(|| format!("downloading the models: {} of {} files ({:.1} MB)…", d.done, d.total, d.bytes as f64 / 1e6));
     }
 
-    /// Writes the URL action's outcome into the page once its image has been drawn.
+    /// Writes the URL action's outcome into the page once its result has been drawn.
     fn report(&mut self, ctx: &egui::Context) {
         let Some(request) = &self.report else { return };
         ctx.request_repaint();
-        let outcome = if let Some(e) = self.app.error.clone().filter(|_| !self.app.busy() || self.app.hold.is_some()) {
-            Some(serde_json::json!({ "action": request.text, "seed": request.seed, "error": e }))
-        } else if let (false, Some(out), Some(rect), Action::Classify(_)) = (self.app.busy() || self.app.hold.is_some(), &self.app.classify.out, self.app.main_rect, &request.action) {
-            self.settled += 1;
-            let ppp = ctx.pixels_per_point();
-            let image_rect = [rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64);
-            (self.settled > SETTLE_FRAMES).then(|| {
-                serde_json::json!({
-                    "action": request.text,
-                    "recipe": self.app.recipe.name,
-                    "top1": out.result.top(1)[0].0,
-                    "top5": out.result.top(5),
-                    "logits": out.result.logits,
-                    "image_rect": image_rect,
-                })
-            })
-        } else if let (false, Some(out), Some(rect), Action::Generate { .. }) = (self.app.busy() || self.app.hold.is_some(), &self.app.generate.out, self.app.main_rect, &request.action) {
-            self.settled += 1;
-            (self.settled > SETTLE_FRAMES).then(|| {
-                let image = &out.shown.image;
+        let app = &self.app;
+        let idle = !app.busy() && app.hold.is_none();
+        let mut outcome = None;
+        // A failed action, or a failed download (which holds the action back for good).
+        if let Some(e) = app.error.as_ref().filter(|_| !app.busy() || app.hold.is_some()) {
+            outcome = Some(serde_json::json!({ "error": e }));
+        } else if let (true, Some(rect)) = (idle, app.main_rect) {
+            let result = match &request.action {
+                Action::Generate { .. } => app.generate.out.as_ref().map(|out| generate_json(app, out)),
+                Action::Classify(_) => app.classify.out.as_ref().map(|out| classify_json(&out.result)),
+                _ => None,
+            };
+            if let Some(mut json) = result {
+                self.settled += 1;
+                // Where the main image is on the canvas, in physical pixels: [x, y, w, h].
                 let ppp = ctx.pixels_per_point();
-                let engine = self.app.engine.as_ref().ok();
-                let image_rect = [rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64);
-                serde_json::json!({
-                    "action": request.text,
-                    "seed": request.seed,
-                    "adapter": engine.map(|e| e.gpu.adapter_name()),
-                    "caps": engine.map(|e| format!("{:?}", e.gpu.caps)),
-                    "recipe": self.app.recipe.name,
-                    // With a recipe other than f32: how far the f32 weights' image is, in levels.
-                    "vs_f32": self.app.generate.compare.as_ref().map(|c| serde_json::json!({ "max": c.max, "mean": c.mean })),
-                    "tokens": out.tokens.ids,
-                    "token_shape": out.tokens.shape(),
-                    "width": image.width(),
-                    "height": image.height(),
-                    "rgb": image.as_raw(),
-                    // Where the image is on the canvas, in physical pixels: [x, y, w, h].
-                    "image_rect": image_rect,
-                })
-            })
-        } else {
-            None
-        };
-        if let Some(json) = outcome {
+                json["image_rect"] = serde_json::json!([rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64));
+                outcome = (self.settled > SETTLE_FRAMES).then_some(json);
+            }
+        }
+        if let Some(mut json) = outcome {
+            json["action"] = request.text.clone().into();
+            json["seed"] = request.seed.into();
+            json["recipe"] = app.recipe.name.clone().into();
             write_result(&json);
             self.report = None;
         }
     }
+}
+
+fn generate_json(app: &ViewerApp, out: &super::app::DecodedView) -> serde_json::Value {
+    let engine = app.engine.as_ref().ok();
+    let image = &out.shown.image;
+    serde_json::json!({
+        "adapter": engine.map(|e| e.gpu.adapter_name()),
+        "caps": engine.map(|e| format!("{:?}", e.gpu.caps)),
+        // With a recipe other than f32: how far the f32 weights' image is, in levels.
+        "vs_f32": app.generate.compare.as_ref().map(|c| serde_json::json!({ "max": c.max, "mean": c.mean })),
+        "tokens": out.tokens.ids,
+        "token_shape": out.tokens.shape(),
+        "width": image.width(),
+        "height": image.height(),
+        "rgb": image.as_raw(),
+    })
+}
+
+fn classify_json(result: &super::engine::Classified) -> serde_json::Value {
+    serde_json::json!({ "top1": result.top(1)[0].0, "top5": result.top(5), "logits": result.logits })
 }
 
 impl eframe::App for WebApp {

@@ -45,7 +45,6 @@ const browser = await chromium.launch({
     '--disable-sync', '--disable-quic',
   ],
 });
-let failed = false;
 try {
   const page = await browser.newPage({ viewport: { width: 1000, height: 720 } });
   page.on('console', (m) => console.log(`[page ${m.type()}] ${m.text()}`));
@@ -57,10 +56,9 @@ try {
   console.log(`result after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   await writeFile(outJson, text);
   await page.screenshot({ path: outPng });
-  failed = 'error' in JSON.parse(text);
-  if (failed) console.error(`the page reported an error: ${text}`);
+  // An {"error": ...} result is still a result: the caller decides whether it expected one.
+  if ('error' in JSON.parse(text)) console.log(`the page reported an error: ${text}`);
 } finally {
   await browser.close();
   server.close();
 }
-process.exit(failed ? 1 : 0);
