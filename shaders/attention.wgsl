@@ -2,6 +2,9 @@
 //
 // Entries:
 //   attend_f32    f32 attention, online softmax (flash style), one query per invocation.
+//   attend_f32_pq f32 attention whose normalized probabilities P pass through a static
+//                 activation quantizer (`p.pq`) before P·V: two passes over the keys, the
+//                 first for each query's max and sum, the second for P̂·V.
 //   sage_mean     SageAttention step 1: mean of K over tokens, per (batch, head, channel).
 //   sage_quantize SageAttention step 2: Q·scale and K−mean to int8 per block of tokens
 //                 (+ V to f16 under F16).
@@ -32,6 +35,7 @@ struct Params {
     n_kb: u32,
     items: u32,      // sage_mean / sage_quantize: work items in the grid
     _pad: u32,
+    pq: AqParams,    // attend_f32_pq: the post-softmax quantizer
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -246,6 +250,146 @@ fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         accumulate_v_f32(&acc, w, b, h, j0);
     }
     write_out(&acc, l, b, h, i0, lid);
+}
+
+// ---- f32 attention with a post-softmax quantizer ----
+
+// The static activation quantizers of shaders/act_quant.wgsl; a copy, because the preprocessor
+// includes only its own fragments. The CPU reference (`ActQuantizer::apply`) checks both.
+struct AqParams {
+    kind: u32,
+    bits: u32,
+    a: f32,
+    b: f32,
+    c: f32,
+    d: f32,
+    _p0: u32,
+    _p1: u32,
+}
+
+// attend_f32_pq's quantizer kind (= `p.pq.kind`), a pipeline constant as in act_quant.wgsl.
+override PQ_KIND: u32 = 0u;
+
+fn aq_apply(v: f32, q: AqParams) -> f32 {
+    let top = f32((1u << q.bits) - 1u);
+    switch PQ_KIND {
+        case 1u: {
+            let code = clamp(round(v / q.a) + q.b, 0.0, top);
+            return (code - q.b) * q.a;
+        }
+        case 2u, 3u, 4u: {
+            if v <= 0.0 { return 0.0; }
+            let per = select(select(1.0 / q.b, 2.0, PQ_KIND == 3u), 1.0, PQ_KIND == 2u);
+            let code = round(-log2(v / q.a) * per);
+            if code > top { return 0.0; }
+            let c = i32(max(code, 0.0));
+            if PQ_KIND == 2u { return ldexp(q.a, -c); }
+            if PQ_KIND == 3u { return ldexp(q.a, -((c + 1) / 2)) * select(1.0, 1.41421356237, (c & 1) == 1); }
+            return q.a * exp2(-f32(c) * q.b);
+        }
+        case 5u: {
+            let t = v + q.a;
+            var code = 0.0;
+            if t > 0.0 { code = clamp(round((log2(t) - q.b) / q.c), 0.0, top); }
+            return exp2(code * q.c + q.b) - q.a;
+        }
+        case 6u: {
+            let half = f32((1u << (q.bits - 1u)) - 1u);
+            let lo = round(max(v, 0.0) / q.a);
+            if lo <= half { return lo * q.a; }
+            return min(round(v / q.b), half) * q.b;
+        }
+        case 7u: {
+            let half = f32((1u << (q.bits - 1u)) - 1u);
+            if v < 0.0 { return max(round(v / q.a), -half) * q.a; }
+            return min(round(v / q.b), half) * q.b;
+        }
+        default: {
+            return v;
+        }
+    }
+}
+
+// Scores of the lane's queries against the 8 keys from j0 (pairs of vec4 per query).
+fn scores_f32(q: ptr<function, Rows>, b: u32, h: u32, j0: u32) -> array<vec4<f32>, 2 * QL> {
+    var base: array<u32, 8>;
+    for (var k = 0u; k < KB; k++) {
+        base[k] = qkv_index(b, j0 + k, 1u, h);
+    }
+    var s: array<vec4<f32>, 2 * QL>;
+    for (var c = 0u; c < quads(); c++) {
+        let k0 = qkv[base[0] + c];
+        let k1 = qkv[base[1] + c];
+        let k2 = qkv[base[2] + c];
+        let k3 = qkv[base[3] + c];
+        let k4 = qkv[base[4] + c];
+        let k5 = qkv[base[5] + c];
+        let k6 = qkv[base[6] + c];
+        let k7 = qkv[base[7] + c];
+        for (var r = 0u; r < QL; r++) {
+            let x = (*q)[r][c];
+            s[2u * r] += vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
+            s[2u * r + 1u] += vec4<f32>(dot(x, k4), dot(x, k5), dot(x, k6), dot(x, k7));
+        }
+    }
+    return s;
+}
+
+fn aq_vec4(v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(aq_apply(v.x, p.pq), aq_apply(v.y, p.pq), aq_apply(v.z, p.pq), aq_apply(v.w, p.pq));
+}
+
+@compute @workgroup_size(WG)
+fn attend_f32_pq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wg.y;
+    let b = wg.z;
+    let i0 = first_query(wg);
+    var q: Rows;
+    var acc: Rows;
+    var m: array<f32, QL>;
+    var l: array<f32, QL>;
+    var limit: array<u32, QL>;
+    for (var r = 0u; r < QL; r++) {
+        let i = min(i0 + r * WG + lid, p.tokens - 1u);
+        let qi = qkv_index(b, i, 0u, h);
+        for (var c = 0u; c < quads(); c++) {
+            q[r][c] = qkv[qi + c] * p.scale;
+            acc[r][c] = vec4<f32>(0.0);
+        }
+        m[r] = NEG;
+        l[r] = 0.0;
+        limit[r] = key_limit(i);
+    }
+    let n_keys = workgroup_keys(i0);
+    // Pass 1: each query's max and softmax denominator.
+    for (var j0 = 0u; j0 < n_keys; j0 += KB) {
+        let s = scores_f32(&q, b, h, j0);
+        for (var r = 0u; r < QL; r++) {
+            let w = online_step(m[r], l[r], s[2u * r], s[2u * r + 1u], j0, limit[r]);
+            m[r] = w.m;
+            l[r] = w.l;
+        }
+    }
+    // Pass 2: the normalized probabilities, quantized, times V (nothing left to rescale).
+    for (var j0 = 0u; j0 < n_keys; j0 += KB) {
+        let s = scores_f32(&q, b, h, j0);
+        var w: array<Weights, QL>;
+        for (var r = 0u; r < QL; r++) {
+            let j = vec4<u32>(j0, j0 + 1u, j0 + 2u, j0 + 3u);
+            let inv = 1.0 / l[r];
+            let p0 = aq_vec4(exp(s[2u * r] - vec4<f32>(m[r])) * inv);
+            let p1 = aq_vec4(exp(s[2u * r + 1u] - vec4<f32>(m[r])) * inv);
+            w[r].p0 = select(vec4<f32>(0.0), p0, j < vec4<u32>(limit[r]));
+            w[r].p1 = select(vec4<f32>(0.0), p1, j + vec4<u32>(4u) < vec4<u32>(limit[r]));
+            w[r].alpha = 1.0;
+        }
+        accumulate_v_f32(&acc, w, b, h, j0);
+    }
+    var one: array<f32, QL>;
+    for (var r = 0u; r < QL; r++) {
+        one[r] = 1.0;
+    }
+    write_out(&acc, one, b, h, i0, lid);
 }
 
 // ---- SageAttention ----

@@ -245,6 +245,43 @@ fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
 }
 
 #[test]
+fn static_activation_recipes_round_trip() {
+    let dir = scratch("static-act");
+    let calib = calibration_images(&dir, 6, 32);
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let reference = logits(&vit, &image, &dir.join("ref.safetensors"));
+    for (recipe, method, min_sqnr) in [("w4a8", "repq,gptq", 12.0), ("w6a6", "smoothq,clip", 12.0), ("w4a4", "twin,noisy,clip", 3.0), ("w4a8", "adalog,gptq", 10.0)] {
+        let out = dir.join(format!("{recipe}-{}", method.replace(',', "_")));
+        ok(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", recipe, "--method", method, "--calib", calib.to_str().unwrap(), "--calib-count", "4", "--out", out.to_str().unwrap()]);
+        let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+        assert!(desc["activations"].as_str().unwrap().starts_with("simulated"), "{desc}");
+        let points = desc["activation_quantizers"].as_array().unwrap();
+        assert_eq!(points.len(), 2 * 5, "{desc}");
+        let softmax = points.iter().find(|p| p["node"] == "blocks.0.attn").unwrap();
+        let want_kind = match method.split(',').next().unwrap() {
+            "repq" => "log_sqrt2",
+            "twin" => "twin",
+            "adalog" => "adalog",
+            _ => "uniform",
+        };
+        assert_eq!(softmax["kind"], want_kind, "{desc}");
+        let block_format = desc["tensors"]["blocks.0.attn.qkv.weight"]["format"].as_str().unwrap().to_string();
+        assert_eq!(block_format, if recipe.starts_with("w4") { "q4g32" } else { "q8" });
+        let got = logits(&out, &image, &dir.join("q.safetensors"));
+        let sqnr = lowbit::metrics::sqnr_db(&got, &reference);
+        eprintln!("{recipe} {method}: logits SQNR {sqnr:.1} dB");
+        assert!(sqnr > min_sqnr && sqnr < 80.0, "{recipe} {method}: logits SQNR {sqnr} dB");
+        let profile = ok(&["classify", "--model", out.to_str().unwrap(), "--profile", image.to_str().unwrap()]);
+        assert!(profile.contains("act_quant        (8 nodes)"), "{profile}");
+    }
+    // Calibration is deterministic for a seed: the same bytes again.
+    let again = dir.join("again");
+    ok(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", "w4a4", "--method", "twin,noisy,clip", "--calib", calib.to_str().unwrap(), "--calib-count", "4", "--out", again.to_str().unwrap()]);
+    assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(dir.join("w4a4-twin_noisy_clip/model.safetensors")).unwrap());
+}
+
+#[test]
 fn quantize_vqgan_decoder_with_tokens_then_decode() {
     let dir = scratch("vqgan");
     let vq = fixture("vqgan_tiny_test");
@@ -311,7 +348,15 @@ fn bad_input_is_refused_without_output() {
     refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq", "--calib", "/nonexistent/calib", "--out", o], &["/nonexistent/calib"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w3a16", "--out", o], &["unknown recipe `w3a16`"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "rtn,magic", "--out", o], &["unknown method `magic`"], &out);
-    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "adalog", "--out", o], &["adalog", "not implemented"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "adalog", "--out", o], &["adalog", "f32 activations"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w8a8", "--method", "repq", "--out", o], &["repq", "w8a8", "per token"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w6a6", "--method", "repq,gptq", "--calib", c, "--out", o], &["gptq", "w6a6"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w6a6", "--method", "gptq", "--calib", c, "--out", o], &["gptq", "w6a6"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a8", "--method", "repq,smoothq", "--calib", c, "--out", o], &["repq", "smoothq"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a8", "--method", "log2,twin", "--calib", c, "--out", o], &["post-softmax"], &out);
+    refused(&["quantize", "--model", v, "--recipe", "w4a8", "--method", "repq,magic", "--calib", c, "--out", o], &["unknown method `magic`"], &out);
+    let vq = fixture("vqgan_tiny_test");
+    refused(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w4a4", "--calib", vq.join("io.safetensors").to_str().unwrap(), "--out", o], &["w4a4", "ViT"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq", "--out", o], &["gptq", "--calib"], &out);
     refused(&["quantize", "--model", v, "--recipe", "w4a4", "--out", o], &["w4a4", "activation"], &out);
     refused(&["quantize", "--model", v, "--recipe", "mixed:1.5", "--calib", c, "--out", o], &["mixed:1.5", "below the smallest allocation"], &out);

@@ -79,6 +79,41 @@ PHOTOS = {
     "chelsea": (_skimage("chelsea"), "scikit-image skimage.data.chelsea() (chelsea.png, Stefan van der Walt's cat)",
                 "CC0 (skimage docs: 'No copyright restrictions. CC0 by the photographer (Stefan van der Walt)')"),
 }
+# The classes of photo-vit: label -> (photo or texture, source, licence). Each class is one
+# picture; tools/train_photo_vit.py holds out the right quarter of each for its test.
+_TEXTURES = {
+    "brick": ("scikit-image skimage.data.brick() (from CC0Textures Bricks25)", "CC0 (skimage docs)"),
+    "grass": ("scikit-image skimage.data.grass() (from DeviantArt linolafett Grass-01)", "CC0 (skimage docs)"),
+    "gravel": ("scikit-image skimage.data.gravel() (from CC0Textures Gravel04)", "CC0 (skimage docs)"),
+    "hubble_deep_field": ("scikit-image skimage.data.hubble_deep_field() (HubbleSite, NASA)",
+                          "public domain (skimage docs: NASA imagery may be freely used)"),
+}
+PHOTO_CLASSES = {
+    "chelsea": ("cat",) + PHOTOS["chelsea"][1:],
+    "astronaut": ("astronaut",) + PHOTOS["astronaut"][1:],
+    "coffee": ("coffee",) + PHOTOS["coffee"][1:],
+    "rocket": ("rocket",) + PHOTOS["rocket"][1:],
+    "china": ("temple",) + PHOTOS["china"][1:],
+    "flower": ("flower",) + PHOTOS["flower"][1:],
+    "hubble_deep_field": ("galaxies",) + _TEXTURES["hubble_deep_field"],
+    "brick": ("brick wall",) + _TEXTURES["brick"],
+    "grass": ("grass",) + _TEXTURES["grass"],
+    "gravel": ("gravel",) + _TEXTURES["gravel"],
+}
+
+
+def load_class_picture(name):
+    """uint8 [H, W, 3] of a PHOTO_CLASSES entry (grey textures replicated to 3 channels)."""
+    if name in PHOTOS:
+        return load_photo(name)
+    from skimage import data
+
+    im = np.asarray(getattr(data, name)())
+    if im.ndim == 2:
+        im = np.repeat(im[..., None], 3, axis=2)
+    return np.ascontiguousarray(im[..., :3]).astype(np.uint8)
+
+
 HELDOUT_PHOTO = "chelsea"
 TRAIN_PHOTOS = ["astronaut", "coffee", "rocket", "china", "flower"]
 
@@ -163,8 +198,23 @@ def write_samples(out):
               f"`photo-{HELDOUT_PHOTO}.png` is the photograph **held out** from photo-vqgan training.", "",
               "| file | size (HxW) | source | licence |", "|---|---|---|---|"]
     lines += [f"| {fn} | {s[0]}x{s[1]} | {PHOTOS[n][1]} | {PHOTOS[n][2]} |" for fn, n, s in photos]
+    lines += ["", "`labels.json`: the expected label of each sample (digits: the digit; photographs: the photo-vit class).",
+              "The photographs overlap photo-vit's training region, so `lowbit demo` classifying them is a smoke check,",
+              "not an accuracy (photo-vit's held-out accuracy is in its model card)."]
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    write_labels(out, [n for n, _ in rows], [n for n in SAMPLE_PHOTOS])
+
+
+def write_labels(out, digit_files, photo_names):
+    """samples/labels.json: {file: expected label} for the digits and the photographs."""
+    import json
+
+    labels = {f: f.split("-")[1] for f in digit_files}
+    labels.update({f"photo-{n}.png": PHOTO_CLASSES[n][0] for n in photo_names})
+    with open(os.path.join(out, "labels.json"), "w") as f:
+        json.dump(labels, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def main():
     ap.add_argument("--vqgan", default="assets/models/digits-vqgan")
     ap.add_argument("--vit", default="assets/models/digits-vit")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-layer", type=int, default=4)
@@ -216,7 +216,7 @@ def main():
     if not args.eval_only:
         metrics = {"heldout_nll_nats_per_token": round(te_nll, 4), "params": n_params, "vocab_size": vocab,
                    "train_sequences": len(ztr), "train_seconds": round(train_s, 1), "steps": args.steps,
-                   "batch": args.batch, "seed": args.seed}
+                   "batch": args.batch, "seed": args.seed, "cfg_dropout": args.cfg_dropout}
     sampling = {"temperature": 1.0, "top_k": 100}
     if os.path.exists(os.path.join(args.vit, "model.safetensors")):
         vit = load_vit(args.vit)

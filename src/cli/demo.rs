@@ -1,6 +1,7 @@
 //! `lowbit demo`: the shipped models end to end, in f32 and in low-bit weights, on this adapter.
 //!
-//! For each precision: classify the sample digits with digits-vit; generate digits of every
+//! For each precision: classify the sample digits with digits-vit and the sample photographs
+//! with photo-vit; generate digits of every
 //! class with digits-prior + digits-vqgan and check them with digits-vit (the fraction
 //! classified as the class asked for, and the Fréchet distance of digits-vit features to the
 //! real samples); round-trip a photograph through photo-vqgan (encode → tokens → decode) and
@@ -51,6 +52,8 @@ struct Row {
     precision: String,
     weight_bytes: usize,
     sample_top1: f64,
+    /// photo-vit's top-1 label for each sample photograph, in `photos` order.
+    photo_labels: Vec<String>,
     class_match: f64,
     frechet: f64,
     photo_psnr: f64,
@@ -99,19 +102,42 @@ fn classify(gpu: &Gpu, vit: &VisionTransformer, images: &[RgbImage]) -> anyhow::
     Ok((out[0].to_vec_f32(gpu)?, out[1].to_vec_f32(gpu)?))
 }
 
+/// Sample photographs `photo-<name>.png` with their expected photo-vit labels, from
+/// `samples/labels.json` ({"photo-chelsea.png": "cat", ...}).
+fn sample_photos(samples: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let path = samples.join("labels.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let labels: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let photos: Vec<(PathBuf, String)> = labels.into_iter().filter(|(name, _)| name.starts_with("photo-")).map(|(name, label)| (samples.join(name), label)).collect();
+    if photos.is_empty() {
+        bail!("{} lists no photo-<name>.png samples", path.display());
+    }
+    Ok(photos)
+}
+
 fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs, real: &[(PathBuf, usize)], photo: &RgbImage) -> anyhow::Result<Row> {
+/// The inputs every precision sees.
+struct Inputs {
+    digits: Vec<(PathBuf, usize)>,
+    photos: Vec<(PathBuf, String)>,
+    /// The round trip's photograph (held out from photo-vqgan's training).
+    roundtrip: RgbImage,
+}
+
+fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs, inputs: &Inputs) -> anyhow::Result<Row> {
+    let (real, photo) = (&inputs.digits, &inputs.roundtrip);
     let start = Instant::now();
     let models = assets.join("models");
     let vit = VisionTransformer::from_pretrained(gpu, &models.join("digits-vit"), None, format)?;
+    let photo_vit = VisionTransformer::from_pretrained(gpu, &models.join("photo-vit"), None, format)?;
     let prior = Prior::from_pretrained(gpu, &models.join("digits-prior"), format)?;
     let digits = VqganDecoder::from_pretrained(gpu, &models.join("digits-vqgan"), None, format)?;
     let photo_enc = VqganEncoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
     let photo_dec = VqganDecoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
-    let weight_bytes = ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan"]
+    let weight_bytes = ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan", "photo-vit"]
         .iter()
         .map(|m| Ok(weight_summary(&models.join(m))?.bytes(format)))
         .sum::<anyhow::Result<usize>>()?;
@@ -121,6 +147,10 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
     let (logits, real_features) = classify(gpu, &vit, &real_images)?;
     let classes = vit.output_dim();
     let correct = logits.chunks(classes).zip(real).filter(|(row, (_, label))| argmax(row) == *label).count();
+    let photos: Vec<RgbImage> = inputs.photos.iter().map(|(p, _)| load_image(p)).collect::<crate::Result<_>>()?;
+    let (logits, _) = classify(gpu, &photo_vit, &photos)?;
+    let labels = &photo_vit.config.label_names;
+    let photo_labels: Vec<String> = logits.chunks(photo_vit.output_dim()).map(|row| labels.get(argmax(row)).cloned().unwrap_or_else(|| argmax(row).to_string())).collect();
 
     // Generate every class, decode, and ask digits-vit what it sees.
     let opts = prior.config.sampling.unwrap_or_default();
@@ -150,6 +180,7 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
         precision: format.name(),
         weight_bytes,
         sample_top1: 100.0 * correct as f64 / real.len() as f64,
+        photo_labels,
         class_match: 100.0 * matched as f64 / generated.len() as f64,
         frechet,
         photo_psnr,
@@ -164,10 +195,10 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let assets = assets_dir(args.assets.as_deref())?;
     let samples = assets.join("samples");
     println!("lowbit demo on {} ({:?}); models from {}", gpu.adapter_name(), gpu.class, assets.display());
-    let real = sample_digits(&samples)?;
     // Held out from photo-vqgan's training (see its model card).
     let photo_path = samples.join("photo-chelsea.png");
-    let photo = load_image(&photo_path)?;
+    let inputs = Inputs { digits: sample_digits(&samples)?, photos: sample_photos(&samples)?, roundtrip: load_image(&photo_path)? };
+    let photo = &inputs.roundtrip;
     if photo.width() < args.photo_size as u32 || photo.height() < args.photo_size as u32 {
         bail!("{} is smaller than --photo-size {}", photo_path.display(), args.photo_size);
     }
@@ -175,7 +206,7 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for p in &args.precisions {
         let format = WeightFormat::parse(p)?;
-        let row = run_precision(gpu, &assets, format, &args, &real, &photo).with_context(|| format!("precision {p}"))?;
+        let row = run_precision(gpu, &assets, format, &args, &inputs).with_context(|| format!("precision {p}"))?;
         row.generated.save(args.out.join(format!("generated-{}.png", row.precision)))?;
         row.roundtrip.save(args.out.join(format!("roundtrip-{}.png", row.precision)))?;
         rows.push(row);
@@ -185,22 +216,29 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let sheet_path = args.out.join("contact-sheet.png");
     sheet.save(&sheet_path)?;
 
-    println!("\n{:<9} {:>10} {:>12} {:>14} {:>10} {:>12} {:>8}", "weights", "size MB", "samples top1", "gen → class %", "Fréchet", "photo PSNR", "time s");
+    let photo_hits = |r: &Row| r.photo_labels.iter().zip(&inputs.photos).filter(|(got, (_, want))| got == &want).count();
+    println!("\n{:<9} {:>10} {:>12} {:>8} {:>14} {:>10} {:>12} {:>8}", "weights", "size MB", "digits top1", "photos", "gen → class %", "Fréchet", "photo PSNR", "time s");
     for r in &rows {
         println!(
-            "{:<9} {:>10.2} {:>11.1}% {:>13.1}% {:>10.2} {:>9.2} dB {:>8.1}",
+            "{:<9} {:>10.2} {:>11.1}% {:>6}/{} {:>13.1}% {:>10.2} {:>9.2} dB {:>8.1}",
             r.precision,
             r.weight_bytes as f64 / 1e6,
             r.sample_top1,
+            photo_hits(r),
+            inputs.photos.len(),
             r.class_match,
             r.frechet,
             r.photo_psnr,
             r.seconds
         );
     }
+    for (i, (path, want)) in inputs.photos.iter().enumerate() {
+        let got: Vec<&str> = rows.iter().map(|r| r.photo_labels[i].as_str()).collect();
+        println!("photo-vit on {}: {} (expected {want})", path.display(), got.join(" / "));
+    }
     println!(
         "\n{} sample digits; {} generated per class; Fréchet distance of digits-vit features, generated vs the samples; photo: {}×{} crop of {}",
-        real.len(),
+        inputs.digits.len(),
         args.per_class,
         args.photo_size,
         args.photo_size,
@@ -211,6 +249,8 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         .map(|r| {
             serde_json::json!({
                 "precision": r.precision, "weight_bytes": r.weight_bytes, "sample_top1": r.sample_top1,
+                "photo_top1": 100.0 * photo_hits(r) as f64 / inputs.photos.len() as f64,
+                "photo_labels": inputs.photos.iter().zip(&r.photo_labels).map(|((p, _), l)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), l.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                 "generated_class_match": r.class_match, "frechet_distance": r.frechet, "photo_psnr_db": r.photo_psnr, "seconds": r.seconds,
             })
         })

@@ -17,7 +17,9 @@ pub struct QuantizeArgs {
     /// w8a16, w4a16, ternary, fp4, mixed:<average bits> (e.g. mixed:4.5); w8a8, w6a6, w4a8, w4a4.
     #[arg(long, value_name = "RECIPE")]
     pub recipe: String,
-    /// Comma list of rtn, clip, gptq (default: clip, plus gptq when --calib is given).
+    /// Comma list of rtn, clip, gptq (weights) and, for w6a6/w4a8/w4a4, repq, smoothq, noisy,
+    /// log2, adalog, sulq, twin (activations). Default: clip, plus gptq when --calib is given;
+    /// w4a8 noisy,adalog,gptq,clip; w4a4 repq,noisy,adalog,gptq,clip; w6a6 repq,adalog,clip.
     #[arg(long, value_name = "LIST")]
     pub method: Option<String>,
     /// Calibration images (a folder, searched recursively) or, for a VQGAN decoder, a

@@ -1,11 +1,14 @@
 //! Graph ops whose activations run in low precision: the W8A8 Linear (per-token dynamic int8
 //! activations × int8 weights, i32 accumulation: `kernels::w8a8`), used by checkpoints that
-//! `lowbit quantize --recipe w8a8` wrote.
+//! `lowbit quantize --recipe w8a8` wrote; and the static activation fake-quantizers of the
+//! W6A6/W4A8/W4A4 recipes (`kernels::act_quant`, and attention with a post-softmax quantizer).
 
 use std::sync::{Arc, OnceLock};
 
 use super::ir::{Graph, Value};
-use crate::gpu::DType;
+use crate::gpu::{DType, Tensor};
+use crate::kernels::act_quant::{act_quant, act_quant_noise, ActQuantizer};
+use crate::kernels::attention::{attention_quantized, AttentionParams};
 use crate::kernels::w8a8::{w8a8_forward, QuantizedActivations, W8A8Linear};
 use crate::{shape_err, Result};
 
@@ -29,5 +32,34 @@ impl Graph {
             }
             w8a8_forward(gpu, enc, &layer, i[0], scratch.get().unwrap(), out)
         }))
+    }
+}
+
+impl Graph {
+    /// Fake-quantizes `x` in place with a static activation quantizer (after adding
+    /// NoisyQuant's `noise` [width] to every row, when given). `x` must not be read afterwards
+    /// by anyone expecting the unquantized values: the planner enforces it.
+    pub fn act_quant(&mut self, name: &str, x: Value, q: ActQuantizer, noise: Option<Tensor>) -> Result<Value> {
+        q.validate()?;
+        let Some(&width) = self.shape(x).last() else { shape_err!("{name}: a scalar input") };
+        if let Some(n) = &noise {
+            if n.numel() != width {
+                shape_err!("{name}: noise has {} values, rows have {width}", n.numel());
+            }
+        }
+        Ok(self.node_inplace(name, "act_quant", x, &[], move |gpu, enc, _, out| match &noise {
+            Some(n) => act_quant_noise(gpu, enc, out, n, &q),
+            None => act_quant(gpu, enc, out, &q),
+        }))
+    }
+
+    /// Multi-head attention whose normalized probabilities are fake-quantized by `pq` before
+    /// P·V (a post-softmax activation quantizer).
+    pub fn attention_quantized(&mut self, name: &str, qkv: Value, p: AttentionParams, pq: ActQuantizer) -> Result<Value> {
+        pq.validate()?;
+        if self.shape(qkv) != p.qkv_shape() {
+            shape_err!("{name}: qkv is {:?}, the attention expects {:?}", self.shape(qkv), p.qkv_shape());
+        }
+        Ok(self.node(name, "attention", &[qkv], &p.out_shape(), DType::F32, move |gpu, enc, i, out| attention_quantized(gpu, enc, i[0], out, p, &pq)))
     }
 }

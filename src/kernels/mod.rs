@@ -2,6 +2,7 @@
 //! reference (`reference` submodule or `*_reference` fns), and its benchmark cases; its shader
 //! is `shaders/<family>.wgsl`.
 
+pub mod act_quant;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;

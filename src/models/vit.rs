@@ -18,6 +18,8 @@ use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::matmul::QLinear;
 use crate::kernels::w8a8::W8A8Linear;
+use crate::kernels::act_quant::ActQuantizer;
+use crate::quant::actq::QuantPoint;
 use crate::quant::WeightFormat;
 use crate::{invalid, shape_err, Gpu, Result};
 
@@ -40,6 +42,51 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     ls2: Option<Tensor>,
+    /// Static activation quantizers (W6A6/W4A8/W4A4 checkpoints); all None otherwise.
+    quant: BlockQuant,
+}
+
+/// A Linear input's quantizer, with NoisyQuant's noise when it has one.
+type InputQuant = Option<(ActQuantizer, Option<Tensor>)>;
+
+#[derive(Default)]
+struct BlockQuant {
+    qkv: InputQuant,
+    proj: InputQuant,
+    fc1: InputQuant,
+    fc2: InputQuant,
+    softmax: Option<ActQuantizer>,
+}
+
+impl BlockQuant {
+    /// Takes block `n`'s quantizers out of `points` (what is left afterwards is unknown).
+    fn take(gpu: &Gpu, w: &Weights, n: usize, points: &mut Vec<QuantPoint>, widths: [usize; 4]) -> Result<BlockQuant> {
+        let mut take = |name: &str| -> Option<QuantPoint> {
+            let node = format!("blocks.{n}.{name}");
+            let i = points.iter().position(|p| p.node == node)?;
+            Some(points.remove(i))
+        };
+        let mut input = |name: &str, width: usize| -> Result<InputQuant> {
+            let Some(p) = take(name) else { return Ok(None) };
+            let noise = p.noise.as_ref().map(|key| Tensor::from_f32(gpu, &[width], w.get(key, &[width])?)).transpose()?;
+            Ok(Some((p.quantizer, noise)))
+        };
+        Ok(BlockQuant {
+            qkv: input("attn.qkv", widths[0])?,
+            proj: input("attn.proj", widths[1])?,
+            fc1: input("mlp.fc1", widths[2])?,
+            fc2: input("mlp.fc2", widths[3])?,
+            softmax: take("attn").map(|p| p.quantizer),
+        })
+    }
+}
+
+/// `x` through the Linear input quantizer `q` (named `{linear}.act_quant`), if there is one.
+fn quantize_input(g: &mut Graph, linear: &str, x: Value, q: &InputQuant) -> Result<Value> {
+    match q {
+        Some((q, noise)) => g.act_quant(&format!("{linear}.act_quant"), x, *q, noise.clone()),
+        None => Ok(x),
+    }
 }
 
 pub struct VisionTransformer {
@@ -112,6 +159,7 @@ impl VisionTransformer {
             let gamma = if c.init_values.is_some() { Some(w.get(key, &[d])?) } else { w.get_optional(key, &[d])? };
             gamma.map(|g| Tensor::from_f32(gpu, &[d], g)).transpose()
         };
+        let mut points = crate::quant::actq::points(crate::quant::packed::Description::of(w)?.as_ref())?;
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
             let b = format!("blocks.{i}");
@@ -124,7 +172,11 @@ impl VisionTransformer {
                 fc1: load_block_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format, true)?,
                 fc2: load_block_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format, false)?,
                 ls2: layer_scale(&format!("{b}.ls2.gamma"))?,
+                quant: BlockQuant::take(gpu, w, i, &mut points, [d, d, d, hidden])?,
             });
+        }
+        if let Some(p) = points.first() {
+            invalid!("checkpoint {}: activation quantizer at `{}`, which is not a block Linear or attention of this model", w.source, p.node);
         }
         if w.contains(&format!("blocks.{}.norm1.weight", c.depth)) {
             invalid!("checkpoint {} has more than the configured {} blocks", w.source, c.depth);
@@ -190,13 +242,21 @@ impl VisionTransformer {
         let attn = AttentionParams::new(b, t, c.num_heads, c.head_dim());
         for (n, blk) in self.blocks.iter().enumerate() {
             let p = |name: &str| format!("blocks.{n}.{name}");
+            let q = &blk.quant;
             let h = g.layer_norm(&p("norm1"), x, &blk.norm1, LN_EPS)?;
+            let h = quantize_input(&mut g, &p("attn.qkv"), h, &q.qkv)?;
             let qkv = linear(&mut g, &p("attn.qkv"), &blk.qkv, h, None)?;
-            let heads = g.attention(&p("attn"), qkv, attn)?;
+            let heads = match q.softmax {
+                Some(pq) => g.attention_quantized(&p("attn"), qkv, attn, pq)?,
+                None => g.attention(&p("attn"), qkv, attn)?,
+            };
+            let heads = quantize_input(&mut g, &p("attn.proj"), heads, &q.proj)?;
             let h = linear(&mut g, &p("attn.proj"), &blk.proj, heads, None)?;
             x = residual(&mut g, &p("ls1"), x, h, blk.ls1.as_ref())?;
             let h = g.layer_norm(&p("norm2"), x, &blk.norm2, LN_EPS)?;
+            let h = quantize_input(&mut g, &p("mlp.fc1"), h, &q.fc1)?;
             let h = linear(&mut g, &p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
+            let h = quantize_input(&mut g, &p("mlp.fc2"), h, &q.fc2)?;
             let h = linear(&mut g, &p("mlp.fc2"), &blk.fc2, h, None)?;
             x = residual(&mut g, &p("ls2"), x, h, blk.ls2.as_ref())?;
         }

@@ -134,6 +134,22 @@ impl Model {
         Ok(out)
     }
 
+    /// Runs the model with weights `w` over the calibration batches and hands the first input
+    /// of each node in `nodes` (read back from an unshared plan) and its shape to `visit`.
+    pub fn visit_inputs(&self, gpu: &Gpu, w: &Weights, calib: &Calibration, nodes: &[String], mut visit: impl FnMut(&str, &[f32], &[usize]) -> Result<()>) -> Result<()> {
+        let model = self.build(gpu, w)?;
+        for batch in calib.batches()? {
+            let plan = Plan::unshared(gpu, model.graph(batch.count(), calib)?)?;
+            batch.set(gpu, &plan)?;
+            plan.run(gpu)?;
+            for node in nodes {
+                let (inputs, _) = plan.node_values(node)?;
+                visit(node, &inputs[0].to_vec_f32(gpu)?, &inputs[0].shape)?;
+            }
+        }
+        Ok(())
+    }
+
     /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights.
     pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
         let mut out: HashMap<String, Hessian> = layers.iter().map(|l| (l.key.clone(), Hessian::new(l.cols()))).collect();

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::act_calib::{self, ActMethods};
+use super::actq::Kind;
 use super::calibrate::{Calibration, Family, Layer, Model, Progress};
 use super::gptq::{GptqOptions, Hessian};
 use super::packed::{Description, PackedTensor};
@@ -62,33 +64,42 @@ pub enum Method {
     Gptq,
 }
 
-/// Methods of the seed papers that need activation quantization, not in this quantizer yet.
-const NOT_YET: [&str; 7] = ["repq", "log2", "adalog", "sulq", "twin", "noisy", "smoothq"];
+/// Methods that choose how activations are quantized (recipes w6a6, w4a8, w4a4).
+pub const ACT_METHODS: [&str; 7] = ["repq", "log2", "adalog", "sulq", "twin", "noisy", "smoothq"];
 
-/// The choice of codes for every matrix: a combination of `rtn`, `clip`, `gptq`.
+/// The choice of codes for every matrix (`rtn`, `clip`, `gptq`) and, for the static activation
+/// recipes, of the activation quantizers (`ACT_METHODS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Methods {
     pub clip: bool,
     pub gptq: bool,
+    pub act: ActMethods,
 }
 
 impl Methods {
     pub fn parse(list: &str) -> Result<Methods> {
-        let mut m = Methods { clip: false, gptq: false };
+        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default() };
         let mut rtn = false;
         for name in list.split(',').map(str::trim) {
             match name {
                 "rtn" => rtn = true,
                 "clip" => m.clip = true,
                 "gptq" => m.gptq = true,
-                _ if NOT_YET.contains(&name) => {
-                    invalid!("method `{name}` quantizes activations and is not implemented in lowbit quantize yet (implemented: rtn, clip, gptq)")
-                }
-                _ => invalid!("unknown method `{name}` (rtn, clip, gptq; planned: {})", NOT_YET.join(", ")),
+                "repq" => m.act.repq = true,
+                "smoothq" => m.act.smooth = true,
+                "noisy" => m.act.noisy = true,
+                "log2" => m.act.set_quantizers(Kind::Log2, None)?,
+                "adalog" => m.act.set_quantizers(Kind::AdaLog, None)?,
+                "sulq" => m.act.set_quantizers(Kind::Sulq, Some(Kind::Sulq))?,
+                "twin" => m.act.set_quantizers(Kind::Twin { gelu: false }, Some(Kind::Twin { gelu: true }))?,
+                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq; activations: {})", ACT_METHODS.join(", ")),
             }
         }
         if rtn && m.clip {
             invalid!("methods rtn and clip contradict each other: rtn rounds the absmax range, clip searches it");
+        }
+        if m.act.repq && m.act.smooth {
+            invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
         }
         Ok(m)
     }
@@ -96,15 +107,42 @@ impl Methods {
     /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
     /// given whether calibration data was passed.
     pub fn default_for(calibrated: bool) -> Methods {
-        Methods { clip: true, gptq: calibrated }
+        Methods { clip: true, gptq: calibrated, act: ActMethods::default() }
+    }
+
+    /// The default of the static activation recipes (calibration is required for them): the
+    /// combination with the best logits SQNR on digits-vit (docs/QUANTIZATION.md). The AdaLog
+    /// post-softmax quantizer wins at every width; RepQ's reparameterization at 6 and 4 bits,
+    /// NoisyQuant at 8 and 4; W6 has no GPTQ.
+    pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
+        let act = ActMethods { repq: act_bits <= 6, noisy: act_bits != 6, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
+        Methods { clip: true, gptq: weight_bits != 6, act }
     }
 
     pub fn name(&self) -> String {
-        match (self.gptq, self.clip) {
-            (true, true) => "gptq+clip".into(),
-            (true, false) => "gptq".into(),
-            (false, true) => "clip".into(),
-            (false, false) => "rtn".into(),
+        let weights = match (self.gptq, self.clip) {
+            (true, true) => "gptq+clip",
+            (true, false) => "gptq",
+            (false, true) => "clip",
+            (false, false) => "rtn",
+        };
+        let mut names = self.act.names();
+        names.insert(0, weights);
+        names.join("+")
+    }
+
+    /// Refuses activation methods on a recipe whose activations they cannot touch.
+    fn check_recipe(&self, recipe: &Recipe) -> Result<()> {
+        if self.gptq && matches!(recipe, Recipe::Activations { weight_bits: 6, .. }) {
+            invalid!("method gptq: recipe w6a6 stores 6-bit codes with rtn/clip only (no 6-bit GPTQ grid); use --method repq,clip");
+        }
+        let Some(first) = self.act.names().first().copied() else { return Ok(()) };
+        match recipe {
+            Recipe::Activations { weight_bits: 8, act_bits: 8, .. } => {
+                invalid!("method {first} calibrates static activation quantizers; recipe w8a8 quantizes activations per token at run time (use w6a6, w4a8 or w4a4)")
+            }
+            Recipe::Activations { .. } => Ok(()),
+            _ => invalid!("method {first} quantizes activations; recipe {} keeps f32 activations (use w6a6, w4a8 or w4a4)", recipe.name()),
         }
     }
 }
@@ -144,28 +182,37 @@ pub fn quantize_matrix(w: &[f32], rows: usize, cols: usize, format: WeightFormat
 /// Quantizes the model at `model_path` into the folder `out` (created; must not exist).
 pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Result<Report> {
     let recipe = Recipe::parse(&opts.recipe)?;
-    let methods = match &opts.methods {
-        Some(list) => Methods::parse(list)?,
-        None => Methods::default_for(opts.calib.is_some()),
+    // W6A6/W4A8/W4A4: static activation quantizers, simulated in f32 (`act_calib`).
+    let static_act = match recipe {
+        Recipe::Activations { weight_bits, act_bits, .. } if (weight_bits, act_bits) != (8, 8) => Some((weight_bits, act_bits)),
+        _ => None,
     };
+    let methods = match (&opts.methods, static_act) {
+        (Some(list), _) => Methods::parse(list)?,
+        (None, Some((wb, ab))) => Methods::default_for_activations(wb, ab),
+        (None, None) => Methods::default_for(opts.calib.is_some()),
+    };
+    methods.check_recipe(&recipe)?;
     if out.exists() {
         invalid!("--out {}: already exists (choose a new folder; nothing is overwritten)", out.display());
     }
-    let model = Model::load(model_path)?;
+    let mut model = Model::load(model_path)?;
     if model.is_quantized()? {
         invalid!("model {}: already quantized by lowbit quantize; quantize the f32 original instead", model_path.display());
     }
     match (&recipe, &model.family) {
         (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Vit(_)) => {}
         (Recipe::Activations { name, weight_bits: 8, act_bits: 8 }, _) => invalid!("recipe {name}: int8 activations run in ViT Linear layers only (the W8A8 kernel); quantize a VQGAN with a weight-only recipe"),
+        (Recipe::Activations { .. }, Family::Vit(_)) => {}
         (Recipe::Activations { name, .. }, _) => {
-            invalid!("recipe {name}: static activation quantization (RepQ-ViT/log2 quantizers) is not implemented in lowbit quantize yet; use w8a8 or a weight-only recipe ({RECIPES})")
+            invalid!("recipe {name}: static activation quantizers are placed in ViT blocks only; quantize a VQGAN with a weight-only recipe ({RECIPES})")
         }
         _ => {}
     }
     let needs_calib = methods.gptq || matches!(recipe, Recipe::Mixed { .. });
     let calib = match &opts.calib {
         Some(dir) => Some(Calibration::load(gpu, &model, dir, opts.calib_count, opts.seed)?),
+        None if static_act.is_some() => invalid!("recipe {} calibrates static activation scales on images: pass --calib DIR", recipe.name()),
         None if methods.gptq => invalid!("method gptq needs calibration inputs: pass --calib DIR"),
         None if needs_calib => invalid!("recipe {} measures layer sensitivities on calibration inputs: pass --calib DIR", recipe.name()),
         None => None,
@@ -174,6 +221,18 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     if layers.is_empty() {
         invalid!("model {}: no matrices to quantize", model_path.display());
     }
+    // Activation quantizers first: RepQ/SmoothQuant fold maps into the weights GPTQ then sees.
+    let act_points = match (static_act, &calib) {
+        (Some((wb, ab)), Some(c)) => {
+            let mut progress = Progress::new("calibrating activation quantizers", 1);
+            let prepared = act_calib::prepare(gpu, &model, c, ab, wb, methods.act, opts.seed)?;
+            progress.step(1);
+            progress.finish();
+            model.weights = prepared.weights;
+            prepared.points
+        }
+        _ => Vec::new(),
+    };
     // Layers GPTQ cannot see (a VQGAN encoder calibrated with tokens) fall back to clip/rtn.
     let hessians: HashMap<String, Hessian> = match (&calib, methods.gptq) {
         (Some(c), true) => {
@@ -191,7 +250,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians)?;
             (a.formats(), Some(a))
         }
-        Recipe::Activations { .. } => (layers.iter().map(|l| (l.key.clone(), WeightFormat::Q8 { group: None })).collect(), None),
+        Recipe::Activations { weight_bits, .. } => (layers.iter().map(|l| (l.key.clone(), activation_recipe_format(&l.key, *weight_bits))).collect(), None),
     };
 
     let mut report = Report { layers: Vec::new(), methods, packed_bytes: 0, f32_bytes: 0, params: 0, mixed: allocation };
@@ -203,7 +262,9 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         let w = &model.weights.tensors[&l.key].data;
         let h = hessians.get(&l.key);
         let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
-        let m = quantize_matrix(w, l.rows(), l.cols(), format, used, h).map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?;
+        let six_bit = matches!(static_act, Some((6, _))) && l.key.starts_with("blocks.");
+        let m = if six_bit { act_calib::six_bit(w, l.rows(), l.cols(), used.clip) } else { quantize_matrix(w, l.rows(), l.cols(), format, used, h) };
+        let m = m.map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?;
         let err = crate::metrics::nmse(&m.dequantize(), w);
         report.layers.push((l.key.clone(), format, used.name(), err));
         let extra = BTreeMap::from([("method".to_string(), json!(used.name()))]);
@@ -222,11 +283,19 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     report.f32_bytes = 4 * report.params;
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
-    let activations = match recipe {
-        Recipe::Activations { .. } => crate::models::vit::INT8_ACTIVATIONS,
-        _ => "f32 (weight-only)",
+    let activations = match (&recipe, static_act) {
+        (_, Some((_, ab))) => format!("simulated {ab}-bit static per-tensor (fake-quantized in f32 at the `{}` points)", super::actq::KEY),
+        (Recipe::Activations { .. }, None) => crate::models::vit::INT8_ACTIVATIONS.to_string(),
+        _ => "f32 (weight-only)".to_string(),
     };
     desc.extra.insert("activations".into(), json!(activations));
+    if static_act.is_some() {
+        desc.extra.insert(super::actq::KEY.into(), json!(act_points));
+        desc.extra.insert(format!("{}_schema", super::actq::KEY), json!(super::actq::SCHEMA));
+    }
+    if let Some((6, _)) = static_act {
+        desc.extra.insert("weight_storage".into(), json!("block Linears: 6-bit codes (±31) stored in q8 words, so the file has int8 size"));
+    }
     if let Some(c) = &calib {
         desc.extra.insert("calibration".into(), json!({"source": c.source, "count": c.count(), "seed": opts.seed}));
     }
@@ -235,6 +304,16 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     }
     write_folder(&model, &packed, &floats, &desc, out)?;
     Ok(report)
+}
+
+/// The weight format of matrix `key` under a static activation recipe: block Linears at the
+/// recipe's bits (6-bit codes live in Q8 words), the patch embedding and head at 8 bits (as
+/// RepQ-ViT and PTQ4ViT keep the first and last layers).
+fn activation_recipe_format(key: &str, weight_bits: u32) -> WeightFormat {
+    match (key.starts_with("blocks."), weight_bits) {
+        (true, 4) => WeightFormat::Q4 { group: 32, zero_point: false },
+        _ => WeightFormat::Q8 { group: None },
+    }
 }
 
 /// Writes into a temporary folder beside `out` and renames it at the end, so a failure leaves

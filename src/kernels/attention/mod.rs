@@ -14,8 +14,9 @@
 pub mod kv_cache;
 mod reference;
 
-pub use reference::{attention_reference, realistic_qkv, sage_reference};
+pub use reference::{attention_quantized_reference, attention_reference, realistic_qkv, sage_reference};
 
+use super::act_quant::{ActQuantizer, AqParams};
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{AdapterClass, DType, Shader, Tensor};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
@@ -128,6 +129,8 @@ struct Params {
     n_kb: u32,
     items: u32,
     _pad: u32,
+    /// attend_f32_pq's post-softmax quantizer (identity elsewhere).
+    pq: AqParams,
 }
 
 impl Params {
@@ -145,6 +148,7 @@ impl Params {
             n_kb: 0,
             items: 0,
             _pad: 0,
+            pq: AqParams::default(),
         }
     }
 }
@@ -238,6 +242,33 @@ pub fn attention_with_layout(
     layout.check(gpu)?;
     let pipe = gpu.pipeline(&SHADER, "attend_f32", &layout.defines(p.head_dim), &layout.constants())?;
     gpu.dispatch(enc, &pipe, params(&Params::new(&p)), &[&qkv.buffer, &out.buffer], layout.grid(&p))
+}
+
+/// `attention` with the normalized probabilities P quantized by `pq` before P·V (the
+/// post-softmax activation quantizer of the W6A6/W4A8/W4A4 recipes, simulated in f32).
+pub fn attention_quantized(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: AttentionParams, pq: &ActQuantizer) -> Result<()> {
+    attention_quantized_with_layout(gpu, enc, qkv, out, p, pq, Layout::for_gpu(gpu))
+}
+
+/// `attention_quantized` with an explicit query-to-invocation mapping.
+pub fn attention_quantized_with_layout(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    qkv: &Tensor,
+    out: &Tensor,
+    p: AttentionParams,
+    pq: &ActQuantizer,
+    layout: Layout,
+) -> Result<()> {
+    p.validate(gpu)?;
+    p.check_tensors(qkv, out)?;
+    pq.validate()?;
+    layout.check(gpu)?;
+    let pq = pq.shader_params();
+    let constants = [layout.constants()[0], ("PQ_KIND", pq.kind as f64)];
+    let pipe = gpu.pipeline(&SHADER, "attend_f32_pq", &layout.defines(p.head_dim), &constants)?;
+    let u = Params { pq, ..Params::new(&p) };
+    gpu.dispatch(enc, &pipe, params(&u), &[&qkv.buffer, &out.buffer], layout.grid(&p))
 }
 
 /// Intermediate buffers of `sage_attention`, reusable across calls of the same shape.

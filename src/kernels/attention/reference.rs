@@ -5,6 +5,7 @@
 use half::f16;
 
 use super::{AttentionParams, SageOptions};
+use crate::kernels::act_quant::ActQuantizer;
 use crate::{invalid, shape_err, Result};
 
 fn check_len(qkv: &[f32], p: &AttentionParams) -> Result<()> {
@@ -64,6 +65,36 @@ pub fn attention_reference(qkv: &[f32], p: &AttentionParams) -> Result<Vec<f32>>
         dot * p.scale as f64
     };
     Ok(attend(p, score, |b, h, j, d| qkv[at(p, b, j, 2, h, d)] as f64))
+}
+
+/// `attention_quantized` on the CPU: scores, max and sum in f64, then each normalized
+/// probability rounded to f32 and quantized by `pq` (`ActQuantizer::apply`), P̂·V in f64.
+pub fn attention_quantized_reference(qkv: &[f32], p: &AttentionParams, pq: &ActQuantizer) -> Result<Vec<f32>> {
+    check_len(qkv, p)?;
+    pq.validate()?;
+    let (t, hd) = (p.tokens, p.heads * p.head_dim);
+    let mut out = vec![0f32; p.batch * t * hd];
+    let mut s = vec![0f64; t];
+    for b in 0..p.batch {
+        for h in 0..p.heads {
+            for i in 0..t {
+                let keys = if p.causal { i + 1 } else { t };
+                for (j, sj) in s[..keys].iter_mut().enumerate() {
+                    let dot: f64 = (0..p.head_dim).map(|d| qkv[at(p, b, i, 0, h, d)] as f64 * qkv[at(p, b, j, 1, h, d)] as f64).sum();
+                    *sj = dot * p.scale as f64;
+                }
+                let m = s[..keys].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let l: f64 = s[..keys].iter().map(|&x| (x - m).exp()).sum();
+                let probs: Vec<f64> = s[..keys].iter().map(|&x| pq.apply(((x - m).exp() / l) as f32) as f64).collect();
+                let row = (b * t + i) * hd + h * p.head_dim;
+                for d in 0..p.head_dim {
+                    let acc: f64 = probs.iter().enumerate().map(|(j, pj)| pj * qkv[at(p, b, j, 2, h, d)] as f64).sum();
+                    out[row + d] = acc as f32;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// int8 values (as i32) of one of Q or K, layout [B, H, T, D], and one scale per

@@ -1,0 +1,264 @@
+//! Calibration of the static activation quantizers of the W6A6/W4A8/W4A4 recipes on a ViT:
+//!
+//! 1. (repq / smoothq) One float pass collects the post-LayerNorm inputs of qkv and fc1 (and,
+//!    for smoothq, proj's input); each gets its per-channel map folded into the weights
+//!    (`repq.rs`, `smooth.rs`), which leaves the float model's function unchanged.
+//! 2. A float pass of the folded model ("parallel" calibration, as PTQ4ViT: every quantizer sees
+//!    float inputs) collects every block Linear's input and the attention probabilities, and
+//!    each quantizer is fitted on them (`actq::fit`); NoisyQuant searches its noise here.
+//!
+//! The result is the folded weights plus the list of quantizers the checkpoint records.
+
+use std::collections::HashMap;
+
+use super::actq::{fit, per_channel, Kind, QuantPoint};
+use super::calibrate::{Calibration, Family, Model};
+use super::repq::{fold_attention_v, fold_layer_norm, repq_map};
+use super::{noisy, smooth};
+use crate::kernels::act_quant::ActQuantizer;
+use crate::models::weights::WeightTensor;
+use crate::models::Weights;
+use crate::{invalid, Gpu, Result};
+
+/// Rows of each Linear's input kept for the searches (evenly spaced over calibration).
+const ROWS: usize = 2048;
+/// Rows the output-error searches (NoisyQuant, SmoothQuant) multiply through the weights.
+const SEARCH_ROWS: usize = 256;
+
+/// The activation methods of `--method` (the weight methods are `recipe::Methods`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActMethods {
+    pub repq: bool,
+    pub smooth: bool,
+    pub noisy: bool,
+    /// The post-softmax quantizer (None: RepQ's log√2 with repq, else uniform).
+    pub softmax: Option<Kind>,
+    /// The post-GELU quantizer (None: uniform).
+    pub gelu: Option<Kind>,
+}
+
+impl ActMethods {
+    pub fn any(&self) -> bool {
+        *self != ActMethods::default()
+    }
+
+    /// The names `--method` takes, in a fixed order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.repq {
+            out.push("repq");
+        }
+        if self.smooth {
+            out.push("smoothq");
+        }
+        if self.noisy {
+            out.push("noisy");
+        }
+        match self.softmax {
+            Some(Kind::Log2) => out.push("log2"),
+            Some(Kind::AdaLog) => out.push("adalog"),
+            Some(Kind::Sulq) => out.push("sulq"),
+            Some(Kind::Twin { .. }) => out.push("twin"),
+            _ => {}
+        }
+        out
+    }
+
+    /// The post-softmax (and post-GELU) quantizers of one of log2/adalog/sulq/twin.
+    pub fn set_quantizers(&mut self, softmax: Kind, gelu: Option<Kind>) -> Result<()> {
+        if self.softmax.is_some() {
+            invalid!("methods log2, adalog, sulq and twin each choose the post-softmax quantizer; pick one");
+        }
+        self.softmax = Some(softmax);
+        self.gelu = gelu;
+        Ok(())
+    }
+
+    fn softmax_kind(&self) -> Kind {
+        self.softmax.unwrap_or(if self.repq { Kind::LogSqrt2 } else { Kind::Uniform })
+    }
+}
+
+/// What calibration made: the folded f32 weights (with NoisyQuant's noise tensors added) and
+/// the quantizers.
+pub struct Prepared {
+    pub weights: Weights,
+    pub points: Vec<QuantPoint>,
+}
+
+const LINEARS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"];
+
+/// Calibrates the activation quantizers at `act_bits` (weights will be `weight_bits`) of the
+/// ViT `model` on `calib`.
+pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, weight_bits: u32, m: ActMethods, seed: u64) -> Result<Prepared> {
+    let Family::Vit(cfg) = &model.family else { invalid!("static activation quantization runs on ViTs only") };
+    if m.repq && m.smooth {
+        invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
+    }
+    let (d, depth, heads) = (cfg.embed_dim, cfg.depth, cfg.num_heads);
+    let mut w = model.weights.clone();
+
+    // Stage 1: per-channel maps folded into the weights.
+    let mut repq_grids: HashMap<String, ActQuantizer> = HashMap::new();
+    if m.repq || m.smooth {
+        let mut nodes = Vec::new();
+        for n in 0..depth {
+            nodes.push(format!("blocks.{n}.attn.qkv"));
+            nodes.push(format!("blocks.{n}.mlp.fc1"));
+            if m.smooth {
+                nodes.push(format!("blocks.{n}.attn.proj"));
+            }
+        }
+        let inputs = collect_rows(gpu, model, &w, calib, &nodes)?;
+        for n in 0..depth {
+            let b = format!("blocks.{n}");
+            for (norm, linear) in [("norm1", "attn.qkv"), ("norm2", "mlp.fc1")] {
+                let node = format!("{b}.{linear}");
+                let x = &inputs[&node];
+                if m.repq {
+                    let (map, scale, zero) = repq_map(&per_channel(x, d, act_bits)?);
+                    fold_layer_norm(&mut w, &format!("{b}.{norm}"), &[&node], &map)?;
+                    repq_grids.insert(node, ActQuantizer::Uniform { bits: act_bits, scale, zero });
+                } else if let Some(map) = smooth::search(&thin_rows(x, d, SEARCH_ROWS), weight(&w, &node)?, d, weight_bits, act_bits)? {
+                    fold_layer_norm(&mut w, &format!("{b}.{norm}"), &[&node], &map)?;
+                }
+            }
+            if m.smooth && (cfg.qkv_bias || w.contains(&format!("{b}.attn.qkv.bias"))) {
+                let node = format!("{b}.attn.proj");
+                if let Some(map) = smooth::search(&thin_rows(&inputs[&node], d, SEARCH_ROWS), weight(&w, &node)?, d, weight_bits, act_bits)? {
+                    fold_attention_v(&mut w, &format!("{b}.attn.qkv"), &node, &map)?;
+                }
+            }
+        }
+    }
+
+    // Stage 2: every quantizer on float inputs of the folded model.
+    let mut nodes = Vec::new();
+    for n in 0..depth {
+        nodes.extend(LINEARS.iter().map(|l| format!("blocks.{n}.{l}")));
+        nodes.push(format!("blocks.{n}.attn"));
+    }
+    let mut probs: HashMap<String, Vec<f32>> = HashMap::new();
+    let inputs = {
+        let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
+        model.visit_inputs(gpu, &w, calib, &nodes, |node, x, shape| {
+            if node.ends_with(".attn") {
+                probs.entry(node.to_string()).or_default().extend(softmax_sample(x, shape, heads)?);
+            } else {
+                let width = *shape.last().unwrap_or(&1);
+                rows.entry(node.to_string()).or_default().extend(thin_rows(x, width, ROWS));
+            }
+            Ok(())
+        })?;
+        rows
+    };
+    let mut points = Vec::new();
+    for n in 0..depth {
+        for l in LINEARS {
+            let node = format!("blocks.{n}.{l}");
+            let x = &inputs[&node];
+            let kind = if l == "mlp.fc2" { m.gelu.unwrap_or(Kind::Uniform) } else { Kind::Uniform };
+            let quantizer = match repq_grids.get(&node) {
+                Some(q) => *q,
+                None => fit(kind, act_bits, x)?,
+            };
+            let mut point = QuantPoint { node: node.clone(), quantizer, noise: None };
+            let bias_key = format!("{node}.bias");
+            if m.noisy && kind == Kind::Uniform && w.tensors.contains_key(&bias_key) {
+                let cols = w.tensors[&format!("{node}.weight")].shape[1];
+                let sample = thin_rows(x, cols, SEARCH_ROWS);
+                let seed = seed ^ (n as u64 * 16 + LINEARS.iter().position(|v| *v == l).unwrap() as u64);
+                if let Some(found) = noisy::search(&sample, weight(&w, &node)?, cols, &quantizer, seed)? {
+                    let wt = w.tensors[&format!("{node}.weight")].data.clone();
+                    noisy::fold_bias(&mut w.tensors.get_mut(&bias_key).unwrap().data, &wt, &found.noise);
+                    let key = format!("{node}.act_noise");
+                    w.tensors.insert(key.clone(), WeightTensor { shape: vec![cols], data: found.noise });
+                    point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(key) };
+                }
+            }
+            points.push(point);
+        }
+        let node = format!("blocks.{n}.attn");
+        points.push(QuantPoint { node: node.clone(), quantizer: fit(m.softmax_kind(), act_bits, &probs[&node])?, noise: None });
+    }
+    Ok(Prepared { weights: w, points })
+}
+
+fn weight<'a>(w: &'a Weights, node: &str) -> Result<&'a [f32]> {
+    match w.tensors.get(&format!("{node}.weight")) {
+        Some(t) => Ok(&t.data),
+        None => invalid!("{node}: no f32 weight"),
+    }
+}
+
+/// At most `max` evenly spaced rows of `width` values.
+fn thin_rows(x: &[f32], width: usize, max: usize) -> Vec<f32> {
+    let rows = x.len() / width;
+    let step = rows.div_ceil(max).max(1);
+    x.chunks(width).step_by(step).flatten().copied().collect()
+}
+
+/// Each node's input rows over the calibration set (thinned to ROWS per pass).
+fn collect_rows(gpu: &Gpu, model: &Model, w: &Weights, calib: &Calibration, nodes: &[String]) -> Result<HashMap<String, Vec<f32>>> {
+    let mut out: HashMap<String, Vec<f32>> = HashMap::new();
+    model.visit_inputs(gpu, w, calib, nodes, |node, x, shape| {
+        out.entry(node.to_string()).or_default().extend(thin_rows(x, *shape.last().unwrap_or(&1), ROWS));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Normalized attention probabilities of some queries (every query up to 64 per batch and
+/// head) from the fused qkv [B, T, 3·H·D], as the attention kernel computes them.
+fn softmax_sample(qkv: &[f32], shape: &[usize], heads: usize) -> Result<Vec<f32>> {
+    let &[b, t, width] = shape else { invalid!("attention input {shape:?} is not [B, T, 3·H·D]") };
+    let hd = width / 3;
+    let dim = hd / heads;
+    let scale = (dim as f64).powf(-0.5);
+    let step = t.div_ceil(64).max(1);
+    let mut out = Vec::new();
+    let mut s = vec![0f64; t];
+    for bi in 0..b {
+        let row = |j: usize| &qkv[(bi * t + j) * width..(bi * t + j + 1) * width];
+        for h in 0..heads {
+            for i in (0..t).step_by(step) {
+                let q = &row(i)[h * dim..(h + 1) * dim];
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let k = &row(j)[hd + h * dim..hd + (h + 1) * dim];
+                    *sj = q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale;
+                }
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let l: f64 = s.iter().map(|v| (v - mx).exp()).sum();
+                out.extend(s.iter().map(|v| ((v - mx).exp() / l) as f32));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A matrix on a 6-bit symmetric grid (codes ±31, one f16 scale per row) stored in the Q8
+/// format: the kernels read it as int8, the file has int8 size. `clip` searches each row's
+/// range as `clip.rs` does.
+pub fn six_bit(w: &[f32], rows: usize, cols: usize, clip: bool) -> Result<crate::quant::PackedMatrix> {
+    use crate::quant::rtn::{quantize_with, Group};
+    let format = crate::quant::WeightFormat::Q8 { group: None };
+    let code = |v: f32, s: f32| if s > 0.0 { (v / s).round().clamp(-31.0, 31.0) } else { 0.0 };
+    let ratios = if clip { crate::quant::clip::ratios(format) } else { vec![1.0] };
+    let mut choice = quantize_with(w, rows, cols, format, |vals| {
+        let absmax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut best = (f64::INFINITY, 0f32);
+        for &r in &ratios {
+            let s = half::f16::from_f32(absmax * r / 31.0).to_f32();
+            let e: f64 = vals.iter().map(|&v| (v - code(v, s) * s) as f64).map(|e| e * e).sum();
+            if e < best.0 {
+                best = (e, s);
+            }
+        }
+        Group { scale: best.1, zero: 0 }
+    })?;
+    // quantize_with rounded on Q8's ±127 range: clamp onto the 6-bit grid.
+    for (i, c) in choice.codes.iter_mut().enumerate() {
+        *c = (code(w[i], choice.groups[i / cols].scale) as i32 as u32) & 0xff;
+    }
+    choice.pack()
+}
