@@ -26,7 +26,7 @@ mod common;
 
 /// Largest |browser − native| per channel in 8-bit levels: SwiftShader and lavapipe round
 /// some float operations differently, which can move a pixel by a level after PNG rounding
-/// (measured: one value of 3072 differs, by 1; identical to the native fallback kernels). A
+/// (measured: identical, or one value of 3072 off by 1, as the native fallback kernels). A
 /// wrong image differs by tens of levels. (Before a shader fix the browser was 17 levels off
 /// on edges: see `attention.wgsl`'s explicitly zeroed score array.)
 const MAX_ABS_DIFF: u8 = 2;
