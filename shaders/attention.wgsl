@@ -223,7 +223,9 @@ fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         for (var k = 0u; k < KB; k++) {
             base[k] = qkv_index(b, j0 + k, 1u, h);
         }
-        var s: array<vec4<f32>, 2 * QL>;
+        // Zeroed explicitly: Chromium (Tint on SwiftShader) did not re-zero a plain `var s: T;`
+        // declared in this loop on each step, so scores summed across key blocks.
+        var s = array<vec4<f32>, 2 * QL>();
         for (var c = 0u; c < quads(); c++) {
             let k0 = qkv[base[0] + c];
             let k1 = qkv[base[1] + c];
@@ -495,7 +497,8 @@ fn attend_sage(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             base[k] = (bh * p.tokens + j) * p.d4;
             ks[k] = scales[k_scales + j / p.k_block];
         }
-        var s: array<vec4<i32>, 2 * QL>;
+        // Zeroed explicitly, as in attend_f32.
+        var s = array<vec4<i32>, 2 * QL>();
         for (var c = 0u; c < quads(); c++) {
             let k0 = k8[base[0] + c];
             let k1 = k8[base[1] + c];

@@ -134,21 +134,21 @@ fn decode(word: u32, offset: f32) -> mat4x4<f32> {
     v[0] = vec4<f32>(unpack2x16float(word), 0.0, 0.0);
 #endif
 #if FMT_Q8
-    v[0] = magic4((w4 ^ vec4<u32>(0x80808080u)) >> vec4<u32>(0u, 8u, 16u, 24u) & vec4<u32>(0xFFu), offset);
+    v[0] = magic4(((w4 ^ vec4<u32>(0x80808080u)) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFFu), offset);
 #endif
 #if FMT_Q4
-    v[0] = magic4(w4 >> vec4<u32>(0u, 4u, 8u, 12u) & vec4<u32>(0xFu), offset);
-    v[1] = magic4(w4 >> vec4<u32>(16u, 20u, 24u, 28u) & vec4<u32>(0xFu), offset);
+    v[0] = magic4((w4 >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(0xFu), offset);
+    v[1] = magic4((w4 >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(0xFu), offset);
 #endif
 #if FMT_Q4Z
-    v[0] = magic4(w4 >> vec4<u32>(0u, 4u, 8u, 12u) & vec4<u32>(0xFu), offset);
-    v[1] = magic4(w4 >> vec4<u32>(16u, 20u, 24u, 28u) & vec4<u32>(0xFu), offset);
+    v[0] = magic4((w4 >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(0xFu), offset);
+    v[1] = magic4((w4 >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(0xFu), offset);
 #endif
 #if FMT_TERNARY
-    v[0] = magic4(w4 >> vec4<u32>(0u, 2u, 4u, 6u) & vec4<u32>(3u), offset);
-    v[1] = magic4(w4 >> vec4<u32>(8u, 10u, 12u, 14u) & vec4<u32>(3u), offset);
-    v[2] = magic4(w4 >> vec4<u32>(16u, 18u, 20u, 22u) & vec4<u32>(3u), offset);
-    v[3] = magic4(w4 >> vec4<u32>(24u, 26u, 28u, 30u) & vec4<u32>(3u), offset);
+    v[0] = magic4((w4 >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u), offset);
+    v[1] = magic4((w4 >> vec4<u32>(8u, 10u, 12u, 14u)) & vec4<u32>(3u), offset);
+    v[2] = magic4((w4 >> vec4<u32>(16u, 18u, 20u, 22u)) & vec4<u32>(3u), offset);
+    v[3] = magic4((w4 >> vec4<u32>(24u, 26u, 28u, 30u)) & vec4<u32>(3u), offset);
 #endif
 #if FMT_FP4
     // E2M1 → f16 bits: magnitude (e e m) to bits 11..9, sign to bit 15. Read as f16 this is

@@ -15,8 +15,9 @@
 
 override WG: u32 = 64u;
 
-// Largest finite f32; a score never starts out better than this.
-const BIG: f32 = 3.4028235e38;
+// Largest finite f32 (rounded from just below it: the browsers' WGSL compilers reject a literal
+// above f32::MAX such as 3.4028235e38); a score never starts out better than this.
+const BIG: f32 = 3.40282346e38;
 
 // vec4s in one uniform block of codes (64 KiB, WebGPU's default uniform binding limit). On a
 // CPU rasterizer uniform-buffer reads are far cheaper than storage reads, so there codes are

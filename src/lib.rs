@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod models;
 pub mod quant;
 pub mod synthetic;
+// The command line (clap, files, terminals) has no place in the browser build.
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 #[cfg(feature = "viewer")]
 pub mod viewer;

@@ -2,7 +2,10 @@
 //! packed low-bit weights live in their own structs (`kernels::matmul::QLinear`) built on
 //! the same upload and readback helpers.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use wgpu::util::DeviceExt;
 
@@ -91,17 +94,27 @@ impl Tensor {
     }
 
     pub fn to_vec_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        Gpu::block_on(self.to_vec_f32_async(gpu))
+    }
+
+    /// `to_vec_f32` without blocking (the only way in the browser).
+    pub async fn to_vec_f32_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         if self.dtype != DType::F32 {
             return Err(Error::Invalid(format!("to_vec_f32 on a {:?} tensor", self.dtype)));
         }
-        Ok(bytemuck::cast_slice(&gpu.read_bytes(&self.buffer, self.bytes())?).to_vec())
+        Ok(bytemuck::cast_slice(&gpu.read_bytes_async(&self.buffer, self.bytes()).await?).to_vec())
     }
 
     pub fn to_vec_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        Gpu::block_on(self.to_vec_u32_async(gpu))
+    }
+
+    /// `to_vec_u32` without blocking (the only way in the browser).
+    pub async fn to_vec_u32_async(&self, gpu: &Gpu) -> Result<Vec<u32>> {
         if self.dtype == DType::F32 {
             return Err(Error::Invalid("to_vec_u32 on an f32 tensor".into()));
         }
-        Ok(bytemuck::cast_slice(&gpu.read_bytes(&self.buffer, self.bytes())?).to_vec())
+        Ok(bytemuck::cast_slice(&gpu.read_bytes_async(&self.buffer, self.bytes()).await?).to_vec())
     }
 
     /// Errors unless the shape is exactly `want` (for kernels' argument checks).
@@ -175,8 +188,17 @@ impl Gpu {
         Ok(())
     }
 
-    /// Copies `len` bytes from the start of `buffer` back to the CPU (blocking).
+    /// Copies `len` bytes from the start of `buffer` back to the CPU (blocking; in the browser
+    /// an error, see `Gpu::block_on`).
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        Gpu::block_on(self.read_bytes_async(buffer, len))
+    }
+
+    /// Copies `len` bytes from the start of `buffer` back to the CPU. Natively the device is
+    /// polled until the copy is mapped, so the future is ready when first polled; in the
+    /// browser the mapping completes only once control returns to the event loop, so this
+    /// really waits there.
+    pub async fn read_bytes_async(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
         let size = padded_size(len);
         let staging = self.scoped(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -189,16 +211,17 @@ impl Gpu {
         let mut enc = self.encoder();
         enc.raw().copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
         self.submit(enc)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        let mapped = OneShot::default();
+        let done = mapped.clone();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| done.send(r));
         self.wait()?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::DeviceLost(format!("readback failed: {e}"))),
-            Err(_) => return Err(Error::DeviceLost("readback never completed".into())),
+        match mapped.await {
+            Ok(()) => {}
+            Err(e) => return Err(self.lost_or_uncaptured(Error::DeviceLost(format!("readback failed: {e}")))),
         }
+        // In the browser, errors of the work before this readback have been reported by now.
+        self.check_lost()?;
+        self.check_uncaptured()?;
         let view = staging
             .slice(..)
             .get_mapped_range()
@@ -207,5 +230,51 @@ impl Gpu {
         drop(view);
         staging.unmap();
         Ok(out)
+    }
+
+    /// A failed mapping usually follows an earlier error: report that one when there is one.
+    fn lost_or_uncaptured(&self, e: Error) -> Error {
+        self.check_lost().and_then(|()| self.check_uncaptured()).err().unwrap_or(e)
+    }
+}
+
+/// A single-value channel whose receiving end is a future: `map_async`'s callback sends,
+/// the readback awaits (no executor-specific channel needed on either target).
+struct OneShot<T>(Arc<Mutex<(Option<T>, Option<Waker>)>>);
+
+impl<T> Clone for OneShot<T> {
+    fn clone(&self) -> Self {
+        OneShot(self.0.clone())
+    }
+}
+
+impl<T> Default for OneShot<T> {
+    fn default() -> Self {
+        OneShot(Arc::new(Mutex::new((None, None))))
+    }
+}
+
+impl<T> OneShot<T> {
+    fn send(&self, value: T) {
+        let mut slot = self.0.lock().unwrap();
+        slot.0 = Some(value);
+        if let Some(waker) = slot.1.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> Future for OneShot<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.0.lock().unwrap();
+        match slot.0.take() {
+            Some(value) => Poll::Ready(value),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }

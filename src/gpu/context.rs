@@ -4,6 +4,7 @@
 //! default handler panics. Here every submission runs inside error scopes and a device-lost
 //! callback records the reason, so callers get a `Result` instead of a crash.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::pipelines::PipelineCache;
@@ -95,18 +96,56 @@ impl Gpu {
         Self::with_options(&GpuOptions::from_env())
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: &GpuOptions) -> Result<Self> {
         pollster::block_on(Self::open(opts))
     }
 
+    /// The browser's main thread cannot block on the adapter request: use `Gpu::open(..).await`
+    /// (or share a device with `from_wgpu`, as the web viewer does).
+    #[cfg(target_arch = "wasm32")]
+    pub fn with_options(_opts: &GpuOptions) -> Result<Self> {
+        Err(Error::NoAdapter(" synchronously in the browser (use `Gpu::open(..).await`)".into()))
+    }
+
     /// Every adapter wgpu can see under `WGPU_BACKEND` (for `--adapter` and `lowbit devices`).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn adapters() -> Vec<wgpu::AdapterInfo> {
         let instance = instance();
         let backends = backends();
         pollster::block_on(instance.enumerate_adapters(backends)).iter().map(|a| a.get_info()).collect()
     }
 
-    async fn open(opts: &GpuOptions) -> Result<Self> {
+    /// The browser offers one adapter, through an asynchronous request only.
+    #[cfg(target_arch = "wasm32")]
+    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+        Vec::new()
+    }
+
+    /// Runs an engine future to completion: the sync API (`read_bytes`, `PriorSession::step`,
+    /// `generate`, ...) is its async twin under this, so both targets share one code path.
+    /// Natively it blocks (the futures only wait on `device.poll`, so they finish promptly).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn block_on<T, E: From<Error>>(fut: impl Future<Output = std::result::Result<T, E>>) -> std::result::Result<T, E> {
+        pollster::block_on(fut)
+    }
+
+    /// The browser's main thread must not block, so the future is polled once: work that
+    /// needs no readback completes; anything that would have to wait for the GPU is an error
+    /// that names the async version to use instead.
+    #[cfg(target_arch = "wasm32")]
+    pub fn block_on<T, E: From<Error>>(fut: impl Future<Output = std::result::Result<T, E>>) -> std::result::Result<T, E> {
+        let mut fut = std::pin::pin!(fut);
+        match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => Err(E::from(Error::Invalid(
+                "this call waits for a GPU readback, which cannot block in the browser: use its async version (e.g. read_bytes_async, to_vec_f32_async, generate_classes_async)".into(),
+            ))),
+        }
+    }
+
+    /// Opens the best adapter (as `with_options`) without blocking: the way in on the web.
+    pub async fn open(opts: &GpuOptions) -> Result<Self> {
         let instance = instance();
         let backends = backends();
         let mut adapters = instance.enumerate_adapters(backends).await;
@@ -247,7 +286,9 @@ impl Gpu {
         Ok(index)
     }
 
-    /// Blocks until all submitted work is done.
+    /// Blocks until all submitted work is done. In the browser this returns at once: the
+    /// browser polls the device itself and the queue keeps submissions in order; what must
+    /// wait for results awaits a readback instead (`read_bytes_async`).
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -257,6 +298,7 @@ impl Gpu {
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch
     /// into an `Error`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -266,13 +308,34 @@ impl Gpu {
         if let Some(e) = o.or(v) {
             return Err(self.lost_or(convert_error(e)));
         }
-        if let Some(e) = self.uncaptured.lock().unwrap().take() {
-            return Err(e);
-        }
+        self.check_uncaptured()?;
         Ok(out)
     }
 
-    fn check_lost(&self) -> Result<()> {
+    /// In the browser a popped scope's error arrives only after control returns to the event
+    /// loop, and the main thread must never block waiting for it. Pushing scopes and dropping
+    /// their futures would swallow the errors, so no scopes here: every error reaches the
+    /// device's uncaptured-error handler instead, which fills the slot checked below, and the
+    /// async readbacks (`read_bytes_async`) check it again after each await, when the browser
+    /// has had the chance to report errors of the work submitted before. An error thus
+    /// surfaces at the next check rather than at the call that caused it.
+    #[cfg(target_arch = "wasm32")]
+    pub fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let out = f();
+        self.check_lost()?;
+        self.check_uncaptured()?;
+        Ok(out)
+    }
+
+    /// The first error no scope caught since the last check, if any.
+    pub(crate) fn check_uncaptured(&self) -> Result<()> {
+        match self.uncaptured.lock().unwrap().take() {
+            Some(e) => Err(self.lost_or(e)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_lost(&self) -> Result<()> {
         match self.lost.lock().unwrap().clone() {
             Some(msg) => Err(Error::DeviceLost(msg)),
             None => Ok(()),

@@ -218,21 +218,34 @@ impl PriorSession<'_> {
     /// Appends `tokens` ids per sequence (`ids` row-major [B, tokens]) and returns the logits
     /// after the last of them, [B, V] row-major: the distribution of each sequence's next token.
     pub fn prefill(&mut self, gpu: &Gpu, ids: &[u32], tokens: usize) -> Result<Vec<f32>> {
+        Gpu::block_on(self.prefill_async(gpu, ids, tokens))
+    }
+
+    /// `prefill` without blocking on the logits' readback (the browser's way).
+    pub async fn prefill_async(&mut self, gpu: &Gpu, ids: &[u32], tokens: usize) -> Result<Vec<f32>> {
         if tokens == 1 {
-            return self.step(gpu, ids);
+            return self.step_async(gpu, ids).await;
         }
         let pass = self.check_and_pass(gpu, ids, tokens)?;
         self.run(gpu, &pass, ids)?;
-        self.last_logits(gpu, &pass)
+        self.last_logits(gpu, &pass).await
     }
 
     /// Appends one id per sequence (`ids` [B]) and returns the next-token logits [B, V].
     pub fn step(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Vec<f32>> {
+        Gpu::block_on(self.step_async(gpu, ids))
+    }
+
+    /// `step` without blocking on the logits' readback (the browser's way).
+    pub async fn step_async(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Vec<f32>> {
         let pass = match self.step_pass.take() {
             Some(p) => p,
             None => self.check_and_pass(gpu, ids, 1)?,
         };
-        let result = self.check(ids, 1).and_then(|()| self.run(gpu, &pass, ids)).and_then(|()| self.last_logits(gpu, &pass));
+        let result = match self.check(ids, 1).and_then(|()| self.run(gpu, &pass, ids)) {
+            Ok(()) => self.last_logits(gpu, &pass).await,
+            Err(e) => Err(e),
+        };
         self.step_pass = Some(pass);
         result
     }
@@ -267,9 +280,9 @@ impl PriorSession<'_> {
         self.position.set(gpu, next)
     }
 
-    fn last_logits(&self, gpu: &Gpu, pass: &Pass) -> Result<Vec<f32>> {
+    async fn last_logits(&self, gpu: &Gpu, pass: &Pass) -> Result<Vec<f32>> {
         let v = self.prior.config.vocab_size;
-        let all = pass.logits.to_vec_f32(gpu)?;
+        let all = pass.logits.to_vec_f32_async(gpu).await?;
         Ok(all.chunks(pass.tokens * v).flat_map(|seq| seq[(pass.tokens - 1) * v..].to_vec()).collect())
     }
 }

@@ -126,6 +126,12 @@ pub fn generate(gpu: &Gpu, prior: &Prior, class: usize, count: usize, seed: u64,
 
 /// One token grid per entry of `classes`, all sampled in one batch.
 pub fn generate_classes(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
+    Gpu::block_on(generate_classes_async(gpu, prior, classes, seed, opts))
+}
+
+/// `generate_classes` awaiting each step's logits instead of blocking (the browser's way);
+/// the same seed gives the same tokens on both paths, as they are one loop.
+pub async fn generate_classes_async(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
     let c = &prior.config;
     if let Some(&class) = classes.iter().find(|&&k| k >= c.n_classes) {
         invalid!("class {class} is out of range: the prior knows {} classes (0..={})", c.n_classes, c.n_classes - 1);
@@ -151,7 +157,7 @@ pub fn generate_classes(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, 
     if let Some(null) = null_class {
         ids.extend(std::iter::repeat_n(null, count));
     }
-    let mut logits = session.step(gpu, &ids)?;
+    let mut logits = session.step_async(gpu, &ids).await?;
     let mut grid = vec![0u32; count * n];
     for i in 0..n {
         if null_class.is_some() {
@@ -166,7 +172,7 @@ pub fn generate_classes(gpu: &Gpu, prior: &Prior, classes: &[usize], seed: u64, 
         }
         if i + 1 < n {
             ids = next.repeat(rows / count);
-            logits = session.step(gpu, &ids)?;
+            logits = session.step_async(gpu, &ids).await?;
         }
     }
     TokenGrid::new(&[count, h, w], grid.into_iter().map(i64::from).collect())

@@ -1,11 +1,19 @@
 //! The eframe app: state, the frame loop (queued actions run one frame after "working…" is
 //! shown, so the UI never looks frozen without a reason) and the precision side panel.
+//!
+//! Generate, re-decode and classify run as jobs (futures, see `Engine::generate_job`): natively they
+//! complete right away; in the browser, where GPU readbacks resolve only between frames, the
+//! job runs on the page's event loop and its result is picked up by a later frame.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
 
 use eframe::egui::{self, Color32, Rect};
 
-use super::engine::{difference, rollout_overlay, Engine, ModelName, Recipe};
+use super::engine::{difference, rollout_overlay, Decoded, Engine, ModelName, Recipe};
 use super::screenshot::ScreenshotJob;
 use super::widgets::{self, Shown};
 use crate::graph::NodeTime;
@@ -29,6 +37,19 @@ pub enum Action {
     /// Per-node GPU times of the current tab's main model.
     Profile,
 }
+
+/// What a job produced: the recipe's output and, when compared, the f32 recipe's.
+pub enum Finished {
+    Generated { out: Decoded, reference: Option<Decoded> },
+    Redecoded { out: Decoded, reference: Option<Decoded> },
+    Classified { out: super::engine::Classified, f32_logits: Option<Vec<f32>> },
+}
+
+/// An action's remaining work, owning what it uses.
+type Job = Pin<Box<dyn Future<Output = anyhow::Result<Finished>>>>;
+
+/// Where a job running on the browser's event loop leaves its result.
+type JobSlot = Rc<RefCell<Option<anyhow::Result<Finished>>>>;
 
 /// A decoded image as shown: its tokens and texture.
 pub struct DecodedView {
@@ -90,6 +111,11 @@ pub struct ViewerApp {
     pub classify: ClassifyState,
     /// The action to run and the frame it was queued in.
     pub pending: Option<(Action, u64)>,
+    /// A started job that has not finished yet (browser only) and the action it does.
+    in_flight: Option<(Action, JobSlot)>,
+    /// Why queued actions must wait (e.g. the models are still downloading); shown in the
+    /// status bar. Set and cleared by whoever embeds the app (the web page).
+    pub hold: Option<String>,
     /// The last action per tab, re-run when the recipe changes.
     last: [Option<Action>; 3],
     pub error: Option<String>,
@@ -123,6 +149,8 @@ impl ViewerApp {
             roundtrip: RoundTripState { path: path(photo), ..Default::default() },
             classify: ClassifyState { path: path(digit), ..Default::default() },
             pending: None,
+            in_flight: None,
+            hold: None,
             last: [None, None, None],
             error: None,
             frame: 0,
@@ -138,14 +166,15 @@ impl ViewerApp {
     }
 
     pub fn busy(&self) -> bool {
-        self.pending.is_some()
+        self.pending.is_some() || self.in_flight.is_some()
     }
 
     fn tab_index(tab: Tab) -> usize {
         tab as usize
     }
 
-    fn run(&mut self, ctx: &egui::Context, action: Action) -> anyhow::Result<()> {
+    /// Performs `action`, or returns the job that finishes it.
+    fn run(&mut self, ctx: &egui::Context, action: Action) -> anyhow::Result<Option<Job>> {
         let Ok(engine) = self.engine.as_mut() else { anyhow::bail!("no GPU engine") };
         let recipe = &self.recipe;
         let f32 = &Recipe::f32();
@@ -156,23 +185,28 @@ impl ViewerApp {
         }
         match action {
             Action::Generate { class, seed } => {
-                let out = engine.generate(recipe, class, seed)?;
-                let f32_out = if reference { Some(engine.generate(f32, class, seed)?) } else { None };
-                let g = &mut self.generate;
-                g.compare = f32_out.map(|r| {
-                    // The prior runs in the recipe too, so the sampled tokens may differ.
-                    let differ = out.tokens.ids.iter().zip(&r.tokens.ids).filter(|(a, b)| a != b).count();
-                    Comparison { note: format!("the f32 prior sampled\n{differ} of {} tokens differently", r.tokens.ids.len()), ..compare(ctx, "generate", &out.image, r.image) }
-                });
-                g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
-                g.selected = None;
+                let job = engine.generate_job(recipe, class, seed)?;
+                let f32_job = if reference { Some(engine.generate_job(f32, class, seed)?) } else { None };
+                return Ok(Some(Box::pin(async move {
+                    let out = job.await?;
+                    let reference = match f32_job {
+                        Some(j) => Some(j.await?),
+                        None => None,
+                    };
+                    Ok(Finished::Generated { out, reference })
+                })));
             }
             Action::Redecode(tokens) => {
-                let out = engine.decode_digits(recipe, &tokens)?;
-                let f32_out = if reference { Some(engine.decode_digits(f32, &tokens)?) } else { None };
-                let g = &mut self.generate;
-                g.compare = f32_out.map(|r| compare(ctx, "generate", &out.image, r.image));
-                g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+                let job = engine.decode_job(recipe, &tokens)?;
+                let f32_job = if reference { Some(engine.decode_job(f32, &tokens)?) } else { None };
+                return Ok(Some(Box::pin(async move {
+                    let out = job.await?;
+                    let reference = match f32_job {
+                        Some(j) => Some(j.await?),
+                        None => None,
+                    };
+                    Ok(Finished::Redecoded { out, reference })
+                })));
             }
             Action::RoundTrip(path) => {
                 let (original, out) = engine.roundtrip(recipe, &path)?;
@@ -183,16 +217,19 @@ impl ViewerApp {
                 r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
             }
             Action::Classify(path) => {
-                let out = engine.classify(recipe, &path)?;
-                let f32_logits = if reference { Some(engine.classify(f32, &path)?.logits) } else { None };
-                let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
-                self.classify.out = Some(ClassView {
-                    input: Shown::new(ctx, "classify-input", out.input.clone()),
-                    overlay: Shown::new(ctx, "classify-rollout", overlay),
-                    result: out,
-                });
-                self.classify.f32_logits = f32_logits;
+                let job = engine.classify_job(recipe, &path)?;
+                let f32_job = if reference { Some(engine.classify_job(f32, &path)?) } else { None };
+                return Ok(Some(Box::pin(async move {
+                    let out = job.await?;
+                    let f32_logits = match f32_job {
+                        Some(j) => Some(j.await?.logits),
+                        None => None,
+                    };
+                    Ok(Finished::Classified { out, f32_logits })
+                })));
             }
+            // The per-node timer reads the system clock, which wasm32 lacks (std's would panic).
+            Action::Profile if cfg!(target_arch = "wasm32") => anyhow::bail!("per-node profiling is not available in the browser build"),
             Action::Profile => {
                 let (model, tokens) = match self.tab {
                     Tab::Generate => (ModelName::DigitsVqgan, self.generate.out.as_ref().map(|o| &o.tokens)),
@@ -203,19 +240,80 @@ impl ViewerApp {
                 self.times = Some((format!("{} ({})", model.dir(), recipe.name), times));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Runs the queued action if "working…" has been on screen for a frame.
+    /// Runs the queued action if "working…" has been on screen for a frame (and nothing holds
+    /// it back), and picks up the result of a job that finished since the last frame.
     fn run_pending(&mut self, ctx: &egui::Context) {
+        if let Some((action, slot)) = self.in_flight.take() {
+            let done = slot.borrow_mut().take();
+            match done {
+                Some(result) => self.finish(ctx, result),
+                None => self.in_flight = Some((action, slot)),
+            }
+        }
         let Some((action, queued)) = self.pending.take() else { return };
-        if queued >= self.frame {
+        if queued >= self.frame || self.hold.is_some() || self.in_flight.is_some() {
             self.pending = Some((action, queued));
             return;
         }
         self.error = None;
-        if let Err(e) = self.run(ctx, action) {
-            self.error = Some(format!("{e:#}"));
+        match self.run(ctx, action.clone()) {
+            Ok(Some(job)) => self.start(ctx, action, job),
+            Ok(None) => {}
+            Err(e) => self.error = Some(format!("{e:#}")),
+        }
+    }
+
+    /// Natively: runs the job to its end now.
+    #[cfg(not(all(target_arch = "wasm32", feature = "web")))]
+    fn start(&mut self, ctx: &egui::Context, _action: Action, job: Job) {
+        let result = crate::Gpu::block_on(job);
+        self.finish(ctx, result);
+    }
+
+    /// In the browser: runs the job on the page's event loop (its readbacks resolve between
+    /// frames); a later frame picks the result up.
+    #[cfg(all(target_arch = "wasm32", feature = "web"))]
+    fn start(&mut self, ctx: &egui::Context, action: Action, job: Job) {
+        let slot: JobSlot = Rc::default();
+        let (done, ctx) = (slot.clone(), ctx.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = job.await;
+            *done.borrow_mut() = Some(result);
+            ctx.request_repaint();
+        });
+        self.in_flight = Some((action, slot));
+    }
+
+    /// Shows what a job produced.
+    fn finish(&mut self, ctx: &egui::Context, result: anyhow::Result<Finished>) {
+        let g = &mut self.generate;
+        match result {
+            Err(e) => self.error = Some(format!("{e:#}")),
+            Ok(Finished::Generated { out, reference }) => {
+                g.compare = reference.map(|r| {
+                    // The prior runs in the recipe too, so the sampled tokens may differ.
+                    let differ = out.tokens.ids.iter().zip(&r.tokens.ids).filter(|(a, b)| a != b).count();
+                    Comparison { note: format!("the f32 prior sampled\n{differ} of {} tokens differently", r.tokens.ids.len()), ..compare(ctx, "generate", &out.image, r.image) }
+                });
+                g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+                g.selected = None;
+            }
+            Ok(Finished::Redecoded { out, reference }) => {
+                g.compare = reference.map(|r| compare(ctx, "generate", &out.image, r.image));
+                g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+            }
+            Ok(Finished::Classified { out, f32_logits }) => {
+                let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
+                self.classify.out = Some(ClassView {
+                    input: Shown::new(ctx, "classify-input", out.input.clone()),
+                    overlay: Shown::new(ctx, "classify-rollout", overlay),
+                    result: out,
+                });
+                self.classify.f32_logits = f32_logits;
+            }
         }
     }
 
@@ -247,7 +345,7 @@ impl ViewerApp {
             }
         }
         ui.separator();
-        if ui.add_enabled(!self.busy(), egui::Button::new("Profile per node")).clicked() {
+        if !cfg!(target_arch = "wasm32") && ui.add_enabled(!self.busy(), egui::Button::new("Profile per node")).clicked() {
             self.request(Action::Profile);
         }
         if let Some((what, times)) = &self.times {
@@ -269,7 +367,10 @@ impl ViewerApp {
         ui.horizontal(|ui| {
             if let Err(e) = &self.engine {
                 ui.colored_label(Color32::LIGHT_RED, format!("GPU unavailable: {e}"));
-            } else if let Some((action, _)) = &self.pending {
+            } else if let Some(why) = &self.hold {
+                ui.spinner();
+                ui.label(why);
+            } else if let Some(action) = self.in_flight.as_ref().map(|(a, _)| a).or(self.pending.as_ref().map(|(a, _)| a)) {
                 ui.spinner();
                 ui.label(format!("working… {}", describe(action)));
             } else if let Some(e) = &self.error {

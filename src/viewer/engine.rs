@@ -1,9 +1,16 @@
 //! What the viewer computes, without any UI: models loaded per weight recipe on first use,
 //! and one function per action (generate, decode, round trip, classify, profile). Everything
 //! returns plain images and numbers so the UI and the screenshot mode share it.
+//!
+//! Actions that read results back come in two forms: `generate_job` and `decode_job` load
+//! what they need, then return a `'static` future that owns (shared) models, which the browser
+//! awaits across frames; `generate` and `decode_digits` are these futures run to completion.
+//! Models load from the file system, or from bytes fetched over HTTP (`add_fetched`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use image::{Rgb, RgbImage};
@@ -12,10 +19,10 @@ use super::rollout::{class_token_rollout, layer_attention};
 use crate::gpu::Tensor;
 use crate::graph::{NodeTime, Plan};
 use crate::models::images::{rgb_to_signed_chw, signed_chw_to_rgb};
-use crate::models::prior::Prior;
-use crate::models::sampling::generate;
-use crate::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
-use crate::models::{load_image, preprocess, VisionTransformer, WeightSummary, Weights};
+use crate::models::prior::{Prior, PriorConfig};
+use crate::models::sampling::generate_classes_async;
+use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
+use crate::models::{load_image, preprocess, VisionTransformer, VitConfig, WeightSummary, Weights};
 use crate::quant::WeightFormat;
 use crate::Gpu;
 
@@ -47,8 +54,9 @@ impl Recipe {
 #[derive(Default)]
 struct ModelSet {
     vit: Option<VisionTransformer>,
-    prior: Option<Prior>,
-    digits: Option<VqganDecoder>,
+    /// Shared with running jobs (`generate_job`), which may outlive a frame in the browser.
+    prior: Option<Arc<Prior>>,
+    digits: Option<Arc<VqganDecoder>>,
     photo_encoder: Option<VqganEncoder>,
     photo_decoder: Option<VqganDecoder>,
 }
@@ -72,6 +80,19 @@ impl ModelName {
             ModelName::DigitsVqgan => "digits-vqgan",
             ModelName::PhotoVqgan => "photo-vqgan",
         }
+    }
+
+    /// The config's file name in the model's folder.
+    pub fn config_file(self) -> &'static str {
+        match self {
+            ModelName::DigitsVit | ModelName::DigitsPrior => "config.json",
+            ModelName::DigitsVqgan | ModelName::PhotoVqgan => "config.yaml",
+        }
+    }
+
+    /// The files that load the model, relative to the assets folder (what the browser fetches).
+    pub fn files(self) -> [String; 2] {
+        [self.config_file(), "model.safetensors"].map(|f| format!("models/{}/{f}", self.dir()))
     }
 }
 
@@ -108,15 +129,45 @@ impl Classified {
 }
 
 pub struct Engine {
-    pub gpu: Gpu,
+    /// Shared with running jobs, like the models.
+    pub gpu: Arc<Gpu>,
     pub assets: PathBuf,
+    /// Files fetched over HTTP, by path relative to `assets`: read instead of the file system.
+    fetched: HashMap<PathBuf, Arc<Vec<u8>>>,
     models: HashMap<String, ModelSet>,
     weight_bytes: HashMap<(ModelName, String), usize>,
 }
 
 impl Engine {
     pub fn new(gpu: Gpu, assets: PathBuf) -> Engine {
-        Engine { gpu, assets, models: HashMap::new(), weight_bytes: HashMap::new() }
+        Engine { gpu: Arc::new(gpu), assets, fetched: HashMap::new(), models: HashMap::new(), weight_bytes: HashMap::new() }
+    }
+
+    /// Makes `bytes` the content of `relative` (a path under `assets`, e.g. one of
+    /// `ModelName::files`): models whose files are all fetched load from these bytes.
+    pub fn add_fetched(&mut self, relative: &str, bytes: Vec<u8>) {
+        self.fetched.insert(PathBuf::from(relative), Arc::new(bytes));
+    }
+
+    /// The bytes of `path`: fetched ones first, else from the file system.
+    fn file_bytes(&self, path: &Path) -> anyhow::Result<Arc<Vec<u8>>> {
+        if let Some(bytes) = path.strip_prefix(&self.assets).ok().and_then(|rel| self.fetched.get(rel)) {
+            return Ok(bytes.clone());
+        }
+        if cfg!(target_arch = "wasm32") {
+            bail!("{}: not among the files the page fetched (the models and the digit samples)", path.display());
+        }
+        Ok(Arc::new(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?))
+    }
+
+    /// Both files of `m` in `dir` when they were fetched: (config text, weights).
+    fn fetched_model(&self, m: ModelName, dir: &Path) -> anyhow::Result<Option<(String, Weights)>> {
+        let rel = |f: &str| dir.join(f).strip_prefix(&self.assets).ok().map(Path::to_path_buf);
+        let get = |f: &str| rel(f).and_then(|r| self.fetched.get(&r).cloned());
+        let (Some(config), Some(weights)) = (get(m.config_file()), get("model.safetensors")) else { return Ok(None) };
+        let config = String::from_utf8(config.to_vec()).with_context(|| format!("{}: not UTF-8 text", m.config_file()))?;
+        let source = dir.join("model.safetensors").display().to_string();
+        Ok(Some((config, Weights::from_bytes(&weights, &source)?)))
     }
 
     fn model_dir(&self, m: ModelName, recipe: &Recipe) -> PathBuf {
@@ -145,11 +196,14 @@ impl Engine {
         out
     }
 
-    /// The sample images shipped in `assets/samples` whose names start with `prefix`, sorted.
+    /// The sample images shipped in `assets/samples` (or fetched there) whose names start
+    /// with `prefix`, sorted.
     pub fn samples(&self, prefix: &str) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = std::fs::read_dir(self.assets.join("samples"))
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
+        out.extend(self.fetched.keys().filter(|k| k.starts_with("samples")).map(|k| self.assets.join(k)));
+        out.dedup();
         out.retain(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             name.starts_with(prefix) && name.ends_with(".png")
@@ -178,6 +232,32 @@ impl Engine {
                 continue;
             }
             let what = || format!("loading {} ({})", dir.display(), recipe.name);
+            if let Some((config, w)) = self.fetched_model(m, &dir).with_context(what)? {
+                let source = dir.join(m.config_file()).display().to_string();
+                match m {
+                    ModelName::DigitsVit => {
+                        let vit = VitConfig::from_json(&config).and_then(|c| VisionTransformer::new(gpu, &c, &w, format)).with_context(what)?;
+                        self.set(recipe).vit = Some(vit);
+                    }
+                    ModelName::DigitsPrior => {
+                        let prior = PriorConfig::from_json(&config).and_then(|c| Prior::new(gpu, &c, &w, format)).with_context(what)?;
+                        self.set(recipe).prior = Some(Arc::new(prior));
+                    }
+                    ModelName::DigitsVqgan => {
+                        let dec = VqganConfig::parse(&config, &source).and_then(|c| VqganDecoder::new(gpu, &c, &w, format)).with_context(what)?;
+                        self.set(recipe).digits = Some(Arc::new(dec));
+                    }
+                    ModelName::PhotoVqgan => {
+                        let c = VqganConfig::parse(&config, &source).with_context(what)?;
+                        let enc = VqganEncoder::new(gpu, &c, &w, format).with_context(what)?;
+                        let dec = VqganDecoder::new(gpu, &c, &w, format).with_context(what)?;
+                        let set = self.set(recipe);
+                        set.photo_encoder = Some(enc);
+                        set.photo_decoder = Some(dec);
+                    }
+                }
+                continue;
+            }
             match m {
                 ModelName::DigitsVit => {
                     let vit = VisionTransformer::from_pretrained(gpu, &dir, None, format).with_context(what)?;
@@ -185,11 +265,11 @@ impl Engine {
                 }
                 ModelName::DigitsPrior => {
                     let prior = Prior::from_pretrained(gpu, &dir, format).with_context(what)?;
-                    self.set(recipe).prior = Some(prior);
+                    self.set(recipe).prior = Some(Arc::new(prior));
                 }
                 ModelName::DigitsVqgan => {
                     let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
-                    self.set(recipe).digits = Some(dec);
+                    self.set(recipe).digits = Some(Arc::new(dec));
                 }
                 ModelName::PhotoVqgan => {
                     let enc = VqganEncoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
@@ -210,26 +290,43 @@ impl Engine {
             return Ok(b);
         }
         let path = self.model_dir(m, recipe).join("model.safetensors");
-        let bytes = WeightSummary::new(&Weights::load(&path)?)?.bytes(recipe.format);
+        let weights = Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?;
+        let bytes = WeightSummary::new(&weights)?.bytes(recipe.format);
         self.weight_bytes.insert(key, bytes);
         Ok(bytes)
     }
 
     /// A digit of `class` sampled by digits-prior (batch 1) and decoded by digits-vqgan.
     pub fn generate(&mut self, recipe: &Recipe, class: usize, seed: u64) -> anyhow::Result<Decoded> {
-        let (gpu, set) = self.load(recipe, &[ModelName::DigitsPrior, ModelName::DigitsVqgan])?;
-        let prior = set.prior.as_ref().unwrap();
-        let opts = prior.config.sampling.unwrap_or_default();
-        let tokens = generate(gpu, prior, class, 1, seed, &opts)?;
-        let image = decode_one(gpu, set.digits.as_ref().unwrap(), &tokens)?;
-        Ok(Decoded { tokens, image })
+        Gpu::block_on(self.generate_job(recipe, class, seed)?)
+    }
+
+    /// `generate` as a future that owns what it uses: the models are loaded now, the
+    /// sampling and decoding happen when it is awaited.
+    pub fn generate_job(&mut self, recipe: &Recipe, class: usize, seed: u64) -> anyhow::Result<impl Future<Output = anyhow::Result<Decoded>> + 'static> {
+        let (_, set) = self.load(recipe, &[ModelName::DigitsPrior, ModelName::DigitsVqgan])?;
+        let (prior, decoder, gpu) = (set.prior.clone().unwrap(), set.digits.clone().unwrap(), self.gpu.clone());
+        Ok(async move {
+            let opts = prior.config.sampling.unwrap_or_default();
+            let tokens = generate_classes_async(&gpu, &prior, &[class], seed, &opts).await?;
+            let image = decode_one(&gpu, &decoder, &tokens).await?;
+            Ok(Decoded { tokens, image })
+        })
     }
 
     /// digits-vqgan's image of a (possibly edited) token grid.
     pub fn decode_digits(&mut self, recipe: &Recipe, tokens: &TokenGrid) -> anyhow::Result<Decoded> {
-        let (gpu, set) = self.load(recipe, &[ModelName::DigitsVqgan])?;
-        let image = decode_one(gpu, set.digits.as_ref().unwrap(), tokens)?;
-        Ok(Decoded { tokens: tokens.clone(), image })
+        Gpu::block_on(self.decode_job(recipe, tokens)?)
+    }
+
+    /// `decode_digits` as a future that owns what it uses (see `generate_job`).
+    pub fn decode_job(&mut self, recipe: &Recipe, tokens: &TokenGrid) -> anyhow::Result<impl Future<Output = anyhow::Result<Decoded>> + 'static> {
+        let (_, set) = self.load(recipe, &[ModelName::DigitsVqgan])?;
+        let (decoder, gpu, tokens) = (set.digits.clone().unwrap(), self.gpu.clone(), tokens.clone());
+        Ok(async move {
+            let image = decode_one(&gpu, &decoder, &tokens).await?;
+            Ok(Decoded { tokens, image })
+        })
     }
 
     /// Codebook size of digits-vqgan (the range of an edited token).
@@ -237,9 +334,19 @@ impl Engine {
         Ok(self.load(recipe, &[ModelName::DigitsVqgan])?.1.digits.as_ref().unwrap().config.n_embed)
     }
 
+    /// An image file (PNG or JPEG) as RGB: fetched bytes first, else from the file system.
+    fn read_image(&self, path: &Path) -> anyhow::Result<RgbImage> {
+        let fetched = self.fetched.keys().any(|k| path.strip_prefix(&self.assets).is_ok_and(|rel| rel == k));
+        if !fetched && !cfg!(target_arch = "wasm32") {
+            return Ok(load_image(path)?);
+        }
+        let bytes = self.file_bytes(path)?;
+        Ok(image::load_from_memory(&bytes).with_context(|| format!("image {}", path.display()))?.to_rgb8())
+    }
+
     /// The center crop of `path` photo-vqgan sees, and its reconstruction.
     pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<(RgbImage, Decoded)> {
-        let photo = load_image(path)?;
+        let photo = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
         let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.as_ref().unwrap());
         let f = enc.downscale();
@@ -251,40 +358,56 @@ impl Engine {
         let pixels = rgb_to_signed_chw(&photo, h, w);
         let input = Tensor::from_f32(gpu, &[1, 3, h, w], &pixels)?;
         let tokens = enc.encode(gpu, &input)?;
-        let image = decode_one(gpu, dec, &tokens)?;
+        let image = Gpu::block_on(decode_one(gpu, dec, &tokens))?;
         Ok((signed_chw_to_rgb(&pixels, h, w), Decoded { tokens, image }))
     }
 
     /// digits-vit's logits for `path` and the attention rollout of its class token.
     pub fn classify(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Classified> {
-        let img = load_image(path)?;
+        Gpu::block_on(self.classify_job(recipe, path)?)
+    }
+
+    /// `classify` as a future that owns what it uses (see `generate_job`): the image is read,
+    /// the model loaded and the graph planned now; running it and the readbacks come later.
+    pub fn classify_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<Classified>> + 'static> {
+        let img = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::DigitsVit])?;
         let vit = set.vit.as_ref().unwrap();
-        let c = &vit.config;
+        let c = vit.config.clone();
         let pixels = preprocess(&img, &c.preprocess)?;
         // Unshared buffers: every block's qkv output must still be readable after the run.
         let plan = Plan::unshared(gpu, vit.graph(1)?)?;
-        plan.set_input(gpu, 0, &pixels)?;
-        let logits = plan.run(gpu)?[0].to_vec_f32(gpu)?;
-        let tokens = c.tokens();
-        let mut layers = Vec::with_capacity(c.depth);
-        for n in 0..c.depth {
-            let qkv = plan.node_values(&format!("blocks.{n}.attn.qkv"))?.1.to_vec_f32(gpu)?;
-            layers.push(layer_attention(&qkv, tokens, c.num_heads, c.head_dim()));
-        }
-        let rollout = class_token_rollout(&layers, tokens);
-        let grid = c.img_size / c.patch_size;
-        if rollout.len() != grid * grid {
-            bail!("digits-vit has {} patch tokens, expected a {grid}×{grid} grid", rollout.len());
-        }
-        let (h, w) = c.preprocess.input_size;
-        let input = RgbImage::from_fn(w as u32, h as u32, |x, y| {
-            let i = y as usize * w + x as usize;
-            Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
-        });
-        Ok(Classified { input, logits, rollout, grid })
+        let gpu = self.gpu.clone();
+        Ok(async move {
+            plan.set_input(&gpu, 0, &pixels)?;
+            let logits = plan.run(&gpu)?[0].to_vec_f32_async(&gpu).await?;
+            let tokens = c.tokens();
+            let mut layers = Vec::with_capacity(c.depth);
+            for n in 0..c.depth {
+                let qkv = plan.node_values(&format!("blocks.{n}.attn.qkv"))?.1.to_vec_f32_async(&gpu).await?;
+                layers.push(layer_attention(&qkv, tokens, c.num_heads, c.head_dim()));
+            }
+            classified(&c, &pixels, logits, &layers)
+        })
     }
+}
 
+/// The classifier's result from its logits and per-layer attention.
+fn classified(c: &VitConfig, pixels: &[f32], logits: Vec<f32>, layers: &[Vec<f64>]) -> anyhow::Result<Classified> {
+    let rollout = class_token_rollout(layers, c.tokens());
+    let grid = c.img_size / c.patch_size;
+    if rollout.len() != grid * grid {
+        bail!("digits-vit has {} patch tokens, expected a {grid}×{grid} grid", rollout.len());
+    }
+    let (h, w) = c.preprocess.input_size;
+    let input = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
+    });
+    Ok(Classified { input, logits, rollout, grid })
+}
+
+impl Engine {
     /// Per-node GPU times of the model behind `m`'s main output at the shape last used:
     /// the decoder for generate/round trip (`tokens`), the classifier for classify.
     pub fn profile(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Vec<NodeTime>> {
@@ -298,7 +421,7 @@ impl Engine {
             }
             _ => {
                 let Some(tokens) = tokens else { bail!("nothing decoded yet: run the action first") };
-                let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_ref() } else { set.digits.as_ref() }.unwrap();
+                let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_ref() } else { set.digits.as_deref() }.unwrap();
                 let [b, h, w] = tokens.shape();
                 let plan = dec.plan(gpu, b, h, w)?;
                 plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
@@ -309,10 +432,10 @@ impl Engine {
     }
 }
 
-fn decode_one(gpu: &Gpu, dec: &VqganDecoder, tokens: &TokenGrid) -> anyhow::Result<RgbImage> {
+async fn decode_one(gpu: &Gpu, dec: &VqganDecoder, tokens: &TokenGrid) -> anyhow::Result<RgbImage> {
     let image = dec.decode(gpu, tokens)?;
     let &[_, 3, h, w] = &image.shape[..] else { bail!("decoder output {:?} is not [B, 3, H, W]", image.shape) };
-    let pixels = image.to_vec_f32(gpu)?;
+    let pixels = image.to_vec_f32_async(gpu).await?;
     Ok(signed_chw_to_rgb(&pixels[..3 * h * w], h, w))
 }
 

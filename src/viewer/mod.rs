@@ -4,8 +4,8 @@
 //!
 //! Files: `app` (state, frame loop, precision panel), `tabs` (the three tabs), `widgets`,
 //! `engine` (model loading and the actions, no UI), `rollout` (attention rollout math),
-//! `screenshot` (the `--screenshot` driver the tests use), `native` (the desktop window; the
-//! rest also compiles for wasm32, for a future browser build).
+//! `screenshot` (the `--screenshot` driver the tests use), `native` (the desktop window) and
+//! `web` (the browser page, wasm32 with the `web` feature; the rest compiles for both).
 
 mod app;
 pub mod engine;
@@ -14,6 +14,8 @@ mod native;
 pub mod rollout;
 pub mod screenshot;
 mod tabs;
+#[cfg(all(target_arch = "wasm32", feature = "web"))]
+pub mod web;
 mod widgets;
 
 use std::path::PathBuf;
@@ -30,4 +32,18 @@ pub struct ViewerOptions {
     pub recipe: String,
     /// `(OUT.png, ACTION)`: perform ACTION, save the window, exit.
     pub screenshot: Option<(PathBuf, String)>,
+}
+
+/// The device eframe creates for the window (or canvas), set up for the engine too: the
+/// adapter's full limits (egui's default on GL is WebGL2's, which has no compute) and the
+/// optional features the kernels use.
+fn compute_device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("lowbit viewer"),
+        required_features: crate::Gpu::wanted_features(adapter),
+        required_limits: adapter.limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }
 }

@@ -47,9 +47,8 @@ pub fn run(opts: ViewerOptions) -> anyhow::Result<()> {
     }
 }
 
-/// eframe's device, set up the way the engine wants it: the adapter's full limits (egui's
-/// default on GL is WebGL2's, which has no compute), the optional features the kernels use,
-/// and the same adapter preference as `Gpu::new` (real GPUs first, Vulkan over GL).
+/// eframe's device, set up the way the engine wants it (`compute_device_descriptor`), with the
+/// same adapter preference as `Gpu::new` (real GPUs first, Vulkan over GL).
 fn wgpu_configuration(opts: &GpuOptions) -> WgpuConfiguration {
     let mut setup = WgpuSetupCreateNew::without_display_handle();
     // The Vulkan validation layers are slow and noisy; wgpu's own validation still runs.
@@ -67,13 +66,6 @@ fn wgpu_configuration(opts: &GpuOptions) -> WgpuConfiguration {
             format!("no adapter can draw to this window{} (have: {})", wanted_name.as_ref().map_or(String::new(), |w| format!(" matching `{w}`")), names.join(", "))
         })
     }));
-    setup.device_descriptor = Arc::new(|adapter| wgpu::DeviceDescriptor {
-        label: Some("lowbit viewer"),
-        required_features: Gpu::wanted_features(adapter),
-        required_limits: adapter.limits(),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::Performance,
-        trace: wgpu::Trace::Off,
-    });
+    setup.device_descriptor = Arc::new(super::compute_device_descriptor);
     WgpuConfiguration { wgpu_setup: WgpuSetup::CreateNew(setup), ..Default::default() }
 }

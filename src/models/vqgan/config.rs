@@ -134,10 +134,15 @@ impl VqganConfig {
     /// taming's YAML (`.yaml`/`.yml`) or LlamaGen's JSON.
     pub fn load(path: &Path) -> Result<VqganConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
-        let source = path.display().to_string();
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => Self::from_llamagen_json(&text, &source),
-            _ => Self::from_yaml(&text, &source),
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// A config's text, read by its file name `source` as `load` does (`.json`: LlamaGen,
+    /// else taming's YAML); for configs that did not come from a file (e.g. fetched over HTTP).
+    pub fn parse(text: &str, source: &str) -> Result<VqganConfig> {
+        match Path::new(source).extension().and_then(|e| e.to_str()) {
+            Some("json") => Self::from_llamagen_json(text, source),
+            _ => Self::from_yaml(text, source),
         }
     }
 

@@ -1,0 +1,307 @@
+//! The viewer in the browser: the same `ViewerApp` under eframe's `WebRunner`, rendering through
+//! WebGPU, with the engine on eframe's device (`Gpu::from_wgpu`). `web/index.html` calls
+//! `start("viewer")` once the wasm module is loaded (`scripts/build-web` builds both).
+//!
+//! The page downloads the models it needs (`assets/models/...`, relative to the page) while the
+//! app is up, showing progress in the status bar; actions wait until they are in. A URL like
+//! `index.html?action=generate:3&seed=0` performs an action at start and writes its result as
+//! JSON into `<pre id="result">` once the image has been drawn (tests read it; errors go there
+//! too, as `{"error": ...}`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use eframe::egui;
+use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+
+use super::app::{Action, Tab, ViewerApp};
+use super::engine::{Engine, ModelName};
+use crate::{Gpu, GpuOptions};
+
+/// What the Generate and Classify tabs need. (The round trip's photo-vqgan is left out: the
+/// tab has no way to open a photo in the page yet.)
+const MODELS: [ModelName; 3] = [ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::DigitsVit];
+
+/// The list of sample images `scripts/build-web` writes (a page cannot list a folder).
+const SAMPLES_INDEX: &str = "samples/index.json";
+
+/// Frames drawn with the result before it is reported, as the desktop screenshot mode waits:
+/// egui sizes some widgets a frame late.
+const SETTLE_FRAMES: u32 = 2;
+
+/// Starts the viewer on the canvas with id `canvas_id`.
+#[wasm_bindgen]
+pub async fn start(canvas_id: String) -> Result<(), JsValue> {
+    let result = start_on(&canvas_id).await;
+    if let Err(e) = &result {
+        let msg = format!("the viewer could not start: {}", describe_js(e));
+        write_result(&serde_json::json!({ "error": msg }));
+        set_text("status", &msg);
+    }
+    result
+}
+
+async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
+    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let canvas = document
+        .get_element_by_id(canvas_id)
+        .ok_or_else(|| format!("no element #{canvas_id} on the page"))?
+        .dyn_into::<web_sys::HtmlCanvasElement>()
+        .map_err(|_| format!("#{canvas_id} is not a canvas"))?;
+    let request = UrlAction::from_page()?;
+    let gpu_options = gpu_options_from_page()?;
+    // `?recipe=q8` (f32, q8, q4g32): the weight recipe selected at start.
+    let recipe = page_params()?.get("recipe").unwrap_or_else(|| "f32".into());
+    let options = eframe::WebOptions { renderer: eframe::Renderer::Wgpu, wgpu_options: wgpu_configuration(), ..Default::default() };
+    eframe::WebRunner::new()
+        .start(
+            canvas,
+            options,
+            Box::new(move |cc| {
+                // A missing render state leaves the app up with an error message, as natively.
+                let engine = match cc.wgpu_render_state.as_ref() {
+                    Some(rs) => Ok(Engine::new(Gpu::from_wgpu(&rs.instance, &rs.adapter, rs.device.clone(), rs.queue.clone(), &gpu_options), "assets".into())),
+                    None => Err("eframe started without the wgpu renderer".to_string()),
+                };
+                let app = ViewerApp::new(engine, &recipe, None)?;
+                Ok(Box::new(WebApp::new(app, request, &cc.egui_ctx)))
+            }),
+        )
+        .await
+}
+
+/// WebGPU only (WebGL has no compute), with the adapter's limits and the optional features
+/// the kernels use, as on the desktop.
+fn wgpu_configuration() -> WgpuConfiguration {
+    let mut setup = WgpuSetupCreateNew::without_display_handle();
+    setup.instance_descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
+    setup.device_descriptor = std::sync::Arc::new(super::compute_device_descriptor);
+    WgpuConfiguration { wgpu_setup: WgpuSetup::CreateNew(setup), ..Default::default() }
+}
+
+/// `?disable=f16,subgroups,packed_dot` (or `all`): force the kernels' fallbacks, as
+/// `LOWBIT_DISABLE` does natively.
+fn gpu_options_from_page() -> Result<GpuOptions, String> {
+    let mut opts = GpuOptions::default();
+    let Some(list) = page_params()?.get("disable") else { return Ok(opts) };
+    for item in list.split(',').map(str::trim) {
+        match item {
+            "f16" => opts.no_f16 = true,
+            "subgroups" => opts.no_subgroups = true,
+            "packed_dot" => opts.no_packed_dot = true,
+            "all" => (opts.no_f16, opts.no_subgroups, opts.no_packed_dot) = (true, true, true),
+            other => return Err(format!("?disable={list}: unknown feature `{other}` (f16, subgroups, packed_dot, all)")),
+        }
+    }
+    Ok(opts)
+}
+
+fn page_params() -> Result<web_sys::UrlSearchParams, String> {
+    let search = web_sys::window().ok_or("no window")?.location().search().map_err(|e| describe_js(&e))?;
+    web_sys::UrlSearchParams::new_with_str(&search).map_err(|e| describe_js(&e))
+}
+
+/// `?action=generate:<class>&seed=<seed>` or `?action=classify:<image>` (an image under the
+/// page, e.g. `assets/samples/digit-7-0.png`).
+struct UrlAction {
+    text: String,
+    action: Action,
+    seed: u64,
+}
+
+impl UrlAction {
+    fn from_page() -> Result<Option<UrlAction>, String> {
+        let params = page_params()?;
+        let Some(text) = params.get("action") else { return Ok(None) };
+        let seed = match params.get("seed") {
+            Some(s) => s.parse().map_err(|_| format!("?seed={s}: not a number"))?,
+            None => 0,
+        };
+        let action = match text.split_once(':') {
+            Some(("generate", c)) => Action::Generate { class: c.parse().map_err(|_| format!("?action={text}: the class must be a number"))?, seed },
+            Some(("classify", path)) if !path.is_empty() => Action::Classify(path.into()),
+            _ => return Err(format!("?action={text}: expected generate:<class> or classify:<image>")),
+        };
+        Ok(Some(UrlAction { text, action, seed }))
+    }
+}
+
+/// The model files being downloaded.
+#[derive(Default)]
+struct Downloads {
+    total: usize,
+    /// Files arrived and not yet handed to the engine.
+    arrived: Vec<(String, Vec<u8>)>,
+    done: usize,
+    bytes: usize,
+    error: Option<String>,
+}
+
+struct WebApp {
+    app: ViewerApp,
+    downloads: Rc<RefCell<Downloads>>,
+    report: Option<UrlAction>,
+    /// Frames drawn with the result so far (see `SETTLE_FRAMES`).
+    settled: u32,
+}
+
+impl WebApp {
+    fn new(mut app: ViewerApp, report: Option<UrlAction>, ctx: &egui::Context) -> WebApp {
+        let mut files: Vec<String> = MODELS.iter().flat_map(|m| m.files()).collect();
+        let downloads = Rc::new(RefCell::new(Downloads { total: files.len() + 1, ..Default::default() }));
+        let (state, ctx2) = (downloads.clone(), ctx.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            // Samples are optional: without their list the tabs just offer none.
+            let samples: Vec<String> = match fetch_bytes(&format!("assets/{SAMPLES_INDEX}")).await {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            files.extend(samples.iter().map(|name| format!("samples/{name}")));
+            state.borrow_mut().total = files.len();
+            for file in files {
+                let result = fetch_bytes(&format!("assets/{file}")).await;
+                let mut s = state.borrow_mut();
+                match result {
+                    Ok(bytes) => {
+                        s.bytes += bytes.len();
+                        s.arrived.push((file, bytes));
+                    }
+                    Err(e) => s.error = Some(e),
+                }
+                ctx2.request_repaint();
+                if s.error.is_some() {
+                    break;
+                }
+            }
+        });
+        app.hold = Some("downloading the models…".into());
+        if let Some(r) = &report {
+            match &r.action {
+                Action::Generate { class, seed } => {
+                    app.tab = Tab::Generate;
+                    (app.generate.class, app.generate.seed) = (*class, *seed);
+                }
+                Action::Classify(path) => {
+                    app.tab = Tab::Classify;
+                    app.classify.path = path.display().to_string();
+                }
+                _ => {}
+            }
+            app.request(r.action.clone());
+        }
+        WebApp { app, downloads, report, settled: 0 }
+    }
+
+    /// Hands arrived files to the engine; releases the queued actions once all are in.
+    fn take_downloads(&mut self) {
+        let mut d = self.downloads.borrow_mut();
+        if let Some(e) = &d.error {
+            let msg = format!("downloading the models failed: {e}");
+            self.app.error = Some(msg.clone());
+            self.app.hold = Some(msg);
+            return;
+        }
+        let arrived = std::mem::take(&mut d.arrived);
+        d.done += arrived.len();
+        if let Ok(engine) = self.app.engine.as_mut() {
+            for (file, bytes) in arrived {
+                engine.add_fetched(&file, bytes);
+            }
+        }
+        self.app.hold = (d.done < d.total).then(|| format!("downloading the models: {} of {} files ({:.1} MB)…", d.done, d.total, d.bytes as f64 / 1e6));
+    }
+
+    /// Writes the URL action's outcome into the page once its result has been drawn.
+    fn report(&mut self, ctx: &egui::Context) {
+        let Some(request) = &self.report else { return };
+        ctx.request_repaint();
+        let app = &self.app;
+        let idle = !app.busy() && app.hold.is_none();
+        let mut outcome = None;
+        // A failed action, or a failed download (which holds the action back for good).
+        if let Some(e) = app.error.as_ref().filter(|_| !app.busy() || app.hold.is_some()) {
+            outcome = Some(serde_json::json!({ "error": e }));
+        } else if let (true, Some(rect)) = (idle, app.main_rect) {
+            let result = match &request.action {
+                Action::Generate { .. } => app.generate.out.as_ref().map(|out| generate_json(app, out)),
+                Action::Classify(_) => app.classify.out.as_ref().map(|out| classify_json(&out.result)),
+                _ => None,
+            };
+            if let Some(mut json) = result {
+                self.settled += 1;
+                // Where the main image is on the canvas, in physical pixels: [x, y, w, h].
+                let ppp = ctx.pixels_per_point();
+                json["image_rect"] = serde_json::json!([rect.min.x, rect.min.y, rect.width(), rect.height()].map(|v| (v * ppp).round() as i64));
+                outcome = (self.settled > SETTLE_FRAMES).then_some(json);
+            }
+        }
+        if let Some(mut json) = outcome {
+            json["action"] = request.text.clone().into();
+            json["seed"] = request.seed.into();
+            json["recipe"] = app.recipe.name.clone().into();
+            write_result(&json);
+            self.report = None;
+        }
+    }
+}
+
+fn generate_json(app: &ViewerApp, out: &super::app::DecodedView) -> serde_json::Value {
+    let engine = app.engine.as_ref().ok();
+    let image = &out.shown.image;
+    serde_json::json!({
+        "adapter": engine.map(|e| e.gpu.adapter_name()),
+        "caps": engine.map(|e| format!("{:?}", e.gpu.caps)),
+        // With a recipe other than f32: how far the f32 weights' image is, in levels.
+        "vs_f32": app.generate.compare.as_ref().map(|c| serde_json::json!({ "max": c.max, "mean": c.mean })),
+        "tokens": out.tokens.ids,
+        "token_shape": out.tokens.shape(),
+        "width": image.width(),
+        "height": image.height(),
+        "rgb": image.as_raw(),
+    })
+}
+
+fn classify_json(result: &super::engine::Classified) -> serde_json::Value {
+    serde_json::json!({ "top1": result.top(1)[0].0, "top5": result.top(5), "logits": result.logits })
+}
+
+impl eframe::App for WebApp {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        self.take_downloads();
+        self.app.ui(ui, frame);
+        if self.app.hold.is_some() || self.app.busy() {
+            ui.ctx().request_repaint();
+        }
+        self.report(&ui.ctx().clone());
+    }
+}
+
+/// The bytes at `url` (relative to the page).
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let response = JsFuture::from(window.fetch_with_str(url)).await.map_err(|e| format!("{url}: {}", describe_js(&e)))?;
+    let response: web_sys::Response = response.dyn_into().map_err(|_| format!("{url}: not a response"))?;
+    if !response.ok() {
+        return Err(format!("{url}: HTTP {} {}", response.status(), response.status_text()));
+    }
+    let body = response.array_buffer().map_err(|e| format!("{url}: {}", describe_js(&e)))?;
+    let buffer = JsFuture::from(body).await.map_err(|e| format!("{url}: {}", describe_js(&e)))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+fn write_result(json: &serde_json::Value) {
+    set_text("result", &json.to_string());
+}
+
+fn set_text(id: &str, text: &str) {
+    if let Some(el) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id(id)) {
+        el.set_text_content(Some(text));
+    }
+}
+
+fn describe_js(v: &JsValue) -> String {
+    v.as_string().or_else(|| v.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message()))).unwrap_or_else(|| format!("{v:?}"))
+}
