@@ -264,3 +264,37 @@ fn rollout_reads_q_and_k_the_way_the_attention_kernel_does() {
         assert!(err <= 1e-8, "block {n}: NMSE {err:.3e} between the attention node and softmax(q·kᵀ/√d)·v from its qkv");
     }
 }
+
+#[test]
+fn bits_per_layer_recipes() {
+    // Every layer at q8 by hand is the q8 recipe; a mix lands between f32 and q4g32 in size,
+    // and the w4a8/mixed folders shipped in assets show up as recipes.
+    use lowbit::quant::WeightFormat;
+    use lowbit::viewer::engine::{Engine, ModelName, Recipe};
+    let mut engine = Engine::new(lowbit::Gpu::with_options(&lowbit::GpuOptions::from_env()).unwrap(), root().join("assets"));
+    let names: Vec<String> = engine.recipes().into_iter().map(|r| r.name).collect();
+    for shipped in ["digits-vit-w8a8", "digits-vit-w4a8", "digits-vit-mixed4.5"] {
+        assert!(names.iter().any(|n| n == shipped), "{shipped} not among {names:?}");
+    }
+    let (f32, q8, q4) = (Recipe::f32(), Recipe::format(WeightFormat::parse("q8").unwrap()), Recipe::format(WeightFormat::parse("q4g32").unwrap()));
+    let layers = engine.vit_layers(&f32).unwrap();
+    assert!(layers.len() >= 18 && layers.iter().all(|l| l.3 == WeightFormat::F32), "{layers:?}");
+    let all_q8 = Recipe::per_layer(layers.iter().map(|l| (l.0.clone(), WeightFormat::parse("q8").unwrap())).collect());
+    let digit = root().join("assets/samples/digit-3-0.png");
+    assert_eq!(engine.classify(&all_q8, &digit).unwrap().logits, engine.classify(&q8, &digit).unwrap().logits);
+    let vit = ModelName::DigitsVit;
+    assert_eq!(engine.weight_bytes(vit, &all_q8).unwrap(), engine.weight_bytes(vit, &q8).unwrap());
+    let mixed = Recipe::per_layer(layers.iter().enumerate().map(|(i, l)| (l.0.clone(), WeightFormat::parse(if i % 2 == 0 { "q8" } else { "q4g32" }).unwrap())).collect());
+    let size = engine.weight_bytes(vit, &mixed).unwrap();
+    assert!(size > engine.weight_bytes(vit, &q4).unwrap() && size < engine.weight_bytes(vit, &q8).unwrap());
+    assert_eq!(engine.vit_layers(&mixed).unwrap()[1].3, WeightFormat::parse("q4g32").unwrap());
+    assert_eq!(engine.classify(&mixed, &digit).unwrap().top(1)[0].0, 3);
+    // The mixed:4.5 folder's own allocation is what the table starts from.
+    let folder = engine.recipes().into_iter().find(|r| r.name == "digits-vit-mixed4.5").unwrap();
+    let formats: std::collections::HashSet<String> = engine.vit_layers(&folder).unwrap().into_iter().map(|l| l.3.name()).collect();
+    assert!(formats.len() >= 2, "mixed:4.5 uses one format only: {formats:?}");
+    // A layer that digits-vit does not have is a clear error.
+    let bad = Recipe::per_layer(vec![("blocks.9.mlp.fc1.weight".into(), WeightFormat::parse("q8").unwrap())]);
+    let e = engine.classify(&bad, &digit).unwrap_err();
+    assert!(format!("{e:#}").contains("blocks.9.mlp.fc1.weight"), "{e:#}");
+}

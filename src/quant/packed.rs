@@ -112,6 +112,20 @@ pub fn tensors(key: &str, m: &PackedMatrix) -> Vec<(String, Vec<usize>, Vec<u32>
     out
 }
 
+/// Replaces the f32 matrix `key` of `w` by `m` in memory, as if `lowbit quantize` had packed
+/// it (words plus the description entry): how the viewer tries bit widths per layer.
+pub fn insert(w: &mut Weights, key: &str, m: &PackedMatrix, method: &str) -> Result<()> {
+    let Some(t) = w.tensors.remove(key) else { invalid!("checkpoint {}: no f32 matrix {key} to pack", w.source) };
+    let mut desc = Description::of(w)?.unwrap_or_default();
+    let extra = BTreeMap::from([("method".to_string(), serde_json::json!(method))]);
+    desc.tensors.insert(key.to_string(), PackedTensor { format: m.format.name(), shape: t.shape, extra });
+    for (name, shape, words) in tensors(key, m) {
+        w.words.insert(name, (shape, words));
+    }
+    w.metadata.insert(METADATA_KEY.to_string(), serde_json::to_string(&desc).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(())
+}
+
 /// Writes a checkpoint: f32 tensors as they are, packed matrices as their words, and the
 /// description in the header.
 pub fn save(path: &std::path::Path, floats: &[(String, Vec<usize>, Vec<f32>)], packed: &[(String, PackedMatrix)], desc: &Description) -> Result<()> {

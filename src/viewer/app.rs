@@ -344,6 +344,18 @@ impl ViewerApp {
                 ui.label(format!("  {}: {this} (f32 {full})", m.dir()));
             }
         }
+        if self.tab == Tab::Classify {
+            if let Ok(engine) = self.engine.as_ref() {
+                let edited = egui::CollapsingHeader::new("Bits per layer (digits-vit)").default_open(true).show(ui, |ui| super::layers::bits_per_layer(ui, engine, &self.recipe)).body_returned.flatten();
+                if let Some(recipe) = edited {
+                    self.recipe = recipe;
+                    self.times = None;
+                    if let Some(action) = self.last[Self::tab_index(self.tab)].clone() {
+                        self.request(action);
+                    }
+                }
+            }
+        }
         ui.separator();
         if !cfg!(target_arch = "wasm32") && ui.add_enabled(!self.busy(), egui::Button::new("Profile per node")).clicked() {
             self.request(Action::Profile);

@@ -30,19 +30,33 @@ use crate::Gpu;
 /// a second on lavapipe, the full 256² takes several.
 pub const PHOTO_SIDE: usize = 128;
 
-/// A weight recipe: a format every shipped model is packed in when loaded, or a packed
-/// checkpoint folder written by `lowbit quantize` that replaces one shipped model.
+/// A weight recipe: a format every shipped model is packed in when loaded, a packed
+/// checkpoint folder written by `lowbit quantize` that replaces one shipped model, or
+/// digits-vit with a format per layer chosen by hand (mixed precision in the viewer).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recipe {
     pub name: String,
     pub format: WeightFormat,
     /// The quantized folder standing in for one model (the others stay f32).
     pub folder: Option<(ModelName, PathBuf)>,
+    /// digits-vit's matrices packed per layer (round to nearest) from the f32 model.
+    pub layers: Option<Vec<(String, WeightFormat)>>,
 }
 
 impl Recipe {
     pub fn format(format: WeightFormat) -> Recipe {
-        Recipe { name: format.name(), format, folder: None }
+        Recipe { name: format.name(), format, folder: None, layers: None }
+    }
+
+    /// digits-vit with these formats per matrix (the rest of the models in f32). The name
+    /// keys the loaded models, so it encodes the whole choice.
+    pub fn per_layer(layers: Vec<(String, WeightFormat)>) -> Recipe {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (key, format) in &layers {
+            (key, format.name()).hash(&mut h);
+        }
+        Recipe { name: format!("per layer #{:04x}", h.finish() & 0xffff), format: WeightFormat::F32, folder: None, layers: Some(layers) }
     }
 
     pub fn f32() -> Recipe {
@@ -190,7 +204,7 @@ impl Engine {
             let Some(m) = ModelName::ALL.into_iter().find(|m| name.starts_with(&format!("{}-", m.dir()))) else { continue };
             let quantized = Weights::load(&dir.join("model.safetensors")).and_then(|w| WeightSummary::new(&w)).is_ok_and(|s| s.is_quantized());
             if quantized {
-                out.push(Recipe { name, format: WeightFormat::F32, folder: Some((m, dir)) });
+                out.push(Recipe { name, format: WeightFormat::F32, folder: Some((m, dir)), layers: None });
             }
         }
         out
@@ -232,6 +246,12 @@ impl Engine {
                 continue;
             }
             let what = || format!("loading {} ({})", dir.display(), recipe.name);
+            if let (ModelName::DigitsVit, Some(layers)) = (m, &recipe.layers) {
+                let (config, w) = self.per_layer_vit(layers).with_context(what)?;
+                let vit = VisionTransformer::new(&self.gpu, &config, &w, WeightFormat::F32).with_context(what)?;
+                self.set(recipe).vit = Some(vit);
+                continue;
+            }
             if let Some((config, w)) = self.fetched_model(m, &dir).with_context(what)? {
                 let source = dir.join(m.config_file()).display().to_string();
                 match m {
@@ -283,6 +303,33 @@ impl Engine {
         Ok((&self.gpu, &self.models[&recipe.name]))
     }
 
+    /// The shipped f32 digits-vit with `layers` packed in their formats.
+    fn per_layer_vit(&self, layers: &[(String, WeightFormat)]) -> anyhow::Result<(VitConfig, Weights)> {
+        let dir = self.assets.join("models").join(ModelName::DigitsVit.dir());
+        let config_path = dir.join(ModelName::DigitsVit.config_file());
+        let config = VitConfig::from_json(std::str::from_utf8(&self.file_bytes(&config_path)?).context("config.json: not UTF-8")?)?;
+        let path = dir.join("model.safetensors");
+        let mut w = Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?;
+        for (key, format) in layers.iter().filter(|(_, f)| *f != WeightFormat::F32) {
+            let t = w.tensors.get(key).with_context(|| format!("digits-vit has no matrix {key}"))?;
+            let (rows, cols) = (t.shape[0], t.shape[1..].iter().product());
+            let packed = crate::quant::PackedMatrix::quantize(&t.data, rows, cols, *format).with_context(|| format!("{key} as {}", format.name()))?;
+            crate::quant::packed::insert(&mut w, key, &packed, "rtn (viewer)")?;
+        }
+        Ok((config, w))
+    }
+
+    /// digits-vit's matrices (name, rows, columns) with their format under `recipe`.
+    pub fn vit_layers(&self, recipe: &Recipe) -> anyhow::Result<Vec<(String, usize, usize, WeightFormat)>> {
+        let path = self.model_dir(ModelName::DigitsVit, recipe).join("model.safetensors");
+        let summary = WeightSummary::new(&Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?)?;
+        let chosen = |key: &str| recipe.layers.as_ref().and_then(|l| l.iter().find(|(k, _)| k == key).map(|(_, f)| *f));
+        Ok(summary.matrices.into_iter().map(|(key, r, c, stored)| {
+            let format = chosen(&key).or(stored).unwrap_or(recipe.format);
+            (key, r, c, format)
+        }).collect())
+    }
+
     /// Bytes of `m`'s weights under `recipe` (packed matrices plus the f32 rest).
     pub fn weight_bytes(&mut self, m: ModelName, recipe: &Recipe) -> anyhow::Result<usize> {
         let key = (m, recipe.name.clone());
@@ -291,7 +338,13 @@ impl Engine {
         }
         let path = self.model_dir(m, recipe).join("model.safetensors");
         let weights = Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?;
-        let bytes = WeightSummary::new(&weights)?.bytes(recipe.format);
+        let mut summary = WeightSummary::new(&weights)?;
+        if let (ModelName::DigitsVit, Some(layers)) = (m, &recipe.layers) {
+            for (key, _, _, stored) in &mut summary.matrices {
+                *stored = layers.iter().find(|(k, _)| k == key).map(|(_, f)| *f);
+            }
+        }
+        let bytes = summary.bytes(recipe.format);
         self.weight_bytes.insert(key, bytes);
         Ok(bytes)
     }

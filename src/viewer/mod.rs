@@ -2,13 +2,15 @@
 //! compute engine runs on the very same device (`Gpu::from_wgpu`): one device, one set of
 //! driver resources, and the window works wherever the engine's kernels do.
 //!
-//! Files: `app` (state, frame loop, precision panel), `tabs` (the three tabs), `widgets`,
+//! Files: `app` (state, frame loop, precision panel), `layers` (bits per layer of digits-vit),
+//! `tabs` (the three tabs), `widgets`,
 //! `engine` (model loading and the actions, no UI), `rollout` (attention rollout math),
 //! `screenshot` (the `--screenshot` driver the tests use), `native` (the desktop window) and
 //! `web` (the browser page, wasm32 with the `web` feature; the rest compiles for both).
 
 mod app;
 pub mod engine;
+mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
 pub mod rollout;
