@@ -239,6 +239,9 @@ fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
     assert!(sqnr > 25.0 && sqnr.is_finite(), "{sqnr}");
     let profile = ok(&["classify", "--model", a8.to_str().unwrap(), "--profile", image.to_str().unwrap()]);
     assert!(profile.contains("w8a8_linear      blocks.0.mlp.fc1"), "{profile}");
+    // Attention runs in the low-bit attention kernel (SageAttention), and says so.
+    assert!(desc.contains("SageAttention"), "{desc}");
+    assert!(profile.lines().any(|l| l.contains("sage_attention") && l.contains("blocks.0.attn")), "{profile}");
     // Convolutions have no int8-activation path.
     let vq = fixture("vqgan_tiny_test");
     refused(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w8a8", "--out", dir.join("vq").to_str().unwrap()], &["w8a8", "ViT"], &dir.join("vq"));

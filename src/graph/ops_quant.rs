@@ -1,14 +1,15 @@
 //! Graph ops whose activations run in low precision: the W8A8 Linear (per-token dynamic int8
 //! activations × int8 weights, i32 accumulation: `kernels::w8a8`), used by checkpoints that
 //! `lowbit quantize --recipe w8a8` wrote; and the static activation fake-quantizers of the
-//! W6A6/W4A8/W4A4 recipes (`kernels::act_quant`, and attention with a post-softmax quantizer).
+//! W6A6/W4A8/W4A4 recipes (`kernels::act_quant`, and attention with a post-softmax quantizer);
+//! and SageAttention (int8 Q·Kᵀ) for the W8A8 recipe.
 
 use std::sync::{Arc, OnceLock};
 
 use super::ir::{Graph, Value};
 use crate::gpu::{DType, Tensor};
 use crate::kernels::act_quant::{act_quant, act_quant_noise, ActQuantizer};
-use crate::kernels::attention::{attention_quantized, AttentionParams};
+use crate::kernels::attention::{attention_quantized, sage_attention_with, AttentionParams, SageOptions, SageScratch};
 use crate::kernels::w8a8::{w8a8_forward, QuantizedActivations, W8A8Linear};
 use crate::{shape_err, Result};
 
@@ -61,5 +62,23 @@ impl Graph {
             shape_err!("{name}: qkv is {:?}, the attention expects {:?}", self.shape(qkv), p.qkv_shape());
         }
         Ok(self.node(name, "attention", &[qkv], &p.out_shape(), DType::F32, move |gpu, enc, i, out| attention_quantized(gpu, enc, i[0], out, p, &pq)))
+    }
+}
+
+impl Graph {
+    /// SageAttention over packed qkv [B, T, 3·H·D] → [B, T, H·D]: Q and K in int8 per block
+    /// (K minus its mean), P·V in f16 where the adapter has shader-f16, else f32.
+    pub fn sage_attention(&mut self, name: &str, qkv: Value, p: AttentionParams) -> Result<Value> {
+        if self.shape(qkv) != p.qkv_shape() {
+            shape_err!("{name}: qkv is {:?}, the attention expects {:?}", self.shape(qkv), p.qkv_shape());
+        }
+        // The int8 copies of Q and K and their scales: made on the first run, reused after.
+        let scratch: OnceLock<SageScratch> = OnceLock::new();
+        Ok(self.node(name, "sage_attention", &[qkv], &p.out_shape(), DType::F32, move |gpu, enc, i, out| {
+            if scratch.get().is_none() {
+                let _ = scratch.set(SageScratch::new(gpu, p, SageOptions::default())?);
+            }
+            sage_attention_with(gpu, enc, i[0], out, scratch.get().unwrap())
+        }))
     }
 }

@@ -99,6 +99,8 @@ pub struct VisionTransformer {
     blocks: Vec<Block>,
     norm: Norm,
     head: Option<QLinear>,
+    /// Attention through SageAttention (int8 Q·Kᵀ): checkpoints of `--recipe w8a8`.
+    sage: bool,
 }
 
 /// Reads one f32 tensor of the checkpoint onto the GPU with the given shape.
@@ -133,6 +135,15 @@ fn int8_activations(w: &Weights) -> Result<bool> {
 
 /// The `activations` value of a W8A8 checkpoint's quantization description.
 pub const INT8_ACTIVATIONS: &str = "int8 per-token dynamic (W8A8 kernel)";
+
+/// The `attention` value of a checkpoint whose attention runs in SageAttention.
+pub const SAGE_ATTENTION: &str = "SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it";
+
+/// Whether `lowbit quantize` asked for the low-bit attention kernel.
+fn sage_attention(w: &Weights) -> Result<bool> {
+    let desc = crate::quant::packed::Description::of(w)?;
+    Ok(desc.is_some_and(|d| d.extra.get("attention").and_then(|a| a.as_str()) == Some(SAGE_ATTENTION)))
+}
 
 /// A block Linear as a graph node.
 fn linear(g: &mut Graph, name: &str, layer: &Linear, x: Value, act: Option<Activation>) -> Result<Value> {
@@ -183,7 +194,8 @@ impl VisionTransformer {
         }
         let norm = Norm::load(gpu, w, "norm", d)?;
         let head = if c.num_classes > 0 { Some(load_linear(gpu, w, "head", c.num_classes, d, true, format)?) } else { None };
-        Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head })
+        let sage = sage_attention(w)?;
+        Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head, sage })
     }
 
     /// Loads `path`: a folder with `model.safetensors` and `config.json`, or a `.safetensors`
@@ -248,6 +260,7 @@ impl VisionTransformer {
             let qkv = linear(&mut g, &p("attn.qkv"), &blk.qkv, h, None)?;
             let heads = match q.softmax {
                 Some(pq) => g.attention_quantized(&p("attn"), qkv, attn, pq)?,
+                None if self.sage => g.sage_attention(&p("attn"), qkv, attn)?,
                 None => g.attention(&p("attn"), qkv, attn)?,
             };
             let heads = quantize_input(&mut g, &p("attn.proj"), heads, &q.proj)?;

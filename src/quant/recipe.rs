@@ -289,6 +289,9 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         _ => "f32 (weight-only)".to_string(),
     };
     desc.extra.insert("activations".into(), json!(activations));
+    if matches!((&recipe, static_act), (Recipe::Activations { .. }, None)) {
+        desc.extra.insert("attention".into(), json!(crate::models::vit::SAGE_ATTENTION));
+    }
     if static_act.is_some() {
         desc.extra.insert(super::actq::KEY.into(), json!(act_points));
         desc.extra.insert(format!("{}_schema", super::actq::KEY), json!(super::actq::SCHEMA));
