@@ -173,7 +173,7 @@ impl Engine {
             return Ok(bytes.clone());
         }
         if cfg!(target_arch = "wasm32") {
-            bail!("{}: not among the files the page fetched (the models and the digit samples)", path.display());
+            bail!("{}: not among the files the page fetched (the models and the samples)", path.display());
         }
         Ok(Arc::new(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?))
     }
