@@ -3,11 +3,13 @@
 //! the tokens and image the page reports must be what the native `lowbit generate` produces
 //! for the same class and seed: the same tokens exactly, the same image within a small
 //! tolerance (SwiftShader and lavapipe round floats differently); and `?action=classify:...`
-//! must give digits-vit's native logits. Skipped, with a message,
+//! must give digits-vit's native logits, and `?action=roundtrip:...` photo-vqgan's native
+//! tokens and reconstruction. Skipped, with a message,
 //! where Chromium, node or the wasm toolchain is missing (`.ci/run` installs them).
 //!
 //! Also, natively: the async generate path (the only one the browser has) gives the tokens of
-//! the sync one, and models loaded from fetched bytes give what the files give.
+//! the sync one, and models loaded from fetched bytes give what the files give (generate and
+//! round trip).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -95,15 +97,8 @@ fn browser_generate_matches_native() {
     let page_tokens: Vec<i64> = serde_json::from_value(page["tokens"].clone()).unwrap();
     assert_eq!(page_tokens, tokens.ids, "the browser sampled other tokens than the native run");
     let want = image::open(native.join("class3-0.png")).unwrap().to_rgb8();
-    let (w, h) = (page["width"].as_u64().unwrap() as u32, page["height"].as_u64().unwrap() as u32);
-    let rgb: Vec<u8> = serde_json::from_value(page["rgb"].clone()).unwrap();
-    let got = RgbImage::from_raw(w, h, rgb).expect("the page's rgb has width × height × 3 bytes");
-    assert_eq!(got.dimensions(), want.dimensions());
-    let diffs: Vec<u8> = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
-    let worst = *diffs.iter().max().unwrap();
-    let differ = diffs.iter().filter(|&&d| d > 0).count();
-    eprintln!("browser vs native image: max |diff| {worst} levels, {differ} of {} values differ", diffs.len());
-    assert!(worst <= MAX_ABS_DIFF, "the browser's image differs from the native one by up to {worst} levels");
+    let got = assert_page_image(&page, &want, "generate");
+    let (w, h) = got.dimensions();
 
     // The screenshot must show that image where the page says it drew it (not a blank canvas).
     let screen = image::open(&png).unwrap().to_rgb8();
@@ -137,13 +132,40 @@ fn browser_generate_matches_native() {
     assert!(worst <= MAX_LOGIT_DIFF, "the browser's logits differ by up to {worst}");
     assert_eq!(page["top1"].as_u64(), Some(native.top(1)[0].0 as u64));
 
+    // Round trip of a fetched photograph (its 128² crop): the native engine's tokens exactly,
+    // the reconstruction within the generate tolerance.
+    let (page, _) = page_result(&site, &out, "action=roundtrip:assets/samples/photo-chelsea.png", "roundtrip");
+    let (_, native) = {
+        let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::fallback()).unwrap();
+        let mut engine = Engine::new(gpu, root().join("assets"));
+        engine.roundtrip(&Recipe::f32(), &root().join("assets/samples/photo-chelsea.png")).unwrap()
+    };
+    let page_tokens: Vec<i64> = serde_json::from_value(page["tokens"].clone()).unwrap();
+    assert_eq!(page["token_shape"], serde_json::json!(native.tokens.shape()));
+    assert_eq!(page_tokens, native.tokens.ids, "the browser encoded the photo to other tokens than the native run");
+    assert_page_image(&page, &native.image, "round trip");
+
     // Bad input is reported in the page, as natively, instead of hanging or panicking.
-    for (query, says) in [("action=generate:42", "out of range"), ("action=classify:assets/samples/none.png", "none.png"), ("action=paint:1", "expected generate")] {
+    for (query, says) in [("action=generate:42", "out of range"), ("action=classify:assets/samples/none.png", "none.png"), ("action=roundtrip:assets/samples/none.png", "none.png"), ("action=paint:1", "expected generate")] {
         let (page, _) = open_page(&site, &out, query, "bad");
         let e = page["error"].as_str().unwrap_or_else(|| panic!("?{query}: no error in {page}"));
         assert!(e.contains(says), "?{query}: {e}");
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The page's `width` × `height` `rgb` image, which must be `want` within `MAX_ABS_DIFF`.
+fn assert_page_image(page: &serde_json::Value, want: &RgbImage, what: &str) -> RgbImage {
+    let (w, h) = (page["width"].as_u64().unwrap() as u32, page["height"].as_u64().unwrap() as u32);
+    let rgb: Vec<u8> = serde_json::from_value(page["rgb"].clone()).unwrap();
+    let got = RgbImage::from_raw(w, h, rgb).expect("the page's rgb has width × height × 3 bytes");
+    assert_eq!(got.dimensions(), want.dimensions(), "{what}: image size");
+    let diffs: Vec<u8> = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
+    let worst = *diffs.iter().max().unwrap();
+    let differ = diffs.iter().filter(|&&d| d > 0).count();
+    eprintln!("{what}, browser vs native image: max |diff| {worst} levels, {differ} of {} values differ", diffs.len());
+    assert!(worst <= MAX_ABS_DIFF, "{what}: the browser's image differs from the native one by up to {worst} levels");
+    got
 }
 
 /// Opens the built page with `query` in headless Chromium; its result JSON and screenshot.
@@ -209,6 +231,14 @@ fn models_from_fetched_bytes_match_the_files() {
     let b = poll_to_end(from_bytes.generate_job(&f32, 4, 1).unwrap()).unwrap();
     assert_eq!(a.tokens.ids, b.tokens.ids);
     assert_eq!(a.image, b.image);
+    // The round trip from a fetched photo-vqgan and photograph, as from the files.
+    let photo = "samples/photo-coffee.png";
+    for file in ModelName::PhotoVqgan.files().iter().map(String::as_str).chain([photo]) {
+        from_bytes.add_fetched(file, std::fs::read(assets.join(file)).unwrap());
+    }
+    let (crop_a, a_rt) = from_files.roundtrip(&f32, &assets.join(photo)).unwrap();
+    let (crop_b, b_rt) = poll_to_end(from_bytes.roundtrip_job(&f32, &PathBuf::from("no/such/assets").join(photo)).unwrap()).unwrap();
+    assert_eq!((crop_a, &a_rt.tokens.ids, &a_rt.image), (crop_b, &b_rt.tokens.ids, &b_rt.image));
     // A model that was not fetched says where it looked.
     let e = from_bytes.classify(&f32, &assets.join("samples/digit-7-0.png")).unwrap_err();
     assert!(format!("{e:#}").contains("digit-7-0.png") || format!("{e:#}").contains("digits-vit"), "{e:#}");

@@ -1,9 +1,10 @@
 //! The eframe app: state, the frame loop (queued actions run one frame after "working…" is
 //! shown, so the UI never looks frozen without a reason) and the precision side panel.
 //!
-//! Generate, re-decode and classify run as jobs (futures, see `Engine::generate_job`): natively they
-//! complete right away; in the browser, where GPU readbacks resolve only between frames, the
-//! job runs on the page's event loop and its result is picked up by a later frame.
+//! Generate, re-decode, round trip and classify run as jobs (futures, see
+//! `Engine::generate_job`): natively they complete right away; in the browser, where GPU
+//! readbacks resolve only between frames, the job runs on the page's event loop and its result
+//! is picked up by a later frame.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -42,6 +43,8 @@ pub enum Action {
 pub enum Finished {
     Generated { out: Decoded, reference: Option<Decoded> },
     Redecoded { out: Decoded, reference: Option<Decoded> },
+    /// `original`: the crop the encoder saw.
+    RoundTripped { original: image::RgbImage, out: Decoded, reference: Option<Decoded> },
     Classified { out: super::engine::Classified, f32_logits: Option<Vec<f32>> },
 }
 
@@ -174,7 +177,7 @@ impl ViewerApp {
     }
 
     /// Performs `action`, or returns the job that finishes it.
-    fn run(&mut self, ctx: &egui::Context, action: Action) -> anyhow::Result<Option<Job>> {
+    fn run(&mut self, action: Action) -> anyhow::Result<Option<Job>> {
         let Ok(engine) = self.engine.as_mut() else { anyhow::bail!("no GPU engine") };
         let recipe = &self.recipe;
         let f32 = &Recipe::f32();
@@ -209,12 +212,16 @@ impl ViewerApp {
                 })));
             }
             Action::RoundTrip(path) => {
-                let (original, out) = engine.roundtrip(recipe, &path)?;
-                let f32_out = if reference { Some(engine.roundtrip(f32, &path)?.1) } else { None };
-                let r = &mut self.roundtrip;
-                r.compare = f32_out.map(|f| compare(ctx, "roundtrip", &out.image, f.image));
-                r.original = Some(Shown::new(ctx, "photo", original));
-                r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
+                let job = engine.roundtrip_job(recipe, &path)?;
+                let f32_job = if reference { Some(engine.roundtrip_job(f32, &path)?) } else { None };
+                return Ok(Some(Box::pin(async move {
+                    let (original, out) = job.await?;
+                    let reference = match f32_job {
+                        Some(j) => Some(j.await?.1),
+                        None => None,
+                    };
+                    Ok(Finished::RoundTripped { original, out, reference })
+                })));
             }
             Action::Classify(path) => {
                 let job = engine.classify_job(recipe, &path)?;
@@ -259,7 +266,7 @@ impl ViewerApp {
             return;
         }
         self.error = None;
-        match self.run(ctx, action.clone()) {
+        match self.run(action.clone()) {
             Ok(Some(job)) => self.start(ctx, action, job),
             Ok(None) => {}
             Err(e) => self.error = Some(format!("{e:#}")),
@@ -304,6 +311,12 @@ impl ViewerApp {
             Ok(Finished::Redecoded { out, reference }) => {
                 g.compare = reference.map(|r| compare(ctx, "generate", &out.image, r.image));
                 g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
+            }
+            Ok(Finished::RoundTripped { original, out, reference }) => {
+                let r = &mut self.roundtrip;
+                r.compare = reference.map(|f| compare(ctx, "roundtrip", &out.image, f.image));
+                r.original = Some(Shown::new(ctx, "photo", original));
+                r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
             }
             Ok(Finished::Classified { out, f32_logits }) => {
                 let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);

@@ -2,9 +2,10 @@
 //! and one function per action (generate, decode, round trip, classify, profile). Everything
 //! returns plain images and numbers so the UI and the screenshot mode share it.
 //!
-//! Actions that read results back come in two forms: `generate_job` and `decode_job` load
-//! what they need, then return a `'static` future that owns (shared) models, which the browser
-//! awaits across frames; `generate` and `decode_digits` are these futures run to completion.
+//! Actions that read results back come in two forms: `generate_job`, `decode_job`,
+//! `roundtrip_job` and `classify_job` load what they need, then return a `'static` future that
+//! owns (shared) models, which the browser awaits across frames; `generate`, `decode_digits`,
+//! `roundtrip` and `classify` are these futures run to completion.
 //! Models load from the file system, or from bytes fetched over HTTP (`add_fetched`).
 
 use std::collections::HashMap;
@@ -72,7 +73,7 @@ struct ModelSet {
     prior: Option<Arc<Prior>>,
     digits: Option<Arc<VqganDecoder>>,
     photo_encoder: Option<VqganEncoder>,
-    photo_decoder: Option<VqganDecoder>,
+    photo_decoder: Option<Arc<VqganDecoder>>,
 }
 
 /// Which shipped model a measurement refers to.
@@ -116,6 +117,9 @@ pub struct Decoded {
     pub tokens: TokenGrid,
     pub image: RgbImage,
 }
+
+/// A round trip's result: the crop photo-vqgan saw, and its reconstruction.
+pub type RoundTrip = (RgbImage, Decoded);
 
 /// What classify produced for one image.
 #[derive(Clone, Debug)]
@@ -169,7 +173,7 @@ impl Engine {
             return Ok(bytes.clone());
         }
         if cfg!(target_arch = "wasm32") {
-            bail!("{}: not among the files the page fetched (the models and the digit samples)", path.display());
+            bail!("{}: not among the files the page fetched (the models and the samples)", path.display());
         }
         Ok(Arc::new(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?))
     }
@@ -273,7 +277,7 @@ impl Engine {
                         let dec = VqganDecoder::new(gpu, &c, &w, format).with_context(what)?;
                         let set = self.set(recipe);
                         set.photo_encoder = Some(enc);
-                        set.photo_decoder = Some(dec);
+                        set.photo_decoder = Some(Arc::new(dec));
                     }
                 }
                 continue;
@@ -296,7 +300,7 @@ impl Engine {
                     let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
                     let set = self.set(recipe);
                     set.photo_encoder = Some(enc);
-                    set.photo_decoder = Some(dec);
+                    set.photo_decoder = Some(Arc::new(dec));
                 }
             }
         }
@@ -398,10 +402,17 @@ impl Engine {
     }
 
     /// The center crop of `path` photo-vqgan sees, and its reconstruction.
-    pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<(RgbImage, Decoded)> {
+    pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<RoundTrip> {
+        Gpu::block_on(self.roundtrip_job(recipe, path)?)
+    }
+
+    /// `roundtrip` as a future that owns what it uses (see `generate_job`): the photo is read,
+    /// cropped and uploaded and the encoder planned now; encoding, reading the tokens back,
+    /// decoding and reading the image back come later.
+    pub fn roundtrip_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<RoundTrip>> + 'static> {
         let photo = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
-        let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.as_ref().unwrap());
+        let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.clone().unwrap());
         let f = enc.downscale();
         let side = |n: u32| (n as usize).min(PHOTO_SIDE) / f * f;
         let (h, w) = (side(photo.height()), side(photo.width()));
@@ -410,9 +421,15 @@ impl Engine {
         }
         let pixels = rgb_to_signed_chw(&photo, h, w);
         let input = Tensor::from_f32(gpu, &[1, 3, h, w], &pixels)?;
-        let tokens = enc.encode(gpu, &input)?;
-        let image = Gpu::block_on(decode_one(gpu, dec, &tokens))?;
-        Ok((signed_chw_to_rgb(&pixels, h, w), Decoded { tokens, image }))
+        // `VqganEncoder::encode` without its blocking readback of the ids.
+        let plan = enc.plan(gpu, 1, h, w)?;
+        let gpu = self.gpu.clone();
+        Ok(async move {
+            let ids = plan.run_with(&gpu, &[&input])?.remove(0).to_vec_u32_async(&gpu).await?;
+            let tokens = TokenGrid::new(&[1, h / f, w / f], ids.into_iter().map(i64::from).collect())?;
+            let image = decode_one(&gpu, &dec, &tokens).await?;
+            Ok((signed_chw_to_rgb(&pixels, h, w), Decoded { tokens, image }))
+        })
     }
 
     /// digits-vit's logits for `path` and the attention rollout of its class token.
@@ -474,7 +491,7 @@ impl Engine {
             }
             _ => {
                 let Some(tokens) = tokens else { bail!("nothing decoded yet: run the action first") };
-                let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_ref() } else { set.digits.as_deref() }.unwrap();
+                let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_deref() } else { set.digits.as_deref() }.unwrap();
                 let [b, h, w] = tokens.shape();
                 let plan = dec.plan(gpu, b, h, w)?;
                 plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;

@@ -21,9 +21,8 @@ use super::app::{Action, Tab, ViewerApp};
 use super::engine::{Engine, ModelName};
 use crate::{Gpu, GpuOptions};
 
-/// What the Generate and Classify tabs need. (The round trip's photo-vqgan is left out: the
-/// tab has no way to open a photo in the page yet.)
-const MODELS: [ModelName; 3] = [ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::DigitsVit];
+/// What the three tabs need.
+const MODELS: [ModelName; 4] = [ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::DigitsVit, ModelName::PhotoVqgan];
 
 /// The list of sample images `scripts/build-web` writes (a page cannot list a folder).
 const SAMPLES_INDEX: &str = "samples/index.json";
@@ -104,8 +103,8 @@ fn page_params() -> Result<web_sys::UrlSearchParams, String> {
     web_sys::UrlSearchParams::new_with_str(&search).map_err(|e| describe_js(&e))
 }
 
-/// `?action=generate:<class>&seed=<seed>` or `?action=classify:<image>` (an image under the
-/// page, e.g. `assets/samples/digit-7-0.png`).
+/// `?action=generate:<class>&seed=<seed>`, `?action=roundtrip:<image>` or
+/// `?action=classify:<image>` (an image under the page, e.g. `assets/samples/digit-7-0.png`).
 struct UrlAction {
     text: String,
     action: Action,
@@ -123,7 +122,8 @@ impl UrlAction {
         let action = match text.split_once(':') {
             Some(("generate", c)) => Action::Generate { class: c.parse().map_err(|_| format!("?action={text}: the class must be a number"))?, seed },
             Some(("classify", path)) if !path.is_empty() => Action::Classify(path.into()),
-            _ => return Err(format!("?action={text}: expected generate:<class> or classify:<image>")),
+            Some(("roundtrip", path)) if !path.is_empty() => Action::RoundTrip(path.into()),
+            _ => return Err(format!("?action={text}: expected generate:<class>, roundtrip:<image> or classify:<image>")),
         };
         Ok(Some(UrlAction { text, action, seed }))
     }
@@ -188,6 +188,10 @@ impl WebApp {
                     app.tab = Tab::Classify;
                     app.classify.path = path.display().to_string();
                 }
+                Action::RoundTrip(path) => {
+                    app.tab = Tab::RoundTrip;
+                    app.roundtrip.path = path.display().to_string();
+                }
                 _ => {}
             }
             app.request(r.action.clone());
@@ -210,6 +214,12 @@ impl WebApp {
             for (file, bytes) in arrived {
                 engine.add_fetched(&file, bytes);
             }
+            // The samples were not known when the app started: offer the first ones now.
+            for (path, prefix) in [(&mut self.app.roundtrip.path, "photo-"), (&mut self.app.classify.path, "digit-")] {
+                if path.is_empty() {
+                    *path = engine.samples(prefix).first().map(|p| p.display().to_string()).unwrap_or_default();
+                }
+            }
         }
         self.app.hold = (d.done < d.total).then(|| format!("downloading the models: {} of {} files ({:.1} MB)…", d.done, d.total, d.bytes as f64 / 1e6));
     }
@@ -228,6 +238,7 @@ impl WebApp {
             let result = match &request.action {
                 Action::Generate { .. } => app.generate.out.as_ref().map(|out| generate_json(app, out)),
                 Action::Classify(_) => app.classify.out.as_ref().map(|out| classify_json(&out.result)),
+                Action::RoundTrip(_) => app.roundtrip.out.as_ref().map(decoded_json),
                 _ => None,
             };
             if let Some(mut json) = result {
@@ -250,12 +261,18 @@ impl WebApp {
 
 fn generate_json(app: &ViewerApp, out: &super::app::DecodedView) -> serde_json::Value {
     let engine = app.engine.as_ref().ok();
+    let mut json = decoded_json(out);
+    json["adapter"] = engine.map(|e| e.gpu.adapter_name()).into();
+    json["caps"] = engine.map(|e| format!("{:?}", e.gpu.caps)).into();
+    // With a recipe other than f32: how far the f32 weights' image is, in levels.
+    json["vs_f32"] = app.generate.compare.as_ref().map(|c| serde_json::json!({ "max": c.max, "mean": c.mean })).into();
+    json
+}
+
+/// A decoded image with its tokens: what generate and round trip report.
+fn decoded_json(out: &super::app::DecodedView) -> serde_json::Value {
     let image = &out.shown.image;
     serde_json::json!({
-        "adapter": engine.map(|e| e.gpu.adapter_name()),
-        "caps": engine.map(|e| format!("{:?}", e.gpu.caps)),
-        // With a recipe other than f32: how far the f32 weights' image is, in levels.
-        "vs_f32": app.generate.compare.as_ref().map(|c| serde_json::json!({ "max": c.max, "mean": c.mean })),
         "tokens": out.tokens.ids,
         "token_shape": out.tokens.shape(),
         "width": image.width(),
