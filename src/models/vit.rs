@@ -127,10 +127,15 @@ fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usiz
     Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
 }
 
+/// Whether the checkpoint's quantization description sets `key` to `value`.
+fn described(w: &Weights, key: &str, value: &str) -> Result<bool> {
+    let desc = crate::quant::packed::Description::of(w)?;
+    Ok(desc.is_some_and(|d| d.extra.get(key).and_then(|a| a.as_str()) == Some(value)))
+}
+
 /// Whether `lowbit quantize` marked the checkpoint for int8 activations (`--recipe w8a8`).
 fn int8_activations(w: &Weights) -> Result<bool> {
-    let desc = crate::quant::packed::Description::of(w)?;
-    Ok(desc.is_some_and(|d| d.extra.get("activations").and_then(|a| a.as_str()) == Some(INT8_ACTIVATIONS)))
+    described(w, "activations", INT8_ACTIVATIONS)
 }
 
 /// The `activations` value of a W8A8 checkpoint's quantization description.
@@ -139,11 +144,6 @@ pub const INT8_ACTIVATIONS: &str = "int8 per-token dynamic (W8A8 kernel)";
 /// The `attention` value of a checkpoint whose attention runs in SageAttention.
 pub const SAGE_ATTENTION: &str = "SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it";
 
-/// Whether `lowbit quantize` asked for the low-bit attention kernel.
-fn sage_attention(w: &Weights) -> Result<bool> {
-    let desc = crate::quant::packed::Description::of(w)?;
-    Ok(desc.is_some_and(|d| d.extra.get("attention").and_then(|a| a.as_str()) == Some(SAGE_ATTENTION)))
-}
 
 /// A block Linear as a graph node.
 fn linear(g: &mut Graph, name: &str, layer: &Linear, x: Value, act: Option<Activation>) -> Result<Value> {
@@ -194,7 +194,8 @@ impl VisionTransformer {
         }
         let norm = Norm::load(gpu, w, "norm", d)?;
         let head = if c.num_classes > 0 { Some(load_linear(gpu, w, "head", c.num_classes, d, true, format)?) } else { None };
-        let sage = sage_attention(w)?;
+        // Whether `lowbit quantize` asked for the low-bit attention kernel.
+        let sage = described(w, "attention", SAGE_ATTENTION)?;
         Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head, sage })
     }
 

@@ -358,7 +358,7 @@ impl ViewerApp {
             }
         }
         if self.tab == Tab::Classify {
-            if let Ok(engine) = self.engine.as_ref() {
+            if let Ok(engine) = self.engine.as_mut() {
                 let edited = egui::CollapsingHeader::new("Bits per layer (digits-vit)").default_open(true).show(ui, |ui| super::layers::bits_per_layer(ui, engine, &self.recipe)).body_returned.flatten();
                 if let Some(recipe) = edited {
                     self.recipe = recipe;

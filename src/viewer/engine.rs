@@ -65,6 +65,9 @@ impl Recipe {
     }
 }
 
+/// A weight matrix of a model: (checkpoint key, rows, columns, format under a recipe).
+pub type Matrix = (String, usize, usize, WeightFormat);
+
 /// The models of one weight recipe, each loaded when first needed.
 #[derive(Default)]
 struct ModelSet {
@@ -153,12 +156,13 @@ pub struct Engine {
     /// Files fetched over HTTP, by path relative to `assets`: read instead of the file system.
     fetched: HashMap<PathBuf, Arc<Vec<u8>>>,
     models: HashMap<String, ModelSet>,
-    weight_bytes: HashMap<(ModelName, String), usize>,
+    /// What each weights file holds (parsed once: the precision panel asks every frame).
+    summaries: HashMap<PathBuf, WeightSummary>,
 }
 
 impl Engine {
     pub fn new(gpu: Gpu, assets: PathBuf) -> Engine {
-        Engine { gpu: Arc::new(gpu), assets, fetched: HashMap::new(), models: HashMap::new(), weight_bytes: HashMap::new() }
+        Engine { gpu: Arc::new(gpu), assets, fetched: HashMap::new(), models: HashMap::new(), summaries: HashMap::new() }
     }
 
     /// Makes `bytes` the content of `relative` (a path under `assets`, e.g. one of
@@ -323,34 +327,30 @@ impl Engine {
         Ok((config, w))
     }
 
-    /// digits-vit's matrices (name, rows, columns) with their format under `recipe`.
-    pub fn vit_layers(&self, recipe: &Recipe) -> anyhow::Result<Vec<(String, usize, usize, WeightFormat)>> {
-        let path = self.model_dir(ModelName::DigitsVit, recipe).join("model.safetensors");
-        let summary = WeightSummary::new(&Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?)?;
-        let chosen = |key: &str| recipe.layers.as_ref().and_then(|l| l.iter().find(|(k, _)| k == key).map(|(_, f)| *f));
-        Ok(summary.matrices.into_iter().map(|(key, r, c, stored)| {
-            let format = chosen(&key).or(stored).unwrap_or(recipe.format);
-            (key, r, c, format)
-        }).collect())
+    /// `m`'s matrices with the format each has under `recipe`, and the
+    /// parameters of everything else (which stays f32).
+    fn matrices(&mut self, m: ModelName, recipe: &Recipe) -> anyhow::Result<(Vec<Matrix>, usize)> {
+        let path = self.model_dir(m, recipe).join("model.safetensors");
+        if !self.summaries.contains_key(&path) {
+            let summary = WeightSummary::new(&Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?)?;
+            self.summaries.insert(path.clone(), summary);
+        }
+        let summary = &self.summaries[&path];
+        let layers = recipe.layers.as_ref().filter(|_| m == ModelName::DigitsVit);
+        let chosen = |key: &str| layers.and_then(|l| l.iter().find(|(k, _)| k == key).map(|(_, f)| *f));
+        let matrices = summary.matrices.iter().map(|(key, r, c, stored)| (key.clone(), *r, *c, chosen(key).or(*stored).unwrap_or(recipe.format))).collect();
+        Ok((matrices, summary.other_params))
+    }
+
+    /// digits-vit's matrices with their format under `recipe`.
+    pub fn vit_layers(&mut self, recipe: &Recipe) -> anyhow::Result<Vec<Matrix>> {
+        Ok(self.matrices(ModelName::DigitsVit, recipe)?.0)
     }
 
     /// Bytes of `m`'s weights under `recipe` (packed matrices plus the f32 rest).
     pub fn weight_bytes(&mut self, m: ModelName, recipe: &Recipe) -> anyhow::Result<usize> {
-        let key = (m, recipe.name.clone());
-        if let Some(&b) = self.weight_bytes.get(&key) {
-            return Ok(b);
-        }
-        let path = self.model_dir(m, recipe).join("model.safetensors");
-        let weights = Weights::from_bytes(&self.file_bytes(&path)?, &path.display().to_string())?;
-        let mut summary = WeightSummary::new(&weights)?;
-        if let (ModelName::DigitsVit, Some(layers)) = (m, &recipe.layers) {
-            for (key, _, _, stored) in &mut summary.matrices {
-                *stored = layers.iter().find(|(k, _)| k == key).map(|(_, f)| *f);
-            }
-        }
-        let bytes = summary.bytes(recipe.format);
-        self.weight_bytes.insert(key, bytes);
-        Ok(bytes)
+        let (matrices, other) = self.matrices(m, recipe)?;
+        Ok(4 * other + matrices.iter().map(|&(_, r, c, f)| f.packed_bytes(r, c)).sum::<usize>())
     }
 
     /// A digit of `class` sampled by digits-prior (batch 1) and decoded by digits-vqgan.

@@ -11,7 +11,7 @@ use crate::quant::WeightFormat;
 const CHOICES: [&str; 6] = ["f32", "q8", "q4g32", "q4g128", "fp4", "ternary"];
 
 /// Draws the table; returns the recipe to switch to when a layer's format changed.
-pub fn bits_per_layer(ui: &mut egui::Ui, engine: &Engine, recipe: &Recipe) -> Option<Recipe> {
+pub fn bits_per_layer(ui: &mut egui::Ui, engine: &mut Engine, recipe: &Recipe) -> Option<Recipe> {
     let layers = match engine.vit_layers(recipe) {
         Ok(l) => l,
         Err(e) => {
