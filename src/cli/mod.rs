@@ -27,6 +27,10 @@ struct Cli {
     /// Switch off optional GPU features to use the fallback kernels: f16,subgroups,packed_dot or all.
     #[arg(long, global = true, value_name = "LIST")]
     disable: Option<String>,
+    /// Which kernels run: `auto` (the launch table's row for this adapter), `cpu` (the
+    /// llvmpipe-tuned ones) or `gpu` (the workgroup-tiled GPU ones), on any adapter.
+    #[arg(long, global = true, value_name = "auto|cpu|gpu")]
+    plan: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +83,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.adapter.is_some() {
         opts.adapter = cli.adapter.clone();
     }
+    if let Some(plan) = &cli.plan {
+        opts.plan = crate::gpu::KernelPlan::parse(plan).map_err(|e| anyhow::anyhow!("--plan: {e}"))?;
+    }
     if let Some(list) = &cli.disable {
         for item in list.split(',') {
             match item.trim() {
@@ -114,7 +121,7 @@ fn devices(opts: &GpuOptions) -> anyhow::Result<()> {
     }
     let gpu = Gpu::with_options(opts)?;
     let c = gpu.caps;
-    println!("\nselected: {}  class {:?}", gpu.adapter_name(), gpu.class);
+    println!("\nselected: {}  class {:?}, kernel plan {:?}", gpu.adapter_name(), gpu.adapter_class, gpu.class);
     println!(
         "  shader-f16 {}  subgroups {} (size {}..{})  packed_4x8_integer_dot_product {}  timestamps {}",
         c.f16, c.subgroups, c.subgroup_min_size, c.subgroup_max_size, c.packed_dot, c.timestamps

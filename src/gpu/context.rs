@@ -37,6 +37,28 @@ pub enum AdapterClass {
     Integrated,
 }
 
+/// Which row of the kernels' launch table runs (`--plan`, `LOWBIT_PLAN`): the one for this
+/// adapter's class, or a forced one. Forcing `Gpu` on lavapipe runs the GPU-class kernels (slowly)
+/// so CI checks them against their CPU references; forcing `Cpu` on a GPU runs the llvmpipe ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelPlan {
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl KernelPlan {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim() {
+            "auto" => Ok(KernelPlan::Auto),
+            "cpu" => Ok(KernelPlan::Cpu),
+            "gpu" => Ok(KernelPlan::Gpu),
+            other => Err(Error::Invalid(format!("unknown kernel plan `{other}` (auto, cpu, gpu)"))),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Pick the first adapter whose name contains this (case-insensitive).
@@ -49,13 +71,22 @@ pub struct GpuOptions {
     pub no_packed_dot: bool,
     /// Use a smaller storage-binding limit than the adapter's (to exercise tensor splitting).
     pub max_binding_size: Option<u64>,
+    /// The launch-table row to use (`Auto`: the adapter's own class).
+    pub plan: KernelPlan,
 }
 
 impl GpuOptions {
-    /// Options from the environment: `LOWBIT_ADAPTER=substring` and
-    /// `LOWBIT_DISABLE=f16,subgroups,packed_dot` (forces the fallbacks everywhere).
+    /// Options from the environment: `LOWBIT_ADAPTER=substring`,
+    /// `LOWBIT_DISABLE=f16,subgroups,packed_dot` (forces the fallbacks everywhere) and
+    /// `LOWBIT_PLAN=auto|cpu|gpu` (an unknown value is ignored with a warning).
     pub fn from_env() -> Self {
         let mut o = GpuOptions { adapter: std::env::var("LOWBIT_ADAPTER").ok(), ..Default::default() };
+        if let Ok(plan) = std::env::var("LOWBIT_PLAN") {
+            match KernelPlan::parse(&plan) {
+                Ok(p) => o.plan = p,
+                Err(e) => eprintln!("warning: LOWBIT_PLAN: {e}"),
+            }
+        }
         if let Ok(list) = std::env::var("LOWBIT_DISABLE") {
             for item in list.split(',').map(str::trim) {
                 match item {
@@ -74,6 +105,11 @@ impl GpuOptions {
     pub fn fallback() -> Self {
         GpuOptions { no_f16: true, no_subgroups: true, no_packed_dot: true, ..Self::from_env() }
     }
+
+    /// These options with the GPU-class kernels forced (`--plan gpu`).
+    pub fn gpu_plan(self) -> Self {
+        GpuOptions { plan: KernelPlan::Gpu, ..self }
+    }
 }
 
 /// The device, its queue, what it can do, and the pipeline cache.
@@ -83,7 +119,12 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub caps: Caps,
+    /// The launch-table row kernels choose their variants by: `adapter_class` unless
+    /// `GpuOptions::plan` forced another.
     pub class: AdapterClass,
+    /// What the adapter is (for decisions about the machine, not the kernels: e.g. whether
+    /// benchmarks must stream past a GPU's cache).
+    pub adapter_class: AdapterClass,
     max_binding: u64,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<Error>>>,
@@ -226,13 +267,19 @@ impl Gpu {
             packed_dot: lang.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct) && !opts.no_packed_dot,
             timestamps: dev_features.contains(wgpu::Features::TIMESTAMP_QUERY),
         };
-        let class = match info.device_type {
+        let adapter_class = match info.device_type {
             wgpu::DeviceType::Cpu => AdapterClass::Cpu,
             wgpu::DeviceType::DiscreteGpu => AdapterClass::Discrete,
             _ if info.name.to_lowercase().contains("llvmpipe") || info.name.contains("SwiftShader") => {
                 AdapterClass::Cpu
             }
             _ => AdapterClass::Integrated,
+        };
+        let class = match opts.plan {
+            KernelPlan::Auto => adapter_class,
+            KernelPlan::Cpu => AdapterClass::Cpu,
+            // The discrete row: the GPU-class kernels with the largest tiles.
+            KernelPlan::Gpu => AdapterClass::Discrete,
         };
         let adapter_max = limits.max_storage_buffer_binding_size;
         let max_binding = opts.max_binding_size.map_or(adapter_max, |m| m.min(adapter_max)) & !255;
@@ -243,6 +290,7 @@ impl Gpu {
             limits,
             caps,
             class,
+            adapter_class,
             max_binding,
             lost,
             uncaptured,

@@ -7,6 +7,6 @@ mod preprocess;
 pub mod timing;
 
 pub use buffers::{DType, Tensor};
-pub use context::{adapter_rank, AdapterClass, Caps, Encoder, Gpu, GpuOptions};
+pub use context::{adapter_rank, AdapterClass, Caps, Encoder, Gpu, GpuOptions, KernelPlan};
 pub use pipelines::{BindGroupCache, Shader};
 pub use preprocess::{preprocess, shader_flags, INCLUDES};

@@ -374,7 +374,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
             // timed at cache speed. Steps rotate over enough copies to stream ≥ 128 MiB, the
             // way a real model's layers follow one another. (CPU adapters are timed like
             // ggml's test-backend-ops, on one matrix: their caches are what a small model sees.)
-            let streamed = kernel == "gemv" && size == BenchSize::Full && gpu.class != AdapterClass::Cpu;
+            let streamed = kernel == "gemv" && size == BenchSize::Full && gpu.adapter_class != AdapterClass::Cpu;
             let copies = if streamed { (BENCH_STREAM_BYTES / w.bytes()).clamp(1, 64) } else { 1 };
             let layers = (0..copies).map(|_| QLinear::new(gpu, w, None)).collect::<Result<Vec<_>>>()?;
             let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;

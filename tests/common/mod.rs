@@ -18,9 +18,28 @@ pub fn gpu_fallback() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::with_options(&GpuOptions::fallback()).expect("a GPU adapter"))
 }
 
+/// The default adapter with the GPU-class kernels forced (`--plan gpu`): on lavapipe this runs
+/// the workgroup-tiled kernels a real GPU gets, slowly, against the same references.
+pub fn gpu_plan() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::with_options(&GpuOptions::from_env().gpu_plan()).expect("a GPU adapter"))
+}
+
+/// The GPU-class kernels with every optional feature switched off.
+pub fn gpu_plan_fallback() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::with_options(&GpuOptions::fallback().gpu_plan()).expect("a GPU adapter"))
+}
+
 /// Both of the above, for tests that must pass on each path.
 pub fn gpus() -> [(&'static str, &'static Gpu); 2] {
     [("native", gpu()), ("fallback", gpu_fallback())]
+}
+
+/// Every kernel plan × feature path: the CPU-class kernels (native, fallback) and the
+/// GPU-class ones forced on this adapter (native, fallback).
+pub fn all_plans() -> [(&'static str, &'static Gpu); 4] {
+    [("native", gpu()), ("fallback", gpu_fallback()), ("gpu-plan", gpu_plan()), ("gpu-plan fallback", gpu_plan_fallback())]
 }
 
 /// Deterministic pseudo-random values in [-scale, scale).
