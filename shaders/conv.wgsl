@@ -7,14 +7,15 @@
 // workgroup share the same channels: weight loads have the same address in every lane
 // (broadcasts), and lanes differ only in the pixels they read.
 //
-// Weights: any format of shaders/dequant.wgsl (FMT_* define; SCALED for formats with scales).
+// Weights: any format of shaders/decode.wgsl (FMT_* define; SCALED / ZERO_POINTS for its
+// optional bindings).
 // Scale groups are whole words (group sizes are multiples of the elements per word, and rows
 // start on a word), so scales and zero points are read only where a group starts.
 //
 // Defines: TOKENS writes [B, Ho·Wo, Cout] (timm's PatchEmbed flatten + transpose) instead of
 // NCHW.
 
-#include dequant
+#include decode
 
 struct Params {
     cin: u32, h: u32, w: u32, cout: u32,
@@ -27,6 +28,8 @@ struct Params {
     co_base: u32, co_count: u32,
     // Pixel blocks of 4 along a row, per row, and in all (batch · Ho · blocks_x).
     blocks_x: u32, blocks: u32,
+    // Output pixels in all (conv_workgroup.wgsl's M).
+    pixels: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,7 +42,7 @@ struct Params {
 #if SCALED
 @group(0) @binding(5) var<storage, read> w_scales: array<u32>;
 #endif
-#if FMT_Q4Z
+#if ZERO_POINTS
 @group(0) @binding(6) var<storage, read> w_zeros: array<u32>;
 #endif
 
@@ -50,19 +53,19 @@ override WG: u32 = 64u;
 #if SCALED
 // Scale group ids of word `wi` in rows `rows` (groups are whole words).
 fn group_ids(rows: vec4<u32>, wi: u32) -> vec4<u32> {
-    return rows * p.groups + vec4((wi * W_PER_WORD) / p.group_size);
+    return rows * p.groups + vec4((wi * PW) / p.group_size);
 }
 fn scales(g: vec4<u32>) -> vec4<f32> {
-    return vec4(w_scale(g.x), w_scale(g.y), w_scale(g.z), w_scale(g.w));
+    return vec4(group_scale(g.x), group_scale(g.y), group_scale(g.z), group_scale(g.w));
 }
-fn zeros(g: vec4<u32>) -> vec4<f32> {
-    return vec4(w_zero(g.x), w_zero(g.y), w_zero(g.z), w_zero(g.w));
+fn offsets(g: vec4<u32>) -> vec4<f32> {
+    return vec4(group_offset(g.x), group_offset(g.y), group_offset(g.z), group_offset(g.w));
 }
 #endif
 
-fn decode4(words: vec4<u32>, j: u32, zero: vec4<f32>) -> vec4<f32> {
-    return vec4(w_decode(words.x, j, zero.x), w_decode(words.y, j, zero.y),
-                w_decode(words.z, j, zero.z), w_decode(words.w, j, zero.w));
+fn decode4(words: vec4<u32>, j: u32, offset: vec4<f32>) -> vec4<f32> {
+    return vec4(decode_element(words.x, j, offset.x), decode_element(words.y, j, offset.y),
+                decode_element(words.z, j, offset.z), decode_element(words.w, j, offset.w));
 }
 
 // acc + x ⊗ w (column c gains x · w[c]), as fused multiply-adds.
@@ -98,23 +101,23 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 
     var scale_lo = vec4(1.0);
     var scale_hi = vec4(1.0);
-    var zero_lo = vec4(0.0);
-    var zero_hi = vec4(0.0);
+    var offset_lo = vec4(OFFSET);
+    var offset_hi = vec4(OFFSET);
     for (var wi = 0u; wi < p.row_words; wi++) {
         let words_lo = w_tiles[(wg.y * p.row_words + wi) * 2u];
         let words_hi = w_tiles[(wg.y * p.row_words + wi) * 2u + 1u];
 #if SCALED
         // Scales change only at group boundaries (per-channel formats: never).
-        if (wi * W_PER_WORD) % p.group_size == 0u {
+        if (wi * PW) % p.group_size == 0u {
             let g_lo = group_ids(rows_lo, wi);
             let g_hi = group_ids(rows_hi, wi);
             scale_lo = scales(g_lo);
             scale_hi = scales(g_hi);
-            zero_lo = zeros(g_lo);
-            zero_hi = zeros(g_hi);
+            offset_lo = offsets(g_lo);
+            offset_hi = offsets(g_hi);
         }
 #endif
-        let nk = min(W_PER_WORD, p.k - wi * W_PER_WORD);
+        let nk = min(PW, p.k - wi * PW);
         for (var j = 0u; j < nk; j++) {
             // The 4 input pixels under tap (ky, kx), zero where they fall in the padding.
             let iy = iy0 + i32(ky);
@@ -123,8 +126,8 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let row_off = chan_off + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w;
             let cx = vec4<u32>(clamp(ix, vec4(0), vec4(i32(p.w) - 1)));
             let xv = select(vec4(0.0), vec4(x[row_off + cx.x], x[row_off + cx.y], x[row_off + cx.z], x[row_off + cx.w]), ok);
-            acc_lo = fma_outer(acc_lo, xv, decode4(words_lo, j, zero_lo) * scale_lo);
-            acc_hi = fma_outer(acc_hi, xv, decode4(words_hi, j, zero_hi) * scale_hi);
+            acc_lo = fma_outer(acc_lo, xv, decode4(words_lo, j, offset_lo) * scale_lo);
+            acc_hi = fma_outer(acc_hi, xv, decode4(words_hi, j, offset_hi) * scale_hi);
             kx++;
             if kx == p.kw {
                 kx = 0u;

@@ -13,19 +13,14 @@ override WG: u32 = 256u;
 
 #include grid
 
-// Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, plenty for f32 activations.
-fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
-    return select(-y, y, x >= 0.0);
-}
+#include common
 
 @compute @workgroup_size(WG)
 fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = grid_item(wg, nwg, lid);
     if i >= p.n { return; }
     let x = a[i];
-    out[i] = 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
+    out[i] = gelu_erf(x);
 }
 
 @compute @workgroup_size(WG)

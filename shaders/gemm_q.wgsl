@@ -1,13 +1,13 @@
-// Quantized matrix × matrix: out[m, col_off + n] = act(Σ_k x[m, k] · W[n, k] + bias[n]).
-// Builds on gemv_q.wgsl: its bindings, decode(), load_x(), load_chunk() and store() (see the
-// top of that file for the defines).
+// Quantized matrix × matrix for CPU adapters: out[m, col_off + n] = act(Σ_k x[m, k] · W[n, k]
+// + bias[n]). Bindings, decode(), load_x(), load_chunk() and store() come from linear.wgsl (see
+// its defines); GPUs get gemm_workgroup.wgsl instead.
 //
 // Register tiling: a workgroup owns TM rows of x and WG·TN weight rows; each invocation
 // computes a TM × TN block of outputs. Every weight word is decoded and scaled once per
 // invocation and reused across the TM rows of x; the x loads are the same for all lanes (a
 // broadcast on llvmpipe, a cached load on GPUs), so no workgroup memory and no barrier.
 
-#include gemv_q
+#include linear
 
 override TM: u32 = 8u; // ≤ 8
 override TN: u32 = 2u; // ≤ 8 (vec4 accumulators were tried: they spill and run 2× slower)

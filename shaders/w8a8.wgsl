@@ -6,6 +6,8 @@
 // PACKED_DOT uses dot4I8Packed, else bytes are sign-extended and multiplied in i32;
 // GEMV computes one activation row per tile instead of four; GELU fuses the activation.
 
+#include common
+
 struct Params {
     rows: u32,        // M: activation rows (tokens)
     cols: u32,        // quantize: K; GEMM: output channels in this weight part
@@ -23,23 +25,24 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> scales: array<f32>;
 
 // Lanes per row: 8 (one SIMD batch) on CPU adapters, more on GPUs.
-override QWG: u32 = 64u;
-var<workgroup> partial_max: array<f32, QWG>;
+override WG: u32 = 64u;
+#include grid
+var<workgroup> partial_max: array<f32, WG>;
 
 // One workgroup per row. The max needs a single barrier: every lane then reads all partial
 // maxima itself (same addresses for all lanes, cheap everywhere) instead of a barrier-per-level
 // tree, which matters on CPU adapters where a barrier is a coroutine switch.
-@compute @workgroup_size(QWG)
+@compute @workgroup_size(WG)
 fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let row = wg.x + wg.y * nwg.x;
+    let row = grid_group(wg, nwg);
     // No early return: the barrier below must be reached by the whole workgroup.
     let live = row < p.rows;
     let r = min(row, p.rows - 1u);
     let base = r * p.cols;
 
     var amax = 0.0;
-    for (var w = lid; w < p.row_words; w += QWG) {
+    for (var w = lid; w < p.row_words; w += WG) {
         for (var j = 0u; j < 4u; j++) {
             let k = 4u * w + j;
             if k < p.cols {
@@ -49,13 +52,13 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     partial_max[lid] = amax;
     workgroupBarrier();
-    for (var i = 0u; i < QWG; i++) {
+    for (var i = 0u; i < WG; i++) {
         amax = max(amax, partial_max[i]);
     }
 
     // Exactly the CPU reference's arithmetic (f32 divide, round half to even), so codes match bit for bit.
     let scale = amax / 127.0;
-    for (var w = lid; w < p.row_words; w += QWG) {
+    for (var w = lid; w < p.row_words; w += WG) {
         var word = 0u;
         for (var j = 0u; j < 4u; j++) {
             let k = 4u * w + j;
@@ -95,11 +98,6 @@ const TM: u32 = 1u;
 const TM: u32 = 4u;
 #endif
 
-// Sign-extends the four int8 codes of a word (byte 0 first).
-fn unpack_i8(word: u32) -> vec4<i32> {
-    return bitcast<vec4<i32>>(vec4<u32>(word) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
-}
-
 // 16 codes in the form the dot product wants them: as stored, or sign-extended once so that
 // an operand reused against several others is unpacked only once.
 #if PACKED_DOT
@@ -125,21 +123,12 @@ fn x_vec(i: u32) -> vec4<u32> {
     return vec4<u32>(x_codes[i], x_codes[i + 1u], x_codes[i + 2u], x_codes[i + 3u]);
 }
 
-#if GELU
-// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
-fn erf_approx(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
-    return select(-y, y, x >= 0.0);
-}
-#endif
-
 // Rescale the integer sum, add the bias, apply the fused activation, store.
 fn store(m: u32, c: u32, acc: i32) {
     let sb = w_rows[c];
     var v = f32(acc) * x_scales[m] * sb.x + sb.y;
 #if GELU
-    v = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+    v = gelu_erf(v);
 #endif
     out[m * p.out_stride + p.col_offset + c] = v;
 }

@@ -52,7 +52,7 @@ fn geometries_match_reference() {
         Case { shape: [1, 3, 4, 3], cout: 2, kernel: 3, stride: 1, pad: 0 },
         Case { shape: [1, 1, 1, 1], cout: 1, kernel: 1, stride: 1, pad: 0 },
     ];
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         for c in &cases {
             check(gpu, path, c, WeightFormat::F32, F32_NMSE);
         }
@@ -64,7 +64,7 @@ fn every_weight_format() {
     // Cin·9 = 288: several scale groups per row and a partial last word for some formats.
     let c = Case { shape: [1, 32, 7, 10], cout: 10, kernel: 3, stride: 1, pad: 1 };
     let odd = Case { shape: [1, 5, 6, 5], cout: 7, kernel: 3, stride: 2, pad: 1 };
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         for fmt in WeightFormat::all() {
             check(gpu, path, &c, fmt, bound(fmt));
             // 45 columns: a partial last scale group and a partial last word.
@@ -78,7 +78,7 @@ fn asymmetric_padding_as_taming_downsample() {
     // taming's Downsample: F.pad(x, (0, 1, 0, 1)) then a 3×3 stride-2 conv without padding.
     let downsample = Padding { top: 0, left: 0, bottom: 1, right: 1 };
     let q4 = WeightFormat::Q4 { group: 32, zero_point: true };
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         // Even sizes halve exactly; odd ones floor like PyTorch ((h + 1 - 3) / 2 + 1).
         for shape in [[2, 6, 8, 8], [1, 5, 9, 7], [1, 3, 16, 10], [1, 4, 3, 4]] {
             let c = Case { shape, cout: 11, kernel: 3, stride: 2, pad: 0 };
@@ -111,7 +111,7 @@ fn weights_split_over_bindings() {
 
 #[test]
 fn patch_embed_writes_tokens() {
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         let (b, h, w, p, d) = (2, 32, 48, 16, 21);
         let cols = 3 * p * p;
         let img = random(b * 3 * h * w, 7, 1.0);

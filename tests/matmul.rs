@@ -50,6 +50,37 @@ fn every_format_matches_reference() {
     }
 }
 
+/// NMSE of a GPU result against the f64 reference on the same decoded weights: only the f32
+/// summation order differs (relative error ~ √K · 2^-24 per output), so ~1e-12 is expected;
+/// an output wrong by its own size would cost ~1/(M·N), far above this.
+const SHARED_WEIGHTS_NMSE: f64 = 1e-10;
+
+/// The GPU plan forced on this adapter (GEMV per subgroup team, workgroup-tiled GEMM with the
+/// table's small, medium and large tiles): every format, M = 1, 3, 33, 197, 257 and 1100, K and N
+/// multiples of no tile.
+#[test]
+fn gpu_plan_every_format_matches_reference() {
+    for (path, gpu) in [("gpu-plan", gpu_plan()), ("gpu-plan fallback", gpu_plan_fallback())] {
+        for fmt in WeightFormat::all() {
+            let (k, n) = (200, 77);
+            let packed = PackedMatrix::quantize(&random(n * k, 21, 1.0), n, k, fmt).unwrap();
+            let bias = random(n, 22, 0.5);
+            let layer = QLinear::new(gpu, &packed, Some(&bias)).unwrap();
+            for (m, act) in [(1, None), (3, Some(Activation::Gelu)), (33, None), (197, None), (257, Some(Activation::Swish)), (1100, None)] {
+                if m == 1100 && !matches!(fmt, WeightFormat::Q4 { .. } | WeightFormat::F16) {
+                    continue;
+                }
+                let x = random(m * k, m as u64 + 23, 2.0);
+                let variant = tuning::plan(gpu).for_rows(m);
+                let got = run(gpu, &layer, &x, m, act, None);
+                let want = linear_reference(&packed, Some(&bias), &x, m, act);
+                let what = format!("{} {m}x{k}x{n} {act:?} {} {path}", fmt.name(), variant.name());
+                assert_nmse(&what, &got, &want, SHARED_WEIGHTS_NMSE);
+            }
+        }
+    }
+}
+
 /// Every candidate variant (including the discrete-GPU ones) on lavapipe, so the table can
 /// pick any of them. Q4 with zero points and FP4 g16 (scalar word path) cover the decoders.
 #[test]
@@ -87,7 +118,8 @@ fn split_across_bindings() {
         assert!(layer.chunks() >= 3, "{}: only {} chunks", fmt.name(), layer.chunks());
         // x and out must fit one binding too, so few rows; the GEMM is forced.
         let gemm = Variant::GemmTiled { wg: 64, tm: 8, tn: 2 };
-        for (m, variant) in [(1, None), (3, None), (3, Some(gemm))] {
+        let gemm_wg = Variant::GemmWorkgroup { bm: 16, bn: 64, tm: 2, tn: 4 };
+        for (m, variant) in [(1, None), (3, None), (3, Some(gemm)), (3, Some(gemm_wg))] {
             let x = random(m * k, 13, 1.0);
             let want = linear_reference(&packed, Some(&bias), &x, m, None);
             let got = run(&gpu, &layer, &x, m, None, variant);
@@ -146,131 +178,4 @@ fn bench_cases_build_and_run() {
         gpu.submit(enc).unwrap();
     }
     assert!(!tuning::tune_cases(gpu, BenchSize::Quick).unwrap().is_empty());
-}
-
-/// Timings on this adapter: `cargo test --test matmul -- --ignored --nocapture timings`.
-/// LOWBIT_TUNE=1 times every candidate variant instead of the benchmark table.
-#[test]
-#[ignore]
-fn timings() {
-    let gpu = gpu();
-    let size = if std::env::var("LOWBIT_QUICK").is_ok() { BenchSize::Quick } else { BenchSize::Full };
-    let filter = std::env::var("LOWBIT_FILTER").unwrap_or_default();
-    let cases: Vec<(String, lowbit::kernels::BenchCase)> = if std::env::var("LOWBIT_TUNE").is_ok() {
-        tuning::tune_cases(gpu, size).unwrap()
-    } else {
-        lowbit::kernels::matmul::bench_cases(gpu, size).unwrap().into_iter().map(|c| (String::new(), c)).collect()
-    };
-    for (name, mut c) in cases {
-        let label = format!("{} {} {} {name}", c.kernel, c.format, c.shape);
-        if !label.contains(&filter) {
-            continue;
-        }
-        let (ms, clock) = gpu.time_step(5, |enc| (c.step)(gpu, enc)).unwrap();
-        // The machine is shared: CPU time spent (all lavapipe threads) over the 2 cores is
-        // a steadier estimate of the uncontended time than the wall clock.
-        let reps = (400.0 / ms).clamp(2.0, 50.0) as usize;
-        let mut enc = gpu.encoder();
-        for _ in 0..reps {
-            (c.step)(gpu, &mut enc).unwrap();
-        }
-        let t0 = cpu_ms();
-        gpu.submit(enc).unwrap();
-        gpu.wait().unwrap();
-        let cpu = (cpu_ms() - t0) / reps as f64 / 2.0;
-        eprintln!(
-            "{label:48} {ms:8.3} ms {:6.2} GB/s {:6.2} GFLOP/s ({clock:?}) | cpu/2 {cpu:8.3} ms {:6.2} GB/s {:6.2} GFLOP/s",
-            c.bytes as f64 / ms / 1e6,
-            c.flops as f64 / ms / 1e6,
-            c.bytes as f64 / cpu / 1e6,
-            c.flops as f64 / cpu / 1e6
-        );
-    }
-}
-
-/// User + system CPU time of this process (all threads), in ms, from /proc/self/stat.
-fn cpu_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = after_name.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    // Fields 14 and 15 of the file (utime, stime) in 100 Hz ticks; `f` starts at field 3.
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * 10.0
-}
-
-/// A/B of kernel variants on the headline Q4 shapes, interleaved so shared-machine noise hits
-/// all alike: `cargo test --release --test matmul -- --ignored --nocapture variants_ab`.
-#[test]
-#[ignore]
-fn variants_ab() {
-    let gpu = gpu();
-    let (k, n) = (4096, 4096);
-    let filter = std::env::var("LOWBIT_FILTER").unwrap_or_default();
-    for fmt in [WeightFormat::Q4 { group: 32, zero_point: false }, WeightFormat::Q4 { group: 128, zero_point: false }] {
-        let packed = PackedMatrix::quantize(&random(n * k, 1, 1.0), n, k, fmt).unwrap();
-        let layer = QLinear::new(gpu, &packed, None).unwrap();
-        for gemm in [false, true] {
-            let m = if gemm { 197 } else { 1 };
-            let variants: Vec<Variant> = tuning::candidates(gemm).into_iter().filter(|v| !matches!(v, Variant::GemvCoop { .. })).collect();
-            let label = format!("{} {m}x{k}x{n}", fmt.name());
-            if !label.contains(&filter) {
-                continue;
-            }
-            let x = Tensor::from_f32(gpu, &[m, k], &random(m * k, 2, 1.0)).unwrap();
-            let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
-            let mut times = vec![vec![]; variants.len()];
-            for _ in 0..if gemm { 1 } else { 3 } {
-                for (t, &v) in times.iter_mut().zip(&variants) {
-                    // CPU time of all lavapipe threads over the 2 cores: steadier than the
-                    // wall clock on a shared machine.
-                    let reps = if m == 1 { 100 } else { 1 };
-                    let mut enc = gpu.encoder();
-                    for _ in 0..reps {
-                        linear_with(gpu, &mut enc, &layer, &x, &out, None, v).unwrap();
-                    }
-                    let t0 = cpu_ms();
-                    gpu.submit(enc).unwrap();
-                    gpu.wait().unwrap();
-                    t.push((cpu_ms() - t0) / reps as f64 / 2.0);
-                }
-            }
-            for (t, v) in times.iter_mut().zip(&variants) {
-                t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                let ms = t[t.len() / 2];
-                let name = v.name();
-                eprintln!("{label:24} {name:24} {ms:8.3} ms {:6.2} GB/s {:6.2} GFLOP/s", packed.bytes() as f64 / ms / 1e6, 2.0 * (m * k * n) as f64 / ms / 1e6);
-            }
-        }
-    }
-}
-
-/// deit_tiny's Linear shapes in f32, f16 and q8 with the table's variant, CPU time per call:
-/// `cargo test --release --test matmul -- --ignored --nocapture deit_shapes`.
-#[test]
-#[ignore]
-fn deit_shapes() {
-    let gpu = gpu();
-    for (k, n) in [(192, 576), (192, 768), (768, 192)] {
-        for fmt in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Q8 { group: None }, WeightFormat::Q4 { group: 32, zero_point: false }] {
-            let m = 197;
-            let packed = PackedMatrix::quantize(&random(n * k, 1, 1.0), n, k, fmt).unwrap();
-            let layer = QLinear::new(gpu, &packed, None).unwrap();
-            let x = Tensor::from_f32(gpu, &[m, k], &random(m * k, 2, 1.0)).unwrap();
-            let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
-            let mut t = vec![];
-            for _ in 0..5 {
-                let reps = 10;
-                let mut enc = gpu.encoder();
-                for _ in 0..reps {
-                    linear(gpu, &mut enc, &layer, &x, &out, None).unwrap();
-                }
-                let t0 = cpu_ms();
-                gpu.submit(enc).unwrap();
-                gpu.wait().unwrap();
-                t.push((cpu_ms() - t0) / reps as f64 / 2.0);
-            }
-            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let ms = t[2];
-            eprintln!("{m}x{k}x{n} {:8} {ms:8.3} ms {:6.2} GFLOP/s", fmt.name(), 2.0 * (m * k * n) as f64 / ms / 1e6);
-        }
-    }
 }

@@ -9,4 +9,4 @@ pub mod timing;
 pub use buffers::{DType, Tensor};
 pub use context::{adapter_rank, AdapterClass, Caps, Encoder, Gpu, GpuOptions, KernelPlan};
 pub use pipelines::{BindGroupCache, Shader};
-pub use preprocess::{preprocess, shader_flags, INCLUDES};
+pub use preprocess::{preprocess, preprocess_file, shader_flags, Preprocessed, INCLUDES};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::{preprocess, Encoder, Gpu};
+use super::{preprocess_file, Encoder, Gpu, Preprocessed};
 use crate::{Error, Result};
 
 /// A WGSL kernel family: one file in `shaders/`.
@@ -88,14 +88,20 @@ impl Gpu {
         if let Some(p) = self.pipelines.map.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let source = preprocess(shader.source, defines)
+        let source = preprocess_file(shader.name, shader.source, defines)
             .map_err(|message| Error::Shader { name: shader.name.into(), message })?;
-        let shader_err = |e: Error| Error::Shader { name: format!("{}::{entry} {defines:?}", shader.name), message: e.to_string() };
+        let shader_err = |e: Error| Error::Shader {
+            name: format!("{}::{entry} {defines:?}", shader.name),
+            message: match locate_error(&source) {
+                Some(at) => format!("{at}: {e}"),
+                None => e.to_string(),
+            },
+        };
         let module = self
             .scoped(|| {
                 self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(shader.name),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                    source: wgpu::ShaderSource::Wgsl(source.text.as_str().into()),
                 })
             })
             .map_err(shader_err)?;
@@ -204,4 +210,18 @@ impl Gpu {
             [max, n.div_ceil(max), 1]
         }
     }
+}
+
+/// The file and line of the first error naga finds in preprocessed WGSL (wgpu's own message
+/// numbers the lines of the preprocessed text, which includes other files).
+fn locate_error(source: &Preprocessed) -> Option<String> {
+    let text = &source.text;
+    let location = match naga::front::wgsl::parse_str(text) {
+        Err(e) => e.location(text),
+        Ok(module) => {
+            let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+            validator.validate(&module).err()?.location(text)
+        }
+    }?;
+    source.origin(location.line_number as usize)
 }

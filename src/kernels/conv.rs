@@ -1,17 +1,23 @@
 //! 2-D convolution as an implicit GEMM over packed weights of any `WeightFormat`, and timm's
-//! PatchEmbed (the same kernel writing tokens). See `shaders/conv.wgsl`.
+//! PatchEmbed (the same kernel writing tokens). CPU adapters run `shaders/conv.wgsl` (register
+//! tiles, no workgroup memory); GPUs run `shaders/conv_workgroup.wgsl` on the workgroup-tiled
+//! core the GEMM uses, with the tile the launch table picks (`tuning::Plan::for_rows`).
 
+use super::matmul;
+use super::tuning::{self, Variant};
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
 use crate::quant::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("conv");
+const SHADER_WORKGROUP: Shader = shader!("conv_workgroup");
 /// The register tile of one invocation (fixed in the shader): output channels × pixels of a row.
 const CHANNELS_PER_LANE: u32 = 8;
 const PIXELS_PER_LANE: usize = 4;
 
-/// The weights of one dispatch: a range of output channels small enough for one binding.
+/// The weights of one dispatch: a range of output channels small enough for one binding,
+/// laid out for the kernel this adapter runs (`Conv2d::tiled`).
 #[derive(Clone)]
 struct Part {
     first_channel: usize,
@@ -66,6 +72,9 @@ pub struct Conv2d {
     parts: Vec<Part>,
     bias: wgpu::Buffer,
     weight_bytes: usize,
+    /// The workgroup-tiled GPU kernel runs (weights row-major); else conv.wgsl's CPU kernel
+    /// (weights in tiles of `CHANNELS_PER_LANE` rows).
+    tiled: bool,
 }
 
 #[repr(C)]
@@ -90,6 +99,7 @@ struct Params {
     co_count: u32,
     blocks_x: u32,
     blocks: u32,
+    pixels: u32,
 }
 
 impl Conv2d {
@@ -116,8 +126,9 @@ impl Conv2d {
             None => vec![0.0; cout],
         };
         let mut parts = Vec::new();
-        // Parts hold whole tiles of rows (the re-laid-out weights pad the last tile).
-        let tile = CHANNELS_PER_LANE as usize;
+        let tiled = matches!(tuning::table_plan(gpu.class).gemm, Variant::GemmWorkgroup { .. });
+        // CPU layout: parts hold whole tiles of rows (the re-laid-out weights pad the last tile).
+        let tile = if tiled { 1 } else { CHANNELS_PER_LANE as usize };
         let tile_bytes = (4 * tile * weight.row_words) as u64;
         let tiles = gpu.split_rows(cout.div_ceil(tile), tile_bytes)?;
         for range in tiles.into_iter().map(|t| t.start * tile..(t.end * tile).min(cout)) {
@@ -128,7 +139,7 @@ impl Conv2d {
             parts.push(Part {
                 first_channel: range.start,
                 channels: range.len(),
-                data: gpu.upload_u32(&tile_rows(&slice), "conv weights")?,
+                data: gpu.upload_u32(&if tiled { slice.data.clone() } else { tile_rows(&slice) }, "conv weights")?,
                 scales: upload(&slice.scales, "conv scales")?,
                 zeros: upload(&slice.zeros, "conv zero points")?,
             });
@@ -146,6 +157,7 @@ impl Conv2d {
             parts,
             bias: gpu.upload(bytemuck::cast_slice(&bias), "conv bias")?,
             weight_bytes: weight.bytes(),
+            tiled,
         })
     }
 
@@ -160,10 +172,7 @@ impl Conv2d {
     }
 
     fn defines(&self, tokens: bool) -> Vec<&'static str> {
-        let mut d = vec![self.format.wgsl_define()];
-        if self.groups > 0 {
-            d.push("SCALED");
-        }
+        let mut d = self.format.wgsl_defines();
         if tokens {
             d.push("TOKENS");
         }
@@ -175,11 +184,27 @@ impl Conv2d {
         let &[b, _, h, w] = &x.shape[..] else { unreachable!() };
         let (ho, wo) = self.output_size(h, w)?;
         let defines = self.defines(tokens);
-        let lanes: u32 = 64;
-        let pipe = gpu.pipeline(&SHADER, "conv2d", &defines, &[("WG", lanes as f64)])?;
+        let pixels = b * ho * wo;
+        if pixels > u32::MAX as usize || self.cols > u32::MAX as usize {
+            shape_err!("conv2d: {pixels} output pixels of {} taps exceed the kernel's 32-bit indices", self.cols);
+        }
+        let (kh, kw) = self.kernel;
+        // The GPU kernel's tile for this many output pixels (its GEMM rows); the CPU kernel's
+        // fixed register tile otherwise.
+        let (pipe, lanes, rows_per_group, tile_n) = if self.tiled {
+            let plan = tuning::table_plan(gpu.class);
+            let Variant::GemmWorkgroup { bm, bn, tm, tn } = plan.for_rows(pixels.max(plan.gemv_max_m + 1)) else {
+                invalid!("conv2d: the launch table gives no workgroup tile for {pixels} pixels");
+            };
+            let t = matmul::WorkgroupTile::new(gpu, self.format, bm, bn, tm, tn)?;
+            let consts = [("WG", t.invocations as f64), ("BM", bm as f64), ("BN", bn as f64), ("BK", t.bk as f64), ("TM", tm as f64), ("TN", tn as f64)];
+            (gpu.pipeline(&SHADER_WORKGROUP, "conv2d_workgroup", &defines, &consts)?, 0, bm, bn)
+        } else {
+            let lanes: u32 = 64;
+            (gpu.pipeline(&SHADER, "conv2d", &defines, &[("WG", lanes as f64)])?, lanes, 0, CHANNELS_PER_LANE)
+        };
         let blocks_x = wo.div_ceil(PIXELS_PER_LANE);
         let blocks = b * ho * blocks_x;
-        let (kh, kw) = self.kernel;
         for part in &self.parts {
             let p = Params {
                 cin: self.in_channels as u32,
@@ -201,11 +226,17 @@ impl Conv2d {
                 co_count: part.channels as u32,
                 blocks_x: blocks_x as u32,
                 blocks: blocks as u32,
+                pixels: pixels as u32,
             };
             let mut buffers = vec![&*x.buffer, &self.bias, &*out.buffer, &part.data];
             buffers.extend(part.scales.iter());
             buffers.extend(part.zeros.iter());
-            let grid = [(blocks as u32).div_ceil(lanes), (part.channels as u32).div_ceil(CHANNELS_PER_LANE), 1];
+            let channel_groups = (part.channels as u32).div_ceil(tile_n);
+            let grid = if self.tiled {
+                [channel_groups, (pixels as u32).div_ceil(rows_per_group), 1]
+            } else {
+                [(blocks as u32).div_ceil(lanes), channel_groups, 1]
+            };
             gpu.dispatch(enc, &pipe, params(&p), &buffers, grid)?;
         }
         Ok(())

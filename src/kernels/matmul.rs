@@ -14,10 +14,12 @@ use crate::quant::{PackedMatrix, WeightFormat};
 use crate::{shader, Encoder, Error, Gpu, Result};
 
 const GEMV: Shader = shader!("gemv_q");
-/// The GEMM kernels `#include gemv_q` for its bindings and decoding.
+/// Register-tiled GEMM for CPU adapters.
 const GEMM: Shader = shader!("gemm_q");
+/// Workgroup-tiled GEMM for GPUs.
+const GEMM_WORKGROUP: Shader = shader!("gemm_workgroup");
 
-/// Matches `struct Params` in shaders/gemv_q.wgsl.
+/// Matches `struct Params` in shaders/linear.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -142,9 +144,8 @@ impl QLinear {
 /// `out = act(x · Wᵀ + b)` for `x` of shape [..., in_features] and `out` [..., out_features],
 /// with the variant `kernels::tuning` picks for this adapter.
 pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &Tensor, act: Option<Activation>) -> Result<()> {
-    let plan = tuning::plan(gpu);
     let m = check_args(layer, x, out)?;
-    let variant = if m <= plan.gemv_max_m { plan.gemv } else { plan.gemm };
+    let variant = tuning::plan(gpu).for_rows(m);
     linear_with(gpu, enc, layer, x, out, act, variant)
 }
 
@@ -159,10 +160,7 @@ pub fn linear_with(
     variant: Variant,
 ) -> Result<()> {
     let m = check_args(layer, x, out)?;
-    let mut defines = vec![layer.format.wgsl_define()];
-    if !matches!(layer.format, WeightFormat::F32 | WeightFormat::F16) {
-        defines.push("SCALED");
-    }
+    let mut defines = layer.format.wgsl_defines();
     match act {
         Some(Activation::Gelu) => defines.push("ACT_GELU"),
         Some(Activation::Swish) => defines.push("ACT_SWISH"),
@@ -205,7 +203,8 @@ fn dispatch_slice(
     for c in &layer.chunks {
         // gemv_coop reads one word per lane: indexing a vec4 chunk in its loop spilled to
         // local memory on NVIDIA (3× slower on an H100).
-        let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. });
+        // gemm_workgroup reads one word per lane while staging (coalesced across lanes).
+        let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. } | Variant::GemmWorkgroup { .. });
         let mut defs = defines.to_vec();
         if vec4 {
             defs.push("VEC4");
@@ -235,6 +234,11 @@ fn dispatch_slice(
                 check_range("tn", tn, 1, 8)?;
                 let consts = vec![("WG", wg as f64), ("TM", tm as f64), ("TN", tn as f64)];
                 (&GEMM, "gemm_tiled", consts, [n.div_ceil((wg * tn) as usize), m.div_ceil(tm as usize), 1])
+            }
+            Variant::GemmWorkgroup { bm, bn, tm, tn } => {
+                let t = WorkgroupTile::new(gpu, layer.format, bm, bn, tm, tn)?;
+                let consts = vec![("WG", t.invocations as f64), ("BM", bm as f64), ("BN", bn as f64), ("BK", t.bk as f64), ("TM", tm as f64), ("TN", tn as f64)];
+                (&GEMM_WORKGROUP, "gemm_workgroup", consts, [n.div_ceil(bn as usize), m.div_ceil(bm as usize), 1])
             }
         };
         if groups.iter().any(|&g| g > max) {
@@ -303,6 +307,40 @@ fn stage_x(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, rows: Rang
         raw.copy_buffer_to_buffer(&x.buffer, row as u64 * k * 4, buf, i as u64 * pitch as u64 * 16, k * 4);
     }
     Ok(())
+}
+
+/// A `GemmWorkgroup` tile (shaders/tile.wgsl, used by the GEMM and the convolution) checked
+/// against this adapter, with the k step it stages.
+pub(crate) struct WorkgroupTile {
+    pub bk: u32,
+    pub invocations: u32,
+}
+
+impl WorkgroupTile {
+    pub fn new(gpu: &Gpu, format: WeightFormat, bm: u32, bn: u32, tm: u32, tn: u32) -> Result<Self> {
+        let variant = Variant::GemmWorkgroup { bm, bn, tm, tn };
+        let bad = |why: String| Err(Error::Invalid(format!("{}: {why}", variant.name())));
+        check_range("tm", tm, 1, 8)?;
+        if tn != 4 && tn != 8 {
+            return bad(format!("tn must be 4 or 8, got {tn}"));
+        }
+        if bm == 0 || bn == 0 || bm % tm != 0 || bn % tn != 0 || bm % 4 != 0 {
+            return bad("the tile must be a multiple of 4 rows and of the per-invocation block".into());
+        }
+        let invocations = (bm / tm) * (bn / tn);
+        if invocations > gpu.limits.max_compute_invocations_per_workgroup || invocations > gpu.limits.max_compute_workgroup_size_x {
+            return bad(format!("{invocations} invocations per workgroup exceed this adapter's limit"));
+        }
+        // The deepest k step whose staged x and weights fit the workgroup memory: whole words
+        // of every format (PW ≤ 16 divides 16 and 32) and whole vec4s.
+        let limit = gpu.limits.max_compute_workgroup_storage_size;
+        let per_wg = |bk: u32| (bm + bn) * bk * 4;
+        let Some(bk) = [32, 16].into_iter().find(|&bk| per_wg(bk) <= limit) else {
+            return bad(format!("needs {} bytes of workgroup memory, the adapter has {limit}", per_wg(16)));
+        };
+        debug_assert_eq!(bk % format.per_word() as u32, 0);
+        Ok(WorkgroupTile { bk, invocations })
+    }
 }
 
 fn check_range(what: &str, v: u32, lo: u32, hi: u32) -> Result<()> {
@@ -379,7 +417,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
             let layers = (0..copies).map(|_| QLinear::new(gpu, w, None)).collect::<Result<Vec<_>>>()?;
             let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;
             let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-            let variant = if kernel == "gemv" { tuning::plan(gpu).gemv } else { tuning::plan(gpu).gemm };
+            let variant = tuning::plan(gpu).for_rows(m);
             let mut next = 0;
             cases.push(BenchCase {
                 kernel: kernel.into(),

@@ -23,8 +23,12 @@ pub enum Variant {
     /// GEMV, teams of `team` lanes per output row (`wg / team` rows per workgroup) with
     /// coalesced loads and a subgroup (or shared-memory) reduction. Suits GPUs.
     GemvCoop { wg: u32, team: u32 },
-    /// Register-tiled GEMM: each invocation computes `tm` x-rows × `tn` output rows.
+    /// Register-tiled GEMM without workgroup memory: each invocation computes `tm` x-rows ×
+    /// `tn` output rows. Suits CPU adapters.
     GemmTiled { wg: u32, tm: u32, tn: u32 },
+    /// Workgroup-tiled GEMM: a `bm` × `bn` output tile per workgroup, x and decoded weights
+    /// staged through workgroup memory, `tm` × `tn` outputs per invocation. Suits GPUs.
+    GemmWorkgroup { bm: u32, bn: u32, tm: u32, tn: u32 },
 }
 
 impl Variant {
@@ -33,27 +37,36 @@ impl Variant {
             Variant::GemvRows { wg, rows } => format!("gemv_rows wg{wg} r{rows}"),
             Variant::GemvCoop { wg, team } => format!("gemv_coop wg{wg} team{team}"),
             Variant::GemmTiled { wg, tm, tn } => format!("gemm_tiled wg{wg} {tm}x{tn}"),
+            Variant::GemmWorkgroup { bm, bn, tm, tn } => format!("gemm_workgroup {bm}x{bn} {tm}x{tn}"),
         }
     }
 
     pub fn is_gemv(&self) -> bool {
-        !matches!(self, Variant::GemmTiled { .. })
+        matches!(self, Variant::GemvRows { .. } | Variant::GemvCoop { .. })
     }
 
     /// The inverse of [`Variant::name`].
     pub fn parse(s: &str) -> Option<Variant> {
         let mut words = s.split_whitespace();
-        let (kind, wg, last) = (words.next()?, words.next()?, words.next()?);
-        let wg = wg.strip_prefix("wg")?.parse().ok()?;
+        let (kind, first, last) = (words.next()?, words.next()?, words.next()?);
         if words.next().is_some() {
             return None;
         }
+        let pair = |t: &str| -> Option<(u32, u32)> {
+            let (a, b) = t.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        };
+        if kind == "gemm_workgroup" {
+            let ((bm, bn), (tm, tn)) = (pair(first)?, pair(last)?);
+            return Some(Variant::GemmWorkgroup { bm, bn, tm, tn });
+        }
+        let wg = first.strip_prefix("wg")?.parse().ok()?;
         match kind {
             "gemv_rows" => Some(Variant::GemvRows { wg, rows: last.strip_prefix('r')?.parse().ok()? }),
             "gemv_coop" => Some(Variant::GemvCoop { wg, team: last.strip_prefix("team")?.parse().ok()? }),
             "gemm_tiled" => {
-                let (tm, tn) = last.split_once('x')?;
-                Some(Variant::GemmTiled { wg, tm: tm.parse().ok()?, tn: tn.parse().ok()? })
+                let (tm, tn) = pair(last)?;
+                Some(Variant::GemmTiled { wg, tm, tn })
             }
             _ => None,
         }
@@ -64,32 +77,70 @@ impl Variant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub gemv: Variant,
-    pub gemm: Variant,
     /// Inputs with at most this many rows (tokens) use `gemv`, re-reading the weights per row.
     pub gemv_max_m: usize,
+    pub gemm: Variant,
+    /// Smaller tiles up to this many rows, so a layer with few tokens still fills the GPU.
+    pub gemm_small: Option<(usize, Variant)>,
+    /// Larger tiles from this many rows on: each staged value is reused more.
+    pub gemm_large: Option<(usize, Variant)>,
 }
+
+impl Plan {
+    /// The variant for `m` rows of x.
+    pub fn for_rows(&self, m: usize) -> Variant {
+        match (self.gemm_small, self.gemm_large) {
+            _ if m <= self.gemv_max_m => self.gemv,
+            (Some((max_m, v)), _) if m <= max_m => v,
+            (_, Some((min_m, v))) if m >= min_m => v,
+            _ => self.gemm,
+        }
+    }
+}
+
+/// Workgroup tiles of the GPU rows: 64×64 (256 invocations of 4×4) for ViT-sized layers
+/// (197 tokens × 768-4096 features gives 4 × 12-64 workgroups), 128×128 of 8×8 for thousands of
+/// rows (VQGAN convolutions, batched ViTs), 16×64 of 2×4 for a few dozen rows.
+const GPU_GEMM: Variant = Variant::GemmWorkgroup { bm: 64, bn: 64, tm: 4, tn: 4 };
+const GPU_GEMM_SMALL: Variant = Variant::GemmWorkgroup { bm: 16, bn: 64, tm: 2, tn: 4 };
+const GPU_GEMM_LARGE: Variant = Variant::GemmWorkgroup { bm: 128, bn: 128, tm: 8, tn: 8 };
 
 /// THE table. The CPU row was measured on lavapipe (Mesa 22.3, 2 cores, AVX2): 8 rows per
 /// invocation beat 1/2/4 (x loads shared) and 16 (register spills); GEMM 4×4 and 2×8 tiles
-/// beat 8×N (x is staged 4 rows at a time for K = 4096). The discrete row was measured on an
+/// beat 8×N (x is staged 4 rows at a time for K = 4096). The GPU rows' GEMV was measured on an
 /// H100 (Vulkan, subgroups of 32): one subgroup per weight row, 8 rows per workgroup (a whole
-/// workgroup per row spent its time launching and reducing); GEMM 4×2 tiles in 32 lanes.
+/// workgroup per row spent its time launching and reducing). Their workgroup-tiled GEMM tiles
+/// follow the classic SGEMM shapes and are not yet measured on a GPU (see BENCHMARKS.md).
 const TABLE: [(AdapterClass, Plan); 3] = [
     (
         AdapterClass::Cpu,
         Plan {
             gemv: Variant::GemvRows { wg: 64, rows: 8 },
-            gemm: Variant::GemmTiled { wg: 64, tm: 4, tn: 4 },
             gemv_max_m: 4,
+            gemm: Variant::GemmTiled { wg: 64, tm: 4, tn: 4 },
+            gemm_small: None,
+            gemm_large: None,
         },
     ),
     (
         AdapterClass::Discrete,
-        Plan { gemv: Variant::GemvCoop { wg: 256, team: 32 }, gemm: Variant::GemmTiled { wg: 32, tm: 4, tn: 2 }, gemv_max_m: 4 },
+        Plan {
+            gemv: Variant::GemvCoop { wg: 256, team: 32 },
+            gemv_max_m: 4,
+            gemm: GPU_GEMM,
+            gemm_small: Some((64, GPU_GEMM_SMALL)),
+            gemm_large: Some((1024, GPU_GEMM_LARGE)),
+        },
     ),
     (
         AdapterClass::Integrated,
-        Plan { gemv: Variant::GemvCoop { wg: 128, team: 32 }, gemm: Variant::GemmTiled { wg: 64, tm: 4, tn: 2 }, gemv_max_m: 4 },
+        Plan {
+            gemv: Variant::GemvCoop { wg: 128, team: 32 },
+            gemv_max_m: 4,
+            gemm: GPU_GEMM,
+            gemm_small: Some((64, GPU_GEMM_SMALL)),
+            gemm_large: None,
+        },
     ),
 ];
 
@@ -178,6 +229,9 @@ pub fn candidates(gemm: bool) -> Vec<Variant> {
                 v.push(Variant::GemmTiled { wg, tm, tn });
             }
         }
+        v.extend([(16, 64, 2, 4), (32, 64, 4, 4), (64, 64, 4, 4), (64, 64, 8, 4), (64, 128, 4, 8), (128, 128, 8, 8)].map(
+            |(bm, bn, tm, tn)| Variant::GemmWorkgroup { bm, bn, tm, tn },
+        ));
         v
     } else {
         let mut v = vec![];

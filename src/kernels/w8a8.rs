@@ -169,7 +169,7 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Quan
         w_vecs: 0,
         _pad: [0; 2],
     };
-    let pipe = gpu.pipeline(&SHADER, "quantize", &["QUANTIZE"], &[("QWG", launch(gpu).quantize_wg as f64)])?;
+    let pipe = gpu.pipeline(&SHADER, "quantize", &["QUANTIZE"], &[("WG", launch(gpu).quantize_wg as f64)])?;
     gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer, &out.codes.buffer, &out.scales.buffer], gpu.grid(rows as u32))
 }
 

@@ -120,19 +120,6 @@ impl WeightFormat {
         }
     }
 
-    /// The WGSL define that selects this format's decoder (shaders/dequant.wgsl, gemv_q.wgsl).
-    pub fn wgsl_define(self) -> &'static str {
-        match self {
-            WeightFormat::F32 => "FMT_F32",
-            WeightFormat::F16 => "FMT_F16",
-            WeightFormat::Q8 { .. } => "FMT_Q8",
-            WeightFormat::Q4 { zero_point: false, .. } => "FMT_Q4",
-            WeightFormat::Q4 { zero_point: true, .. } => "FMT_Q4Z",
-            WeightFormat::Ternary => "FMT_TERNARY",
-            WeightFormat::Fp4 { .. } => "FMT_FP4",
-        }
-    }
-
     /// Every format the kernels support, for tests and benchmarks.
     pub fn all() -> Vec<WeightFormat> {
         vec![

@@ -19,5 +19,6 @@ pub mod recipe;
 pub mod repq;
 pub mod rtn;
 pub mod smooth;
+pub mod wgsl;
 
 pub use formats::{PackedMatrix, WeightFormat};
