@@ -1,5 +1,5 @@
 // Quantized matrix × vector (a few rows of x): out[m, col_off + n] = act(x[m] · W[n] + bias[n]).
-// Two shapes: gemv_rows for CPU adapters, gemv_coop for GPUs. Bindings, decoding and loads
+// Two shapes: gemv_rows for CPU adapters, gemv_coop for GPUs (with VEC4: gemv_wide). Bindings, decoding and loads
 // come from linear.wgsl (see its defines); SUBGROUPS switches gemv_coop's reduction to
 // subgroupAdd (one team = one subgroup).
 
@@ -152,11 +152,26 @@ fn gemv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         }
         workgroupBarrier();
         let end = min(t0 + tile_words, p.stride);
+#if VEC4
+        // gemv_wide: 16-byte loads, a lane takes 4 consecutive words (one scale group: groups
+        // are whole vec4s under VEC4) per step. The four words are spelled out: indexing the
+        // vec4 in a loop spilled to local memory on NVIDIA.
+        for (var w = t0 + 4u * lane; w < end; w += 4u * TEAM) {
+            let g = row * p.groups + w / p.group_words;
+            let c = load_chunk(row, w);
+            let off = group_offset(g);
+            let lw = w - t0;
+            let s = mdot(decode(c.x, off), xs_word(lw)) + mdot(decode(c.y, off), xs_word(lw + 1u))
+                  + mdot(decode(c.z, off), xs_word(lw + 2u)) + mdot(decode(c.w, off), xs_word(lw + 3u));
+            acc += s * group_scale(g);
+        }
+#else
         for (var w = t0 + lane; w < end; w += TEAM) {
             let g = row * p.groups + w / p.group_words;
             let word = load_chunk(row, w).x;
             acc += mdot(decode(word, group_offset(g)), xs_word(w - t0)) * group_scale(g);
         }
+#endif
     }
 #if SUBGROUPS
     let total = subgroupAdd(acc);

@@ -201,10 +201,13 @@ fn dispatch_slice(
 ) -> Result<()> {
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
     for c in &layer.chunks {
-        // gemv_coop reads one word per lane: indexing a vec4 chunk in its loop spilled to
-        // local memory on NVIDIA (3× slower on an H100).
+        // gemv_coop reads one word per lane (gemv_wide a vec4, where groups are whole vec4s);
         // gemm_workgroup reads one word per lane while staging (coalesced across lanes).
         let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. } | Variant::GemmWorkgroup { .. });
+        let variant = match variant {
+            Variant::GemvWide { wg, team } if !vec4 => Variant::GemvCoop { wg, team },
+            v => v,
+        };
         let mut defs = defines.to_vec();
         if vec4 {
             defs.push("VEC4");
@@ -216,7 +219,7 @@ fn dispatch_slice(
                 let consts = vec![("WG", wg as f64), ("ROWS", rows as f64)];
                 (&GEMV, "gemv_rows", consts, [n.div_ceil((wg * rows) as usize), m, 1])
             }
-            Variant::GemvCoop { wg, team } => {
+            Variant::GemvCoop { wg, team } | Variant::GemvWide { wg, team } => {
                 if !team.is_power_of_two() || wg % team != 0 {
                     return Err(Error::Invalid(format!("gemv_coop needs power-of-two teams that divide the workgroup, got {team} of {wg}")));
                 }

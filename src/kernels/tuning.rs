@@ -23,6 +23,10 @@ pub enum Variant {
     /// GEMV, teams of `team` lanes per output row (`wg / team` rows per workgroup) with
     /// coalesced loads and a subgroup (or shared-memory) reduction. Suits GPUs.
     GemvCoop { wg: u32, team: u32 },
+    /// As `GemvCoop`, each lane loading 16 bytes (4 words) per step: more bytes in flight per
+    /// lane for DRAM-bound weight streaming. Layers whose scale groups are not whole vec4s
+    /// (e.g. fp4g16) run `GemvCoop` instead.
+    GemvWide { wg: u32, team: u32 },
     /// Register-tiled GEMM without workgroup memory: each invocation computes `tm` x-rows ×
     /// `tn` output rows. Suits CPU adapters.
     GemmTiled { wg: u32, tm: u32, tn: u32 },
@@ -36,13 +40,14 @@ impl Variant {
         match *self {
             Variant::GemvRows { wg, rows } => format!("gemv_rows wg{wg} r{rows}"),
             Variant::GemvCoop { wg, team } => format!("gemv_coop wg{wg} team{team}"),
+            Variant::GemvWide { wg, team } => format!("gemv_wide wg{wg} team{team}"),
             Variant::GemmTiled { wg, tm, tn } => format!("gemm_tiled wg{wg} {tm}x{tn}"),
             Variant::GemmWorkgroup { bm, bn, tm, tn } => format!("gemm_workgroup {bm}x{bn} {tm}x{tn}"),
         }
     }
 
     pub fn is_gemv(&self) -> bool {
-        matches!(self, Variant::GemvRows { .. } | Variant::GemvCoop { .. })
+        matches!(self, Variant::GemvRows { .. } | Variant::GemvCoop { .. } | Variant::GemvWide { .. })
     }
 
     /// The inverse of [`Variant::name`].
@@ -64,6 +69,7 @@ impl Variant {
         match kind {
             "gemv_rows" => Some(Variant::GemvRows { wg, rows: last.strip_prefix('r')?.parse().ok()? }),
             "gemv_coop" => Some(Variant::GemvCoop { wg, team: last.strip_prefix("team")?.parse().ok()? }),
+            "gemv_wide" => Some(Variant::GemvWide { wg, team: last.strip_prefix("team")?.parse().ok()? }),
             "gemm_tiled" => {
                 let (tm, tn) = pair(last)?;
                 Some(Variant::GemmTiled { wg, tm, tn })
@@ -107,10 +113,12 @@ const GPU_GEMM_LARGE: Variant = Variant::GemmWorkgroup { bm: 128, bn: 128, tm: 8
 
 /// THE table. The CPU row was measured on lavapipe (Mesa 22.3, 2 cores, AVX2): 8 rows per
 /// invocation beat 1/2/4 (x loads shared) and 16 (register spills); GEMM 4×4 and 2×8 tiles
-/// beat 8×N (x is staged 4 rows at a time for K = 4096). The GPU rows' GEMV was measured on an
-/// H100 (Vulkan, subgroups of 32): one subgroup per weight row, 8 rows per workgroup (a whole
-/// workgroup per row spent its time launching and reducing). Their workgroup-tiled GEMM tiles
-/// follow the classic SGEMM shapes and are not yet measured on a GPU (see BENCHMARKS.md).
+/// beat 8×N (x is staged 4 rows at a time for K = 4096). The GPU rows' GEMV shape was measured
+/// on an H100 (Vulkan, subgroups of 32) with 4-byte loads: one subgroup per weight row, 8 rows
+/// per workgroup (a whole workgroup per row spent its time launching and reducing); the rows
+/// now take 16-byte loads (`GemvWide`) and the workgroup-tiled GEMM's tiles follow the classic
+/// SGEMM shapes, neither yet measured on a GPU: `lowbit bench kernels --tune` there times them
+/// against the alternatives and keeps the faster (see BENCHMARKS.md).
 const TABLE: [(AdapterClass, Plan); 3] = [
     (
         AdapterClass::Cpu,
@@ -125,7 +133,7 @@ const TABLE: [(AdapterClass, Plan); 3] = [
     (
         AdapterClass::Discrete,
         Plan {
-            gemv: Variant::GemvCoop { wg: 256, team: 32 },
+            gemv: Variant::GemvWide { wg: 256, team: 32 },
             gemv_max_m: 4,
             gemm: GPU_GEMM,
             gemm_small: Some((64, GPU_GEMM_SMALL)),
@@ -135,7 +143,7 @@ const TABLE: [(AdapterClass, Plan); 3] = [
     (
         AdapterClass::Integrated,
         Plan {
-            gemv: Variant::GemvCoop { wg: 128, team: 32 },
+            gemv: Variant::GemvWide { wg: 128, team: 32 },
             gemv_max_m: 4,
             gemm: GPU_GEMM,
             gemm_small: Some((64, GPU_GEMM_SMALL)),
@@ -241,6 +249,7 @@ pub fn candidates(gemm: bool) -> Vec<Variant> {
             }
         }
         v.extend([(64, 8), (128, 32), (256, 32), (256, 64), (256, 256)].map(|(wg, team)| Variant::GemvCoop { wg, team }));
+        v.extend([(128, 32), (256, 32), (256, 64)].map(|(wg, team)| Variant::GemvWide { wg, team }));
         v
     }
 }
