@@ -2,9 +2,10 @@
 // accumulation. Codes are packed four per u32, LSB first, rows padded with zero codes to whole
 // words: the same layout as the Q8 weight rows, so both operands stream word by word.
 //
-// Variants (defines): QUANTIZE selects the quantization entry and its bindings, otherwise the GEMM;
-// PACKED_DOT uses dot4I8Packed, else bytes are sign-extended and multiplied in i32;
-// GEMV computes one activation row per tile instead of four; GELU fuses the activation.
+// Variants (defines): QUANTIZE selects the quantization entry and its bindings, otherwise the GEMMs
+// (`gemm` for CPU adapters and GEMV, `gemm_workgroup` for GPUs); PACKED_DOT uses dot4I8Packed,
+// else bytes are sign-extended and multiplied in i32; GEMV computes one activation row per tile
+// instead of four; GELU fuses the activation.
 
 #include common
 
@@ -169,6 +170,96 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 if m < row_end && cols[j] < p.cols {
                     store(m, cols[j], acc[i][j]);
                 }
+            }
+        }
+    }
+}
+
+// ---- GPUs: int8 tiles in workgroup memory. A workgroup owns BM activation rows × BN output
+// channels and walks K in steps of BKW words (4 codes each): it stages both operands' code
+// words (16-byte weight loads, coalesced across lanes), then each invocation accumulates an
+// RM × RN block of i32 dot products, one dot4I8Packed per pair of words.
+
+override BM: u32 = 64u;  // activation rows per workgroup
+override BN: u32 = 64u;  // output channels per workgroup
+override BKW: u32 = 16u; // code words of K per stage: a multiple of 4 (whole weight vec4s)
+override RM: u32 = 4u;   // rows per invocation, ≤ 8
+override RN: u32 = 4u;   // channels per invocation: 4 or 8
+// The Rust side sets WG = (BM / RM) · (BN / RN).
+
+// k-major: a step of the inner loop reads RM words of x (the same address across the lanes
+// of one row of the invocation grid) and a vec4 of channels.
+var<workgroup> tile_x: array<u32, BKW * BM>;
+var<workgroup> tile_w: array<vec4<u32>, BKW * BN / 4u>;
+
+fn dot4(a: u32, b: u32) -> i32 {
+#if PACKED_DOT
+    return dot4I8Packed(a, b);
+#else
+    return dot(unpack_i8(a), unpack_i8(b));
+#endif
+}
+
+fn dot4x4(a: u32, b: vec4<u32>) -> vec4<i32> {
+    return vec4<i32>(dot4(a, b.x), dot4(a, b.y), dot4(a, b.z), dot4(a, b.w));
+}
+
+@compute @workgroup_size(WG)
+fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n0 = wg.x * BN;
+    let m0 = wg.y * BM;
+    let tx = lid % (BN / RN);
+    let ty = lid / (BN / RN);
+    // acc[2i + h]: row m0 + ty·RM + i, channels n0 + tx·RN + 4h .. + 4.
+    var acc: array<vec4<i32>, 16>;
+    for (var k0 = 0u; k0 < p.row_words; k0 += BKW) {
+        // Activation words; zero past the rows and past K (zero codes add nothing).
+        for (var i = lid; i < BM * BKW; i += WG) {
+            let mm = i / BKW;
+            let kw = i % BKW;
+            var v = 0u;
+            if m0 + mm < p.rows && k0 + kw < p.row_words {
+                v = x_codes[(m0 + mm) * p.row_words + k0 + kw];
+            }
+            tile_x[kw * BM + mm] = v;
+        }
+        // Weight rows: one vec4 (16 codes) per lane; rows are padded to whole vec4s.
+        for (var i = lid; i < BN * BKW / 4u; i += WG) {
+            let r = i / (BKW / 4u);
+            let v4 = k0 / 4u + i % (BKW / 4u);
+            var v = vec4<u32>();
+            if n0 + r < p.cols && v4 < p.w_vecs {
+                v = w_data[(n0 + r) * p.w_vecs + v4];
+            }
+            let kw = 4u * (i % (BKW / 4u));
+            for (var j = 0u; j < 4u; j++) {
+                let e = (kw + j) * BN + r;
+                tile_w[e >> 2u][e & 3u] = v[j];
+            }
+        }
+        workgroupBarrier();
+        for (var kw = 0u; kw < BKW; kw++) {
+            let b0 = tile_w[(kw * BN + tx * RN) / 4u];
+            var b1 = vec4<u32>();
+            if RN == 8u {
+                b1 = tile_w[(kw * BN + tx * RN) / 4u + 1u];
+            }
+            for (var i = 0u; i < RM; i++) {
+                let a = tile_x[kw * BM + ty * RM + i];
+                acc[2u * i] += dot4x4(a, b0);
+                if RN == 8u {
+                    acc[2u * i + 1u] += dot4x4(a, b1);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < RM; i++) {
+        let m = m0 + ty * RM + i;
+        for (var j = 0u; j < RN; j++) {
+            let c = n0 + tx * RN + j;
+            if m < p.rows && c < p.cols {
+                store(m, c, acc[2u * i + j / 4u][j % 4u]);
             }
         }
     }

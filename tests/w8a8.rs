@@ -101,7 +101,7 @@ fn check_gemm(path: &str, gpu: &Gpu, m: usize, k: usize, n: usize, gelu: bool) {
 
 #[test]
 fn gemm_matches_references_on_odd_shapes() {
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         for (m, k, n) in [(1, 77, 13), (3, 200, 64), (197, 768, 13), (5, 768, 64), (197, 77, 64)] {
             check_gemm(path, gpu, m, k, n, false);
         }
@@ -156,28 +156,6 @@ fn bad_inputs_are_errors() {
     assert!(out.to_vec_f32(gpu).unwrap().iter().any(|&v| v != 0.0));
 }
 
-/// Timing on this adapter, both dot paths: `cargo test --test w8a8 -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn timing() {
-    use lowbit::kernels::{w8a8::bench_cases, BenchSize};
-    let size = if std::env::var("W8A8_FULL").is_ok() { BenchSize::Full } else { BenchSize::Quick };
-    for (path, gpu) in gpus() {
-        let only = std::env::var("W8A8_SHAPE").unwrap_or_default();
-        for mut case in bench_cases(gpu, size).unwrap().into_iter().filter(|c| c.shape.contains(&only)) {
-            let (ms, clock) = gpu.time_step(3, |enc| (case.step)(gpu, enc)).unwrap();
-            eprintln!(
-                "{path:8} {} {} {:>14}: {ms:8.3} ms  {:7.2} GFLOP/s  {:6.2} GB/s  ({clock:?})",
-                case.kernel,
-                case.format,
-                case.shape,
-                case.flops as f64 / ms / 1e6,
-                case.bytes as f64 / ms / 1e6
-            );
-        }
-    }
-}
-
 #[test]
 fn every_shader_variant_validates() {
     let source = include_str!("../shaders/w8a8.wgsl");
@@ -195,7 +173,7 @@ fn every_shader_variant_validates() {
 
 #[test]
 fn tiny_k_and_batched_input() {
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         check_gemm(path, gpu, 2, 3, 5, false);
         check_gemm(path, gpu, 9, 17, 300, true);
     }
@@ -214,4 +192,36 @@ fn tiny_k_and_batched_input() {
     let (codes, scales) = reference::quantize(&x, b * t, k).unwrap();
     let want = reference::gemm(&codes, &scales, b * t, &packed, None, false).unwrap();
     assert_nmse("batched", &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+}
+
+/// dot4I8Packed reaches the hardware: naga's SPIR-V for `gemm_workgroup` holds OpSDot when the
+/// device has the integer dot-product capabilities (wgpu enables them on Vulkan devices with
+/// VK_KHR_shader_integer_dot_product), and a polyfill without them. Runs without a GPU.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn packed_dot_becomes_opsdot_in_spirv() {
+    use naga::back::spv::{self, Capability};
+    let text = lowbit::gpu::preprocess(include_str!("../shaders/w8a8.wgsl"), &["PACKED_DOT"]).unwrap();
+    let module = naga::front::wgsl::parse_str(&text).unwrap();
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all()).validate(&module).unwrap();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((naga::ShaderStage::Compute, "gemm_workgroup")), &Default::default()).unwrap();
+    // Opcodes of every instruction after the 5-word header.
+    let opcodes = |caps: &[Capability]| -> Vec<u32> {
+        let options = spv::Options {
+            lang_version: (1, 3),
+            capabilities: Some(caps.iter().copied().chain([Capability::Shader]).collect()),
+            ..Default::default()
+        };
+        let pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "gemm_workgroup".into() };
+        let words = spv::write_vec(&module, &info, &options, Some(&pipeline)).unwrap();
+        let (mut ops, mut i) = (vec![], 5);
+        while i < words.len() {
+            ops.push(words[i] & 0xffff);
+            i += (words[i] >> 16).max(1) as usize;
+        }
+        ops
+    };
+    const OP_SDOT: u32 = 4450;
+    assert!(opcodes(&[Capability::DotProduct, Capability::DotProductInput4x8BitPacked]).contains(&OP_SDOT));
+    assert!(!opcodes(&[]).contains(&OP_SDOT), "without the capability naga must polyfill");
 }

@@ -181,15 +181,23 @@ struct Launch {
     gemm_wg: usize,
     /// Activation rows one `gemm` workgroup covers.
     rows_per_wg: usize,
+    /// `gemm_workgroup`'s int8 tiles for many rows, few rows (up to 64): (BM, BN, RM, RN).
+    tiles: Option<[(u32, u32, u32, u32); 2]>,
 }
+
+/// Code words of K one `gemm_workgroup` stage holds (64 codes).
+const STAGE_WORDS: u32 = 16;
 
 fn launch(gpu: &Gpu) -> Launch {
     match gpu.class {
         // One CPU thread runs a whole workgroup: a single SIMD batch quantizes a row fastest
         // (3x faster than 64 lanes), and a GEMM workgroup reuses its weight columns (in cache)
         // over many rows.
-        AdapterClass::Cpu => Launch { quantize_wg: 8, gemm_wg: 64, rows_per_wg: 32 },
-        AdapterClass::Discrete | AdapterClass::Integrated => Launch { quantize_wg: 64, gemm_wg: 64, rows_per_wg: TM },
+        AdapterClass::Cpu => Launch { quantize_wg: 8, gemm_wg: 64, rows_per_wg: 32, tiles: None },
+        // The tiles of the float GEMM's GPU rows (kernels::tuning), on int8 words.
+        AdapterClass::Discrete | AdapterClass::Integrated => {
+            Launch { quantize_wg: 64, gemm_wg: 64, rows_per_wg: TM, tiles: Some([(64, 64, 4, 4), (16, 64, 2, 4)]) }
+        }
     }
 }
 
@@ -213,7 +221,10 @@ pub fn w8a8_linear(gpu: &Gpu, enc: &mut Encoder, layer: &W8A8Linear, xq: &Quanti
     if gemv {
         defines.push("GEMV");
     }
-    let Launch { gemm_wg: wg, rows_per_wg, .. } = launch(gpu);
+    let Launch { gemm_wg: wg, rows_per_wg, tiles, .. } = launch(gpu);
+    if let (Some([large, small]), false) = (tiles, gemv) {
+        return gemm_workgroup(gpu, enc, layer, xq, out, &defines, if m <= 64 { small } else { large });
+    }
     let rows_per_wg = if gemv { rows_per_wg } else { rows_per_wg.div_ceil(TM) * TM };
     let pipe = gpu.pipeline(&SHADER, "gemm", &defines, &[("WG", wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)])?;
     for part in &layer.parts {
@@ -227,6 +238,37 @@ pub fn w8a8_linear(gpu: &Gpu, enc: &mut Encoder, layer: &W8A8Linear, xq: &Quanti
             _pad: [0; 2],
         };
         let groups = [part.rows.div_ceil(wg * TN) as u32, m.div_ceil(rows_per_wg) as u32, 1];
+        let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &*part.data, &*part.row_params, &*out.buffer];
+        gpu.dispatch(enc, &pipe, params(&p), &buffers, groups)?;
+    }
+    Ok(())
+}
+
+/// The GPU path of `w8a8_linear`: int8 tiles in workgroup memory (`gemm_workgroup`).
+fn gemm_workgroup(
+    gpu: &Gpu,
+    enc: &mut Encoder,
+    layer: &W8A8Linear,
+    xq: &QuantizedActivations,
+    out: &Tensor,
+    defines: &[&str],
+    (bm, bn, rm, rn): (u32, u32, u32, u32),
+) -> Result<()> {
+    let wg = (bm / rm) * (bn / rn);
+    let consts = [("WG", wg as f64), ("BM", bm as f64), ("BN", bn as f64), ("BKW", STAGE_WORDS as f64), ("RM", rm as f64), ("RN", rn as f64)];
+    let pipe = gpu.pipeline(&SHADER, "gemm_workgroup", defines, &consts)?;
+    let m = xq.rows;
+    for part in &layer.parts {
+        let p = Params {
+            rows: m as u32,
+            cols: part.rows as u32,
+            row_words: xq.row_words as u32,
+            out_stride: layer.rows as u32,
+            col_offset: part.first_row as u32,
+            w_vecs: layer.w_vecs as u32,
+            _pad: [0; 2],
+        };
+        let groups = [(part.rows as u32).div_ceil(bn), (m as u32).div_ceil(bm), 1];
         let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &*part.data, &*part.row_params, &*out.buffer];
         gpu.dispatch(enc, &pipe, params(&p), &buffers, groups)?;
     }
