@@ -21,7 +21,7 @@ fn reference(name: &str) -> (Vec<usize>, Vec<f32>) {
 fn tokens_and_decode_match_llamagen() {
     let want = TokenGrid::load(&fixture().join("io.safetensors"), "tokens").unwrap();
     let (shape, pixels) = reference("image");
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         let encoder = VqganEncoder::from_pretrained(gpu, &fixture(), None, WeightFormat::F32).unwrap();
         assert_eq!(encoder.config.flavor, Flavor::LlamaGen);
         let got = encoder.encode(gpu, &Tensor::from_f32(gpu, &shape, &pixels).unwrap()).unwrap();

@@ -33,7 +33,7 @@ fn run(gpu: &lowbit::Gpu, model: &VisionTransformer, shape: &[usize], pixels: &[
 
 #[test]
 fn logits_match_timm() {
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         for name in FIXTURES {
             let model = VisionTransformer::from_pretrained(gpu, &fixture(name), None, WeightFormat::F32).unwrap();
             let io = io(name);

@@ -26,7 +26,7 @@ fn tokens(name: &str) -> TokenGrid {
 
 #[test]
 fn decoded_images_match_taming() {
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         let model = VqganDecoder::from_pretrained(gpu, &fixture(), None, WeightFormat::F32).unwrap();
         // i64 tokens [2, 8, 8] at the training resolution; i32 [1, 5, 7], an odd grid.
         for (tok, img) in [("tokens", "image"), ("tokens_odd", "image_odd")] {
