@@ -14,7 +14,7 @@ use crate::Gpu;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Every kernel family on the reference shapes.
+    /// Every kernel family on its reference shapes (the ones BENCHMARKS.md reports).
     Kernels(KernelArgs),
     /// One model's forward pass: median latency, images/s, peak GPU memory.
     Model(ModelArgs),
@@ -138,10 +138,10 @@ pub fn measure(gpu: &Gpu, mut case: BenchCase, reps: usize) -> anyhow::Result<Me
 }
 
 fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
-    let plan = kernels::tuning::table_plan(gpu.class);
+    let plan = kernels::launch::for_class(gpu.class).linear;
     // Fastest variant per problem, in the order the problems come: (problem, variant, ms).
     let mut winners: Vec<(String, String, f64)> = Vec::new();
-    for (variant, case) in kernels::tuning::tune_cases(gpu, size)? {
+    for (variant, case) in kernels::matmul::tune_cases(gpu, size)? {
         let r = measure(gpu, case, args.reps)?;
         let problem = format!("{} {} {}", r.kernel, r.format, r.shape);
         if args.json {
@@ -162,7 +162,7 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
         }
     }
     let pick = |kernel: &str| {
-        winners.iter().find(|(p, _, _)| p.starts_with(kernel)).and_then(|(_, v, _)| kernels::tuning::Variant::parse(v))
+        winners.iter().find(|(p, _, _)| p.starts_with(kernel)).and_then(|(_, v, _)| kernels::matmul::Variant::parse(v))
     };
     let (gemv, gemm) = (pick("gemv"), pick("gemm"));
     if !args.json {
@@ -173,7 +173,7 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
     }
     // Picks from the small shapes of --quick would not say much about real layers.
     if size == BenchSize::Full {
-        let path = kernels::tuning::save_picks(gpu, gemv, gemm)?;
+        let path = kernels::launch::save_picks(gpu, gemv, gemm)?;
         if !args.json {
             println!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
         }

@@ -26,7 +26,7 @@ pub struct Caps {
     pub timestamps: bool,
 }
 
-/// Broad kinds of adapter; kernel variants are chosen per class (see `kernels::tuning`).
+/// Broad kinds of adapter; kernel variants are chosen per class (see `kernels::launch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AdapterClass {
     /// A CPU rasterizer (lavapipe/llvmpipe, SwiftShader, WARP): wide per-invocation work, few barriers.

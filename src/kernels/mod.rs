@@ -6,9 +6,10 @@ pub mod act_quant;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod gpu_matrix;
+pub mod launch;
 pub mod matmul;
 pub mod norm;
-pub mod tuning;
 pub mod vq;
 pub mod w8a8;
 
@@ -32,7 +33,8 @@ pub type BenchStep = Box<dyn FnMut(&Gpu, &mut Encoder) -> Result<()>>;
 /// A family's `bench_cases`.
 type FamilyBenches = fn(&Gpu, BenchSize) -> Result<Vec<BenchCase>>;
 
-/// Which benchmark shapes to build: the full sizes, or small ones for a smoke test.
+/// Which benchmark shapes to build: the reference sizes BENCHMARKS.md reports, or small ones
+/// for a smoke test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchSize {
     Full,

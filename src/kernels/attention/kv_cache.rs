@@ -5,7 +5,7 @@
 //! The start position lives in a one-word GPU buffer (`Position`) that the kernels read, so a
 //! decoding step records the same dispatches with the same parameters at every position.
 
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use crate::gpu::{DType, Shader, Tensor};
 use crate::kernels::{params, BenchCase, BenchSize};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
@@ -146,16 +146,21 @@ pub fn kv_attend_with_lanes(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &
     gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(groups))
 }
 
-/// Lanes of an `attend` workgroup. They score keys, then own channels. On CPU adapters one
-/// SIMD width (8): a workgroup is one thread, and its barrier is nearly free when one
-/// coroutine runs all lanes (measured on lavapipe at 10 sequences × 4 heads × 32 channels ×
-/// 64 keys: 8 lanes 0.55 ms, 16–32 lanes 0.74, 64 lanes 0.87). GPUs: enough lanes to cover
-/// the keys or channels in one round, at most 64.
+/// Lanes of an `attend` workgroup on one class of adapter (a column of `kernels::launch`'s
+/// table): enough to cover the keys or channels in one round, within `min..=max`. The lanes
+/// score keys, then own channels. On CPU adapters one SIMD width (8): a workgroup is one
+/// thread, and its barrier is nearly free when one coroutine runs all lanes (measured on
+/// lavapipe at 10 sequences × 4 heads × 32 channels × 64 keys: 8 lanes 0.55 ms, 16–32 lanes
+/// 0.74, 64 lanes 0.87).
+#[derive(Clone, Copy, Debug)]
+pub struct AttendLanes {
+    pub min: u32,
+    pub max: u32,
+}
+
 fn attend_lanes(gpu: &Gpu, cache: &KvCache) -> u32 {
-    match gpu.class {
-        AdapterClass::Cpu => 8,
-        AdapterClass::Discrete | AdapterClass::Integrated => cache.head_dim.max(cache.capacity).next_power_of_two().clamp(32, 64) as u32,
-    }
+    let AttendLanes { min, max } = crate::kernels::launch::for_class(gpu.class).kv_attend;
+    (cache.head_dim.max(cache.capacity).next_power_of_two() as u32).clamp(min, max)
 }
 
 /// `out[b, t] = tok_emb[ids[b, t]] + pos_emb[pos + t]`: `ids` u32 [B, T] (checked by the
