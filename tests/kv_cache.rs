@@ -164,18 +164,3 @@ fn bad_input_is_an_error() {
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &Tensor::zeros(gpu, &[4, 7], DType::F32).unwrap(), &pos, &x).is_err(), "widths");
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &Tensor::zeros(gpu, &[2, 3, 9], DType::F32).unwrap()).is_err(), "out shape");
 }
-
-/// Benchmark timings: `cargo test --release --test kv_cache -- --ignored --nocapture`
-/// (LOWBIT_BENCH=quick for the small shapes).
-#[test]
-#[ignore]
-fn bench_timings() {
-    use lowbit::kernels::attention::kv_cache::bench_cases;
-    use lowbit::kernels::BenchSize;
-    let gpu = gpu();
-    let size = if std::env::var("LOWBIT_BENCH").as_deref() == Ok("quick") { BenchSize::Quick } else { BenchSize::Full };
-    for mut case in bench_cases(gpu, size).unwrap() {
-        let (ms, clock) = gpu.time_step(10, |enc| (case.step)(gpu, enc)).unwrap();
-        eprintln!("{} {} {}: {ms:.3} ms, {:.2} GB/s ({clock:?})", case.kernel, case.format, case.shape, case.bytes as f64 / ms / 1e6);
-    }
-}

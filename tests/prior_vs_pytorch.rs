@@ -292,25 +292,6 @@ fn digits_sized_prior(gpu: &Gpu, format: WeightFormat) -> Prior {
     Prior::new(gpu, &config, &w, format).unwrap()
 }
 
-/// Milliseconds per generated image: `cargo test --release --test prior_vs_pytorch -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn generation_timing() {
-    let gpu = gpu();
-    for format in [WeightFormat::F32, WeightFormat::Q8 { group: None }] {
-        let prior = digits_sized_prior(gpu, format);
-        let opts = SamplingOptions::default();
-        generate(gpu, &prior, 0, 1, 0, &opts).unwrap(); // compiles the pipelines
-        for count in [1, 10] {
-            let t = std::time::Instant::now();
-            let grid = generate(gpu, &prior, 3, count, 1, &opts).unwrap();
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            assert_eq!(grid.shape(), [count, 8, 8]);
-            eprintln!("{} count {count}: {ms:.1} ms ({:.2} ms/step, {:.1} ms/image)", format.name(), ms / 64.0, ms / count as f64);
-        }
-    }
-}
-
 /// `lowbit generate` end to end on the fixtures: the prior's config names the decoder
 /// (tests/fixtures/vqgan_encoder_test, 64 codes ≥ the prior's 37).
 #[test]

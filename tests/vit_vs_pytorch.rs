@@ -257,21 +257,6 @@ fn real_size_model_runs() {
     assert_nmse("batch independence", &single, &logits[1000..], F32_NMSE);
 }
 
-/// `cargo test --release --test vit_vs_pytorch vit_base_timing -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn vit_base_timing() {
-    let gpu = gpu();
-    let cfg = VitConfig::from_json(r#"{"architecture": "vit_base_patch16_224"}"#).unwrap();
-    let model = VisionTransformer::new(gpu, &cfg, &synthetic_weights(&cfg), WeightFormat::F32).unwrap();
-    let images = Tensor::from_f32(gpu, &[1, 3, 224, 224], &random(3 * 224 * 224, 9, 2.0)).unwrap();
-    for _ in 0..3 {
-        let t0 = std::time::Instant::now();
-        model.forward(gpu, &images).unwrap().to_vec_f32(gpu).unwrap();
-        eprintln!("vit_base forward: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
-    }
-}
-
 #[test]
 fn half_precision_checkpoints_widen_to_f32() {
     use safetensors::{tensor::TensorView, Dtype};
