@@ -2,7 +2,7 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::conv::{conv2d, conv2d_reference, conv2d_reference_padded, patch_embed, to_tokens, Conv2d, Padding};
-use lowbit::quant::formats::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::{Gpu, GpuOptions};
 
 struct Case {

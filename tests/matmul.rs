@@ -5,7 +5,7 @@ use lowbit::kernels::elementwise::Activation;
 use lowbit::kernels::launch;
 use lowbit::kernels::matmul::{self, linear, linear_reference, linear_with, QLinear, Variant};
 use lowbit::kernels::BenchSize;
-use lowbit::quant::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::{Gpu, GpuOptions};
 
 /// Runs one layer on the GPU (with `variant`, or the tuned choice) and returns the output.

@@ -6,7 +6,7 @@ use common::*;
 use lowbit::models::prior::{Prior, PriorConfig};
 use lowbit::models::sampling::{generate, sample, Rng, SamplingOptions};
 use lowbit::models::Weights;
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use lowbit::Gpu;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
@@ -262,34 +262,6 @@ fn bad_input_is_an_error() {
     let fewer = PriorConfig { n_layer: 1, ..config.clone() };
     assert!(Prior::new(gpu, &fewer, &weights, WeightFormat::F32).is_err(), "more layers than configured");
     assert!(Prior::from_pretrained(gpu, Path::new("/nonexistent/prior"), WeightFormat::F32).is_err());
-}
-
-/// A random-weight prior of the digits model's size (4 layers, 4 heads, 128 wide, 512 codes,
-/// 8×8 tokens), for timing.
-fn digits_sized_prior(gpu: &Gpu, format: WeightFormat) -> Prior {
-    let (v, s, e, l) = (512, 64, 128, 4);
-    let text = format!(
-        r#"{{"architecture": "taming_mingpt", "vocab_size": {v}, "block_size": {s}, "n_layer": {l}, "n_head": 4,
-            "n_embd": {e}, "n_classes": 10, "token_grid": [8, 8], "conditioning": "class_token"}}"#
-    );
-    let config = PriorConfig::from_json(&text).unwrap();
-    let mut shapes = vec![("tok_emb.weight".to_string(), vec![v, e]), ("pos_emb".into(), vec![1, s, e]), ("head.weight".into(), vec![v, e])];
-    shapes.extend([("ln_f.weight".into(), vec![e]), ("ln_f.bias".into(), vec![e])]);
-    for i in 0..l {
-        for (name, shape) in [("ln1", vec![e]), ("ln2", vec![e]), ("attn.key", vec![e, e]), ("attn.query", vec![e, e]), ("attn.value", vec![e, e]), ("attn.proj", vec![e, e]), ("mlp.0", vec![4 * e, e]), ("mlp.2", vec![e, 4 * e])] {
-            let bias = if shape.len() == 2 { shape[0] } else { e };
-            shapes.push((format!("blocks.{i}.{name}.weight"), shape));
-            shapes.push((format!("blocks.{i}.{name}.bias"), vec![bias]));
-        }
-    }
-    let mut w = Weights { source: "random digits-sized prior".into(), ..Default::default() };
-    for (i, (name, shape)) in shapes.into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let scale = if shape.len() == 2 { (1.0 / shape[1] as f32).sqrt() } else { 0.5 };
-        let data = random(n, 100 + i as u64, scale);
-        w.tensors.insert(name, lowbit::models::weights::WeightTensor { shape, data });
-    }
-    Prior::new(gpu, &config, &w, format).unwrap()
 }
 
 /// `lowbit generate` end to end on the fixtures: the prior's config names the decoder

@@ -5,7 +5,7 @@ use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::launch;
 use lowbit::kernels::matmul::{linear, linear_reference, QLinear, Variant};
-use lowbit::quant::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 
 #[test]
 fn saved_picks_are_used_and_bad_entries_ignored() {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::model::{print_profile, weight_summary, Runnable};
 use crate::gpu::timing::{median, Clock};
 use crate::graph::Plan;
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::kernels::{self, BenchCase, BenchSize};
 use crate::Gpu;
 

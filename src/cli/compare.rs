@@ -21,7 +21,7 @@ use crate::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
 use crate::models::images::signed_chw_to_rgb;
 use crate::models::{detect, load_image, preprocess, ModelKind, VisionTransformer};
 use crate::quant::calibrate::{find_images, signed_center_crop};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]

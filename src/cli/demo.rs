@@ -23,7 +23,7 @@ use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
 use super::model::weight_summary;
 use crate::models::{load_image, preprocess, VisionTransformer};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 #[derive(Args)]

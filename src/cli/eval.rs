@@ -14,7 +14,7 @@ use super::classify::top_k;
 use crate::graph::Plan;
 use crate::models::{load_image, preprocess, VisionTransformer};
 use crate::quant::calibrate::find_images;
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 /// Images per forward pass.

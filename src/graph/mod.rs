@@ -23,5 +23,5 @@ mod planner;
 
 pub use executor::{totals_per_op, NodeTime, Plan};
 pub use ir::{Graph, Record, Value};
-pub use ops::Norm;
+pub use ops::{Linear, Norm};
 pub use planner::{plan, unshared, MemoryPlan};

@@ -8,7 +8,7 @@ use super::gpu_matrix::{GpuMatrix, RowLayout};
 use super::launch;
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
-use crate::quant::formats::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("conv");

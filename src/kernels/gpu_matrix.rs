@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::gpu::Gpu;
-use crate::quant::PackedMatrix;
+use crate::formats::PackedMatrix;
 use crate::Result;
 
 /// How rows are laid out in a block's `data`.
@@ -90,7 +90,7 @@ fn interleave_rows(m: &PackedMatrix, tile: usize) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::WeightFormat;
+    use crate::formats::WeightFormat;
 
     fn matrix(rows: usize, row_words: usize) -> PackedMatrix {
         let data = (0..(rows * row_words) as u32).collect();

@@ -13,7 +13,7 @@
 use super::gpu_matrix::{GpuMatrix, RowLayout};
 use super::{launch, params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
-use crate::quant::formats::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("w8a8");
@@ -279,7 +279,7 @@ pub fn w8a8_forward(
 /// CPU references with exactly the kernels' arithmetic.
 pub mod reference {
     use crate::kernels::elementwise::Activation;
-    use crate::quant::formats::PackedMatrix;
+    use crate::formats::PackedMatrix;
     use crate::{shape_err, Result};
 
     /// Per-token quantization: (packed codes [rows, ceil(cols/4)], scales [rows]).

@@ -25,7 +25,7 @@ use crate::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, KvCach
 use crate::kernels::elementwise::{add_inplace, Activation};
 use crate::kernels::matmul::{linear, QLinear};
 use crate::kernels::norm::layer_norm;
-use crate::quant::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shape_err, Encoder, Gpu, Result};
 
 /// `nn.LayerNorm`'s default epsilon, which minGPT keeps.
@@ -82,10 +82,10 @@ impl Prior {
         for i in 0..c.n_layer {
             let b = format!("blocks.{i}");
             blocks.push(Block {
-                ln1: Norm::load(gpu, w, &format!("{b}.ln1"), e)?,
+                ln1: w.norm(gpu, &format!("{b}.ln1"), e)?,
                 qkv: load_qkv(gpu, w, &format!("{b}.attn"), e, format)?,
                 proj: load_linear(gpu, w, &format!("{b}.attn.proj"), e, e, format)?,
-                ln2: Norm::load(gpu, w, &format!("{b}.ln2"), e)?,
+                ln2: w.norm(gpu, &format!("{b}.ln2"), e)?,
                 fc1: load_linear(gpu, w, &format!("{b}.mlp.0"), 4 * e, e, format)?,
                 fc2: load_linear(gpu, w, &format!("{b}.mlp.2"), e, 4 * e, format)?,
             });
@@ -93,7 +93,7 @@ impl Prior {
         if w.contains(&format!("blocks.{}.ln1.weight", c.n_layer)) {
             invalid!("checkpoint {} has more than the configured {} layers", w.source, c.n_layer);
         }
-        let ln_f = Norm::load(gpu, w, "ln_f", e)?;
+        let ln_f = w.norm(gpu, "ln_f", e)?;
         let head = QLinear::new(gpu, &w.matrix("head.weight", &[v, e], format)?, None)?;
         if w.contains("head.bias") {
             invalid!("checkpoint {}: head.bias present, but minGPT's head has no bias", w.source);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{linear_with, QLinear, Variant};
 use crate::gpu::{AdapterClass, DType, Tensor};
 use crate::kernels::{launch, BenchCase, BenchSize};
-use crate::quant::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{Gpu, Result};
 
 /// Deterministic values in [-1, 1) for benchmarks (no rand dependency).

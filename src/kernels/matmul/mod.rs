@@ -16,7 +16,7 @@ use super::elementwise::Activation;
 use super::gpu_matrix::{GpuMatrix, RowLayout};
 use super::{launch, params};
 use crate::gpu::{DType, Shader, Tensor};
-use crate::quant::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{shader, Encoder, Error, Gpu, Result};
 
 const GEMV: Shader = shader!("gemv_q");
