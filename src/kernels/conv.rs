@@ -1,6 +1,6 @@
 //! 2-D convolution as an implicit GEMM over packed weights of any `WeightFormat`, and timm's
 //! PatchEmbed (the same kernel writing tokens). CPU adapters run `shaders/conv.wgsl` (register
-//! tiles, no workgroup memory); GPUs run `shaders/conv_workgroup.wgsl` on the workgroup-tiled
+//! tiles, no workgroup memory); GPUs run its `conv2d_workgroup` (WORKGROUP) on the workgroup-tiled
 //! core the GEMM uses, with the tile the launch table picks (`matmul::Plan::for_rows`).
 
 use super::matmul::{self, Variant};
@@ -12,7 +12,6 @@ use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("conv");
-const SHADER_WORKGROUP: Shader = shader!("conv_workgroup");
 /// The register tile of one invocation (fixed in the shader): output channels × pixels of a row.
 const CHANNELS_PER_LANE: u32 = 8;
 const PIXELS_PER_LANE: usize = 4;
@@ -157,7 +156,7 @@ impl Conv2d {
     fn record(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor, tokens: bool) -> Result<()> {
         let &[b, _, h, w] = &x.shape[..] else { unreachable!() };
         let (ho, wo) = self.output_size(h, w)?;
-        let defines = self.defines(tokens);
+        let mut defines = self.defines(tokens);
         let pixels = b * ho * wo;
         if pixels > u32::MAX as usize || self.cols > u32::MAX as usize {
             shape_err!("conv2d: {pixels} output pixels of {} taps exceed the kernel's 32-bit indices", self.cols);
@@ -172,7 +171,8 @@ impl Conv2d {
             };
             let t = matmul::WorkgroupTile::new(gpu, self.format, bm, bn, tm, tn)?;
             let consts = [("WG", t.invocations as f64), ("BM", bm as f64), ("BN", bn as f64), ("BK", t.bk as f64), ("TM", tm as f64), ("TN", tn as f64)];
-            (gpu.pipeline(&SHADER_WORKGROUP, "conv2d_workgroup", &defines, &consts)?, 0, bm, bn)
+            defines.push("WORKGROUP");
+            (gpu.pipeline(&SHADER, "conv2d_workgroup", &defines, &consts)?, 0, bm, bn)
         } else {
             let lanes: u32 = 64;
             (gpu.pipeline(&SHADER, "conv2d", &defines, &[("WG", lanes as f64)])?, lanes, 0, CHANNELS_PER_LANE)
