@@ -210,11 +210,21 @@ pub fn w8a8_linear(gpu: &Gpu, enc: &mut Encoder, layer: &W8A8Linear, xq: &Quanti
         defines.push("GEMV");
     }
     let Tiles { gemm_wg: wg, rows_per_wg, tiles, .. } = launch(gpu);
-    if let (Some([large, small]), false) = (tiles, gemv) {
-        return gemm_workgroup(gpu, enc, layer, xq, out, &defines, if m <= 64 { small } else { large });
-    }
-    let rows_per_wg = if gemv { rows_per_wg } else { rows_per_wg.div_ceil(TM) * TM };
-    let pipe = gpu.pipeline(&SHADER, "gemm", &defines, &[("WG", wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)])?;
+    // The kernel, and the output channels × activation rows one workgroup covers.
+    let (pipe, (cols_per_group, rows_per_group)) = match (tiles, gemv) {
+        // GPUs: int8 tiles in workgroup memory.
+        (Some([large, small]), false) => {
+            let (bm, bn, rm, rn) = if m <= 64 { small } else { large };
+            let wg = (bm / rm) * (bn / rn);
+            let consts = [("WG", wg as f64), ("BM", bm as f64), ("BN", bn as f64), ("BKW", STAGE_WORDS as f64), ("RM", rm as f64), ("RN", rn as f64)];
+            (gpu.pipeline(&SHADER, "gemm_workgroup", &defines, &consts)?, (bn as usize, bm as usize))
+        }
+        _ => {
+            let rows_per_wg = if gemv { rows_per_wg } else { rows_per_wg.div_ceil(TM) * TM };
+            let consts = [("WG", wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)];
+            (gpu.pipeline(&SHADER, "gemm", &defines, &consts)?, (wg * TN, rows_per_wg))
+        }
+    };
     for (part, row_params) in layer.weights.blocks.iter().zip(&layer.row_params) {
         let p = Params {
             rows: m as u32,
@@ -225,38 +235,7 @@ pub fn w8a8_linear(gpu: &Gpu, enc: &mut Encoder, layer: &W8A8Linear, xq: &Quanti
             w_vecs: layer.w_vecs as u32,
             _pad: [0; 2],
         };
-        let groups = [part.rows.len().div_ceil(wg * TN) as u32, m.div_ceil(rows_per_wg) as u32, 1];
-        let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &part.data, row_params, &*out.buffer];
-        gpu.dispatch(enc, &pipe, params(&p), &buffers, groups)?;
-    }
-    Ok(())
-}
-
-/// The GPU path of `w8a8_linear`: int8 tiles in workgroup memory (`gemm_workgroup`).
-fn gemm_workgroup(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    layer: &W8A8Linear,
-    xq: &QuantizedActivations,
-    out: &Tensor,
-    defines: &[&str],
-    (bm, bn, rm, rn): (u32, u32, u32, u32),
-) -> Result<()> {
-    let wg = (bm / rm) * (bn / rn);
-    let consts = [("WG", wg as f64), ("BM", bm as f64), ("BN", bn as f64), ("BKW", STAGE_WORDS as f64), ("RM", rm as f64), ("RN", rn as f64)];
-    let pipe = gpu.pipeline(&SHADER, "gemm_workgroup", defines, &consts)?;
-    let m = xq.rows;
-    for (part, row_params) in layer.weights.blocks.iter().zip(&layer.row_params) {
-        let p = Params {
-            rows: m as u32,
-            cols: part.rows.len() as u32,
-            row_words: xq.row_words as u32,
-            out_stride: layer.rows as u32,
-            col_offset: part.rows.start as u32,
-            w_vecs: layer.w_vecs as u32,
-            _pad: [0; 2],
-        };
-        let groups = [(part.rows.len() as u32).div_ceil(bn), (m as u32).div_ceil(bm), 1];
+        let groups = [part.rows.len().div_ceil(cols_per_group) as u32, m.div_ceil(rows_per_group) as u32, 1];
         let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &part.data, row_params, &*out.buffer];
         gpu.dispatch(enc, &pipe, params(&p), &buffers, groups)?;
     }
