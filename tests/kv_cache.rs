@@ -21,7 +21,7 @@ fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize], lanes: Option<u3
     let Geo { batch, heads, head_dim, capacity } = g;
     let e = heads * head_dim;
     let cache = KvCache::new(gpu, batch, heads, head_dim, capacity).unwrap();
-    let mut pos = Position::new(gpu).unwrap();
+    let pos = Position::new(gpu).unwrap();
     let cache_len = batch * heads * capacity * head_dim;
     let (mut k_ref, mut v_ref) = (vec![0f32; cache_len], vec![0f32; cache_len]);
     let mut start = 0;
@@ -119,7 +119,7 @@ fn embedding_at_a_position() {
         let pos_t = Tensor::from_f32(gpu, &[s, e], &posv).unwrap();
         let ids_t = Tensor::from_u32(gpu, &[b, t], &ids).unwrap();
         let out = Tensor::zeros(gpu, &[b, t, e], DType::F32).unwrap();
-        let mut pos = Position::new(gpu).unwrap();
+        let pos = Position::new(gpu).unwrap();
         for start in [0, 3, s - t] {
             pos.set(gpu, start).unwrap();
             let mut enc = gpu.encoder();
@@ -138,7 +138,7 @@ fn bad_input_is_an_error() {
     assert!(KvCache::new(gpu, 1, 2, 4, 0).is_err(), "zero capacity");
     assert!(KvCache::new(gpu, 1, 2, 4, 1025).is_err(), "capacity over the attention limit");
     let cache = KvCache::new(gpu, 2, 2, 4, 5).unwrap();
-    let mut pos = Position::new(gpu).unwrap();
+    let pos = Position::new(gpu).unwrap();
     let mut enc = gpu.encoder();
     let qkv = Tensor::zeros(gpu, &[2, 3, 24], DType::F32).unwrap();
     let out = Tensor::zeros(gpu, &[2, 3, 8], DType::F32).unwrap();

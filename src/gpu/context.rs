@@ -425,12 +425,19 @@ pub struct Encoder {
     pub(crate) profiler: Option<super::timing::PassTimer>,
     /// Bind groups reused across runs of a planned graph (see `graph::Plan`).
     pub(crate) bind_groups: Option<Arc<Mutex<super::pipelines::BindGroupCache>>>,
+    /// Dispatches recorded so far.
+    pub(crate) dispatches: u32,
 }
 
 impl Encoder {
     fn new(gpu: &Gpu) -> Self {
         let inner = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lowbit") });
-        Encoder { inner, pass: None, profiler: None, bind_groups: None }
+        Encoder { inner, pass: None, profiler: None, bind_groups: None, dispatches: 0 }
+    }
+
+    /// Dispatches recorded so far (skipped empty ones not counted).
+    pub fn dispatches(&self) -> u32 {
+        self.dispatches
     }
 
     /// The encoder itself, for copies and clears (ends the open compute pass).

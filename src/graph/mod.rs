@@ -18,6 +18,7 @@
 mod executor;
 mod ir;
 mod ops;
+mod ops_decode;
 mod ops_quant;
 mod planner;
 
