@@ -294,3 +294,23 @@ fn generate_command_writes_images_and_tokens() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// A decoding step is one planned graph: `bench model` on a prior reports ms and dispatches
+/// per step (one per node: per block two LayerNorms, four Linears, two residual adds, K/V
+/// append and attention; then embed, ln_f and head), and `generate --profile` prints per-node
+/// times of a prefill and of a step.
+#[test]
+fn decode_steps_are_measured_and_profiled() {
+    let bench = lowbit_ok(&["bench", "model", "--model", DIR, "--reps", "1", "--json"]);
+    let row: serde_json::Value = serde_json::from_str(bench.lines().last().unwrap()).unwrap();
+    assert_eq!(row["task"], "decode", "{row}");
+    assert!(row["ms_per_step"].as_f64().unwrap() > 0.0, "{row}");
+    let prior = load(gpu(), WeightFormat::F32);
+    let per_block = 10;
+    assert_eq!(row["dispatches_per_step"].as_u64().unwrap() as usize, per_block * prior.config.n_layer + 3, "{row}");
+    let out = std::env::temp_dir().join(format!("lowbit-generate-profile-{}", std::process::id()));
+    let text = lowbit_ok(&["generate", "--prior", DIR, "--class", "1", "--out", out.to_str().unwrap(), "--profile"]);
+    assert!(text.contains("prefill of") && text.contains("decode step at position"), "{text}");
+    assert!(text.contains("kv_attend") && text.contains("blocks.0.attn.qkv"), "{text}");
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -10,6 +10,8 @@ use crate::gpu::timing::{median, Clock};
 use crate::graph::Plan;
 use crate::formats::WeightFormat;
 use crate::kernels::{self, BenchCase, BenchSize};
+use crate::models::prior::Prior;
+use crate::models::{detect, ModelKind};
 use crate::Gpu;
 
 #[derive(Subcommand)]
@@ -22,7 +24,7 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// A model folder (timm ViT or taming VQGAN decoder).
+    /// A model folder (timm ViT, taming VQGAN decoder, or a prior: then ms per decode step).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     /// One JSON object: model, task, format, batch, median_ms, images_per_s, peak_gpu_bytes, ...
@@ -183,6 +185,9 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
 
 /// Wall-clock latency of whole forward passes (submit to completion), as a user sees them.
 fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
+    if detect(&args.model)? == ModelKind::Prior {
+        return prior_model(gpu, args);
+    }
     let format = WeightFormat::parse(&args.format)?;
     let runnable = Runnable::load(gpu, &args.model, format)?;
     let weights = weight_summary(&args.model)?.bytes(format) as u64;
@@ -226,6 +231,58 @@ fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
     }
     if args.profile {
         print_profile(&plan.profile(gpu)?.1, 15);
+    }
+    Ok(())
+}
+
+/// A prior's decoding speed as `generate` sees it: the class token prefilled, then one step
+/// per position (submit, wait for the logits), over `reps` whole sequences after one warm-up
+/// sequence. Reports the median milliseconds per step and the dispatches one step records.
+fn prior_model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
+    let format = WeightFormat::parse(&args.format)?;
+    let prior = Prior::from_pretrained(gpu, &args.model, format)?;
+    let batch = args.batch.max(1);
+    let positions = prior.config.block_size;
+    let ids = vec![0u32; batch];
+    let (mut ms, mut dispatches) = (Vec::new(), 0);
+    for sequence in 0..=args.reps.max(1) {
+        let mut session = prior.session(gpu, batch)?;
+        session.prefill(gpu, &ids, 1)?;
+        dispatches = session.step_dispatches(gpu)?;
+        for _ in 1..positions {
+            let start = Instant::now();
+            session.step(gpu, &ids)?;
+            if sequence > 0 {
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let steps = ms.len();
+    let ms_per_step = median(&mut ms);
+    let weights = weight_summary(&args.model)?.bytes(format) as u64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.display().to_string(), "task": "decode", "format": format.name(),
+                "batch": batch, "reps": steps, "median_ms": ms_per_step, "ms_per_step": ms_per_step,
+                "steps_per_s": 1e3 / ms_per_step, "dispatches_per_step": dispatches, "weight_bytes": weights,
+                "adapter": gpu.adapter_name(),
+            })
+        );
+    } else {
+        println!("adapter: {}", gpu.adapter_name());
+        println!(
+            "prior decode batch {batch} ({}): median {ms_per_step:.3} ms per step over {steps} steps ({:.0} steps/s), {dispatches} dispatches per step, weights {:.2} MB",
+            format.name(),
+            1e3 / ms_per_step,
+            weights as f64 / 1e6
+        );
+    }
+    if args.profile {
+        let mut session = prior.session(gpu, batch)?;
+        session.prefill(gpu, &vec![0; batch * (positions - 1)], positions - 1)?;
+        print_profile(&session.profile(gpu, 1)?, 15);
     }
     Ok(())
 }

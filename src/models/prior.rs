@@ -266,6 +266,16 @@ impl PriorSession<'_> {
         Ok(all.chunks(tokens * v).flat_map(|seq| seq[(tokens - 1) * v..].to_vec()).collect())
     }
 
+    /// Dispatches one decode step records.
+    pub fn step_dispatches(&mut self, gpu: &Gpu) -> Result<u32> {
+        if self.step_plan.is_none() {
+            self.step_plan = Some(self.plan(gpu, 1)?);
+        }
+        let mut enc = gpu.encoder();
+        self.step_plan.as_ref().unwrap().record(gpu, &mut enc)?;
+        Ok(enc.dispatches())
+    }
+
     /// Per-node GPU times of one pass over `tokens` new tokens (ids 0) at the current position;
     /// the position does not move, so the caches keep what they held.
     pub fn profile(&self, gpu: &Gpu, tokens: usize) -> Result<Vec<NodeTime>> {
