@@ -5,7 +5,9 @@
 //! → norm (on the class token only: LayerNorm is per token, so this equals timm's norm of
 //! every token followed by `global_pool='token'`) → head.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
 use std::sync::Arc;
 
 pub mod config;
@@ -15,7 +17,8 @@ use config::VitConfig;
 use glue::{embed_tokens, layer_scale_add, take_token};
 use super::weights::Weights;
 use crate::gpu::{DType, Tensor};
-use crate::graph::{Graph, Linear, Norm, Plan, Value};
+use super::preprocess::{load_image, preprocess};
+use crate::graph::{Graph, Linear, NodeTime, Norm, Plan, Value};
 use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
@@ -24,7 +27,7 @@ use crate::kernels::w8a8::W8A8Linear;
 use crate::kernels::act_quant::ActQuantizer;
 use crate::models::packed::{Activations, Attention, Description, QuantPoint, Runtime};
 use crate::formats::WeightFormat;
-use crate::{invalid, shape_err, Gpu, Result};
+use crate::{invalid, shape_err, Error, Gpu, Result};
 
 /// timm's ViT LayerNorm epsilon.
 const LN_EPS: f32 = 1e-6;
@@ -125,6 +128,14 @@ fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usiz
     Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
 }
 
+/// What `VisionTransformer::classify` returns for N images.
+pub struct Classified {
+    /// [N, num_classes] row-major (the pooled features when the model has no head).
+    pub logits: Vec<f32>,
+    /// [N, embed_dim]: what the head reads (Fréchet distances between image sets use these).
+    pub features: Vec<f32>,
+}
+
 impl VisionTransformer {
     /// Builds the model from checkpoint tensors, packing matrices in `format`
     /// (`WeightFormat::F32` reproduces timm's numbers).
@@ -195,6 +206,46 @@ impl VisionTransformer {
         }
         let plan = self.plan(gpu, b)?;
         Ok(plan.run_with(gpu, &[images])?.remove(0))
+    }
+
+    /// Logits and pooled features of images read from `paths`, through timm's eval transform
+    /// (`config.preprocess`) and one forward pass over all of them.
+    pub fn classify_files(&self, gpu: &Gpu, paths: &[PathBuf]) -> Result<Classified> {
+        let mut pixels = Vec::new();
+        for path in paths {
+            let image = preprocess(&load_image(path)?, &self.config.preprocess);
+            pixels.extend(image.map_err(|e| Error::Invalid(format!("image {}: {e}", path.display())))?);
+        }
+        Ok(self.run_pixels(gpu, &pixels, paths.len(), false)?.0)
+    }
+
+    /// Logits and pooled features of RGB images (timm's eval transform, then one forward pass).
+    pub fn classify(&self, gpu: &Gpu, images: &[RgbImage]) -> Result<Classified> {
+        Ok(self.run_pixels(gpu, &self.preprocess(images)?, images.len(), false)?.0)
+    }
+
+    /// `classify`, also measuring the GPU time of each node.
+    pub fn classify_profiled(&self, gpu: &Gpu, images: &[RgbImage]) -> Result<(Classified, Vec<NodeTime>)> {
+        self.run_pixels(gpu, &self.preprocess(images)?, images.len(), true)
+    }
+
+    /// timm's eval transform of each image, concatenated: [N, 3, img_size, img_size].
+    pub fn preprocess(&self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let mut pixels = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            pixels.extend(preprocess(img, &self.config.preprocess).map_err(|e| Error::Invalid(format!("image {i}: {e}")))?);
+        }
+        Ok(pixels)
+    }
+
+    fn run_pixels(&self, gpu: &Gpu, pixels: &[f32], n: usize, profile: bool) -> Result<(Classified, Vec<NodeTime>)> {
+        if n == 0 {
+            invalid!("vit: no images to classify");
+        }
+        let plan = Plan::new(gpu, self.graph_with_features(n)?)?;
+        plan.set_input(gpu, 0, pixels)?;
+        let (out, times) = if profile { plan.profile(gpu)? } else { (plan.run(gpu)?, Vec::new()) };
+        Ok((Classified { logits: out[0].to_vec_f32(gpu)?, features: out[1].to_vec_f32(gpu)? }, times))
     }
 
     /// The forward pass for `batch` images, planned: input 0 is the images, output 0 the logits.
