@@ -8,9 +8,12 @@ pub mod conv;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
+pub mod roofline;
 pub mod tuning;
 pub mod vq;
 pub mod w8a8;
+
+pub use roofline::Bound;
 
 use crate::{Encoder, Gpu, Result};
 
@@ -24,6 +27,14 @@ pub struct BenchCase {
     pub bytes: u64,
     pub flops: u64,
     pub step: BenchStep,
+}
+
+impl BenchCase {
+    /// The roof this case is measured against (`roofline_pct` in `lowbit bench kernels`),
+    /// derived from the kernel's name so the families' cases need not say it.
+    pub fn bound(&self) -> Bound {
+        Bound::for_kernel(&self.kernel)
+    }
 }
 
 /// Records one benchmark step's dispatches.
