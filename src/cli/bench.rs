@@ -1,4 +1,5 @@
-//! `lowbit bench kernels`: median time, GB/s and GFLOP/s of every kernel and format.
+//! `lowbit bench kernels`: median time, GB/s, GFLOP/s and share of the roofline of every kernel
+//! and format; `lowbit bench roofline`: the adapter's measured roofs; `lowbit bench model`.
 
 use clap::{Args, Subcommand};
 
@@ -9,7 +10,7 @@ use super::model::{print_profile, weight_summary, Runnable};
 use crate::gpu::timing::{median, Clock};
 use crate::graph::Plan;
 use crate::formats::WeightFormat;
-use crate::kernels::{self, BenchCase, BenchSize};
+use crate::kernels::{self, roofline, BenchCase, BenchSize};
 use crate::models::prior::Prior;
 use crate::models::{detect, ModelKind};
 use crate::Gpu;
@@ -20,6 +21,21 @@ pub enum BenchCommand {
     Kernels(KernelArgs),
     /// One model's forward pass: median latency, images/s, peak GPU memory.
     Model(ModelArgs),
+    /// The adapter's roofs: copy bandwidth, f32/f16 FMA, packed int8 dot and
+    /// cooperative-matrix rates, each measured by a small WGSL probe.
+    Roofline(RooflineArgs),
+}
+
+#[derive(Args)]
+pub struct RooflineArgs {
+    /// One JSON object per line: probe, value, unit, adapter. Probes the adapter lacks
+    /// (f16_fma, int8_dot, coopmat_*) are left out of the JSON; the table lists them as
+    /// unavailable with the reason.
+    #[arg(long)]
+    json: bool,
+    /// Small buffers and short loops: a smoke test of the probes, not a measurement.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args)]
@@ -46,7 +62,9 @@ pub struct ModelArgs {
 
 #[derive(Args)]
 pub struct KernelArgs {
-    /// One JSON object per line: kernel, format, shape, ms, gbps, gflops, adapter.
+    /// One JSON object per line: kernel, format, shape, ms, gbps, gflops, roofline_pct, adapter.
+    /// roofline_pct: the median time as a share of the fastest the adapter's measured roofs
+    /// (`lowbit bench roofline`) allow for the case's bytes and FLOP.
     #[arg(long)]
     json: bool,
     /// Time every candidate variant of the tuned kernels on this adapter, print the winners and
@@ -68,6 +86,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let args = match cmd {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Model(args) => return model(gpu, args),
+        BenchCommand::Roofline(args) => return roofline(gpu, args),
     };
     let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
     let adapter = gpu.adapter_name();
@@ -80,28 +99,43 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let only = args.only.clone();
     let filter = move |family: &str| only.is_empty() || only.iter().any(|o| o == family);
     let cases = kernels::bench_cases(gpu, size, &filter)?;
+    // Measured once per run, for the roofs these cases need.
+    let bounds: Vec<roofline::Bound> = cases.iter().map(BenchCase::bound).collect();
+    let roofs = roofline::Roofline::measure(gpu, size, &bounds)?;
     if !args.json {
-        println!("{:<14} {:<18} {:<16} {:>10} {:>9} {:>10}  clock", "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s");
+        println!(
+            "roofs: copy {:.2} GB/s, f32 FMA {}, int8 dot {}",
+            roofs.copy_gbps,
+            roofs.f32_gflops.map_or("not needed".into(), |v| format!("{v:.2} GFLOP/s")),
+            roofs.int8_gops.map_or("not measured".into(), |v| format!("{v:.2} GOP/s")),
+        );
+        println!(
+            "{:<14} {:<18} {:<16} {:>10} {:>9} {:>10} {:>7}  clock",
+            "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s", "roof%"
+        );
     }
     for case in cases {
+        let (bound, bytes, flops) = (case.bound(), case.bytes, case.flops);
         let r = measure(gpu, case, args.reps)?;
+        let pct = roofs.percent(bound, bytes, flops, r.ms);
         if args.json {
             println!(
                 "{}",
                 serde_json::json!({
                     "kernel": r.kernel, "format": r.format, "shape": r.shape,
-                    "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "adapter": adapter,
+                    "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "roofline_pct": pct, "adapter": adapter,
                 })
             );
         } else {
             println!(
-                "{:<14} {:<18} {:<16} {:>10.3} {:>9.2} {:>10.2}  {}",
+                "{:<14} {:<18} {:<16} {:>10.3} {:>9.2} {:>10.2} {:>7}  {}",
                 r.kernel,
                 r.format,
                 r.shape,
                 r.ms,
                 r.gbps,
                 r.gflops,
+                pct.map_or("-".into(), |p| format!("{p:.1}")),
                 if r.clock == Clock::Timestamps { "gpu-timestamps" } else { "wall-clock" }
             );
         }
@@ -178,6 +212,34 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
         let path = kernels::launch::save_picks(gpu, gemv, gemm)?;
         if !args.json {
             println!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `lowbit bench roofline`: every probe, as a table or JSON lines.
+fn roofline(gpu: &Gpu, args: RooflineArgs) -> anyhow::Result<()> {
+    let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
+    let adapter = gpu.adapter_name();
+    let results = roofline::run_all(gpu, size)?;
+    if !args.json {
+        println!("{:<16} {:>12} {:<8} {:<40} note", "probe", "value", "unit", "adapter");
+    }
+    for r in results {
+        match (args.json, r.value) {
+            (true, Some(value)) => println!(
+                "{}",
+                serde_json::json!({ "probe": r.probe, "value": value, "unit": r.unit, "adapter": adapter })
+            ),
+            (true, None) => {}
+            (false, value) => println!(
+                "{:<16} {:>12} {:<8} {:<40} {}",
+                r.probe,
+                value.map_or("unavailable".into(), |v| format!("{v:.2}")),
+                r.unit,
+                adapter,
+                r.note
+            ),
         }
     }
     Ok(())

@@ -10,8 +10,11 @@ pub mod gpu_matrix;
 pub mod launch;
 pub mod matmul;
 pub mod norm;
+pub mod roofline;
 pub mod vq;
 pub mod w8a8;
+
+pub use roofline::Bound;
 
 use crate::{Encoder, Gpu, Result};
 
@@ -25,6 +28,14 @@ pub struct BenchCase {
     pub bytes: u64,
     pub flops: u64,
     pub step: BenchStep,
+}
+
+impl BenchCase {
+    /// The roof this case is measured against (`roofline_pct` in `lowbit bench kernels`),
+    /// derived from the kernel's name so the families' cases need not say it.
+    pub fn bound(&self) -> Bound {
+        Bound::for_kernel(&self.kernel)
+    }
 }
 
 /// Records one benchmark step's dispatches.
