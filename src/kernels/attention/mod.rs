@@ -11,16 +11,18 @@
 //! mean of K adds the same constant q·mean to every score of a query, which softmax ignores,
 //! but it removes the per-channel bias that would otherwise dominate K's int8 range.
 
+mod bench;
 mod flash;
 pub mod kv_cache;
 mod reference;
 
+pub use bench::bench_cases;
 pub use flash::{flash_attention, kernel_for, AttentionKernel};
 
 pub use reference::{attention_quantized_reference, attention_reference, realistic_qkv, sage_reference};
 
 use super::act_quant::{ActQuantizer, AqParams};
-use super::{params, BenchCase, BenchSize};
+use super::params;
 use crate::gpu::{AdapterClass, DType, Shader, Tensor};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
@@ -396,44 +398,4 @@ pub fn quality(gpu: &Gpu, opts: SageOptions) -> Result<SageQuality> {
     let want = attention_reference(&data, &p)?;
     use crate::metrics::{cosine, nmse, relative_l1};
     Ok(SageQuality { cosine: cosine(&got, &want), relative_l1: relative_l1(&got, &want), nmse: nmse(&got, &want) })
-}
-
-pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
-    let p = match size {
-        BenchSize::Full => AttentionParams::new(1, 197, 12, 64),
-        BenchSize::Quick => AttentionParams::new(1, 37, 2, 64),
-    };
-    let (b, t, h, d) = (p.batch as u64, p.tokens as u64, p.heads as u64, p.head_dim as u64);
-    let shape = format!("B{b} T{t} H{h} D{d}");
-    let bytes = 3 * b * t * h * d * 4;
-    let flops = 4 * b * h * t * t * d;
-    let qkv = Tensor::from_f32(gpu, &p.qkv_shape(), &realistic_qkv(&p, 1))?;
-    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32)?;
-    let mut cases = Vec::new();
-    let (q, o) = (qkv.clone(), out.clone());
-    cases.push(BenchCase {
-        kernel: "attention".into(),
-        format: "f32".into(),
-        shape: shape.clone(),
-        bytes,
-        flops,
-        step: Box::new(move |gpu, enc| attention(gpu, enc, &q, &o, p)),
-    });
-    let mut pv = vec![false];
-    if gpu.caps.f16 {
-        pv.insert(0, true);
-    }
-    for pv_f16 in pv {
-        let scratch = SageScratch::new(gpu, p, SageOptions { pv_f16, ..Default::default() })?;
-        let (q, o) = (qkv.clone(), out.clone());
-        cases.push(BenchCase {
-            kernel: "attention".into(),
-            format: format!("sage-int8-{}", if pv_f16 { "f16pv" } else { "f32pv" }),
-            shape: shape.clone(),
-            bytes,
-            flops,
-            step: Box::new(move |gpu, enc| sage_attention_with(gpu, enc, &q, &o, &scratch)),
-        });
-    }
-    Ok(cases)
 }
