@@ -72,6 +72,91 @@ fn sage_matches_its_reference_and_exact_attention() {
     }
 }
 
+/// The forced GPU plan on this adapter, with and without its optional features: attention
+/// runs the flash kernel there.
+fn flash_gpus() -> [(&'static str, &'static Gpu); 2] {
+    [("gpu-plan", gpu_plan()), ("gpu-plan fallback", gpu_plan_fallback())]
+}
+
+/// Odd shapes for flash: 1 and 5 tokens (one partial tile), 197 and 257 (partial last query
+/// and key tiles), every head-width class (D4 16/32/64/128, exact and not: 100 and 300 leave a
+/// team member with fewer or no channel quads), batch 3, causal on and off.
+fn flash_shapes() -> Vec<AttentionParams> {
+    vec![
+        AttentionParams::new(1, 1, 1, 8),
+        AttentionParams::new(3, 5, 3, 36),
+        AttentionParams::new(1, 5, 12, 8).causal(true),
+        AttentionParams::new(1, 5, 1, 512),
+        AttentionParams::new(3, 197, 12, 64),
+        AttentionParams::new(1, 197, 3, 64).causal(true),
+        AttentionParams::new(3, 257, 1, 36).causal(true),
+        AttentionParams::new(1, 257, 3, 8),
+        AttentionParams::new(1, 37, 2, 100),
+        AttentionParams::new(2, 40, 2, 128).causal(true),
+        AttentionParams::new(1, 50, 1, 256),
+        AttentionParams::new(1, 29, 1, 300).causal(true),
+        AttentionParams::new(1, 256, 1, 512),
+        AttentionParams::new(3, 256, 1, 512).causal(true),
+    ]
+}
+
+/// Exact flash vs the f64 reference. Only f32 rounding differs (products, sums over D and over
+/// keys, exp): relative errors of a few 1e-7 per output, NMSE 2e-14 to 1.6e-13 measured on
+/// lavapipe over `flash_shapes`; the bound leaves ~6× for other GPUs' exp and summation order.
+const FLASH_NMSE: f64 = 1e-12;
+
+#[test]
+fn flash_attention_matches_reference() {
+    for (path, gpu) in flash_gpus() {
+        assert_eq!(kernel_for(gpu), AttentionKernel::Flash, "{path}");
+        for (n, p) in flash_shapes().into_iter().enumerate() {
+            let data = random(p.qkv_shape().iter().product(), 40 + n as u64, 2.0);
+            let got = run(gpu, p, &data, None);
+            let want = attention_reference(&data, &p).unwrap();
+            assert_nmse(&format!("flash f32 {p:?} {path}"), &got, &want, FLASH_NMSE);
+        }
+    }
+}
+
+#[test]
+fn flash_sage_matches_its_reference_and_exact_attention() {
+    for (path, gpu) in flash_gpus() {
+        for (n, p) in flash_shapes().into_iter().enumerate() {
+            let data = realistic_qkv(&p, 60 + n as u64);
+            // Blocks that do not divide the tiles nor the token counts, then the defaults.
+            for opts in [SageOptions { q_block: 48, k_block: 20, ..Default::default() }, SageOptions::default()] {
+                let got = run(gpu, p, &data, Some(opts));
+                let eff = opts.effective(gpu);
+                let own = sage_reference(&data, &p, &eff).unwrap();
+                let exact = attention_reference(&data, &p).unwrap();
+                let what = format!("flash sage {p:?} {path} blocks {}/{} (pv_f16 {})", opts.q_block, opts.k_block, eff.pv_f16);
+                // As the per-query sage kernel: f32 P·V repeats the reference's arithmetic
+                // (in f32), f16 P·V rounds each P too.
+                let own_bound = if eff.pv_f16 { 1e-6 } else { F32_NMSE };
+                assert_nmse(&format!("{what} vs sage reference"), &got, &own, own_bound);
+                assert_nmse(&format!("{what} vs exact"), &got, &exact, QUANT_NMSE);
+            }
+        }
+    }
+}
+
+#[test]
+fn flash_bad_inputs_are_errors() {
+    let gpu = gpu_plan();
+    let p = AttentionParams::new(1, 8, 2, 16);
+    let qkv = Tensor::zeros(gpu, &p.qkv_shape(), DType::F32).unwrap();
+    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32).unwrap();
+    let mut enc = gpu.encoder();
+    let wrong_qkv = Tensor::zeros(gpu, &[1, 8, 95], DType::F32).unwrap();
+    assert!(flash_attention(gpu, &mut enc, &wrong_qkv, &out, p).is_err());
+    assert!(sage_attention(gpu, &mut enc, &wrong_qkv, &out, p, SageOptions::default()).is_err());
+    assert!(flash_attention(gpu, &mut enc, &qkv, &qkv, p).is_err());
+    for bad in [AttentionParams::new(1, 8, 2, 18), AttentionParams::new(1, 8, 1, 1024), AttentionParams { scale: f32::INFINITY, ..p }] {
+        assert!(flash_attention(gpu, &mut enc, &qkv, &out, bad).is_err(), "{bad:?}");
+    }
+    gpu.submit(enc).unwrap();
+}
+
 /// The GPU-class mapping (one query per invocation, 64 per workgroup) on this adapter too.
 #[test]
 fn gpu_layout_matches_reference() {
@@ -139,7 +224,7 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn quick_bench_cases_run() {
-    for (path, gpu) in gpus() {
+    for (path, gpu) in all_plans() {
         let cases = bench_cases(gpu, lowbit::kernels::BenchSize::Quick).unwrap();
         assert_eq!(cases.len(), if gpu.caps.f16 { 3 } else { 2 }, "{path}");
         for mut case in cases {

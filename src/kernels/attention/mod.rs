@@ -11,13 +11,18 @@
 //! mean of K adds the same constant q·mean to every score of a query, which softmax ignores,
 //! but it removes the per-channel bias that would otherwise dominate K's int8 range.
 
+mod bench;
+mod flash;
 pub mod kv_cache;
 mod reference;
+
+pub use bench::bench_cases;
+pub use flash::{flash_attention, kernel_for, AttentionKernel};
 
 pub use reference::{attention_quantized_reference, attention_reference, realistic_qkv, sage_reference};
 
 use super::act_quant::{ActQuantizer, AqParams};
-use super::{params, BenchCase, BenchSize};
+use super::params;
 use crate::gpu::{DType, Shader, Tensor};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
@@ -95,7 +100,8 @@ pub struct SageOptions {
     pub q_block: usize,
     pub k_block: usize,
     pub pv_f16: bool,
-    /// Query-to-invocation mapping of the attention pass; `None` picks `Layout::for_gpu`.
+    /// Query-to-invocation mapping of the per-query attention pass. `None` runs the kernel
+    /// `kernel_for` picks (with `Layout::for_gpu`); `Some` forces the per-query kernel.
     pub layout: Option<Layout>,
 }
 
@@ -220,12 +226,16 @@ impl Layout {
     }
 }
 
-/// `out = softmax(q·kᵀ·scale [+ causal mask]) · v`, per batch and head, in f32.
+/// `out = softmax(q·kᵀ·scale [+ causal mask]) · v`, per batch and head, in f32, with the kernel
+/// `kernel_for` picks for this adapter.
 pub fn attention(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: AttentionParams) -> Result<()> {
-    attention_with_layout(gpu, enc, qkv, out, p, Layout::for_gpu(gpu))
+    match kernel_for(gpu) {
+        AttentionKernel::Flash => flash_attention(gpu, enc, qkv, out, p),
+        AttentionKernel::PerQuery => attention_with_layout(gpu, enc, qkv, out, p, Layout::for_gpu(gpu)),
+    }
 }
 
-/// `attention` with an explicit query-to-invocation mapping.
+/// `attention` with the per-query kernel and an explicit query-to-invocation mapping.
 pub fn attention_with_layout(
     gpu: &Gpu,
     enc: &mut Encoder,
@@ -243,6 +253,10 @@ pub fn attention_with_layout(
 
 /// `attention` with the normalized probabilities P quantized by `pq` before P·V (the
 /// post-softmax activation quantizer of the W6A6/W4A8/W4A4 recipes, simulated in f32).
+///
+/// Always the per-query kernel, on GPUs too: quantizing P needs each query's final max and
+/// sum before the first P·V term, which a one-pass online softmax (flash) does not have. A
+/// two-pass flash variant could serve it; these recipes are accuracy studies, not the fast path.
 pub fn attention_quantized(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Tensor, p: AttentionParams, pq: &ActQuantizer) -> Result<()> {
     attention_quantized_with_layout(gpu, enc, qkv, out, p, pq, Layout::for_gpu(gpu))
 }
@@ -349,15 +363,14 @@ pub fn sage_attention_with(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, out: &Ten
     }
     gpu.dispatch(enc, &quant, params(&u), &bufs, gpu.grid(u.items.div_ceil(PREP_WG)))?;
 
-    let attend = gpu.pipeline(&SHADER, "attend_sage", &defines, &layout.constants())?;
     let v = s.v16.as_ref().map_or(&qkv.buffer, |t| &t.buffer);
-    gpu.dispatch(
-        enc,
-        &attend,
-        params(&u),
-        &[v, &out.buffer, &s.q8.buffer, &s.k8.buffer, &s.scales.buffer],
-        layout.grid(p),
-    )
+    let bufs = [v, &*out.buffer, &*s.q8.buffer, &*s.k8.buffer, &*s.scales.buffer];
+    // An explicit layout asks for the per-query kernel.
+    if opts.layout.is_none() && kernel_for(gpu) == AttentionKernel::Flash {
+        return flash::flash_sage_pass(gpu, enc, p, &u, opts.pv_f16, &bufs);
+    }
+    let attend = gpu.pipeline(&SHADER, "attend_sage", &defines, &layout.constants())?;
+    gpu.dispatch(enc, &attend, params(&u), &bufs, layout.grid(p))
 }
 
 /// SageAttention's accuracy against the f64 reference.
@@ -382,44 +395,4 @@ pub fn quality(gpu: &Gpu, opts: SageOptions) -> Result<SageQuality> {
     let want = attention_reference(&data, &p)?;
     use crate::metrics::{cosine, nmse, relative_l1};
     Ok(SageQuality { cosine: cosine(&got, &want), relative_l1: relative_l1(&got, &want), nmse: nmse(&got, &want) })
-}
-
-pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
-    let p = match size {
-        BenchSize::Full => AttentionParams::new(1, 197, 12, 64),
-        BenchSize::Quick => AttentionParams::new(1, 37, 2, 64),
-    };
-    let (b, t, h, d) = (p.batch as u64, p.tokens as u64, p.heads as u64, p.head_dim as u64);
-    let shape = format!("B{b} T{t} H{h} D{d}");
-    let bytes = 3 * b * t * h * d * 4;
-    let flops = 4 * b * h * t * t * d;
-    let qkv = Tensor::from_f32(gpu, &p.qkv_shape(), &realistic_qkv(&p, 1))?;
-    let out = Tensor::zeros(gpu, &p.out_shape(), DType::F32)?;
-    let mut cases = Vec::new();
-    let (q, o) = (qkv.clone(), out.clone());
-    cases.push(BenchCase {
-        kernel: "attention".into(),
-        format: "f32".into(),
-        shape: shape.clone(),
-        bytes,
-        flops,
-        step: Box::new(move |gpu, enc| attention(gpu, enc, &q, &o, p)),
-    });
-    let mut pv = vec![false];
-    if gpu.caps.f16 {
-        pv.insert(0, true);
-    }
-    for pv_f16 in pv {
-        let scratch = SageScratch::new(gpu, p, SageOptions { pv_f16, ..Default::default() })?;
-        let (q, o) = (qkv.clone(), out.clone());
-        cases.push(BenchCase {
-            kernel: "attention".into(),
-            format: format!("sage-int8-{}", if pv_f16 { "f16pv" } else { "f32pv" }),
-            shape: shape.clone(),
-            bytes,
-            flops,
-            step: Box::new(move |gpu, enc| sage_attention_with(gpu, enc, &q, &o, &scratch)),
-        });
-    }
-    Ok(cases)
 }
