@@ -19,7 +19,7 @@ pub use config::PriorConfig;
 
 use std::path::{Path, PathBuf};
 
-use super::weights::Weights;
+use super::weights::{Weights, WeightsView};
 use crate::graph::{Graph, Linear, NodeTime, Norm, Plan};
 use crate::gpu::{DType, Tensor};
 use crate::kernels::attention::kv_cache::{KvCache, Position};
@@ -55,17 +55,17 @@ pub struct Prior {
 }
 
 /// An `nn.Linear(inp, out)` with bias, packed in `format`.
-fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, format: WeightFormat) -> Result<Linear> {
-    let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
-    Ok(QLinear::new(gpu, &packed, Some(w.get(&format!("{prefix}.bias"), &[out])?))?.into())
+fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, format: WeightFormat) -> Result<Linear> {
+    let packed = w.matrix("weight", &[out, inp], format)?;
+    Ok(QLinear::new(gpu, &packed, Some(w.get("bias", &[out])?))?.into())
 }
 
 /// query, key and value of one attention layer as a single [3E, E] Linear.
-fn load_qkv(gpu: &Gpu, w: &Weights, prefix: &str, e: usize, format: WeightFormat) -> Result<Linear> {
+fn load_qkv(gpu: &Gpu, attn: &WeightsView, e: usize, format: WeightFormat) -> Result<Linear> {
     let (mut parts, mut bias) = (Vec::with_capacity(3), Vec::with_capacity(3 * e));
     for part in ["query", "key", "value"] {
-        parts.push(w.matrix(&format!("{prefix}.{part}.weight"), &[e, e], format)?);
-        bias.extend_from_slice(w.get(&format!("{prefix}.{part}.bias"), &[e])?);
+        parts.push(attn.pp(part).matrix("weight", &[e, e], format)?);
+        bias.extend_from_slice(attn.pp(part).get("bias", &[e])?);
     }
     Ok(QLinear::new(gpu, &PackedMatrix::concat_rows(&parts)?, Some(&bias))?.into())
 }
@@ -80,14 +80,15 @@ impl Prior {
         let pos_emb = Tensor::from_f32(gpu, &[s, e], w.get("pos_emb", &[1, s, e])?)?;
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
-            let b = format!("blocks.{i}");
+            let b = w.pp("blocks").pp(i);
+            let (attn, mlp) = (b.pp("attn"), b.pp("mlp"));
             blocks.push(Block {
-                ln1: w.norm(gpu, &format!("{b}.ln1"), e)?,
-                qkv: load_qkv(gpu, w, &format!("{b}.attn"), e, format)?,
-                proj: load_linear(gpu, w, &format!("{b}.attn.proj"), e, e, format)?,
-                ln2: w.norm(gpu, &format!("{b}.ln2"), e)?,
-                fc1: load_linear(gpu, w, &format!("{b}.mlp.0"), 4 * e, e, format)?,
-                fc2: load_linear(gpu, w, &format!("{b}.mlp.2"), e, 4 * e, format)?,
+                ln1: b.pp("ln1").norm(gpu, e)?,
+                qkv: load_qkv(gpu, &attn, e, format)?,
+                proj: load_linear(gpu, &attn.pp("proj"), e, e, format)?,
+                ln2: b.pp("ln2").norm(gpu, e)?,
+                fc1: load_linear(gpu, &mlp.pp(0), 4 * e, e, format)?,
+                fc2: load_linear(gpu, &mlp.pp(2), e, 4 * e, format)?,
             });
         }
         if w.contains(&format!("blocks.{}.ln1.weight", c.n_layer)) {

@@ -116,6 +116,59 @@ impl Weights {
     }
 }
 
+impl Weights {
+    /// The tensors under `prefix` (as candle's `vb.pp("attn")`): `w.pp("blocks.0").pp("attn")`
+    /// reads `blocks.0.attn.qkv.weight` as `get("qkv.weight", ..)`.
+    pub fn pp(&self, prefix: impl std::fmt::Display) -> WeightsView<'_> {
+        WeightsView { weights: self, prefix: prefix.to_string() }
+    }
+}
+
+/// A prefixed view of a checkpoint: model code names tensors as the upstream module does.
+#[derive(Clone)]
+pub struct WeightsView<'a> {
+    pub weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> WeightsView<'a> {
+    /// The view one level down (`attn` under `blocks.0` is `blocks.0.attn`).
+    pub fn pp(&self, name: impl std::fmt::Display) -> WeightsView<'a> {
+        WeightsView { weights: self.weights, prefix: self.key(&name.to_string()) }
+    }
+
+    /// The full checkpoint key of `name` under this view.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    /// The prefix itself (the module's name in the checkpoint).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
+        self.weights.get(&self.key(name), shape)
+    }
+
+    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<&'a [f32]>> {
+        self.weights.get_optional(&self.key(name), shape)
+    }
+
+    pub fn matrix(&self, name: &str, shape: &[usize], format: WeightFormat) -> Result<PackedMatrix> {
+        self.weights.matrix(&self.key(name), shape, format)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.key(name))
+    }
+
+    /// This module's `weight` and `bias` ([channels] each) as a normalization layer.
+    pub fn norm(&self, gpu: &Gpu, channels: usize) -> Result<Norm> {
+        self.weights.norm(gpu, &self.prefix, channels)
+    }
+}
+
 /// Writes f32 tensors as a safetensors file (used for `--save-logits`).
 pub fn save_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors

@@ -15,7 +15,7 @@ pub mod glue;
 
 use config::VitConfig;
 use glue::{embed_tokens, layer_scale_add, take_token};
-use super::weights::Weights;
+use super::weights::{Weights, WeightsView};
 use crate::gpu::{DType, Tensor};
 use super::preprocess::{load_image, preprocess};
 use crate::graph::{Graph, Linear, NodeTime, Norm, Plan, Value};
@@ -110,20 +110,20 @@ fn upload(gpu: &Gpu, w: &Weights, key: &str, ckpt_shape: &[usize], shape: &[usiz
 }
 
 /// A `nn.Linear` (`weight` [out, in]) packed in `format` (or as the checkpoint packed it).
-fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat) -> Result<QLinear> {
-    let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
-    let bias = if bias { Some(w.get(&format!("{prefix}.bias"), &[out])?) } else { None };
+fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat) -> Result<QLinear> {
+    let packed = w.matrix("weight", &[out, inp], format)?;
+    let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
     QLinear::new(gpu, &packed, bias)
 }
 
 /// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations.
 #[allow(clippy::too_many_arguments)]
-fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime) -> Result<Linear> {
+fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime) -> Result<Linear> {
     if runtime.activations != Activations::Int8PerToken {
-        return Ok(Linear::Packed(load_linear(gpu, w, prefix, out, inp, bias, format)?));
+        return Ok(Linear::Packed(load_linear(gpu, w, out, inp, bias, format)?));
     }
-    let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
-    let bias = if bias { Some(w.get(&format!("{prefix}.bias"), &[out])?) } else { None };
+    let packed = w.matrix("weight", &[out, inp], format)?;
+    let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
     let layer = W8A8Linear::new(gpu, &packed, bias)?;
     Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
 }
@@ -147,24 +147,25 @@ impl VisionTransformer {
         let patch = Conv2d::new(gpu, &packed, Some(w.get("patch_embed.proj.bias", &[d])?), (p, p), p, 0)?;
         let cls_token = upload(gpu, w, "cls_token", &[1, 1, d], &[d])?;
         let pos_embed = upload(gpu, w, "pos_embed", &[1, tokens, d], &[tokens, d])?;
-        let layer_scale = |key: &str| -> Result<Option<Tensor>> {
-            let gamma = if c.init_values.is_some() { Some(w.get(key, &[d])?) } else { w.get_optional(key, &[d])? };
+        let layer_scale = |ls: WeightsView| -> Result<Option<Tensor>> {
+            let gamma = if c.init_values.is_some() { Some(ls.get("gamma", &[d])?) } else { ls.get_optional("gamma", &[d])? };
             gamma.map(|g| Tensor::from_f32(gpu, &[d], g)).transpose()
         };
         let mut points = crate::models::packed::points(Description::of(w)?.as_ref())?;
         let runtime = Description::runtime_of(w)?;
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
-            let b = format!("blocks.{i}");
+            let b = w.pp("blocks").pp(i);
+            let (attn, mlp) = (b.pp("attn"), b.pp("mlp"));
             blocks.push(Block {
-                norm1: w.norm(gpu, &format!("{b}.norm1"), d)?,
-                qkv: load_block_linear(gpu, w, &format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias, format, false, runtime)?,
-                proj: load_block_linear(gpu, w, &format!("{b}.attn.proj"), d, d, true, format, false, runtime)?,
-                ls1: layer_scale(&format!("{b}.ls1.gamma"))?,
-                norm2: w.norm(gpu, &format!("{b}.norm2"), d)?,
-                fc1: load_block_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format, true, runtime)?,
-                fc2: load_block_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format, false, runtime)?,
-                ls2: layer_scale(&format!("{b}.ls2.gamma"))?,
+                norm1: b.pp("norm1").norm(gpu, d)?,
+                qkv: load_block_linear(gpu, &attn.pp("qkv"), 3 * d, d, c.qkv_bias, format, false, runtime)?,
+                proj: load_block_linear(gpu, &attn.pp("proj"), d, d, true, format, false, runtime)?,
+                ls1: layer_scale(b.pp("ls1"))?,
+                norm2: b.pp("norm2").norm(gpu, d)?,
+                fc1: load_block_linear(gpu, &mlp.pp("fc1"), hidden, d, true, format, true, runtime)?,
+                fc2: load_block_linear(gpu, &mlp.pp("fc2"), d, hidden, true, format, false, runtime)?,
+                ls2: layer_scale(b.pp("ls2"))?,
                 quant: BlockQuant::take(gpu, w, i, &mut points, [d, d, d, hidden])?,
             });
         }
@@ -175,7 +176,7 @@ impl VisionTransformer {
             invalid!("checkpoint {} has more than the configured {} blocks", w.source, c.depth);
         }
         let norm = w.norm(gpu, "norm", d)?;
-        let head = if c.num_classes > 0 { Some(load_linear(gpu, w, "head", c.num_classes, d, true, format)?.into()) } else { None };
+        let head = if c.num_classes > 0 { Some(load_linear(gpu, &w.pp("head"), c.num_classes, d, true, format)?.into()) } else { None };
         // Whether `lowbit quantize` asked for the low-bit attention kernel.
         let sage = runtime.attention == Attention::SageInt8;
         Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head, sage })

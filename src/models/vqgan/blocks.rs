@@ -89,38 +89,41 @@ impl Loader<'_> {
     }
 
     pub fn conv_padded(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, padding: Padding) -> Result<Conv2d> {
-        let weight = self.w.matrix(&format!("{prefix}.weight"), &[cout, cin, k, k], self.format)?;
-        Conv2d::with_padding(self.gpu, &weight, Some(self.w.get(&format!("{prefix}.bias"), &[cout])?), (k, k), stride, padding)
+        let w = self.w.pp(prefix);
+        let weight = w.matrix("weight", &[cout, cin, k, k], self.format)?;
+        Conv2d::with_padding(self.gpu, &weight, Some(w.get("bias", &[cout])?), (k, k), stride, padding)
     }
 
     pub fn resnet(&self, prefix: &str, cin: usize, cout: usize) -> Result<ResnetBlock> {
-        if self.w.contains(&format!("{prefix}.conv_shortcut.weight")) {
+        let w = self.w.pp(prefix);
+        if w.contains("conv_shortcut.weight") {
             invalid!("checkpoint {}: {prefix}.conv_shortcut (3×3 shortcut) is not supported", self.w.source);
         }
         Ok(ResnetBlock {
             name: prefix.to_string(),
-            norm1: self.norm(&format!("{prefix}.norm1"), cin)?,
-            conv1: self.conv(&format!("{prefix}.conv1"), cin, cout, 3)?,
-            norm2: self.norm(&format!("{prefix}.norm2"), cout)?,
-            conv2: self.conv(&format!("{prefix}.conv2"), cout, cout, 3)?,
-            shortcut: if cin != cout { Some(self.conv(&format!("{prefix}.nin_shortcut"), cin, cout, 1)?) } else { None },
+            norm1: w.pp("norm1").norm(self.gpu, cin)?,
+            conv1: self.conv(&w.key("conv1"), cin, cout, 3)?,
+            norm2: w.pp("norm2").norm(self.gpu, cout)?,
+            conv2: self.conv(&w.key("conv2"), cout, cout, 3)?,
+            shortcut: if cin != cout { Some(self.conv(&w.key("nin_shortcut"), cin, cout, 1)?) } else { None },
         })
     }
 
     pub fn attn(&self, prefix: &str, c: usize) -> Result<AttnBlock> {
+        let w = self.w.pp(prefix);
         let mut parts = Vec::with_capacity(3);
         let mut bias = Vec::with_capacity(3 * c);
         for part in ["q", "k", "v"] {
-            parts.push(self.w.matrix(&format!("{prefix}.{part}.weight"), &[c, c, 1, 1], self.format)?);
-            bias.extend_from_slice(self.w.get(&format!("{prefix}.{part}.bias"), &[c])?);
+            parts.push(w.pp(part).matrix("weight", &[c, c, 1, 1], self.format)?);
+            bias.extend_from_slice(w.pp(part).get("bias", &[c])?);
         }
         let qkv = Conv2d::new(self.gpu, &PackedMatrix::concat_rows(&parts)?, Some(&bias), (1, 1), 1, 0)?;
-        let proj = self.w.matrix(&format!("{prefix}.proj_out.weight"), &[c, c, 1, 1], self.format)?;
+        let proj = w.pp("proj_out");
         Ok(AttnBlock {
             name: prefix.to_string(),
-            norm: self.norm(&format!("{prefix}.norm"), c)?,
+            norm: w.pp("norm").norm(self.gpu, c)?,
             qkv,
-            proj_out: QLinear::new(self.gpu, &proj, Some(self.w.get(&format!("{prefix}.proj_out.bias"), &[c])?))?.into(),
+            proj_out: QLinear::new(self.gpu, &proj.matrix("weight", &[c, c, 1, 1], self.format)?, Some(proj.get("bias", &[c])?))?.into(),
         })
     }
 }
