@@ -136,7 +136,8 @@ fn fma_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 // Cooperative-matrix GEMM tiles: each subgroup loads A and B (row-major tiles at the start of
 // `ab`) and four accumulators C0..C3 (tiles 0..3 of `c`; distinct so no compiler merges the
 // chains), runs Cj += A·B `iters` times and stores Cj + iters·A·B as tile 4 + 4g + j of `c`
-// (the tests check them). Workgroups are one subgroup wide (WG = the subgroup size).
+// (the tests check them). Workgroups are one subgroup wide (WG = the subgroup size) and are
+// dispatched as one row, exactly as many as there are tiles: there is no bounds check.
 #if COOP_F32
 @group(0) @binding(1) var<storage, read> ab: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;

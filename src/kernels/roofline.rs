@@ -326,7 +326,9 @@ pub fn coopmat(gpu: &Gpu, cfg: CoopConfig, size: BenchSize, reps: usize) -> Resu
     let ab = cfg.upload_ab(gpu, &vec![0.01; t * t], &vec![0.01; t * t])?;
     let c = storage(gpu, (4 * (groups as usize + 1) * t * t * 4) as u64, "coopmat c")?;
     let pipe = gpu.pipeline(&SHADER, "coop_gemm", &[cfg.define()], &[("WG", coop_workgroup(gpu) as f64)])?;
-    let grid = gpu.grid(groups);
+    // One row of workgroups, never a 2-D grid: the shader has no bounds check to skip an
+    // overshoot (naga rejected the early return such a check needs before the coop calls).
+    let grid = [groups, 1, 1];
     let mut iters = 16;
     let ms = calibrate(gpu, size, reps, &mut iters, |iters, reps| {
         let p = Params { n: groups, iters, mul: 0.0, add: 0.0 };
