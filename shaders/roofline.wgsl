@@ -2,8 +2,8 @@
 // peak arithmetic rates, each from the simplest loop that can reach it. Kernels' numbers are
 // reported as a share of these (`roofline_pct` in `lowbit bench kernels`).
 //
-// The arithmetic probes run CHAINS independent dependency chains per invocation so that a
-// GPU's pipelines stay full, feed each chain's result into its next step (nothing can be
+// The arithmetic probes run 8 independent dependency chains per invocation (2 in the variant
+// sized for CPU adapters' registers) so that a GPU's pipelines stay full, feed each chain's result into its next step (nothing can be
 // hoisted out of the loop), take the trip count from a uniform (nothing can be folded), and
 // store the sum of the chains (nothing can be dropped). Their start values come from `src`
 // (zeros) so that every probe has the same bindings as `copy`.
@@ -19,8 +19,9 @@ enable wgpu_cooperative_matrix;
 enable wgpu_cooperative_matrix;
 #endif
 
-// `n`: work items (vec4s for `copy`, invocations otherwise); `iters`: loop trips; `mul`, `add`:
-// the chains' coefficients (|mul| < 1 keeps the values bounded).
+// `n`: work items (vec4s for `copy`, runs for `copy_runs`, workgroups for `coop_gemm`,
+// invocations otherwise); `iters`: loop trips; `mul`, `add`: the FMA chains' coefficients
+// (|mul| < 1 keeps the values bounded).
 struct Params { n: u32, iters: u32, mul: f32, add: f32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -135,7 +136,8 @@ fn fma_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 // Cooperative-matrix GEMM tiles: each subgroup loads A and B (row-major tiles at the start of
 // `ab`) and four accumulators C0..C3 (tiles 0..3 of `c`; distinct so no compiler merges the
 // chains), runs Cj += A·B `iters` times and stores Cj + iters·A·B as tile 4 + 4g + j of `c`
-// (the tests check them). Workgroups are one subgroup wide (WG = the subgroup size).
+// (the tests check them). Workgroups are one subgroup wide (WG = the subgroup size) and are
+// dispatched as one row, exactly as many as there are tiles: there is no bounds check.
 #if COOP_F32
 @group(0) @binding(1) var<storage, read> ab: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;

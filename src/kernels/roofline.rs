@@ -104,7 +104,7 @@ pub fn run_all(gpu: &Gpu, size: BenchSize) -> Result<Vec<ProbeResult>> {
     };
     let copy_bytes = copy_size(gpu, size);
     let mut out = vec![
-        row("copy_bandwidth", Some(copy_bandwidth(gpu, size, reps)?), "GB/s", &format!("{} MiB read + written", copy_bytes >> 20)),
+        row("copy_bandwidth", Some(copy_bandwidth(gpu, size, reps)?), "GB/s", &format!("{} MiB read and {0} MiB written", copy_bytes >> 20)),
         row("f32_fma", Some(f32_fma(gpu, size, reps)?), "GFLOP/s", ""),
     ];
     out.push(match gpu.caps.f16 {
@@ -144,8 +144,7 @@ pub fn copy_bandwidth(gpu: &Gpu, size: BenchSize, reps: usize) -> Result<f64> {
     let mut best = 0f64;
     for (entry, per_invocation) in [("copy", 1), ("copy_runs", COPY_RUN)] {
         let n = (bytes / 16 / per_invocation) as u32;
-        let constants = [("WG", WG as f64), ("CHUNK", COPY_RUN as f64)];
-        let pipe = gpu.pipeline(&SHADER, entry, &[], &constants[..if per_invocation == 1 { 1 } else { 2 }])?;
+        let pipe = gpu.pipeline(&SHADER, entry, &[], &[("WG", WG as f64), ("CHUNK", COPY_RUN as f64)])?;
         let p = Params { n, iters: 0, mul: 0.0, add: 0.0 };
         let groups = gpu.grid(n.div_ceil(WG));
         let (ms, _) = gpu.time_step(reps, |enc| gpu.dispatch(enc, &pipe, params(&p), &[&src, &dst], groups))?;
@@ -327,7 +326,9 @@ pub fn coopmat(gpu: &Gpu, cfg: CoopConfig, size: BenchSize, reps: usize) -> Resu
     let ab = cfg.upload_ab(gpu, &vec![0.01; t * t], &vec![0.01; t * t])?;
     let c = storage(gpu, (4 * (groups as usize + 1) * t * t * 4) as u64, "coopmat c")?;
     let pipe = gpu.pipeline(&SHADER, "coop_gemm", &[cfg.define()], &[("WG", coop_workgroup(gpu) as f64)])?;
-    let grid = gpu.grid(groups);
+    // One row of workgroups, never a 2-D grid: the shader has no bounds check to skip an
+    // overshoot (naga rejected the early return such a check needs before the coop calls).
+    let grid = [groups, 1, 1];
     let mut iters = 16;
     let ms = calibrate(gpu, size, reps, &mut iters, |iters, reps| {
         let p = Params { n: groups, iters, mul: 0.0, add: 0.0 };
@@ -355,4 +356,32 @@ pub fn coopmat_tiles(gpu: &Gpu, cfg: CoopConfig, a: &[f32], b: &[f32], c: &[f32]
     gpu.submit(enc)?;
     let bytes = gpu.read_bytes(&out, (8 * tile * 4) as u64)?;
     Ok(bytes[16 * tile..].chunks_exact(4).map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_get_the_roof_that_limits_them() {
+        assert_eq!(Bound::for_kernel("gemv"), Bound::Bandwidth);
+        assert_eq!(Bound::for_kernel("layer_norm"), Bound::Bandwidth);
+        assert_eq!(Bound::for_kernel("gemm"), Bound::F32Flops);
+        assert_eq!(Bound::for_kernel("conv3x3"), Bound::F32Flops);
+        assert_eq!(Bound::for_kernel("w8a8_gemm"), Bound::Int8Ops);
+    }
+
+    #[test]
+    fn percent_is_the_roofline_time_over_the_measured_time() {
+        let roofs = Roofline { copy_gbps: 100.0, f32_gflops: Some(1000.0), int8_gops: None };
+        // 1 GB at 100 GB/s: 10 ms; measured 20 ms.
+        assert_eq!(roofs.percent(Bound::Bandwidth, 1_000_000_000, 0, 20.0), Some(50.0));
+        // 100 GFLOP at 1000 GFLOP/s (100 ms) dominates 1 MB of memory traffic.
+        let pct = roofs.percent(Bound::F32Flops, 1_000_000, 100_000_000_000, 400.0).unwrap();
+        assert!((pct - 25.0).abs() < 1e-9, "{pct}");
+        // W8A8 without an int8 roof falls back to the f32 one.
+        assert_eq!(roofs.percent(Bound::Int8Ops, 0, 100_000_000_000, 100.0), roofs.percent(Bound::F32Flops, 0, 100_000_000_000, 100.0));
+        let memory_only = Roofline { f32_gflops: None, ..roofs };
+        assert_eq!(memory_only.percent(Bound::F32Flops, 0, 1, 1.0), None);
+    }
 }
