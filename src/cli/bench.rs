@@ -79,7 +79,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let filter = move |family: &str| only.is_empty() || only.iter().any(|o| o == family);
     let cases = kernels::bench_cases(gpu, size, &filter)?;
     if !args.json {
-        println!("{:<14} {:<18} {:<16} {:>10} {:>9} {:>10}  clock", "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s");
+        println!("{:<14} {:<22} {:<16} {:>10} {:>9} {:>10}  clock", "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s");
     }
     for case in cases {
         let r = measure(gpu, case, args.reps)?;
@@ -93,7 +93,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "{:<14} {:<18} {:<16} {:>10.3} {:>9.2} {:>10.2}  {}",
+                "{:<14} {:<22} {:<16} {:>10.3} {:>9.2} {:>10.2}  {}",
                 r.kernel,
                 r.format,
                 r.shape,
