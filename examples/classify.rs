@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use lowbit::models::{load_image, preprocess, VisionTransformer};
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use lowbit::{Gpu, Tensor};
 
 fn main() -> anyhow::Result<()> {

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use lowbit::models::vqgan::{TokenGrid, VqganDecoder};
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use lowbit::Gpu;
 
 fn main() -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use lowbit::models::prior::Prior;
 use lowbit::models::sampling::generate;
 use lowbit::models::vqgan::VqganDecoder;
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use lowbit::Gpu;
 
 fn main() -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::elementwise::Activation;
 use lowbit::kernels::matmul::{linear, linear_reference, QLinear};
 use lowbit::metrics::{nmse, sqnr_db};
-use lowbit::quant::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::synthetic::uniform;
 use lowbit::Gpu;
 

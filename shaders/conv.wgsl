@@ -1,11 +1,14 @@
 // 2-D convolution as an implicit GEMM: out[co, pixel] = bias[co] + Σ_k W[co, k] · x[k, pixel]
-// where k = (ci, ky, kx) in PyTorch's weight order and x[k, pixel] is read straight from the
-// NCHW input (zero outside the padding), so no im2col buffer exists.
+// where k = (ci, ky, kx) in PyTorch's weight order and pixel = (b, oy, ox); x[k, pixel] is read
+// straight from the NCHW input (zero outside the padding), so no im2col buffer exists. Two
+// kernels, one per row of the launch table:
 //
-// Register tile: each invocation computes 8 output channels × 4 consecutive output pixels of
-// one row, so each weight value feeds 4 multiply-adds and each input value 8. All lanes of a
-// workgroup share the same channels: weight loads have the same address in every lane
-// (broadcasts), and lanes differ only in the pixels they read.
+// - `conv2d` (CPU adapters). Register tile: each invocation computes 8 output channels × 4
+//   consecutive output pixels of one row, so each weight value feeds 4 multiply-adds and each
+//   input value 8. All lanes of a workgroup share the same channels: weight loads have the
+//   same address in every lane (broadcasts), and lanes differ only in the pixels they read.
+// - `conv2d_workgroup` (WORKGROUP; GPUs): the workgroup-tiled core of the GEMM (tile.wgsl),
+//   with A read from the input while it is staged and W row-major packed weights.
 //
 // Weights: any format of shaders/decode.wgsl (FMT_* define; SCALED / ZERO_POINTS for its
 // optional bindings).
@@ -13,7 +16,7 @@
 // start on a word), so scales and zero points are read only where a group starts.
 //
 // Defines: TOKENS writes [B, Ho·Wo, Cout] (timm's PatchEmbed flatten + transpose) instead of
-// NCHW.
+// NCHW; WORKGROUP picks the GPU kernel.
 
 #include decode
 
@@ -26,9 +29,9 @@ struct Params {
     groups: u32, group_size: u32,
     // This dispatch covers weight rows [co_base, co_base + co_count) (weights split over bindings).
     co_base: u32, co_count: u32,
-    // Pixel blocks of 4 along a row, per row, and in all (batch · Ho · blocks_x).
+    // Pixel blocks of 4 along a row, per row, and in all (batch · Ho · blocks_x): `conv2d`.
     blocks_x: u32, blocks: u32,
-    // Output pixels in all (conv_workgroup.wgsl's M).
+    // Output pixels in all, batch · Ho · Wo (`conv2d_workgroup`'s M).
     pixels: u32,
 }
 
@@ -36,9 +39,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if WORKGROUP
+@group(0) @binding(4) var<storage, read> w_data: array<u32>;
+#else
 // Weights re-laid out by tiles of 8 output channels: the words at column word `wi` of the
 // tile's 8 rows are adjacent, so two vector loads fetch a word for every channel of the tile.
 @group(0) @binding(4) var<storage, read> w_tiles: array<vec4<u32>>;
+#endif
 #if SCALED
 @group(0) @binding(5) var<storage, read> w_scales: array<u32>;
 #endif
@@ -47,6 +54,58 @@ struct Params {
 #endif
 
 override WG: u32 = 64u;
+
+#if WORKGROUP
+#include tile
+
+fn tile_a(m: u32, k: u32) -> f32 {
+    let ox = m % p.wo;
+    let oy = (m / p.wo) % p.ho;
+    let b = m / (p.wo * p.ho);
+    let kx = k % p.kw;
+    let ky = (k / p.kw) % p.kh;
+    let ci = k / (p.kw * p.kh);
+    let iy = i32(oy * p.stride + ky) - i32(p.pad_top);
+    let ix = i32(ox * p.stride + kx) - i32(p.pad_left);
+    if iy < 0 || iy >= i32(p.h) || ix < 0 || ix >= i32(p.w) {
+        return 0.0;
+    }
+    return x[((b * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)];
+}
+
+fn tile_word(row: u32, w: u32) -> u32 { return w_data[row * p.row_words + w]; }
+
+fn tile_store(m: u32, n: u32, v: f32) {
+    let co = p.co_base + n;
+    let pixel = m % (p.ho * p.wo);
+    let b = m / (p.ho * p.wo);
+#if TOKENS
+    out[(b * p.ho * p.wo + pixel) * p.cout + co] = v + bias[co];
+#else
+    out[(b * p.cout + co) * p.ho * p.wo + pixel] = v + bias[co];
+#endif
+}
+
+fn tile_m() -> u32 { return p.pixels; }
+fn tile_n() -> u32 { return p.co_count; }
+fn tile_k() -> u32 { return p.k; }
+fn tile_stride() -> u32 { return p.row_words; }
+fn tile_groups() -> u32 { return p.groups; }
+// Scale groups are whole words (the format's group sizes are multiples of its elements per
+// word); per-channel and unscaled formats have one group spanning the row.
+fn tile_group_words() -> u32 {
+    if p.groups <= 1u {
+        return p.row_words;
+    }
+    return p.group_size / PW;
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    tile_product(wg.y * BM, wg.x * BN, lid);
+}
+
+#else
 
 // The tile lives in vectors and matrices, not arrays: a local array indexed in a loop can
 // end up in memory (per-lane scratch on llvmpipe) unless the compiler unrolls every loop.
@@ -155,3 +214,4 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
     }
 }
+#endif

@@ -2,7 +2,7 @@
 // reads packed matrices: GEMV, GEMM (register- and workgroup-tiled) and convolution.
 //
 // What a format is comes from `#include format`: constants generated from the format table in
-// src/quant/wgsl.rs (W_KIND, W_BITS, PW elements per word, W_MASK, W_XOR, OFFSET, SCALE_MUL),
+// src/formats/wgsl.rs (W_KIND, W_BITS, PW elements per word, W_MASK, W_XOR, OFFSET, SCALE_MUL),
 // selected by the includer's FMT_* define. The constants fold every branch below away.
 // The includer declares the bindings these helpers read:
 //   w_scales: array<u32>   (define SCALED) f16 scales, two per word, index = row * groups + group

@@ -348,7 +348,7 @@ fn vit_refuses_bad_quantizer_descriptions() {
         let mut w = model.weights.clone();
         let desc = serde_json::json!({ "tensors": {}, "activation_quantizers": list });
         w.metadata.insert("quantization".into(), desc.to_string());
-        lowbit::models::VisionTransformer::new(gpu, cfg, &w, lowbit::quant::WeightFormat::F32)
+        lowbit::models::VisionTransformer::new(gpu, cfg, &w, lowbit::formats::WeightFormat::F32)
     };
     let good = serde_json::json!([{"node": "blocks.0.attn", "kind": "log_sqrt2", "bits": 4, "delta": 1.0}]);
     assert!(with(good).is_ok());

@@ -2,7 +2,7 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::conv::{conv2d, conv2d_reference, conv2d_reference_padded, patch_embed, to_tokens, Conv2d, Padding};
-use lowbit::quant::formats::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::{Gpu, GpuOptions};
 
 struct Case {
@@ -157,26 +157,4 @@ fn bad_input_is_an_error() {
     let tiny = Tensor::zeros(gpu, &[1, 3, 2, 2], DType::F32).unwrap();
     let pe_out = Tensor::zeros(gpu, &[1, 1, 4], DType::F32).unwrap();
     assert!(patch_embed(gpu, &mut enc, &tiny, &pe, &pe_out).is_err());
-}
-
-/// Prints this family's benchmark timings: `cargo test --test conv -- --ignored --nocapture`.
-/// LOWBIT_BENCH=quick uses the small shapes.
-#[test]
-#[ignore]
-fn bench_timings() {
-    use lowbit::kernels::{bench_cases, BenchSize};
-    let gpu = gpu();
-    let size = if std::env::var("LOWBIT_BENCH").as_deref() == Ok("quick") { BenchSize::Quick } else { BenchSize::Full };
-    let only = std::env::var("LOWBIT_FAMILY").unwrap_or_else(|_| "conv,norm,elementwise".into());
-    let pick = std::env::var("LOWBIT_CASE").unwrap_or_default();
-    for mut case in bench_cases(gpu, size, &|f| only.split(',').any(|o| o == f)).unwrap() {
-        if !format!("{} {}", case.kernel, case.format).contains(&pick) {
-            continue;
-        }
-        let (ms, clock) = gpu.time_step(3, |enc| (case.step)(gpu, enc)).unwrap();
-        eprintln!(
-            "{:<12} {:<8} {:<28} {:>9.3} ms {:>8.2} GFLOP/s {:>7.2} GB/s ({clock:?})",
-            case.kernel, case.format, case.shape, ms, case.flops as f64 / ms / 1e6, case.bytes as f64 / ms / 1e6
-        );
-    }
 }

@@ -11,7 +11,7 @@ use lowbit::graph::{plan, Graph, Plan};
 use lowbit::kernels::elementwise::Activation;
 use lowbit::models::vit::VisionTransformer;
 use lowbit::models::vqgan::{TokenGrid, VqganDecoder};
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

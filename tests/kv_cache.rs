@@ -21,7 +21,7 @@ fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize], lanes: Option<u3
     let Geo { batch, heads, head_dim, capacity } = g;
     let e = heads * head_dim;
     let cache = KvCache::new(gpu, batch, heads, head_dim, capacity).unwrap();
-    let mut pos = Position::new(gpu).unwrap();
+    let pos = Position::new(gpu).unwrap();
     let cache_len = batch * heads * capacity * head_dim;
     let (mut k_ref, mut v_ref) = (vec![0f32; cache_len], vec![0f32; cache_len]);
     let mut start = 0;
@@ -119,7 +119,7 @@ fn embedding_at_a_position() {
         let pos_t = Tensor::from_f32(gpu, &[s, e], &posv).unwrap();
         let ids_t = Tensor::from_u32(gpu, &[b, t], &ids).unwrap();
         let out = Tensor::zeros(gpu, &[b, t, e], DType::F32).unwrap();
-        let mut pos = Position::new(gpu).unwrap();
+        let pos = Position::new(gpu).unwrap();
         for start in [0, 3, s - t] {
             pos.set(gpu, start).unwrap();
             let mut enc = gpu.encoder();
@@ -138,7 +138,7 @@ fn bad_input_is_an_error() {
     assert!(KvCache::new(gpu, 1, 2, 4, 0).is_err(), "zero capacity");
     assert!(KvCache::new(gpu, 1, 2, 4, 1025).is_err(), "capacity over the attention limit");
     let cache = KvCache::new(gpu, 2, 2, 4, 5).unwrap();
-    let mut pos = Position::new(gpu).unwrap();
+    let pos = Position::new(gpu).unwrap();
     let mut enc = gpu.encoder();
     let qkv = Tensor::zeros(gpu, &[2, 3, 24], DType::F32).unwrap();
     let out = Tensor::zeros(gpu, &[2, 3, 8], DType::F32).unwrap();
@@ -163,19 +163,4 @@ fn bad_input_is_an_error() {
     assert!(embed_at(gpu, &mut enc, &Tensor::from_i32(gpu, &[2, 3], &[0; 6]).unwrap(), &tok, &pe, &pos, &x).is_err(), "i32 ids");
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &Tensor::zeros(gpu, &[4, 7], DType::F32).unwrap(), &pos, &x).is_err(), "widths");
     assert!(embed_at(gpu, &mut enc, &ids, &tok, &pe, &pos, &Tensor::zeros(gpu, &[2, 3, 9], DType::F32).unwrap()).is_err(), "out shape");
-}
-
-/// Benchmark timings: `cargo test --release --test kv_cache -- --ignored --nocapture`
-/// (LOWBIT_BENCH=quick for the small shapes).
-#[test]
-#[ignore]
-fn bench_timings() {
-    use lowbit::kernels::attention::kv_cache::bench_cases;
-    use lowbit::kernels::BenchSize;
-    let gpu = gpu();
-    let size = if std::env::var("LOWBIT_BENCH").as_deref() == Ok("quick") { BenchSize::Quick } else { BenchSize::Full };
-    for mut case in bench_cases(gpu, size).unwrap() {
-        let (ms, clock) = gpu.time_step(10, |enc| (case.step)(gpu, enc)).unwrap();
-        eprintln!("{} {} {}: {ms:.3} ms, {:.2} GB/s ({clock:?})", case.kernel, case.format, case.shape, case.bytes as f64 / ms / 1e6);
-    }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use lowbit::gpu::Tensor;
 use lowbit::models::vqgan::{Flavor, TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {

@@ -2,10 +2,10 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::elementwise::Activation;
-use lowbit::kernels::matmul::{linear, linear_reference, linear_with, QLinear};
-use lowbit::kernels::tuning::{self, Variant};
+use lowbit::kernels::launch;
+use lowbit::kernels::matmul::{self, linear, linear_reference, linear_with, QLinear, Variant};
 use lowbit::kernels::BenchSize;
-use lowbit::quant::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::{Gpu, GpuOptions};
 
 /// Runs one layer on the GPU (with `variant`, or the tuned choice) and returns the output.
@@ -71,7 +71,7 @@ fn gpu_plan_every_format_matches_reference() {
                     continue;
                 }
                 let x = random(m * k, m as u64 + 23, 2.0);
-                let variant = tuning::plan(gpu).for_rows(m);
+                let variant = launch::linear_plan(gpu).for_rows(m);
                 let got = run(gpu, &layer, &x, m, act, None);
                 let want = linear_reference(&packed, Some(&bias), &x, m, act);
                 let what = format!("{} {m}x{k}x{n} {act:?} {} {path}", fmt.name(), variant.name());
@@ -98,7 +98,7 @@ fn every_variant_matches_reference() {
             let layer = QLinear::new(gpu, &packed, Some(&bias)).unwrap();
             let x = random(m * k, 8, 1.0);
             let want = linear_reference(&packed, Some(&bias), &x, m, Some(Activation::Swish));
-            for v in tuning::candidates(false).into_iter().chain(tuning::candidates(true)) {
+            for v in matmul::candidates(false).into_iter().chain(matmul::candidates(true)) {
                 let got = run(gpu, &layer, &x, m, Some(Activation::Swish), Some(v));
                 assert_nmse(&format!("{} {} {path}", fmt.name(), v.name()), &got, &want, QUANT_NMSE);
             }
@@ -177,5 +177,5 @@ fn bench_cases_build_and_run() {
         (c.step)(gpu, &mut enc).unwrap();
         gpu.submit(enc).unwrap();
     }
-    assert!(!tuning::tune_cases(gpu, BenchSize::Quick).unwrap().is_empty());
+    assert!(!matmul::tune_cases(gpu, BenchSize::Quick).unwrap().is_empty());
 }

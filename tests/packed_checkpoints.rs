@@ -1,12 +1,12 @@
-//! Checkpoints holding packed low-bit matrices (`quant::packed`): the models load them as
+//! Checkpoints holding packed low-bit matrices (`models::packed`): the models load them as
 //! stored, with the same results as packing the f32 weights at load time.
 
 mod common;
 use common::*;
 use lowbit::gpu::Tensor;
 use lowbit::models::{VisionTransformer, WeightSummary, Weights};
-use lowbit::quant::packed::{self, Description, PackedTensor};
-use lowbit::quant::WeightFormat;
+use lowbit::models::packed::{self, Description, PackedTensor};
+use lowbit::formats::WeightFormat;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {

@@ -6,7 +6,7 @@ use common::*;
 use lowbit::models::prior::{Prior, PriorConfig};
 use lowbit::models::sampling::{generate, sample, Rng, SamplingOptions};
 use lowbit::models::Weights;
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use lowbit::Gpu;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
@@ -264,53 +264,6 @@ fn bad_input_is_an_error() {
     assert!(Prior::from_pretrained(gpu, Path::new("/nonexistent/prior"), WeightFormat::F32).is_err());
 }
 
-/// A random-weight prior of the digits model's size (4 layers, 4 heads, 128 wide, 512 codes,
-/// 8×8 tokens), for timing.
-fn digits_sized_prior(gpu: &Gpu, format: WeightFormat) -> Prior {
-    let (v, s, e, l) = (512, 64, 128, 4);
-    let text = format!(
-        r#"{{"architecture": "taming_mingpt", "vocab_size": {v}, "block_size": {s}, "n_layer": {l}, "n_head": 4,
-            "n_embd": {e}, "n_classes": 10, "token_grid": [8, 8], "conditioning": "class_token"}}"#
-    );
-    let config = PriorConfig::from_json(&text).unwrap();
-    let mut shapes = vec![("tok_emb.weight".to_string(), vec![v, e]), ("pos_emb".into(), vec![1, s, e]), ("head.weight".into(), vec![v, e])];
-    shapes.extend([("ln_f.weight".into(), vec![e]), ("ln_f.bias".into(), vec![e])]);
-    for i in 0..l {
-        for (name, shape) in [("ln1", vec![e]), ("ln2", vec![e]), ("attn.key", vec![e, e]), ("attn.query", vec![e, e]), ("attn.value", vec![e, e]), ("attn.proj", vec![e, e]), ("mlp.0", vec![4 * e, e]), ("mlp.2", vec![e, 4 * e])] {
-            let bias = if shape.len() == 2 { shape[0] } else { e };
-            shapes.push((format!("blocks.{i}.{name}.weight"), shape));
-            shapes.push((format!("blocks.{i}.{name}.bias"), vec![bias]));
-        }
-    }
-    let mut w = Weights { source: "random digits-sized prior".into(), ..Default::default() };
-    for (i, (name, shape)) in shapes.into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let scale = if shape.len() == 2 { (1.0 / shape[1] as f32).sqrt() } else { 0.5 };
-        let data = random(n, 100 + i as u64, scale);
-        w.tensors.insert(name, lowbit::models::weights::WeightTensor { shape, data });
-    }
-    Prior::new(gpu, &config, &w, format).unwrap()
-}
-
-/// Milliseconds per generated image: `cargo test --release --test prior_vs_pytorch -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn generation_timing() {
-    let gpu = gpu();
-    for format in [WeightFormat::F32, WeightFormat::Q8 { group: None }] {
-        let prior = digits_sized_prior(gpu, format);
-        let opts = SamplingOptions::default();
-        generate(gpu, &prior, 0, 1, 0, &opts).unwrap(); // compiles the pipelines
-        for count in [1, 10] {
-            let t = std::time::Instant::now();
-            let grid = generate(gpu, &prior, 3, count, 1, &opts).unwrap();
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            assert_eq!(grid.shape(), [count, 8, 8]);
-            eprintln!("{} count {count}: {ms:.1} ms ({:.2} ms/step, {:.1} ms/image)", format.name(), ms / 64.0, ms / count as f64);
-        }
-    }
-}
-
 /// `lowbit generate` end to end on the fixtures: the prior's config names the decoder
 /// (tests/fixtures/vqgan_encoder_test, 64 codes ≥ the prior's 37).
 #[test]
@@ -339,5 +292,25 @@ fn generate_command_writes_images_and_tokens() {
         assert!(!r.status.success(), "{bad:?} should fail");
         assert!(String::from_utf8_lossy(&r.stderr).contains("error"), "{bad:?}: {}", String::from_utf8_lossy(&r.stderr));
     }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// A decoding step is one planned graph: `bench model` on a prior reports ms and dispatches
+/// per step (one per node: per block two LayerNorms, four Linears, two residual adds, K/V
+/// append and attention; then embed, ln_f and head), and `generate --profile` prints per-node
+/// times of a prefill and of a step.
+#[test]
+fn decode_steps_are_measured_and_profiled() {
+    let bench = lowbit_ok(&["bench", "model", "--model", DIR, "--reps", "1", "--json"]);
+    let row: serde_json::Value = serde_json::from_str(bench.lines().last().unwrap()).unwrap();
+    assert_eq!(row["task"], "decode", "{row}");
+    assert!(row["ms_per_step"].as_f64().unwrap() > 0.0, "{row}");
+    let prior = load(gpu(), WeightFormat::F32);
+    let per_block = 10;
+    assert_eq!(row["dispatches_per_step"].as_u64().unwrap() as usize, per_block * prior.config.n_layer + 3, "{row}");
+    let out = std::env::temp_dir().join(format!("lowbit-generate-profile-{}", std::process::id()));
+    let text = lowbit_ok(&["generate", "--prior", DIR, "--class", "1", "--out", out.to_str().unwrap(), "--profile"]);
+    assert!(text.contains("prefill of") && text.contains("decode step at position"), "{text}");
+    assert!(text.contains("kv_attend") && text.contains("blocks.0.attn.qkv"), "{text}");
     std::fs::remove_dir_all(&out).ok();
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use lowbit::quant::calibrate::pick;
 use lowbit::quant::gptq::{gptq, GptqOptions, Hessian};
 use lowbit::quant::mixed::{greedy, knapsack};
-use lowbit::quant::{clip, rtn, WeightFormat};
+use lowbit::formats::WeightFormat;
+use lowbit::quant::{clip, rtn};
 use lowbit::synthetic::{uniform, Rng};
 
 const Q4: WeightFormat = WeightFormat::Q4 { group: 32, zero_point: false };

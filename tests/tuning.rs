@@ -3,9 +3,9 @@
 mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
-use lowbit::kernels::matmul::{linear, linear_reference, QLinear};
-use lowbit::kernels::tuning::{self, Variant};
-use lowbit::quant::{PackedMatrix, WeightFormat};
+use lowbit::kernels::launch;
+use lowbit::kernels::matmul::{linear, linear_reference, QLinear, Variant};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 
 #[test]
 fn saved_picks_are_used_and_bad_entries_ignored() {
@@ -13,14 +13,14 @@ fn saved_picks_are_used_and_bad_entries_ignored() {
     let file = dir.join("tuning.json");
     std::env::set_var("LOWBIT_TUNING", &file);
     let gpu = gpu();
-    let table = tuning::table_plan(gpu.class);
+    let table = launch::for_class(gpu.class).linear;
     // Something other than the table's choice, and a GEMM entry that is no known candidate.
     let gemv = [Variant::GemvRows { wg: 32, rows: 2 }, Variant::GemvRows { wg: 64, rows: 1 }]
         .into_iter()
         .find(|v| *v != table.gemv)
         .unwrap();
-    assert_eq!(tuning::save_picks(gpu, Some(gemv), Some(Variant::GemmTiled { wg: 7, tm: 3, tn: 5 })).unwrap(), file);
-    let plan = tuning::plan(gpu);
+    assert_eq!(launch::save_picks(gpu, Some(gemv), Some(Variant::GemmTiled { wg: 7, tm: 3, tn: 5 })).unwrap(), file);
+    let plan = launch::linear_plan(gpu);
     assert_eq!(plan.gemv, gemv);
     assert_eq!(plan.gemm, table.gemm, "an unknown variant in the file must not be used");
 

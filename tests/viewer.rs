@@ -215,7 +215,7 @@ fn engine_actions_and_errors() {
 
         let times = engine.profile(&f32, ModelName::DigitsVit, None).unwrap();
         assert!(times.iter().any(|t| t.name == "blocks.0.attn.qkv"), "{:?}", times.iter().map(|t| &t.name).collect::<Vec<_>>());
-        let q8 = Recipe::format(lowbit::quant::WeightFormat::parse("q8").unwrap());
+        let q8 = Recipe::format(lowbit::formats::WeightFormat::parse("q8").unwrap());
         assert!(engine.weight_bytes(ModelName::DigitsVqgan, &q8).unwrap() < engine.weight_bytes(ModelName::DigitsVqgan, &f32).unwrap() / 2);
 
         // Bad input: clear errors, no panics.
@@ -238,7 +238,7 @@ fn rollout_reads_q_and_k_the_way_the_attention_kernel_does() {
     use lowbit::models::{load_image, preprocess, VisionTransformer};
     use lowbit::viewer::rollout::head_attention;
     let gpu = lowbit::Gpu::new().unwrap();
-    let vit = VisionTransformer::from_pretrained(&gpu, &root().join("assets/models/digits-vit"), None, lowbit::quant::WeightFormat::F32).unwrap();
+    let vit = VisionTransformer::from_pretrained(&gpu, &root().join("assets/models/digits-vit"), None, lowbit::formats::WeightFormat::F32).unwrap();
     let c = &vit.config;
     let (t, heads, hd) = (c.tokens(), c.num_heads, c.head_dim());
     let d = heads * hd;
@@ -269,7 +269,7 @@ fn rollout_reads_q_and_k_the_way_the_attention_kernel_does() {
 fn bits_per_layer_recipes() {
     // Every layer at q8 by hand is the q8 recipe; a mix lands between f32 and q4g32 in size,
     // and the w4a8/mixed folders shipped in assets show up as recipes.
-    use lowbit::quant::WeightFormat;
+    use lowbit::formats::WeightFormat;
     use lowbit::viewer::engine::{Engine, ModelName, Recipe};
     let mut engine = Engine::new(lowbit::Gpu::with_options(&lowbit::GpuOptions::from_env()).unwrap(), root().join("assets"));
     let names: Vec<String> = engine.recipes().into_iter().map(|r| r.name).collect();

@@ -6,9 +6,9 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::metrics::cosine;
-use lowbit::models::glue::{self, reference};
+use lowbit::models::vit::glue::{self, reference};
 use lowbit::models::{load_image, preprocess, VisionTransformer, VitConfig, Weights};
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use std::path::{Path, PathBuf};
 
 const FIXTURES: [&str; 2] = ["vit_tiny_test", "vit_layerscale_test"];
@@ -160,7 +160,7 @@ fn bad_configs_and_inputs_are_errors() {
     assert!(VitConfig::from_json(r#"{"architecture": "vit_tiny_patch16_224", "model_args": {"global_pool": "avg"}}"#).is_err());
     let base = VitConfig::from_json(r#"{"architecture": "deit_small_patch16_224", "num_classes": 7}"#).unwrap();
     assert_eq!((base.embed_dim, base.num_heads, base.depth, base.num_classes, base.tokens()), (384, 6, 12, 7, 197));
-    assert_eq!(base.preprocess.mean, lowbit::models::config::IMAGENET_MEAN);
+    assert_eq!(base.preprocess.mean, lowbit::models::vit::config::IMAGENET_MEAN);
 
     let gpu = gpu();
     let model = VisionTransformer::from_pretrained(gpu, &fixture("vit_tiny_test"), None, WeightFormat::F32).unwrap();
@@ -255,21 +255,6 @@ fn real_size_model_runs() {
     // Images are independent: the second image alone gives the same logits as in the batch.
     let single = run(gpu, &model, &[1, 3, 224, 224], &images[3 * 224 * 224..]);
     assert_nmse("batch independence", &single, &logits[1000..], F32_NMSE);
-}
-
-/// `cargo test --release --test vit_vs_pytorch vit_base_timing -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn vit_base_timing() {
-    let gpu = gpu();
-    let cfg = VitConfig::from_json(r#"{"architecture": "vit_base_patch16_224"}"#).unwrap();
-    let model = VisionTransformer::new(gpu, &cfg, &synthetic_weights(&cfg), WeightFormat::F32).unwrap();
-    let images = Tensor::from_f32(gpu, &[1, 3, 224, 224], &random(3 * 224 * 224, 9, 2.0)).unwrap();
-    for _ in 0..3 {
-        let t0 = std::time::Instant::now();
-        model.forward(gpu, &images).unwrap().to_vec_f32(gpu).unwrap();
-        eprintln!("vit_base forward: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
-    }
 }
 
 #[test]

@@ -277,18 +277,6 @@ fn bad_inputs_are_errors() {
     assert!(fq.search(gpu, &mut enc, &x, &Tensor::zeros(gpu, &[5, 2], DType::U32).unwrap(), None).is_err(), "wrong S*d");
 }
 
-/// Times the benchmark cases (preferred layout):
-/// `cargo test --release --test vq time_bench -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn time_bench() {
-    let gpu = gpu();
-    for mut case in lowbit::kernels::vq::bench_cases(gpu, lowbit::kernels::BenchSize::Full).unwrap() {
-        let (ms, clock) = gpu.time_step(5, |enc| (case.step)(gpu, enc)).unwrap();
-        eprintln!("{} {}: {ms:.1} ms ({clock:?}), {:.1} GFLOP/s", case.kernel, case.shape, case.flops as f64 / ms / 1e6);
-    }
-}
-
 #[test]
 fn quick_bench_cases_run() {
     let gpu = gpu();
@@ -301,33 +289,4 @@ fn quick_bench_cases_run() {
     }
     gpu.submit(enc).unwrap();
     gpu.wait().unwrap();
-}
-
-/// Interleaved A/B timing of the two code layouts (the machine is shared and noisy);
-/// `VQ_SHAPE=NxKxD` picks the shape.
-#[test]
-#[ignore]
-fn compare_layouts() {
-    let gpu = gpu();
-    let (n, k, d) = std::env::var("VQ_SHAPE").map_or((256, 16384, 256), |s| {
-        let v: Vec<usize> = s.split('x').map(|t| t.parse().unwrap()).collect();
-        (v[0], v[1], v[2])
-    });
-    let codes = random(k * d, 1, 1.0);
-    let x = Tensor::from_f32(gpu, &[n, d], &random(n * d, 2, 1.0)).unwrap();
-    let idx = Tensor::zeros(gpu, &[n], DType::U32).unwrap();
-    let books = LAYOUTS.map(|l| Codebook::with_layout(gpu, &codes, k, d, Metric::L2, l).unwrap());
-    eprintln!("{n} vectors x {k} codes x {d} dims");
-    for round in 0..3 {
-        for book in &books {
-            let (ms, _) = gpu.time_step(3, |enc| book.search(gpu, enc, &x, &idx, None)).unwrap();
-            let t = std::time::Instant::now();
-            let mut enc = gpu.encoder();
-            book.search(gpu, &mut enc, &x, &idx, None).unwrap();
-            let rec = t.elapsed().as_secs_f64() * 1e3;
-            gpu.submit(enc).unwrap();
-            gpu.wait().unwrap();
-            eprintln!("round {round} {:?}: {ms:.1} ms timestamps, {:.1} ms wall ({rec:.1} recording)", book.layout, t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {

@@ -7,9 +7,9 @@ use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::metrics::cosine;
 use lowbit::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder};
-use lowbit::models::vqgan_glue::{tokens_to_nchw, tokens_to_nchw_reference};
+use lowbit::models::vqgan::glue::{tokens_to_nchw, tokens_to_nchw_reference};
 use lowbit::models::Weights;
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {

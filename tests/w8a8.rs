@@ -2,7 +2,7 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::w8a8::{quantize_activations, reference, w8a8_forward, w8a8_linear, QuantizedActivations, W8A8Linear};
-use lowbit::quant::formats::{PackedMatrix, WeightFormat};
+use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::{Gpu, GpuOptions};
 
 const Q8: WeightFormat = WeightFormat::Q8 { group: None };

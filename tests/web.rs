@@ -21,7 +21,7 @@ use image::RgbImage;
 use lowbit::models::prior::Prior;
 use lowbit::models::sampling::{generate_classes, generate_classes_async, SamplingOptions};
 use lowbit::models::vqgan::TokenGrid;
-use lowbit::quant::WeightFormat;
+use lowbit::formats::WeightFormat;
 use lowbit::viewer::engine::{Engine, ModelName, Recipe};
 
 mod common;

@@ -7,6 +7,7 @@ median latency over the same number of runs, and the ratio lowbit / PyTorch.
     python tools/bench_vs_torch.py --make taming-f16-16384 --out /tmp/taming_f16
     python tools/bench_vs_torch.py --model /tmp/deit_tiny --format f16 --json
     python tools/bench_vs_torch.py --model /tmp/deit_small --check      # full-size parity too
+    python tools/bench_vs_torch.py --model /tmp/deit_tiny --device cuda  # PyTorch on the GPU instead
 
 No weights can be downloaded, so `--make` writes a full-size model with random weights in the
 layout lowbit loads (timm's hub layout; taming's VQModel + YAML); speed does not depend on the
@@ -58,8 +59,8 @@ def make(name, out):
     print(f"wrote {name} with random weights to {out}", file=sys.stderr)
 
 
-def torch_model(path, batch):
-    """The PyTorch module and a function making its input, from a lowbit model folder."""
+def torch_model(path, batch, device="cpu"):
+    """The PyTorch module and a function making its input (on `device`), from a lowbit model folder."""
     if os.path.isfile(os.path.join(path, "config.yaml")):
         from taming.modules.diffusionmodules.model import Decoder
         with open(os.path.join(path, "config.yaml")) as f:
@@ -73,28 +74,33 @@ def torch_model(path, batch):
         emb = torch.nn.Embedding(params["n_embed"], params["embed_dim"])
         emb.weight.data = state["quantize.embedding.weight"].float()
         r = dd["resolution"] // 2 ** (len(dd["ch_mult"]) - 1)
+        decoder, pqc, emb = decoder.to(device), pqc.to(device), emb.to(device)
 
         def run(tokens):
             return decoder(pqc(emb(tokens).permute(0, 3, 1, 2)))
-        return run, lambda: torch.randint(0, params["n_embed"], (batch, r, r)), "decode"
+        return run, lambda: torch.randint(0, params["n_embed"], (batch, r, r), device=device), "decode"
     import timm
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=cfg.get("num_classes", 1000), **cfg.get("model_args", {}))
     model.load_state_dict({k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()})
     size = cfg.get("pretrained_cfg", {}).get("input_size", [3, 224, 224])
-    return model.eval(), lambda: torch.randn(batch, *size), "classify"
+    return model.eval().to(device), lambda: torch.randn(batch, *size, device=device), "classify"
 
 
-def bench_torch(path, batch, reps):
-    run, make_input, task = torch_model(path, batch)
+def bench_torch(path, batch, reps, device="cpu"):
+    run, make_input, task = torch_model(path, batch, device)
     x = make_input()
+    # CUDA launches are asynchronous: wait for each run so the time is the run's.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = []
     with torch.inference_mode():
         run(x)
+        sync()
         for _ in range(reps):
             t = time.perf_counter()
             run(x)
+            sync()
             times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times), task
 
@@ -154,16 +160,17 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--check", action="store_true", help="also compare one output of each (parity at full size)")
+    ap.add_argument("--device", default="cpu", help="where PyTorch runs: cpu (default) or cuda")
     args = ap.parse_args()
     if args.make:
         make(args.make, args.out)
         args.model = args.out
     if not args.model:
         ap.error("--model or --make/--out")
-    torch_ms, task = bench_torch(args.model, args.batch, args.reps)
+    torch_ms, task = bench_torch(args.model, args.batch, args.reps, args.device)
     lb = bench_lowbit(args.lowbit, args.model, args.batch, args.reps, args.format)
     row = {"model": args.model, "task": task, "batch": args.batch, "reps": args.reps,
-           "torch_ms": torch_ms, "torch_threads": torch.get_num_threads(),
+           "torch_ms": torch_ms, "torch_device": args.device, "torch_threads": torch.get_num_threads(),
            "lowbit_ms": lb["median_ms"], "lowbit_format": lb["format"], "adapter": lb["adapter"],
            "ratio": lb["median_ms"] / torch_ms, "peak_gpu_bytes": lb["peak_gpu_bytes"]}
     if args.check:
@@ -171,7 +178,7 @@ def main():
     if args.json:
         print(json.dumps(row))
     else:
-        print(f"{task} {args.model} batch {args.batch}: PyTorch CPU f32 {torch_ms:.1f} ms ({row['torch_threads']} threads), "
+        print(f"{task} {args.model} batch {args.batch}: PyTorch {args.device} f32 {torch_ms:.1f} ms ({row['torch_threads']} threads), "
               f"lowbit {lb['format']} on {lb['adapter']} {lb['median_ms']:.1f} ms → ratio {row['ratio']:.2f}× "
               f"(peak GPU memory {lb['peak_gpu_bytes'] / 1e6:.1f} MB)")
         if args.check:

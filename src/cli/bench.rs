@@ -1,4 +1,5 @@
-//! `lowbit bench kernels`: median time, GB/s and GFLOP/s of every kernel and format.
+//! `lowbit bench kernels`: median time, GB/s, GFLOP/s and share of the roofline of every kernel
+//! and format; `lowbit bench roofline`: the adapter's measured roofs; `lowbit bench model`.
 
 use clap::{Args, Subcommand};
 
@@ -8,21 +9,38 @@ use std::time::Instant;
 use super::model::{print_profile, weight_summary, Runnable};
 use crate::gpu::timing::{median, Clock};
 use crate::graph::Plan;
-use crate::quant::WeightFormat;
-use crate::kernels::{self, BenchCase, BenchSize};
+use crate::formats::WeightFormat;
+use crate::kernels::{self, roofline, BenchCase, BenchSize};
+use crate::models::prior::Prior;
+use crate::models::{detect, ModelKind};
 use crate::Gpu;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Every kernel family on the reference shapes.
+    /// Every kernel family on its reference shapes (the ones BENCHMARKS.md reports).
     Kernels(KernelArgs),
     /// One model's forward pass: median latency, images/s, peak GPU memory.
     Model(ModelArgs),
+    /// The adapter's roofs: copy bandwidth, f32/f16 FMA, packed int8 dot and
+    /// cooperative-matrix rates, each measured by a small WGSL probe.
+    Roofline(RooflineArgs),
+}
+
+#[derive(Args)]
+pub struct RooflineArgs {
+    /// One JSON object per line: probe, value, unit, adapter. Probes the adapter lacks
+    /// (f16_fma, int8_dot, coopmat_*) are left out of the JSON; the table lists them as
+    /// unavailable with the reason.
+    #[arg(long)]
+    json: bool,
+    /// Small buffers and short loops: a smoke test of the probes, not a measurement.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// A model folder (timm ViT or taming VQGAN decoder).
+    /// A model folder (timm ViT, taming VQGAN decoder, or a prior: then ms per decode step).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     /// One JSON object: model, task, format, batch, median_ms, images_per_s, peak_gpu_bytes, ...
@@ -44,7 +62,9 @@ pub struct ModelArgs {
 
 #[derive(Args)]
 pub struct KernelArgs {
-    /// One JSON object per line: kernel, format, shape, ms, gbps, gflops, adapter.
+    /// One JSON object per line: kernel, format, shape, ms, gbps, gflops, roofline_pct, adapter.
+    /// roofline_pct: the median time as a share of the fastest the adapter's measured roofs
+    /// (`lowbit bench roofline`) allow for the case's bytes and FLOP.
     #[arg(long)]
     json: bool,
     /// Time every candidate variant of the tuned kernels on this adapter, print the winners and
@@ -66,6 +86,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let args = match cmd {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Model(args) => return model(gpu, args),
+        BenchCommand::Roofline(args) => return roofline(gpu, args),
     };
     let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
     let adapter = gpu.adapter_name();
@@ -78,28 +99,43 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let only = args.only.clone();
     let filter = move |family: &str| only.is_empty() || only.iter().any(|o| o == family);
     let cases = kernels::bench_cases(gpu, size, &filter)?;
+    // Measured once per run, for the roofs these cases need.
+    let bounds: Vec<roofline::Bound> = cases.iter().map(BenchCase::bound).collect();
+    let roofs = roofline::Roofline::measure(gpu, size, &bounds)?;
     if !args.json {
-        println!("{:<14} {:<22} {:<16} {:>10} {:>9} {:>10}  clock", "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s");
+        println!(
+            "roofs: copy {:.2} GB/s, f32 FMA {}, int8 dot {}",
+            roofs.copy_gbps,
+            roofs.f32_gflops.map_or("not needed".into(), |v| format!("{v:.2} GFLOP/s")),
+            roofs.int8_gops.map_or("not measured".into(), |v| format!("{v:.2} GOP/s")),
+        );
+        println!(
+            "{:<14} {:<22} {:<16} {:>10} {:>9} {:>10} {:>7}  clock",
+            "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s", "roof%"
+        );
     }
     for case in cases {
+        let (bound, bytes, flops) = (case.bound(), case.bytes, case.flops);
         let r = measure(gpu, case, args.reps)?;
+        let pct = roofs.percent(bound, bytes, flops, r.ms);
         if args.json {
             println!(
                 "{}",
                 serde_json::json!({
                     "kernel": r.kernel, "format": r.format, "shape": r.shape,
-                    "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "adapter": adapter,
+                    "ms": r.ms, "gbps": r.gbps, "gflops": r.gflops, "roofline_pct": pct, "adapter": adapter,
                 })
             );
         } else {
             println!(
-                "{:<14} {:<22} {:<16} {:>10.3} {:>9.2} {:>10.2}  {}",
+                "{:<14} {:<22} {:<16} {:>10.3} {:>9.2} {:>10.2} {:>7}  {}",
                 r.kernel,
                 r.format,
                 r.shape,
                 r.ms,
                 r.gbps,
                 r.gflops,
+                pct.map_or("-".into(), |p| format!("{p:.1}")),
                 if r.clock == Clock::Timestamps { "gpu-timestamps" } else { "wall-clock" }
             );
         }
@@ -138,10 +174,10 @@ pub fn measure(gpu: &Gpu, mut case: BenchCase, reps: usize) -> anyhow::Result<Me
 }
 
 fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
-    let plan = kernels::tuning::table_plan(gpu.class);
+    let plan = kernels::launch::for_class(gpu.class).linear;
     // Fastest variant per problem, in the order the problems come: (problem, variant, ms).
     let mut winners: Vec<(String, String, f64)> = Vec::new();
-    for (variant, case) in kernels::tuning::tune_cases(gpu, size)? {
+    for (variant, case) in kernels::matmul::tune_cases(gpu, size)? {
         let r = measure(gpu, case, args.reps)?;
         let problem = format!("{} {} {}", r.kernel, r.format, r.shape);
         if args.json {
@@ -162,7 +198,7 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
         }
     }
     let pick = |kernel: &str| {
-        winners.iter().find(|(p, _, _)| p.starts_with(kernel)).and_then(|(_, v, _)| kernels::tuning::Variant::parse(v))
+        winners.iter().find(|(p, _, _)| p.starts_with(kernel)).and_then(|(_, v, _)| kernels::matmul::Variant::parse(v))
     };
     let (gemv, gemm) = (pick("gemv"), pick("gemm"));
     if !args.json {
@@ -173,7 +209,7 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
     }
     // Picks from the small shapes of --quick would not say much about real layers.
     if size == BenchSize::Full {
-        let path = kernels::tuning::save_picks(gpu, gemv, gemm)?;
+        let path = kernels::launch::save_picks(gpu, gemv, gemm)?;
         if !args.json {
             println!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
         }
@@ -181,8 +217,39 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lowbit bench roofline`: every probe, as a table or JSON lines.
+fn roofline(gpu: &Gpu, args: RooflineArgs) -> anyhow::Result<()> {
+    let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
+    let adapter = gpu.adapter_name();
+    let results = roofline::run_all(gpu, size)?;
+    if !args.json {
+        println!("{:<16} {:>12} {:<8} {:<40} note", "probe", "value", "unit", "adapter");
+    }
+    for r in results {
+        match (args.json, r.value) {
+            (true, Some(value)) => println!(
+                "{}",
+                serde_json::json!({ "probe": r.probe, "value": value, "unit": r.unit, "adapter": adapter })
+            ),
+            (true, None) => {}
+            (false, value) => println!(
+                "{:<16} {:>12} {:<8} {:<40} {}",
+                r.probe,
+                value.map_or("unavailable".into(), |v| format!("{v:.2}")),
+                r.unit,
+                adapter,
+                r.note
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Wall-clock latency of whole forward passes (submit to completion), as a user sees them.
 fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
+    if detect(&args.model)? == ModelKind::Prior {
+        return prior_model(gpu, args);
+    }
     let format = WeightFormat::parse(&args.format)?;
     let runnable = Runnable::load(gpu, &args.model, format)?;
     let weights = weight_summary(&args.model)?.bytes(format) as u64;
@@ -226,6 +293,58 @@ fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
     }
     if args.profile {
         print_profile(&plan.profile(gpu)?.1, 15);
+    }
+    Ok(())
+}
+
+/// A prior's decoding speed as `generate` sees it: the class token prefilled, then one step
+/// per position (submit, wait for the logits), over `reps` whole sequences after one warm-up
+/// sequence. Reports the median milliseconds per step and the dispatches one step records.
+fn prior_model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
+    let format = WeightFormat::parse(&args.format)?;
+    let prior = Prior::from_pretrained(gpu, &args.model, format)?;
+    let batch = args.batch.max(1);
+    let positions = prior.config.block_size;
+    let ids = vec![0u32; batch];
+    let (mut ms, mut dispatches) = (Vec::new(), 0);
+    for sequence in 0..=args.reps.max(1) {
+        let mut session = prior.session(gpu, batch)?;
+        session.prefill(gpu, &ids, 1)?;
+        dispatches = session.step_dispatches(gpu)?;
+        for _ in 1..positions {
+            let start = Instant::now();
+            session.step(gpu, &ids)?;
+            if sequence > 0 {
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let steps = ms.len();
+    let ms_per_step = median(&mut ms);
+    let weights = weight_summary(&args.model)?.bytes(format) as u64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.display().to_string(), "task": "decode", "format": format.name(),
+                "batch": batch, "reps": steps, "median_ms": ms_per_step, "ms_per_step": ms_per_step,
+                "steps_per_s": 1e3 / ms_per_step, "dispatches_per_step": dispatches, "weight_bytes": weights,
+                "adapter": gpu.adapter_name(),
+            })
+        );
+    } else {
+        println!("adapter: {}", gpu.adapter_name());
+        println!(
+            "prior decode batch {batch} ({}): median {ms_per_step:.3} ms per step over {steps} steps ({:.0} steps/s), {dispatches} dispatches per step, weights {:.2} MB",
+            format.name(),
+            1e3 / ms_per_step,
+            weights as f64 / 1e6
+        );
+    }
+    if args.profile {
+        let mut session = prior.session(gpu, batch)?;
+        session.prefill(gpu, &vec![0; batch * (positions - 1)], positions - 1)?;
+        print_profile(&session.profile(gpu, 1)?, 15);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 
 use super::model::print_profile;
 use crate::models::weights::save_f32;
-use crate::models::{load_image, preprocess, VisionTransformer};
+use crate::models::{load_image, VisionTransformer};
 use crate::Gpu;
 
 /// Images per forward pass: bounds activation memory for long argument lists.
@@ -68,23 +68,14 @@ pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
 }
 
 /// Logits of `paths`, row-major [paths.len(), classes]; `profile` prints GPU time per node.
-pub fn classify(gpu: &Gpu, model: &VisionTransformer, paths: &[PathBuf], profile: bool) -> anyhow::Result<Vec<f32>> {
-    let s = model.config.img_size;
-    let mut pixels = Vec::with_capacity(paths.len() * 3 * s * s);
-    for path in paths {
-        let img = load_image(path)?;
-        pixels.extend(preprocess(&img, &model.config.preprocess).with_context(|| format!("image {}", path.display()))?);
+fn classify(gpu: &Gpu, model: &VisionTransformer, paths: &[PathBuf], profile: bool) -> anyhow::Result<Vec<f32>> {
+    if !profile {
+        return Ok(model.classify_files(gpu, paths)?.logits);
     }
-    let plan = model.plan(gpu, paths.len())?;
-    plan.set_input(gpu, 0, &pixels)?;
-    let logits = if profile {
-        let (out, times) = plan.profile(gpu)?;
-        print_profile(&times, 15);
-        out
-    } else {
-        plan.run(gpu)?
-    };
-    Ok(logits[0].to_vec_f32(gpu)?)
+    let images = paths.iter().map(|p| load_image(p)).collect::<Result<Vec<_>, _>>()?;
+    let (out, times) = model.classify_profiled(gpu, &images)?;
+    print_profile(&times, 15);
+    Ok(out.logits)
 }
 
 /// The `k` best classes as (index, logit, softmax probability), best first.

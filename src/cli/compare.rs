@@ -19,9 +19,9 @@ use crate::gpu::Tensor;
 use crate::metrics::{cosine, psnr_db, sqnr_db};
 use crate::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
 use crate::models::images::signed_chw_to_rgb;
-use crate::models::{detect, load_image, preprocess, ModelKind, VisionTransformer};
+use crate::models::{detect, load_image, ModelKind, VisionTransformer};
 use crate::quant::calibrate::{find_images, signed_center_crop};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
@@ -88,14 +88,8 @@ fn compare_classifiers(gpu: &Gpu, args: &CompareArgs) -> anyhow::Result<serde_js
     let files = find_images(dir)?;
     let (mut la, mut lb) = (Vec::new(), Vec::new());
     for chunk in files.chunks(16) {
-        let mut pixels = Vec::new();
-        for f in chunk {
-            pixels.extend(preprocess(&load_image(f)?, &a.config.preprocess).with_context(|| format!("image {}", f.display()))?);
-        }
-        let s = a.config.img_size;
-        let t = Tensor::from_f32(gpu, &[chunk.len(), 3, s, s], &pixels)?;
-        la.extend(a.forward(gpu, &t)?.to_vec_f32(gpu)?);
-        lb.extend(b.forward(gpu, &t)?.to_vec_f32(gpu)?);
+        la.extend(a.classify_files(gpu, chunk)?.logits);
+        lb.extend(b.classify_files(gpu, chunk)?.logits);
     }
     let k = a.output_dim();
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();

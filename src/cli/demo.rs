@@ -15,15 +15,14 @@ use clap::Args;
 use image::RgbImage;
 
 use crate::gpu::Tensor;
-use crate::graph::Plan;
 use crate::metrics::{frechet_distance, psnr_db};
 use crate::models::images::{hstack, rgb_to_signed_chw, signed_chw_to_rgb, tile, vstack};
 use crate::models::prior::Prior;
 use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
 use super::model::weight_summary;
-use crate::models::{load_image, preprocess, VisionTransformer};
-use crate::quant::WeightFormat;
+use crate::models::{load_image, VisionTransformer};
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 #[derive(Args)]
@@ -90,16 +89,10 @@ fn sample_digits(samples: &Path) -> anyhow::Result<Vec<(PathBuf, usize)>> {
     Ok(out)
 }
 
-/// (logits [N, classes], pooled features [N, dim]) of RGB images through digits-vit.
+/// (logits [N, classes], pooled features [N, dim]) of RGB images.
 fn classify(gpu: &Gpu, vit: &VisionTransformer, images: &[RgbImage]) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-    let mut pixels = Vec::new();
-    for img in images {
-        pixels.extend(preprocess(img, &vit.config.preprocess)?);
-    }
-    let plan = Plan::new(gpu, vit.graph_with_features(images.len())?)?;
-    plan.set_input(gpu, 0, &pixels)?;
-    let out = plan.run(gpu)?;
-    Ok((out[0].to_vec_f32(gpu)?, out[1].to_vec_f32(gpu)?))
+    let out = vit.classify(gpu, images)?;
+    Ok((out.logits, out.features))
 }
 
 /// Sample photographs `photo-<name>.png` with their expected photo-vit labels, from

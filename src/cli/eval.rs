@@ -11,10 +11,9 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::classify::top_k;
-use crate::graph::Plan;
-use crate::models::{load_image, preprocess, VisionTransformer};
+use crate::models::VisionTransformer;
 use crate::quant::calibrate::find_images;
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 /// Images per forward pass.
@@ -72,18 +71,9 @@ pub fn run(gpu: &Gpu, args: EvalArgs) -> anyhow::Result<()> {
     let images = image_folder(&args.data, &model.config.label_names, classes)?;
     let start = std::time::Instant::now();
     let (mut top1, mut top5) = (0usize, 0usize);
-    let mut plan: Option<(usize, Plan)> = None;
     for batch in images.chunks(BATCH) {
-        let mut pixels = Vec::new();
-        for (path, _) in batch {
-            pixels.extend(preprocess(&load_image(path)?, &model.config.preprocess).with_context(|| format!("image {}", path.display()))?);
-        }
-        if plan.as_ref().is_none_or(|(n, _)| *n != batch.len()) {
-            plan = Some((batch.len(), model.plan(gpu, batch.len())?));
-        }
-        let p = &plan.as_ref().unwrap().1;
-        p.set_input(gpu, 0, &pixels)?;
-        let logits = p.run(gpu)?[0].to_vec_f32(gpu)?;
+        let paths: Vec<PathBuf> = batch.iter().map(|(p, _)| p.clone()).collect();
+        let logits = model.classify_files(gpu, &paths)?.logits;
         for ((_, class), row) in batch.iter().zip(logits.chunks(classes)) {
             let best = top_k(row, 5);
             top1 += (best[0].0 == *class) as usize;

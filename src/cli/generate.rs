@@ -1,5 +1,5 @@
 //! `lowbit generate --prior PATH [--decoder PATH] --class C --count N --seed S --out DIR
-//! [--temperature T] [--top-k K] [--guidance G] [--format FMT]`: class → tokens (the minGPT prior, sampled
+//! [--temperature T] [--top-k K] [--guidance G] [--format FMT] [--profile]`: class → tokens (the minGPT prior, sampled
 //! with a KV cache) → images (the VQGAN decoder). Writes `DIR/class<C>-<i>.png` and
 //! `DIR/tokens.safetensors` (tensor `tokens`, i32 [N, h, w], readable by `lowbit decode`).
 
@@ -12,6 +12,7 @@ use crate::models::images::signed_chw_to_rgb;
 use crate::models::prior::Prior;
 use crate::models::sampling::{generate, SamplingOptions};
 use crate::models::vqgan::VqganDecoder;
+use super::model::print_profile;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +44,10 @@ pub struct GenerateArgs {
     /// to the prior config's, else 1.
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Also print the prior's GPU time per node for a prefill of the sequence and for one
+    /// decode step.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub weights: super::model::WeightArgs,
 }
@@ -109,5 +114,21 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
         gen_ms / steps as f64,
         (gen_ms + decode_ms) / args.count as f64
     );
+    if args.profile {
+        profile_prior(gpu, &prior, args.count)?;
+    }
+    Ok(())
+}
+
+/// Per-node times of a prefill of all but the last position, then of the decode step at the
+/// last position (attending over the whole cache: the slowest step).
+fn profile_prior(gpu: &Gpu, prior: &Prior, batch: usize) -> anyhow::Result<()> {
+    let tokens = prior.config.block_size - 1;
+    let mut session = prior.session(gpu, batch)?;
+    println!("prefill of {tokens} tokens × {batch}:");
+    print_profile(&session.profile(gpu, tokens)?, 12);
+    session.prefill(gpu, &vec![0; batch * tokens], tokens)?;
+    println!("decode step at position {tokens} ({} dispatches):", session.step_dispatches(gpu)?);
+    print_profile(&session.profile(gpu, 1)?, 12);
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::model::{weight_summary, Runnable};
 use crate::graph::plan;
 use crate::models::{detect, ModelKind};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 #[derive(clap::Args, Debug)]

@@ -24,7 +24,7 @@ struct Cli {
     /// Use the first adapter whose name contains this text (see `lowbit devices`).
     #[arg(long, global = true)]
     adapter: Option<String>,
-    /// Switch off optional GPU features to use the fallback kernels: f16,subgroups,packed_dot or all.
+    /// Switch off optional GPU features to use the fallback kernels: f16,subgroups,packed_dot,coopmat or all.
     #[arg(long, global = true, value_name = "LIST")]
     disable: Option<String>,
     /// Which kernels run: `auto` (the launch table's row for this adapter), `cpu` (the
@@ -39,7 +39,7 @@ struct Cli {
 enum Command {
     /// Run the end-to-end showcase and print what it measured.
     Demo(demo::DemoArgs),
-    /// Benchmarks: `lowbit bench kernels [--json] [--tune]`.
+    /// Benchmarks: `lowbit bench kernels [--json] [--tune]`, `bench roofline [--json]`, `bench model`.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
@@ -87,15 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         opts.plan = crate::gpu::KernelPlan::parse(plan).map_err(|e| anyhow::anyhow!("--plan: {e}"))?;
     }
     if let Some(list) = &cli.disable {
-        for item in list.split(',') {
-            match item.trim() {
-                "f16" => opts.no_f16 = true,
-                "subgroups" => opts.no_subgroups = true,
-                "packed_dot" => opts.no_packed_dot = true,
-                "all" => (opts.no_f16, opts.no_subgroups, opts.no_packed_dot) = (true, true, true),
-                other => anyhow::bail!("--disable: unknown feature `{other}` (f16, subgroups, packed_dot, all)"),
-            }
-        }
+        opts.disable(list).map_err(|e| anyhow::anyhow!("--disable: {e}"))?;
     }
     match cli.command {
         Command::Devices => devices(&opts),
@@ -123,9 +115,12 @@ fn devices(opts: &GpuOptions) -> anyhow::Result<()> {
     let c = gpu.caps;
     println!("\nselected: {}  class {:?}, kernel plan {:?}", gpu.adapter_name(), gpu.adapter_class, gpu.class);
     println!(
-        "  shader-f16 {}  subgroups {} (size {}..{})  packed_4x8_integer_dot_product {}  timestamps {}",
-        c.f16, c.subgroups, c.subgroup_min_size, c.subgroup_max_size, c.packed_dot, c.timestamps
+        "  shader-f16 {}  subgroups {} (size {}..{})  packed_4x8_integer_dot_product {}  timestamps {}  cooperative matrix {}",
+        c.f16, c.subgroups, c.subgroup_min_size, c.subgroup_max_size, c.packed_dot, c.timestamps, c.coopmat
     );
+    for s in &gpu.coopmat_shapes {
+        println!("    coopmat {}x{}x{} {:?} -> {:?}", s.m_size, s.n_size, s.k_size, s.ab_type, s.cr_type);
+    }
     println!(
         "  max storage binding {} MiB, max buffer {} MiB, workgroup memory {} KiB",
         gpu.max_binding_size() >> 20,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::graph::{totals_per_op, Graph, NodeTime};
 use crate::models::vqgan::VqganDecoder;
 use crate::models::{detect, ModelKind, VisionTransformer, Weights, WeightSummary};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::synthetic::Rng;
 use crate::Gpu;
 

@@ -24,9 +24,12 @@ pub struct Caps {
     pub packed_dot: bool,
     /// Timestamp queries at compute-pass boundaries.
     pub timestamps: bool,
+    /// wgpu's experimental cooperative matrices (`enable wgpu_cooperative_matrix;`); the
+    /// supported tile shapes are `Gpu::coopmat_shapes`.
+    pub coopmat: bool,
 }
 
-/// Broad kinds of adapter; kernel variants are chosen per class (see `kernels::tuning`).
+/// Broad kinds of adapter; kernel variants are chosen per class (see `kernels::launch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AdapterClass {
     /// A CPU rasterizer (lavapipe/llvmpipe, SwiftShader, WARP): wide per-invocation work, few barriers.
@@ -69,6 +72,9 @@ pub struct GpuOptions {
     pub no_subgroups: bool,
     /// Pretend the WGSL packed integer dot product is unavailable.
     pub no_packed_dot: bool,
+    /// Do not request cooperative matrices (an experimental wgpu feature) even where the
+    /// adapter has them.
+    pub no_coopmat: bool,
     /// Use a smaller storage-binding limit than the adapter's (to exercise tensor splitting).
     pub max_binding_size: Option<u64>,
     /// The launch-table row to use (`Auto`: the adapter's own class).
@@ -77,7 +83,7 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     /// Options from the environment: `LOWBIT_ADAPTER=substring`,
-    /// `LOWBIT_DISABLE=f16,subgroups,packed_dot` (forces the fallbacks everywhere) and
+    /// `LOWBIT_DISABLE=f16,subgroups,packed_dot,coopmat` (forces the fallbacks everywhere) and
     /// `LOWBIT_PLAN=auto|cpu|gpu` (an unknown value is ignored with a warning).
     pub fn from_env() -> Self {
         let mut o = GpuOptions { adapter: std::env::var("LOWBIT_ADAPTER").ok(), ..Default::default() };
@@ -88,22 +94,40 @@ impl GpuOptions {
             }
         }
         if let Ok(list) = std::env::var("LOWBIT_DISABLE") {
-            for item in list.split(',').map(str::trim) {
-                match item {
-                    "f16" => o.no_f16 = true,
-                    "subgroups" => o.no_subgroups = true,
-                    "packed_dot" => o.no_packed_dot = true,
-                    "all" => (o.no_f16, o.no_subgroups, o.no_packed_dot) = (true, true, true),
-                    _ => {}
-                }
-            }
+            // Unknown names are ignored here (the environment may serve other versions);
+            // `--disable` rejects them.
+            let _ = o.disable(&list);
         }
         o
     }
 
+    /// Switches off the features named in a comma list (`f16`, `subgroups`, `packed_dot`,
+    /// `coopmat`, `all`); errors on an unknown name after applying the known ones.
+    pub fn disable(&mut self, list: &str) -> Result<()> {
+        let mut unknown = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "f16" => self.no_f16 = true,
+                "subgroups" => self.no_subgroups = true,
+                "packed_dot" => self.no_packed_dot = true,
+                "coopmat" => self.no_coopmat = true,
+                "all" => (self.no_f16, self.no_subgroups, self.no_packed_dot, self.no_coopmat) = (true, true, true, true),
+                other => unknown.push(other.to_string()),
+            }
+        }
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "unknown feature(s) {} (f16, subgroups, packed_dot, coopmat, all)",
+                unknown.join(", ")
+            )))
+        }
+    }
+
     /// Options that force every fallback path.
     pub fn fallback() -> Self {
-        GpuOptions { no_f16: true, no_subgroups: true, no_packed_dot: true, ..Self::from_env() }
+        GpuOptions { no_f16: true, no_subgroups: true, no_packed_dot: true, no_coopmat: true, ..Self::from_env() }
     }
 
     /// These options with the GPU-class kernels forced (`--plan gpu`).
@@ -125,6 +149,9 @@ pub struct Gpu {
     /// What the adapter is (for decisions about the machine, not the kernels: e.g. whether
     /// benchmarks must stream past a GPU's cache).
     pub adapter_class: AdapterClass,
+    /// The cooperative-matrix tile shapes and types the adapter supports (empty unless
+    /// `caps.coopmat`).
+    pub coopmat_shapes: Vec<wgpu::CooperativeMatrixProperties>,
     max_binding: u64,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<Error>>>,
@@ -207,14 +234,26 @@ impl Gpu {
                 )
             })?,
         };
-        let wanted = Self::wanted_features(&adapter);
+        let mut wanted = Self::wanted_features(&adapter);
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        // Cooperative matrices are opt-in twice: wgpu marks them experimental, so they are
+        // requested only here (not in `wanted_features`, whose callers may not opt in) and only
+        // where the adapter has them, and `--disable coopmat` leaves them off entirely.
+        let coopmat = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        if adapter.features().contains(coopmat) && !opts.no_coopmat {
+            wanted |= coopmat;
+            // SAFETY: the only shader that uses the feature is the roofline probe
+            // (shaders/roofline.wgsl), which the tests validate with naga and check
+            // numerically where the feature exists; `--disable coopmat` avoids it.
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("lowbit"),
                 required_features: wanted,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -266,7 +305,9 @@ impl Gpu {
             subgroup_max_size: info.subgroup_max_size,
             packed_dot: lang.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct) && !opts.no_packed_dot,
             timestamps: dev_features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coopmat: dev_features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) && !opts.no_coopmat,
         };
+        let coopmat_shapes = if caps.coopmat { adapter.cooperative_matrix_properties() } else { Vec::new() };
         let adapter_class = match info.device_type {
             wgpu::DeviceType::Cpu => AdapterClass::Cpu,
             wgpu::DeviceType::DiscreteGpu => AdapterClass::Discrete,
@@ -291,6 +332,7 @@ impl Gpu {
             caps,
             class,
             adapter_class,
+            coopmat_shapes,
             max_binding,
             lost,
             uncaptured,
@@ -425,12 +467,19 @@ pub struct Encoder {
     pub(crate) profiler: Option<super::timing::PassTimer>,
     /// Bind groups reused across runs of a planned graph (see `graph::Plan`).
     pub(crate) bind_groups: Option<Arc<Mutex<super::pipelines::BindGroupCache>>>,
+    /// Dispatches recorded so far.
+    pub(crate) dispatches: u32,
 }
 
 impl Encoder {
     fn new(gpu: &Gpu) -> Self {
         let inner = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("lowbit") });
-        Encoder { inner, pass: None, profiler: None, bind_groups: None }
+        Encoder { inner, pass: None, profiler: None, bind_groups: None, dispatches: 0 }
+    }
+
+    /// Dispatches recorded so far (skipped empty ones not counted).
+    pub fn dispatches(&self) -> u32 {
+        self.dispatches
     }
 
     /// The encoder itself, for copies and clears (ends the open compute pass).

@@ -164,6 +164,7 @@ impl Gpu {
             }
             None => self.bind_group(pipeline, params, buffers)?,
         };
+        enc.dispatches += 1;
         let pass = enc.pass();
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);

@@ -3,12 +3,12 @@
 //! (workgroup sizes, tiles) use WGSL `override` constants instead. `#include NAME` pastes
 //! `shaders/NAME.wgsl` (from the list in `INCLUDES`) before the conditions are evaluated, and
 //! `#include format` pastes the constants of the weight format named by the `FMT_*` define
-//! (generated from `quant::wgsl::FAMILIES`). Every output line remembers the file and line it
+//! (generated from `formats::wgsl::FAMILIES`). Every output line remembers the file and line it
 //! came from, so compiler errors can name them (`Preprocessed::origin`).
 
 use std::collections::BTreeSet;
 
-use crate::quant::wgsl::{GpuDecode, FAMILIES};
+use crate::formats::wgsl::{GpuDecode, FAMILIES};
 
 /// Preprocessed WGSL and, for each of its lines, the (file, 1-based line) it came from.
 pub struct Preprocessed {

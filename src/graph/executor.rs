@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::ir::Graph;
-use super::planner::{plan, MemoryPlan};
+use super::planner::{plan, MemoryPlan, EXTERNAL};
 use crate::gpu::{BindGroupCache, DType, Tensor};
 use crate::{invalid, Encoder, Error, Gpu, Result};
 
@@ -36,7 +36,11 @@ impl Plan {
     /// A plan with a given buffer assignment (tests compare the planner's against one buffer
     /// per storage).
     pub fn with_memory(gpu: &Gpu, graph: Graph, memory: MemoryPlan) -> Result<Plan> {
-        if memory.assignment.len() != graph.storages.len() || memory.assignment.iter().any(|&b| b >= memory.buffers.len()) {
+        let fits = |(s, &b): (usize, &usize)| match &graph.storages[s].external {
+            Some(_) => b == EXTERNAL,
+            None => b < memory.buffers.len(),
+        };
+        if memory.assignment.len() != graph.storages.len() || !memory.assignment.iter().enumerate().all(fits) {
             invalid!("memory plan does not fit the graph");
         }
         let buffers = memory
@@ -47,7 +51,13 @@ impl Plan {
         let tensors = graph
             .values
             .iter()
-            .map(|v| Tensor { buffer: buffers[memory.assignment[v.storage]].clone(), shape: v.shape.clone(), dtype: v.dtype })
+            .map(|v| {
+                let buffer = match &graph.storages[v.storage].external {
+                    Some(t) => t.buffer.clone(),
+                    None => buffers[memory.assignment[v.storage]].clone(),
+                };
+                Tensor { buffer, shape: v.shape.clone(), dtype: v.dtype }
+            })
             .collect();
         Ok(Plan { graph, memory, tensors, bind_groups: Default::default() })
     }
@@ -74,7 +84,8 @@ impl Plan {
 
     /// Fills every buffer with `word` (tests: results must not depend on what buffers held).
     pub fn fill_buffers(&self, gpu: &Gpu, word: u32) {
-        for t in &self.tensors {
+        let planned = self.tensors.iter().zip(&self.graph.values).filter(|(_, v)| self.graph.storages[v.storage].external.is_none());
+        for (t, _) in planned {
             let words = vec![word; (t.buffer.size() / 4) as usize];
             gpu.queue.write_buffer(&t.buffer, 0, bytemuck::cast_slice(&words));
         }

@@ -39,6 +39,9 @@ pub(crate) struct StorageInfo {
     pub bytes: u64,
     pub is_input: bool,
     pub is_output: bool,
+    /// A tensor that outlives the plan (a KV cache, a position counter): the planner gives it
+    /// no buffer, and what nodes write there stays for the next run.
+    pub external: Option<Tensor>,
 }
 
 #[derive(Default)]
@@ -62,6 +65,14 @@ impl Graph {
         let v = self.push_value(shape, dtype, storage, None);
         self.inputs.push(v);
         v
+    }
+
+    /// A value living in `t`, which the caller owns and keeps between runs (state such as a KV
+    /// cache). Nodes may update it in place (`node_inplace`); the planner leaves it alone.
+    pub fn external(&mut self, t: &Tensor) -> Value {
+        let storage = self.new_storage(&t.shape, t.dtype);
+        self.storages[storage].external = Some(t.clone());
+        self.push_value(&t.shape, t.dtype, storage, None)
     }
 
     /// Marks `v` as a result of the graph: its memory is never reused, and `Plan::run`
@@ -125,9 +136,10 @@ impl Graph {
         self.push_node(name.into(), op, &inputs, &shape, dtype, storage, record)
     }
 
-    /// Bytes of every value if none shared memory (what the planner saves against).
+    /// Bytes of every value if none shared memory (what the planner saves against); external
+    /// tensors not included.
     pub fn unplanned_bytes(&self) -> u64 {
-        self.storages.iter().map(|s| s.bytes).sum()
+        self.storages.iter().filter(|s| s.external.is_none()).map(|s| s.bytes).sum()
     }
 
     pub fn node_count(&self) -> usize {
@@ -136,7 +148,7 @@ impl Graph {
 
     fn new_storage(&mut self, shape: &[usize], dtype: DType) -> usize {
         let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
-        self.storages.push(StorageInfo { bytes, is_input: false, is_output: false });
+        self.storages.push(StorageInfo { bytes, is_input: false, is_output: false, external: None });
         self.storages.len() - 1
     }
 

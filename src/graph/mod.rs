@@ -18,10 +18,11 @@
 mod executor;
 mod ir;
 mod ops;
+mod ops_decode;
 mod ops_quant;
 mod planner;
 
 pub use executor::{totals_per_op, NodeTime, Plan};
 pub use ir::{Graph, Record, Value};
-pub use ops::Norm;
+pub use ops::{Linear, Norm};
 pub use planner::{plan, unshared, MemoryPlan};

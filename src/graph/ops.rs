@@ -2,6 +2,8 @@
 //! inputs against its layer, and adds a node that records the kernel from `crate::kernels`.
 //! Layers are cloned into the node (cheap: their buffers are reference-counted).
 
+use std::sync::Arc;
+
 use super::ir::{Graph, Value};
 use crate::gpu::{DType, Tensor};
 use crate::kernels::attention::{attention, AttentionParams};
@@ -9,9 +11,42 @@ use crate::kernels::conv::{conv2d, patch_embed, Conv2d};
 use crate::kernels::elementwise::{activate, add_inplace, upsample_nearest2x, Activation};
 use crate::kernels::matmul::{linear, QLinear};
 use crate::kernels::norm::{group_norm, layer_norm};
-use crate::{shape_err, Result};
+use crate::kernels::w8a8::W8A8Linear;
+use crate::{invalid, shape_err, Result};
 
-/// A normalization layer's affine parameters (LayerNorm, GroupNorm).
+/// A Linear layer's weights as the graph runs them (as candle's `QMatMul`): packed weights of
+/// any `WeightFormat`, decoded inside the kernel with f32 activations, or int8 weights with
+/// per-token int8 activations (`kernels::w8a8`, checkpoints of `--recipe w8a8`).
+#[derive(Clone)]
+pub enum Linear {
+    Packed(QLinear),
+    Int8(Arc<W8A8Linear>),
+}
+
+impl Linear {
+    pub fn in_features(&self) -> usize {
+        match self {
+            Linear::Packed(l) => l.in_features(),
+            Linear::Int8(l) => l.cols,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Packed(l) => l.out_features(),
+            Linear::Int8(l) => l.rows,
+        }
+    }
+}
+
+impl From<QLinear> for Linear {
+    fn from(l: QLinear) -> Linear {
+        Linear::Packed(l)
+    }
+}
+
+/// A normalization layer's affine parameters (LayerNorm, GroupNorm); models load them with
+/// `Weights::norm`.
 #[derive(Clone)]
 pub struct Norm {
     pub weight: Tensor,
@@ -19,20 +54,20 @@ pub struct Norm {
 }
 
 impl Norm {
-    /// `{prefix}.weight` and `{prefix}.bias` ([channels] each) of a checkpoint, on the GPU.
-    pub fn load(gpu: &crate::Gpu, w: &crate::models::Weights, prefix: &str, channels: usize) -> Result<Norm> {
-        let up = |key: &str| Tensor::from_f32(gpu, &[channels], w.get(&format!("{prefix}.{key}"), &[channels])?);
-        Ok(Norm { weight: up("weight")?, bias: up("bias")? })
-    }
-
     pub fn channels(&self) -> usize {
         self.weight.numel()
     }
 }
 
 impl Graph {
-    /// `x [..., in] → [..., out]` through a (packed) Linear, with an optional fused activation.
-    pub fn linear(&mut self, name: &str, layer: &QLinear, x: Value, act: Option<Activation>) -> Result<Value> {
+    /// `x [..., in] → [..., out]` through a Linear layer of any kind, with an optional fused
+    /// activation (an int8 layer's GELU is fused when it is loaded, so `act` must match it).
+    pub fn linear(&mut self, name: &str, layer: &Linear, x: Value, act: Option<Activation>) -> Result<Value> {
+        let layer = match layer {
+            Linear::Int8(l) if l.gelu == act.is_some() => return self.w8a8_linear(name, l, x),
+            Linear::Int8(_) => invalid!("{name}: the int8 layer's fused activation does not match {act:?}"),
+            Linear::Packed(l) => l,
+        };
         let (_, width) = self.rows(x, "linear")?;
         if width != layer.in_features() {
             shape_err!("{name}: input width {width}, the layer takes {}", layer.in_features());

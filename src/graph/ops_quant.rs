@@ -14,9 +14,9 @@ use crate::kernels::w8a8::{w8a8_forward, QuantizedActivations, W8A8Linear};
 use crate::{shape_err, Result};
 
 impl Graph {
-    /// `x [..., in] → [..., out]`: quantize each token of x to int8 (absmax scale), then the
-    /// integer GEMM with the layer's int8 weights (and its GELU, if it has one).
-    pub fn w8a8_linear(&mut self, name: &str, layer: &Arc<W8A8Linear>, x: Value) -> Result<Value> {
+    /// `Linear::Int8`: quantize each token of x to int8 (absmax scale), then the integer GEMM
+    /// with the layer's int8 weights (and its GELU, if it has one).
+    pub(super) fn w8a8_linear(&mut self, name: &str, layer: &Arc<W8A8Linear>, x: Value) -> Result<Value> {
         let Some((&width, rest)) = self.shape(x).split_last() else { shape_err!("{name}: a scalar input") };
         if width != layer.cols {
             shape_err!("{name}: input width {width}, the layer takes {}", layer.cols);

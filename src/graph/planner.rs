@@ -14,9 +14,12 @@ use crate::{invalid, Result};
 pub struct MemoryPlan {
     /// Size of each buffer, in bytes.
     pub buffers: Vec<u64>,
-    /// The buffer of each storage.
+    /// The buffer of each storage ([`EXTERNAL`] for storages in a caller's tensor).
     pub assignment: Vec<usize>,
 }
+
+/// The assignment of a storage that lives in an external tensor (`Graph::external`).
+pub const EXTERNAL: usize = usize::MAX;
 
 impl MemoryPlan {
     /// Bytes of all activation buffers together: the graph's peak GPU memory besides weights.
@@ -69,12 +72,15 @@ pub fn plan(g: &Graph) -> Result<MemoryPlan> {
     let mut born: Vec<Vec<usize>> = vec![Vec::new(); steps];
     let mut dies: Vec<Vec<usize>> = vec![Vec::new(); steps];
     for (s, &(first, last)) in life.iter().enumerate() {
+        if g.storages[s].external.is_some() {
+            continue;
+        }
         born[first].push(s);
         dies[last].push(s);
     }
     let mut buffers: Vec<u64> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    let mut assignment = vec![usize::MAX; g.storages.len()];
+    let mut assignment = vec![EXTERNAL; g.storages.len()];
     for t in 0..steps {
         for &s in &born[t] {
             let need = g.storages[s].bytes;
@@ -99,5 +105,12 @@ pub fn plan(g: &Graph) -> Result<MemoryPlan> {
 
 /// One buffer per storage: no sharing (the baseline the planner is measured and tested against).
 pub fn unshared(g: &Graph) -> MemoryPlan {
-    MemoryPlan { buffers: g.storages.iter().map(|s| s.bytes).collect(), assignment: (0..g.storages.len()).collect() }
+    let mut plan = MemoryPlan { buffers: vec![], assignment: vec![] };
+    for s in &g.storages {
+        plan.assignment.push(if s.external.is_some() { EXTERNAL } else { plan.buffers.len() });
+        if s.external.is_none() {
+            plan.buffers.push(s.bytes);
+        }
+    }
+    plan
 }

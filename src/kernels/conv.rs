@@ -1,31 +1,20 @@
 //! 2-D convolution as an implicit GEMM over packed weights of any `WeightFormat`, and timm's
 //! PatchEmbed (the same kernel writing tokens). CPU adapters run `shaders/conv.wgsl` (register
-//! tiles, no workgroup memory); GPUs run `shaders/conv_workgroup.wgsl` on the workgroup-tiled
-//! core the GEMM uses, with the tile the launch table picks (`tuning::Plan::for_rows`).
+//! tiles, no workgroup memory); GPUs run its `conv2d_workgroup` (WORKGROUP) on the workgroup-tiled
+//! core the GEMM uses, with the tile the launch table picks (`matmul::Plan::for_rows`).
 
-use super::matmul;
-use super::tuning::{self, Variant};
+use super::matmul::{self, Variant};
+use super::gpu_matrix::{GpuMatrix, RowLayout};
+use super::launch;
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
-use crate::quant::formats::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("conv");
-const SHADER_WORKGROUP: Shader = shader!("conv_workgroup");
 /// The register tile of one invocation (fixed in the shader): output channels × pixels of a row.
 const CHANNELS_PER_LANE: u32 = 8;
 const PIXELS_PER_LANE: usize = 4;
-
-/// The weights of one dispatch: a range of output channels small enough for one binding,
-/// laid out for the kernel this adapter runs (`Conv2d::tiled`).
-#[derive(Clone)]
-struct Part {
-    first_channel: usize,
-    channels: usize,
-    data: wgpu::Buffer,
-    scales: Option<wgpu::Buffer>,
-    zeros: Option<wgpu::Buffer>,
-}
 
 /// Zero padding on each side of the input, in pixels. PyTorch's `padding=p` pads every side by
 /// `p`; taming's `Downsample` pads only the bottom and right (`F.pad(x, (0, 1, 0, 1))`) before
@@ -69,11 +58,11 @@ pub struct Conv2d {
     cols: usize,
     row_words: usize,
     groups: usize,
-    parts: Vec<Part>,
+    weights: GpuMatrix,
     bias: wgpu::Buffer,
     weight_bytes: usize,
     /// The workgroup-tiled GPU kernel runs (weights row-major); else conv.wgsl's CPU kernel
-    /// (weights in tiles of `CHANNELS_PER_LANE` rows).
+    /// (weights interleaved in tiles of `CHANNELS_PER_LANE` rows).
     tiled: bool,
 }
 
@@ -125,25 +114,9 @@ impl Conv2d {
             Some(b) => b.to_vec(),
             None => vec![0.0; cout],
         };
-        let mut parts = Vec::new();
-        let tiled = matches!(tuning::table_plan(gpu.class).gemm, Variant::GemmWorkgroup { .. });
-        // CPU layout: parts hold whole tiles of rows (the re-laid-out weights pad the last tile).
-        let tile = if tiled { 1 } else { CHANNELS_PER_LANE as usize };
-        let tile_bytes = (4 * tile * weight.row_words) as u64;
-        let tiles = gpu.split_rows(cout.div_ceil(tile), tile_bytes)?;
-        for range in tiles.into_iter().map(|t| t.start * tile..(t.end * tile).min(cout)) {
-            let slice = weight.slice_rows(range.clone());
-            let upload = |words: &[u32], label| -> Result<Option<wgpu::Buffer>> {
-                Ok(if words.is_empty() { None } else { Some(gpu.upload_u32(words, label)?) })
-            };
-            parts.push(Part {
-                first_channel: range.start,
-                channels: range.len(),
-                data: gpu.upload_u32(&if tiled { slice.data.clone() } else { tile_rows(&slice) }, "conv weights")?,
-                scales: upload(&slice.scales, "conv scales")?,
-                zeros: upload(&slice.zeros, "conv zero points")?,
-            });
-        }
+        let tiled = matches!(launch::for_class(gpu.class).linear.gemm, Variant::GemmWorkgroup { .. });
+        let layout = if tiled { RowLayout::RowMajor { align: 1 } } else { RowLayout::Interleaved { tile: CHANNELS_PER_LANE as usize } };
+        let weights = GpuMatrix::upload(gpu, weight, layout, "conv weights")?;
         Ok(Conv2d {
             in_channels: weight.cols / (kh * kw),
             out_channels: cout,
@@ -154,7 +127,7 @@ impl Conv2d {
             cols: weight.cols,
             row_words: weight.row_words,
             groups: weight.groups,
-            parts,
+            weights,
             bias: gpu.upload(bytemuck::cast_slice(&bias), "conv bias")?,
             weight_bytes: weight.bytes(),
             tiled,
@@ -183,7 +156,7 @@ impl Conv2d {
     fn record(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor, tokens: bool) -> Result<()> {
         let &[b, _, h, w] = &x.shape[..] else { unreachable!() };
         let (ho, wo) = self.output_size(h, w)?;
-        let defines = self.defines(tokens);
+        let mut defines = self.defines(tokens);
         let pixels = b * ho * wo;
         if pixels > u32::MAX as usize || self.cols > u32::MAX as usize {
             shape_err!("conv2d: {pixels} output pixels of {} taps exceed the kernel's 32-bit indices", self.cols);
@@ -192,20 +165,21 @@ impl Conv2d {
         // The GPU kernel's tile for this many output pixels (its GEMM rows); the CPU kernel's
         // fixed register tile otherwise.
         let (pipe, lanes, rows_per_group, tile_n) = if self.tiled {
-            let plan = tuning::table_plan(gpu.class);
+            let plan = launch::for_class(gpu.class).linear;
             let Variant::GemmWorkgroup { bm, bn, tm, tn } = plan.for_rows(pixels.max(plan.gemv_max_m + 1)) else {
                 invalid!("conv2d: the launch table gives no workgroup tile for {pixels} pixels");
             };
             let t = matmul::WorkgroupTile::new(gpu, self.format, bm, bn, tm, tn)?;
             let consts = [("WG", t.invocations as f64), ("BM", bm as f64), ("BN", bn as f64), ("BK", t.bk as f64), ("TM", tm as f64), ("TN", tn as f64)];
-            (gpu.pipeline(&SHADER_WORKGROUP, "conv2d_workgroup", &defines, &consts)?, 0, bm, bn)
+            defines.push("WORKGROUP");
+            (gpu.pipeline(&SHADER, "conv2d_workgroup", &defines, &consts)?, 0, bm, bn)
         } else {
             let lanes: u32 = 64;
             (gpu.pipeline(&SHADER, "conv2d", &defines, &[("WG", lanes as f64)])?, lanes, 0, CHANNELS_PER_LANE)
         };
         let blocks_x = wo.div_ceil(PIXELS_PER_LANE);
         let blocks = b * ho * blocks_x;
-        for part in &self.parts {
+        for part in &self.weights.blocks {
             let p = Params {
                 cin: self.in_channels as u32,
                 h: h as u32,
@@ -222,8 +196,8 @@ impl Conv2d {
                 row_words: self.row_words as u32,
                 groups: self.groups as u32,
                 group_size: self.format.group_size(self.cols) as u32,
-                co_base: part.first_channel as u32,
-                co_count: part.channels as u32,
+                co_base: part.rows.start as u32,
+                co_count: part.rows.len() as u32,
                 blocks_x: blocks_x as u32,
                 blocks: blocks as u32,
                 pixels: pixels as u32,
@@ -231,7 +205,7 @@ impl Conv2d {
             let mut buffers = vec![&*x.buffer, &self.bias, &*out.buffer, &part.data];
             buffers.extend(part.scales.iter());
             buffers.extend(part.zeros.iter());
-            let channel_groups = (part.channels as u32).div_ceil(tile_n);
+            let channel_groups = (part.rows.len() as u32).div_ceil(tile_n);
             let grid = if self.tiled {
                 [channel_groups, (pixels as u32).div_ceil(rows_per_group), 1]
             } else {
@@ -257,21 +231,6 @@ impl Conv2d {
         }
         Ok((b, ho, wo))
     }
-}
-
-/// The shader's weight layout: rows in tiles of `CHANNELS_PER_LANE` (the last one padded with
-/// zero rows), and inside a tile word `wi` of each row next to each other:
-/// `[tile][wi][row in tile]`.
-fn tile_rows(m: &PackedMatrix) -> Vec<u32> {
-    let tile = CHANNELS_PER_LANE as usize;
-    let mut out = vec![0u32; m.rows.div_ceil(tile) * tile * m.row_words];
-    for r in 0..m.rows {
-        let (t, c) = (r / tile, r % tile);
-        for wi in 0..m.row_words {
-            out[(t * m.row_words + wi) * tile + c] = m.data[r * m.row_words + wi];
-        }
-    }
-    out
 }
 
 /// `out` [B, Cout, Ho, Wo] = conv(x [B, Cin, H, W]) + bias.

@@ -6,11 +6,15 @@ pub mod act_quant;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod gpu_matrix;
+pub mod launch;
 pub mod matmul;
 pub mod norm;
-pub mod tuning;
+pub mod roofline;
 pub mod vq;
 pub mod w8a8;
+
+pub use roofline::Bound;
 
 use crate::{Encoder, Gpu, Result};
 
@@ -26,13 +30,22 @@ pub struct BenchCase {
     pub step: BenchStep,
 }
 
+impl BenchCase {
+    /// The roof this case is measured against (`roofline_pct` in `lowbit bench kernels`),
+    /// derived from the kernel's name so the families' cases need not say it.
+    pub fn bound(&self) -> Bound {
+        Bound::for_kernel(&self.kernel)
+    }
+}
+
 /// Records one benchmark step's dispatches.
 pub type BenchStep = Box<dyn FnMut(&Gpu, &mut Encoder) -> Result<()>>;
 
 /// A family's `bench_cases`.
 type FamilyBenches = fn(&Gpu, BenchSize) -> Result<Vec<BenchCase>>;
 
-/// Which benchmark shapes to build: the full sizes, or small ones for a smoke test.
+/// Which benchmark shapes to build: the reference sizes BENCHMARKS.md reports, or small ones
+/// for a smoke test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchSize {
     Full,

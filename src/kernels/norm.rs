@@ -1,8 +1,8 @@
 //! Row-wise normalizations: LayerNorm (timm's, eps 1e-6), GroupNorm (taming's `Normalize`, with
 //! an optional fused swish) and softmax. One workgroup per row; see `shaders/norm.wgsl`.
 
-use super::{params, BenchCase, BenchSize};
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use super::{launch, params, BenchCase, BenchSize};
+use crate::gpu::{DType, Shader, Tensor};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("norm");
@@ -18,21 +18,29 @@ struct Params {
     eps: f32,
 }
 
-/// Lanes per row: llvmpipe runs a workgroup on one thread, so a narrow one keeps the serial
-/// combine short; GPUs want enough lanes to hide memory latency on long GroupNorm rows.
+/// How rows map onto lanes on one class of adapter (a column of `kernels::launch`'s table).
+#[derive(Clone, Copy, Debug)]
+pub struct RowLanes {
+    /// Most lanes per row: llvmpipe runs a workgroup on one thread, so a narrow one keeps the
+    /// serial combine short; GPUs want enough lanes to hide memory latency on long GroupNorm
+    /// rows.
+    pub max_lanes: u32,
+    /// A row per invocation (CPU adapters) when there are enough rows to fill the threads and
+    /// the rows are short enough that one thread per row is not the critical path.
+    pub row_per_lane: bool,
+}
+
 fn lanes(gpu: &Gpu, row_len: usize) -> u32 {
-    let max = if gpu.class == AdapterClass::Cpu { 64 } else { 256 };
-    (row_len.next_power_of_two() as u32).clamp(32, max)
+    (row_len.next_power_of_two() as u32).clamp(32, launch::for_class(gpu.class).norm.max_lanes)
 }
 
 /// Invocations per workgroup when each owns a row (CPU adapters): a couple of SIMD widths.
 const ROWS_PER_WORKGROUP: u32 = 16;
 
-/// Row per invocation on CPU adapters when there are enough rows to fill the threads and the
-/// rows are short enough that one thread per row is not the critical path; else a workgroup
-/// per row. GroupNorm's few long rows always take the workgroup path.
+/// Row per invocation where the launch table says so and it pays (see `RowLanes`); else a
+/// workgroup per row. GroupNorm's few long rows always take the workgroup path.
 fn row_per_lane(gpu: &Gpu, rows: u32, row_len: usize) -> bool {
-    gpu.class == AdapterClass::Cpu && rows >= 64 && row_len <= 4096
+    launch::for_class(gpu.class).norm.row_per_lane && rows >= 64 && row_len <= 4096
 }
 
 fn run(gpu: &Gpu, enc: &mut Encoder, entry: &str, defines: &[&str], p: Params, row_len: usize, buffers: &[&wgpu::Buffer]) -> Result<()> {

@@ -9,11 +9,11 @@
 //! loads made GEMV 4x faster. dot4I8Packed and the sign-extend fallback measure the same
 //! there (lavapipe has no packed-dot instruction and lowers it to the same byte arithmetic).
 
-use std::sync::Arc;
 
-use super::{params, BenchCase, BenchSize};
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
-use crate::quant::formats::{PackedMatrix, WeightFormat};
+use super::gpu_matrix::{GpuMatrix, RowLayout};
+use super::{launch, params, BenchCase, BenchSize};
+use crate::gpu::{DType, Shader, Tensor};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("w8a8");
@@ -64,15 +64,6 @@ impl QuantizedActivations {
     }
 }
 
-/// One run of output channels small enough for a single storage binding.
-struct WeightPart {
-    first_row: usize,
-    rows: usize,
-    data: Arc<wgpu::Buffer>,
-    /// (scale, bias) per output channel, as vec2<f32>.
-    row_params: Arc<wgpu::Buffer>,
-}
-
 /// A Linear layer with Q8 per-channel weights, ready for `w8a8_linear`.
 pub struct W8A8Linear {
     /// Output channels (N).
@@ -83,7 +74,9 @@ pub struct W8A8Linear {
     pub gelu: bool,
     /// vec4<u32> words (16 codes) per padded weight row on the GPU.
     w_vecs: usize,
-    parts: Vec<WeightPart>,
+    weights: GpuMatrix,
+    /// (scale, bias) per output channel of each block of `weights`, as vec2<f32>.
+    row_params: Vec<wgpu::Buffer>,
     weight_bytes: u64,
 }
 
@@ -110,25 +103,20 @@ impl W8A8Linear {
             }
         }
         // Rows padded with zero codes to whole vec4s so the kernels load 16 codes at a time.
-        let w_vecs = w.row_words.div_ceil(4);
-        let row_bytes = w_vecs as u64 * 16;
-        let mut parts = Vec::new();
-        for range in gpu.split_rows(rows, row_bytes)? {
-            let mut data = vec![0u32; range.len() * w_vecs * 4];
-            for (dst, r) in data.chunks_mut(w_vecs * 4).zip(range.clone()) {
-                dst[..w.row_words].copy_from_slice(&w.data[r * w.row_words..(r + 1) * w.row_words]);
-            }
-            let row_params: Vec<f32> =
-                range.clone().flat_map(|r| [w.scale(r, 0), bias.map_or(0.0, |b| b[r])]).collect();
-            parts.push(WeightPart {
-                first_row: range.start,
-                rows: range.len(),
-                data: Arc::new(gpu.upload_u32(&data, "w8a8 weights")?),
-                row_params: Arc::new(gpu.upload(bytemuck::cast_slice(&row_params), "w8a8 scales+bias")?),
-            });
-        }
+        // The scales travel in `row_params`, with the bias, not as the format's packed scales.
+        let codes = PackedMatrix { scales: Vec::new(), ..w.clone() };
+        let weights = GpuMatrix::upload(gpu, &codes, RowLayout::RowMajor { align: 4 }, "w8a8 weights")?;
+        let row_params = weights
+            .blocks
+            .iter()
+            .map(|block| {
+                let params: Vec<f32> = block.rows.clone().flat_map(|r| [w.scale(r, 0), bias.map_or(0.0, |b| b[r])]).collect();
+                gpu.upload(bytemuck::cast_slice(&params), "w8a8 scales+bias")
+            })
+            .collect::<Result<_>>()?;
+        let w_vecs = weights.stride / 4;
         let weight_bytes = 4 * (w.data.len() + w.scales.len()) as u64;
-        Ok(W8A8Linear { rows, cols, gelu: false, w_vecs, parts, weight_bytes })
+        Ok(W8A8Linear { rows, cols, gelu: false, w_vecs, weights, row_params, weight_bytes })
     }
 
     /// The same layer with GELU fused into the output.
@@ -173,32 +161,32 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Quan
     gpu.dispatch(enc, &pipe, params(&p), &[&x.buffer, &out.codes.buffer, &out.scales.buffer], gpu.grid(rows as u32))
 }
 
-/// Workgroup shapes for this adapter (measured on lavapipe; GPU values are conventional).
-struct Launch {
+/// W8A8's workgroup shapes on one class of adapter (a column of `kernels::launch`'s table).
+/// On CPU adapters one thread runs a whole workgroup: a single SIMD batch of 8 lanes quantizes
+/// a row fastest (3x faster than 64 lanes), and a GEMM workgroup of 32 rows reuses its weight
+/// columns (in cache) over many rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Tiles {
     /// Lanes per row in `quantize`.
-    quantize_wg: usize,
+    pub quantize_wg: usize,
     /// Lanes in `gemm`; each covers TN output channels.
-    gemm_wg: usize,
+    pub gemm_wg: usize,
     /// Activation rows one `gemm` workgroup covers.
-    rows_per_wg: usize,
+    pub rows_per_wg: usize,
     /// `gemm_workgroup`'s int8 tiles for many rows, few rows (up to 64): (BM, BN, RM, RN).
-    tiles: Option<[(u32, u32, u32, u32); 2]>,
+    pub tiles: Option<[(u32, u32, u32, u32); 2]>,
+}
+
+impl Tiles {
+    /// The GPU rows: the float GEMM's workgroup tiles (`kernels::launch`), on int8 words.
+    pub const GPU: Tiles = Tiles { quantize_wg: 64, gemm_wg: 64, rows_per_wg: TM, tiles: Some([(64, 64, 4, 4), (16, 64, 2, 4)]) };
 }
 
 /// Code words of K one `gemm_workgroup` stage holds (64 codes).
 const STAGE_WORDS: u32 = 16;
 
-fn launch(gpu: &Gpu) -> Launch {
-    match gpu.class {
-        // One CPU thread runs a whole workgroup: a single SIMD batch quantizes a row fastest
-        // (3x faster than 64 lanes), and a GEMM workgroup reuses its weight columns (in cache)
-        // over many rows.
-        AdapterClass::Cpu => Launch { quantize_wg: 8, gemm_wg: 64, rows_per_wg: 32, tiles: None },
-        // The tiles of the float GEMM's GPU rows (kernels::tuning), on int8 words.
-        AdapterClass::Discrete | AdapterClass::Integrated => {
-            Launch { quantize_wg: 64, gemm_wg: 64, rows_per_wg: TM, tiles: Some([(64, 64, 4, 4), (16, 64, 2, 4)]) }
-        }
-    }
+fn launch(gpu: &Gpu) -> Tiles {
+    launch::for_class(gpu.class).w8a8
 }
 
 /// `out [M, N] = dequant(xq · Wᵀ) + bias` (then GELU if the layer has it).
@@ -221,55 +209,34 @@ pub fn w8a8_linear(gpu: &Gpu, enc: &mut Encoder, layer: &W8A8Linear, xq: &Quanti
     if gemv {
         defines.push("GEMV");
     }
-    let Launch { gemm_wg: wg, rows_per_wg, tiles, .. } = launch(gpu);
-    if let (Some([large, small]), false) = (tiles, gemv) {
-        return gemm_workgroup(gpu, enc, layer, xq, out, &defines, if m <= 64 { small } else { large });
-    }
-    let rows_per_wg = if gemv { rows_per_wg } else { rows_per_wg.div_ceil(TM) * TM };
-    let pipe = gpu.pipeline(&SHADER, "gemm", &defines, &[("WG", wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)])?;
-    for part in &layer.parts {
+    let Tiles { gemm_wg: wg, rows_per_wg, tiles, .. } = launch(gpu);
+    // The kernel, and the output channels × activation rows one workgroup covers.
+    let (pipe, (cols_per_group, rows_per_group)) = match (tiles, gemv) {
+        // GPUs: int8 tiles in workgroup memory.
+        (Some([large, small]), false) => {
+            let (bm, bn, rm, rn) = if m <= 64 { small } else { large };
+            let wg = (bm / rm) * (bn / rn);
+            let consts = [("WG", wg as f64), ("BM", bm as f64), ("BN", bn as f64), ("BKW", STAGE_WORDS as f64), ("RM", rm as f64), ("RN", rn as f64)];
+            (gpu.pipeline(&SHADER, "gemm_workgroup", &defines, &consts)?, (bn as usize, bm as usize))
+        }
+        _ => {
+            let rows_per_wg = if gemv { rows_per_wg } else { rows_per_wg.div_ceil(TM) * TM };
+            let consts = [("WG", wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)];
+            (gpu.pipeline(&SHADER, "gemm", &defines, &consts)?, (wg * TN, rows_per_wg))
+        }
+    };
+    for (part, row_params) in layer.weights.blocks.iter().zip(&layer.row_params) {
         let p = Params {
             rows: m as u32,
-            cols: part.rows as u32,
+            cols: part.rows.len() as u32,
             row_words: xq.row_words as u32,
             out_stride: layer.rows as u32,
-            col_offset: part.first_row as u32,
+            col_offset: part.rows.start as u32,
             w_vecs: layer.w_vecs as u32,
             _pad: [0; 2],
         };
-        let groups = [part.rows.div_ceil(wg * TN) as u32, m.div_ceil(rows_per_wg) as u32, 1];
-        let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &*part.data, &*part.row_params, &*out.buffer];
-        gpu.dispatch(enc, &pipe, params(&p), &buffers, groups)?;
-    }
-    Ok(())
-}
-
-/// The GPU path of `w8a8_linear`: int8 tiles in workgroup memory (`gemm_workgroup`).
-fn gemm_workgroup(
-    gpu: &Gpu,
-    enc: &mut Encoder,
-    layer: &W8A8Linear,
-    xq: &QuantizedActivations,
-    out: &Tensor,
-    defines: &[&str],
-    (bm, bn, rm, rn): (u32, u32, u32, u32),
-) -> Result<()> {
-    let wg = (bm / rm) * (bn / rn);
-    let consts = [("WG", wg as f64), ("BM", bm as f64), ("BN", bn as f64), ("BKW", STAGE_WORDS as f64), ("RM", rm as f64), ("RN", rn as f64)];
-    let pipe = gpu.pipeline(&SHADER, "gemm_workgroup", defines, &consts)?;
-    let m = xq.rows;
-    for part in &layer.parts {
-        let p = Params {
-            rows: m as u32,
-            cols: part.rows as u32,
-            row_words: xq.row_words as u32,
-            out_stride: layer.rows as u32,
-            col_offset: part.first_row as u32,
-            w_vecs: layer.w_vecs as u32,
-            _pad: [0; 2],
-        };
-        let groups = [(part.rows as u32).div_ceil(bn), (m as u32).div_ceil(bm), 1];
-        let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &*part.data, &*part.row_params, &*out.buffer];
+        let groups = [part.rows.len().div_ceil(cols_per_group) as u32, m.div_ceil(rows_per_group) as u32, 1];
+        let buffers = [&*xq.codes.buffer, &*xq.scales.buffer, &part.data, row_params, &*out.buffer];
         gpu.dispatch(enc, &pipe, params(&p), &buffers, groups)?;
     }
     Ok(())
@@ -291,7 +258,7 @@ pub fn w8a8_forward(
 /// CPU references with exactly the kernels' arithmetic.
 pub mod reference {
     use crate::kernels::elementwise::Activation;
-    use crate::quant::formats::PackedMatrix;
+    use crate::formats::PackedMatrix;
     use crate::{shape_err, Result};
 
     /// Per-token quantization: (packed codes [rows, ceil(cols/4)], scales [rows]).

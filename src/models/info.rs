@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::weights::Weights;
-use crate::quant::packed::Description;
-use crate::quant::WeightFormat;
+use crate::models::packed::Description;
+use crate::formats::WeightFormat;
 use crate::{invalid, Error, Result};
 
 /// The model families lowbit loads, told apart by their config files.

@@ -1,20 +1,21 @@
-//! Whole models on top of the kernel library. For now timm's ViT/DeiT classifiers: the hub
-//! config (`config`), safetensors checkpoints (`weights`), the network (`vit`), its small glue
-//! kernels (`glue`) and timm's eval image transform (`preprocess`).
+//! Whole models on top of the graph, each a plain struct built from a checkpoint's weights map
+//! with fields named by its keys: timm's ViT/DeiT classifiers (`vit`, with its hub config and
+//! glue kernels), taming-transformers and LlamaGen VQGANs (`vqgan`), and the autoregressive
+//! prior (`prior`, sampled by `sampling`). Beside them: safetensors checkpoints (`weights`,
+//! lowbit's quantized ones in `packed`), what a folder holds (`info`), and timm's eval image
+//! transform (`preprocess`, `images`).
 
-pub mod config;
-pub mod glue;
 pub mod images;
 pub mod info;
+pub mod packed;
 pub mod preprocess;
 pub mod prior;
 pub mod sampling;
 pub mod vit;
 pub mod vqgan;
-pub mod vqgan_glue;
 pub mod weights;
 
-pub use config::{PreprocessConfig, VitConfig};
+pub use vit::config::{PreprocessConfig, VitConfig};
 pub use info::{detect, ModelKind, WeightSummary};
 pub use preprocess::{load_image, preprocess};
 pub use vit::VisionTransformer;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use image::RgbImage;
 
-use super::config::PreprocessConfig;
+use super::vit::config::PreprocessConfig;
 use crate::{invalid, Error, Result};
 
 /// Reads an image file (PNG or JPEG) as 8-bit RGB.

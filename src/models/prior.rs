@@ -3,11 +3,12 @@
 //!
 //! tok_emb(ids) + pos_emb → n_layer × (x += proj(attn(ln1 x)); x += mlp(ln2 x)) → ln_f → head.
 //!
-//! Every pass runs through per-layer KV caches (`kernels::attention::kv_cache`): the full
-//! forward is a prefill of all its tokens from position 0, and decoding appends one token per
-//! step. A step records the same dispatches with the same shapes at every position (the
-//! position is a GPU-side word), in one submission, and reads back only the new logits.
-//! q, k and v run as one fused Linear (weights stacked q|k|v).
+//! Every pass is a graph over per-layer KV caches kept between runs (`Graph::external`): the
+//! full forward is a prefill of all its tokens from position 0, and decoding appends one token
+//! per step. A step is one planned graph run again and again: the same dispatches, bind groups
+//! and uniform buffers at every position (the position is a GPU-side word), one submission,
+//! and only the new logits read back. q, k and v run as one fused Linear (weights stacked
+//! q|k|v).
 //!
 //! Conditioning as taming's class-conditional `Net2NetTransformer`: class c is token id c, the
 //! sequence is [c, z_0, …, z_{n−1}], and the logits at position i predict z_i.
@@ -19,14 +20,13 @@ pub use config::PriorConfig;
 use std::path::{Path, PathBuf};
 
 use super::weights::Weights;
-use crate::graph::Norm;
+use crate::graph::{Graph, Linear, NodeTime, Norm, Plan};
 use crate::gpu::{DType, Tensor};
-use crate::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, KvCache, Position};
-use crate::kernels::elementwise::{add_inplace, Activation};
-use crate::kernels::matmul::{linear, QLinear};
-use crate::kernels::norm::layer_norm;
-use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{invalid, shape_err, Encoder, Gpu, Result};
+use crate::kernels::attention::kv_cache::{KvCache, Position};
+use crate::kernels::elementwise::Activation;
+use crate::kernels::matmul::QLinear;
+use crate::formats::{PackedMatrix, WeightFormat};
+use crate::{invalid, shape_err, Gpu, Result};
 
 /// `nn.LayerNorm`'s default epsilon, which minGPT keeps.
 const LN_EPS: f32 = 1e-5;
@@ -34,11 +34,11 @@ const LN_EPS: f32 = 1e-5;
 struct Block {
     ln1: Norm,
     /// query, key, value stacked: 3E outputs in the q|k|v order the KV kernels read.
-    qkv: QLinear,
-    proj: QLinear,
+    qkv: Linear,
+    proj: Linear,
     ln2: Norm,
-    fc1: QLinear,
-    fc2: QLinear,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 pub struct Prior {
@@ -51,23 +51,23 @@ pub struct Prior {
     pos_emb: Tensor,
     blocks: Vec<Block>,
     ln_f: Norm,
-    head: QLinear,
+    head: Linear,
 }
 
 /// An `nn.Linear(inp, out)` with bias, packed in `format`.
-fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, format: WeightFormat) -> Result<QLinear> {
+fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, format: WeightFormat) -> Result<Linear> {
     let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
-    QLinear::new(gpu, &packed, Some(w.get(&format!("{prefix}.bias"), &[out])?))
+    Ok(QLinear::new(gpu, &packed, Some(w.get(&format!("{prefix}.bias"), &[out])?))?.into())
 }
 
 /// query, key and value of one attention layer as a single [3E, E] Linear.
-fn load_qkv(gpu: &Gpu, w: &Weights, prefix: &str, e: usize, format: WeightFormat) -> Result<QLinear> {
+fn load_qkv(gpu: &Gpu, w: &Weights, prefix: &str, e: usize, format: WeightFormat) -> Result<Linear> {
     let (mut parts, mut bias) = (Vec::with_capacity(3), Vec::with_capacity(3 * e));
     for part in ["query", "key", "value"] {
         parts.push(w.matrix(&format!("{prefix}.{part}.weight"), &[e, e], format)?);
         bias.extend_from_slice(w.get(&format!("{prefix}.{part}.bias"), &[e])?);
     }
-    QLinear::new(gpu, &PackedMatrix::concat_rows(&parts)?, Some(&bias))
+    Ok(QLinear::new(gpu, &PackedMatrix::concat_rows(&parts)?, Some(&bias))?.into())
 }
 
 impl Prior {
@@ -82,10 +82,10 @@ impl Prior {
         for i in 0..c.n_layer {
             let b = format!("blocks.{i}");
             blocks.push(Block {
-                ln1: Norm::load(gpu, w, &format!("{b}.ln1"), e)?,
+                ln1: w.norm(gpu, &format!("{b}.ln1"), e)?,
                 qkv: load_qkv(gpu, w, &format!("{b}.attn"), e, format)?,
                 proj: load_linear(gpu, w, &format!("{b}.attn.proj"), e, e, format)?,
-                ln2: Norm::load(gpu, w, &format!("{b}.ln2"), e)?,
+                ln2: w.norm(gpu, &format!("{b}.ln2"), e)?,
                 fc1: load_linear(gpu, w, &format!("{b}.mlp.0"), 4 * e, e, format)?,
                 fc2: load_linear(gpu, w, &format!("{b}.mlp.2"), e, 4 * e, format)?,
             });
@@ -93,8 +93,8 @@ impl Prior {
         if w.contains(&format!("blocks.{}.ln1.weight", c.n_layer)) {
             invalid!("checkpoint {} has more than the configured {} layers", w.source, c.n_layer);
         }
-        let ln_f = Norm::load(gpu, w, "ln_f", e)?;
-        let head = QLinear::new(gpu, &w.matrix("head.weight", &[v, e], format)?, None)?;
+        let ln_f = w.norm(gpu, "ln_f", e)?;
+        let head = QLinear::new(gpu, &w.matrix("head.weight", &[v, e], format)?, None)?.into();
         if w.contains("head.bias") {
             invalid!("checkpoint {}: head.bias present, but minGPT's head has no bias", w.source);
         }
@@ -118,9 +118,9 @@ impl Prior {
     pub fn forward(&self, gpu: &Gpu, ids: &[u32], shape: [usize; 2]) -> Result<Tensor> {
         let [batch, tokens] = shape;
         let mut session = self.session(gpu, batch)?;
-        let pass = session.check_and_pass(gpu, ids, tokens)?;
+        let pass = session.check_and_plan(gpu, ids, tokens)?;
         session.run(gpu, &pass, ids)?;
-        Ok(pass.logits)
+        Ok(pass.outputs().remove(0))
     }
 
     /// An empty decoding session for `batch` sequences of up to `block_size` tokens.
@@ -136,58 +136,34 @@ impl Prior {
             invalid!("prior: {batch} sequences at once is over this adapter's buffer limit; at most {most}");
         }
         let caches = (0..c.n_layer).map(|_| KvCache::new(gpu, batch, c.n_head, c.head_dim(), c.block_size)).collect::<Result<_>>()?;
-        Ok(PriorSession { prior: self, batch, caches, position: Position::new(gpu)?, step_pass: None })
+        Ok(PriorSession { prior: self, batch, caches, position: Position::new(gpu)?, step_plan: None })
     }
 
-    /// Records one pass over the new tokens of `pass` (ids already written) at the session's
-    /// position: embeddings, every block (appending to its cache), ln_f and head.
-    fn record(&self, gpu: &Gpu, enc: &mut Encoder, pass: &Pass, caches: &[KvCache], pos: &Position) -> Result<()> {
-        embed_at(gpu, enc, &pass.ids, &self.tok_emb, &self.pos_emb, pos, &pass.x)?;
-        for (blk, cache) in self.blocks.iter().zip(caches) {
-            layer_norm(gpu, enc, &pass.x, &blk.ln1.weight, &blk.ln1.bias, LN_EPS, &pass.normed)?;
-            linear(gpu, enc, &blk.qkv, &pass.normed, &pass.qkv, None)?;
-            kv_append(gpu, enc, &pass.qkv, cache, pos)?;
-            kv_attend(gpu, enc, &pass.qkv, cache, pos, &pass.heads)?;
-            linear(gpu, enc, &blk.proj, &pass.heads, &pass.branch, None)?;
-            add_inplace(gpu, enc, &pass.x, &pass.branch)?;
-            layer_norm(gpu, enc, &pass.x, &blk.ln2.weight, &blk.ln2.bias, LN_EPS, &pass.normed)?;
-            linear(gpu, enc, &blk.fc1, &pass.normed, &pass.hidden, Some(Activation::Gelu))?;
-            linear(gpu, enc, &blk.fc2, &pass.hidden, &pass.branch, None)?;
-            add_inplace(gpu, enc, &pass.x, &pass.branch)?;
+    /// The graph of one pass over `tokens` new tokens of `batch` sequences at `pos`: ids
+    /// [B, T] u32 in, embeddings, every block (appending to its cache), ln_f, head, logits
+    /// [B, T, V] out.
+    pub fn graph(&self, batch: usize, tokens: usize, caches: &[KvCache], pos: &Position) -> Result<Graph> {
+        let mut g = Graph::new();
+        let ids = g.input(&[batch, tokens], DType::U32);
+        let mut x = g.embed_at("embed", ids, &self.tok_emb, &self.pos_emb, pos)?;
+        for (i, (blk, cache)) in self.blocks.iter().zip(caches).enumerate() {
+            let name = |n: &str| format!("blocks.{i}.{n}");
+            let h = g.layer_norm(&name("ln1"), x, &blk.ln1, LN_EPS)?;
+            let qkv = g.linear(&name("attn.qkv"), &blk.qkv, h, None)?;
+            let state = g.kv_cache(cache);
+            let state = g.kv_append(&name("attn.kv_append"), state, qkv, cache, pos)?;
+            let heads = g.kv_attend(&name("attn"), qkv, state, cache, pos)?;
+            let branch = g.linear(&name("attn.proj"), &blk.proj, heads, None)?;
+            x = g.add(&name("attn.residual"), x, branch)?;
+            let h = g.layer_norm(&name("ln2"), x, &blk.ln2, LN_EPS)?;
+            let h = g.linear(&name("mlp.0"), &blk.fc1, h, Some(Activation::Gelu))?;
+            let branch = g.linear(&name("mlp.2"), &blk.fc2, h, None)?;
+            x = g.add(&name("mlp.residual"), x, branch)?;
         }
-        layer_norm(gpu, enc, &pass.x, &self.ln_f.weight, &self.ln_f.bias, LN_EPS, &pass.normed)?;
-        linear(gpu, enc, &self.head, &pass.normed, &pass.logits, None)
-    }
-}
-
-/// Activations of one pass over T new tokens per sequence.
-struct Pass {
-    tokens: usize,
-    ids: Tensor,
-    x: Tensor,
-    normed: Tensor,
-    qkv: Tensor,
-    heads: Tensor,
-    branch: Tensor,
-    hidden: Tensor,
-    logits: Tensor,
-}
-
-impl Pass {
-    fn new(gpu: &Gpu, c: &PriorConfig, batch: usize, tokens: usize) -> Result<Pass> {
-        let (b, t, e) = (batch, tokens, c.n_embd);
-        let f32s = |w: usize| Tensor::zeros(gpu, &[b, t, w], DType::F32);
-        Ok(Pass {
-            tokens,
-            ids: Tensor::zeros(gpu, &[b, t], DType::U32)?,
-            x: f32s(e)?,
-            normed: f32s(e)?,
-            qkv: f32s(3 * e)?,
-            heads: f32s(e)?,
-            branch: f32s(e)?,
-            hidden: f32s(4 * e)?,
-            logits: f32s(c.vocab_size)?,
-        })
+        let h = g.layer_norm("ln_f", x, &self.ln_f, LN_EPS)?;
+        let logits = g.linear("head", &self.head, h, None)?;
+        g.output(logits);
+        Ok(g)
     }
 }
 
@@ -197,8 +173,8 @@ pub struct PriorSession<'a> {
     batch: usize,
     caches: Vec<KvCache>,
     position: Position,
-    /// The single-token pass, made on the first step and reused by every later one.
-    step_pass: Option<Pass>,
+    /// The single-token pass, planned on the first step and run by every later one.
+    step_plan: Option<Plan>,
 }
 
 impl PriorSession<'_> {
@@ -226,9 +202,9 @@ impl PriorSession<'_> {
         if tokens == 1 {
             return self.step_async(gpu, ids).await;
         }
-        let pass = self.check_and_pass(gpu, ids, tokens)?;
+        let pass = self.check_and_plan(gpu, ids, tokens)?;
         self.run(gpu, &pass, ids)?;
-        self.last_logits(gpu, &pass).await
+        self.last_logits(gpu, &pass, tokens).await
     }
 
     /// Appends one id per sequence (`ids` [B]) and returns the next-token logits [B, V].
@@ -238,15 +214,15 @@ impl PriorSession<'_> {
 
     /// `step` without blocking on the logits' readback (the browser's way).
     pub async fn step_async(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Vec<f32>> {
-        let pass = match self.step_pass.take() {
+        let pass = match self.step_plan.take() {
             Some(p) => p,
-            None => self.check_and_pass(gpu, ids, 1)?,
+            None => self.check_and_plan(gpu, ids, 1)?,
         };
         let result = match self.check(ids, 1).and_then(|()| self.run(gpu, &pass, ids)) {
-            Ok(()) => self.last_logits(gpu, &pass).await,
+            Ok(()) => self.last_logits(gpu, &pass, 1).await,
             Err(e) => Err(e),
         };
-        self.step_pass = Some(pass);
+        self.step_plan = Some(pass);
         result
     }
 
@@ -264,25 +240,49 @@ impl PriorSession<'_> {
         Ok(())
     }
 
-    fn check_and_pass(&self, gpu: &Gpu, ids: &[u32], tokens: usize) -> Result<Pass> {
+    fn check_and_plan(&self, gpu: &Gpu, ids: &[u32], tokens: usize) -> Result<Plan> {
         self.check(ids, tokens)?;
-        Pass::new(gpu, &self.prior.config, self.batch, tokens)
+        self.plan(gpu, tokens)
     }
 
-    /// Writes the ids, records and submits one pass at the current position, then advances it.
-    fn run(&mut self, gpu: &Gpu, pass: &Pass, ids: &[u32]) -> Result<()> {
-        gpu.queue.write_buffer(&pass.ids.buffer, 0, bytemuck::cast_slice(ids));
-        let mut enc = gpu.encoder();
-        self.prior.record(gpu, &mut enc, pass, &self.caches, &self.position)?;
-        gpu.submit(enc)?;
-        let next = self.position.get() + pass.tokens;
+    /// The planned pass over `tokens` new tokens per sequence of this session.
+    pub fn plan(&self, gpu: &Gpu, tokens: usize) -> Result<Plan> {
+        Plan::new(gpu, self.prior.graph(self.batch, tokens, &self.caches, &self.position)?)
+    }
+
+    /// Writes the ids, runs one pass at the current position, then advances it.
+    fn run(&mut self, gpu: &Gpu, pass: &Plan, ids: &[u32]) -> Result<()> {
+        pass.set_input(gpu, 0, ids)?;
+        pass.run(gpu)?;
+        let tokens = ids.len() / self.batch;
         // Takes effect for the next submission, after this pass has read the old value.
-        self.position.set(gpu, next)
+        self.position.set(gpu, self.position.get() + tokens)
     }
 
-    async fn last_logits(&self, gpu: &Gpu, pass: &Pass) -> Result<Vec<f32>> {
+    /// Each sequence's logits after its last new token, [B, V].
+    async fn last_logits(&self, gpu: &Gpu, pass: &Plan, tokens: usize) -> Result<Vec<f32>> {
         let v = self.prior.config.vocab_size;
-        let all = pass.logits.to_vec_f32_async(gpu).await?;
-        Ok(all.chunks(pass.tokens * v).flat_map(|seq| seq[(pass.tokens - 1) * v..].to_vec()).collect())
+        let all = pass.outputs()[0].to_vec_f32_async(gpu).await?;
+        Ok(all.chunks(tokens * v).flat_map(|seq| seq[(tokens - 1) * v..].to_vec()).collect())
+    }
+
+    /// Dispatches one decode step records.
+    pub fn step_dispatches(&mut self, gpu: &Gpu) -> Result<u32> {
+        if self.step_plan.is_none() {
+            self.step_plan = Some(self.plan(gpu, 1)?);
+        }
+        let mut enc = gpu.encoder();
+        self.step_plan.as_ref().unwrap().record(gpu, &mut enc)?;
+        Ok(enc.dispatches())
+    }
+
+    /// Per-node GPU times of one pass over `tokens` new tokens (ids 0) at the current position;
+    /// the position does not move, so the caches keep what they held.
+    pub fn profile(&self, gpu: &Gpu, tokens: usize) -> Result<Vec<NodeTime>> {
+        if self.len() + tokens > self.prior.config.block_size {
+            invalid!("prior: {tokens} tokens at position {} exceed block_size {}", self.len(), self.prior.config.block_size);
+        }
+        let pass = self.plan(gpu, tokens)?;
+        Ok(pass.profile(gpu)?.1)
     }
 }

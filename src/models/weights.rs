@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::quant::{PackedMatrix, WeightFormat};
-use crate::{invalid, shape_err, Error, Result};
+use crate::formats::{PackedMatrix, WeightFormat};
+use crate::gpu::Tensor;
+use crate::graph::Norm;
+use crate::{invalid, shape_err, Error, Gpu, Result};
 
 /// One tensor of a checkpoint, in f32.
 #[derive(Clone, Debug)]
@@ -24,13 +26,20 @@ pub struct Weights {
     /// The file name (or any label) errors mention.
     pub source: String,
     pub tensors: HashMap<String, WeightTensor>,
-    /// u32 tensors: the words of matrices packed by `lowbit quantize` (see `quant::packed`).
+    /// u32 tensors: the words of matrices packed by `lowbit quantize` (see `models::packed`).
     pub words: HashMap<String, (Vec<usize>, Vec<u32>)>,
     /// The safetensors header's `__metadata__` (`quantization` describes packed matrices).
     pub metadata: HashMap<String, String>,
 }
 
 impl Weights {
+    /// A normalization layer's `{prefix}.weight` and `{prefix}.bias` ([channels] each), on the
+    /// GPU.
+    pub fn norm(&self, gpu: &Gpu, prefix: &str, channels: usize) -> Result<Norm> {
+        let up = |key: &str| Tensor::from_f32(gpu, &[channels], self.get(&format!("{prefix}.{key}"), &[channels])?);
+        Ok(Norm { weight: up("weight")?, bias: up("bias")? })
+    }
+
     pub fn load(path: &Path) -> Result<Weights> {
         let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("checkpoint {}: {e}", path.display())))?;
         Self::from_bytes(&bytes, &path.display().to_string())
@@ -74,11 +83,11 @@ impl Weights {
     pub fn matrix(&self, key: &str, shape: &[usize], format: WeightFormat) -> Result<PackedMatrix> {
         let rows = shape.first().copied().unwrap_or(0);
         let cols: usize = shape.iter().skip(1).product();
-        if let Some(stored) = crate::quant::packed::stored_format(self, key)? {
+        if let Some(stored) = crate::models::packed::stored_format(self, key)? {
             if format != WeightFormat::F32 && format != stored {
                 invalid!("checkpoint {}: {key} is already quantized as {}; it cannot be re-packed as {}", self.source, stored.name(), format.name());
             }
-            return crate::quant::packed::read(self, key, shape);
+            return crate::models::packed::read(self, key, shape);
         }
         PackedMatrix::quantize(self.get(key, shape)?, rows, cols, format).map_err(|e| Error::Invalid(format!("{key}: {e}")))
     }

@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 
-use super::actq::{fit, per_channel, Kind, QuantPoint};
+use super::actq::{fit, per_channel, Kind};
+use crate::models::packed::QuantPoint;
 use super::calibrate::{Calibration, Family, Model};
 use super::repq::{fold_attention_v, fold_layer_norm, repq_map};
 use super::{noisy, smooth};
@@ -239,9 +240,9 @@ fn softmax_sample(qkv: &[f32], shape: &[usize], heads: usize) -> Result<Vec<f32>
 /// A matrix on a 6-bit symmetric grid (codes ±31, one f16 scale per row) stored in the Q8
 /// format: the kernels read it as int8, the file has int8 size. `clip` searches each row's
 /// range as `clip.rs` does.
-pub fn six_bit(w: &[f32], rows: usize, cols: usize, clip: bool) -> Result<crate::quant::PackedMatrix> {
+pub fn six_bit(w: &[f32], rows: usize, cols: usize, clip: bool) -> Result<crate::formats::PackedMatrix> {
     use crate::quant::rtn::{quantize_with, Group};
-    let format = crate::quant::WeightFormat::Q8 { group: None };
+    let format = crate::formats::WeightFormat::Q8 { group: None };
     let code = |v: f32, s: f32| if s > 0.0 { (v / s).round().clamp(-31.0, 31.0) } else { 0.0 };
     let ratios = if clip { crate::quant::clip::ratios(format) } else { vec![1.0] };
     let mut choice = quantize_with(w, rows, cols, format, |vals| {

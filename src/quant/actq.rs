@@ -1,4 +1,5 @@
-//! Static activation quantizers in a checkpoint, and their calibration: given samples of the
+//! Static activation quantizers' calibration (the checkpoint entries are
+//! `models::packed::QuantPoint`s): given samples of the
 //! values one quantizer will see, pick its parameters by minimizing the squared error on them
 //! (the MSE observer of FQ-ViT/RepQ-ViT; PTQ4ViT's Hessian-weighted metric would need
 //! gradients, which lowbit does not compute).
@@ -7,45 +8,8 @@
 //! `attn.proj`, `mlp.fc1` and `mlp.fc2` (the last one post-GELU), and the post-softmax
 //! probabilities inside `attn`.
 
-use serde::{Deserialize, Serialize};
-
 use crate::kernels::act_quant::ActQuantizer;
-use crate::quant::packed::Description;
 use crate::{invalid, Error, Result};
-
-/// The description key holding the list of `QuantPoint`s.
-pub const KEY: &str = "activation_quantizers";
-
-/// What the list means, recorded beside it in the description for people reading the file.
-pub const SCHEMA: &str = "one entry per fake-quantizer: `node` = a block Linear (its input is quantized, after adding \
-the f32 tensor named by `noise` if present) or `blocks.N.attn` (the normalized attention probabilities, before P·V); \
-`kind` = uniform {bits, scale, zero} | log2 {bits, delta} | log_sqrt2 {bits, delta} | adalog {bits, q, r, scale} | \
-sulq {bits, eta, m, delta} | twin {bits, lo, hi, gelu}; formulas in docs/QUANTIZATION.md";
-
-/// One quantizer in the checkpoint: `node` is a block Linear (`blocks.0.attn.qkv`: its input is
-/// quantized) or a block's attention (`blocks.0.attn`: its normalized probabilities are).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QuantPoint {
-    pub node: String,
-    #[serde(flatten)]
-    pub quantizer: ActQuantizer,
-    /// NoisyQuant: the checkpoint tensor [in_features] added to the input before quantizing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub noise: Option<String>,
-}
-
-/// The quantizers a checkpoint's description lists (none for weight-only checkpoints).
-pub fn points(desc: Option<&Description>) -> Result<Vec<QuantPoint>> {
-    let Some(list) = desc.and_then(|d| d.extra.get(KEY)) else { return Ok(Vec::new()) };
-    let points: Vec<QuantPoint> = serde_json::from_value(list.clone()).map_err(|e| Error::Invalid(format!("quantization `{KEY}`: {e}")))?;
-    for p in &points {
-        p.quantizer.validate().map_err(|e| Error::Invalid(format!("quantization `{KEY}` at {}: {e}", p.node)))?;
-        if points.iter().filter(|q| q.node == p.node).count() > 1 {
-            invalid!("quantization `{KEY}`: two quantizers at {}", p.node);
-        }
-    }
-    Ok(points)
-}
 
 /// What kind of quantizer a point gets, before calibration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

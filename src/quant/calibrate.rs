@@ -10,7 +10,7 @@ use super::gptq::Hessian;
 use crate::graph::Plan;
 use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
 use crate::models::{detect, load_image, preprocess, ModelKind, VisionTransformer, VitConfig, Weights, WeightSummary};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::synthetic::Rng;
 use crate::{invalid, Error, Gpu, Result};
 
@@ -455,16 +455,16 @@ impl Progress {
 }
 
 /// `w` with `packed` matrices replacing their f32 tensors, as `lowbit quantize` stores them.
-pub fn with_packed(w: &Weights, packed: &BTreeMap<String, super::PackedMatrix>, shapes: &HashMap<String, Vec<usize>>) -> Result<Weights> {
+pub fn with_packed(w: &Weights, packed: &BTreeMap<String, crate::formats::PackedMatrix>, shapes: &HashMap<String, Vec<usize>>) -> Result<Weights> {
     let mut out = w.clone();
-    let mut desc = super::packed::Description::of(w)?.unwrap_or_default();
+    let mut desc = crate::models::packed::Description::of(w)?.unwrap_or_default();
     for (key, m) in packed {
         out.tensors.remove(key);
-        for (name, shape, words) in super::packed::tensors(key, m) {
+        for (name, shape, words) in crate::models::packed::tensors(key, m) {
             out.words.insert(name, (shape, words));
         }
-        desc.tensors.insert(key.clone(), super::packed::PackedTensor { format: m.format.name(), shape: shapes[key].clone(), extra: Default::default() });
+        desc.tensors.insert(key.clone(), crate::models::packed::PackedTensor { format: m.format.name(), shape: shapes[key].clone(), extra: Default::default() });
     }
-    out.metadata.insert(super::packed::METADATA_KEY.into(), serde_json::to_string(&desc).map_err(|e| Error::Invalid(e.to_string()))?);
+    out.metadata.insert(crate::models::packed::METADATA_KEY.into(), serde_json::to_string(&desc).map_err(|e| Error::Invalid(e.to_string()))?);
     Ok(out)
 }

@@ -4,7 +4,7 @@
 //! they get clipped, and the many small weights get finer steps.
 
 use super::rtn::{group_error, group_params, quantize_with, Choice, Group};
-use super::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::Result;
 
 /// Candidate ratios: 0.20, 0.22, …, 1.0 of the absmax range (8-bit grids on heavy-tailed rows

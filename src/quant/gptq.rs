@@ -12,7 +12,8 @@
 //! columns of the stored row: act-order must not reshuffle which columns share a scale.
 
 use super::rtn::{encode, decode, group_params, Choice, Group};
-use super::{clip, PackedMatrix, WeightFormat};
+use super::clip;
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shape_err, Result};
 
 /// The running sum XᵀX of one layer's inputs (rows of width `dim`).

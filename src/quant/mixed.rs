@@ -17,7 +17,7 @@ use serde_json::json;
 use super::calibrate::{with_packed, Calibration, Layer, Model, Progress};
 use super::gptq::Hessian;
 use super::recipe::{quantize_matrix, Methods};
-use super::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::{invalid, Gpu, Result};
 
 /// Calibration inputs the sensitivities are measured on (the model runs once per layer and

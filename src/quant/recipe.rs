@@ -11,8 +11,9 @@ use super::act_calib::{self, ActMethods};
 use super::actq::Kind;
 use super::calibrate::{Calibration, Family, Layer, Model, Progress};
 use super::gptq::{GptqOptions, Hessian};
-use super::packed::{Description, PackedTensor};
-use super::{clip, gptq, mixed, rtn, PackedMatrix, WeightFormat};
+use crate::models::packed::{Activations, Attention, Description, PackedTensor, Runtime};
+use super::{clip, gptq, mixed, rtn};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, Error, Gpu, Result};
 
 /// What a recipe asks for.
@@ -284,17 +285,21 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
     let activations = match (&recipe, static_act) {
-        (_, Some((_, ab))) => format!("simulated {ab}-bit static per-tensor (fake-quantized in f32 at the `{}` points)", super::actq::KEY),
-        (Recipe::Activations { .. }, None) => crate::models::vit::INT8_ACTIVATIONS.to_string(),
+        (_, Some((_, ab))) => format!("simulated {ab}-bit static per-tensor (fake-quantized in f32 at the `{}` points)", crate::models::packed::ACT_QUANT_KEY),
+        (Recipe::Activations { .. }, None) => "int8 per-token dynamic (W8A8 kernel)".to_string(),
         _ => "f32 (weight-only)".to_string(),
     };
     desc.extra.insert("activations".into(), json!(activations));
     if matches!((&recipe, static_act), (Recipe::Activations { .. }, None)) {
-        desc.extra.insert("attention".into(), json!(crate::models::vit::SAGE_ATTENTION));
+        desc.runtime = Some(Runtime { activations: Activations::Int8PerToken, attention: Attention::SageInt8 });
+        desc.extra.insert(
+            "attention".into(),
+            json!("SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it"),
+        );
     }
     if static_act.is_some() {
-        desc.extra.insert(super::actq::KEY.into(), json!(act_points));
-        desc.extra.insert(format!("{}_schema", super::actq::KEY), json!(super::actq::SCHEMA));
+        desc.extra.insert(crate::models::packed::ACT_QUANT_KEY.into(), json!(act_points));
+        desc.extra.insert(format!("{}_schema", crate::models::packed::ACT_QUANT_KEY), json!(crate::models::packed::ACT_QUANT_SCHEMA));
     }
     if let Some((6, _)) = static_act {
         desc.extra.insert("weight_storage".into(), json!("block Linears: 6-bit codes (±31) stored in q8 words, so the file has int8 size"));
@@ -331,7 +336,7 @@ fn write_folder(model: &Model, packed: &[(String, PackedMatrix)], floats: &[(Str
     let io = |e: std::io::Error, what: &Path| Error::Invalid(format!("{}: {e}", what.display()));
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| io(e, &tmp))?;
-        super::packed::save(&tmp.join("model.safetensors"), floats, packed, desc)?;
+        crate::models::packed::save(&tmp.join("model.safetensors"), floats, packed, desc)?;
         let config_name = model.config_path.file_name().unwrap();
         std::fs::copy(&model.config_path, tmp.join(config_name)).map_err(|e| io(e, &model.config_path))?;
         let text = serde_json::to_string_pretty(desc).map_err(|e| Error::Invalid(e.to_string()))?;

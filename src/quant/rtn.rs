@@ -5,8 +5,8 @@
 
 use half::f16;
 
-use super::formats::{fp4_decode, fp4_encode};
-use super::{PackedMatrix, WeightFormat};
+use crate::formats::{fp4_decode, fp4_encode};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, Result};
 
 /// The parameters of one scale group.

@@ -24,7 +24,7 @@ use crate::models::prior::{Prior, PriorConfig};
 use crate::models::sampling::generate_classes_async;
 use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
 use crate::models::{load_image, preprocess, VisionTransformer, VitConfig, WeightSummary, Weights};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::Gpu;
 
 /// The photograph's center crop side for the round trip: photo-vqgan decodes 128² in well under
@@ -321,8 +321,8 @@ impl Engine {
         for (key, format) in layers.iter().filter(|(_, f)| *f != WeightFormat::F32) {
             let t = w.tensors.get(key).with_context(|| format!("digits-vit has no matrix {key}"))?;
             let (rows, cols) = (t.shape[0], t.shape[1..].iter().product());
-            let packed = crate::quant::PackedMatrix::quantize(&t.data, rows, cols, *format).with_context(|| format!("{key} as {}", format.name()))?;
-            crate::quant::packed::insert(&mut w, key, &packed, "rtn (viewer)")?;
+            let packed = crate::formats::PackedMatrix::quantize(&t.data, rows, cols, *format).with_context(|| format!("{key} as {}", format.name()))?;
+            crate::models::packed::insert(&mut w, key, &packed, "rtn (viewer)")?;
         }
         Ok((config, w))
     }

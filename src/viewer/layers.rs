@@ -5,7 +5,7 @@
 use eframe::egui;
 
 use super::engine::{Engine, Recipe};
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 
 /// The formats a layer can take here (round to nearest from the f32 weights).
 const CHOICES: [&str; 6] = ["f32", "q8", "q4g32", "q4g128", "fp4", "ternary"];

@@ -5,7 +5,10 @@
 //! The start position lives in a one-word GPU buffer (`Position`) that the kernels read, so a
 //! decoding step records the same dispatches with the same parameters at every position.
 
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::gpu::{DType, Shader, Tensor};
 use crate::kernels::{params, BenchCase, BenchSize};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
@@ -17,29 +20,34 @@ pub const MAX_CAPACITY: usize = 1024;
 
 /// The start position of the tokens the next recorded calls process, on the GPU. `set` writes
 /// it through the queue, so it takes effect for the next submission.
+/// Clones share the position (a planned graph's nodes hold clones; the session moves it).
+#[derive(Clone)]
 pub struct Position {
     buffer: wgpu::Buffer,
-    value: usize,
+    /// The same value on the CPU, for the bounds checks made while recording.
+    value: Arc<AtomicUsize>,
 }
 
 impl Position {
     pub fn new(gpu: &Gpu) -> Result<Position> {
-        Ok(Position { buffer: gpu.upload_u32(&[0], "kv position")?, value: 0 })
+        Ok(Position { buffer: gpu.upload_u32(&[0], "kv position")?, value: Arc::new(AtomicUsize::new(0)) })
     }
 
-    pub fn set(&mut self, gpu: &Gpu, pos: usize) -> Result<()> {
+    pub fn set(&self, gpu: &Gpu, pos: usize) -> Result<()> {
         let word = u32::try_from(pos).map_err(|_| crate::Error::Invalid(format!("position {pos} is too large")))?;
         gpu.queue.write_buffer(&self.buffer, 0, bytemuck::bytes_of(&word));
-        self.value = pos;
+        self.value.store(pos, Ordering::Relaxed);
         Ok(())
     }
 
     pub fn get(&self) -> usize {
-        self.value
+        self.value.load(Ordering::Relaxed)
     }
 }
 
 /// One layer's K and V for `batch` sequences of up to `capacity` positions, [B, H, S, D] each.
+/// Clones share the buffers.
+#[derive(Clone)]
 pub struct KvCache {
     pub batch: usize,
     pub heads: usize,
@@ -146,16 +154,21 @@ pub fn kv_attend_with_lanes(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &
     gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(groups))
 }
 
-/// Lanes of an `attend` workgroup. They score keys, then own channels. On CPU adapters one
-/// SIMD width (8): a workgroup is one thread, and its barrier is nearly free when one
-/// coroutine runs all lanes (measured on lavapipe at 10 sequences × 4 heads × 32 channels ×
-/// 64 keys: 8 lanes 0.55 ms, 16–32 lanes 0.74, 64 lanes 0.87). GPUs: enough lanes to cover
-/// the keys or channels in one round, at most 64.
+/// Lanes of an `attend` workgroup on one class of adapter (a column of `kernels::launch`'s
+/// table): enough to cover the keys or channels in one round, within `min..=max`. The lanes
+/// score keys, then own channels. On CPU adapters one SIMD width (8): a workgroup is one
+/// thread, and its barrier is nearly free when one coroutine runs all lanes (measured on
+/// lavapipe at 10 sequences × 4 heads × 32 channels × 64 keys: 8 lanes 0.55 ms, 16–32 lanes
+/// 0.74, 64 lanes 0.87).
+#[derive(Clone, Copy, Debug)]
+pub struct AttendLanes {
+    pub min: u32,
+    pub max: u32,
+}
+
 fn attend_lanes(gpu: &Gpu, cache: &KvCache) -> u32 {
-    match gpu.class {
-        AdapterClass::Cpu => 8,
-        AdapterClass::Discrete | AdapterClass::Integrated => cache.head_dim.max(cache.capacity).next_power_of_two().clamp(32, 64) as u32,
-    }
+    let AttendLanes { min, max } = crate::kernels::launch::for_class(gpu.class).kv_attend;
+    (cache.head_dim.max(cache.capacity).next_power_of_two() as u32).clamp(min, max)
 }
 
 /// `out[b, t] = tok_emb[ids[b, t]] + pos_emb[pos + t]`: `ids` u32 [B, T] (checked by the
@@ -255,7 +268,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let mut cases = Vec::new();
     for &(b, h, d, s) in shapes {
         let cache = KvCache::new(gpu, b, h, d, s)?;
-        let mut pos = Position::new(gpu)?;
+        let pos = Position::new(gpu)?;
         pos.set(gpu, s - 1)?;
         let qkv = Tensor::from_f32(gpu, &[b, 1, 3 * h * d], &crate::synthetic::uniform(b * 3 * h * d, 1, 1.0))?;
         let out = Tensor::zeros(gpu, &[b, 1, h * d], DType::F32)?;

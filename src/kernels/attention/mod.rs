@@ -23,7 +23,7 @@ pub use reference::{attention_quantized_reference, attention_reference, realisti
 
 use super::act_quant::{ActQuantizer, AqParams};
 use super::params;
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use crate::gpu::{DType, Shader, Tensor};
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
 const SHADER: Shader = shader!("attention");
@@ -172,8 +172,8 @@ fn size_defines(head_dim: usize) -> Vec<&'static str> {
     if d4 == capacity { vec![define, "EXACT"] } else { vec![define] }
 }
 
-/// How queries map onto invocations. `for_gpu` picks it per adapter class; it is public so
-/// tests can run the GPU-class mapping on lavapipe too.
+/// How queries map onto invocations (a column of `kernels::launch`'s table); public so tests
+/// can run every mapping on lavapipe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Invocations per workgroup.
@@ -185,13 +185,10 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// This adapter's row of `kernels::launch`'s table. On CPU adapters a workgroup is one
+    /// thread looping over its lanes 8 at a time: small, wide groups keep every core busy.
     pub fn for_gpu(gpu: &Gpu) -> Self {
-        match gpu.class {
-            // A workgroup is one thread looping over its lanes 8 at a time: small groups keep
-            // every core busy.
-            AdapterClass::Cpu => Layout { workgroup: 8, wide: true },
-            AdapterClass::Discrete | AdapterClass::Integrated => Layout { workgroup: 64, wide: false },
-        }
+        crate::kernels::launch::for_class(gpu.class).attention
     }
 
     /// Queries per invocation: the shader's QL for these defines.

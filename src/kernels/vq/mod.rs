@@ -15,8 +15,8 @@ pub mod reference;
 pub use lookup::{check_gather, lfq_decode, IdCheck};
 pub use reference::{check_ids, TokenId};
 
-use super::{params, BenchCase, BenchSize};
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
+use super::{launch, params, BenchCase, BenchSize};
+use crate::gpu::{DType, Shader, Tensor};
 use wgpu::util::DeviceExt;
 
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
@@ -51,9 +51,10 @@ pub enum CodeLayout {
 }
 
 impl CodeLayout {
-    /// Uniform blocks on CPU rasterizers (when a code fits one block), storage elsewhere.
+    /// Uniform blocks where the launch table asks for them (CPU rasterizers) and a code fits
+    /// one block, storage elsewhere.
     pub fn preferred(gpu: &Gpu, d: usize) -> Self {
-        if gpu.class == AdapterClass::Cpu && Self::uniform_fits(gpu, d) {
+        if launch::for_class(gpu.class).vq.uniform_codes && Self::uniform_fits(gpu, d) {
             CodeLayout::Uniform
         } else {
             CodeLayout::Storage
@@ -259,11 +260,10 @@ impl Codebook {
     /// that its partial result is cheap next to its scan. Uniform blocks are one dispatch
     /// each, so they get small workgroups and are split on their own.
     fn plan(&self, gpu: &Gpu, n: usize) -> Result<Plan> {
-        let (lanes, target_groups, min_split, span): (usize, usize, usize, usize) = match (self.layout, gpu.class) {
-            (CodeLayout::Uniform, _) => (16, 16, 16, self.chunks[0].len),
-            (CodeLayout::Storage, AdapterClass::Cpu) => (64, 64, 256, self.k),
-            (CodeLayout::Storage, AdapterClass::Discrete) => (64, 2048, 64, self.k),
-            (CodeLayout::Storage, AdapterClass::Integrated) => (64, 256, 128, self.k),
+        let row = launch::for_class(gpu.class).vq;
+        let (lanes, target_groups, min_split, span) = match self.layout {
+            CodeLayout::Uniform => (16, 16, 16, self.chunks[0].len),
+            CodeLayout::Storage => (row.lanes, row.target_groups, row.min_split, self.k),
         };
         let tiles = n.div_ceil(lanes * LANE_VECTORS);
         let wanted = target_groups.div_ceil(tiles).max(1);
@@ -286,6 +286,19 @@ impl Codebook {
         }
         Ok(Plan { lanes, per_split, splits, slots })
     }
+}
+
+/// How a codebook search on storage buffers is divided on one class of adapter (a column of
+/// `kernels::launch`'s table): `lanes` per workgroup, enough (vector tile × code split)
+/// workgroups per dispatch (`target_groups`) to keep every core or compute unit busy, each
+/// split at least `min_split` codes so its partial result is cheap next to its scan.
+/// `uniform_codes`: 64 KiB uniform blocks when a code fits (`CodeLayout::Uniform`).
+#[derive(Clone, Copy, Debug)]
+pub struct SearchSplit {
+    pub uniform_codes: bool,
+    pub lanes: usize,
+    pub target_groups: usize,
+    pub min_split: usize,
 }
 
 struct Plan {
@@ -346,7 +359,7 @@ impl FactorizedCodebook {
     }
 }
 
-/// The benchmark: 256 vectors × 16384 codes × 256 dims, L2 and cosine.
+/// The benchmark: 256 vectors × 16384 codes × 256 dims, L2 and cosine.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let (n, k, d) = if size == BenchSize::Full { (256, 16384, 256) } else { (67, 1000, 24) };
     let codes = crate::synthetic::uniform(k * d, 1, 1.0);

@@ -2,13 +2,13 @@
 //! model.py`): loading them from checkpoint keys, and writing them as graph ops.
 
 use crate::gpu::DType;
-use crate::graph::{Graph, Norm, Value};
+use crate::graph::{Graph, Linear, Norm, Value};
 use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::{Conv2d, Padding};
 use crate::kernels::matmul::QLinear;
-use crate::models::vqgan_glue::tokens_to_nchw;
+use super::glue::tokens_to_nchw;
 use crate::models::weights::Weights;
-use crate::quant::{PackedMatrix, WeightFormat};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, Gpu, Result};
 
 /// taming's `Normalize`: GroupNorm(32 groups, eps 1e-6).
@@ -31,7 +31,7 @@ pub(super) struct AttnBlock {
     norm: Norm,
     /// q, k, v stacked as one 1×1 conv with 3C outputs.
     qkv: Conv2d,
-    proj_out: QLinear,
+    proj_out: Linear,
 }
 
 /// Where the checkpoint keeps each block: taming's names, or LlamaGen's (which renamed the
@@ -80,7 +80,7 @@ pub(super) struct Loader<'a> {
 
 impl Loader<'_> {
     pub fn norm(&self, prefix: &str, c: usize) -> Result<Norm> {
-        Norm::load(self.gpu, self.w, prefix, c)
+        self.w.norm(self.gpu, prefix, c)
     }
 
     /// An `nn.Conv2d(cin, cout, k, padding=k/2)` with bias.
@@ -120,7 +120,7 @@ impl Loader<'_> {
             name: prefix.to_string(),
             norm: self.norm(&format!("{prefix}.norm"), c)?,
             qkv,
-            proj_out: QLinear::new(self.gpu, &proj, Some(self.w.get(&format!("{prefix}.proj_out.bias"), &[c])?))?,
+            proj_out: QLinear::new(self.gpu, &proj, Some(self.w.get(&format!("{prefix}.proj_out.bias"), &[c])?))?.into(),
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::graph::{Graph, Norm, Plan};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::vq::Codebook;
 use crate::models::weights::Weights;
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::{invalid, Gpu, Result};
 
 struct Level {

@@ -15,7 +15,7 @@ use crate::graph::{Graph, Norm, Plan};
 use crate::kernels::conv::{Conv2d, Padding};
 use crate::kernels::vq::Codebook;
 use crate::models::weights::Weights;
-use crate::quant::WeightFormat;
+use crate::formats::WeightFormat;
 use crate::{invalid, shape_err, Gpu, Result};
 
 struct Level {

@@ -7,6 +7,7 @@ mod blocks;
 mod config;
 mod decoder;
 mod encoder;
+pub mod glue;
 mod tokens;
 
 pub use blocks::Flavor;

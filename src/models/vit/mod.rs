@@ -5,33 +5,34 @@
 //! → norm (on the class token only: LayerNorm is per token, so this equals timm's norm of
 //! every token followed by `global_pool='token'`) → head.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
 use std::sync::Arc;
 
-use super::config::VitConfig;
-use super::glue::{embed_tokens, layer_scale_add, take_token};
+pub mod config;
+pub mod glue;
+
+use config::VitConfig;
+use glue::{embed_tokens, layer_scale_add, take_token};
 use super::weights::Weights;
 use crate::gpu::{DType, Tensor};
-use crate::graph::{Graph, Norm, Plan, Value};
+use super::preprocess::{load_image, preprocess};
+use crate::graph::{Graph, Linear, NodeTime, Norm, Plan, Value};
 use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::matmul::QLinear;
 use crate::kernels::w8a8::W8A8Linear;
 use crate::kernels::act_quant::ActQuantizer;
-use crate::quant::actq::QuantPoint;
-use crate::quant::WeightFormat;
-use crate::{invalid, shape_err, Gpu, Result};
+use crate::models::packed::{Activations, Attention, Description, QuantPoint, Runtime};
+use crate::formats::WeightFormat;
+use crate::{invalid, shape_err, Error, Gpu, Result};
 
 /// timm's ViT LayerNorm epsilon.
 const LN_EPS: f32 = 1e-6;
 
 /// A block's Linear: f32 activations × packed weights, or int8 × int8 (`--recipe w8a8`).
-enum Linear {
-    Float(QLinear),
-    Int8(Arc<W8A8Linear>),
-}
-
 struct Block {
     norm1: Norm,
     qkv: Linear,
@@ -98,7 +99,7 @@ pub struct VisionTransformer {
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: Norm,
-    head: Option<QLinear>,
+    head: Option<Linear>,
     /// Attention through SageAttention (int8 Q·Kᵀ): checkpoints of `--recipe w8a8`.
     sage: bool,
 }
@@ -115,11 +116,11 @@ fn load_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bia
     QLinear::new(gpu, &packed, bias)
 }
 
-/// A block Linear: through the W8A8 kernel when the checkpoint asks for int8 activations.
+/// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations.
 #[allow(clippy::too_many_arguments)]
-fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool) -> Result<Linear> {
-    if !int8_activations(w)? {
-        return Ok(Linear::Float(load_linear(gpu, w, prefix, out, inp, bias, format)?));
+fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime) -> Result<Linear> {
+    if runtime.activations != Activations::Int8PerToken {
+        return Ok(Linear::Packed(load_linear(gpu, w, prefix, out, inp, bias, format)?));
     }
     let packed = w.matrix(&format!("{prefix}.weight"), &[out, inp], format)?;
     let bias = if bias { Some(w.get(&format!("{prefix}.bias"), &[out])?) } else { None };
@@ -127,32 +128,12 @@ fn load_block_linear(gpu: &Gpu, w: &Weights, prefix: &str, out: usize, inp: usiz
     Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
 }
 
-/// Whether the checkpoint's quantization description sets `key` to `value`.
-fn described(w: &Weights, key: &str, value: &str) -> Result<bool> {
-    let desc = crate::quant::packed::Description::of(w)?;
-    Ok(desc.is_some_and(|d| d.extra.get(key).and_then(|a| a.as_str()) == Some(value)))
-}
-
-/// Whether `lowbit quantize` marked the checkpoint for int8 activations (`--recipe w8a8`).
-fn int8_activations(w: &Weights) -> Result<bool> {
-    described(w, "activations", INT8_ACTIVATIONS)
-}
-
-/// The `activations` value of a W8A8 checkpoint's quantization description.
-pub const INT8_ACTIVATIONS: &str = "int8 per-token dynamic (W8A8 kernel)";
-
-/// The `attention` value of a checkpoint whose attention runs in SageAttention.
-pub const SAGE_ATTENTION: &str = "SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it";
-
-
-/// A block Linear as a graph node.
-fn linear(g: &mut Graph, name: &str, layer: &Linear, x: Value, act: Option<Activation>) -> Result<Value> {
-    match layer {
-        Linear::Float(l) => g.linear(name, l, x, act),
-        // GELU is fused into the int8 layer when it is loaded (fc1).
-        Linear::Int8(l) if l.gelu == act.is_some() => g.w8a8_linear(name, l, x),
-        Linear::Int8(_) => crate::invalid!("{name}: the int8 layer's fused activation does not match {act:?}"),
-    }
+/// What `VisionTransformer::classify` returns for N images.
+pub struct Classified {
+    /// [N, num_classes] row-major (the pooled features when the model has no head).
+    pub logits: Vec<f32>,
+    /// [N, embed_dim]: what the head reads (Fréchet distances between image sets use these).
+    pub features: Vec<f32>,
 }
 
 impl VisionTransformer {
@@ -170,18 +151,19 @@ impl VisionTransformer {
             let gamma = if c.init_values.is_some() { Some(w.get(key, &[d])?) } else { w.get_optional(key, &[d])? };
             gamma.map(|g| Tensor::from_f32(gpu, &[d], g)).transpose()
         };
-        let mut points = crate::quant::actq::points(crate::quant::packed::Description::of(w)?.as_ref())?;
+        let mut points = crate::models::packed::points(Description::of(w)?.as_ref())?;
+        let runtime = Description::runtime_of(w)?;
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
             let b = format!("blocks.{i}");
             blocks.push(Block {
-                norm1: Norm::load(gpu, w, &format!("{b}.norm1"), d)?,
-                qkv: load_block_linear(gpu, w, &format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias, format, false)?,
-                proj: load_block_linear(gpu, w, &format!("{b}.attn.proj"), d, d, true, format, false)?,
+                norm1: w.norm(gpu, &format!("{b}.norm1"), d)?,
+                qkv: load_block_linear(gpu, w, &format!("{b}.attn.qkv"), 3 * d, d, c.qkv_bias, format, false, runtime)?,
+                proj: load_block_linear(gpu, w, &format!("{b}.attn.proj"), d, d, true, format, false, runtime)?,
                 ls1: layer_scale(&format!("{b}.ls1.gamma"))?,
-                norm2: Norm::load(gpu, w, &format!("{b}.norm2"), d)?,
-                fc1: load_block_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format, true)?,
-                fc2: load_block_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format, false)?,
+                norm2: w.norm(gpu, &format!("{b}.norm2"), d)?,
+                fc1: load_block_linear(gpu, w, &format!("{b}.mlp.fc1"), hidden, d, true, format, true, runtime)?,
+                fc2: load_block_linear(gpu, w, &format!("{b}.mlp.fc2"), d, hidden, true, format, false, runtime)?,
                 ls2: layer_scale(&format!("{b}.ls2.gamma"))?,
                 quant: BlockQuant::take(gpu, w, i, &mut points, [d, d, d, hidden])?,
             });
@@ -192,10 +174,10 @@ impl VisionTransformer {
         if w.contains(&format!("blocks.{}.norm1.weight", c.depth)) {
             invalid!("checkpoint {} has more than the configured {} blocks", w.source, c.depth);
         }
-        let norm = Norm::load(gpu, w, "norm", d)?;
-        let head = if c.num_classes > 0 { Some(load_linear(gpu, w, "head", c.num_classes, d, true, format)?) } else { None };
+        let norm = w.norm(gpu, "norm", d)?;
+        let head = if c.num_classes > 0 { Some(load_linear(gpu, w, "head", c.num_classes, d, true, format)?.into()) } else { None };
         // Whether `lowbit quantize` asked for the low-bit attention kernel.
-        let sage = described(w, "attention", SAGE_ATTENTION)?;
+        let sage = runtime.attention == Attention::SageInt8;
         Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head, sage })
     }
 
@@ -224,6 +206,46 @@ impl VisionTransformer {
         }
         let plan = self.plan(gpu, b)?;
         Ok(plan.run_with(gpu, &[images])?.remove(0))
+    }
+
+    /// Logits and pooled features of images read from `paths`, through timm's eval transform
+    /// (`config.preprocess`) and one forward pass over all of them.
+    pub fn classify_files(&self, gpu: &Gpu, paths: &[PathBuf]) -> Result<Classified> {
+        let mut pixels = Vec::new();
+        for path in paths {
+            let image = preprocess(&load_image(path)?, &self.config.preprocess);
+            pixels.extend(image.map_err(|e| Error::Invalid(format!("image {}: {e}", path.display())))?);
+        }
+        Ok(self.run_pixels(gpu, &pixels, paths.len(), false)?.0)
+    }
+
+    /// Logits and pooled features of RGB images (timm's eval transform, then one forward pass).
+    pub fn classify(&self, gpu: &Gpu, images: &[RgbImage]) -> Result<Classified> {
+        Ok(self.run_pixels(gpu, &self.preprocess(images)?, images.len(), false)?.0)
+    }
+
+    /// `classify`, also measuring the GPU time of each node.
+    pub fn classify_profiled(&self, gpu: &Gpu, images: &[RgbImage]) -> Result<(Classified, Vec<NodeTime>)> {
+        self.run_pixels(gpu, &self.preprocess(images)?, images.len(), true)
+    }
+
+    /// timm's eval transform of each image, concatenated: [N, 3, img_size, img_size].
+    pub fn preprocess(&self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let mut pixels = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            pixels.extend(preprocess(img, &self.config.preprocess).map_err(|e| Error::Invalid(format!("image {i}: {e}")))?);
+        }
+        Ok(pixels)
+    }
+
+    fn run_pixels(&self, gpu: &Gpu, pixels: &[f32], n: usize, profile: bool) -> Result<(Classified, Vec<NodeTime>)> {
+        if n == 0 {
+            invalid!("vit: no images to classify");
+        }
+        let plan = Plan::new(gpu, self.graph_with_features(n)?)?;
+        plan.set_input(gpu, 0, pixels)?;
+        let (out, times) = if profile { plan.profile(gpu)? } else { (plan.run(gpu)?, Vec::new()) };
+        Ok((Classified { logits: out[0].to_vec_f32(gpu)?, features: out[1].to_vec_f32(gpu)? }, times))
     }
 
     /// The forward pass for `batch` images, planned: input 0 is the images, output 0 the logits.
@@ -258,20 +280,20 @@ impl VisionTransformer {
             let q = &blk.quant;
             let h = g.layer_norm(&p("norm1"), x, &blk.norm1, LN_EPS)?;
             let h = quantize_input(&mut g, &p("attn.qkv"), h, &q.qkv)?;
-            let qkv = linear(&mut g, &p("attn.qkv"), &blk.qkv, h, None)?;
+            let qkv = g.linear(&p("attn.qkv"), &blk.qkv, h, None)?;
             let heads = match q.softmax {
                 Some(pq) => g.attention_quantized(&p("attn"), qkv, attn, pq)?,
                 None if self.sage => g.sage_attention(&p("attn"), qkv, attn)?,
                 None => g.attention(&p("attn"), qkv, attn)?,
             };
             let heads = quantize_input(&mut g, &p("attn.proj"), heads, &q.proj)?;
-            let h = linear(&mut g, &p("attn.proj"), &blk.proj, heads, None)?;
+            let h = g.linear(&p("attn.proj"), &blk.proj, heads, None)?;
             x = residual(&mut g, &p("ls1"), x, h, blk.ls1.as_ref())?;
             let h = g.layer_norm(&p("norm2"), x, &blk.norm2, LN_EPS)?;
             let h = quantize_input(&mut g, &p("mlp.fc1"), h, &q.fc1)?;
-            let h = linear(&mut g, &p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
+            let h = g.linear(&p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
             let h = quantize_input(&mut g, &p("mlp.fc2"), h, &q.fc2)?;
-            let h = linear(&mut g, &p("mlp.fc2"), &blk.fc2, h, None)?;
+            let h = g.linear(&p("mlp.fc2"), &blk.fc2, h, None)?;
             x = residual(&mut g, &p("ls2"), x, h, blk.ls2.as_ref())?;
         }
         let cls = g.node("cls_token", "take_token", &[x], &[b, d], DType::F32, |gpu, enc, i, out| take_token(gpu, enc, i[0], out));

@@ -6,6 +6,8 @@
 //! numbered row-major over (row, group): scale `i` is the half `i & 1` of word `i >> 1`.
 //! Q4 zero points are 4-bit, eight per word, numbered the same way.
 
+pub mod wgsl;
+
 use half::f16;
 
 use crate::{Error, Result};

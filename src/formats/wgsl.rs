@@ -7,7 +7,7 @@
 //! exactly 2^23 + q, so subtracting `offset` = 2^23 + (the code's zero) gives q − zero in one
 //! subtraction (for Q4 with zero points the group's zero is added to the offset at run time).
 
-use super::formats::WeightFormat;
+use super::WeightFormat;
 
 /// How a family's words decode; see `shaders/decode.wgsl` for the code that reads each field.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,7 +86,7 @@ impl GpuDecode {
     /// The WGSL constants `shaders/decode.wgsl` expects, for `#include format`.
     pub fn prelude(&self) -> String {
         format!(
-            "// {define}: generated from lowbit::quant::wgsl::FAMILIES.\n\
+            "// {define}: generated from lowbit::formats::wgsl::FAMILIES.\n\
              const W_KIND: u32 = {kind}u;\nconst W_BITS: u32 = {bits}u;\nconst PW: u32 = {pw}u;\n\
              const W_MASK: u32 = {mask:#x}u;\nconst W_XOR: u32 = {xor:#x}u;\n\
              const OFFSET: f32 = {offset:.1};\nconst SCALE_MUL: f32 = {mul:.1};\n\

@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PackedMatrix, WeightFormat};
-use crate::models::Weights;
+use crate::formats::{PackedMatrix, WeightFormat};
+use super::Weights;
+use crate::kernels::act_quant::ActQuantizer;
 use crate::{invalid, Error, Result};
 
 /// The metadata key holding the description.
@@ -37,6 +38,10 @@ pub struct PackedTensor {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Description {
     pub tensors: BTreeMap<String, PackedTensor>,
+    /// Which kernels the model runs with (absent: f32 activations, exact attention). The
+    /// engine reads only this; the prose `activations`/`attention` entries are for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
     /// Everything else the quantizer records (recipe, activation quantizers, ...).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -50,6 +55,45 @@ impl Description {
                 .map(Some)
                 .map_err(|e| Error::Invalid(format!("checkpoint {}: bad `{METADATA_KEY}` metadata: {e}", w.source))),
         }
+    }
+}
+
+/// How a quantized checkpoint runs, in `quantization.json` as
+/// `"runtime": {"activations": "int8_per_token", "attention": "sage_int8"}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    #[serde(default)]
+    pub activations: Activations,
+    #[serde(default)]
+    pub attention: Attention,
+}
+
+/// What the block Linears' inputs are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activations {
+    /// f32 (weight-only quantization; static fake-quantizers, if listed, apply on top).
+    #[default]
+    F32,
+    /// Quantized to int8 per token on the GPU at run time, through the W8A8 kernel.
+    Int8PerToken,
+}
+
+/// How attention runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    #[default]
+    Exact,
+    /// SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it.
+    SageInt8,
+}
+
+impl Description {
+    /// The checkpoint's runtime choices (the defaults for weight-only checkpoints).
+    pub fn runtime_of(w: &Weights) -> Result<Runtime> {
+        Ok(Self::of(w)?.and_then(|d| d.runtime).unwrap_or_default())
     }
 }
 
@@ -141,4 +185,38 @@ pub fn save(path: &std::path::Path, floats: &[(String, Vec<usize>, Vec<f32>)], p
     }
     let meta = std::collections::HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(desc).map_err(|e| Error::Invalid(e.to_string()))?)]);
     safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+}
+
+/// The description key holding the list of `QuantPoint`s.
+pub const ACT_QUANT_KEY: &str = "activation_quantizers";
+
+/// What the list means, recorded beside it in the description for people reading the file.
+pub const ACT_QUANT_SCHEMA: &str = "one entry per fake-quantizer: `node` = a block Linear (its input is quantized, after adding \
+the f32 tensor named by `noise` if present) or `blocks.N.attn` (the normalized attention probabilities, before P·V); \
+`kind` = uniform {bits, scale, zero} | log2 {bits, delta} | log_sqrt2 {bits, delta} | adalog {bits, q, r, scale} | \
+sulq {bits, eta, m, delta} | twin {bits, lo, hi, gelu}; formulas in docs/QUANTIZATION.md";
+
+/// One quantizer in the checkpoint: `node` is a block Linear (`blocks.0.attn.qkv`: its input is
+/// quantized) or a block's attention (`blocks.0.attn`: its normalized probabilities are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantPoint {
+    pub node: String,
+    #[serde(flatten)]
+    pub quantizer: ActQuantizer,
+    /// NoisyQuant: the checkpoint tensor [in_features] added to the input before quantizing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<String>,
+}
+
+/// The quantizers a checkpoint's description lists (none for weight-only checkpoints).
+pub fn points(desc: Option<&Description>) -> Result<Vec<QuantPoint>> {
+    let Some(list) = desc.and_then(|d| d.extra.get(ACT_QUANT_KEY)) else { return Ok(Vec::new()) };
+    let points: Vec<QuantPoint> = serde_json::from_value(list.clone()).map_err(|e| Error::Invalid(format!("quantization `{ACT_QUANT_KEY}`: {e}")))?;
+    for p in &points {
+        p.quantizer.validate().map_err(|e| Error::Invalid(format!("quantization `{ACT_QUANT_KEY}` at {}: {e}", p.node)))?;
+        if points.iter().filter(|q| q.node == p.node).count() > 1 {
+            invalid!("quantization `{ACT_QUANT_KEY}`: two quantizers at {}", p.node);
+        }
+    }
+    Ok(points)
 }

@@ -1,16 +1,22 @@
 //! Linear layers on packed low-bit weights: `out = act(x · Wᵀ + b)` with a GEMV kernel for a
 //! few rows of x (`shaders/gemv_q.wgsl`) and a register-tiled GEMM for many
 //! (`shaders/gemm_q.wgsl`). Weights stay packed on the GPU and are decoded in registers.
-//! Which kernel shape runs on which adapter is decided in `kernels::tuning`.
+//! Which kernel shape ([`Variant`]) runs on which adapter is decided in `kernels::launch`.
+
+mod bench;
+mod variant;
+
+pub use bench::{bench_cases, candidates, tune_cases};
+pub use variant::{Plan, Variant};
 
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::elementwise::Activation;
-use super::tuning::{self, Variant};
-use super::{params, BenchCase, BenchSize};
-use crate::gpu::{AdapterClass, DType, Shader, Tensor};
-use crate::quant::{PackedMatrix, WeightFormat};
+use super::gpu_matrix::{GpuMatrix, RowLayout};
+use super::{launch, params};
+use crate::gpu::{DType, Shader, Tensor};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{shader, Encoder, Error, Gpu, Result};
 
 const GEMV: Shader = shader!("gemv_q");
@@ -36,35 +42,27 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// A Linear layer's weights on the GPU, split by output rows into chunks that each fit one
-/// storage binding.
+/// A Linear layer's weights on the GPU: each weight row padded to a multiple of four words
+/// so kernels may read whole vec4<u32>s, split by output rows over storage bindings.
 #[derive(Clone)]
 pub struct QLinear {
     format: WeightFormat,
     in_features: usize,
     out_features: usize,
     bytes: usize,
-    chunks: Vec<Chunk>,
+    weights: GpuMatrix,
+    /// The bias of each block of `weights`' rows.
+    biases: Vec<wgpu::Buffer>,
+    /// Scale groups per row as the kernels see them, and words per group: one group spanning
+    /// the padded row for unscaled and per-channel formats.
+    groups: u32,
+    group_words: u32,
     /// Uniform buffer GEMV stages x in (see X_UNIFORM in gemv_q.wgsl), made on first use.
     x_staging: OnceLock<wgpu::Buffer>,
 }
 
 /// Bytes of the X_UNIFORM staging buffer (`array<vec4<f32>, 4096>` in the shader).
 const X_STAGING_BYTES: u64 = 65536;
-
-/// Output rows `rows` of a layer, uploaded with each weight row padded to a multiple of four
-/// words so kernels may read whole vec4<u32>s.
-#[derive(Clone)]
-struct Chunk {
-    rows: Range<usize>,
-    data: wgpu::Buffer,
-    scales: Option<wgpu::Buffer>,
-    zeros: Option<wgpu::Buffer>,
-    bias: wgpu::Buffer,
-    stride: u32,
-    group_words: u32,
-    groups: u32,
-}
 
 impl QLinear {
     /// Uploads `w` (`out_features × in_features`) and an optional bias of `out_features`.
@@ -80,42 +78,27 @@ impl QLinear {
                 return Err(Error::Shape(format!("bias has {} values, the layer {} outputs", b.len(), w.rows)));
             }
         }
-        let stride = w.row_words.next_multiple_of(4);
         let per_word = w.format.per_word();
         let gs = w.format.group_size(w.cols);
-        // One group spanning the padded row for unscaled and per-channel formats.
-        let (groups, group_words) = if gs == 0 || gs >= w.cols {
-            (1, stride)
-        } else {
-            if !gs.is_multiple_of(per_word) {
-                return Err(Error::Invalid(format!("{}: group size {gs} is not whole words", w.format.name())));
-            }
-            (w.groups, gs / per_word)
-        };
-        let mut chunks = vec![];
-        for rows in gpu.split_rows(w.rows, 4 * stride as u64)? {
-            let part = w.slice_rows(rows.clone());
-            let mut data = vec![0u32; rows.len() * stride];
-            for (dst, src) in data.chunks_mut(stride).zip(part.data.chunks(w.row_words)) {
-                dst[..w.row_words].copy_from_slice(src);
-            }
-            let opt = |v: &[u32], label: &str| -> Result<Option<wgpu::Buffer>> {
-                if v.is_empty() { Ok(None) } else { gpu.upload_u32(v, label).map(Some) }
-            };
-            let zeros_bias = vec![0f32; rows.len()];
-            let b = bias.map_or(&zeros_bias[..], |b| &b[rows.clone()]);
-            chunks.push(Chunk {
-                data: gpu.upload_u32(&data, "weights")?,
-                scales: opt(&part.scales, "scales")?,
-                zeros: opt(&part.zeros, "zero points")?,
-                bias: gpu.upload(bytemuck::cast_slice(b), "bias")?,
-                rows,
-                stride: stride as u32,
-                group_words: group_words as u32,
-                groups: groups as u32,
-            });
+        if gs != 0 && gs < w.cols && !gs.is_multiple_of(per_word) {
+            return Err(Error::Invalid(format!("{}: group size {gs} is not whole words", w.format.name())));
         }
-        Ok(QLinear { format: w.format, in_features: w.cols, out_features: w.rows, bytes: w.bytes(), chunks, x_staging: OnceLock::new() })
+        let weights = GpuMatrix::upload(gpu, w, RowLayout::RowMajor { align: 4 }, "weights")?;
+        let (groups, group_words) = if gs == 0 || gs >= w.cols { (1, weights.stride) } else { (w.groups, gs / per_word) };
+        let zeros = vec![0f32; w.rows];
+        let bias = bias.unwrap_or(&zeros);
+        let biases = weights.blocks.iter().map(|b| gpu.upload(bytemuck::cast_slice(&bias[b.rows.clone()]), "bias")).collect::<Result<_>>()?;
+        Ok(QLinear {
+            format: w.format,
+            in_features: w.cols,
+            out_features: w.rows,
+            bytes: w.bytes(),
+            weights,
+            biases,
+            groups: groups as u32,
+            group_words: group_words as u32,
+            x_staging: OnceLock::new(),
+        })
     }
 
     pub fn in_features(&self) -> usize {
@@ -137,15 +120,15 @@ impl QLinear {
 
     /// Storage bindings the weights were split into.
     pub fn chunks(&self) -> usize {
-        self.chunks.len()
+        self.weights.blocks.len()
     }
 }
 
 /// `out = act(x · Wᵀ + b)` for `x` of shape [..., in_features] and `out` [..., out_features],
-/// with the variant `kernels::tuning` picks for this adapter.
+/// with the variant `kernels::launch` picks for this adapter.
 pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &Tensor, act: Option<Activation>) -> Result<()> {
     let m = check_args(layer, x, out)?;
-    let variant = tuning::plan(gpu).for_rows(m);
+    let variant = launch::linear_plan(gpu).for_rows(m);
     linear_with(gpu, enc, layer, x, out, act, variant)
 }
 
@@ -200,10 +183,10 @@ fn dispatch_slice(
     x_pitch: u32,
 ) -> Result<()> {
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
-    for c in &layer.chunks {
+    for (c, bias) in layer.weights.blocks.iter().zip(&layer.biases) {
         // gemv_coop reads one word per lane (gemv_wide a vec4, where groups are whole vec4s);
         // gemm_workgroup reads one word per lane while staging (coalesced across lanes).
-        let vec4 = c.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. } | Variant::GemmWorkgroup { .. });
+        let vec4 = layer.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. } | Variant::GemmWorkgroup { .. });
         let variant = match variant {
             Variant::GemvWide { wg, team } if !vec4 => Variant::GemvCoop { wg, team },
             v => v,
@@ -252,9 +235,9 @@ fn dispatch_slice(
             m: m as u32,
             n: n as u32,
             k: layer.in_features as u32,
-            stride: c.stride,
-            group_words: c.group_words,
-            groups: c.groups,
+            stride: layer.weights.stride as u32,
+            group_words: layer.group_words,
+            groups: layer.groups,
             out_stride: layer.out_features as u32,
             col_off: c.rows.start as u32,
             x_pitch,
@@ -266,7 +249,7 @@ fn dispatch_slice(
             (_, Some(staged)) => staged,
             (_, None) => return Err(Error::Invalid("linear: x was not staged".into())),
         };
-        let mut buffers = vec![x_buf, &c.bias, &*out.buffer, &c.data];
+        let mut buffers = vec![x_buf, bias, &*out.buffer, &c.data];
         buffers.extend(c.scales.iter().chain(&c.zeros));
         gpu.dispatch(enc, &pipe, params(&p), &buffers, groups.map(|g| g as u32))?;
     }
@@ -279,10 +262,10 @@ fn dispatch_slice(
 /// at a time (FLOAT_CHUNK: rows padded to whole chunks).
 fn staged_pitch(gpu: &Gpu, layer: &QLinear, variant: Variant) -> u32 {
     let per_word = layer.format.per_word();
-    let pitch = layer.chunks[0].stride as u64 * per_word as u64 / 4;
+    let pitch = layer.weights.stride as u64 * per_word as u64 / 4;
     let fits = pitch * 16 <= X_STAGING_BYTES.min(gpu.limits.max_uniform_buffer_binding_size);
     let wanted = matches!(variant, Variant::GemvRows { .. } | Variant::GemmTiled { .. });
-    let whole_words = per_word >= 4 || layer.chunks.iter().all(|c| c.group_words % 4 == 0);
+    let whole_words = per_word >= 4 || layer.group_words % 4 == 0;
     if wanted && whole_words && fits { pitch as u32 } else { 0 }
 }
 
@@ -386,54 +369,4 @@ pub fn linear_reference(w: &PackedMatrix, bias: Option<&[f32]>, x: &[f32], m: us
         }
     }
     out
-}
-
-/// Deterministic values in [-1, 1) for benchmarks (no rand dependency).
-pub(crate) fn bench_weights(cols: usize, rows: usize) -> Vec<f32> {
-    crate::synthetic::uniform(rows * cols, (rows * 31 + cols) as u64, 1.0)
-}
-
-/// Shapes are M×K×N (rows of x, in_features, out_features): GEMV 1×4096×4096 and 1×768×3072,
-/// GEMM 197×768×2304 (ViT-B qkv) and 197×4096×4096, for every format.
-/// Working set of the GEMV benchmarks: twice the L2 of the largest current GPUs.
-const BENCH_STREAM_BYTES: usize = 128 << 20;
-
-pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
-    let shapes: &[(&str, usize, usize, usize)] = match size {
-        BenchSize::Full => &[("gemv", 1, 4096, 4096), ("gemv", 1, 768, 3072), ("gemm", 197, 768, 2304), ("gemm", 197, 4096, 4096)],
-        BenchSize::Quick => &[("gemv", 1, 256, 320), ("gemm", 33, 256, 320)],
-    };
-    let mut cases = vec![];
-    for fmt in WeightFormat::all() {
-        let mut packed: Vec<((usize, usize), PackedMatrix)> = vec![];
-        for &(kernel, m, k, n) in shapes {
-            if !packed.iter().any(|(s, _)| *s == (k, n)) {
-                packed.push(((k, n), PackedMatrix::quantize(&bench_weights(k, n), n, k, fmt)?));
-            }
-            let w = &packed.iter().find(|(s, _)| *s == (k, n)).unwrap().1;
-            // A GEMV reads each weight once, so a matrix that fits the GPU's L2 cache would be
-            // timed at cache speed. Steps rotate over enough copies to stream ≥ 128 MiB, the
-            // way a real model's layers follow one another. (CPU adapters are timed like
-            // ggml's test-backend-ops, on one matrix: their caches are what a small model sees.)
-            let streamed = kernel == "gemv" && size == BenchSize::Full && gpu.adapter_class != AdapterClass::Cpu;
-            let copies = if streamed { (BENCH_STREAM_BYTES / w.bytes()).clamp(1, 64) } else { 1 };
-            let layers = (0..copies).map(|_| QLinear::new(gpu, w, None)).collect::<Result<Vec<_>>>()?;
-            let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;
-            let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-            let variant = tuning::plan(gpu).for_rows(m);
-            let mut next = 0;
-            cases.push(BenchCase {
-                kernel: kernel.into(),
-                format: fmt.name(),
-                shape: format!("{m}x{k}x{n}"),
-                bytes: w.bytes() as u64,
-                flops: 2 * (m * k * n) as u64,
-                step: Box::new(move |gpu, enc| {
-                    next = (next + 1) % layers.len();
-                    linear_with(gpu, enc, &layers[next], &x, &out, None, variant)
-                }),
-            });
-        }
-    }
-    Ok(cases)
 }
