@@ -128,8 +128,13 @@ impl QLinear {
 /// with the variant `kernels::launch` picks for this adapter.
 pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &Tensor, act: Option<Activation>) -> Result<()> {
     let m = check_args(layer, x, out)?;
-    let variant = launch::linear_plan(gpu).for_rows(m);
+    let variant = launch::linear_plan(gpu).for_rows(m).spread(layer.out_features(), 2 * cpu_threads());
     linear_with(gpu, enc, layer, x, out, act, variant)
+}
+
+/// Threads a CPU adapter (llvmpipe) runs workgroups on: one per core.
+fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
 }
 
 /// `linear` with a forced kernel variant (for tuning and for testing every variant).
