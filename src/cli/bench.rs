@@ -110,7 +110,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
             roofs.int8_gops.map_or("not measured".into(), |v| format!("{v:.2} GOP/s")),
         );
         println!(
-            "{:<14} {:<18} {:<16} {:>10} {:>9} {:>10} {:>7}  clock",
+            "{:<14} {:<22} {:<16} {:>10} {:>9} {:>10} {:>7}  clock",
             "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s", "roof%"
         );
     }
@@ -128,7 +128,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "{:<14} {:<18} {:<16} {:>10.3} {:>9.2} {:>10.2} {:>7}  {}",
+                "{:<14} {:<22} {:<16} {:>10.3} {:>9.2} {:>10.2} {:>7}  {}",
                 r.kernel,
                 r.format,
                 r.shape,

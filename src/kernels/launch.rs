@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use super::attention::kv_cache::AttendLanes;
-use super::attention::Layout;
+use super::attention::{AttentionKernel, Layout};
 use super::matmul::{candidates, Plan, Variant};
 use super::{norm, vq, w8a8};
 use crate::gpu::AdapterClass;
@@ -20,6 +20,9 @@ use crate::{Error, Gpu, Result};
 pub struct Launch {
     /// `linear`'s GEMV and GEMM variants; convolutions use the GEMM tiles too.
     pub linear: Plan,
+    /// `attention` and SageAttention's attention pass; `attention` is the per-query kernel's
+    /// mapping (also used by `attention_quantized`, which flash cannot do).
+    pub attention_kernel: AttentionKernel,
     pub attention: Layout,
     pub kv_attend: AttendLanes,
     pub w8a8: w8a8::Tiles,
@@ -55,6 +58,11 @@ const TABLE: [(AdapterClass, Launch); 3] = [
                 gemm_small: None,
                 gemm_large: None,
             },
+            // Not flash: a workgroup is one thread looping over its lanes, so every barrier
+            // splits that loop and workgroup memory is one more copy, while the WIDE layout
+            // already shares each loaded K/V value among several queries (on lavapipe flash
+            // took 3-8× as long in `lowbit bench kernels --only attention`).
+            attention_kernel: AttentionKernel::PerQuery,
             attention: Layout { workgroup: 8, wide: true },
             kv_attend: AttendLanes { min: 8, max: 8 },
             w8a8: w8a8::Tiles { quantize_wg: 8, gemm_wg: 64, rows_per_wg: 32, tiles: None },
@@ -72,6 +80,7 @@ const TABLE: [(AdapterClass, Launch); 3] = [
                 gemm_small: Some((64, GPU_GEMM_SMALL)),
                 gemm_large: Some((1024, GPU_GEMM_LARGE)),
             },
+            attention_kernel: AttentionKernel::Flash,
             attention: Layout { workgroup: 64, wide: false },
             kv_attend: AttendLanes { min: 32, max: 64 },
             w8a8: w8a8::Tiles::GPU,
@@ -89,6 +98,7 @@ const TABLE: [(AdapterClass, Launch); 3] = [
                 gemm_small: Some((64, GPU_GEMM_SMALL)),
                 gemm_large: None,
             },
+            attention_kernel: AttentionKernel::Flash,
             attention: Layout { workgroup: 64, wide: false },
             kv_attend: AttendLanes { min: 32, max: 64 },
             w8a8: w8a8::Tiles::GPU,

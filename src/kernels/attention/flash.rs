@@ -3,7 +3,7 @@
 //! SageAttention's int8 Q·Kᵀ. `attention` and `sage_attention` pick it through [`kernel_for`].
 
 use super::{size_defines, AttentionParams, Params};
-use crate::gpu::{AdapterClass, Shader, Tensor};
+use crate::gpu::{Shader, Tensor};
 use crate::kernels::params;
 use crate::{invalid, shader, Encoder, Gpu, Result};
 
@@ -19,20 +19,10 @@ pub enum AttentionKernel {
     Flash,
 }
 
-/// The attention kernel per adapter class. CPU adapters keep the per-query kernel: lavapipe
-/// runs a workgroup as one thread looping over its lanes, so every barrier splits that loop and
-/// workgroup memory is just another copy, while its WIDE layout already shares each loaded K/V
-/// value among several queries. GPUs get flash: without the shared tiles every query would
-/// stream all of K and V from memory on its own.
-const TABLE: [(AdapterClass, AttentionKernel); 3] = [
-    (AdapterClass::Cpu, AttentionKernel::PerQuery),
-    (AdapterClass::Discrete, AttentionKernel::Flash),
-    (AdapterClass::Integrated, AttentionKernel::Flash),
-];
-
-/// The attention kernel this adapter's launch-table row runs.
+/// The attention kernel this adapter runs: its row of `kernels::launch`'s table. GPUs get
+/// flash: without shared tiles every query would stream all of K and V from memory on its own.
 pub fn kernel_for(gpu: &Gpu) -> AttentionKernel {
-    TABLE.iter().find(|(c, _)| *c == gpu.class).map_or(AttentionKernel::Flash, |(_, k)| *k)
+    crate::kernels::launch::for_class(gpu.class).attention_kernel
 }
 
 /// Invocations per workgroup (the shader's WG).
