@@ -18,6 +18,8 @@
 // Flags: D4_32 / D4_64 / D4_128 size the private arrays (default 16 → D ≤ 64), EXACT when
 // D fills them; WIDE (several queries per invocation, CPU adapters);
 // F16 (P·V in f16, V stored as f16 by sage_quantize); PACKED_DOT (dot4I8Packed).
+// exclusive: D4_32 D4_64 D4_128
+// exclusive: ACT_GELU ACT_SWISH
 #if F16
 enable f16;
 #endif
@@ -196,6 +198,22 @@ fn write_out(acc: ptr<function, Rows>, l: array<f32, QL>, b: u32, h: u32, i0: u3
     }
 }
 
+// The invocation's queries (pre-scaled), zeroed accumulators, and the online softmax's start.
+fn load_queries(b: u32, h: u32, i0: u32, lid: u32, q: ptr<function, Rows>, acc: ptr<function, Rows>,
+                m: ptr<function, array<f32, QL>>, l: ptr<function, array<f32, QL>>, limit: ptr<function, array<u32, QL>>) {
+    for (var r = 0u; r < QL; r++) {
+        let i = min(i0 + r * WG + lid, p.tokens - 1u);
+        let qi = qkv_index(b, i, 0u, h);
+        for (var c = 0u; c < quads(); c++) {
+            (*q)[r][c] = qkv[qi + c] * p.scale;
+            (*acc)[r][c] = vec4<f32>(0.0);
+        }
+        (*m)[r] = NEG;
+        (*l)[r] = 0.0;
+        (*limit)[r] = key_limit(i);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wg.y;
@@ -206,17 +224,7 @@ fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     var m: array<f32, QL>;
     var l: array<f32, QL>;
     var limit: array<u32, QL>;
-    for (var r = 0u; r < QL; r++) {
-        let i = min(i0 + r * WG + lid, p.tokens - 1u);
-        let qi = qkv_index(b, i, 0u, h);
-        for (var c = 0u; c < quads(); c++) {
-            q[r][c] = qkv[qi + c] * p.scale;
-            acc[r][c] = vec4<f32>(0.0);
-        }
-        m[r] = NEG;
-        l[r] = 0.0;
-        limit[r] = key_limit(i);
-    }
+    load_queries(b, h, i0, lid, &q, &acc, &m, &l, &limit);
     let n_keys = workgroup_keys(i0);
     for (var j0 = 0u; j0 < n_keys; j0 += KB) {
         var base: array<u32, 8>;
@@ -295,17 +303,7 @@ fn attend_f32_pq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     var m: array<f32, QL>;
     var l: array<f32, QL>;
     var limit: array<u32, QL>;
-    for (var r = 0u; r < QL; r++) {
-        let i = min(i0 + r * WG + lid, p.tokens - 1u);
-        let qi = qkv_index(b, i, 0u, h);
-        for (var c = 0u; c < quads(); c++) {
-            q[r][c] = qkv[qi + c] * p.scale;
-            acc[r][c] = vec4<f32>(0.0);
-        }
-        m[r] = NEG;
-        l[r] = 0.0;
-        limit[r] = key_limit(i);
-    }
+    load_queries(b, h, i0, lid, &q, &acc, &m, &l, &limit);
     let n_keys = workgroup_keys(i0);
     // Pass 1: each query's max and softmax denominator.
     for (var j0 = 0u; j0 < n_keys; j0 += KB) {
@@ -368,11 +366,7 @@ fn quant_input(kind: u32, b: u32, j: u32, h: u32, c: u32) -> vec4<f32> {
     return x - k_mean[(b * p.heads + h) * p.d4 + c];
 }
 
-fn pack_i8(v: vec4<f32>) -> u32 {
-    let i = vec4<i32>(clamp(round(v), vec4<f32>(-127.0), vec4<f32>(127.0)));
-    let u = bitcast<vec4<u32>>(i) & vec4<u32>(0xffu);
-    return u.x | (u.y << 8u) | (u.z << 16u) | (u.w << 24u);
-}
+#include common
 
 // One item per (batch, head, block) of Q, then of K (then, under F16, of V converted to f16).
 // Each item finds its block's max |x|, then writes x · 127/max rounded.
@@ -451,9 +445,6 @@ fn qk(q: QWord, k: u32) -> i32 {
 }
 #else
 alias QWord = vec4<i32>;
-fn unpack_i8(w: u32) -> vec4<i32> {
-    return bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u);
-}
 fn q_word(w: u32) -> QWord {
     return unpack_i8(w);
 }

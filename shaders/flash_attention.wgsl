@@ -19,6 +19,8 @@
 //
 // Defines: D4_16 / D4_32 / D4_64 / D4_128 (head_dim/4 rounded up to one of them; exactly one is
 // given), EXACT (head_dim/4 equals it), F16, PACKED_DOT (dot4I8Packed).
+// exclusive: D4_16 D4_32 D4_64 D4_128
+// exclusive: ACT_GELU ACT_SWISH
 #if F16
 enable f16;
 #endif
@@ -57,21 +59,23 @@ const QPL: u32 = 16u;
 
 // BK per head width so that K + V tiles (f32) and the team's partial scores fit the 16 KiB
 // every WebGPU adapter offers: 2·BK·D4·16 bytes + (S > 1) WG·BK·4 bytes.
-#if D4_16
-const D4: u32 = 16u;
-const BK: u32 = 32u;
-#endif
-#if D4_32
-const D4: u32 = 32u;
-const BK: u32 = 12u;
-#endif
-#if D4_64
-const D4: u32 = 64u;
-const BK: u32 = 7u;
-#endif
 #if D4_128
 const D4: u32 = 128u;
 const BK: u32 = 3u;
+#else
+#if D4_64
+const D4: u32 = 64u;
+const BK: u32 = 7u;
+#else
+#if D4_32
+const D4: u32 = 32u;
+const BK: u32 = 12u;
+#else
+// D4_16, the default.
+const D4: u32 = 16u;
+const BK: u32 = 32u;
+#endif
+#endif
 #endif
 
 // Invocations per query, and queries per workgroup.
