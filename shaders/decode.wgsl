@@ -58,8 +58,10 @@ fn decode(word: u32, offset: f32) -> mat4x4<f32> {
     } else if W_KIND == 2u {
         v[0] = vec4<f32>(unpack2x16float(word), 0.0, 0.0);
     } else if W_KIND == 3u {
+        // Both nibbles of each byte at once: low to bits 11..9 and 15, high to 27..25 and 31.
         let c = vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u);
-        let h = fp4_to_f16_bits(c) | (fp4_to_f16_bits(c >> vec4<u32>(4u)) << vec4<u32>(16u));
+        let h = ((c & vec4<u32>(7u)) << vec4<u32>(9u)) | ((c & vec4<u32>(8u)) << vec4<u32>(12u))
+            | ((c & vec4<u32>(0x70u)) << vec4<u32>(21u)) | ((c & vec4<u32>(0x80u)) << vec4<u32>(24u));
         v[0] = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
         v[1] = vec4<f32>(unpack2x16float(h.z), unpack2x16float(h.w));
     } else {
