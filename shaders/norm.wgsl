@@ -91,19 +91,29 @@ fn step_size() -> u32 { return WG; }
 #endif
 
 // Two passes (mean, then the variance of x − mean): no cancellation for rows with a large mean.
-fn mean_rstd(base: u32, lid: u32) -> vec2<f32> {
+// Both sum x − pivot (the row's first element) rather than x: for a near-constant row (a
+// GroupNorm group of 1000 ± 0.001) the f32 sum of x would lose the spread entirely, while
+// x − pivot is exact and small. Returns (pivot, mean − pivot, 1/std); the mean itself is never
+// rounded to f32 (at 1000 its rounding alone is a tenth of such a row's spread).
+fn centre_rstd(base: u32, lid: u32) -> vec3<f32> {
+    let pivot = load(base);
     var s = 0.0;
     for (var i = first(lid); i < p.n; i += step_size()) {
-        s += load(base + i);
+        s += load(base + i) - pivot;
     }
-    let mean = combine(s, lid, 0u, false) / f32(p.n);
+    let shift = combine(s, lid, 0u, false) / f32(p.n);
     var v = 0.0;
     for (var i = first(lid); i < p.n; i += step_size()) {
-        let d = load(base + i) - mean;
+        let d = (load(base + i) - pivot) - shift;
         v += d * d;
     }
     let var_ = combine(v, lid, 1u, false) / f32(p.n);
-    return vec2(mean, 1.0 / sqrt(var_ + p.eps));
+    return vec3(pivot, shift, 1.0 / sqrt(var_ + p.eps));
+}
+
+// x − mean, from `centre_rstd`'s pivot and shift.
+fn centred(v: f32, m: vec3<f32>) -> f32 {
+    return (v - m.x) - m.y;
 }
 
 #if AFFINE
@@ -119,9 +129,9 @@ fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let row = row_index(wg, nwg, lid);
     if row >= p.rows { return; }
     let base = row * p.n;
-    let m = mean_rstd(base, lid);
+    let m = centre_rstd(base, lid);
     for (var i = first(lid); i < p.n; i += step_size()) {
-        out[base + i] = (load(base + i) - m.x) * m.y * weight[i] + bias[i];
+        out[base + i] = centred(load(base + i), m) * m.z * weight[i] + bias[i];
     }
 }
 
@@ -137,15 +147,17 @@ fn group_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let row = row_index(wg, nwg, lid);
     if row >= p.rows { return; }
     let base = row * p.n;
-    let m = mean_rstd(base, lid);
+    let m = centre_rstd(base, lid);
     let first_channel = (row % p.groups) * p.channels_per_group;
     for (var c = 0u; c < p.channels_per_group; c++) {
-        // Fold normalization and affine into one multiply-add per element.
-        let a = m.y * weight[first_channel + c];
-        let b = bias[first_channel + c] - m.x * a;
+        // Normalize, then one multiply-add. Folding the mean into the bias (x·a + (bias −
+        // mean·a)) would save a subtraction but cancel catastrophically where the mean is large
+        // against the spread (near-constant groups): ops_check's `near-constant` case.
+        let a = m.z * weight[first_channel + c];
+        let b = bias[first_channel + c];
         let start = base + c * p.pixels;
         for (var i = first(lid); i < p.pixels; i += step_size()) {
-            var y = load(start + i) * a + b;
+            var y = centred(load(start + i), m) * a + b;
 #if SWISH
             y = y / (1.0 + exp(-y));
 #endif

@@ -18,6 +18,7 @@ pub mod graph;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
+pub mod ops_check;
 pub mod quant;
 pub mod synthetic;
 // The command line (clap, files, terminals) has no place in the browser build.

@@ -1,0 +1,151 @@
+//! The op-check registry: every op, weight format and launch-table variant run once on small,
+//! odd shapes against its plain-Rust CPU reference, with an NMSE bound for each.
+//!
+//! `tests/ops.rs` runs it on lavapipe under each kernel plan; `lowbit test-ops` runs it on the
+//! user's adapter. A case goes through the graph op where the op is one (so the graph's shape
+//! checks and recording are part of what is checked), else through the kernel's entry point.
+//!
+//! Bounds follow from the arithmetic. Where the reference computes with exactly the values the
+//! GPU uses (the decoded weights, the int8 codes), only the f32 summation order differs: the
+//! relative error per output is ~√K·2⁻²⁴, an NMSE ~1e-13, and the bound is `SAME_VALUES`. A
+//! looser bound is only given where the kernel's own precision differs from the reference's,
+//! and says why (`Case::why`). Pure data movement must be exact (`EXACT`).
+
+mod attention;
+mod conv;
+mod elementwise;
+mod linear;
+mod norm;
+mod vq;
+
+use crate::gpu::{AdapterClass, DType, Tensor};
+use crate::graph::{Graph, Plan, Value};
+use crate::{Gpu, Result};
+
+/// Only the f32 summation order differs from the reference (see the module comment). The
+/// measured maximum on lavapipe is a few 1e-13; 1e-10 leaves room for GPUs whose `exp`, `sqrt`
+/// and division are a few ULP off (WGSL allows it).
+pub const SAME_VALUES: f64 = 1e-10;
+
+/// Copies, gathers and sign decodes: any difference is a bug.
+pub const EXACT: f64 = 0.0;
+
+/// What a case's check returns: (GPU output, CPU reference).
+pub type Outputs = (Vec<f32>, Vec<f32>);
+
+pub use linear::table_variants;
+
+/// Builds the inputs (fixed seeds), runs the GPU op and the CPU reference.
+pub type Check = Box<dyn Fn(&Gpu) -> Result<Outputs>>;
+
+/// One op on one shape, variant and format, with its bound.
+pub struct Case {
+    pub op: &'static str,
+    pub shape: String,
+    /// The kernel variant that runs: a launch-table variant name for the linear layers, else
+    /// the launch-table row and feature path (`cpu plan`, `gpu plan, fallback`, ...).
+    pub variant: String,
+    pub format: String,
+    pub bound: f64,
+    /// Why the bound is looser than `SAME_VALUES` (empty when it is not).
+    pub why: &'static str,
+    pub check: Check,
+}
+
+impl Case {
+    fn new(op: &'static str, shape: impl Into<String>, variant: impl Into<String>, format: impl Into<String>, check: Check) -> Case {
+        Case { op, shape: shape.into(), variant: variant.into(), format: format.into(), bound: SAME_VALUES, why: "", check }
+    }
+
+    /// This case with a bound other than `SAME_VALUES`, and the reason for it.
+    fn bound(self, bound: f64, why: &'static str) -> Case {
+        Case { bound, why, ..self }
+    }
+
+    /// The name `--filter` matches against: op, shape, variant and format.
+    pub fn label(&self) -> String {
+        format!("{} {} {} {}", self.op, self.shape, self.variant, self.format)
+    }
+
+    /// Runs the check. An error (a refused shape, a lost device) or a non-finite output is a
+    /// failure with an infinite NMSE.
+    pub fn run(&self, gpu: &Gpu) -> Outcome {
+        let (nmse, error) = match (self.check)(gpu) {
+            Ok((got, want)) if got.len() != want.len() => (f64::INFINITY, Some(format!("{} outputs, the reference has {}", got.len(), want.len()))),
+            Ok((got, _)) if got.iter().any(|v| !v.is_finite()) => (f64::INFINITY, Some("non-finite output".into())),
+            Ok((got, want)) => (crate::metrics::nmse(&got, &want), None),
+            Err(e) => (f64::INFINITY, Some(e.to_string())),
+        };
+        Outcome { nmse, pass: error.is_none() && nmse <= self.bound, error }
+    }
+}
+
+/// The result of one case.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub nmse: f64,
+    pub pass: bool,
+    pub error: Option<String>,
+}
+
+/// Every case, named for this adapter's launch-table row and features.
+pub fn cases(gpu: &Gpu) -> Vec<Case> {
+    let mut all = Vec::new();
+    all.extend(linear::cases(gpu));
+    all.extend(conv::cases(gpu));
+    all.extend(norm::cases(gpu));
+    all.extend(elementwise::cases(gpu));
+    all.extend(attention::cases(gpu));
+    all.extend(vq::cases(gpu));
+    all
+}
+
+/// The launch-table row and feature path the non-linear kernels take on `gpu`.
+pub fn path_name(gpu: &Gpu) -> String {
+    let row = if gpu.class == AdapterClass::Cpu { "cpu plan" } else { "gpu plan" };
+    let c = gpu.caps;
+    match (c.f16, c.subgroups, c.packed_dot) {
+        (false, false, false) => format!("{row}, fallback"),
+        (true, true, true) => row.to_string(),
+        _ => {
+            let missing: Vec<&str> = [("f16", c.f16), ("subgroups", c.subgroups), ("packed_dot", c.packed_dot)]
+                .iter()
+                .filter(|(_, has)| !has)
+                .map(|(n, _)| *n)
+                .collect();
+            format!("{row}, no {}", missing.join("/"))
+        }
+    }
+}
+
+/// Deterministic values in [-scale, scale).
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    crate::synthetic::uniform(n, seed, scale)
+}
+
+/// Runs a one-op graph on f32 inputs and returns its single output.
+fn run_graph(gpu: &Gpu, inputs: &[(&[usize], &[f32])], op: impl FnOnce(&mut Graph, &[Value]) -> Result<Value>) -> Result<Vec<f32>> {
+    let mut g = Graph::new();
+    let values: Vec<Value> = inputs.iter().map(|(shape, _)| g.input(shape, DType::F32)).collect();
+    let out = op(&mut g, &values)?;
+    g.output(out);
+    let plan = Plan::new(gpu, g)?;
+    for (i, (_, data)) in inputs.iter().enumerate() {
+        plan.set_input(gpu, i, data)?;
+    }
+    let outs = plan.run(gpu)?;
+    outs[0].to_vec_f32(gpu)
+}
+
+/// Runs recorded kernel calls in one submission, then reads `out`.
+fn run_kernel(gpu: &Gpu, out: &Tensor, record: impl FnOnce(&mut crate::Encoder) -> Result<()>) -> Result<Vec<f32>> {
+    let mut enc = gpu.encoder();
+    record(&mut enc)?;
+    gpu.submit(enc)?;
+    out.to_vec_f32(gpu)
+}
+
+/// The shape as `AxBxC`.
+fn dims(shape: &[usize]) -> String {
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+}
