@@ -11,6 +11,7 @@ mod info;
 mod model;
 mod quantize;
 mod generate;
+mod test_ops;
 #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
 mod viewer;
 
@@ -62,6 +63,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// List the GPU adapters wgpu can see, with their optional features and limits.
     Devices,
+    /// Check every kernel and variant against its CPU reference on this adapter (NMSE per case).
+    TestOps(test_ops::TestOpsArgs),
     /// Interactive window over the shipped models (generate, round-trip, classify, precision).
     #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
     Viewer(viewer::ViewerArgs),
@@ -101,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(&Gpu::with_options(&opts)?, args),
         Command::Quantize(args) => quantize::run(&Gpu::with_options(&opts)?, args),
         Command::Generate(args) => generate::run(&Gpu::with_options(&opts)?, args),
+        Command::TestOps(args) => test_ops::run(&Gpu::with_options(&opts)?, args),
         // The viewer opens its own device (eframe's, shared with the engine).
         #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
         Command::Viewer(args) => viewer::run(opts, args),
