@@ -2,7 +2,6 @@ mod common;
 use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::elementwise::Activation;
-use lowbit::kernels::launch;
 use lowbit::kernels::matmul::{self, linear, linear_reference, linear_with, QLinear, Variant};
 use lowbit::kernels::BenchSize;
 use lowbit::formats::{PackedMatrix, WeightFormat};
@@ -71,7 +70,7 @@ fn gpu_plan_every_format_matches_reference() {
                     continue;
                 }
                 let x = random(m * k, m as u64 + 23, 2.0);
-                let variant = launch::linear_plan(gpu).for_rows(m);
+                let variant = matmul::variant_for(gpu, m, n);
                 let got = run(gpu, &layer, &x, m, act, None);
                 let want = linear_reference(&packed, Some(&bias), &x, m, act);
                 let what = format!("{} {m}x{k}x{n} {act:?} {} {path}", fmt.name(), variant.name());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{dims, path_name, random, run_graph, run_kernel, Case};
 use crate::gpu::{AdapterClass, DType, Tensor};
 use crate::kernels::elementwise::Activation;
-use crate::kernels::matmul::{linear_reference, linear_with, QLinear};
+use crate::kernels::matmul::{linear_reference, linear_with, variant_for, QLinear};
 use crate::graph::Linear;
 use crate::kernels::launch;
 use crate::kernels::matmul::Variant;
@@ -56,7 +56,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     for fmt in WeightFormat::all() {
         for m in ROWS {
             let act = activation_for(m);
-            let variant = launch::linear_plan(gpu).for_rows(m).spread(N, 1).name();
+            let variant = variant_for(gpu, m, N).name();
             let check = Box::new(move |gpu: &Gpu| {
                 let (packed, bias) = weights(fmt)?;
                 let layer = Linear::from(QLinear::new(gpu, &packed, Some(&bias))?);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{linear_with, QLinear, Variant};
 use crate::gpu::{AdapterClass, DType, Tensor};
-use crate::kernels::{launch, BenchCase, BenchSize};
+use crate::kernels::{BenchCase, BenchSize};
 use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{Gpu, Result};
 
@@ -41,7 +41,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
             let layers = (0..copies).map(|_| QLinear::new(gpu, w, None)).collect::<Result<Vec<_>>>()?;
             let x = Tensor::from_f32(gpu, &[m, k], &bench_weights(k, m))?;
             let out = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-            let variant = launch::linear_plan(gpu).for_rows(m);
+            let variant = super::variant_for(gpu, m, n);
             let mut next = 0;
             cases.push(BenchCase {
                 kernel: kernel.into(),

@@ -128,13 +128,15 @@ impl QLinear {
 /// with the variant `kernels::launch` picks for this adapter.
 pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &Tensor, act: Option<Activation>) -> Result<()> {
     let m = check_args(layer, x, out)?;
-    let variant = launch::linear_plan(gpu).for_rows(m).spread(layer.out_features(), 2 * cpu_threads());
-    linear_with(gpu, enc, layer, x, out, act, variant)
+    linear_with(gpu, enc, layer, x, out, act, variant_for(gpu, m, layer.out_features()))
 }
 
-/// Threads a CPU adapter (llvmpipe) runs workgroups on: one per core.
-fn cpu_threads() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get())
+/// The variant `linear` runs for `m` rows of x and `n` outputs on this adapter: the launch
+/// table's (or `--tune`'s) pick, spread over at least two workgroups per thread of a CPU
+/// adapter (llvmpipe runs one thread per core).
+pub fn variant_for(gpu: &Gpu, m: usize, n: usize) -> Variant {
+    let threads = std::thread::available_parallelism().map_or(4, |t| t.get());
+    launch::linear_plan(gpu).for_rows(m).spread(n, 2 * threads)
 }
 
 /// `linear` with a forced kernel variant (for tuning and for testing every variant).
