@@ -259,25 +259,7 @@ fn flash_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 
 // ---- SageAttention ----
 
-// Query words as the integer dot product wants them: packed for dot4I8Packed, else unpacked
-// once per query so the fallback only unpacks K.
-#if PACKED_DOT
-alias QWord = u32;
-fn q_word(w: u32) -> QWord {
-    return w;
-}
-fn qk(q: QWord, k: u32) -> i32 {
-    return dot4I8Packed(q, k);
-}
-#else
-alias QWord = vec4<i32>;
-fn q_word(w: u32) -> QWord {
-    return unpack_i8(w);
-}
-fn qk(q: QWord, k: u32) -> i32 {
-    return dot(q, unpack_i8(k));
-}
-#endif
+#include sage_qk
 
 @compute @workgroup_size(WG)
 fn flash_sage(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
