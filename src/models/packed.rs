@@ -90,13 +90,6 @@ pub enum Attention {
     SageInt8,
 }
 
-impl Description {
-    /// The checkpoint's runtime choices (the defaults for weight-only checkpoints).
-    pub fn runtime_of(w: &Weights) -> Result<Runtime> {
-        Ok(Self::of(w)?.and_then(|d| d.runtime).unwrap_or_default())
-    }
-}
-
 /// The format `key` was packed in, if it was.
 pub fn stored_format(w: &Weights, key: &str) -> Result<Option<WeightFormat>> {
     if !w.words.contains_key(key) {

@@ -135,7 +135,10 @@ pub fn linear(gpu: &Gpu, enc: &mut Encoder, layer: &QLinear, x: &Tensor, out: &T
 /// table's (or `--tune`'s) pick, spread over at least two workgroups per thread of a CPU
 /// adapter (llvmpipe runs one thread per core).
 pub fn variant_for(gpu: &Gpu, m: usize, n: usize) -> Variant {
-    let threads = std::thread::available_parallelism().map_or(4, |t| t.get());
+    // Asked once per process: `available_parallelism` reads cgroup files, and this runs for
+    // every Linear of every recorded pass (each decode step).
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(4, |t| t.get()));
     launch::linear_plan(gpu).for_rows(m).spread(n, 2 * threads)
 }
 

@@ -151,8 +151,10 @@ impl VisionTransformer {
             let gamma = if c.init_values.is_some() { Some(ls.get("gamma", &[d])?) } else { ls.get_optional("gamma", &[d])? };
             gamma.map(|g| Tensor::from_f32(gpu, &[d], g)).transpose()
         };
-        let mut points = crate::models::packed::points(Description::of(w)?.as_ref())?;
-        let runtime = Description::runtime_of(w)?;
+        // The quantization description, parsed once: activation quantizers and runtime kernels.
+        let desc = Description::of(w)?;
+        let mut points = crate::models::packed::points(desc.as_ref())?;
+        let runtime = desc.and_then(|d| d.runtime).unwrap_or_default();
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
             let b = w.pp("blocks").pp(i);
