@@ -11,6 +11,7 @@ pub mod packed;
 pub mod preprocess;
 pub mod prior;
 pub mod sampling;
+pub mod timm_config;
 pub mod vit;
 pub mod vqgan;
 pub mod weights;

@@ -16,9 +16,7 @@ use serde_json::Value;
 
 use crate::{invalid, Error, Result};
 
-/// ImageNet statistics (deit_* and most timm models); vit_* (Google's weights) use 0.5.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub use crate::models::timm_config::{PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD};
 
 /// Everything needed to build a `VisionTransformer` and prepare its input.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,18 +36,6 @@ pub struct VitConfig {
     /// Class names when the hub config lists them (`label_names`), else empty.
     pub label_names: Vec<String>,
     pub preprocess: PreprocessConfig,
-}
-
-/// timm's eval transform settings (`pretrained_cfg`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct PreprocessConfig {
-    /// (height, width) the network takes.
-    pub input_size: (usize, usize),
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    /// The image's shorter side is resized to floor(size / crop_pct) before the center crop.
-    pub crop_pct: f64,
-    pub interpolation: String,
 }
 
 impl VitConfig {
