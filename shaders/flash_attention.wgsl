@@ -37,6 +37,10 @@ struct Params {
     k_block: u32,    // sage: tokens per K quantization block
     n_qb: u32,       // sage: Q blocks per (batch, head)
     n_kb: u32,
+    // The rest of attention.wgsl's Params (one Rust struct feeds both): unused here.
+    items: u32,
+    _pad: u32,
+    _pq: array<vec4<u32>, 2>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -2,6 +2,7 @@
 
 mod buffers;
 mod context;
+pub mod contract;
 mod pipelines;
 mod preprocess;
 pub mod timing;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
+use super::contract::Contract;
 use super::{preprocess_file, Encoder, Gpu, Preprocessed};
 use crate::{Error, Result};
 
@@ -70,6 +71,8 @@ impl BindGroupCache {
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+    /// Each pipeline's bindings as its WGSL declares them, with the shader's name.
+    contracts: Mutex<HashMap<wgpu::ComputePipeline, (&'static str, Arc<Contract>)>>,
 }
 
 impl Gpu {
@@ -105,11 +108,19 @@ impl Gpu {
                 })
             })
             .map_err(shader_err)?;
+        // The layout comes from what the WGSL declares, so a read-only buffer is bound read-only.
+        let contract = Contract::reflect(&source.text, entry).map_err(|message| shader_err(Error::Invalid(message)))?;
+        let bind_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &contract.layout_entries() });
+        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry),
+            bind_group_layouts: &[Some(&bind_layout)],
+            immediate_size: 0,
+        });
         let pipeline = self
             .scoped(|| {
                 self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
-                    layout: None,
+                    layout: Some(&layout),
                     module: &module,
                     entry_point: Some(entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
@@ -121,6 +132,7 @@ impl Gpu {
                 })
             })
             .map_err(shader_err)?;
+        self.pipelines.contracts.lock().unwrap().insert(pipeline.clone(), (shader.name, Arc::new(contract)));
         let p = Arc::new(pipeline);
         self.pipelines.map.lock().unwrap().insert(key, p.clone());
         Ok(p)
@@ -173,6 +185,10 @@ impl Gpu {
     }
 
     fn bind_group(&self, pipeline: &wgpu::ComputePipeline, params: &[u8], buffers: &[&wgpu::Buffer]) -> Result<wgpu::BindGroup> {
+        // Every pipeline comes from `Gpu::pipeline`, which recorded its contract.
+        if let Some((shader, contract)) = self.pipelines.contracts.lock().unwrap().get(pipeline) {
+            contract.check(shader, params, buffers.len())?;
+        }
         let mut entries = Vec::with_capacity(buffers.len() + 1);
         let uniform;
         let first = if params.is_empty() {
