@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use super::actq::{fit, per_channel, Kind};
 use crate::models::packed::QuantPoint;
-use super::calibrate::{Calibration, Family, Model};
+use super::calibrate::{Calibration, Model};
 use super::repq::{fold_attention_v, fold_layer_norm, repq_map};
 use super::{noisy, smooth};
 use crate::kernels::act_quant::ActQuantizer;
@@ -87,64 +87,86 @@ pub struct Prepared {
     pub points: Vec<QuantPoint>,
 }
 
-const LINEARS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"];
+/// Where a model's static activation quantizers sit, as graph node names (the checkpoint's
+/// key prefixes), so one calibration serves every family.
+#[derive(Default)]
+pub struct Sites {
+    /// (LayerNorm, the Linear reading it, width): RepQ-ViT / SmoothQuant fold their
+    /// per-channel map into the pair (a block's norm1→qkv and norm2→fc1, Swin's patch merging
+    /// norm→reduction).
+    pub norm_linears: Vec<(String, String, usize)>,
+    /// (qkv, proj, width): SmoothQuant folds proj's input map into qkv's V rows.
+    pub v_proj: Vec<(String, String, usize)>,
+    /// Every Linear whose input gets a quantizer, and whether that input is post-GELU.
+    pub linears: Vec<(String, bool)>,
+    /// Attention nodes (their post-softmax quantizer), with the head count.
+    pub attentions: Vec<(String, usize)>,
+}
 
-/// Calibrates the activation quantizers at `act_bits` (weights will be `weight_bits`) of the
-/// ViT `model` on `calib`.
+impl Sites {
+    /// A ViT block (or a Swin block) at `prefix` with `heads` heads of total width `dim`.
+    pub fn add_block(&mut self, prefix: &str, dim: usize, heads: usize) {
+        let p = |name: &str| format!("{prefix}.{name}");
+        self.norm_linears.push((p("norm1"), p("attn.qkv"), dim));
+        self.norm_linears.push((p("norm2"), p("mlp.fc1"), dim));
+        self.v_proj.push((p("attn.qkv"), p("attn.proj"), dim));
+        for (l, post_gelu) in [("attn.qkv", false), ("attn.proj", false), ("mlp.fc1", false), ("mlp.fc2", true)] {
+            self.linears.push((p(l), post_gelu));
+        }
+        self.attentions.push((p("attn"), heads));
+    }
+}
+
+/// Calibrates the activation quantizers at `act_bits` (weights will be `weight_bits`) of
+/// `model` on `calib`.
 pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, weight_bits: u32, m: ActMethods, seed: u64) -> Result<Prepared> {
-    let Family::Vit(cfg) = &model.family else { invalid!("static activation quantization runs on ViTs only") };
+    let sites = model.act_sites()?;
     if m.repq && m.smooth {
         invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
     }
-    let (d, depth, heads) = (cfg.embed_dim, cfg.depth, cfg.num_heads);
     let mut w = model.weights.clone();
 
     // Stage 1: per-channel maps folded into the weights.
     let mut repq_grids: HashMap<String, ActQuantizer> = HashMap::new();
     if m.repq || m.smooth {
-        let mut nodes = Vec::new();
-        for n in 0..depth {
-            nodes.push(format!("blocks.{n}.attn.qkv"));
-            nodes.push(format!("blocks.{n}.mlp.fc1"));
-            if m.smooth {
-                nodes.push(format!("blocks.{n}.attn.proj"));
-            }
+        let mut nodes: Vec<String> = sites.norm_linears.iter().map(|s| s.1.clone()).collect();
+        if m.smooth {
+            nodes.extend(sites.v_proj.iter().map(|s| s.1.clone()));
         }
         let inputs = collect_rows(gpu, model, &w, calib, &nodes)?;
-        for n in 0..depth {
-            let b = format!("blocks.{n}");
-            for (norm, linear) in [("norm1", "attn.qkv"), ("norm2", "mlp.fc1")] {
-                let node = format!("{b}.{linear}");
-                let x = &inputs[&node];
-                if m.repq {
-                    let (map, scale, zero) = repq_map(&per_channel(x, d, act_bits)?);
-                    fold_layer_norm(&mut w, &format!("{b}.{norm}"), &[&node], &map)?;
-                    repq_grids.insert(node, ActQuantizer::Uniform { bits: act_bits, scale, zero });
-                } else if let Some(map) = smooth::search(&thin_rows(x, d, SEARCH_ROWS), weight(&w, &node)?, d, weight_bits, act_bits)? {
-                    fold_layer_norm(&mut w, &format!("{b}.{norm}"), &[&node], &map)?;
-                }
+        for (norm, node, d) in &sites.norm_linears {
+            let x = &inputs[node];
+            if m.repq {
+                let (map, scale, zero) = repq_map(&per_channel(x, *d, act_bits)?);
+                fold_layer_norm(&mut w, norm, &[node], &map)?;
+                repq_grids.insert(node.clone(), ActQuantizer::Uniform { bits: act_bits, scale, zero });
+            } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits)? {
+                fold_layer_norm(&mut w, norm, &[node], &map)?;
             }
-            if m.smooth && (cfg.qkv_bias || w.contains(&format!("{b}.attn.qkv.bias"))) {
-                let node = format!("{b}.attn.proj");
-                if let Some(map) = smooth::search(&thin_rows(&inputs[&node], d, SEARCH_ROWS), weight(&w, &node)?, d, weight_bits, act_bits)? {
-                    fold_attention_v(&mut w, &format!("{b}.attn.qkv"), &node, &map)?;
+        }
+        if m.smooth {
+            for (qkv, proj, d) in &sites.v_proj {
+                // Folding into V needs a qkv bias to carry the shift.
+                if !w.contains(&format!("{qkv}.bias")) {
+                    continue;
+                }
+                if let Some(map) = smooth::search(&thin_rows(&inputs[proj], *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits)? {
+                    fold_attention_v(&mut w, qkv, proj, &map)?;
                 }
             }
         }
     }
 
     // Stage 2: every quantizer on float inputs of the folded model.
-    let mut nodes = Vec::new();
-    for n in 0..depth {
-        nodes.extend(LINEARS.iter().map(|l| format!("blocks.{n}.{l}")));
-        nodes.push(format!("blocks.{n}.attn"));
-    }
+    let mut nodes: Vec<String> = sites.linears.iter().map(|l| l.0.clone()).collect();
+    nodes.extend(sites.attentions.iter().map(|a| a.0.clone()));
+    let heads: HashMap<&str, usize> = sites.attentions.iter().map(|(n, h)| (n.as_str(), *h)).collect();
     let mut probs: HashMap<String, Vec<f32>> = HashMap::new();
     let inputs = {
         let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
         model.visit_inputs(gpu, &w, calib, &nodes, |node, x, shape| {
-            if node.ends_with(".attn") {
-                probs.entry(node.to_string()).or_default().extend(softmax_sample(x, shape, heads)?);
+            if let Some(&h) = heads.get(node) {
+                probs.entry(node.to_string()).or_default().extend(softmax_sample(x, shape, h)?);
             } else {
                 let width = *shape.last().unwrap_or(&1);
                 rows.entry(node.to_string()).or_default().extend(thin_rows(x, width, ROWS));
@@ -154,33 +176,38 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
         rows
     };
     let mut points = Vec::new();
-    for n in 0..depth {
-        for l in LINEARS {
-            let node = format!("blocks.{n}.{l}");
-            let x = &inputs[&node];
-            let kind = if l == "mlp.fc2" { m.gelu.unwrap_or(Kind::Uniform) } else { Kind::Uniform };
-            let quantizer = match repq_grids.get(&node) {
-                Some(q) => *q,
-                None => fit(kind, act_bits, x)?,
-            };
-            let mut point = QuantPoint { node: node.clone(), quantizer, noise: None };
-            let bias_key = format!("{node}.bias");
-            if m.noisy && kind == Kind::Uniform && w.tensors.contains_key(&bias_key) {
-                let cols = w.tensors[&format!("{node}.weight")].shape[1];
-                let sample = thin_rows(x, cols, SEARCH_ROWS);
-                let seed = seed ^ (n as u64 * 16 + LINEARS.iter().position(|v| *v == l).unwrap() as u64);
-                if let Some(found) = noisy::search(&sample, weight(&w, &node)?, cols, &quantizer, seed)? {
-                    let wt = w.tensors[&format!("{node}.weight")].data.clone();
-                    noisy::fold_bias(&mut w.tensors.get_mut(&bias_key).unwrap().data, &wt, &found.noise);
-                    let key = format!("{node}.act_noise");
-                    w.tensors.insert(key.clone(), WeightTensor { shape: vec![cols], data: found.noise });
-                    point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(key) };
-                }
+    for (i, (node, post_gelu)) in sites.linears.iter().enumerate() {
+        let x = &inputs[node];
+        let kind = if *post_gelu { m.gelu.unwrap_or(Kind::Uniform) } else { Kind::Uniform };
+        let quantizer = match repq_grids.get(node) {
+            Some(q) => *q,
+            None => fit(kind, act_bits, x)?,
+        };
+        let mut point = QuantPoint { node: node.clone(), quantizer, noise: None };
+        let bias_key = format!("{node}.bias");
+        if m.noisy && kind == Kind::Uniform && w.tensors.contains_key(&bias_key) {
+            let cols = w.tensors[&format!("{node}.weight")].shape[1];
+            let sample = thin_rows(x, cols, SEARCH_ROWS);
+            // One noise seed per Linear: block × 16 + its place in the block.
+            let site_seed = seed ^ ((i / 4) * 16 + i % 4) as u64;
+            if let Some(found) = noisy::search(&sample, weight(&w, node)?, cols, &quantizer, site_seed)? {
+                let wt = w.tensors[&format!("{node}.weight")].data.clone();
+                noisy::fold_bias(&mut w.tensors.get_mut(&bias_key).unwrap().data, &wt, &found.noise);
+                let key = format!("{node}.act_noise");
+                w.tensors.insert(key.clone(), WeightTensor { shape: vec![cols], data: found.noise });
+                point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(key) };
             }
-            points.push(point);
         }
-        let node = format!("blocks.{n}.attn");
-        points.push(QuantPoint { node: node.clone(), quantizer: fit(m.softmax_kind(), act_bits, &probs[&node])?, noise: None });
+        points.push(point);
+        // A block's attention quantizer follows its Linears' (the order checkpoints record).
+        let block = |n: &str| n.rsplit_once(".attn.").or_else(|| n.rsplit_once(".mlp.")).map(|(b, _)| b.to_string());
+        let next_block = sites.linears.get(i + 1).and_then(|(n, _)| block(n));
+        if let Some(b) = block(node).filter(|b| Some(b) != next_block.as_ref()) {
+            let attn = format!("{b}.attn");
+            if let Some(p) = probs.get(&attn) {
+                points.push(QuantPoint { node: attn, quantizer: fit(m.softmax_kind(), act_bits, p)?, noise: None });
+            }
+        }
     }
     Ok(Prepared { weights: w, points })
 }

@@ -75,6 +75,16 @@ impl Model {
         Ok(WeightSummary::new(&self.weights)?.is_quantized())
     }
 
+    /// Where the static activation quantizers of the W6A6/W4A8/W4A4 recipes sit.
+    pub fn act_sites(&self) -> Result<super::act_calib::Sites> {
+        let mut sites = super::act_calib::Sites::default();
+        match &self.family {
+            Family::Vit(c) => (0..c.depth).for_each(|n| sites.add_block(&format!("blocks.{n}"), c.embed_dim, c.num_heads)),
+            Family::Vqgan(_) => invalid!("static activation quantization runs on classifiers (ViT, Swin), not on a VQGAN"),
+        }
+        Ok(sites)
+    }
+
     pub fn has_encoder(&self) -> bool {
         matches!(self.family, Family::Vqgan(_)) && self.weights.contains("encoder.conv_in.weight")
     }

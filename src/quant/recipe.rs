@@ -263,7 +263,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         let w = &model.weights.tensors[&l.key].data;
         let h = hessians.get(&l.key);
         let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
-        let six_bit = matches!(static_act, Some((6, _))) && l.key.starts_with("blocks.");
+        let six_bit = matches!(static_act, Some((6, _))) && inner_matrix(&l.key);
         let m = if six_bit { act_calib::six_bit(w, l.rows(), l.cols(), used.clip) } else { quantize_matrix(w, l.rows(), l.cols(), format, used, h) };
         let m = m.map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?;
         let err = crate::metrics::nmse(&m.dequantize(), w);
@@ -318,10 +318,16 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
 /// recipe's bits (6-bit codes live in Q8 words), the patch embedding and head at 8 bits (as
 /// RepQ-ViT and PTQ4ViT keep the first and last layers).
 fn activation_recipe_format(key: &str, weight_bits: u32) -> WeightFormat {
-    match (key.starts_with("blocks."), weight_bits) {
+    match (inner_matrix(key), weight_bits) {
         (true, 4) => WeightFormat::Q4 { group: 32, zero_point: false },
         _ => WeightFormat::Q8 { group: None },
     }
+}
+
+/// Whether `key` is a classifier's inner matrix (a block Linear, Swin's patch merging), not its
+/// first or last layer (patch embedding, head), which the activation recipes keep at 8 bits.
+fn inner_matrix(key: &str) -> bool {
+    !(key.starts_with("patch_embed.") || key.starts_with("head.") || key.starts_with("head_dist."))
 }
 
 /// Writes into a temporary folder beside `out` and renames it at the end, so a failure leaves
