@@ -192,12 +192,23 @@ fn quantize_then_classify_round_trip() {
     let vit = fixture("vit_tiny_test");
     let image = vit.join("image_exact.png");
     let reference = logits(&vit, &image, &dir.join("ref.safetensors"));
-    for (recipe, method, min_sqnr) in [("w8a16", "rtn", 30.0), ("w4a16", "gptq,clip", 12.0), ("fp4", "clip", 8.0), ("mixed:4.5", "gptq", 12.0)] {
-        let out = dir.join(recipe.replace(':', "_"));
-        let stdout = ok(&[
+    let cases: [(&str, &str, Option<&str>, f64); 5] = [
+        ("w8a16", "rtn", None, 30.0),
+        ("w4a16", "gptq,clip", None, 12.0),
+        ("fp4", "clip", None, 8.0),
+        ("mixed:4.5", "gptq", None, 12.0),
+        ("mixed:4.5", "clip", Some("output"), 12.0),
+    ];
+    for (recipe, method, sensitivity, min_sqnr) in cases {
+        let out = dir.join(format!("{}{}", recipe.replace(':', "_"), sensitivity.map(|s| format!("-{s}")).unwrap_or_default()));
+        let mut args = vec![
             "quantize", "--model", vit.to_str().unwrap(), "--recipe", recipe, "--method", method, "--calib", calib.to_str().unwrap(),
             "--calib-count", "4", "--seed", "3", "--out", out.to_str().unwrap(),
-        ]);
+        ];
+        if let Some(s) = sensitivity {
+            args.extend(["--sensitivity", s]);
+        }
+        let stdout = ok(&args);
         assert!(stdout.contains("blocks.0.mlp.fc1.weight") && stdout.contains("MB packed"), "{stdout}");
         // The folder holds the checkpoint, the config and the readable description.
         let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
@@ -208,6 +219,7 @@ fn quantize_then_classify_round_trip() {
         if recipe.starts_with("mixed") {
             assert!(stdout.contains("exact (knapsack DP)") && stdout.contains("greedy"), "{stdout}");
             assert!(desc["mixed"]["exact"]["average_bits"].as_f64().unwrap() <= 4.5);
+            assert_eq!(desc["mixed"]["sensitivity"], sensitivity.unwrap_or("hessian"));
         }
         let got = logits(&out, &image, &dir.join("q.safetensors"));
         let sqnr = lowbit::metrics::sqnr_db(&got, &reference);

@@ -31,18 +31,28 @@ pub struct QuantizeArgs {
     pub calib_count: usize,
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
+    /// How mixed:<bits> measures each layer's sensitivity: hessian (its output error on the
+    /// calibration inputs, from one pass) or output (the model's output, one pass per layer
+    /// and format: slower).
+    #[arg(long, default_value = "hessian", value_name = "HOW")]
+    pub sensitivity: String,
     /// The output folder (must not exist; written completely or not at all).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
 pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
-    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed };
+    let sensitivity = crate::quant::mixed::Sensitivity::parse(&args.sensitivity)?;
+    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed, sensitivity };
     let start = std::time::Instant::now();
     let report = quantize(gpu, &args.model, &opts, &args.out).with_context(|| format!("quantizing {}", args.model.display()))?;
     if let Some(a) = &report.mixed {
         println!("mixed precision, budget {} bytes of matrices:", a.budget_bytes);
-        println!("  {:<40} {:>9} {:>9}   sensitivity (output SQNR dB per format)", "layer", "exact", "greedy");
+        let measured = match sensitivity {
+            crate::quant::mixed::Sensitivity::Hessian => "layer-output SQNR dB per format, from its Hessian",
+            crate::quant::mixed::Sensitivity::Output => "model-output SQNR dB per format",
+        };
+        println!("  {:<40} {:>9} {:>9}   sensitivity ({measured})", "layer", "exact", "greedy");
         for (i, key) in a.keys.iter().enumerate() {
             let sens: Vec<String> = a.options[i].iter().map(|c| format!("{} {:.1}", c.format.name(), c.sqnr_db)).collect();
             println!("  {key:<40} {:>9} {:>9}   {}", a.options[i][a.exact[i]].format.name(), a.options[i][a.greedy[i]].format.name(), sens.join(", "));

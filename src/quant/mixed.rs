@@ -1,7 +1,10 @@
-//! Mixed precision (`mixed:<bits>`): each layer's sensitivity is the SQNR of the model's output
-//! on the calibration inputs with only that layer quantized (MixDQ's measurement), for each
-//! candidate format (ternary ≈ 2 bits, q4g128 ≈ 4.1, q4g32 = 4.5, q8 = 8.25 bits per weight with
-//! scales).
+//! Mixed precision (`mixed:<bits>`): each layer gets a sensitivity per candidate format
+//! (ternary ≈ 2 bits, q4g128 ≈ 4.1, q4g32 = 4.5, q8 = 8.25 bits per weight with scales), an SQNR:
+//! - `hessian` (default; HAWQ-style, from the one calibration pass that collects each layer's
+//!   XᵀX): the layer's own output SQNR, tr(W H Wᵀ) / tr(ΔW H ΔWᵀ) with ΔW the quantization
+//!   error; no forward pass per layer and format.
+//! - `output` (MixDQ's measurement): the SQNR of the model's output on the calibration inputs
+//!   with only that layer quantized, one forward pass per layer and format.
 //! Treating the layers' output noises as independent, the noise of an allocation is the sum of
 //! the single-layer noise powers 10^(−SQNR/10); the allocation minimizing it under the byte
 //! budget (average bits × matrix parameters / 8) is a multiple-choice knapsack, solved exactly by
@@ -36,6 +39,57 @@ pub fn candidates() -> Vec<WeightFormat> {
     ]
 }
 
+/// How a layer's sensitivity to each format is measured (`--sensitivity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sensitivity {
+    #[default]
+    Hessian,
+    Output,
+}
+
+impl Sensitivity {
+    pub fn parse(name: &str) -> Result<Sensitivity> {
+        match name {
+            "hessian" => Ok(Sensitivity::Hessian),
+            "output" => Ok(Sensitivity::Output),
+            _ => invalid!("--sensitivity {name}: expected hessian (the layer's output error from its calibration inputs) or output (the model's output, one pass per layer and format)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sensitivity::Hessian => "hessian",
+            Sensitivity::Output => "output",
+        }
+    }
+}
+
+/// Rows of a weight matrix the Hessian proxy evaluates (evenly spaced): the per-row errors of
+/// round-to-grid quantization are alike, so a sample estimates the sum closely at a fraction
+/// of the rows·cols² cost.
+const PROXY_ROWS: usize = 256;
+
+/// Σ over (sampled) rows δ of δᵀHδ, scaled to all rows: the squared error the matrix `d` adds
+/// to the layer's output, summed over the calibration inputs H was accumulated from.
+fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32]) -> f64 {
+    let step = rows.div_ceil(PROXY_ROWS).max(1);
+    let mut sum = 0f64;
+    let mut used = 0;
+    for r in (0..rows).step_by(step) {
+        let row = &d[r * cols..(r + 1) * cols];
+        let mut e = 0f64;
+        for (i, &di) in row.iter().enumerate() {
+            if di != 0.0 {
+                let hi = &h[i * cols..(i + 1) * cols];
+                e += di as f64 * hi.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() as f64;
+            }
+        }
+        sum += e;
+        used += 1;
+    }
+    sum * rows as f64 / used.max(1) as f64
+}
+
 /// One option for one layer.
 #[derive(Clone, Debug)]
 pub struct Choice {
@@ -63,6 +117,8 @@ pub struct Allocation {
     pub budget_bytes: usize,
     pub exact: Vec<usize>,
     pub greedy: Vec<usize>,
+    /// How the options' SQNRs were measured (`Sensitivity::name`).
+    pub sensitivity: &'static str,
 }
 
 impl Allocation {
@@ -89,7 +145,7 @@ impl Allocation {
             json!({"bytes": bytes, "average_bits": bits, "predicted_sqnr_db": sqnr,
                    "formats": self.keys.iter().zip(pick).enumerate().map(|(i, (k, &c))| (k.clone(), json!(self.options[i][c].format.name()))).collect::<BTreeMap<_, _>>()})
         };
-        json!({"budget_bytes": self.budget_bytes, "exact": side(&self.exact), "greedy": side(&self.greedy),
+        json!({"budget_bytes": self.budget_bytes, "sensitivity": self.sensitivity, "exact": side(&self.exact), "greedy": side(&self.greedy),
                "sensitivity_sqnr_db": self.keys.iter().enumerate().map(|(i, k)| (k.clone(), self.options[i].iter().map(|c| (c.format.name(), c.sqnr_db)).collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>()})
     }
 }
@@ -156,7 +212,7 @@ pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Optio
 
 /// Measures every layer's sensitivity and allocates `bits` average weight bits. Matrices the
 /// model runs as one (a VQGAN attention's q, k, v: one stacked conv, one format) are one item.
-pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>) -> Result<Allocation> {
+pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>, sensitivity: Sensitivity) -> Result<Allocation> {
     let mut items: Vec<(String, Vec<&Layer>)> = Vec::new();
     for l in layers {
         match items.iter_mut().find(|(node, _)| *node == l.node) {
@@ -180,12 +236,25 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
         .collect();
     allocate(names.clone(), params.clone(), cheapest, budget_bytes, bits)?;
     let calib = &calib.first(SENSITIVITY_INPUTS);
-    let reference = model.outputs(gpu, &model.weights, calib)?;
+    let reference = match sensitivity {
+        Sensitivity::Output => model.outputs(gpu, &model.weights, calib)?,
+        Sensitivity::Hessian => Vec::new(),
+    };
+    // The Hessian proxy's H (f32 for speed) and the layer's output energy tr(W H Wᵀ).
+    let proxy = |l: &Layer| -> Option<(Vec<f32>, f64)> {
+        let h: Vec<f32> = hessians.get(&l.key)?.matrix().iter().map(|&v| v as f32).collect();
+        let energy = hessian_energy(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), &h);
+        Some((h, energy))
+    };
     let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
     let mut options = Vec::with_capacity(items.len());
     let mut progress = Progress::new("measuring layer sensitivities", items.len());
     for (_, members) in &items {
         let mut opts = Vec::new();
+        let proxies: Vec<Option<(Vec<f32>, f64)>> = match sensitivity {
+            Sensitivity::Hessian if !members[0].encoder => members.iter().map(|l| proxy(l)).collect(),
+            _ => Vec::new(),
+        };
         for format in formats_of(members) {
             let mut packed = BTreeMap::new();
             for l in members {
@@ -195,6 +264,16 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
             }
             let sqnr_db = if members[0].encoder {
                 f64::INFINITY
+            } else if sensitivity == Sensitivity::Hessian {
+                let (mut signal, mut noise) = (0f64, 0f64);
+                for (l, p) in members.iter().zip(&proxies) {
+                    let Some((h, energy)) = p else { invalid!("{}: no calibration inputs reached this layer for its sensitivity", l.key) };
+                    let w = &model.weights.tensors[&l.key].data;
+                    let delta: Vec<f32> = packed[&l.key].dequantize().iter().zip(w).map(|(q, w)| q - w).collect();
+                    signal += energy;
+                    noise += hessian_energy(&delta, l.rows(), l.cols(), h);
+                }
+                (10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()).min(200.0)
             } else {
                 let weights = with_packed(&model.weights, &packed, &shapes)?;
                 crate::metrics::sqnr_db(&model.outputs(gpu, &weights, calib)?, &reference).min(200.0)
@@ -207,6 +286,7 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
     progress.finish();
     let mut a = allocate(names, params, options, budget_bytes, bits)?;
     a.members = items.iter().map(|(_, m)| m.iter().map(|l| l.key.clone()).collect()).collect();
+    a.sensitivity = sensitivity.name();
     Ok(a)
 }
 
@@ -233,5 +313,5 @@ pub fn allocate(keys: Vec<String>, params: Vec<usize>, options: Vec<Vec<Choice>>
     };
     let greedy = greedy(&costs, &values, budget).unwrap_or_else(|| exact.clone());
     let members = keys.iter().map(|k| vec![k.clone()]).collect();
-    Ok(Allocation { keys, members, params, options, budget_bytes, exact, greedy })
+    Ok(Allocation { keys, members, params, options, budget_bytes, exact, greedy, sensitivity: Sensitivity::Output.name() })
 }

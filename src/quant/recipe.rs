@@ -156,6 +156,8 @@ pub struct Options {
     pub calib: Option<PathBuf>,
     pub calib_count: usize,
     pub seed: u64,
+    /// How `mixed:<bits>` measures sensitivities.
+    pub sensitivity: mixed::Sensitivity,
 }
 
 /// What was done, for printing.
@@ -235,7 +237,9 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         _ => Vec::new(),
     };
     // Layers GPTQ cannot see (a VQGAN encoder calibrated with tokens) fall back to clip/rtn.
-    let hessians: HashMap<String, Hessian> = match (&calib, methods.gptq) {
+    // The mixed recipe's default sensitivity reads the same layer inputs.
+    let mixed_hessian = matches!(recipe, Recipe::Mixed { .. }) && opts.sensitivity == mixed::Sensitivity::Hessian;
+    let hessians: HashMap<String, Hessian> = match (&calib, methods.gptq || mixed_hessian) {
         (Some(c), true) => {
             let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
             let mut progress = Progress::new("calibrating (layer inputs)", c.count());
@@ -248,7 +252,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let (formats, allocation) = match &recipe {
         Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
         Recipe::Mixed { bits } => {
-            let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians)?;
+            let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians, opts.sensitivity)?;
             (a.formats(), Some(a))
         }
         Recipe::Activations { weight_bits, .. } => (layers.iter().map(|l| (l.key.clone(), activation_recipe_format(&l.key, *weight_bits))).collect(), None),
