@@ -38,6 +38,7 @@ fn family_logits_match_timm_under_every_plan() {
             let model = VisionTransformer::from_pretrained(gpu, &fixture_dir(name), None, WeightFormat::F32).unwrap();
             let io = io(name);
             let (images, want) = (&io.tensors["images"], &io.tensors["logits"]);
+            assert_eq!(model.output_dim() * images.shape[0], want.data.len(), "{name}: output_dim");
             assert_parity(&format!("{name} {path}"), &run(gpu, &model, &images.shape, &images.data), &want.data);
         }
     }

@@ -230,9 +230,15 @@ impl VisionTransformer {
         Self::new(gpu, &cfg, &weights, format)
     }
 
-    /// Width of the output: `num_classes`, or `embed_dim` for a model without a head.
+    /// Values per image in the output: `num_classes`, or `embed_dim` for a model without a
+    /// head; times the tokens for `global_pool: ""`, which classifies every token.
     pub fn output_dim(&self) -> usize {
-        self.head.as_ref().map_or(self.config.embed_dim, |h| h.out_features())
+        let per_token = self.head.as_ref().map_or(self.config.embed_dim, |h| h.out_features());
+        if self.config.global_pool == config::Pool::None {
+            per_token * self.config.tokens()
+        } else {
+            per_token
+        }
     }
 
     /// Logits [B, num_classes] for normalized images [B, 3, img_size, img_size]: plans the
