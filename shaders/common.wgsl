@@ -1,5 +1,6 @@
-// Helpers every kernel family may include (`#include common`): the GELU's erf, the activation
-// fused into a producer's store (ACT_GELU / ACT_SWISH defines), and int8 packing.
+// Helpers every kernel family may include (`#include common`): the GELU's erf, QuickGELU and
+// the tanh GELU (element-wise passes only, no define), the activation fused into a producer's
+// store (ACT_GELU / ACT_SWISH defines), and int8 packing.
 
 // Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, plenty for f32 activations.
 fn erf(x: f32) -> f32 {
@@ -10,6 +11,19 @@ fn erf(x: f32) -> f32 {
 
 fn gelu_erf(v: f32) -> f32 {
     return 0.5 * v * (1.0 + erf(v * 0.70710678118654752));
+}
+
+// OpenAI CLIP's x · sigmoid(1.702 x).
+fn quick_gelu_of(v: f32) -> f32 {
+    return v / (1.0 + exp(-1.702 * v));
+}
+
+// GELU's tanh approximation; tanh written through exp with |u| clamped, since WGSL's tanh
+// overflows to NaN for large arguments on some drivers.
+fn gelu_tanh_of(v: f32) -> f32 {
+    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+    let e = exp(2.0 * u);
+    return 0.5 * v * (1.0 + (e - 1.0) / (e + 1.0));
 }
 
 // The activation a kernel's defines fuse into its output (identity without one).

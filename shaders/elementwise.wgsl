@@ -1,4 +1,5 @@
-// Element-wise ops over flat f32 tensors: residual add, GELU (erf form), swish, and the
+// Element-wise ops over flat f32 tensors: residual add, GELU (erf form), QuickGELU, tanh GELU,
+// swish, and the
 // nearest-neighbour 2× upsample.
 // One invocation per element; the grid is 2-D when a tensor needs more than 65535 workgroups.
 
@@ -29,6 +30,20 @@ fn swish(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if i >= p.n { return; }
     let x = a[i];
     out[i] = x / (1.0 + exp(-x));
+}
+
+@compute @workgroup_size(WG)
+fn quick_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = grid_item(wg, nwg, lid);
+    if i >= p.n { return; }
+    out[i] = quick_gelu_of(a[i]);
+}
+
+@compute @workgroup_size(WG)
+fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = grid_item(wg, nwg, lid);
+    if i >= p.n { return; }
+    out[i] = gelu_tanh_of(a[i]);
 }
 
 // `out += a` (residual add, in place on the residual stream).

@@ -8,7 +8,7 @@ fn activations_match_reference() {
     for (path, gpu) in gpus() {
         for n in [1, 255, 257, 70_001] {
             let x = random(n, n as u64, 6.0);
-            for act in [Activation::Gelu, Activation::Swish] {
+            for act in [Activation::Gelu, Activation::Swish, Activation::QuickGelu, Activation::GeluTanh] {
                 let xt = Tensor::from_f32(gpu, &[n], &x).unwrap();
                 let out = Tensor::zeros(gpu, &[n], DType::F32).unwrap();
                 let mut enc = gpu.encoder();

@@ -157,7 +157,8 @@ fn bad_configs_and_inputs_are_errors() {
     assert!(VitConfig::from_json("{}").is_err());
     assert!(VitConfig::from_json(r#"{"architecture": "resnet50"}"#).is_err());
     assert!(VitConfig::from_json(r#"{"architecture": "vit_tiny_patch16_224", "model_args": {"num_heads": 5}}"#).is_err());
-    assert!(VitConfig::from_json(r#"{"architecture": "vit_tiny_patch16_224", "model_args": {"global_pool": "avg"}}"#).is_err());
+    // Attention pooling (SigLIP's `map`) is not implemented: refused, not ignored.
+    assert!(VitConfig::from_json(r#"{"architecture": "vit_tiny_patch16_224", "model_args": {"global_pool": "map"}}"#).is_err());
     let base = VitConfig::from_json(r#"{"architecture": "deit_small_patch16_224", "num_classes": 7}"#).unwrap();
     assert_eq!((base.embed_dim, base.num_heads, base.depth, base.num_classes, base.tokens()), (384, 6, 12, 7, 197));
     assert_eq!(base.preprocess.mean, lowbit::models::vit::config::IMAGENET_MEAN);
@@ -306,6 +307,6 @@ fn hub_config_parses() {
     assert_eq!(c.label_names[2], "great white shark");
     assert_eq!((c.preprocess.crop_pct, c.preprocess.input_size), (0.9, (224, 224)));
     assert!(VitConfig::from_json(&json.replace("\"center\"", "\"squash\"")).is_err());
-    assert!(VitConfig::from_json(&json.replace("\"token\"", "\"avg\"")).is_err());
+    assert!(VitConfig::from_json(&json.replace("\"token\"", "\"map\"")).is_err());
     assert!(VitConfig::from_json(&json.replace("\"num_classes\": 3", "\"num_classes\": 4")).is_err());
 }

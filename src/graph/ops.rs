@@ -68,6 +68,11 @@ impl Graph {
             Linear::Int8(_) => invalid!("{name}: the int8 layer's fused activation does not match {act:?}"),
             Linear::Packed(l) => l,
         };
+        // Activations the Linear kernels do not fuse run as their own pass.
+        if let Some(a) = act.filter(|a| a.fused_define().is_none()) {
+            let y = self.linear(name, &Linear::Packed(layer.clone()), x, None)?;
+            return Ok(self.activation(&format!("{name}.act"), y, a));
+        }
         let (_, width) = self.rows(x, "linear")?;
         if width != layer.in_features() {
             shape_err!("{name}: input width {width}, the layer takes {}", layer.in_features());

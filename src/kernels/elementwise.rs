@@ -1,5 +1,6 @@
-//! Element-wise ops: GELU (erf form, as timm), swish (taming's nonlinearity), residual add,
-//! nearest-neighbour 2× upsampling (taming's `Upsample`).
+//! Element-wise ops: GELU (erf form, as timm), QuickGELU (OpenAI CLIP's), GELU's tanh
+//! approximation, swish (taming's nonlinearity), residual add, nearest-neighbour 2× upsampling
+//! (taming's `Upsample`).
 
 use super::{params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
@@ -12,6 +13,10 @@ const WG: u32 = 256;
 pub enum Activation {
     Gelu,
     Swish,
+    /// `x · sigmoid(1.702 x)` (timm's `quick_gelu`, OpenAI CLIP towers).
+    QuickGelu,
+    /// `nn.GELU(approximate='tanh')` (timm's `gelu_tanh`).
+    GeluTanh,
 }
 
 impl Activation {
@@ -19,6 +24,18 @@ impl Activation {
         match self {
             Activation::Gelu => "gelu",
             Activation::Swish => "swish",
+            Activation::QuickGelu => "quick_gelu",
+            Activation::GeluTanh => "gelu_tanh",
+        }
+    }
+
+    /// The define that fuses this activation into a Linear's store, where the kernels have one
+    /// (the others run as a separate element-wise pass after the Linear).
+    pub fn fused_define(self) -> Option<&'static str> {
+        match self {
+            Activation::Gelu => Some("ACT_GELU"),
+            Activation::Swish => Some("ACT_SWISH"),
+            Activation::QuickGelu | Activation::GeluTanh => None,
         }
     }
 
@@ -28,6 +45,8 @@ impl Activation {
         (match self {
             Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
             Activation::Swish => x / (1.0 + (-x).exp()),
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
         }) as f32
     }
 }

@@ -21,6 +21,9 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
 
 /// `img` → normalized CHW f32 of `cfg.input_size`. An image already at the input size is
 /// only scaled and normalized; any other goes through resize + center crop first.
+/// The largest intermediate image the resize before the crop may produce.
+const MAX_RESIZE_PIXELS: usize = 1 << 27;
+
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
     let (th, tw) = cfg.input_size;
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -35,7 +38,11 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
         let filter = Filter::parse(&cfg.interpolation)?;
         let scale = (th.max(tw) as f64 / cfg.crop_pct).floor() as usize;
         // torchvision's Resize(int): the shorter side becomes `scale`, the longer keeps the ratio.
-        let (nw, nh) = if w <= h { (scale, scale * h / w) } else { (scale * w / h, scale) };
+        let (nw, nh) = if w <= h { (scale, scale.saturating_mul(h) / w) } else { (scale.saturating_mul(w) / h, scale) };
+        // A tiny crop_pct or an extreme aspect ratio must not ask for a gigapixel buffer.
+        if nw.saturating_mul(nh) > MAX_RESIZE_PIXELS {
+            invalid!("image {w}×{h} would be resized to {nw}×{nh} (crop_pct {}): more than {MAX_RESIZE_PIXELS} pixels", cfg.crop_pct);
+        }
         if nw < tw || nh < th {
             invalid!("image {w}×{h} resized to {nw}×{nh} is smaller than the {tw}×{th} crop");
         }

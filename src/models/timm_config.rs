@@ -114,7 +114,8 @@ impl HubConfig {
             None => cfg.clone(),
         };
         let explicit = match cfg.get("model_args") {
-            Some(Value::Object(m)) => m.clone(),
+            // timm's create_model drops None-valued kwargs: a null leaves the default in effect.
+            Some(Value::Object(m)) => m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect(),
             Some(other) => invalid!("`model_args` must be an object, got {other}"),
             None => Map::new(),
         };
@@ -320,6 +321,10 @@ fn lookup(base: &str, tag: Option<&str>) -> Result<(Family, String, Map<String, 
     Ok((family, class, args, pretrained))
 }
 
+/// Largest input side and largest resize target (side) a config may ask for.
+const MAX_INPUT_SIZE: usize = 8192;
+const MAX_RESIZE_SIZE: f64 = 16384.0;
+
 fn preprocess_config(p: &Map<String, Value>, input_size: (usize, usize)) -> Result<PreprocessConfig> {
     let mut out = PreprocessConfig { input_size, mean: IMAGENET_MEAN, std: IMAGENET_STD, crop_pct: 0.875, interpolation: "bicubic".into() };
     if let Some(m) = p.get("mean") {
@@ -341,6 +346,12 @@ fn preprocess_config(p: &Map<String, Value>, input_size: (usize, usize)) -> Resu
     }
     if !(out.crop_pct > 0.0 && out.crop_pct <= 1.0) {
         invalid!("pretrained_cfg.crop_pct must be in (0, 1], got {}", out.crop_pct);
+    }
+    // The resize before the crop is floor(size / crop_pct): bounded so a tiny crop_pct is an
+    // error here rather than a huge allocation per image.
+    let (h, w) = input_size;
+    if h.max(w) > MAX_INPUT_SIZE || (h.max(w) as f64 / out.crop_pct) > MAX_RESIZE_SIZE {
+        invalid!("pretrained_cfg input_size {h}×{w} with crop_pct {} resizes beyond {MAX_RESIZE_SIZE} pixels a side", out.crop_pct);
     }
     if out.std.iter().any(|&s| !s.is_finite() || s < 1e-6) || out.mean.iter().any(|m| !m.is_finite()) {
         invalid!("pretrained_cfg mean/std must be finite with std ≥ 1e-6, got mean {:?} std {:?}", out.mean, out.std);

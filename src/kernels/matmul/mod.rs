@@ -154,10 +154,11 @@ pub fn linear_with(
 ) -> Result<()> {
     let m = check_args(layer, x, out)?;
     let mut defines = layer.format.wgsl_defines();
-    match act {
-        Some(Activation::Gelu) => defines.push("ACT_GELU"),
-        Some(Activation::Swish) => defines.push("ACT_SWISH"),
-        None => {}
+    if let Some(act) = act {
+        match act.fused_define() {
+            Some(define) => defines.push(define),
+            None => crate::invalid!("linear: {act:?} is not fused into the Linear kernels (run it as an element-wise pass)"),
+        }
     }
     let x_pitch = staged_pitch(gpu, layer, variant);
     if x_pitch > 0 {

@@ -1,27 +1,56 @@
-//! Model configuration in timm's Hugging Face hub layout (`config.json`):
+//! Model configuration in timm's Hugging Face hub layout (`config.json`), resolved by
+//! [`HubConfig`] against timm's registry:
 //!
 //! ```json
-//! { "architecture": "vit_tiny_patch16_224", "num_classes": 1000,
-//!   "model_args": { "embed_dim": 192, ... },            // optional overrides
-//!   "pretrained_cfg": { "input_size": [3, 224, 224], "mean": [...], "std": [...],
-//!                       "crop_pct": 0.9, "interpolation": "bicubic" } }
+//! { "architecture": "vit_small_patch14_reg4_dinov2.lvd142m", "num_classes": 0,
+//!   "model_args": { "img_size": 224 },                   // optional overrides
+//!   "pretrained_cfg": { "input_size": [3, 518, 518], "mean": [...], "std": [...],
+//!                       "crop_pct": 1.0, "interpolation": "bicubic" } }
 //! ```
 //!
-//! The architecture name gives timm's defaults; `model_args` overrides them the way
-//! `timm.create_model(name, **model_args)` does.
+//! Every `VisionTransformer` option is read the way timm's constructor reads it; an option
+//! this implementation does not have is an error naming it and the architecture.
 
 use std::path::Path;
 
-use serde_json::Value;
-
+use crate::kernels::elementwise::Activation;
+use crate::models::timm_config::{Family, HubConfig};
 use crate::{invalid, Error, Result};
 
 pub use crate::models::timm_config::{PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD};
+
+/// timm's `global_pool` (`''` is `None`: every token goes through the head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Token,
+    Avg,
+    Max,
+    AvgMax,
+    None,
+}
+
+/// The options implemented here: anything else set away from timm's default is refused.
+const SUPPORTED: [&str; 27] = [
+    "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads", "mlp_ratio",
+    "qkv_bias", "qk_norm", "proj_bias", "init_values", "class_token", "no_embed_class", "reg_tokens", "pre_norm",
+    "final_norm", "fc_norm", "pool_include_prefix", "dynamic_img_size", "norm_layer", "act_layer", "pos_embed",
+    "dynamic_img_pad", "scale_attn_norm", "scale_mlp_norm",
+];
+
+/// Bounds far above any published ViT that keep every size computation (tokens, weights,
+/// the resize before the crop) from overflowing or asking for absurd memory.
+const MAX_DIM: usize = 1 << 16;
+const MAX_DEPTH: usize = 4096;
+const MAX_IMG: usize = 8192;
+const MAX_CLASSES: usize = 1 << 24;
+const MAX_TOKENS: usize = 1 << 16;
 
 /// Everything needed to build a `VisionTransformer` and prepare its input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VitConfig {
     pub architecture: String,
+    /// The size images are fed at (timm's `img_size`, or the eval input size of a
+    /// `dynamic_img_size` model).
     pub img_size: usize,
     pub patch_size: usize,
     pub embed_dim: usize,
@@ -36,37 +65,38 @@ pub struct VitConfig {
     /// Class names when the hub config lists them (`label_names`), else empty.
     pub label_names: Vec<String>,
     pub preprocess: PreprocessConfig,
+    /// timm's `img_size`: the grid `pos_embed` has in the model (checkpoints at another grid
+    /// are resampled to it first, as timm's `checkpoint_filter_fn` does).
+    pub model_img_size: usize,
+    pub class_token: bool,
+    /// `VisionTransformerDistilled`: a distillation token after the class token and `head_dist`.
+    pub distilled: bool,
+    pub reg_tokens: usize,
+    /// Position embeddings only for patches (prefix tokens get none).
+    pub no_embed_class: bool,
+    pub global_pool: Pool,
+    pub pool_include_prefix: bool,
+    /// A LayerNorm on the tokens before pooling (`norm`).
+    pub final_norm: bool,
+    /// A LayerNorm on the pooled features instead (`fc_norm`; timm's `use_fc_norm and final_norm`).
+    pub fc_norm: bool,
+    /// `norm_pre` after the embeddings (CLIP); the patch projection then has no bias.
+    pub pre_norm: bool,
+    pub act: Activation,
+    /// LayerNorms on each head's queries and keys (`attn.q_norm`, `attn.k_norm`).
+    pub qk_norm: bool,
+    /// Bias of `attn.proj`, `mlp.fc1` and `mlp.fc2`.
+    pub proj_bias: bool,
+    pub norm_eps: f64,
+    /// Position embeddings resampled to the input's grid (timm's `dynamic_img_size`).
+    pub dynamic_img_size: bool,
 }
 
 impl VitConfig {
     /// timm's defaults for a known architecture name.
     pub fn from_architecture(name: &str) -> Result<VitConfig> {
-        let base = name.split('.').next().unwrap_or(name); // "vit_base_patch16_224.augreg_in21k"
-        let (embed_dim, num_heads) = match base {
-            "vit_tiny_patch16_224" | "deit_tiny_patch16_224" => (192, 3),
-            "vit_small_patch16_224" | "deit_small_patch16_224" => (384, 6),
-            "vit_base_patch16_224" | "deit_base_patch16_224" => (768, 12),
-            // A bare VisionTransformer: everything must come from model_args.
-            "vit" | "vision_transformer" => (0, 0),
-            _ => invalid!(
-                "unknown architecture `{name}` (known: vit_/deit_ tiny, small, base _patch16_224, or `vit` with model_args)"
-            ),
-        };
-        let (mean, std, crop_pct) = if base.starts_with("deit") { (IMAGENET_MEAN, IMAGENET_STD, 0.875) } else { ([0.5; 3], [0.5; 3], 0.9) };
-        Ok(VitConfig {
-            architecture: name.to_string(),
-            img_size: 224,
-            patch_size: 16,
-            embed_dim,
-            depth: 12,
-            num_heads,
-            mlp_ratio: 4.0,
-            qkv_bias: true,
-            init_values: None,
-            num_classes: 1000,
-            label_names: vec![],
-            preprocess: PreprocessConfig { input_size: (224, 224), mean, std, crop_pct, interpolation: "bicubic".into() },
-        })
+        let json = serde_json::json!({ "architecture": name }).to_string();
+        Self::from_json(&json)
     }
 
     pub fn load(path: &Path) -> Result<VitConfig> {
@@ -75,76 +105,82 @@ impl VitConfig {
     }
 
     pub fn from_json(text: &str) -> Result<VitConfig> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::Invalid(format!("not valid JSON: {e}")))?;
-        let arch = v.get("architecture").and_then(Value::as_str).ok_or_else(|| Error::Invalid("missing `architecture`".into()))?;
-        let mut c = Self::from_architecture(arch)?;
-        let mut img_size_set = false;
-        if let Some(args) = v.get("model_args") {
-            let args = args.as_object().ok_or_else(|| Error::Invalid("`model_args` must be an object".into()))?;
-            for (key, val) in args {
-                match key.as_str() {
-                    "img_size" => {
-                        c.img_size = square_size(val, key)?;
-                        img_size_set = true;
-                    }
-                    "patch_size" => c.patch_size = square_size(val, key)?,
-                    "embed_dim" => c.embed_dim = uint(val, key)?,
-                    "depth" => c.depth = uint(val, key)?,
-                    "num_heads" => c.num_heads = uint(val, key)?,
-                    "num_classes" => c.num_classes = uint(val, key)?,
-                    "mlp_ratio" => c.mlp_ratio = num(val, key)?,
-                    "qkv_bias" => c.qkv_bias = val.as_bool().ok_or_else(|| bad(key, val))?,
-                    "init_values" => c.init_values = if val.is_null() { None } else { Some(num(val, key)?) },
-                    // Options this implementation only supports at timm's defaults.
-                    "global_pool" if *val == "token" => {}
-                    "class_token" if *val == true => {}
-                    "reg_tokens" | "no_embed_class" | "pre_norm" | "fc_norm" if *val == 0 || *val == false || val.is_null() => {}
-                    "drop_rate" | "drop_path_rate" | "attn_drop_rate" | "proj_drop_rate" | "pos_drop_rate" => {}
-                    _ => invalid!("model_args.{key} = {val} is not supported"),
-                }
+        Self::from_hub(&HubConfig::from_json(text)?)
+    }
+
+    /// The ViT options of a resolved hub config (an error for a Swin one).
+    pub fn from_hub(h: &HubConfig) -> Result<VitConfig> {
+        let arch = &h.architecture;
+        if h.family != Family::Vit {
+            invalid!("architecture `{arch}` is a {} model, not a ViT", h.family.name());
+        }
+        h.reject_unknown(&SUPPORTED)?;
+        let unsupported = |key: &str, val: &dyn std::fmt::Display| -> Error {
+            Error::Invalid(format!("architecture `{arch}`: option {key} = {val} is not supported by lowbit"))
+        };
+        // Options accepted only at one value (listed in SUPPORTED so that value passes).
+        for (key, want) in [("in_chans", serde_json::json!(3)), ("pos_embed", "learn".into()), ("dynamic_img_pad", false.into()), ("scale_attn_norm", false.into()), ("scale_mlp_norm", false.into())] {
+            if let Some(v) = h.arg(key).filter(|v| **v != want) {
+                return Err(unsupported(key, v));
             }
         }
-        if let Some(n) = v.get("num_classes") {
-            c.num_classes = uint(n, "num_classes")?;
-        }
-        if let Some(pool) = v.get("global_pool") {
-            if *pool != "token" {
-                invalid!("global_pool {pool} is not supported (only \"token\")");
-            }
-        }
-        if let Some(names) = v.get("label_names") {
-            let names = names.as_array().ok_or_else(|| bad("label_names", names))?;
-            c.label_names = names.iter().map(|n| n.as_str().map(str::to_string).ok_or_else(|| bad("label_names", n))).collect::<Result<_>>()?;
-        }
-        if let Some(pc) = v.get("pretrained_cfg") {
-            let p = &mut c.preprocess;
-            if let Some(s) = pc.get("input_size") {
-                let dims: Vec<usize> = s.as_array().ok_or_else(|| bad("input_size", s))?.iter().map(|d| uint(d, "input_size")).collect::<Result<_>>()?;
-                let [3, h, w] = dims[..] else { invalid!("pretrained_cfg.input_size must be [3, H, W], got {s}") };
-                p.input_size = (h, w);
-            }
-            if let Some(m) = pc.get("mean") {
-                p.mean = triple(m, "mean")?;
-            }
-            if let Some(s) = pc.get("std") {
-                p.std = triple(s, "std")?;
-            }
-            if let Some(x) = pc.get("crop_pct") {
-                p.crop_pct = num(x, "crop_pct")?;
-            }
-            if let Some(mode) = pc.get("crop_mode") {
-                if *mode != "center" {
-                    invalid!("pretrained_cfg.crop_mode {mode} is not supported (only \"center\")");
-                }
-            }
-            if let Some(x) = pc.get("interpolation") {
-                p.interpolation = x.as_str().ok_or_else(|| bad("interpolation", x))?.to_string();
-            }
-        }
-        // Without an explicit input size, the network's own size is the one to feed.
-        if img_size_set && v.get("pretrained_cfg").and_then(|p| p.get("input_size")).is_none() {
-            c.preprocess.input_size = (c.img_size, c.img_size);
-        }
+        let distilled = match h.class.as_str() {
+            "VisionTransformer" => false,
+            "VisionTransformerDistilled" => true,
+            other => invalid!("architecture `{arch}`: model class {other} is not supported"),
+        };
+        let global_pool = match h.str_arg("global_pool")?.unwrap_or("") {
+            "token" => Pool::Token,
+            "avg" => Pool::Avg,
+            "max" => Pool::Max,
+            "avgmax" => Pool::AvgMax,
+            "" => Pool::None,
+            other => return Err(unsupported("global_pool", &other)),
+        };
+        let act = match h.str_arg("act_layer")? {
+            None | Some("gelu") => Activation::Gelu,
+            Some("quick_gelu") => Activation::QuickGelu,
+            Some("gelu_tanh") => Activation::GeluTanh,
+            Some(other) => return Err(unsupported("act_layer", &other)),
+        };
+        let final_norm = h.bool_arg("final_norm")?;
+        // timm: `fc_norm=None` means "after pooling" exactly for the reducing pools.
+        let use_fc_norm = match h.arg("fc_norm") {
+            None | Some(serde_json::Value::Null) => matches!(global_pool, Pool::Avg | Pool::Max | Pool::AvgMax),
+            Some(_) => h.bool_arg("fc_norm")?,
+        };
+        let model_img_size = h.size_arg("img_size")?;
+        let dynamic_img_size = h.bool_arg("dynamic_img_size")?;
+        let (ih, iw) = h.preprocess.input_size;
+        let c = VitConfig {
+            architecture: arch.clone(),
+            img_size: if dynamic_img_size && ih == iw { ih } else { model_img_size },
+            patch_size: h.size_arg("patch_size")?,
+            embed_dim: h.usize_arg("embed_dim")?,
+            depth: h.usize_arg("depth")?,
+            num_heads: h.usize_arg("num_heads")?,
+            mlp_ratio: h.f64_arg("mlp_ratio")?,
+            qkv_bias: h.bool_arg("qkv_bias")?,
+            init_values: h.opt_f64_arg("init_values")?.filter(|v| *v != 0.0),
+            num_classes: h.num_classes,
+            label_names: h.label_names.clone(),
+            preprocess: h.preprocess.clone(),
+            model_img_size,
+            class_token: h.bool_arg("class_token")?,
+            distilled,
+            reg_tokens: h.usize_arg("reg_tokens")?,
+            no_embed_class: h.bool_arg("no_embed_class")?,
+            global_pool,
+            pool_include_prefix: h.bool_arg("pool_include_prefix")?,
+            final_norm: final_norm && !use_fc_norm,
+            fc_norm: final_norm && use_fc_norm,
+            pre_norm: h.bool_arg("pre_norm")?,
+            act,
+            qk_norm: h.bool_arg("qk_norm")?,
+            proj_bias: h.bool_arg("proj_bias")?,
+            norm_eps: h.norm_eps(1e-6)?,
+            dynamic_img_size,
+        };
         c.validate()?;
         Ok(c)
     }
@@ -162,65 +198,61 @@ impl VitConfig {
         self.img_size / self.patch_size
     }
 
-    /// Tokens per image: the class token plus one per patch.
+    /// Tokens before the patches: class, distillation and register tokens.
+    pub fn prefix_tokens(&self) -> usize {
+        self.class_token as usize + self.distilled as usize + self.reg_tokens
+    }
+
+    /// Tokens per image: the prefix tokens plus one per patch.
     pub fn tokens(&self) -> usize {
-        1 + self.grid() * self.grid()
+        self.prefix_tokens() + self.grid() * self.grid()
     }
 
     fn validate(&self) -> Result<()> {
+        let arch = &self.architecture;
         if self.embed_dim == 0 || self.num_heads == 0 || self.depth == 0 || self.patch_size == 0 || self.img_size == 0 {
-            invalid!("embed_dim, num_heads, depth, patch_size and img_size must all be set and non-zero ({self:?})");
+            invalid!("architecture `{arch}`: embed_dim, num_heads, depth, patch_size and img_size must all be non-zero");
+        }
+        for (what, v, max) in [
+            ("embed_dim", self.embed_dim, MAX_DIM),
+            ("depth", self.depth, MAX_DEPTH),
+            ("img_size", self.img_size.max(self.model_img_size), MAX_IMG),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+            ("reg_tokens", self.reg_tokens, MAX_TOKENS),
+        ] {
+            if v > max {
+                invalid!("architecture `{arch}`: {what} = {v} is beyond what lowbit supports ({max})");
+            }
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             invalid!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads);
         }
-        if !self.img_size.is_multiple_of(self.patch_size) {
+        if !self.img_size.is_multiple_of(self.patch_size) || !self.model_img_size.is_multiple_of(self.patch_size) {
             invalid!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size);
         }
-        if self.mlp_hidden() == 0 {
-            invalid!("mlp_ratio {} gives an empty MLP", self.mlp_ratio);
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 || self.mlp_hidden() > 16 * MAX_DIM {
+            invalid!("architecture `{arch}`: mlp_ratio {} gives an MLP of {} channels", self.mlp_ratio, self.mlp_hidden());
+        }
+        if self.tokens() > MAX_TOKENS {
+            invalid!("architecture `{arch}`: {} tokens per image is beyond what lowbit supports ({MAX_TOKENS})", self.tokens());
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            invalid!("architecture `{arch}`: norm eps {} must be positive", self.norm_eps);
+        }
+        if self.global_pool == Pool::Token && !self.class_token {
+            invalid!("architecture `{arch}`: global_pool \"token\" needs the class token (class_token is false)");
+        }
+        if self.distilled && (self.global_pool != Pool::Token || self.reg_tokens > 0 || !self.class_token) {
+            invalid!("architecture `{arch}`: the distilled head reads the class and distillation tokens (global_pool \"token\", class_token, no reg_tokens)");
         }
         let p = &self.preprocess;
         if p.input_size != (self.img_size, self.img_size) {
-            invalid!("pretrained_cfg.input_size {:?} differs from img_size {} (position embeddings are not resampled)", p.input_size, self.img_size);
-        }
-        if !(0.0..=1.0).contains(&p.crop_pct) || p.crop_pct == 0.0 {
-            invalid!("crop_pct must be in (0, 1], got {}", p.crop_pct);
-        }
-        if p.std.iter().any(|&s| s.is_nan() || s <= 0.0) {
-            invalid!("std must be positive, got {:?}", p.std);
-        }
-        if !self.label_names.is_empty() && self.label_names.len() != self.num_classes {
-            invalid!("{} label_names for {} classes", self.label_names.len(), self.num_classes);
+            invalid!(
+                "pretrained_cfg.input_size {:?} differs from img_size {} (set model_args.dynamic_img_size to resample position embeddings)",
+                p.input_size,
+                self.img_size
+            );
         }
         Ok(())
-    }
-}
-
-fn bad(key: &str, val: &Value) -> Error {
-    Error::Invalid(format!("`{key}` has an unexpected value {val}"))
-}
-
-fn uint(v: &Value, key: &str) -> Result<usize> {
-    v.as_u64().map(|n| n as usize).ok_or_else(|| bad(key, v))
-}
-
-fn num(v: &Value, key: &str) -> Result<f64> {
-    v.as_f64().ok_or_else(|| bad(key, v))
-}
-
-/// timm accepts an int or an (h, w) pair; only square sizes are supported here.
-fn square_size(v: &Value, key: &str) -> Result<usize> {
-    match v.as_array() {
-        Some(a) if a.len() == 2 && a[0] == a[1] => uint(&a[0], key),
-        Some(_) => invalid!("`{key}` = {v}: only square sizes are supported"),
-        None => uint(v, key),
-    }
-}
-
-fn triple(v: &Value, key: &str) -> Result<[f32; 3]> {
-    match v.as_array().map(|a| a.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>()) {
-        Some(Some(x)) if x.len() == 3 => Ok([x[0] as f32, x[1] as f32, x[2] as f32]),
-        _ => Err(bad(key, v)),
     }
 }

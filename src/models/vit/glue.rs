@@ -1,6 +1,6 @@
 //! Glue kernels of the ViT forward pass (`shaders/vit_glue.wgsl`): building the token sequence,
-//! LayerScale fused into the residual add, and picking the class token. Each has a CPU
-//! reference below.
+//! LayerScale fused into the residual add, picking a token, pooling over tokens, per-head
+//! query/key LayerNorms and the distilled heads' average. Each has a CPU reference below.
 
 use crate::gpu::{DType, Shader, Tensor};
 use crate::kernels::params;
@@ -15,7 +15,16 @@ struct Params {
     n: u32,
     tokens: u32,
     dim: u32,
-    pad: u32,
+    prefix: u32,
+    mode: u32,
+    eps: u32,
+    pad: [u32; 2],
+}
+
+impl Params {
+    fn new(n: u32, tokens: usize, dim: usize) -> Params {
+        Params { n, tokens: tokens as u32, dim: dim as u32, prefix: 0, mode: 0, eps: 0, pad: [0; 2] }
+    }
 }
 
 fn check_f32(what: &str, tensors: &[&Tensor]) -> Result<()> {
@@ -34,16 +43,34 @@ fn count(what: &str, n: usize) -> Result<u32> {
     }
 }
 
-/// `out` [B, 1+P, D] = concat(cls [D], patches [B, P, D]) along tokens, plus `pos` [1+P, D]
-/// (timm's `_pos_embed` with a class token and no register tokens).
-pub fn embed_tokens(gpu: &Gpu, enc: &mut Encoder, patches: &Tensor, cls: &Tensor, pos: &Tensor, out: &Tensor) -> Result<()> {
-    check_f32("embed_tokens", &[patches, cls, pos, out])?;
+/// `out` [B, K+P, D] = concat(prefix [K, D] (or one token [D]), patches [B, P, D]) along
+/// tokens, plus `pos` [K+P, D] (timm's `_pos_embed`; for `no_embed_class` the prefix rows of
+/// `pos` are zero, which adds exactly nothing).
+pub fn embed_tokens(gpu: &Gpu, enc: &mut Encoder, patches: &Tensor, prefix: &Tensor, pos: &Tensor, out: &Tensor) -> Result<()> {
+    embed_tokens_with(gpu, enc, patches, prefix, None, pos, out)
+}
+
+/// `embed_tokens` with `k` prefix tokens read from `prefix` (`Some(0)`: none; `prefix` is then
+/// any placeholder, since an empty buffer cannot be bound).
+pub fn embed_tokens_with(gpu: &Gpu, enc: &mut Encoder, patches: &Tensor, prefix: &Tensor, k: Option<usize>, pos: &Tensor, out: &Tensor) -> Result<()> {
+    check_f32("embed_tokens", &[patches, prefix, pos, out])?;
     let &[b, p, d] = &patches.shape[..] else { shape_err!("embed_tokens: patches must be [B, P, D], got {:?}", patches.shape) };
-    cls.expect_shape("embed_tokens cls token", &[d])?;
-    pos.expect_shape("embed_tokens pos_embed", &[p + 1, d])?;
-    out.expect_shape("embed_tokens out", &[b, p + 1, d])?;
-    let p = Params { n: count("embed_tokens", out.numel())?, tokens: (p + 1) as u32, dim: d as u32, pad: 0 };
-    run(gpu, enc, "embed_tokens", &[], p, &[&patches.buffer, &cls.buffer, &pos.buffer, &out.buffer])
+    let k = match k {
+        Some(k) => k,
+        None if prefix.shape[..] == [d] => 1,
+        None => match prefix.shape[..] {
+            [k, pd] if pd == d => k,
+            _ => shape_err!("embed_tokens prefix tokens: expected [K, {d}], got {:?}", prefix.shape),
+        },
+    };
+    if k > 0 && prefix.numel() != k * d {
+        shape_err!("embed_tokens prefix tokens: expected {k}×{d} values, got {:?}", prefix.shape);
+    }
+    pos.expect_shape("embed_tokens pos_embed", &[p + k, d])?;
+    out.expect_shape("embed_tokens out", &[b, p + k, d])?;
+    let mut params = Params::new(count("embed_tokens", out.numel())?, p + k, d);
+    params.prefix = k as u32;
+    run(gpu, enc, "embed_tokens", &[], params, &[&patches.buffer, &prefix.buffer, &pos.buffer, &out.buffer])
 }
 
 /// `residual += gamma ⊙ x` over the last dimension (LayerScale, then the residual add).
@@ -52,27 +79,85 @@ pub fn layer_scale_add(gpu: &Gpu, enc: &mut Encoder, residual: &Tensor, x: &Tens
     let d = *x.shape.last().unwrap_or(&0);
     gamma.expect_shape("layer_scale_add gamma", &[d])?;
     residual.expect_shape("layer_scale_add residual", &x.shape)?;
-    let p = Params { n: count("layer_scale_add", x.numel())?, tokens: 0, dim: d as u32, pad: 0 };
+    let p = Params::new(count("layer_scale_add", x.numel())?, 0, d);
     run(gpu, enc, "layer_scale_add", &["LAYER_SCALE"], p, &[&x.buffer, &gamma.buffer, &residual.buffer])
 }
 
 /// `out` [B, D] = `x` [B, T, D] at token 0.
 pub fn take_token(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor) -> Result<()> {
+    take_token_at(gpu, enc, x, 0, out)
+}
+
+/// `out` [B, D] = `x` [B, T, D] at token `index`.
+pub fn take_token_at(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, index: usize, out: &Tensor) -> Result<()> {
     check_f32("take_token", &[x, out])?;
     let &[b, t, d] = &x.shape[..] else { shape_err!("take_token: input must be [B, T, D], got {:?}", x.shape) };
     out.expect_shape("take_token out", &[b, d])?;
-    let p = Params { n: count("take_token", b * d)?, tokens: t as u32, dim: d as u32, pad: 0 };
+    if index >= t {
+        shape_err!("take_token: token {index} of {t}");
+    }
+    let mut p = Params::new(count("take_token", b * d)?, t, d);
+    p.prefix = index as u32;
     run(gpu, enc, "take_token", &["TAKE_TOKEN"], p, &[&x.buffer, &out.buffer])
+}
+
+/// timm's reducing `global_pool` kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Avg = 0,
+    Max = 1,
+    /// (max + mean) / 2.
+    AvgMax = 2,
+}
+
+/// `out` [B, D] = `kind` of `x` [B, T, D] over tokens `skip..T` (timm's `global_pool_nlc`,
+/// `skip` = the prefix tokens, or 0 with `pool_include_prefix`).
+pub fn pool_tokens(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, skip: usize, kind: PoolKind, out: &Tensor) -> Result<()> {
+    check_f32("pool_tokens", &[x, out])?;
+    let &[b, t, d] = &x.shape[..] else { shape_err!("pool_tokens: input must be [B, T, D], got {:?}", x.shape) };
+    out.expect_shape("pool_tokens out", &[b, d])?;
+    if skip >= t {
+        shape_err!("pool_tokens: no tokens left to pool after skipping {skip} of {t}");
+    }
+    let mut p = Params::new(count("pool_tokens", b * d)?, t, d);
+    (p.prefix, p.mode) = (skip as u32, kind as u32);
+    run(gpu, enc, "pool_tokens", &["POOL"], p, &[&x.buffer, &out.buffer])
+}
+
+/// LayerNorm (eps `eps`) over head_dim of every query and key head of `qkv` [.., 3·H·hd], in
+/// place; `affine` [4, hd] holds q_norm's weight and bias, then k_norm's.
+pub fn qk_norm(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, heads: usize, affine: &Tensor, eps: f32) -> Result<()> {
+    check_f32("qk_norm", &[qkv, affine])?;
+    let width = *qkv.shape.last().unwrap_or(&0);
+    if heads == 0 || !width.is_multiple_of(3 * heads) || width == 0 {
+        shape_err!("qk_norm: qkv width {width} is not 3 × {heads} heads");
+    }
+    let hd = width / (3 * heads);
+    affine.expect_shape("qk_norm affine", &[4, hd])?;
+    let rows = qkv.numel() / width;
+    let mut p = Params::new(count("qk_norm", rows * 2 * heads)?, heads, hd);
+    p.eps = eps.to_bits();
+    run(gpu, enc, "qk_norm", &["QK_NORM"], p, &[&affine.buffer, &qkv.buffer])
+}
+
+/// `acc = (acc + x) / 2`.
+pub fn half_sum(gpu: &Gpu, enc: &mut Encoder, acc: &Tensor, x: &Tensor) -> Result<()> {
+    check_f32("half_sum", &[acc, x])?;
+    acc.expect_shape("half_sum accumulator", &x.shape)?;
+    let p = Params::new(count("half_sum", x.numel())?, 0, 1);
+    run(gpu, enc, "half_sum", &["HALF_SUM"], p, &[&x.buffer, &acc.buffer])
 }
 
 /// CPU references of the kernels above, on row-major slices.
 pub mod reference {
-    pub fn embed_tokens(patches: &[f32], b: usize, p: usize, d: usize, cls: &[f32], pos: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(b * (p + 1) * d);
+    /// `prefix` holds K tokens (K·d values, K may be 0).
+    pub fn embed_tokens(patches: &[f32], b: usize, p: usize, d: usize, prefix: &[f32], pos: &[f32]) -> Vec<f32> {
+        let k = prefix.len();
+        let mut out = Vec::with_capacity(b * (p * d + k));
         for bi in 0..b {
-            out.extend(cls.iter().zip(&pos[..d]).map(|(c, q)| c + q));
+            out.extend(prefix.iter().zip(&pos[..k]).map(|(c, q)| c + q));
             let rows = &patches[bi * p * d..(bi + 1) * p * d];
-            out.extend(rows.iter().zip(&pos[d..]).map(|(x, q)| x + q));
+            out.extend(rows.iter().zip(&pos[k..]).map(|(x, q)| x + q));
         }
         out
     }
@@ -83,6 +168,49 @@ pub mod reference {
     }
 
     pub fn take_token(x: &[f32], b: usize, t: usize, d: usize) -> Vec<f32> {
-        (0..b).flat_map(|bi| x[bi * t * d..bi * t * d + d].to_vec()).collect()
+        take_token_at(x, b, t, d, 0)
+    }
+
+    pub fn take_token_at(x: &[f32], b: usize, t: usize, d: usize, index: usize) -> Vec<f32> {
+        (0..b).flat_map(|bi| x[(bi * t + index) * d..(bi * t + index + 1) * d].to_vec()).collect()
+    }
+
+    /// Pooling in f64 (the kernel sums in f32).
+    pub fn pool_tokens(x: &[f32], b: usize, t: usize, d: usize, skip: usize, kind: super::PoolKind) -> Vec<f32> {
+        let mut out = Vec::with_capacity(b * d);
+        for bi in 0..b {
+            for di in 0..d {
+                let vals = (skip..t).map(|ti| x[(bi * t + ti) * d + di] as f64);
+                let mean = vals.clone().sum::<f64>() / (t - skip) as f64;
+                let top = vals.fold(f64::NEG_INFINITY, f64::max);
+                out.push(match kind {
+                    super::PoolKind::Avg => mean,
+                    super::PoolKind::Max => top,
+                    super::PoolKind::AvgMax => 0.5 * (top + mean),
+                } as f32);
+            }
+        }
+        out
+    }
+
+    /// `qk_norm` on a copy of `qkv` (rows of 3·heads·hd).
+    pub fn qk_norm(qkv: &[f32], heads: usize, affine: &[f32], eps: f32) -> Vec<f32> {
+        let hd = affine.len() / 4;
+        let mut out = qkv.to_vec();
+        for row in out.chunks_mut(3 * heads * hd) {
+            for s in 0..2 {
+                let (w, bias) = (&affine[2 * s * hd..(2 * s + 1) * hd], &affine[(2 * s + 1) * hd..(2 * s + 2) * hd]);
+                for h in 0..heads {
+                    let v = &mut row[(s * heads + h) * hd..(s * heads + h + 1) * hd];
+                    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / hd as f64;
+                    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / hd as f64;
+                    let inv = 1.0 / (var + eps as f64).sqrt();
+                    for j in 0..hd {
+                        v[j] = ((v[j] as f64 - mean) * inv * w[j] as f64 + bias[j] as f64) as f32;
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -1,25 +1,29 @@
 //! timm's `VisionTransformer` (ViT / DeiT) for classification, built from a checkpoint with
 //! timm's key names and run as a planned graph (one command encoder per forward pass):
 //!
-//! patch_embed → [cls; patches] + pos_embed → depth × (x += attn(norm1 x); x += mlp(norm2 x))
-//! → norm (on the class token only: LayerNorm is per token, so this equals timm's norm of
-//! every token followed by `global_pool='token'`) → head.
+//! patch_embed → [prefix tokens; patches] + pos_embed → norm_pre → depth × (x += ls1 ⊙
+//! attn(norm1 x); x += ls2 ⊙ mlp(norm2 x)) → norm → pool → fc_norm → head. Prefix tokens are
+//! the class, distillation and register tokens; with token pooling the norm runs on the
+//! pooled token only (LayerNorm is per token, so this equals timm's norm of every token).
+//! `forward.rs` builds the graph, `checks.rs` compares config and checkpoint, `resample.rs`
+//! resizes position embeddings.
 
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use std::sync::Arc;
 
+mod checks;
 pub mod config;
+mod forward;
 pub mod glue;
+pub mod resample;
 
 use config::VitConfig;
-use glue::{embed_tokens, layer_scale_add, take_token};
 use super::weights::{Weights, WeightsView};
 use crate::gpu::{DType, Tensor};
 use super::preprocess::{load_image, preprocess};
 use crate::graph::{Graph, Linear, NodeTime, Norm, Plan, Value};
-use crate::kernels::attention::AttentionParams;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
 use crate::kernels::matmul::QLinear;
@@ -28,9 +32,6 @@ use crate::kernels::act_quant::ActQuantizer;
 use crate::models::packed::{Activations, Attention, Description, QuantPoint, Runtime};
 use crate::formats::WeightFormat;
 use crate::{invalid, shape_err, Error, Gpu, Result};
-
-/// timm's ViT LayerNorm epsilon.
-const LN_EPS: f32 = 1e-6;
 
 /// A block's Linear: f32 activations × packed weights, or int8 × int8 (`--recipe w8a8`).
 struct Block {
@@ -43,6 +44,8 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     ls2: Option<Tensor>,
+    /// q_norm and k_norm, [4, head_dim]: q weight, q bias, k weight, k bias.
+    qk_norm: Option<Tensor>,
     /// Static activation quantizers (W6A6/W4A8/W4A4 checkpoints); all None otherwise.
     quant: BlockQuant,
 }
@@ -95,18 +98,18 @@ pub struct VisionTransformer {
     /// The packed format of every Linear and of the patch projection.
     pub format: WeightFormat,
     patch: Conv2d,
-    cls_token: Tensor,
+    /// Class, distillation and register tokens [K, D] (a zero row when K is 0).
+    prefix: Tensor,
+    /// [K + P, D] for the input's grid; prefix rows are zero with `no_embed_class`.
     pos_embed: Tensor,
+    norm_pre: Option<Norm>,
     blocks: Vec<Block>,
-    norm: Norm,
+    norm: Option<Norm>,
+    fc_norm: Option<Norm>,
     head: Option<Linear>,
+    head_dist: Option<Linear>,
     /// Attention through SageAttention (int8 Q·Kᵀ): checkpoints of `--recipe w8a8`.
     sage: bool,
-}
-
-/// Reads one f32 tensor of the checkpoint onto the GPU with the given shape.
-fn upload(gpu: &Gpu, w: &Weights, key: &str, ckpt_shape: &[usize], shape: &[usize]) -> Result<Tensor> {
-    Tensor::from_f32(gpu, shape, w.get(key, ckpt_shape)?)
 }
 
 /// A `nn.Linear` (`weight` [out, in]) packed in `format` (or as the checkpoint packed it).
@@ -141,20 +144,50 @@ impl VisionTransformer {
     /// (`WeightFormat::F32` reproduces timm's numbers).
     pub fn new(gpu: &Gpu, config: &VitConfig, w: &Weights, format: WeightFormat) -> Result<VisionTransformer> {
         let c = config;
-        let (d, p, hidden) = (c.embed_dim, c.patch_size, c.mlp_hidden());
-        let tokens = c.tokens();
+        let (d, p, hidden, hd) = (c.embed_dim, c.patch_size, c.mlp_hidden(), c.head_dim());
+        // Before anything is allocated for `depth` blocks: the checkpoint must have them.
+        checks::block_count(c, w)?;
+        checks::unexpected_keys(c, w)?;
         let packed = w.matrix("patch_embed.proj.weight", &[d, 3, p, p], format)?;
-        let patch = Conv2d::new(gpu, &packed, Some(w.get("patch_embed.proj.bias", &[d])?), (p, p), p, 0)?;
-        let cls_token = upload(gpu, w, "cls_token", &[1, 1, d], &[d])?;
-        let pos_embed = upload(gpu, w, "pos_embed", &[1, tokens, d], &[tokens, d])?;
+        // timm's patch embedding has no bias under pre_norm (CLIP).
+        let bias = if c.pre_norm { None } else { Some(w.get("patch_embed.proj.bias", &[d])?) };
+        let patch = Conv2d::new(gpu, &packed, bias, (p, p), p, 0)?;
+        let mut prefix = Vec::new();
+        if c.class_token {
+            prefix.extend_from_slice(w.get("cls_token", &[1, 1, d])?);
+        }
+        if c.distilled {
+            prefix.extend_from_slice(w.get("dist_token", &[1, 1, d])?);
+        }
+        if c.reg_tokens > 0 {
+            prefix.extend_from_slice(w.get("reg_token", &[1, c.reg_tokens, d])?);
+        }
+        let k = c.prefix_tokens();
+        let pos = checks::pos_embed(c, w)?;
+        let pos_embed = Tensor::from_f32(gpu, &[c.tokens(), d], &pos)?;
+        let prefix = if k == 0 { Tensor::zeros(gpu, &[1, d], DType::F32)? } else { Tensor::from_f32(gpu, &[k, d], &prefix)? };
         let layer_scale = |ls: WeightsView| -> Result<Option<Tensor>> {
-            let gamma = if c.init_values.is_some() { Some(ls.get("gamma", &[d])?) } else { ls.get_optional("gamma", &[d])? };
-            gamma.map(|g| Tensor::from_f32(gpu, &[d], g)).transpose()
+            if c.init_values.is_none() {
+                return Ok(None);
+            }
+            Tensor::from_f32(gpu, &[d], ls.get("gamma", &[d])?).map(Some)
+        };
+        let qk_norm = |attn: &WeightsView| -> Result<Option<Tensor>> {
+            if !c.qk_norm {
+                return Ok(None);
+            }
+            let mut affine = Vec::with_capacity(4 * hd);
+            for key in ["q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias"] {
+                affine.extend_from_slice(attn.get(key, &[hd])?);
+            }
+            Tensor::from_f32(gpu, &[4, hd], &affine).map(Some)
         };
         // The quantization description, parsed once: activation quantizers and runtime kernels.
         let desc = Description::of(w)?;
         let mut points = crate::models::packed::points(desc.as_ref())?;
         let runtime = desc.and_then(|d| d.runtime).unwrap_or_default();
+        // Only GELU is fused into the int8 Linear; other activations run as their own pass.
+        let fuse_gelu = c.act == Activation::Gelu;
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
             let b = w.pp("blocks").pp(i);
@@ -162,26 +195,30 @@ impl VisionTransformer {
             blocks.push(Block {
                 norm1: b.pp("norm1").norm(gpu, d)?,
                 qkv: load_block_linear(gpu, &attn.pp("qkv"), 3 * d, d, c.qkv_bias, format, false, runtime)?,
-                proj: load_block_linear(gpu, &attn.pp("proj"), d, d, true, format, false, runtime)?,
+                proj: load_block_linear(gpu, &attn.pp("proj"), d, d, c.proj_bias, format, false, runtime)?,
                 ls1: layer_scale(b.pp("ls1"))?,
                 norm2: b.pp("norm2").norm(gpu, d)?,
-                fc1: load_block_linear(gpu, &mlp.pp("fc1"), hidden, d, true, format, true, runtime)?,
-                fc2: load_block_linear(gpu, &mlp.pp("fc2"), d, hidden, true, format, false, runtime)?,
+                fc1: load_block_linear(gpu, &mlp.pp("fc1"), hidden, d, c.proj_bias, format, fuse_gelu, runtime)?,
+                fc2: load_block_linear(gpu, &mlp.pp("fc2"), d, hidden, c.proj_bias, format, false, runtime)?,
                 ls2: layer_scale(b.pp("ls2"))?,
+                qk_norm: qk_norm(&attn)?,
                 quant: BlockQuant::take(gpu, w, i, &mut points, [d, d, d, hidden])?,
             });
         }
         if let Some(p) = points.first() {
             invalid!("checkpoint {}: activation quantizer at `{}`, which is not a block Linear or attention of this model", w.source, p.node);
         }
-        if w.contains(&format!("blocks.{}.norm1.weight", c.depth)) {
-            invalid!("checkpoint {} has more than the configured {} blocks", w.source, c.depth);
-        }
-        let norm = w.norm(gpu, "norm", d)?;
-        let head = if c.num_classes > 0 { Some(load_linear(gpu, &w.pp("head"), c.num_classes, d, true, format)?.into()) } else { None };
+        let norm_pre = if c.pre_norm { Some(w.norm(gpu, "norm_pre", d)?) } else { None };
+        let norm = if c.final_norm { Some(w.norm(gpu, "norm", d)?) } else { None };
+        let fc_norm = if c.fc_norm { Some(w.norm(gpu, "fc_norm", d)?) } else { None };
+        let head_of = |name: &str| -> Result<Option<Linear>> {
+            Ok(if c.num_classes > 0 { Some(load_linear(gpu, &w.pp(name), c.num_classes, d, true, format)?.into()) } else { None })
+        };
+        let head = head_of("head")?;
+        let head_dist = if c.distilled { head_of("head_dist")? } else { None };
         // Whether `lowbit quantize` asked for the low-bit attention kernel.
         let sage = runtime.attention == Attention::SageInt8;
-        Ok(VisionTransformer { config: c.clone(), format, patch, cls_token, pos_embed, blocks, norm, head, sage })
+        Ok(VisionTransformer { config: c.clone(), format, patch, prefix, pos_embed, norm_pre, blocks, norm, fc_norm, head, head_dist, sage })
     }
 
     /// Loads `path`: a folder with `model.safetensors` and `config.json`, or a `.safetensors`
@@ -193,9 +230,15 @@ impl VisionTransformer {
         Self::new(gpu, &cfg, &weights, format)
     }
 
-    /// Width of the output: `num_classes`, or `embed_dim` for a model without a head.
+    /// Values per image in the output: `num_classes`, or `embed_dim` for a model without a
+    /// head; times the tokens for `global_pool: ""`, which classifies every token.
     pub fn output_dim(&self) -> usize {
-        self.head.as_ref().map_or(self.config.embed_dim, |h| h.out_features())
+        let per_token = self.head.as_ref().map_or(self.config.embed_dim, |h| h.out_features());
+        if self.config.global_pool == config::Pool::None {
+            per_token * self.config.tokens()
+        } else {
+            per_token
+        }
     }
 
     /// Logits [B, num_classes] for normalized images [B, 3, img_size, img_size]: plans the
@@ -249,77 +292,5 @@ impl VisionTransformer {
         plan.set_input(gpu, 0, pixels)?;
         let (out, times) = if profile { plan.profile(gpu)? } else { (plan.run(gpu)?, Vec::new()) };
         Ok((Classified { logits: out[0].to_vec_f32(gpu)?, features: out[1].to_vec_f32(gpu)? }, times))
-    }
-
-    /// The forward pass for `batch` images, planned: input 0 is the images, output 0 the logits.
-    pub fn plan(&self, gpu: &Gpu, batch: usize) -> Result<Plan> {
-        Plan::new(gpu, self.graph(batch)?)
-    }
-
-    /// The forward pass as a graph; node names are the checkpoint's.
-    pub fn graph(&self, batch: usize) -> Result<Graph> {
-        self.build(batch, false)
-    }
-
-    /// `graph` with a second output: the pooled features [B, embed_dim] the head reads (what
-    /// Fréchet distances between image sets are computed on).
-    pub fn graph_with_features(&self, batch: usize) -> Result<Graph> {
-        self.build(batch, true)
-    }
-
-    fn build(&self, batch: usize, features: bool) -> Result<Graph> {
-        let c = &self.config;
-        let (b, s, d, t) = (batch, c.img_size, c.embed_dim, c.tokens());
-        let mut g = Graph::new();
-        let images = g.input(&[b, 3, s, s], DType::F32);
-        let patches = g.conv_to_tokens("patch_embed.proj", &self.patch, images)?;
-        let (cls, pos) = (self.cls_token.clone(), self.pos_embed.clone());
-        let mut x = g.node("pos_embed", "embed_tokens", &[patches], &[b, t, d], DType::F32, move |gpu, enc, i, out| {
-            embed_tokens(gpu, enc, i[0], &cls, &pos, out)
-        });
-        let attn = AttentionParams::new(b, t, c.num_heads, c.head_dim());
-        for (n, blk) in self.blocks.iter().enumerate() {
-            let p = |name: &str| format!("blocks.{n}.{name}");
-            let q = &blk.quant;
-            let h = g.layer_norm(&p("norm1"), x, &blk.norm1, LN_EPS)?;
-            let h = quantize_input(&mut g, &p("attn.qkv"), h, &q.qkv)?;
-            let qkv = g.linear(&p("attn.qkv"), &blk.qkv, h, None)?;
-            let heads = match q.softmax {
-                Some(pq) => g.attention_quantized(&p("attn"), qkv, attn, pq)?,
-                None if self.sage => g.sage_attention(&p("attn"), qkv, attn)?,
-                None => g.attention(&p("attn"), qkv, attn)?,
-            };
-            let heads = quantize_input(&mut g, &p("attn.proj"), heads, &q.proj)?;
-            let h = g.linear(&p("attn.proj"), &blk.proj, heads, None)?;
-            x = residual(&mut g, &p("ls1"), x, h, blk.ls1.as_ref())?;
-            let h = g.layer_norm(&p("norm2"), x, &blk.norm2, LN_EPS)?;
-            let h = quantize_input(&mut g, &p("mlp.fc1"), h, &q.fc1)?;
-            let h = g.linear(&p("mlp.fc1"), &blk.fc1, h, Some(Activation::Gelu))?;
-            let h = quantize_input(&mut g, &p("mlp.fc2"), h, &q.fc2)?;
-            let h = g.linear(&p("mlp.fc2"), &blk.fc2, h, None)?;
-            x = residual(&mut g, &p("ls2"), x, h, blk.ls2.as_ref())?;
-        }
-        let cls = g.node("cls_token", "take_token", &[x], &[b, d], DType::F32, |gpu, enc, i, out| take_token(gpu, enc, i[0], out));
-        let pooled = g.layer_norm("norm", cls, &self.norm, LN_EPS)?;
-        let out = match &self.head {
-            Some(head) => g.linear("head", head, pooled, None)?,
-            None => pooled,
-        };
-        g.output(out);
-        if features {
-            g.output(pooled);
-        }
-        Ok(g)
-    }
-}
-
-/// `x += gamma ⊙ branch` (LayerScale), or `x += branch` without it.
-fn residual(g: &mut Graph, name: &str, x: Value, branch: Value, gamma: Option<&Tensor>) -> Result<Value> {
-    match gamma {
-        Some(gamma) => {
-            let gamma = gamma.clone();
-            Ok(g.node_inplace(name, "layer_scale_add", x, &[branch], move |gpu, enc, i, out| layer_scale_add(gpu, enc, out, i[0], &gamma)))
-        }
-        None => g.add(name, x, branch),
     }
 }
