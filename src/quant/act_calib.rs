@@ -137,9 +137,15 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
         for (norm, node, d) in &sites.norm_linears {
             let x = &inputs[node];
             if m.repq {
-                let (map, scale, zero) = repq_map(&per_channel(x, *d, act_bits)?);
+                let (mut map, scale, zero) = repq_map(&per_channel(x, *d, act_bits)?);
+                if w.contains(&format!("{node}.bias")) {
+                    repq_grids.insert(node.clone(), ActQuantizer::Uniform { bits: act_bits, scale, zero });
+                } else {
+                    // A Linear without bias (qkv_bias: false) cannot absorb RepQ's shift: keep
+                    // only the per-channel scale, and fit the grid on the folded input in stage 2.
+                    map.b.iter_mut().for_each(|b| *b = 0.0);
+                }
                 fold_layer_norm(&mut w, norm, &[node], &map)?;
-                repq_grids.insert(node.clone(), ActQuantizer::Uniform { bits: act_bits, scale, zero });
             } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits)? {
                 fold_layer_norm(&mut w, norm, &[node], &map)?;
             }
