@@ -5,12 +5,14 @@
 //! lowbit's quantized ones in `packed`), what a folder holds (`info`), and timm's eval image
 //! transform (`preprocess`, `images`).
 
+pub mod block_quant;
 pub mod images;
 pub mod info;
 pub mod packed;
 pub mod preprocess;
 pub mod prior;
 pub mod sampling;
+pub mod swin;
 pub mod timm_config;
 pub mod vit;
 pub mod vqgan;

@@ -2,7 +2,8 @@
 
 use super::config::Pool;
 use super::glue::{embed_tokens_with, half_sum, layer_scale_add, pool_tokens, qk_norm, take_token_at, PoolKind};
-use super::{quantize_input, VisionTransformer};
+use super::VisionTransformer;
+use crate::models::block_quant::quantize_input;
 use crate::gpu::{DType, Tensor};
 use crate::graph::{Graph, Plan, Value};
 use crate::kernels::attention::AttentionParams;

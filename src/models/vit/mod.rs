@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use std::sync::Arc;
 
 mod checks;
 pub mod config;
@@ -23,13 +22,11 @@ use config::VitConfig;
 use super::weights::{Weights, WeightsView};
 use crate::gpu::{DType, Tensor};
 use super::preprocess::{load_image, preprocess};
-use crate::graph::{Graph, Linear, NodeTime, Norm, Plan, Value};
+use crate::graph::{Linear, NodeTime, Norm, Plan};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
-use crate::kernels::matmul::QLinear;
-use crate::kernels::w8a8::W8A8Linear;
-use crate::kernels::act_quant::ActQuantizer;
-use crate::models::packed::{Activations, Attention, Description, QuantPoint, Runtime};
+use crate::models::block_quant::{load_block_linear, load_linear, BlockQuant};
+use crate::models::packed::{Attention, Description};
 use crate::formats::WeightFormat;
 use crate::{invalid, shape_err, Error, Gpu, Result};
 
@@ -50,49 +47,6 @@ struct Block {
     quant: BlockQuant,
 }
 
-/// A Linear input's quantizer, with NoisyQuant's noise when it has one.
-type InputQuant = Option<(ActQuantizer, Option<Tensor>)>;
-
-#[derive(Default)]
-struct BlockQuant {
-    qkv: InputQuant,
-    proj: InputQuant,
-    fc1: InputQuant,
-    fc2: InputQuant,
-    softmax: Option<ActQuantizer>,
-}
-
-impl BlockQuant {
-    /// Takes block `n`'s quantizers out of `points` (what is left afterwards is unknown).
-    fn take(gpu: &Gpu, w: &Weights, n: usize, points: &mut Vec<QuantPoint>, widths: [usize; 4]) -> Result<BlockQuant> {
-        let mut take = |name: &str| -> Option<QuantPoint> {
-            let node = format!("blocks.{n}.{name}");
-            let i = points.iter().position(|p| p.node == node)?;
-            Some(points.remove(i))
-        };
-        let mut input = |name: &str, width: usize| -> Result<InputQuant> {
-            let Some(p) = take(name) else { return Ok(None) };
-            let noise = p.noise.as_ref().map(|key| Tensor::from_f32(gpu, &[width], w.get(key, &[width])?)).transpose()?;
-            Ok(Some((p.quantizer, noise)))
-        };
-        Ok(BlockQuant {
-            qkv: input("attn.qkv", widths[0])?,
-            proj: input("attn.proj", widths[1])?,
-            fc1: input("mlp.fc1", widths[2])?,
-            fc2: input("mlp.fc2", widths[3])?,
-            softmax: take("attn").map(|p| p.quantizer),
-        })
-    }
-}
-
-/// `x` through the Linear input quantizer `q` (named `{linear}.act_quant`), if there is one.
-fn quantize_input(g: &mut Graph, linear: &str, x: Value, q: &InputQuant) -> Result<Value> {
-    match q {
-        Some((q, noise)) => g.act_quant(&format!("{linear}.act_quant"), x, *q, noise.clone()),
-        None => Ok(x),
-    }
-}
-
 pub struct VisionTransformer {
     pub config: VitConfig,
     /// The packed format of every Linear and of the patch projection.
@@ -110,25 +64,6 @@ pub struct VisionTransformer {
     head_dist: Option<Linear>,
     /// Attention through SageAttention (int8 Q·Kᵀ): checkpoints of `--recipe w8a8`.
     sage: bool,
-}
-
-/// A `nn.Linear` (`weight` [out, in]) packed in `format` (or as the checkpoint packed it).
-fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat) -> Result<QLinear> {
-    let packed = w.matrix("weight", &[out, inp], format)?;
-    let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
-    QLinear::new(gpu, &packed, bias)
-}
-
-/// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations.
-#[allow(clippy::too_many_arguments)]
-fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime) -> Result<Linear> {
-    if runtime.activations != Activations::Int8PerToken {
-        return Ok(Linear::Packed(load_linear(gpu, w, out, inp, bias, format)?));
-    }
-    let packed = w.matrix("weight", &[out, inp], format)?;
-    let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
-    let layer = W8A8Linear::new(gpu, &packed, bias)?;
-    Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
 }
 
 /// What `VisionTransformer::classify` returns for N images.
@@ -202,7 +137,7 @@ impl VisionTransformer {
                 fc2: load_block_linear(gpu, &mlp.pp("fc2"), d, hidden, c.proj_bias, format, false, runtime)?,
                 ls2: layer_scale(b.pp("ls2"))?,
                 qk_norm: qk_norm(&attn)?,
-                quant: BlockQuant::take(gpu, w, i, &mut points, [d, d, d, hidden])?,
+                quant: BlockQuant::take(gpu, w, &format!("blocks.{i}"), &mut points, [d, d, d, hidden])?,
             });
         }
         if let Some(p) = points.first() {

@@ -1,0 +1,85 @@
+//! What the transformer families (ViT, Swin) share when loading a block: its Linears (packed,
+//! or int8 × int8 for `--recipe w8a8` checkpoints) and the static activation quantizers that
+//! W6A6/W4A8/W4A4 checkpoints record per node.
+
+use std::sync::Arc;
+
+use super::packed::{Activations, QuantPoint, Runtime};
+use super::weights::{Weights, WeightsView};
+use crate::formats::WeightFormat;
+use crate::gpu::Tensor;
+use crate::graph::{Graph, Linear, Value};
+use crate::kernels::act_quant::ActQuantizer;
+use crate::kernels::matmul::QLinear;
+use crate::kernels::w8a8::W8A8Linear;
+use crate::{Gpu, Result};
+
+/// A Linear input's quantizer, with NoisyQuant's noise when it has one.
+pub type InputQuant = Option<(ActQuantizer, Option<Tensor>)>;
+
+/// A block's static activation quantizers; all None for other checkpoints.
+#[derive(Default)]
+pub struct BlockQuant {
+    pub qkv: InputQuant,
+    pub proj: InputQuant,
+    pub fc1: InputQuant,
+    pub fc2: InputQuant,
+    pub softmax: Option<ActQuantizer>,
+}
+
+impl BlockQuant {
+    /// Takes the quantizers of the block at `prefix` (e.g. `blocks.3`) out of `points`, so
+    /// what is left afterwards sits at no node of the model. `widths` are the inputs of qkv,
+    /// proj, fc1 and fc2.
+    pub fn take(gpu: &Gpu, w: &Weights, prefix: &str, points: &mut Vec<QuantPoint>, widths: [usize; 4]) -> Result<BlockQuant> {
+        let mut take = |name: &str| -> Option<QuantPoint> {
+            let node = format!("{prefix}.{name}");
+            let i = points.iter().position(|p| p.node == node)?;
+            Some(points.remove(i))
+        };
+        let softmax = take("attn").map(|p| p.quantizer);
+        let mut input = |name: &str, width: usize| take_input(gpu, w, &format!("{prefix}.{name}"), points, width);
+        Ok(BlockQuant {
+            qkv: input("attn.qkv", widths[0])?,
+            proj: input("attn.proj", widths[1])?,
+            fc1: input("mlp.fc1", widths[2])?,
+            fc2: input("mlp.fc2", widths[3])?,
+            softmax,
+        })
+    }
+}
+
+/// Takes the quantizer of the Linear input at `node` (width `width`) out of `points`.
+pub fn take_input(gpu: &Gpu, w: &Weights, node: &str, points: &mut Vec<QuantPoint>, width: usize) -> Result<InputQuant> {
+    let Some(i) = points.iter().position(|p| p.node == node) else { return Ok(None) };
+    let p = points.remove(i);
+    let noise = p.noise.as_ref().map(|key| Tensor::from_f32(gpu, &[width], w.get(key, &[width])?)).transpose()?;
+    Ok(Some((p.quantizer, noise)))
+}
+
+/// `x` through the Linear input quantizer `q` (named `{linear}.act_quant`), if there is one.
+pub fn quantize_input(g: &mut Graph, linear: &str, x: Value, q: &InputQuant) -> Result<Value> {
+    match q {
+        Some((q, noise)) => g.act_quant(&format!("{linear}.act_quant"), x, *q, noise.clone()),
+        None => Ok(x),
+    }
+}
+
+/// A `nn.Linear` (`weight` [out, in]) packed in `format` (or as the checkpoint packed it).
+pub fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat) -> Result<QLinear> {
+    let packed = w.matrix("weight", &[out, inp], format)?;
+    let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
+    QLinear::new(gpu, &packed, bias)
+}
+
+/// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations.
+#[allow(clippy::too_many_arguments)]
+pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime) -> Result<Linear> {
+    if runtime.activations != Activations::Int8PerToken {
+        return Ok(Linear::Packed(load_linear(gpu, w, out, inp, bias, format)?));
+    }
+    let packed = w.matrix("weight", &[out, inp], format)?;
+    let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
+    let layer = W8A8Linear::new(gpu, &packed, bias)?;
+    Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
+}
