@@ -307,7 +307,7 @@ fn quantize_vqgan_decoder_with_tokens_then_decode() {
     let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mixed.join("quantization.json")).unwrap()).unwrap();
     let fmt = |k: &str| desc["tensors"][format!("decoder.mid.attn_1.{k}.weight")]["format"].clone();
     assert!(fmt("q") == fmt("k") && fmt("k") == fmt("v"), "{desc}");
-    ok(&["decode", "--model", mixed.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    ok(&["decode", "--model", mixed.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap(), "--force"]);
     // A VQModel with its encoder, calibrated on images: GPTQ sees the encoder's convs too
     // (including the stride-2 downsample), and `lowbit encode` loads the result.
     let full = fixture("vqgan_encoder_test");

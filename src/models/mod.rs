@@ -5,6 +5,7 @@
 //! lowbit's quantized ones in `packed`), what a folder holds (`info`), and timm's eval image
 //! transform (`preprocess`, `images`).
 
+pub mod files;
 pub mod images;
 pub mod info;
 pub mod packed;

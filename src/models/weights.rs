@@ -41,7 +41,7 @@ impl Weights {
     }
 
     pub fn load(path: &Path) -> Result<Weights> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("checkpoint {}: {e}", path.display())))?;
+        let bytes = super::files::read_limited(path, "checkpoint", super::files::MAX_CHECKPOINT_BYTES)?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 

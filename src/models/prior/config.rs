@@ -43,7 +43,7 @@ pub struct PriorConfig {
 
 impl PriorConfig {
     pub fn load(path: &Path) -> Result<PriorConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("prior config {}: {e}", path.display())))?;
+        let text = crate::models::files::read_text(path, "prior config")?;
         Self::from_json(&text).map_err(|e| Error::Invalid(format!("prior config {}: {e}", path.display())))
     }
 

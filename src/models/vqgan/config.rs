@@ -133,7 +133,7 @@ struct Section {
 impl VqganConfig {
     /// taming's YAML (`.yaml`/`.yml`) or LlamaGen's JSON.
     pub fn load(path: &Path) -> Result<VqganConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
+        let text = crate::models::files::read_text(path, "config")?;
         Self::parse(&text, &path.display().to_string())
     }
 
