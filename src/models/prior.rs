@@ -78,6 +78,11 @@ impl Prior {
         let (v, e, s) = (c.vocab_size, c.n_embd, c.block_size);
         let tok_emb = Tensor::from_f32(gpu, &[v, e], w.get("tok_emb.weight", &[v, e])?)?;
         let pos_emb = Tensor::from_f32(gpu, &[s, e], w.get("pos_emb", &[1, s, e])?)?;
+        // The checkpoint's depth before any per-block storage: a config that claims more
+        // layers than the file has fails here, naming both.
+        if !w.contains(&format!("blocks.{}.ln1.weight", c.n_layer - 1)) {
+            invalid!("config says n_layer {}, but checkpoint {} has no blocks.{}.ln1.weight", c.n_layer, w.source, c.n_layer - 1);
+        }
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let b = w.pp("blocks").pp(i);
