@@ -51,6 +51,9 @@ pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     if b > MAX_IMAGES {
         bail!("--tokens {}: {b} token grids is over the limit of {MAX_IMAGES} images per run; split the file", args.tokens.display());
     }
+    if args.out.is_dir() {
+        bail!("--out {}: is a folder; give a file name such as {}", args.out.display(), args.out.join("decoded.png").display());
+    }
     let outs: Vec<PathBuf> = (0..b).map(|i| if b == 1 { args.out.clone() } else { numbered(&args.out, i) }).collect();
     let inputs = [args.tokens.as_path(), args.model.as_path()];
     let image_format = output::image_format("--out", &outs[0])?;
