@@ -39,12 +39,13 @@ pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
     let format = args.weights.format()?;
     let inputs: Vec<&Path> = args.images.iter().map(|p| p.as_path()).chain([args.model.as_path()]).collect();
     super::output::check_target("--out", &args.out, &inputs, args.force)?;
-    for path in &args.images {
-        check_image(path)?;
-    }
     super::model::expect_kind(&args.model, ModelKind::Vqgan, "encode")?;
     let model = VqganEncoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    // Every image's header before decoding any: a bad last one fails at once.
+    for path in &args.images {
+        check_image(path)?;
+    }
     let f = model.downscale();
     let mut pixels = Vec::new();
     let mut size = None;
