@@ -19,7 +19,7 @@ pub enum Error {
     Shader { name: String, message: String },
     #[error("shape error: {0}")]
     Shape(String),
-    #[error("invalid input: {0}")]
+    #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),

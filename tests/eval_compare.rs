@@ -28,7 +28,7 @@ fn scratch(name: &str) -> PathBuf {
 /// Logits of one image through `lowbit classify`.
 fn logits(model: &Path, image: &Path, dir: &Path) -> Vec<f32> {
     let out = dir.join("logits.safetensors");
-    ok(&["classify", "--model", model.to_str().unwrap(), "--save-logits", out.to_str().unwrap(), image.to_str().unwrap()]);
+    ok(&["classify", "--model", model.to_str().unwrap(), "--save-logits", out.to_str().unwrap(), "--force", image.to_str().unwrap()]);
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensor("logits").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()

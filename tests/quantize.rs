@@ -179,7 +179,7 @@ fn calibration_images(dir: &Path, n: usize, size: u32) -> PathBuf {
 }
 
 fn logits(model: &Path, image: &Path, out: &Path) -> Vec<f32> {
-    ok(&["classify", "--model", model.to_str().unwrap(), "--save-logits", out.to_str().unwrap(), image.to_str().unwrap()]);
+    ok(&["classify", "--model", model.to_str().unwrap(), "--save-logits", out.to_str().unwrap(), "--force", image.to_str().unwrap()]);
     let bytes = std::fs::read(out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensor("logits").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
@@ -319,7 +319,7 @@ fn quantize_vqgan_decoder_with_tokens_then_decode() {
     let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mixed.join("quantization.json")).unwrap()).unwrap();
     let fmt = |k: &str| desc["tensors"][format!("decoder.mid.attn_1.{k}.weight")]["format"].clone();
     assert!(fmt("q") == fmt("k") && fmt("k") == fmt("v"), "{desc}");
-    ok(&["decode", "--model", mixed.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    ok(&["decode", "--model", mixed.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--out", png.to_str().unwrap(), "--force"]);
     // A VQModel with its encoder, calibrated on images: GPTQ sees the encoder's convs too
     // (including the stride-2 downsample), and `lowbit encode` loads the result.
     let full = fixture("vqgan_encoder_test");

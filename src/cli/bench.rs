@@ -91,7 +91,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let size = if args.quick { BenchSize::Quick } else { BenchSize::Full };
     let adapter = gpu.adapter_name();
     if !args.json {
-        println!("adapter: {adapter}  (class {:?}, caps {:?})", gpu.class, gpu.caps);
+        outln!("adapter: {adapter}  (class {:?}, caps {:?})", gpu.class, gpu.caps);
     }
     if args.tune {
         return tune(gpu, size, &args);
@@ -103,13 +103,13 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     let bounds: Vec<roofline::Bound> = cases.iter().map(BenchCase::bound).collect();
     let roofs = roofline::Roofline::measure(gpu, size, &bounds)?;
     if !args.json {
-        println!(
+        outln!(
             "roofs: copy {:.2} GB/s, f32 FMA {}, int8 dot {}",
             roofs.copy_gbps,
             roofs.f32_gflops.map_or("not needed".into(), |v| format!("{v:.2} GFLOP/s")),
             roofs.int8_gops.map_or("not measured".into(), |v| format!("{v:.2} GOP/s")),
         );
-        println!(
+        outln!(
             "{:<14} {:<22} {:<16} {:>10} {:>9} {:>10} {:>7}  clock",
             "kernel", "format", "shape", "ms", "GB/s", "GFLOP/s", "roof%"
         );
@@ -119,7 +119,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
         let r = measure(gpu, case, args.reps)?;
         let pct = roofs.percent(bound, bytes, flops, r.ms);
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "kernel": r.kernel, "format": r.format, "shape": r.shape,
@@ -127,7 +127,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
                 })
             );
         } else {
-            println!(
+            outln!(
                 "{:<14} {:<22} {:<16} {:>10.3} {:>9.2} {:>10.2} {:>7}  {}",
                 r.kernel,
                 r.format,
@@ -142,7 +142,7 @@ pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
     }
     if !args.json && filter("attention") {
         let q = kernels::attention::quality(gpu, kernels::attention::SageOptions::default())?;
-        println!(
+        outln!(
             "SageAttention vs exact attention on 197x12x64: cosine {:.6}, relative L1 {:.4}, NMSE {:.2e}",
             q.cosine, q.relative_l1, q.nmse
         );
@@ -181,7 +181,7 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
         let r = measure(gpu, case, args.reps)?;
         let problem = format!("{} {} {}", r.kernel, r.format, r.shape);
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "kernel": r.kernel, "format": r.format, "shape": r.shape, "variant": variant,
@@ -189,7 +189,7 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
                 })
             );
         } else {
-            println!("{problem:<28} {variant:<24} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.ms, r.gbps, r.gflops);
+            outln!("{problem:<28} {variant:<24} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.ms, r.gbps, r.gflops);
         }
         match winners.iter_mut().find(|(p, _, _)| *p == problem) {
             Some(w) if r.ms < w.2 => *w = (problem, variant, r.ms),
@@ -204,14 +204,14 @@ fn tune(gpu: &Gpu, size: BenchSize, args: &KernelArgs) -> anyhow::Result<()> {
     if !args.json {
         for (problem, v, t) in &winners {
             let table = if problem.starts_with("gemv") { plan.gemv } else { plan.gemm };
-            println!("fastest for {problem}: {v} ({t:.3} ms); the table's row for {:?} is {}", gpu.class, table.name());
+            outln!("fastest for {problem}: {v} ({t:.3} ms); the table's row for {:?} is {}", gpu.class, table.name());
         }
     }
     // Picks from the small shapes of --quick would not say much about real layers.
     if size == BenchSize::Full {
         let path = kernels::launch::save_picks(gpu, gemv, gemm)?;
         if !args.json {
-            println!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
+            outln!("saved for {} in {} (used by later runs)", gpu.info.name, path.display());
         }
     }
     Ok(())
@@ -223,16 +223,16 @@ fn roofline(gpu: &Gpu, args: RooflineArgs) -> anyhow::Result<()> {
     let adapter = gpu.adapter_name();
     let results = roofline::run_all(gpu, size)?;
     if !args.json {
-        println!("{:<16} {:>12} {:<8} {:<40} note", "probe", "value", "unit", "adapter");
+        outln!("{:<16} {:>12} {:<8} {:<40} note", "probe", "value", "unit", "adapter");
     }
     for r in results {
         match (args.json, r.value) {
-            (true, Some(value)) => println!(
+            (true, Some(value)) => outln!(
                 "{}",
                 serde_json::json!({ "probe": r.probe, "value": value, "unit": r.unit, "adapter": adapter })
             ),
             (true, None) => {}
-            (false, value) => println!(
+            (false, value) => outln!(
                 "{:<16} {:>12} {:<8} {:<40} {}",
                 r.probe,
                 value.map_or("unavailable".into(), |v| format!("{v:.2}")),
@@ -269,7 +269,7 @@ fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
     let images_per_s = args.batch as f64 / (median_ms * 1e-3);
     let activations = plan.peak_bytes();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "model": args.model.display().to_string(), "task": runnable.name(), "format": format.name(),
@@ -279,9 +279,9 @@ fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("adapter: {}", gpu.adapter_name());
-        println!("model: {}", runnable.describe());
-        println!(
+        outln!("adapter: {}", gpu.adapter_name());
+        outln!("model: {}", runnable.describe());
+        outln!(
             "{} batch {} ({}): median {median_ms:.2} ms over {reps} runs, {images_per_s:.2} images/s, peak GPU memory {:.2} MB (weights {:.2} + activations {:.2})",
             runnable.name(),
             args.batch,
@@ -323,7 +323,7 @@ fn prior_model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
     let ms_per_step = median(&mut ms);
     let weights = weight_summary(&args.model)?.bytes(format) as u64;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "model": args.model.display().to_string(), "task": "decode", "format": format.name(),
@@ -333,8 +333,8 @@ fn prior_model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("adapter: {}", gpu.adapter_name());
-        println!(
+        outln!("adapter: {}", gpu.adapter_name());
+        outln!(
             "prior decode batch {batch} ({}): median {ms_per_step:.3} ms per step over {steps} steps ({:.0} steps/s), {dispatches} dispatches per step, weights {:.2} MB",
             format.name(),
             1e3 / ms_per_step,

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 
 use super::model::print_profile;
 use crate::models::weights::save_f32;
+use crate::models::files::check_image;
 use crate::models::{load_image, VisionTransformer};
 use crate::Gpu;
 
@@ -30,6 +31,9 @@ pub struct ClassifyArgs {
     /// Write the logits as tensor `logits` f32 [N, classes], in argument order.
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_logits: Option<PathBuf>,
+    /// Overwrite an existing --save-logits file.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub weights: super::model::WeightArgs,
     /// Print GPU time per node of the (first batch's) forward pass.
@@ -44,25 +48,35 @@ pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
     let format = args.weights.format()?;
     let model = VisionTransformer::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    if args.topk == 0 {
+        bail!("--topk must be at least 1");
+    }
+    if let Some(out) = &args.save_logits {
+        let inputs: Vec<&Path> = args.images.iter().map(|p| p.as_path()).collect();
+        super::output::check_target("--save-logits", out, &inputs, args.force)?;
+    }
+    // Every image is checked before the first result, so a bad one among many prints nothing.
+    for path in &args.images {
+        check_image(path)?;
+    }
     let labels = match &args.labels {
         Some(path) => read_labels(path, model.output_dim())?,
         None => model.config.label_names.clone(),
     };
     let mut all_logits = Vec::with_capacity(args.images.len() * model.output_dim());
     for (i, batch) in args.images.chunks(BATCH).enumerate() {
-        let logits = classify(gpu, &model, batch, args.profile && i == 0)?;
-        for (path, row) in batch.iter().zip(logits.chunks(model.output_dim())) {
-            println!("{}:", path.display());
-            for (class, score, prob) in top_k(row, args.topk) {
-                let name = labels.get(class).map_or(String::new(), |l| format!("  {l}"));
-                println!("  {class:>5}  {prob:>7.4}  (logit {score:.4}){name}");
-            }
-        }
-        all_logits.extend(logits);
+        all_logits.extend(classify(gpu, &model, batch, args.profile && i == 0)?);
     }
     if let Some(out) = &args.save_logits {
         let shape = [args.images.len(), model.output_dim()];
-        save_f32(out, &[("logits", &shape, &all_logits)]).with_context(|| format!("--save-logits {}", out.display()))?;
+        super::output::write_atomic(out, |tmp| Ok(save_f32(tmp, &[("logits", &shape, &all_logits)])?))?;
+    }
+    for (path, row) in args.images.iter().zip(all_logits.chunks(model.output_dim())) {
+        outln!("{}:", path.display());
+        for (class, score, prob) in top_k(row, args.topk) {
+            let name = labels.get(class).map_or(String::new(), |l| format!("  {l}"));
+            outln!("  {class:>5}  {prob:>7.4}  (logit {score:.4}){name}");
+        }
     }
     Ok(())
 }
@@ -88,7 +102,7 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32, f32)> {
 }
 
 fn read_labels(path: &Path, classes: usize) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("--labels {}", path.display()))?;
+    let text = crate::models::files::read_text(path, "--labels")?;
     let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     if labels.len() < classes {
         bail!("--labels {}: {} lines for {classes} classes", path.display(), labels.len());

@@ -55,14 +55,14 @@ pub fn run(gpu: &Gpu, args: CompareArgs) -> anyhow::Result<()> {
     report["reference"] = json!(args.reference.display().to_string());
     report["model"] = json!(args.model.display().to_string());
     if args.json {
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!("{} vs reference {}:", args.model.display(), args.reference.display());
+        outln!("{} vs reference {}:", args.model.display(), args.reference.display());
         for (k, v) in report.as_object().unwrap() {
             if k != "reference" && k != "model" {
                 match v.as_f64() {
-                    Some(x) if v.is_f64() => println!("  {k:<16} {x:.4}"),
-                    _ => println!("  {k:<16} {v}"),
+                    Some(x) if v.is_f64() => outln!("  {k:<16} {x:.4}"),
+                    _ => outln!("  {k:<16} {v}"),
                 }
             }
         }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::model::print_profile;
+use super::output::{self, Staged};
 use crate::models::images::signed_chw_to_rgb;
+use crate::models::ModelKind;
 use crate::models::vqgan::{TokenGrid, VqganDecoder};
 use crate::models::weights::save_f32;
 use crate::Gpu;
@@ -29,6 +31,9 @@ pub struct DecodeArgs {
     /// Also write the raw decoder output as tensor `image` f32 [B, 3, H, W].
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_tensor: Option<PathBuf>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub weights: super::model::WeightArgs,
     /// Print GPU time per node of the decode.
@@ -36,11 +41,31 @@ pub struct DecodeArgs {
     pub profile: bool,
 }
 
+/// Token grids one `decode` run takes: each becomes an image file.
+pub const MAX_IMAGES: usize = 1024;
+
 pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     let format = args.weights.format()?;
+    let tokens = TokenGrid::load(&args.tokens, "tokens")?;
+    let b = tokens.batch;
+    if b > MAX_IMAGES {
+        bail!("--tokens {}: {b} token grids is over the limit of {MAX_IMAGES} images per run; split the file", args.tokens.display());
+    }
+    if args.out.is_dir() {
+        bail!("--out {}: is a folder; give a file name such as {}", args.out.display(), args.out.join("decoded.png").display());
+    }
+    let outs: Vec<PathBuf> = (0..b).map(|i| if b == 1 { args.out.clone() } else { numbered(&args.out, i) }).collect();
+    let inputs = [args.tokens.as_path(), args.model.as_path()];
+    let image_format = output::image_format("--out", &outs[0])?;
+    for out in &outs {
+        output::check_target("--out", out, &inputs, args.force)?;
+    }
+    if let Some(path) = &args.save_tensor {
+        output::check_target("--save-tensor", path, &inputs, args.force)?;
+    }
+    super::model::expect_kind(&args.model, ModelKind::Vqgan, "decode")?;
     let model = VqganDecoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let tokens = TokenGrid::load(&args.tokens, "tokens")?;
     let start = std::time::Instant::now();
     let image = model.decode(gpu, &tokens)?;
     if args.profile {
@@ -52,17 +77,20 @@ pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     let pixels = image.to_vec_f32(gpu)?;
     let shape = image.shape.clone();
     eprintln!("decoded {:?} tokens to {shape:?} in {:.1} ms", tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
+    let mut staged = Staged::new();
     if let Some(path) = &args.save_tensor {
-        save_f32(path, &[("image", &shape, &pixels)]).with_context(|| format!("--save-tensor {}", path.display()))?;
+        staged.write(path, |tmp| Ok(save_f32(tmp, &[("image", &shape, &pixels)])?))?;
     }
-    let &[b, c, h, w] = &shape[..] else { bail!("decoder output {shape:?} is not [B, C, H, W]") };
+    let &[_, c, h, w] = &shape[..] else { bail!("decoder output {shape:?} is not [B, C, H, W]") };
     if c != 3 {
         bail!("the model decodes {c} channels; PNG output needs 3 (use --save-tensor for the raw output)");
     }
-    for (i, img) in pixels.chunks(c * h * w).enumerate() {
-        let path = if b == 1 { args.out.clone() } else { numbered(&args.out, i) };
-        signed_chw_to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
-        println!("{}", path.display());
+    for (img, path) in pixels.chunks(c * h * w).zip(&outs) {
+        staged.write(path, |tmp| Ok(signed_chw_to_rgb(img, h, w).save_with_format(tmp, image_format)?))?;
+    }
+    staged.commit()?;
+    for path in &outs {
+        outln!("{}", path.display());
     }
     Ok(())
 }

@@ -187,7 +187,7 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let assets = assets_dir(args.assets.as_deref())?;
     let samples = assets.join("samples");
-    println!("lowbit demo on {} ({:?}); models from {}", gpu.adapter_name(), gpu.class, assets.display());
+    outln!("lowbit demo on {} ({:?}); models from {}", gpu.adapter_name(), gpu.class, assets.display());
     // Held out from photo-vqgan's training (see its model card).
     let photo_path = samples.join("photo-chelsea.png");
     let inputs = Inputs { digits: sample_digits(&samples)?, photos: sample_photos(&samples)?, roundtrip: load_image(&photo_path)? };
@@ -210,9 +210,9 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     sheet.save(&sheet_path)?;
 
     let photo_hits = |r: &Row| r.photo_labels.iter().zip(&inputs.photos).filter(|(got, (_, want))| got == &want).count();
-    println!("\n{:<9} {:>10} {:>12} {:>8} {:>14} {:>10} {:>12} {:>8}", "weights", "size MB", "digits top1", "photos", "gen → class %", "Fréchet", "photo PSNR", "time s");
+    outln!("\n{:<9} {:>10} {:>12} {:>8} {:>14} {:>10} {:>12} {:>8}", "weights", "size MB", "digits top1", "photos", "gen → class %", "Fréchet", "photo PSNR", "time s");
     for r in &rows {
-        println!(
+        outln!(
             "{:<9} {:>10.2} {:>11.1}% {:>6}/{} {:>13.1}% {:>10.2} {:>9.2} dB {:>8.1}",
             r.precision,
             r.weight_bytes as f64 / 1e6,
@@ -227,9 +227,9 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     }
     for (i, (path, want)) in inputs.photos.iter().enumerate() {
         let got: Vec<&str> = rows.iter().map(|r| r.photo_labels[i].as_str()).collect();
-        println!("photo-vit on {}: {} (expected {want})", path.display(), got.join(" / "));
+        outln!("photo-vit on {}: {} (expected {want})", path.display(), got.join(" / "));
     }
-    println!(
+    outln!(
         "\n{} sample digits; {} generated per class; Fréchet distance of digits-vit features, generated vs the samples; photo: {}×{} crop of {}",
         inputs.digits.len(),
         args.per_class,
@@ -250,6 +250,6 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         .collect();
     let json = serde_json::json!({ "adapter": gpu.adapter_name(), "rows": summary, "total_seconds": start.elapsed().as_secs_f64() });
     std::fs::write(args.out.join("demo.json"), serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {} and the images beside it; {:.1} s in all", sheet_path.display(), start.elapsed().as_secs_f64());
+    outln!("wrote {} and the images beside it; {:.1} s in all", sheet_path.display(), start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -2,13 +2,14 @@
 //! images → taming VQGAN token grids (tensor `tokens`, i32 [B, h, w]) that `lowbit decode` turns
 //! back into images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
 use crate::gpu::Tensor;
 use crate::models::images::rgb_to_signed_chw;
-use crate::models::load_image;
+use crate::models::files::check_image;
+use crate::models::{load_image, ModelKind};
 use crate::models::vqgan::VqganEncoder;
 use crate::Gpu;
 
@@ -23,6 +24,9 @@ pub struct EncodeArgs {
     /// Where to write the tokens (tensor `tokens`, i32 [B, h, w]).
     #[arg(long, value_name = "TOKENS.safetensors")]
     pub out: PathBuf,
+    /// Overwrite an existing --out file.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub weights: super::model::WeightArgs,
     /// Images (PNG or JPEG), all the same size. Sides that are not multiples of the model's
@@ -33,8 +37,15 @@ pub struct EncodeArgs {
 
 pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
     let format = args.weights.format()?;
+    let inputs: Vec<&Path> = args.images.iter().map(|p| p.as_path()).chain([args.model.as_path()]).collect();
+    super::output::check_target("--out", &args.out, &inputs, args.force)?;
+    super::model::expect_kind(&args.model, ModelKind::Vqgan, "encode")?;
     let model = VqganEncoder::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    // Every image's header before decoding any: a bad last one fails at once.
+    for path in &args.images {
+        check_image(path)?;
+    }
     let f = model.downscale();
     let mut pixels = Vec::new();
     let mut size = None;
@@ -54,7 +65,7 @@ pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let tokens = model.encode(gpu, &images)?;
     eprintln!("encoded {} image(s) of {w}×{h} to {:?} tokens in {:.1} ms", args.images.len(), tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
-    tokens.save(&args.out, "tokens").with_context(|| format!("--out {}", args.out.display()))?;
-    println!("{}", args.out.display());
+    super::output::write_atomic(&args.out, |tmp| Ok(tokens.save(tmp, "tokens")?))?;
+    outln!("{}", args.out.display());
     Ok(())
 }

@@ -86,12 +86,12 @@ pub fn run(gpu: &Gpu, args: EvalArgs) -> anyhow::Result<()> {
     if args.json {
         let v = json!({"model": args.model.display().to_string(), "data": args.data.display().to_string(), "images": n,
             "top1": {"correct": top1, "percent": pct(top1)}, "top5": {"correct": top5, "percent": pct(top5)}, "ms_per_image": ms});
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!("{}: {n} images of {}", args.model.display(), args.data.display());
-        println!("top-1: {top1}/{n} = {:.2}%", pct(top1));
-        println!("top-5: {top5}/{n} = {:.2}%", pct(top5));
-        println!("({ms:.2} ms per image)");
+        outln!("{}: {n} images of {}", args.model.display(), args.data.display());
+        outln!("top-1: {top1}/{n} = {:.2}%", pct(top1));
+        outln!("top-5: {top5}/{n} = {:.2}%", pct(top5));
+        outln!("({ms:.2} ms per image)");
     }
     Ok(())
 }

@@ -3,15 +3,17 @@
 //! with a KV cache) → images (the VQGAN decoder). Writes `DIR/class<C>-<i>.png` and
 //! `DIR/tokens.safetensors` (tensor `tokens`, i32 [N, h, w], readable by `lowbit decode`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 
 use crate::models::images::signed_chw_to_rgb;
 use crate::models::prior::Prior;
-use crate::models::sampling::{generate, SamplingOptions};
-use crate::models::vqgan::VqganDecoder;
+use super::output::Staged;
+use crate::models::sampling::{generate, max_count, SamplingOptions};
+use crate::models::vqgan::{VqganConfig, VqganDecoder};
+use crate::models::ModelKind;
 use super::model::print_profile;
 use crate::Gpu;
 
@@ -48,6 +50,9 @@ pub struct GenerateArgs {
     /// decode step.
     #[arg(long)]
     pub profile: bool,
+    /// Overwrite existing images and tokens.safetensors in --out.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub weights: super::model::WeightArgs,
 }
@@ -56,29 +61,51 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
+/// The files `generate` writes, checked before any work.
+fn outputs(args: &GenerateArgs) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: is a file; --out names a folder (created if missing)", args.out.display());
+    }
+    let images: Vec<PathBuf> = (0..args.count).map(|i| args.out.join(format!("class{}-{i}.png", args.class))).collect();
+    let tokens = args.out.join("tokens.safetensors");
+    for path in images.iter().chain([&tokens]) {
+        super::output::check_target("--out", path, &[], args.force)?;
+    }
+    Ok((images, tokens))
+}
+
 pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
     let format = args.weights.format()?;
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
     let t = Instant::now();
+    super::model::expect_kind(&args.prior, ModelKind::Prior, "generate")?;
     let prior = Prior::from_pretrained(gpu, &args.prior, format).with_context(|| format!("loading prior {}", args.prior.display()))?;
     let c = &prior.config;
     if args.class >= c.n_classes {
         bail!("--class {} is out of range: the prior has {} classes (0..={})", args.class, c.n_classes, c.n_classes - 1);
     }
-    if args.count == 0 {
-        bail!("--count must be at least 1");
-    }
-    let Some(decoder_path) = args.decoder.clone().or_else(|| prior.decoder_path.clone()) else {
-        bail!("no --decoder given and the prior's config.json names no `decoder`");
-    };
-    let decoder = VqganDecoder::from_pretrained(gpu, &decoder_path, None, format).with_context(|| format!("loading decoder {}", decoder_path.display()))?;
-    let load_ms = ms(t);
-
     let defaults = c.sampling.unwrap_or_default();
     let opts = SamplingOptions {
         temperature: args.temperature.unwrap_or(defaults.temperature),
         top_k: args.top_k.unwrap_or(defaults.top_k),
         guidance: args.guidance.unwrap_or(defaults.guidance),
     };
+    let most = max_count(gpu, &prior, &opts);
+    if args.count > most {
+        let why = if opts.guidance != 1.0 { format!(" with guidance {} (each image is sampled twice; --guidance 1 allows {})", opts.guidance, prior.max_batch(gpu)) } else { String::new() };
+        bail!("--count {} is over the limit of {most} images per run on this GPU{why}; generate in several runs", args.count);
+    }
+    let (image_paths, tokens_path) = outputs(&args)?;
+    let Some(decoder_path) = args.decoder.clone().or_else(|| prior.decoder_path.clone()) else {
+        bail!("no --decoder given and the prior's config.json names no `decoder`");
+    };
+    super::model::expect_kind(&decoder_path, ModelKind::Vqgan, "generate --decoder")?;
+    let decoder = VqganDecoder::from_pretrained(gpu, &decoder_path, None, format).with_context(|| format!("loading decoder {}", decoder_path.display()))?;
+    check_vocabulary(&prior, &decoder, &decoder_path)?;
+    let load_ms = ms(t);
+
     let t = Instant::now();
     let tokens = generate(gpu, &prior, args.class, args.count, args.seed, &opts)?;
     let gen_ms = ms(t);
@@ -91,18 +118,19 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
 
     let t = Instant::now();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    for (i, img) in pixels.chunks(3 * h * w).enumerate().take(n) {
-        let path = args.out.join(format!("class{}-{i}.png", args.class));
-        signed_chw_to_rgb(img, h, w).save(&path).with_context(|| format!("writing {}", path.display()))?;
-        println!("{}", path.display());
+    let mut staged = Staged::new();
+    for (img, path) in pixels.chunks(3 * h * w).take(n).zip(&image_paths) {
+        staged.write(path, |tmp| Ok(signed_chw_to_rgb(img, h, w).save_with_format(tmp, image::ImageFormat::Png)?))?;
     }
-    let tokens_path = args.out.join("tokens.safetensors");
-    tokens.save(&tokens_path, "tokens").with_context(|| format!("writing {}", tokens_path.display()))?;
-    println!("{}", tokens_path.display());
+    staged.write(&tokens_path, |tmp| Ok(tokens.save(tmp, "tokens")?))?;
+    staged.commit()?;
+    for path in image_paths.iter().chain([&tokens_path]) {
+        outln!("{}", path.display());
+    }
     let write_ms = ms(t);
 
     let steps = c.tokens_per_image();
-    println!(
+    outln!(
         "class {} × {} (seed {}, temperature {}, top-k {}, guidance {}, {}): load {load_ms:.0} ms, generate {gen_ms:.1} ms ({steps} steps, {:.2} ms/step), decode {decode_ms:.1} ms, write {write_ms:.1} ms; {:.1} ms per image",
         args.class,
         args.count,
@@ -120,15 +148,38 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The decoder must turn every id the prior samples into its own code: a codebook smaller
+/// than the vocabulary would fail on some ids, and one of another size than the decoder the
+/// prior was trained with (its config's `decoder`) is another model's.
+fn check_vocabulary(prior: &Prior, decoder: &VqganDecoder, decoder_path: &Path) -> anyhow::Result<()> {
+    let (codes, vocab) = (decoder.config.n_embed, prior.config.vocab_size);
+    if codes < vocab {
+        bail!("decoder {} has {codes} codes, fewer than the prior's vocabulary of {vocab}: use the decoder the prior was trained with", decoder_path.display());
+    }
+    if let Some(own) = prior.decoder_path.as_deref().filter(|own| *own != decoder_path) {
+        let own_codes = VqganConfig::resolve(own, None).and_then(|(_, config)| VqganConfig::load(&config)).map(|c| c.n_embed);
+        if let Ok(own_codes) = own_codes {
+            if own_codes != codes {
+                bail!(
+                    "decoder {} has {codes} codes, but the prior's own decoder {} has {own_codes}: its tokens mean nothing to this decoder; use a decoder with {own_codes} codes",
+                    decoder_path.display(),
+                    own.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Per-node times of a prefill of all but the last position, then of the decode step at the
 /// last position (attending over the whole cache: the slowest step).
 fn profile_prior(gpu: &Gpu, prior: &Prior, batch: usize) -> anyhow::Result<()> {
     let tokens = prior.config.block_size - 1;
     let mut session = prior.session(gpu, batch)?;
-    println!("prefill of {tokens} tokens × {batch}:");
+    outln!("prefill of {tokens} tokens × {batch}:");
     print_profile(&session.profile(gpu, tokens)?, 12);
     session.prefill(gpu, &vec![0; batch * tokens], tokens)?;
-    println!("decode step at position {tokens} ({} dispatches):", session.step_dispatches(gpu)?);
+    outln!("decode step at position {tokens} ({} dispatches):", session.step_dispatches(gpu)?);
     print_profile(&session.profile(gpu, 1)?, 12);
     Ok(())
 }

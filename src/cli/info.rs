@@ -21,18 +21,18 @@ pub struct InfoArgs {
 pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
     let summary = weight_summary(&args.path)?;
     let kind = detect(&args.path)?;
-    println!("model: {} ({kind:?})", args.path.display());
+    outln!("model: {} ({kind:?})", args.path.display());
     let model = if kind == ModelKind::Prior { None } else { Some(Runnable::load(gpu, &args.path, WeightFormat::F32)?) };
     if let Some(m) = &model {
-        println!("architecture: {}", m.describe());
+        outln!("architecture: {}", m.describe());
     }
     let params = summary.params();
     let packable: usize = summary.matrices.iter().map(|(_, r, c, _)| r * c).sum();
-    println!("parameters: {params} ({packable} in {} packable matrices, {} kept f32)", summary.matrices.len(), summary.other_params);
-    println!("weight bytes per format (packable matrices packed, the rest f32):");
+    outln!("parameters: {params} ({packable} in {} packable matrices, {} kept f32)", summary.matrices.len(), summary.other_params);
+    outln!("weight bytes per format (packable matrices packed, the rest f32):");
     for f in WeightFormat::all() {
         let b = summary.bytes(f);
-        println!("  {:<10} {:>12} bytes  {:>8.2} MB  {:>5.2} bits/weight", f.name(), b, b as f64 / 1e6, 8.0 * b as f64 / params as f64);
+        outln!("  {:<10} {:>12} bytes  {:>8.2} MB  {:>5.2} bits/weight", f.name(), b, b as f64 / 1e6, 8.0 * b as f64 / params as f64);
     }
     if let Some(m) = &model {
         let graph = m.graph(args.batch)?;
@@ -40,7 +40,7 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         let memory = plan(&graph)?;
         let weights = summary.bytes(WeightFormat::F32) as u64;
         let act = memory.peak_bytes();
-        println!(
+        outln!(
             "planned peak GPU memory (batch {}, f32 weights): {:.2} MB = weights {:.2} MB + activations {:.2} MB in {} buffers ({nodes} nodes; {:.2} MB without reuse)",
             args.batch,
             (weights + act) as f64 / 1e6,

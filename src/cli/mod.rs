@@ -1,5 +1,8 @@
 //! The `lowbit` command line: a thin layer over library calls.
 
+// First, so that `outln!` is in scope in every command's module.
+#[macro_use]
+pub(crate) mod output;
 mod bench;
 mod classify;
 mod compare;
@@ -113,19 +116,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn devices(opts: &GpuOptions) -> anyhow::Result<()> {
     for info in Gpu::adapters() {
-        println!("{} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver);
+        outln!("{} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver);
     }
     let gpu = Gpu::with_options(opts)?;
     let c = gpu.caps;
-    println!("\nselected: {}  class {:?}, kernel plan {:?}", gpu.adapter_name(), gpu.adapter_class, gpu.class);
-    println!(
+    outln!("\nselected: {}  class {:?}, kernel plan {:?}", gpu.adapter_name(), gpu.adapter_class, gpu.class);
+    outln!(
         "  shader-f16 {}  subgroups {} (size {}..{})  packed_4x8_integer_dot_product {}  timestamps {}  cooperative matrix {}",
         c.f16, c.subgroups, c.subgroup_min_size, c.subgroup_max_size, c.packed_dot, c.timestamps, c.coopmat
     );
     for s in &gpu.coopmat_shapes {
-        println!("    coopmat {}x{}x{} {:?} -> {:?}", s.m_size, s.n_size, s.k_size, s.ab_type, s.cr_type);
+        outln!("    coopmat {}x{}x{} {:?} -> {:?}", s.m_size, s.n_size, s.k_size, s.ab_type, s.cr_type);
     }
-    println!(
+    outln!(
         "  max storage binding {} MiB, max buffer {} MiB, workgroup memory {} KiB",
         gpu.max_binding_size() >> 20,
         gpu.limits.max_buffer_size >> 20,

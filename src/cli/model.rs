@@ -102,6 +102,21 @@ impl Runnable {
     }
 }
 
+/// Checks that `path` holds a model of `want`'s kind before loading it, so a ViT given to
+/// `decode` says it is a ViT instead of failing on a config field.
+pub fn expect_kind(path: &Path, want: ModelKind, command: &str) -> anyhow::Result<()> {
+    let kind = detect(path)?;
+    if kind != want {
+        let what = |k: ModelKind| match k {
+            ModelKind::Vit => "a ViT classifier (use `lowbit classify`)",
+            ModelKind::Vqgan => "a VQGAN (use `lowbit decode` or `lowbit encode`)",
+            ModelKind::Prior => "a prior (use `lowbit generate`)",
+        };
+        anyhow::bail!("{}: is {}, but `lowbit {command}` needs {}", path.display(), what(kind), what(want).split(" (").next().unwrap_or(""));
+    }
+    Ok(())
+}
+
 /// Parameters and weight bytes per format of the checkpoint at `path`.
 pub fn weight_summary(path: &Path) -> anyhow::Result<WeightSummary> {
     let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
@@ -111,14 +126,14 @@ pub fn weight_summary(path: &Path) -> anyhow::Result<WeightSummary> {
 /// Prints the `n` slowest nodes and the time per op kind.
 pub fn print_profile(times: &[NodeTime], n: usize) {
     let total: f64 = times.iter().map(|t| t.ms).sum();
-    println!("profile: {} nodes, {total:.2} ms of GPU time", times.len());
+    outln!("profile: {} nodes, {total:.2} ms of GPU time", times.len());
     let mut slowest: Vec<&NodeTime> = times.iter().collect();
     slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     for t in slowest.iter().take(n) {
-        println!("  {:>9.3} ms {:>5.1}%  {:<16} {}", t.ms, 100.0 * t.ms / total, t.op, t.name);
+        outln!("  {:>9.3} ms {:>5.1}%  {:<16} {}", t.ms, 100.0 * t.ms / total, t.op, t.name);
     }
-    println!("per op:");
+    outln!("per op:");
     for (op, count, ms) in totals_per_op(times) {
-        println!("  {ms:>9.3} ms {:>5.1}%  {op:<16} ({count} nodes)", 100.0 * ms / total);
+        outln!("  {ms:>9.3} ms {:>5.1}%  {op:<16} ({count} nodes)", 100.0 * ms / total);
     }
 }

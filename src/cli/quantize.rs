@@ -47,15 +47,15 @@ pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let report = quantize(gpu, &args.model, &opts, &args.out).with_context(|| format!("quantizing {}", args.model.display()))?;
     if let Some(a) = &report.mixed {
-        println!("mixed precision, budget {} bytes of matrices:", a.budget_bytes);
+        outln!("mixed precision, budget {} bytes of matrices:", a.budget_bytes);
         let measured = match sensitivity {
             crate::quant::mixed::Sensitivity::Hessian => "layer-output SQNR dB per format, from its Hessian",
             crate::quant::mixed::Sensitivity::Output => "model-output SQNR dB per format",
         };
-        println!("  {:<40} {:>9} {:>9}   sensitivity ({measured})", "layer", "exact", "greedy");
+        outln!("  {:<40} {:>9} {:>9}   sensitivity ({measured})", "layer", "exact", "greedy");
         for (i, key) in a.keys.iter().enumerate() {
             let sens: Vec<String> = a.options[i].iter().map(|c| format!("{} {:.1}", c.format.name(), c.sqnr_db)).collect();
-            println!("  {key:<40} {:>9} {:>9}   {}", a.options[i][a.exact[i]].format.name(), a.options[i][a.greedy[i]].format.name(), sens.join(", "));
+            outln!("  {key:<40} {:>9} {:>9}   {}", a.options[i][a.exact[i]].format.name(), a.options[i][a.greedy[i]].format.name(), sens.join(", "));
         }
         let uniform: Vec<(String, Vec<usize>)> = crate::quant::mixed::candidates()
             .iter()
@@ -65,14 +65,14 @@ pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
         let rows = [("exact (knapsack DP)".to_string(), a.exact.clone()), ("greedy".to_string(), a.greedy.clone())].into_iter().chain(uniform);
         for (name, pick) in rows {
             let (bytes, noise, sqnr, bits) = a.summary(&pick);
-            println!("  {name:<20} {bytes} bytes, {bits:.3} bits/weight, predicted output SQNR {sqnr:.2} dB (noise {noise:.3e})");
+            outln!("  {name:<20} {bytes} bytes, {bits:.3} bits/weight, predicted output SQNR {sqnr:.2} dB (noise {noise:.3e})");
         }
     }
-    println!("{:<40} {:<9} {:<10} {:>12}", "matrix", "format", "method", "weight SQNR");
+    outln!("{:<40} {:<9} {:<10} {:>12}", "matrix", "format", "method", "weight SQNR");
     for (key, format, method, err) in &report.layers {
-        println!("{key:<40} {:<9} {method:<10} {:>9.2} dB", format.name(), -10.0 * err.log10());
+        outln!("{key:<40} {:<9} {method:<10} {:>9.2} dB", format.name(), -10.0 * err.log10());
     }
-    println!(
+    outln!(
         "{} parameters: {:.3} MB packed (f32 {:.3} MB, {:.2}×) with {} in {:.1} s → {}",
         report.params,
         report.packed_bytes as f64 / 1e6,

@@ -29,8 +29,8 @@ pub fn run(gpu: &Gpu, args: TestOpsArgs) -> anyhow::Result<()> {
         bail!("--filter {:?} matches none of the {total} cases (names are `op shape variant format`)", args.filter.unwrap_or_default());
     }
     if !args.json {
-        println!("adapter: {adapter}  (launch-table row {:?}, caps {:?})", gpu.class, gpu.caps);
-        println!("{:<24} {:<20} {:<30} {:<14} {:>10} {:>8}  result", "op", "shape", "variant", "format", "nmse", "bound");
+        outln!("adapter: {adapter}  (launch-table row {:?}, caps {:?})", gpu.class, gpu.caps);
+        outln!("{:<24} {:<20} {:<30} {:<14} {:>10} {:>8}  result", "op", "shape", "variant", "format", "nmse", "bound");
     }
     let start = Instant::now();
     let mut failed = Vec::new();
@@ -59,7 +59,7 @@ pub fn run(gpu: &Gpu, args: TestOpsArgs) -> anyhow::Result<()> {
         bail!("{} of {} cases failed on {adapter}:\n  {}", failed.len(), picked.len(), failed.join("\n  "));
     }
     if !args.json {
-        println!("{} of {} cases passed on {adapter} in {secs:.1} s", picked.len(), picked.len());
+        outln!("{} of {} cases passed on {adapter} in {secs:.1} s", picked.len(), picked.len());
     }
     Ok(())
 }

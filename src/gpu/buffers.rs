@@ -180,9 +180,10 @@ impl Gpu {
     pub(crate) fn check_binding(&self, size: u64, label: &str) -> Result<()> {
         if size > self.max_binding_size() {
             return Err(Error::Invalid(format!(
-                "{label} of {size} bytes exceeds the storage binding limit ({} bytes); \
-                 split it (Gpu::split_rows) before upload",
-                self.max_binding_size()
+                "{label}: {} MiB is more than this GPU holds in one buffer ({} MiB); \
+                 use smaller images or fewer at once",
+                size.div_ceil(1 << 20),
+                self.max_binding_size() >> 20
             )));
         }
         Ok(())

@@ -6,6 +6,7 @@
 //! transform (`preprocess`, `images`).
 
 pub mod block_quant;
+pub mod files;
 pub mod images;
 pub mod info;
 pub mod packed;

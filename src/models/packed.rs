@@ -102,6 +102,70 @@ pub fn stored_format(w: &Weights, key: &str) -> Result<Option<WeightFormat>> {
     WeightFormat::parse(&t.format).map(Some).map_err(|e| Error::Invalid(format!("checkpoint {}: {key}: {e}", w.source)))
 }
 
+/// Words of a matrix of checkpoint shape `shape` packed in `format`: (rows, cols, words per
+/// row, groups per row, scale words, zero-point words).
+fn layout(format: WeightFormat, shape: &[usize]) -> (usize, usize, usize, usize, usize, usize) {
+    let (rows, cols) = (shape.first().copied().unwrap_or(0), shape.iter().skip(1).product::<usize>());
+    let row_words = cols.div_ceil(format.per_word());
+    let gs = format.group_size(cols);
+    let groups = if gs == 0 { 0 } else { cols.div_ceil(gs) };
+    let zero_words = if matches!(format, WeightFormat::Q4 { zero_point: true, .. }) { (rows * groups).div_ceil(8) } else { 0 };
+    (rows, cols, row_words, groups, (rows * groups).div_ceil(2), zero_words)
+}
+
+/// Checks the description against the packed tensors when a checkpoint is loaded: every
+/// entry names a U32 tensor of its format's shape, every U32 tensor is an entry or one of
+/// the scales/zero points its format has, and nothing else.
+pub fn validate(w: &Weights) -> Result<()> {
+    let desc = Description::of(w)?;
+    let src = &w.source;
+    let Some(desc) = desc else {
+        if let Some(name) = w.words.keys().min() {
+            invalid!("checkpoint {src}: {name} holds packed words but the file has no `{METADATA_KEY}` description of them");
+        }
+        return Ok(());
+    };
+    let mut expected = BTreeMap::new();
+    for (key, t) in &desc.tensors {
+        let format = WeightFormat::parse(&t.format).map_err(|e| Error::Invalid(format!("checkpoint {src}: {key}: {e}")))?;
+        if w.tensors.contains_key(key) {
+            invalid!("checkpoint {src}: the `{METADATA_KEY}` description lists {key} as {}, but the file stores it as floats", t.format);
+        }
+        if t.shape.len() < 2 || t.shape.contains(&0) {
+            invalid!("checkpoint {src}: the `{METADATA_KEY}` description gives {key} the shape {:?}; a packed matrix has two or more non-zero dimensions", t.shape);
+        }
+        let (rows, _, row_words, _, scale_words, zero_words) = layout(format, &t.shape);
+        expected.insert(key.clone(), vec![rows, row_words]);
+        if scale_words > 0 {
+            expected.insert(format!("{key}.scales"), vec![scale_words]);
+        }
+        if zero_words > 0 {
+            expected.insert(format!("{key}.zeros"), vec![zero_words]);
+        }
+    }
+    for (name, shape) in &expected {
+        match w.words.get(name) {
+            None => invalid!("checkpoint {src}: the `{METADATA_KEY}` description needs a packed tensor {name}, which the file does not have"),
+            Some((got, _)) if got != shape => {
+                invalid!("checkpoint {src}: packed tensor {name} has shape {got:?}; its description needs {shape:?}")
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = w.words.keys().filter(|n| !expected.contains_key(*n)).min() {
+        invalid!("checkpoint {src}: packed tensor {name} is not part of any matrix the `{METADATA_KEY}` description lists (a format without it, or no entry)");
+    }
+    for (key, t) in &desc.tensors {
+        let Some(want) = t.extra.get(CHECKSUM_KEY) else { continue };
+        let part = |n: String| w.words.get(&n).map_or(&[][..], |(_, words)| &words[..]);
+        let got = checksum(&t.format, &[part(key.clone()), part(format!("{key}.scales")), part(format!("{key}.zeros"))]);
+        if want.as_str() != Some(got.as_str()) {
+            invalid!("checkpoint {src}: packed {key} does not match its `{METADATA_KEY}` description ({} with checksum {want}): its format or words were changed after quantization; quantize the model again", t.format);
+        }
+    }
+    Ok(())
+}
+
 /// Rebuilds the packed matrix `key`, checking every part against its format and `shape`.
 pub fn read(w: &Weights, key: &str, shape: &[usize]) -> Result<PackedMatrix> {
     let desc = Description::of(w)?.unwrap_or_default();
@@ -110,10 +174,7 @@ pub fn read(w: &Weights, key: &str, shape: &[usize]) -> Result<PackedMatrix> {
         invalid!("checkpoint {}: packed {key} has shape {:?}, expected {shape:?}", w.source, t.shape);
     }
     let format = WeightFormat::parse(&t.format)?;
-    let (rows, cols) = (shape[0], shape[1..].iter().product::<usize>());
-    let row_words = cols.div_ceil(format.per_word());
-    let gs = format.group_size(cols);
-    let groups = if gs == 0 { 0 } else { cols.div_ceil(gs) };
+    let (rows, cols, row_words, groups, _, zero_words) = layout(format, shape);
     let part = |name: &str, len: usize| -> Result<Vec<u32>> {
         if len == 0 {
             return Ok(Vec::new());
@@ -124,7 +185,6 @@ pub fn read(w: &Weights, key: &str, shape: &[usize]) -> Result<PackedMatrix> {
             None => invalid!("checkpoint {}: missing {name} for packed {key}", w.source),
         }
     };
-    let zero_words = if matches!(format, WeightFormat::Q4 { zero_point: true, .. }) { (rows * groups).div_ceil(8) } else { 0 };
     Ok(PackedMatrix {
         format,
         rows,
@@ -163,9 +223,35 @@ pub fn insert(w: &mut Weights, key: &str, m: &PackedMatrix, method: &str) -> Res
     Ok(())
 }
 
+/// The description key of a packed matrix's checksum.
+const CHECKSUM_KEY: &str = "checksum";
+
+/// FNV-1a over the format's name and every word of the matrix: two formats can share a word
+/// layout (q4g32 and fp4g32), so relabelling one as the other must not go unnoticed.
+fn checksum(format: &str, words: &[&[u32]]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = format.bytes().chain(std::iter::once(0)).chain(words.iter().flat_map(|w| w.iter().flat_map(|x| x.to_le_bytes())));
+    for b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// `desc` with each packed matrix's checksum, as `save` records it.
+pub fn with_checksums(desc: &Description, packed: &[(String, PackedMatrix)]) -> Description {
+    let mut desc = desc.clone();
+    for (key, m) in packed {
+        if let Some(t) = desc.tensors.get_mut(key) {
+            t.extra.insert(CHECKSUM_KEY.to_string(), serde_json::json!(checksum(&t.format, &[&m.data, &m.scales, &m.zeros])));
+        }
+    }
+    desc
+}
+
 /// Writes a checkpoint: f32 tensors as they are, packed matrices as their words, and the
-/// description in the header.
+/// description (with checksums, `with_checksums`) in the header.
 pub fn save(path: &std::path::Path, floats: &[(String, Vec<usize>, Vec<f32>)], packed: &[(String, PackedMatrix)], desc: &Description) -> Result<()> {
+    let desc = &with_checksums(desc, packed);
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
     let words: Vec<(String, Vec<usize>, Vec<u32>)> = packed.iter().flat_map(|(k, m)| tensors(k, m)).collect();

@@ -6,18 +6,13 @@
 //! u8, with the filter widened by the downscale factor (antialiasing). Matching it bit for bit
 //! keeps the logits comparable with timm's own pipeline.
 
-use std::path::Path;
-
 use image::RgbImage;
 
 use super::vit::config::PreprocessConfig;
-use crate::{invalid, Error, Result};
+use super::files::MAX_IMAGE_PIXELS;
+use crate::{invalid, Result};
 
-/// Reads an image file (PNG or JPEG) as 8-bit RGB.
-pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).map_err(|e| Error::Invalid(format!("image {}: {e}", path.display())))?;
-    Ok(img.to_rgb8())
-}
+pub use super::files::load_image;
 
 /// `img` → normalized CHW f32 of `cfg.input_size`. An image already at the input size is
 /// only scaled and normalized; any other goes through resize + center crop first.
@@ -36,7 +31,16 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
         (&pixels[..], w, h)
     } else {
         let filter = Filter::parse(&cfg.interpolation)?;
-        let scale = (th.max(tw) as f64 / cfg.crop_pct).floor() as usize;
+        let scale = (th.max(tw) as f64 / cfg.crop_pct).floor();
+        // Checked before the resize allocates: a tiny crop_pct asks for an enormous image.
+        let (fw, fh) = if w <= h { (scale, scale * h as f64 / w as f64) } else { (scale * w as f64 / h as f64, scale) };
+        if !(fw * fh <= MAX_IMAGE_PIXELS as f64) {
+            invalid!(
+                "image {w}×{h} would be resized to about {fw:.0}×{fh:.0} (crop_pct {}) before the {tw}×{th} crop: over the limit of {MAX_IMAGE_PIXELS} pixels",
+                cfg.crop_pct
+            );
+        }
+        let scale = scale as usize;
         // torchvision's Resize(int): the shorter side becomes `scale`, the longer keeps the ratio.
         let (nw, nh) = if w <= h { (scale, scale.saturating_mul(h) / w) } else { (scale.saturating_mul(w) / h, scale) };
         // A tiny crop_pct or an extreme aspect ratio must not ask for a gigapixel buffer.

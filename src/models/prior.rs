@@ -78,6 +78,11 @@ impl Prior {
         let (v, e, s) = (c.vocab_size, c.n_embd, c.block_size);
         let tok_emb = Tensor::from_f32(gpu, &[v, e], w.get("tok_emb.weight", &[v, e])?)?;
         let pos_emb = Tensor::from_f32(gpu, &[s, e], w.get("pos_emb", &[1, s, e])?)?;
+        // The checkpoint's depth before any per-block storage: a config that claims more
+        // layers than the file has fails here, naming both.
+        if !w.contains(&format!("blocks.{}.ln1.weight", c.n_layer - 1)) {
+            invalid!("config says n_layer {}, but checkpoint {} has no blocks.{}.ln1.weight", c.n_layer, w.source, c.n_layer - 1);
+        }
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let b = w.pp("blocks").pp(i);
@@ -124,17 +129,23 @@ impl Prior {
         Ok(pass.outputs().remove(0))
     }
 
+    /// The most sequences one session holds on this adapter.
+    pub fn max_batch(&self, gpu: &Gpu) -> usize {
+        let c = &self.config;
+        // The largest per-sequence buffers: a layer's K (or V) cache, the MLP activations, logits.
+        let per_sequence = (4 * c.block_size * (4 * c.n_embd).max(c.vocab_size)) as u64;
+        (gpu.max_binding_size() / per_sequence).max(1) as usize
+    }
+
     /// An empty decoding session for `batch` sequences of up to `block_size` tokens.
     pub fn session(&self, gpu: &Gpu, batch: usize) -> Result<PriorSession<'_>> {
         let c = &self.config;
         if batch == 0 {
             shape_err!("prior: batch must be at least 1");
         }
-        // The largest per-sequence buffers: a layer's K (or V) cache, the MLP activations, logits.
-        let per_sequence = (4 * c.block_size * (4 * c.n_embd).max(c.vocab_size)) as u64;
-        let most = (gpu.max_binding_size() / per_sequence).max(1);
-        if batch as u64 > most {
-            invalid!("prior: {batch} sequences at once is over this adapter's buffer limit; at most {most}");
+        let most = self.max_batch(gpu);
+        if batch > most {
+            invalid!("prior: {batch} sequences at once is over this GPU's buffer limit; at most {most}");
         }
         let caches = (0..c.n_layer).map(|_| KvCache::new(gpu, batch, c.n_head, c.head_dim(), c.block_size)).collect::<Result<_>>()?;
         Ok(PriorSession { prior: self, batch, caches, position: Position::new(gpu)?, step_plan: None })

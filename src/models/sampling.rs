@@ -115,12 +115,30 @@ pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> Result<u
     Ok(weights.iter().rposition(|&w| w > 0.0).unwrap_or_else(|| argmax() as usize) as u32)
 }
 
-/// Samples `count` token grids of class `class` at once (batch = count), raster order, one
-/// prior step per token: [class] → z_0, then z_i → z_{i+1}.
-pub fn generate(gpu: &Gpu, prior: &Prior, class: usize, count: usize, seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
+/// The most images one `generate` call samples on this adapter with `opts` (guidance other
+/// than 1 runs every image twice).
+pub fn max_count(gpu: &Gpu, prior: &Prior, opts: &SamplingOptions) -> usize {
+    let rows = prior.max_batch(gpu);
+    if opts.guidance != 1.0 { (rows / 2).max(1) } else { rows }
+}
+
+fn check_count(gpu: &Gpu, prior: &Prior, count: usize, opts: &SamplingOptions) -> Result<()> {
     if count == 0 {
         invalid!("count must be at least 1");
     }
+    let most = max_count(gpu, prior, opts);
+    if count > most {
+        let why = if opts.guidance != 1.0 { format!(" with guidance {} (each image is sampled twice; guidance 1 allows twice as many)", opts.guidance) } else { String::new() };
+        invalid!("count {count} is over the limit of {most} images at once on this GPU{why}; generate in several runs");
+    }
+    Ok(())
+}
+
+/// Samples `count` token grids of class `class` at once (batch = count), raster order, one
+/// prior step per token: [class] → z_0, then z_i → z_{i+1}.
+pub fn generate(gpu: &Gpu, prior: &Prior, class: usize, count: usize, seed: u64, opts: &SamplingOptions) -> Result<TokenGrid> {
+    // Before the per-image allocation below: a huge count must be an error, not an abort.
+    check_count(gpu, prior, count, opts)?;
     generate_classes(gpu, prior, &vec![class; count], seed, opts)
 }
 
@@ -137,9 +155,7 @@ pub async fn generate_classes_async(gpu: &Gpu, prior: &Prior, classes: &[usize],
         invalid!("class {class} is out of range: the prior knows {} classes (0..={})", c.n_classes, c.n_classes - 1);
     }
     let count = classes.len();
-    if count == 0 {
-        invalid!("count must be at least 1");
-    }
+    check_count(gpu, prior, count, opts)?;
     opts.check()?;
     let null_class = match (opts.guidance != 1.0, c.null_class) {
         (false, _) => None,

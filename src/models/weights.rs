@@ -41,8 +41,31 @@ impl Weights {
     }
 
     pub fn load(path: &Path) -> Result<Weights> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("checkpoint {}: {e}", path.display())))?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        let bytes = super::files::read_limited(path, "checkpoint", super::files::MAX_CHECKPOINT_BYTES)?;
+        let w = Self::from_bytes(&bytes, &path.display().to_string())?;
+        w.check_description_copy(path)?;
+        Ok(w)
+    }
+
+    /// `lowbit quantize` writes `quantization.json` beside the checkpoint as a readable copy of
+    /// the description in its header, which is what the engine runs: a copy that says
+    /// something else (edited, or from another model) is an error rather than ignored.
+    fn check_description_copy(&self, path: &Path) -> Result<()> {
+        let copy = path.with_file_name("quantization.json");
+        if !copy.exists() {
+            return Ok(());
+        }
+        let name = copy.display();
+        let text = super::files::read_text(&copy, "quantization description")?;
+        let copied: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{name}: not valid JSON ({e}); delete it or quantize the model again")))?;
+        let Some(header) = self.metadata.get(super::packed::METADATA_KEY) else {
+            invalid!("{name} describes a quantized model, but {} has no quantization description: they are from different models", self.source);
+        };
+        let header: serde_json::Value = serde_json::from_str(header).map_err(|e| Error::Invalid(format!("checkpoint {}: bad `quantization` metadata: {e}", self.source)))?;
+        if copied != header {
+            invalid!("{name} differs from the quantization description in {} (the one lowbit runs): restore it, delete it, or quantize the model again", self.source);
+        }
+        Ok(())
     }
 
     /// Parses safetensors bytes; f32, f16 and bf16 tensors are widened to f32.
@@ -60,15 +83,25 @@ impl Weights {
                 Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::U32 => {
-                    let w = raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    let w: Vec<u32> = raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    if name.ends_with(".scales") {
+                        check_scales(&w, &name, source)?;
+                    }
                     words.insert(name, (view.shape().to_vec(), w));
                     continue;
                 }
                 other => invalid!("checkpoint {source}: tensor {name} has dtype {other:?} (only F32, F16, BF16 and packed U32 are supported)"),
             };
+            // Every float tensor, once, here: a NaN bias or norm weight would otherwise run
+            // silently and give a confident wrong answer.
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                invalid!("checkpoint {source}: tensor {name} holds {} at index {i}; the file is corrupt (re-download or re-export it)", data[i]);
+            }
             tensors.insert(name, WeightTensor { shape: view.shape().to_vec(), data });
         }
-        Ok(Weights { source: source.to_string(), tensors, words, metadata })
+        let w = Weights { source: source.to_string(), tensors, words, metadata };
+        super::packed::validate(&w)?;
+        Ok(w)
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -114,6 +147,15 @@ impl Weights {
             Ok(None)
         }
     }
+}
+
+/// Packed scales are f16 pairs: each must be finite, as every float tensor.
+fn check_scales(words: &[u32], name: &str, source: &str) -> Result<()> {
+    let halves = words.iter().flat_map(|w| [*w as u16, (*w >> 16) as u16]);
+    if let Some((i, h)) = halves.enumerate().map(|(i, h)| (i, half::f16::from_bits(h))).find(|(_, h)| !h.is_finite()) {
+        invalid!("checkpoint {source}: packed scales {name} hold {h} at index {i}; the file is corrupt (re-quantize it)");
+    }
+    Ok(())
 }
 
 impl Weights {

@@ -351,7 +351,7 @@ impl Calibration {
                 Ok(Calibration { images: None, tokens: Some(tokens), source: path.display().to_string() })
             }
             (family, false) => {
-                let files = find_images(path)?;
+                let files = find_images(path).map_err(|e| Error::Invalid(format!("calibration {e}")))?;
                 let chosen: Vec<&PathBuf> = pick(files.len(), count, seed).into_iter().map(|i| &files[i]).collect();
                 let mut progress = Progress::new("reading calibration images", chosen.len());
                 let mut pixels = Vec::new();
@@ -397,26 +397,39 @@ pub fn signed_center_crop(img: &image::RgbImage, h: usize, w: usize) -> std::res
 }
 
 /// Every PNG/JPEG under `dir`, sorted by path (so a seed means the same images everywhere).
+/// Each folder and image counts once, however many links lead to it: a link loop
+/// (`loop -> ..`) ends instead of counting the same images again and again.
 pub fn find_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::Invalid(format!("calibration folder {}: {e}", dir.display())))?;
+    use std::collections::HashSet;
+    fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::Invalid(format!("folder {}: {e}", dir.display())))?;
         for entry in entries {
-            let path = entry.map_err(|e| Error::Invalid(format!("calibration folder {}: {e}", dir.display())))?.path();
+            let path = entry.map_err(|e| Error::Invalid(format!("folder {}: {e}", dir.display())))?.path();
+            let is_image = || path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"));
+            if !(path.is_dir() || is_image()) {
+                continue;
+            }
+            // A dangling link has no canonical path: skipped like any non-image.
+            let Ok(real) = path.canonicalize() else { continue };
+            if !seen.insert(real) {
+                continue;
+            }
             if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")) {
+                walk(&path, seen, out)?;
+            } else {
                 out.push(path);
             }
         }
         Ok(())
     }
     if !dir.is_dir() {
-        invalid!("calibration folder {}: not a folder", dir.display());
+        invalid!("folder {}: not a folder", dir.display());
     }
     let mut out = Vec::new();
-    walk(dir, &mut out)?;
+    let mut seen = HashSet::from_iter(dir.canonicalize().ok());
+    walk(dir, &mut seen, &mut out)?;
     if out.is_empty() {
-        invalid!("calibration folder {}: no PNG or JPEG images in it", dir.display());
+        invalid!("folder {}: no PNG or JPEG images in it", dir.display());
     }
     out.sort();
     Ok(out)

@@ -15,6 +15,9 @@ use serde::Deserialize;
 use crate::models::sampling::SamplingOptions;
 use crate::{invalid, Error, Result};
 
+/// The most transformer blocks a prior may have (GPT-3 has 96).
+pub const MAX_LAYERS: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct PriorConfig {
     pub architecture: String,
@@ -43,7 +46,7 @@ pub struct PriorConfig {
 
 impl PriorConfig {
     pub fn load(path: &Path) -> Result<PriorConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("prior config {}: {e}", path.display())))?;
+        let text = crate::models::files::read_text(path, "prior config")?;
         Self::from_json(&text).map_err(|e| Error::Invalid(format!("prior config {}: {e}", path.display())))
     }
 
@@ -64,6 +67,11 @@ impl PriorConfig {
         if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
             invalid!("{name} must be at least 1");
         }
+        // Stated limits, checked before anything is allocated per layer, head or position.
+        let limits = [("n_layer", self.n_layer, MAX_LAYERS), ("n_head", self.n_head, 4096), ("n_embd", self.n_embd, 1 << 16), ("block_size", self.block_size, 1 << 16), ("vocab_size", self.vocab_size, 1 << 20)];
+        if let Some((name, v, most)) = limits.iter().find(|(_, v, most)| v > most) {
+            invalid!("{name} {v} is over the limit of {most}");
+        }
         if !self.n_embd.is_multiple_of(self.n_head) {
             invalid!("n_embd {} is not a multiple of n_head {}", self.n_embd, self.n_head);
         }
@@ -79,8 +87,14 @@ impl PriorConfig {
             invalid!("n_unmasked {} is not supported (only a fully causal prior)", self.n_unmasked);
         }
         if let Some(null) = self.null_class {
-            if null < self.n_classes || null >= self.vocab_size {
-                invalid!("null_class {null} must be a token id outside the classes 0..{} and below vocab_size {}", self.n_classes, self.vocab_size);
+            // Trained priors put the null class right after the real ones (taming, LlamaGen).
+            if null != self.n_classes || null >= self.vocab_size {
+                invalid!(
+                    "null_class {null} is out of range: the null class is the token after the {} classes ({}), below vocab_size {}",
+                    self.n_classes,
+                    self.n_classes,
+                    self.vocab_size
+                );
             }
         }
         if let Some(s) = self.sampling {

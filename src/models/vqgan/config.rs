@@ -127,13 +127,16 @@ struct File {
 
 #[derive(Deserialize)]
 struct Section {
+    /// taming's class path; only its VQModel is this architecture.
+    #[serde(default)]
+    target: Option<String>,
     params: VqganConfig,
 }
 
 impl VqganConfig {
     /// taming's YAML (`.yaml`/`.yml`) or LlamaGen's JSON.
     pub fn load(path: &Path) -> Result<VqganConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
+        let text = crate::models::files::read_text(path, "config")?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -211,6 +214,9 @@ impl VqganConfig {
     /// Parses taming's layout (`model.params`); `source` names the file in errors.
     pub fn from_yaml(text: &str, source: &str) -> Result<VqganConfig> {
         let file: File = serde_yaml::from_str(text).map_err(|e| Error::Invalid(format!("config {source}: not a taming VQModel config (model.params with embed_dim, n_embed, ddconfig): {e}")))?;
+        if let Some(target) = file.model.target.as_deref().filter(|t| !t.ends_with(".VQModel")) {
+            return Err(Error::Invalid(format!("config {source}: target `{target}` is not a taming VQModel (taming.models.vqgan.VQModel)")));
+        }
         let c = file.model.params;
         c.validate().map_err(|e| Error::Invalid(format!("config {source}: {e}")))?;
         Ok(c)
@@ -224,6 +230,20 @@ impl VqganConfig {
         }
         if d.ch_mult.is_empty() || d.ch_mult.contains(&0) {
             return Err(format!("ch_mult {:?} must be non-empty and non-zero", d.ch_mult));
+        }
+        // Attention sits where the feature map has one of attn_resolutions' sizes at the
+        // training resolution: a resolution that does not halve evenly to every level would
+        // silently place it nowhere.
+        let halvings = d.ch_mult.len() - 1;
+        if d.resolution > 1 << 16 || halvings >= 16 || !d.resolution.is_multiple_of(1 << halvings) {
+            return Err(format!(
+                "resolution {} must be a multiple of {} (halved at each of the {halvings} downsamplings) and at most 65536",
+                d.resolution,
+                1usize << halvings.min(16)
+            ));
+        }
+        if let Some(r) = d.attn_resolutions.iter().find(|&&r| !(0..=halvings).any(|i| d.resolution >> i == r)) {
+            return Err(format!("attn_resolutions entry {r} is not a feature-map size of resolution {} (halved per level)", d.resolution));
         }
         if d.give_pre_end || d.tanh_out {
             return Err("give_pre_end and tanh_out are not supported".into());

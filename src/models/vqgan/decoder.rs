@@ -81,7 +81,11 @@ impl VqganDecoder {
                 None
             } else {
                 res *= 2;
-                Some(if dd.resamp_with_conv { Some(l.conv(&format!("{p}.upsample.conv"), ch, ch, 3)?) } else { None })
+                let key = format!("{p}.upsample.conv");
+                if !dd.resamp_with_conv && w.contains(&format!("{key}.weight")) {
+                    invalid!("config says resamp_with_conv: false (upsampling without a conv), but checkpoint {} has {key}.weight: set resamp_with_conv: true", w.source);
+                }
+                Some(if dd.resamp_with_conv { Some(l.conv(&key, ch, ch, 3)?) } else { None })
             };
             up.insert(0, Level { blocks, attns, upsample });
         }

@@ -67,6 +67,10 @@ impl VqganEncoder {
                     attns.push(l.attn(&format!("{p}.attn.{i}"), ch)?);
                 }
             }
+            let extra = format!("{p}.attn.{}.norm.weight", attns.len());
+            if w.contains(&extra) {
+                invalid!("checkpoint {} has {extra}, which the config (resolution {}, attn_resolutions {:?}) does not describe", w.source, dd.resolution, dd.attn_resolutions);
+            }
             if w.contains(&format!("{p}.{}.{}.norm1.weight", f.blocks(), dd.num_res_blocks)) {
                 invalid!("checkpoint {} has more blocks at {p} than num_res_blocks = {}", w.source, dd.num_res_blocks);
             }

@@ -41,7 +41,7 @@ impl TokenGrid {
 
     /// Reads tensor `name` of a safetensors file.
     pub fn load(path: &Path, name: &str) -> Result<TokenGrid> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("tokens {}: {e}", path.display())))?;
+        let bytes = crate::models::files::read_limited(path, "tokens", crate::models::files::MAX_TOKENS_BYTES)?;
         Self::from_bytes(&bytes, name, &path.display().to_string())
     }
 
