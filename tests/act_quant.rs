@@ -315,7 +315,7 @@ fn softmax_rows(qkv: &[f32], p: &AttentionParams) -> Vec<f32> {
 
 /// Seeded random images for the fixture ViT.
 fn fixture_calibration(model: &Model, n: usize) -> Calibration {
-    let lowbit::quant::calibrate::Family::Vit(cfg) = &model.family else { panic!("a ViT") };
+    let lowbit::quant::calibrate::Family::Classifier(lowbit::models::ClassifierConfig::Vit(cfg)) = &model.family else { panic!("a ViT") };
     let (h, w) = cfg.preprocess.input_size;
     let pixels = random(n * 3 * h * w, 77, 1.5);
     Calibration { images: Some((pixels, [n, 3, h, w])), tokens: None, source: "random".into() }
@@ -343,7 +343,7 @@ fn reparameterized_float_model_equals_the_original() {
 fn vit_refuses_bad_quantizer_descriptions() {
     let gpu = common::gpu();
     let model = Model::load(&common::fixture_dir("vit_tiny_test")).unwrap();
-    let lowbit::quant::calibrate::Family::Vit(cfg) = &model.family else { panic!("a ViT") };
+    let lowbit::quant::calibrate::Family::Classifier(lowbit::models::ClassifierConfig::Vit(cfg)) = &model.family else { panic!("a ViT") };
     let with = |list: serde_json::Value| {
         let mut w = model.weights.clone();
         let desc = serde_json::json!({ "tensors": {}, "activation_quantizers": list });

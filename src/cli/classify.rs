@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use super::model::print_profile;
 use crate::models::weights::save_f32;
 use crate::models::files::check_image;
-use crate::models::{load_image, VisionTransformer};
+use crate::models::{load_image, Classifier};
 use crate::Gpu;
 
 /// Images per forward pass: bounds activation memory for long argument lists.
@@ -46,7 +46,7 @@ pub struct ClassifyArgs {
 
 pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
     let format = args.weights.format()?;
-    let model = VisionTransformer::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
+    let model = Classifier::from_pretrained(gpu, &args.model, args.config.as_deref(), format)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if args.topk == 0 {
         bail!("--topk must be at least 1");
@@ -61,7 +61,7 @@ pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
     }
     let labels = match &args.labels {
         Some(path) => read_labels(path, model.output_dim())?,
-        None => model.config.label_names.clone(),
+        None => model.label_names().to_vec(),
     };
     let mut all_logits = Vec::with_capacity(args.images.len() * model.output_dim());
     for (i, batch) in args.images.chunks(BATCH).enumerate() {
@@ -82,7 +82,7 @@ pub fn run(gpu: &Gpu, args: ClassifyArgs) -> anyhow::Result<()> {
 }
 
 /// Logits of `paths`, row-major [paths.len(), classes]; `profile` prints GPU time per node.
-fn classify(gpu: &Gpu, model: &VisionTransformer, paths: &[PathBuf], profile: bool) -> anyhow::Result<Vec<f32>> {
+fn classify(gpu: &Gpu, model: &Classifier, paths: &[PathBuf], profile: bool) -> anyhow::Result<Vec<f32>> {
     if !profile {
         return Ok(model.classify_files(gpu, paths)?.logits);
     }

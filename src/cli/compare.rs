@@ -19,7 +19,7 @@ use crate::gpu::Tensor;
 use crate::metrics::{cosine, psnr_db, sqnr_db};
 use crate::models::vqgan::{TokenGrid, VqganDecoder, VqganEncoder};
 use crate::models::images::signed_chw_to_rgb;
-use crate::models::{detect, load_image, ModelKind, VisionTransformer};
+use crate::models::{detect, load_image, Classifier, ModelKind};
 use crate::quant::calibrate::{find_images, signed_center_crop};
 use crate::formats::WeightFormat;
 use crate::Gpu;
@@ -70,8 +70,8 @@ pub fn run(gpu: &Gpu, args: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(gpu: &Gpu, path: &std::path::Path) -> anyhow::Result<VisionTransformer> {
-    VisionTransformer::from_pretrained(gpu, path, None, WeightFormat::F32).with_context(|| format!("loading {}", path.display()))
+fn load(gpu: &Gpu, path: &std::path::Path) -> anyhow::Result<Classifier> {
+    Classifier::from_pretrained(gpu, path, None, WeightFormat::F32).with_context(|| format!("loading {}", path.display()))
 }
 
 /// Infinite SQNR (identical outputs) printed as a JSON-safe large number.
@@ -82,7 +82,7 @@ fn finite(db: f64) -> f64 {
 fn compare_classifiers(gpu: &Gpu, args: &CompareArgs) -> anyhow::Result<serde_json::Value> {
     let Some(dir) = &args.images else { bail!("classifiers are compared on images: pass --images DIR") };
     let (a, b) = (load(gpu, &args.reference)?, load(gpu, &args.model)?);
-    if a.config.preprocess != b.config.preprocess || a.output_dim() != b.output_dim() {
+    if a.preprocess_config() != b.preprocess_config() || a.output_dim() != b.output_dim() {
         bail!("the models differ in input preprocessing or number of classes");
     }
     let files = find_images(dir)?;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::classify::top_k;
-use crate::models::VisionTransformer;
+use crate::models::Classifier;
 use crate::quant::calibrate::find_images;
 use crate::formats::WeightFormat;
 use crate::Gpu;
@@ -63,12 +63,12 @@ pub fn image_folder(root: &Path, label_names: &[String], classes: usize) -> anyh
 }
 
 pub fn run(gpu: &Gpu, args: EvalArgs) -> anyhow::Result<()> {
-    let model = VisionTransformer::from_pretrained(gpu, &args.model, None, WeightFormat::F32).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = Classifier::from_pretrained(gpu, &args.model, None, WeightFormat::F32).with_context(|| format!("loading {}", args.model.display()))?;
     let classes = model.output_dim();
-    if model.config.num_classes == 0 {
+    if model.num_classes() == 0 {
         bail!("model {} has no classifier head to evaluate", args.model.display());
     }
-    let images = image_folder(&args.data, &model.config.label_names, classes)?;
+    let images = image_folder(&args.data, model.label_names(), classes)?;
     let start = std::time::Instant::now();
     let (mut top1, mut top5) = (0usize, 0usize);
     for batch in images.chunks(BATCH) {

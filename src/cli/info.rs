@@ -1,4 +1,5 @@
-//! `lowbit info PATH`: architecture, parameters, bytes per weight format, planned peak GPU memory.
+//! `lowbit info PATH`: architecture, parameters, bytes per weight format, planned peak GPU memory;
+//! `lowbit info --architectures`: the timm architectures lowbit knows.
 
 use std::path::PathBuf;
 
@@ -11,18 +12,28 @@ use crate::Gpu;
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
     /// A model folder (or its .safetensors file).
-    #[arg(value_name = "PATH")]
-    pub path: PathBuf,
+    #[arg(value_name = "PATH", required_unless_present = "architectures")]
+    pub path: Option<PathBuf>,
+    /// List the timm architectures lowbit knows (from tools/gen_architectures.py) and exit.
+    #[arg(long)]
+    pub architectures: bool,
     /// Batch size for the planned memory.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 }
 
 pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
-    let summary = weight_summary(&args.path)?;
-    let kind = detect(&args.path)?;
-    outln!("model: {} ({kind:?})", args.path.display());
-    let model = if kind == ModelKind::Prior { None } else { Some(Runnable::load(gpu, &args.path, WeightFormat::F32)?) };
+    if args.architectures {
+        for name in crate::models::timm_config::known_architectures() {
+            outln!("{name}");
+        }
+        return Ok(());
+    }
+    let Some(path) = &args.path else { anyhow::bail!("pass a model folder (or --architectures)") };
+    let summary = weight_summary(path)?;
+    let kind = detect(path)?;
+    outln!("model: {} ({kind:?})", path.display());
+    let model = if kind == ModelKind::Prior { None } else { Some(Runnable::load(gpu, path, WeightFormat::F32)?) };
     if let Some(m) = &model {
         outln!("architecture: {}", m.describe());
     }

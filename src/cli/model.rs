@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::graph::{totals_per_op, Graph, NodeTime};
 use crate::models::vqgan::VqganDecoder;
-use crate::models::{detect, ModelKind, VisionTransformer, Weights, WeightSummary};
+use crate::models::{detect, Classifier, ModelKind, Weights, WeightSummary};
 use crate::formats::WeightFormat;
 use crate::synthetic::Rng;
 use crate::Gpu;
@@ -32,7 +32,7 @@ impl WeightArgs {
 
 /// A loaded model whose forward pass is a graph.
 pub enum Runnable {
-    Vit(Box<VisionTransformer>),
+    Classifier(Box<Classifier>),
     Decoder(Box<VqganDecoder>),
 }
 
@@ -40,7 +40,7 @@ impl Runnable {
     pub fn load(gpu: &Gpu, path: &Path, format: WeightFormat) -> anyhow::Result<Runnable> {
         let load = || -> anyhow::Result<Runnable> {
             Ok(match detect(path)? {
-                ModelKind::Vit => Runnable::Vit(Box::new(VisionTransformer::from_pretrained(gpu, path, None, format)?)),
+                ModelKind::Vit => Runnable::Classifier(Box::new(Classifier::from_pretrained(gpu, path, None, format)?)),
                 ModelKind::Vqgan => Runnable::Decoder(Box::new(VqganDecoder::from_pretrained(gpu, path, None, format)?)),
                 ModelKind::Prior => anyhow::bail!("a prior runs through `lowbit generate`; bench its decoder instead"),
             })
@@ -51,13 +51,7 @@ impl Runnable {
     /// One line on what the model is.
     pub fn describe(&self) -> String {
         match self {
-            Runnable::Vit(m) => {
-                let c = &m.config;
-                format!(
-                    "timm ViT `{}`: {}×{} images, patch {}, width {}, depth {}, {} heads, {} classes",
-                    c.architecture, c.img_size, c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.num_classes
-                )
-            }
+            Runnable::Classifier(m) => m.describe(),
             Runnable::Decoder(m) => {
                 let (c, r) = (&m.config, m.config.latent_resolution());
                 format!(
@@ -71,7 +65,7 @@ impl Runnable {
     /// The forward pass for `batch` inputs of the model's training size.
     pub fn graph(&self, batch: usize) -> anyhow::Result<Graph> {
         Ok(match self {
-            Runnable::Vit(m) => m.graph(batch)?,
+            Runnable::Classifier(m) => m.graph(batch)?,
             Runnable::Decoder(m) => {
                 let r = m.config.latent_resolution();
                 m.graph(batch, r, r)?
@@ -84,7 +78,7 @@ impl Runnable {
         let n = plan.input(0)?.numel();
         let mut rng = Rng::new(seed);
         match self {
-            Runnable::Vit(_) => plan.set_input(gpu, 0, &(0..n).map(|_| rng.next_f32()).collect::<Vec<f32>>())?,
+            Runnable::Classifier(_) => plan.set_input(gpu, 0, &(0..n).map(|_| rng.next_f32()).collect::<Vec<f32>>())?,
             Runnable::Decoder(m) => {
                 let k = m.config.n_embed as f32;
                 plan.set_input(gpu, 0, &(0..n).map(|_| (((rng.next_f32() + 1.0) * 0.5 * k) as u32).min(k as u32 - 1)).collect::<Vec<u32>>())?
@@ -96,7 +90,7 @@ impl Runnable {
     /// Images per input: what "images/s" counts.
     pub fn name(&self) -> &'static str {
         match self {
-            Runnable::Vit(_) => "classify",
+            Runnable::Classifier(_) => "classify",
             Runnable::Decoder(_) => "decode",
         }
     }

@@ -180,10 +180,10 @@ impl Gpu {
     pub(crate) fn check_binding(&self, size: u64, label: &str) -> Result<()> {
         if size > self.max_binding_size() {
             return Err(Error::Invalid(format!(
-                "{label}: {} MiB is more than this GPU holds in one buffer ({} MiB); \
+                "{label}: {} is more than this GPU binds in one buffer (its binding limit is {}); \
                  use smaller images or fewer at once",
-                size.div_ceil(1 << 20),
-                self.max_binding_size() >> 20
+                human_bytes(size),
+                human_bytes(self.max_binding_size())
             )));
         }
         Ok(())
@@ -277,5 +277,15 @@ impl<T> Future for OneShot<T> {
                 Poll::Pending
             }
         }
+    }
+}
+
+/// `n` bytes as B, KiB, MiB or GiB, whichever reads best.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
     }
 }

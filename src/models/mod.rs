@@ -6,6 +6,7 @@
 //! transform (`preprocess`, `images`).
 
 pub mod block_quant;
+pub mod classifier;
 pub mod files;
 pub mod images;
 pub mod info;
@@ -22,5 +23,6 @@ pub mod weights;
 pub use vit::config::{PreprocessConfig, VitConfig};
 pub use info::{detect, ModelKind, WeightSummary};
 pub use preprocess::{load_image, preprocess};
+pub use classifier::{Classifier, ClassifierConfig};
 pub use vit::VisionTransformer;
 pub use weights::Weights;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::gptq::Hessian;
 use crate::graph::Plan;
 use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
-use crate::models::{detect, load_image, preprocess, ModelKind, VisionTransformer, VitConfig, Weights, WeightSummary};
+use crate::models::{detect, load_image, preprocess, Classifier, ClassifierConfig, ModelKind, Weights, WeightSummary};
 use crate::formats::WeightFormat;
 use crate::synthetic::Rng;
 use crate::{invalid, Error, Gpu, Result};
@@ -22,7 +22,8 @@ const ROWS_PER_PASS: usize = 2048;
 
 #[derive(Clone, Debug)]
 pub enum Family {
-    Vit(VitConfig),
+    /// A timm classifier (ViT family or Swin).
+    Classifier(ClassifierConfig),
     Vqgan(VqganConfig),
 }
 
@@ -59,7 +60,7 @@ impl Model {
         let (family, (weights_path, config_path)) = match detect(path)? {
             ModelKind::Vit => {
                 let files = crate::models::weights::resolve_checkpoint(path, None, "config.json")?;
-                (Family::Vit(VitConfig::load(&files.1)?), files)
+                (Family::Classifier(ClassifierConfig::load(&files.1)?), files)
             }
             ModelKind::Vqgan => {
                 let files = VqganConfig::resolve(path, None)?;
@@ -79,7 +80,23 @@ impl Model {
     pub fn act_sites(&self) -> Result<super::act_calib::Sites> {
         let mut sites = super::act_calib::Sites::default();
         match &self.family {
-            Family::Vit(c) => (0..c.depth).for_each(|n| sites.add_block(&format!("blocks.{n}"), c.embed_dim, c.num_heads)),
+            Family::Classifier(ClassifierConfig::Vit(c)) => (0..c.depth).for_each(|n| sites.add_block(&format!("blocks.{n}"), c.embed_dim, c.num_heads)),
+            Family::Classifier(ClassifierConfig::Swin(c)) => {
+                for (i, s) in c.stages()?.iter().enumerate() {
+                    if i > 0 {
+                        // Patch merging: the post-LN 2×2 concatenation feeds `reduction`.
+                        let m = format!("layers.{i}.downsample");
+                        sites.norm_linears.push((format!("{m}.norm"), format!("{m}.reduction"), 2 * s.dim));
+                        sites.linears.push((format!("{m}.reduction"), false));
+                    }
+                    for j in 0..s.depth {
+                        sites.add_block(&format!("layers.{i}.blocks.{j}"), s.dim, s.heads);
+                        // Window attention adds a bias to its scores and runs in f32: no
+                        // post-softmax quantizer.
+                        sites.attentions.pop();
+                    }
+                }
+            }
             Family::Vqgan(_) => invalid!("static activation quantization runs on classifiers (ViT, Swin), not on a VQGAN"),
         }
         Ok(sites)
@@ -98,7 +115,7 @@ impl Model {
             let Some(t) = self.weights.tensors.get(key) else { continue };
             let base = key.strip_suffix(".weight").unwrap_or(key);
             let (node, encoder) = match self.family {
-                Family::Vit(_) => (base.to_string(), false),
+                Family::Classifier(_) => (base.to_string(), false),
                 Family::Vqgan(_) => {
                     let side = ["decoder.", "post_quant_conv"].iter().any(|p| key.starts_with(p));
                     let enc = ["encoder.", "quant_conv"].iter().any(|p| key.starts_with(p));
@@ -121,7 +138,7 @@ impl Model {
     /// The ViT, or the VQGAN decoder, built from `w` with matrices as stored (f32 otherwise).
     fn build(&self, gpu: &Gpu, w: &Weights) -> Result<Built> {
         Ok(match &self.family {
-            Family::Vit(c) => Built::Vit(Box::new(VisionTransformer::new(gpu, c, w, WeightFormat::F32)?)),
+            Family::Classifier(c) => Built::Classifier(Box::new(Classifier::new(gpu, c, w, WeightFormat::F32)?)),
             Family::Vqgan(c) => Built::Decoder(Box::new(VqganDecoder::new(gpu, c, w, WeightFormat::F32)?)),
         })
     }
@@ -194,14 +211,14 @@ impl Model {
 }
 
 enum Built {
-    Vit(Box<VisionTransformer>),
+    Classifier(Box<Classifier>),
     Decoder(Box<VqganDecoder>),
 }
 
 impl Built {
     fn graph(&self, n: usize, calib: &Calibration) -> Result<crate::graph::Graph> {
         match self {
-            Built::Vit(m) => m.graph(n),
+            Built::Classifier(m) => m.graph(n),
             Built::Decoder(m) => {
                 let Some(t) = &calib.tokens else { invalid!("decoder calibration needs tokens") };
                 m.graph(n, t.height, t.width)
@@ -340,7 +357,7 @@ impl Calibration {
         }
         let is_tokens = path.is_file() && path.extension().is_some_and(|e| e == "safetensors");
         match (&model.family, is_tokens) {
-            (Family::Vit(_), true) => invalid!("calibration {}: a classifier calibrates on an image folder, not tokens", path.display()),
+            (Family::Classifier(_), true) => invalid!("calibration {}: a classifier calibrates on an image folder, not tokens", path.display()),
             (Family::Vqgan(c), true) => {
                 let all = TokenGrid::load(path, "tokens")?;
                 all.check(c.n_embed)?;
@@ -356,13 +373,13 @@ impl Calibration {
                 let mut progress = Progress::new("reading calibration images", chosen.len());
                 let mut pixels = Vec::new();
                 let (c, h, w) = match family {
-                    Family::Vit(cfg) => (3, cfg.preprocess.input_size.0, cfg.preprocess.input_size.1),
+                    Family::Classifier(cfg) => (3, cfg.preprocess().input_size.0, cfg.preprocess().input_size.1),
                     Family::Vqgan(cfg) => (cfg.ddconfig.in_channels, cfg.ddconfig.resolution, cfg.ddconfig.resolution),
                 };
                 for f in &chosen {
                     let img = load_image(f)?;
                     let chw = match family {
-                        Family::Vit(cfg) => preprocess(&img, &cfg.preprocess)?,
+                        Family::Classifier(cfg) => preprocess(&img, cfg.preprocess())?,
                         Family::Vqgan(_) => signed_center_crop(&img, h, w).map_err(|e| Error::Invalid(format!("image {}: {e}", f.display())))?,
                     };
                     pixels.extend(chw);
@@ -379,7 +396,7 @@ impl Calibration {
                         let t = crate::Tensor::from_f32(gpu, &images.1, &images.0)?;
                         Some(encoder.encode(gpu, &t)?)
                     }
-                    Family::Vit(_) => None,
+                    Family::Classifier(_) => None,
                 };
                 Ok(Calibration { images: Some(images), tokens, source: path.display().to_string() })
             }

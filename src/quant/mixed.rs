@@ -68,7 +68,7 @@ impl Sensitivity {
 /// Rows of a weight matrix the Hessian proxy evaluates (evenly spaced): the per-row errors of
 /// round-to-grid quantization are alike, so a sample estimates the sum closely at a fraction
 /// of the rows·cols² cost.
-const PROXY_ROWS: usize = 256;
+const PROXY_ROWS: usize = 64;
 
 /// Σ over (sampled) rows δ of δᵀHδ, scaled to all rows: the squared error the matrix `d` adds
 /// to the layer's output, summed over the calibration inputs H was accumulated from.

@@ -204,9 +204,9 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         invalid!("model {}: already quantized by lowbit quantize; quantize the f32 original instead", model_path.display());
     }
     match (&recipe, &model.family) {
-        (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Vit(_)) => {}
+        (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Classifier(_)) => {}
         (Recipe::Activations { name, weight_bits: 8, act_bits: 8 }, _) => invalid!("recipe {name}: int8 activations run in ViT Linear layers only (the W8A8 kernel); quantize a VQGAN with a weight-only recipe"),
-        (Recipe::Activations { .. }, Family::Vit(_)) => {}
+        (Recipe::Activations { .. }, Family::Classifier(_)) => {}
         (Recipe::Activations { name, .. }, _) => {
             invalid!("recipe {name}: static activation quantizers are placed in ViT blocks only; quantize a VQGAN with a weight-only recipe ({RECIPES})")
         }

@@ -108,6 +108,50 @@ impl VitConfig {
         Self::from_hub(&HubConfig::from_json(text)?)
     }
 
+    /// One line naming the family, its size and every option away from a plain ViT.
+    pub fn describe(&self) -> String {
+        let family = if self.distilled { "DeiT (distilled)" } else { "ViT" };
+        let mut opts = Vec::new();
+        if self.reg_tokens > 0 {
+            opts.push(format!("{} register tokens", self.reg_tokens));
+        }
+        if !self.class_token {
+            opts.push("no class token".to_string());
+        }
+        if self.no_embed_class {
+            opts.push("no_embed_class".to_string());
+        }
+        if self.global_pool != Pool::Token {
+            opts.push(format!("pool {:?}", self.global_pool).to_lowercase());
+        }
+        if self.fc_norm {
+            opts.push("fc_norm".to_string());
+        }
+        if self.pre_norm {
+            opts.push("pre_norm".to_string());
+        }
+        if self.act != Activation::Gelu {
+            opts.push(format!("{:?}", self.act).to_lowercase());
+        }
+        if self.qk_norm {
+            opts.push("qk_norm".to_string());
+        }
+        if self.init_values.is_some() {
+            opts.push("LayerScale".to_string());
+        }
+        if !self.qkv_bias {
+            opts.push("no qkv bias".to_string());
+        }
+        if self.dynamic_img_size {
+            opts.push("dynamic_img_size".to_string());
+        }
+        let opts = if opts.is_empty() { String::new() } else { format!("; {}", opts.join(", ")) };
+        format!(
+            "timm {family} `{}`: {}×{} images, patch {}, width {}, depth {}, {} heads, {} classes{opts}",
+            self.architecture, self.img_size, self.img_size, self.patch_size, self.embed_dim, self.depth, self.num_heads, self.num_classes
+        )
+    }
+
     /// The ViT options of a resolved hub config (an error for a Swin one).
     pub fn from_hub(h: &HubConfig) -> Result<VitConfig> {
         let arch = &h.architecture;
