@@ -16,6 +16,7 @@ pub mod formats;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod log;
 pub mod metrics;
 pub mod models;
 pub mod ops_check;

@@ -119,3 +119,32 @@ fn bad_input_is_a_clear_error() {
     // A decoder-only checkpoint has no encoder to run.
     fails(&["encode", "--model", vqgan.to_str().unwrap(), "--out", out.to_str().unwrap(), garbage.to_str().unwrap()], &["encoder.conv_in.weight"]);
 }
+
+/// A healthy run prints nothing on stderr (issue 16: no noise in scripts and CI logs); `--verbose`
+/// adds each step's time, `--quiet` keeps even warnings away.
+#[test]
+fn healthy_runs_are_quiet_on_stderr() {
+    let vit = common::fixture_dir("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let dir = std::env::temp_dir().join(format!("lowbit-quiet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("calib")).unwrap();
+    std::fs::copy(&image, dir.join("calib/a.png")).unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["quantize", "--model", vit.to_str().unwrap(), "--recipe", "w4a16", "--method", "gptq", "--calib"];
+        let calib = dir.join("calib");
+        let out = dir.join(out);
+        args.extend([calib.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        let o = common::lowbit(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert_eq!(run(&[], "a"), "", "a healthy quantize printed on stderr");
+    assert!(run(&["--verbose"], "b").contains("calibrating (layer inputs)"), "--verbose shows the steps");
+    let o = common::lowbit(&["classify", "--model", vit.to_str().unwrap(), image.to_str().unwrap()]);
+    assert!(o.status.success() && o.stderr.is_empty(), "classify: {}", String::from_utf8_lossy(&o.stderr));
+    let o = common::lowbit(&["--quiet", "--verbose", "info", vit.to_str().unwrap()]);
+    assert!(!o.status.success(), "--quiet and --verbose conflict");
+    let _ = std::fs::remove_dir_all(&dir);
+}

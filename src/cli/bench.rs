@@ -83,6 +83,10 @@ pub struct KernelArgs {
 }
 
 pub fn run(gpu: &Gpu, cmd: BenchCommand) -> anyhow::Result<()> {
+    let emulated = gpu.info.device_type == wgpu::DeviceType::Cpu || ["llvmpipe", "SwiftShader"].iter().any(|n| gpu.info.name.contains(n));
+    if emulated {
+        crate::warn!("{} runs on the CPU (a software GPU): these timings are not a GPU's", gpu.adapter_name());
+    }
     let args = match cmd {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Model(args) => return model(gpu, args),

@@ -76,7 +76,7 @@ pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     }
     let pixels = image.to_vec_f32(gpu)?;
     let shape = image.shape.clone();
-    eprintln!("decoded {:?} tokens to {shape:?} in {:.1} ms", tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
+    crate::verbose!("decoded {:?} tokens to {shape:?} in {:.1} ms", tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
     let mut staged = Staged::new();
     if let Some(path) = &args.save_tensor {
         staged.write(path, |tmp| Ok(save_f32(tmp, &[("image", &shape, &pixels)])?))?;

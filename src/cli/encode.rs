@@ -64,7 +64,7 @@ pub fn run(gpu: &Gpu, args: EncodeArgs) -> anyhow::Result<()> {
     let images = Tensor::from_f32(gpu, &[args.images.len(), 3, h, w], &pixels)?;
     let start = std::time::Instant::now();
     let tokens = model.encode(gpu, &images)?;
-    eprintln!("encoded {} image(s) of {w}×{h} to {:?} tokens in {:.1} ms", args.images.len(), tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
+    crate::verbose!("encoded {} image(s) of {w}×{h} to {:?} tokens in {:.1} ms", args.images.len(), tokens.shape(), start.elapsed().as_secs_f64() * 1e3);
     super::output::write_atomic(&args.out, |tmp| Ok(tokens.save(tmp, "tokens")?))?;
     outln!("{}", args.out.display());
     Ok(())

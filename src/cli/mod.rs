@@ -35,6 +35,12 @@ struct Cli {
     /// llvmpipe-tuned ones) or `gpu` (the workgroup-tiled GPU ones), on any adapter.
     #[arg(long, global = true, value_name = "auto|cpu|gpu")]
     plan: Option<String>,
+    /// Print nothing on stderr but errors (no progress bars, no warnings).
+    #[arg(long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print each step's time (calibration, quantization, encode/decode) on stderr.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +91,11 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::log::set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => crate::log::Verbosity::Quiet,
+        (_, true) => crate::log::Verbosity::Verbose,
+        _ => crate::log::Verbosity::Normal,
+    });
     let mut opts = GpuOptions::from_env();
     if cli.adapter.is_some() {
         opts.adapter = cli.adapter.clone();

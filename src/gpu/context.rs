@@ -90,7 +90,7 @@ impl GpuOptions {
         if let Ok(plan) = std::env::var("LOWBIT_PLAN") {
             match KernelPlan::parse(&plan) {
                 Ok(p) => o.plan = p,
-                Err(e) => eprintln!("warning: LOWBIT_PLAN: {e}"),
+                Err(e) => crate::warn!("LOWBIT_PLAN: {e}"),
             }
         }
         if let Ok(list) = std::env::var("LOWBIT_DISABLE") {

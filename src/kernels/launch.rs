@@ -152,7 +152,7 @@ fn saved_picks() -> &'static HashMap<String, Picks> {
             return HashMap::new();
         };
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) else {
-            eprintln!("warning: ignoring the unreadable tuning file {:?}", tuning_file());
+            crate::warn!("ignoring the unreadable tuning file {:?}", tuning_file());
             return HashMap::new();
         };
         let pick = |entry: &serde_json::Value, key: &str, gemm: bool| {

@@ -468,7 +468,8 @@ pub fn pick(n: usize, count: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
-/// A progress bar on stderr (indicatif, drawn only on a terminal); logs get one line at the end.
+/// A progress bar on stderr (indicatif, drawn only on a terminal, hidden with `--quiet`);
+/// `--verbose` adds one line with the step's time at the end.
 pub struct Progress {
     what: String,
     bar: indicatif::ProgressBar,
@@ -476,7 +477,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(what: &str, total: usize) -> Progress {
-        let bar = indicatif::ProgressBar::new(total as u64);
+        let bar = if crate::log::verbosity() == crate::log::Verbosity::Quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(total as u64)
+        };
         if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:34} [{bar:30}] {pos}/{len} {elapsed}") {
             bar.set_style(style.progress_chars("#>-"));
         }
@@ -490,7 +495,7 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
-        eprintln!("{}: {}/{} in {:.1} s", self.what, self.bar.position(), self.bar.length().unwrap_or(0), self.bar.elapsed().as_secs_f64());
+        crate::verbose!("{}: {}/{} in {:.1} s", self.what, self.bar.position(), self.bar.length().unwrap_or(0), self.bar.elapsed().as_secs_f64());
     }
 }
 
