@@ -32,7 +32,7 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
     let Some(path) = &args.path else { anyhow::bail!("pass a model folder (or --architectures)") };
     let summary = weight_summary(path)?;
     let kind = detect(path)?;
-    outln!("model: {} ({kind:?})", path.display());
+    outln!("model: {} ({})", path.display(), kind.name());
     let model = if kind == ModelKind::Prior { None } else { Some(Runnable::load(gpu, path, WeightFormat::F32)?) };
     if let Some(m) = &model {
         outln!("architecture: {}", m.describe());

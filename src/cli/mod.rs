@@ -54,7 +54,7 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
-    /// Classify images with a timm ViT/DeiT checkpoint.
+    /// Classify images with a timm classifier (the ViT family or Swin).
     Classify(classify::ClassifyArgs),
     /// Decode VQ tokens to images with a taming-transformers VQGAN decoder.
     Decode(decode::DecodeArgs),
@@ -66,7 +66,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// SQNR/cosine (and PSNR/SSIM for decoders) of a model's outputs against a reference's.
     Compare(compare::CompareArgs),
-    /// Post-training quantization of a ViT or VQGAN into a packed checkpoint folder.
+    /// Post-training quantization of a timm classifier (ViT family, Swin) or a VQGAN into a packed checkpoint folder.
     Quantize(quantize::QuantizeArgs),
     /// Generate images of a class: a minGPT prior samples VQ tokens, the VQGAN decodes them.
     Generate(generate::GenerateArgs),

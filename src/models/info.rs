@@ -11,12 +11,23 @@ use crate::{invalid, Error, Result};
 /// The model families lowbit loads, told apart by their config files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelKind {
-    /// timm ViT/DeiT: `config.json` in the hub layout.
+    /// A timm classifier (ViT family or Swin): `config.json` in the hub layout.
     Vit,
     /// taming-transformers VQModel (`config.yaml`) or LlamaGen VQ tokenizer (`config.json`).
     Vqgan,
     /// taming minGPT prior over VQ tokens: `config.json` with `"architecture": "taming_mingpt"`.
     Prior,
+}
+
+impl ModelKind {
+    /// What `lowbit info` calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Vit => "timm classifier",
+            ModelKind::Vqgan => "VQGAN",
+            ModelKind::Prior => "minGPT prior",
+        }
+    }
 }
 
 /// The kind of model at `path` (a folder, or a `.safetensors` file with its config beside it).
