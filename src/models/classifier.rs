@@ -13,7 +13,8 @@ use super::vit::config::VitConfig;
 use super::vit::{Classified, VisionTransformer};
 use super::weights::{resolve_checkpoint, Weights};
 use crate::formats::WeightFormat;
-use crate::graph::{Graph, NodeTime};
+use super::preprocess::{load_image, preprocess};
+use crate::graph::{Graph, NodeTime, Plan};
 use crate::{Gpu, Result};
 
 /// A classifier's configuration, parsed once.
@@ -155,4 +156,35 @@ impl Classifier {
     pub fn describe(&self) -> String {
         self.config().describe()
     }
+}
+
+/// timm's eval transform of each image, concatenated: [N, 3, H, W].
+pub(crate) fn preprocess_images(images: &[RgbImage], cfg: &PreprocessConfig) -> Result<Vec<f32>> {
+    let mut pixels = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        pixels.extend(preprocess(img, cfg).map_err(|e| crate::Error::Invalid(format!("image {i}: {e}")))?);
+    }
+    Ok(pixels)
+}
+
+/// The eval transform of the images read from `paths`, concatenated.
+pub(crate) fn preprocess_files(paths: &[PathBuf], cfg: &PreprocessConfig) -> Result<Vec<f32>> {
+    let mut pixels = Vec::new();
+    for path in paths {
+        let image = preprocess(&load_image(path)?, cfg);
+        pixels.extend(image.map_err(|e| crate::Error::Invalid(format!("image {}: {e}", path.display())))?);
+    }
+    Ok(pixels)
+}
+
+/// Runs a classifier's graph with features (output 0 logits, output 1 pooled features) on `n`
+/// preprocessed images, profiling each node when asked.
+pub(crate) fn run_pixels(gpu: &Gpu, graph: impl FnOnce(usize) -> Result<Graph>, pixels: &[f32], n: usize, profile: bool) -> Result<(Classified, Vec<NodeTime>)> {
+    if n == 0 {
+        crate::invalid!("no images to classify");
+    }
+    let plan = Plan::new(gpu, graph(n)?)?;
+    plan.set_input(gpu, 0, pixels)?;
+    let (out, times) = if profile { plan.profile(gpu)? } else { (plan.run(gpu)?, Vec::new()) };
+    Ok((Classified { logits: out[0].to_vec_f32(gpu)?, features: out[1].to_vec_f32(gpu)? }, times))
 }

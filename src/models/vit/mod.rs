@@ -21,14 +21,14 @@ pub mod resample;
 use config::VitConfig;
 use super::weights::{Weights, WeightsView};
 use crate::gpu::{DType, Tensor};
-use super::preprocess::{load_image, preprocess};
-use crate::graph::{Linear, NodeTime, Norm, Plan};
+use super::classifier::{preprocess_files, preprocess_images, run_pixels};
+use crate::graph::{Linear, NodeTime, Norm};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::elementwise::Activation;
 use crate::models::block_quant::{load_block_linear, load_linear, BlockQuant};
 use crate::models::packed::{Attention, Description};
 use crate::formats::WeightFormat;
-use crate::{invalid, shape_err, Error, Gpu, Result};
+use crate::{invalid, shape_err, Gpu, Result};
 
 /// A block's Linear: f32 activations × packed weights, or int8 × int8 (`--recipe w8a8`).
 struct Block {
@@ -192,40 +192,22 @@ impl VisionTransformer {
     /// Logits and pooled features of images read from `paths`, through timm's eval transform
     /// (`config.preprocess`) and one forward pass over all of them.
     pub fn classify_files(&self, gpu: &Gpu, paths: &[PathBuf]) -> Result<Classified> {
-        let mut pixels = Vec::new();
-        for path in paths {
-            let image = preprocess(&load_image(path)?, &self.config.preprocess);
-            pixels.extend(image.map_err(|e| Error::Invalid(format!("image {}: {e}", path.display())))?);
-        }
-        Ok(self.run_pixels(gpu, &pixels, paths.len(), false)?.0)
+        let pixels = preprocess_files(paths, &self.config.preprocess)?;
+        Ok(run_pixels(gpu, |n| self.graph_with_features(n), &pixels, paths.len(), false)?.0)
     }
 
     /// Logits and pooled features of RGB images (timm's eval transform, then one forward pass).
     pub fn classify(&self, gpu: &Gpu, images: &[RgbImage]) -> Result<Classified> {
-        Ok(self.run_pixels(gpu, &self.preprocess(images)?, images.len(), false)?.0)
+        Ok(run_pixels(gpu, |n| self.graph_with_features(n), &self.preprocess(images)?, images.len(), false)?.0)
     }
 
     /// `classify`, also measuring the GPU time of each node.
     pub fn classify_profiled(&self, gpu: &Gpu, images: &[RgbImage]) -> Result<(Classified, Vec<NodeTime>)> {
-        self.run_pixels(gpu, &self.preprocess(images)?, images.len(), true)
+        run_pixels(gpu, |n| self.graph_with_features(n), &self.preprocess(images)?, images.len(), true)
     }
 
     /// timm's eval transform of each image, concatenated: [N, 3, img_size, img_size].
     pub fn preprocess(&self, images: &[RgbImage]) -> Result<Vec<f32>> {
-        let mut pixels = Vec::new();
-        for (i, img) in images.iter().enumerate() {
-            pixels.extend(preprocess(img, &self.config.preprocess).map_err(|e| Error::Invalid(format!("image {i}: {e}")))?);
-        }
-        Ok(pixels)
-    }
-
-    fn run_pixels(&self, gpu: &Gpu, pixels: &[f32], n: usize, profile: bool) -> Result<(Classified, Vec<NodeTime>)> {
-        if n == 0 {
-            invalid!("vit: no images to classify");
-        }
-        let plan = Plan::new(gpu, self.graph_with_features(n)?)?;
-        plan.set_input(gpu, 0, pixels)?;
-        let (out, times) = if profile { plan.profile(gpu)? } else { (plan.run(gpu)?, Vec::new()) };
-        Ok((Classified { logits: out[0].to_vec_f32(gpu)?, features: out[1].to_vec_f32(gpu)? }, times))
+        preprocess_images(images, &self.config.preprocess)
     }
 }
