@@ -493,6 +493,11 @@ impl Progress {
         self.bar.inc(n as u64);
     }
 
+    /// One step, from any thread.
+    pub fn tick(&self) {
+        self.bar.inc(1);
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
         crate::verbose!("{}: {}/{} in {:.1} s", self.what, self.bar.position(), self.bar.length().unwrap_or(0), self.bar.elapsed().as_secs_f64());

@@ -30,24 +30,34 @@ impl Hessian {
         Hessian { dim, sum: vec![0.0; dim * dim], samples: 0 }
     }
 
-    /// Adds input rows (row-major, `dim` wide).
+    /// Adds input rows (row-major, `dim` wide). The upper triangle's rows are split between
+    /// the cores by area (row i has dim − i entries), each core reading every input row.
     pub fn add_rows(&mut self, x: &[f32]) -> Result<()> {
         let d = self.dim;
         if d == 0 || !x.len().is_multiple_of(d) {
             shape_err!("hessian: {} values are not rows of width {d}", x.len());
         }
-        let mut row = vec![0f64; d];
-        for r in x.chunks(d) {
-            row.iter_mut().zip(r).for_each(|(a, &b)| *a = b as f64);
-            for i in 0..d {
-                let xi = row[i];
-                if xi == 0.0 {
-                    continue;
-                }
-                let out = &mut self.sum[i * d + i..(i + 1) * d];
-                out.iter_mut().zip(&row[i..]).for_each(|(o, &xj)| *o += xi * xj);
+        let threads = if d * d * (x.len() / d) < (1 << 22) { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+        let total = d * (d + 1) / 2;
+        let mut bounds = vec![0];
+        let mut area = 0;
+        for i in 0..d {
+            area += d - i;
+            if area * threads >= total * bounds.len() && bounds.len() < threads {
+                bounds.push(i + 1);
             }
         }
+        bounds.push(d);
+        bounds.dedup();
+        std::thread::scope(|scope| {
+            let mut rest: &mut [f64] = &mut self.sum;
+            for w in bounds.windows(2) {
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * d);
+                rest = tail;
+                let (lo, hi) = (w[0], w[1]);
+                scope.spawn(move || accumulate(mine, x, d, lo, hi));
+            }
+        });
         self.samples += x.len() / d;
         Ok(())
     }
@@ -63,6 +73,22 @@ impl Hessian {
             }
         }
         h
+    }
+}
+
+/// Adds rows `lo..hi` of the upper triangle of XᵀX (`out` holds those rows, `d` wide).
+fn accumulate(out: &mut [f64], x: &[f32], d: usize, lo: usize, hi: usize) {
+    let mut row = vec![0f64; d];
+    for r in x.chunks(d) {
+        row.iter_mut().zip(r).for_each(|(a, &b)| *a = b as f64);
+        for i in lo..hi {
+            let xi = row[i];
+            if xi == 0.0 {
+                continue;
+            }
+            let o = &mut out[(i - lo) * d + i..(i - lo + 1) * d];
+            o.iter_mut().zip(&row[i..]).for_each(|(o, &xj)| *o += xi * xj);
+        }
     }
 }
 

@@ -261,21 +261,27 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let mut report = Report { layers: Vec::new(), methods, packed_bytes: 0, f32_bytes: 0, params: 0, mixed: allocation };
     let mut packed: Vec<(String, PackedMatrix)> = Vec::new();
     let mut desc = Description::default();
-    let mut progress = Progress::new("quantizing matrices", layers.len());
-    for l in &layers {
-        let format = formats[&l.key];
+    let progress = Progress::new("quantizing matrices", layers.len());
+    // Layers are independent: quantize them on every core (GPTQ dominates on a ViT-S), then
+    // record them in key order so the output does not depend on the thread count.
+    let quantize_layer = |l: &Layer| -> Result<(PackedMatrix, Methods)> {
         let w = &model.weights.tensors[&l.key].data;
         let h = hessians.get(&l.key);
         let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
         let six_bit = matches!(static_act, Some((6, _))) && inner_matrix(&l.key);
-        let m = if six_bit { act_calib::six_bit(w, l.rows(), l.cols(), used.clip) } else { quantize_matrix(w, l.rows(), l.cols(), format, used, h) };
-        let m = m.map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?;
-        let err = crate::metrics::nmse(&m.dequantize(), w);
+        let m = if six_bit { act_calib::six_bit(w, l.rows(), l.cols(), used.clip) } else { quantize_matrix(w, l.rows(), l.cols(), formats[&l.key], used, h) };
+        progress.tick();
+        Ok((m.map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?, used))
+    };
+    let results = parallel_map(&layers, quantize_layer);
+    for (l, result) in layers.iter().zip(results) {
+        let (m, used) = result?;
+        let format = formats[&l.key];
+        let err = crate::metrics::nmse(&m.dequantize(), &model.weights.tensors[&l.key].data);
         report.layers.push((l.key.clone(), format, used.name(), err));
         let extra = BTreeMap::from([("method".to_string(), json!(used.name()))]);
         desc.tensors.insert(l.key.clone(), PackedTensor { format: format.name(), shape: l.shape.clone(), extra });
         packed.push((l.key.clone(), m));
-        progress.step(1);
     }
     progress.finish();
     let floats: Vec<(String, Vec<usize>, Vec<f32>)> = {
@@ -326,6 +332,25 @@ fn activation_recipe_format(key: &str, weight_bits: u32) -> WeightFormat {
         (true, 4) => WeightFormat::Q4 { group: 32, zero_point: false },
         _ => WeightFormat::Q8 { group: None },
     }
+}
+
+/// `f` over `items` on up to `available_parallelism` threads, results in `items`' order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                slots.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    out.into_iter().map(|r| r.expect("every item was processed")).collect()
 }
 
 /// Whether `key` is a classifier's inner matrix (a block Linear, Swin's patch merging), not its
