@@ -298,3 +298,29 @@ fn bits_per_layer_recipes() {
     let e = engine.classify(&bad, &digit).unwrap_err();
     assert!(format!("{e:#}").contains("blocks.9.mlp.fc1.weight"), "{e:#}");
 }
+
+#[test]
+fn classify_tab_opens_any_classifier_folder() {
+    // A Swin and a DINOv2-with-registers folder classify in the viewer's engine exactly as
+    // through the library (the same graph, f32 weights); closing goes back to digits-vit.
+    use lowbit::formats::WeightFormat;
+    use lowbit::models::Classifier;
+    use lowbit::viewer::engine::{Engine, Recipe};
+    let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::from_env()).unwrap();
+    let mut engine = Engine::new(gpu, root().join("assets"));
+    let image = root().join("tests/fixtures/vit_tiny_test/image_resized.png");
+    for fixture in ["swin_tiny_test", "vit_dinov2_reg4_test"] {
+        let dir = root().join("tests/fixtures").join(fixture);
+        let about = engine.open_classifier(&dir).unwrap();
+        assert!(about.contains("timm"), "{about}");
+        let got = engine.classify(&Recipe::f32(), &image).unwrap();
+        assert_eq!(got.grid, 0, "an opened folder has no rollout");
+        let model = Classifier::from_pretrained(&engine.gpu, &dir, None, WeightFormat::F32).unwrap();
+        let want = model.classify_files(&engine.gpu, &[image.clone()]).unwrap().logits;
+        assert_eq!(got.logits, want, "{fixture}");
+    }
+    engine.close_classifier();
+    assert!(engine.classify(&Recipe::f32(), &root().join("assets/samples/digit-3-0.png")).unwrap().grid > 0);
+    let err = engine.open_classifier(&root().join("assets/models/digits-vqgan")).unwrap_err();
+    assert!(format!("{err:#}").contains("digits-vqgan"), "{err:#}");
+}

@@ -35,6 +35,9 @@ pub enum Action {
     Redecode(TokenGrid),
     RoundTrip(PathBuf),
     Classify(PathBuf),
+    /// Classify with the model in this folder (any timm classifier) instead of digits-vit;
+    /// `None` goes back to digits-vit.
+    OpenClassifier(Option<PathBuf>),
     /// Per-node GPU times of the current tab's main model.
     Profile,
 }
@@ -96,6 +99,9 @@ pub struct ClassView {
 #[derive(Default)]
 pub struct ClassifyState {
     pub path: String,
+    /// The model folder field, and the opened folder's description (None: digits-vit).
+    pub model_dir: String,
+    pub model: Option<String>,
     pub out: Option<ClassView>,
     /// The f32 recipe's logits for the same image, when another recipe is selected.
     pub f32_logits: Option<Vec<f32>>,
@@ -183,7 +189,7 @@ impl ViewerApp {
         let f32 = &Recipe::f32();
         // The f32 reference is computed only when it differs from what is shown.
         let reference = self.compare_f32 && *recipe != *f32;
-        if !matches!(action, Action::Profile) {
+        if !matches!(action, Action::Profile | Action::OpenClassifier(_)) {
             self.last[Self::tab_index(self.tab)] = Some(action.clone());
         }
         match action {
@@ -234,6 +240,17 @@ impl ViewerApp {
                     };
                     Ok(Finished::Classified { out, f32_logits })
                 })));
+            }
+            Action::OpenClassifier(dir) => {
+                self.classify.model = match dir {
+                    Some(dir) => Some(engine.open_classifier(&dir)?),
+                    None => {
+                        engine.close_classifier();
+                        None
+                    }
+                };
+                self.classify.out = None;
+                self.classify.f32_logits = None;
             }
             // The per-node timer reads the system clock, which wasm32 lacks (std's would panic).
             Action::Profile if cfg!(target_arch = "wasm32") => anyhow::bail!("per-node profiling is not available in the browser build"),
@@ -319,7 +336,8 @@ impl ViewerApp {
                 r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
             }
             Ok(Finished::Classified { out, f32_logits }) => {
-                let overlay = rollout_overlay(&out.input, &out.rollout, out.grid);
+                // An opened classifier has no rollout: the overlay is the input itself.
+                let overlay = if out.grid > 0 { rollout_overlay(&out.input, &out.rollout, out.grid) } else { out.input.clone() };
                 self.classify.out = Some(ClassView {
                     input: Shown::new(ctx, "classify-input", out.input.clone()),
                     overlay: Shown::new(ctx, "classify-rollout", overlay),
@@ -482,5 +500,7 @@ fn describe(action: &Action) -> String {
         Action::RoundTrip(p) => format!("encoding and decoding {}", p.display()),
         Action::Classify(p) => format!("classifying {}", p.display()),
         Action::Profile => "profiling each node".into(),
+        Action::OpenClassifier(Some(p)) => format!("loading {}", p.display()),
+        Action::OpenClassifier(None) => "back to digits-vit".into(),
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use crate::models::images::{rgb_to_signed_chw, signed_chw_to_rgb};
 use crate::models::prior::{Prior, PriorConfig};
 use crate::models::sampling::generate_classes_async;
 use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
-use crate::models::{load_image, preprocess, VisionTransformer, VitConfig, WeightSummary, Weights};
+use crate::models::{load_image, preprocess, Classifier, PreprocessConfig, VisionTransformer, VitConfig, WeightSummary, Weights};
 use crate::formats::WeightFormat;
 use crate::Gpu;
 
@@ -158,11 +159,14 @@ pub struct Engine {
     models: HashMap<String, ModelSet>,
     /// What each weights file holds (parsed once: the precision panel asks every frame).
     summaries: HashMap<PathBuf, WeightSummary>,
+    /// A classifier folder opened in the Classify tab (any timm family lowbit loads, run as
+    /// stored): used instead of digits-vit until closed.
+    classifier: Option<(PathBuf, Arc<Classifier>)>,
 }
 
 impl Engine {
     pub fn new(gpu: Gpu, assets: PathBuf) -> Engine {
-        Engine { gpu: Arc::new(gpu), assets, fetched: HashMap::new(), models: HashMap::new(), summaries: HashMap::new() }
+        Engine { gpu: Arc::new(gpu), assets, fetched: HashMap::new(), models: HashMap::new(), summaries: HashMap::new(), classifier: None }
     }
 
     /// Makes `bytes` the content of `relative` (a path under `assets`, e.g. one of
@@ -432,6 +436,23 @@ impl Engine {
         })
     }
 
+    /// Opens a classifier folder (model.safetensors + config.json: a ViT of any timm family,
+    /// or a Swin) for the Classify tab; returns its one-line description.
+    pub fn open_classifier(&mut self, dir: &Path) -> anyhow::Result<String> {
+        if cfg!(target_arch = "wasm32") {
+            bail!("opening a model folder needs the file system: use the desktop viewer");
+        }
+        let model = Classifier::from_pretrained(&self.gpu, dir, None, WeightFormat::F32).with_context(|| format!("loading {}", dir.display()))?;
+        let about = model.describe();
+        self.classifier = Some((dir.to_path_buf(), Arc::new(model)));
+        Ok(about)
+    }
+
+    /// Back to digits-vit in the Classify tab.
+    pub fn close_classifier(&mut self) {
+        self.classifier = None;
+    }
+
     /// digits-vit's logits for `path` and the attention rollout of its class token.
     pub fn classify(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Classified> {
         Gpu::block_on(self.classify_job(recipe, path)?)
@@ -439,8 +460,20 @@ impl Engine {
 
     /// `classify` as a future that owns what it uses (see `generate_job`): the image is read,
     /// the model loaded and the graph planned now; running it and the readbacks come later.
-    pub fn classify_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<Classified>> + 'static> {
+    pub fn classify_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Pin<Box<dyn Future<Output = anyhow::Result<Classified>>>>> {
         let img = self.read_image(path)?;
+        if let Some((_, model)) = &self.classifier {
+            // An opened folder: its logits, shown without a rollout (a Swin has no class token).
+            let cfg = model.preprocess_config().clone();
+            let pixels = preprocess(&img, &cfg)?;
+            let plan = Plan::new(&self.gpu, model.graph(1)?)?;
+            let gpu = self.gpu.clone();
+            return Ok(Box::pin(async move {
+                plan.set_input(&gpu, 0, &pixels)?;
+                let logits = plan.run(&gpu)?[0].to_vec_f32_async(&gpu).await?;
+                Ok(Classified { input: input_image(&pixels, &cfg), logits, rollout: Vec::new(), grid: 0 })
+            }));
+        }
         let (gpu, set) = self.load(recipe, &[ModelName::DigitsVit])?;
         let vit = set.vit.as_ref().unwrap();
         let c = vit.config.clone();
@@ -448,7 +481,7 @@ impl Engine {
         // Unshared buffers: every block's qkv output must still be readable after the run.
         let plan = Plan::unshared(gpu, vit.graph(1)?)?;
         let gpu = self.gpu.clone();
-        Ok(async move {
+        Ok(Box::pin(async move {
             plan.set_input(&gpu, 0, &pixels)?;
             let logits = plan.run(&gpu)?[0].to_vec_f32_async(&gpu).await?;
             let tokens = c.tokens();
@@ -458,7 +491,7 @@ impl Engine {
                 layers.push(layer_attention(&qkv, tokens, c.num_heads, c.head_dim()));
             }
             classified(&c, &pixels, logits, &layers)
-        })
+        }))
     }
 }
 
@@ -469,12 +502,16 @@ fn classified(c: &VitConfig, pixels: &[f32], logits: Vec<f32>, layers: &[Vec<f64
     if rollout.len() != grid * grid {
         bail!("digits-vit has {} patch tokens, expected a {grid}×{grid} grid", rollout.len());
     }
-    let (h, w) = c.preprocess.input_size;
-    let input = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+    Ok(Classified { input: input_image(pixels, &c.preprocess), logits, rollout, grid })
+}
+
+/// A preprocessed CHW image mapped back to RGB: what the network saw.
+fn input_image(pixels: &[f32], p: &PreprocessConfig) -> RgbImage {
+    let (h, w) = p.input_size;
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let i = y as usize * w + x as usize;
-        Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * c.preprocess.std[ch] + c.preprocess.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
-    });
-    Ok(Classified { input, logits, rollout, grid })
+        Rgb([0, 1, 2].map(|ch| ((pixels[ch * h * w + i] * p.std[ch] + p.mean[ch]) * 255.0).round().clamp(0.0, 255.0) as u8))
+    })
 }
 
 impl Engine {

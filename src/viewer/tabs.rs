@@ -106,10 +106,25 @@ pub fn classify(app: &mut ViewerApp, ui: &mut egui::Ui) {
     let busy = app.busy();
     let c = &mut app.classify;
     let mut request = None;
+    // Any timm classifier folder (ViT family or Swin) may replace digits-vit here.
+    ui.horizontal(|ui| {
+        ui.label("model folder");
+        ui.add(egui::TextEdit::singleline(&mut c.model_dir).desired_width(260.0).hint_text("digits-vit (shipped)"));
+        if ui.add_enabled(!busy && !c.model_dir.trim().is_empty(), egui::Button::new("Open model")).clicked() {
+            request = Some(Action::OpenClassifier(Some(PathBuf::from(c.model_dir.trim()))));
+        }
+        if c.model.is_some() && ui.add_enabled(!busy, egui::Button::new("digits-vit")).clicked() {
+            request = Some(Action::OpenClassifier(None));
+        }
+    });
+    if let Some(about) = &c.model {
+        ui.label(about);
+    }
     open_row(ui, &mut c.path, &samples, busy, &mut request, Action::Classify);
     ui.separator();
+    let model_name = if c.model.is_some() { "the opened model" } else { "digits-vit" };
     let Some(out) = &c.out else {
-        ui.label("Open an image to classify it with digits-vit.");
+        ui.label(format!("Open an image to classify it with {model_name}."));
         if let Some(a) = request {
             app.request(a);
         }
@@ -117,7 +132,9 @@ pub fn classify(app: &mut ViewerApp, ui: &mut egui::Ui) {
     };
     ui.horizontal_top(|ui| {
         app.main_rect = Some(out.input.show_captioned(ui, "input (as the model sees it)", CLASSIFY_SIDE));
-        out.overlay.show_captioned(ui, "attention rollout (class token)", CLASSIFY_SIDE);
+        if out.result.grid > 0 {
+            out.overlay.show_captioned(ui, "attention rollout (class token)", CLASSIFY_SIDE);
+        }
         ui.vertical(|ui| {
             ui.label("top 5");
             for (class, p) in out.result.top(5) {
