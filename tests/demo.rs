@@ -33,8 +33,13 @@ fn demo_runs_on_the_shipped_models() {
         assert!(get("photo_psnr_db") >= 18.0, "{row}");
         assert!(get("frechet_distance").is_finite(), "{row}");
     }
-    let sheet = image::open(out.join("contact-sheet.png")).unwrap();
+    let sheet = image::open(out.join("contact-sheet.png")).unwrap().to_rgb8();
     assert!(sheet.width() > 64 && sheet.height() > 64);
+    // Labelled: the class names on the left and the column titles on top are drawn text
+    // (light pixels on the dark background where no image is).
+    let light = |x0: u32, y0: u32, w: u32, h: u32| (y0..y0 + h).flat_map(|y| (x0..x0 + w).map(move |x| (x, y))).filter(|&(x, y)| sheet.get_pixel(x, y).0[0] > 150).count();
+    assert!(light(0, 30, 60, sheet.height() - 30) > 50, "no row labels on the contact sheet");
+    assert!(light(60, 0, sheet.width() - 60, 20) > 50, "no column titles on the contact sheet");
     for model in ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan", "photo-vit"] {
         assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models").join(model).join("README.md").is_file(), "{model}: model card missing");
     }

@@ -20,6 +20,7 @@ use crate::models::images::{hstack, rgb_to_signed_chw, signed_chw_to_rgb, tile, 
 use crate::models::prior::Prior;
 use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
+use super::label;
 use super::model::weight_summary;
 use crate::models::{load_image, VisionTransformer};
 use crate::formats::WeightFormat;
@@ -57,6 +58,8 @@ struct Row {
     frechet: f64,
     photo_psnr: f64,
     seconds: f64,
+    /// Digit classes generated (one tile row each).
+    classes: usize,
     generated: RgbImage,
     roundtrip: RgbImage,
 }
@@ -178,9 +181,51 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
         frechet,
         photo_psnr,
         seconds: start.elapsed().as_secs_f64(),
+        classes: prior.config.n_classes,
         generated: tile(&images, args.per_class, 2, 2, [40, 40, 40]),
         roundtrip: vstack(&[original, reconstructed], 4, [40, 40, 40]),
     })
+}
+
+const SHEET_BG: [u8; 3] = [40, 40, 40];
+const SHEET_TEXT: [u8; 3] = [230, 230, 230];
+
+/// One labelled column per precision (its name and weight size on top, the generated digits
+/// with a row per class, the photograph's round trip with its PSNR under it), and the class of
+/// each digit row on the left.
+fn contact_sheet(rows: &[Row]) -> RgbImage {
+    let px = 15.0;
+    let columns: Vec<RgbImage> = rows
+        .iter()
+        .map(|r| {
+            let width = r.generated.width().max(r.roundtrip.width());
+            let head = label::strip(&format!("{}  {:.2} MB", r.precision, r.weight_bytes as f64 / 1e6), width, px, 6, SHEET_TEXT, SHEET_BG);
+            let psnr = label::strip(&format!("PSNR {:.2} dB", r.photo_psnr), r.roundtrip.width(), px, 6, SHEET_TEXT, SHEET_BG);
+            vstack(&[head, r.generated.clone(), r.roundtrip.clone(), psnr], 6, SHEET_BG)
+        })
+        .collect();
+    // The class labels sit beside the digit rows of the first column (tile: gap 2 around cells).
+    let Some(first) = rows.first() else { return RgbImage::from_pixel(1, 1, image::Rgb(SHEET_BG)) };
+    let (_, head_h) = label::size("0", px);
+    let classes = first.classes.max(1);
+    let cell = (first.generated.height().saturating_sub(2) / classes as u32).max(1);
+    let (label_w, _) = label::size("class 00", px);
+    let mut left = RgbImage::from_pixel(label_w + 8, columns[0].height(), image::Rgb(SHEET_BG));
+    let top = head_h + 12 + 6;
+    for c in 0..classes {
+        let y = top + 2 + c as u32 * cell + cell.saturating_sub(head_h) / 2;
+        label::draw(&mut left, 4, y as i32, px, SHEET_TEXT, &format!("class {c}"));
+    }
+    // The photograph and its reconstruction (stacked with a 4-pixel gap) under the digits.
+    let photo_top = top + first.generated.height() + 6;
+    let photo_h = first.roundtrip.height().saturating_sub(4) / 2;
+    for (i, name) in ["photo", "round trip"].iter().enumerate() {
+        let y = photo_top + i as u32 * (photo_h + 4) + photo_h.saturating_sub(head_h) / 2;
+        label::draw(&mut left, 4, y as i32, px, SHEET_TEXT, name);
+    }
+    let mut all = vec![left];
+    all.extend(columns);
+    hstack(&all, 16, SHEET_BG)
 }
 
 pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
@@ -204,8 +249,7 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         row.roundtrip.save(args.out.join(format!("roundtrip-{}.png", row.precision)))?;
         rows.push(row);
     }
-    // One column per precision: its generated digits (a row per class) above its round trip.
-    let sheet = hstack(&rows.iter().map(|r| vstack(&[r.generated.clone(), r.roundtrip.clone()], 12, [40, 40, 40])).collect::<Vec<_>>(), 16, [40, 40, 40]);
+    let sheet = contact_sheet(&rows);
     let sheet_path = args.out.join("contact-sheet.png");
     sheet.save(&sheet_path)?;
 

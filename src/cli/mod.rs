@@ -11,6 +11,7 @@ mod demo;
 mod encode;
 mod eval;
 mod info;
+mod label;
 mod model;
 mod quantize;
 mod generate;
