@@ -4,7 +4,8 @@
 //! for the same class and seed: the same tokens exactly, the same image within a small
 //! tolerance (SwiftShader and lavapipe round floats differently); and `?action=classify:...`
 //! must give digits-vit's native logits, and `?action=roundtrip:...` photo-vqgan's native
-//! tokens and reconstruction. Skipped, with a message,
+//! tokens and reconstruction; `?test-ops=attention` must pass every attention case of the
+//! op-check registry on the browser's WebGPU. Skipped, with a message,
 //! where Chromium, node or the wasm toolchain is missing (`.ci/run` installs them).
 //!
 //! Also, natively: the async generate path (the only one the browser has) gives the tokens of
@@ -131,6 +132,15 @@ fn browser_generate_matches_native() {
     eprintln!("browser vs native logits: max |diff| {worst:.2e}; top1 {}", page["top1"]);
     assert!(worst <= MAX_LOGIT_DIFF, "the browser's logits differ by up to {worst}");
     assert_eq!(page["top1"].as_u64(), Some(native.top(1)[0].0 as u64));
+
+    // `?test-ops=attention`: the op-check registry's attention cases (f32, quantized softmax,
+    // SageAttention's int8 path) on the browser's WebGPU, each within its bound.
+    let (page, _) = page_result(&site, &out, "test-ops=attention", "test-ops");
+    eprintln!("browser test-ops: {page}");
+    assert!(page["cases"].as_u64().unwrap_or(0) >= 5, "{page}");
+    assert_eq!(page["passed"], page["cases"], "cases failed in the browser: {}", page["failed"]);
+    let (page, _) = open_page(&site, &out, "test-ops=no-such-op", "test-ops-none");
+    assert!(page["error"].as_str().unwrap_or("").contains("matches none"), "{page}");
 
     // Round trip of a fetched photograph (its 128² crop): the native engine's tokens exactly,
     // the reconstruction within the generate tolerance.

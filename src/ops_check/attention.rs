@@ -41,7 +41,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     // the adapter has it), against its own reference and against exact attention.
     let pv_f16 = SageOptions::default().effective(gpu).pv_f16;
     for p in shapes() {
-        let run = move |gpu: &Gpu| -> crate::Result<(Vec<f32>, Vec<f32>)> {
+        let run = move |gpu: &Gpu| -> crate::Result<(super::Got, Vec<f32>)> {
             let qkv = realistic_qkv(&p, 20);
             let got = run_graph(gpu, &[(&p.qkv_shape(), &qkv)], |g, v| g.sage_attention("sage", v[0], p))?;
             Ok((got, qkv))
@@ -75,13 +75,13 @@ fn kv_cases(path: &str) -> Vec<Case> {
     let chunks = [3usize, 1, 1, 2];
     let shape = format!("b{batch} h{heads} d{head_dim} cap{capacity} steps 3+1+1+2");
     // Returns (attention outputs of every step, reference) or (caches, reference caches).
-    let run = move |gpu: &Gpu, caches: bool| -> crate::Result<(Vec<f32>, Vec<f32>)> {
+    let run = move |gpu: &Gpu, caches: bool| -> crate::Result<super::Outputs> {
         let e = heads * head_dim;
         let cache = KvCache::new(gpu, batch, heads, head_dim, capacity)?;
         let pos = Position::new(gpu)?;
         let len = batch * heads * capacity * head_dim;
         let (mut k_ref, mut v_ref) = (vec![0f32; len], vec![0f32; len]);
-        let (mut got, mut want) = (Vec::new(), Vec::new());
+        let (mut got, mut want) = (super::Got(Vec::new()), Vec::new());
         let mut start = 0;
         for (i, &t) in chunks.iter().enumerate() {
             let qkv = random(batch * t * 3 * e, 100 + i as u64, 1.5);
@@ -97,10 +97,8 @@ fn kv_cases(path: &str) -> Vec<Case> {
             start += t;
         }
         if caches {
-            let mut c = cache.k.to_vec_f32(gpu)?;
-            c.extend(cache.v.to_vec_f32(gpu)?);
             k_ref.extend(v_ref);
-            return Ok((c, k_ref));
+            return Ok((super::Got(vec![cache.k.clone(), cache.v.clone()]), k_ref));
         }
         Ok((got, want))
     };

@@ -108,7 +108,7 @@ fn w8a8_cases(gpu: &Gpu) -> Vec<Case> {
     let mut cases = Vec::new();
     for m in ROWS {
         let gelu = m == 3;
-        let run = move |gpu: &Gpu| -> crate::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let run = move |gpu: &Gpu| -> crate::Result<(super::Got, Vec<f32>, Vec<f32>)> {
             let w = random(N * k, 41, 0.08);
             let bias = random(N, 42, 0.5);
             let packed = PackedMatrix::quantize(&w, N, k, WeightFormat::Q8 { group: None })?;

@@ -30,8 +30,31 @@ pub const SAME_VALUES: f64 = 1e-10;
 /// Copies, gathers and sign decodes: any difference is a bug.
 pub const EXACT: f64 = 0.0;
 
-/// What a case's check returns: (GPU output, CPU reference).
-pub type Outputs = (Vec<f32>, Vec<f32>);
+/// What a case's check returns: (GPU output, not yet read back; CPU reference).
+pub type Outputs = (Got, Vec<f32>);
+
+/// A check's GPU outputs, concatenated when read: synchronously natively (`Case::run`), or
+/// awaited in the browser, whose main thread cannot block on a readback (`Case::run_async`).
+pub struct Got(pub Vec<Tensor>);
+
+impl Got {
+    pub fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        Gpu::block_on(self.read_async(gpu))
+    }
+
+    pub async fn read_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for t in &self.0 {
+            out.extend(t.to_vec_f32_async(gpu).await?);
+        }
+        Ok(out)
+    }
+
+    /// These outputs followed by `other`'s.
+    pub fn extend(&mut self, other: Got) {
+        self.0.extend(other.0);
+    }
+}
 
 pub use linear::table_variants;
 
@@ -70,13 +93,27 @@ impl Case {
     /// Runs the check. An error (a refused shape, a lost device) or a non-finite output is a
     /// failure with an infinite NMSE.
     pub fn run(&self, gpu: &Gpu) -> Outcome {
-        let (nmse, error) = match (self.check)(gpu) {
+        let result = (self.check)(gpu).and_then(|(got, want)| Ok((got.read(gpu)?, want)));
+        Self::outcome(result, self.bound)
+    }
+
+    /// `run` without blocking on the readback (the browser's way).
+    pub async fn run_async(&self, gpu: &Gpu) -> Outcome {
+        let result = match (self.check)(gpu) {
+            Ok((got, want)) => got.read_async(gpu).await.map(|g| (g, want)),
+            Err(e) => Err(e),
+        };
+        Self::outcome(result, self.bound)
+    }
+
+    fn outcome(result: Result<(Vec<f32>, Vec<f32>)>, bound: f64) -> Outcome {
+        let (nmse, error) = match result {
             Ok((got, want)) if got.len() != want.len() => (f64::INFINITY, Some(format!("{} outputs, the reference has {}", got.len(), want.len()))),
             Ok((got, _)) if got.iter().any(|v| !v.is_finite()) => (f64::INFINITY, Some("non-finite output".into())),
             Ok((got, want)) => (crate::metrics::nmse(&got, &want), None),
             Err(e) => (f64::INFINITY, Some(e.to_string())),
         };
-        Outcome { nmse, pass: error.is_none() && nmse <= self.bound, error }
+        Outcome { nmse, pass: error.is_none() && nmse <= bound, error }
     }
 }
 
@@ -124,7 +161,7 @@ fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// Runs a one-op graph on f32 inputs and returns its single output.
-fn run_graph(gpu: &Gpu, inputs: &[(&[usize], &[f32])], op: impl FnOnce(&mut Graph, &[Value]) -> Result<Value>) -> Result<Vec<f32>> {
+fn run_graph(gpu: &Gpu, inputs: &[(&[usize], &[f32])], op: impl FnOnce(&mut Graph, &[Value]) -> Result<Value>) -> Result<Got> {
     let mut g = Graph::new();
     let values: Vec<Value> = inputs.iter().map(|(shape, _)| g.input(shape, DType::F32)).collect();
     let out = op(&mut g, &values)?;
@@ -134,15 +171,15 @@ fn run_graph(gpu: &Gpu, inputs: &[(&[usize], &[f32])], op: impl FnOnce(&mut Grap
         plan.set_input(gpu, i, data)?;
     }
     let outs = plan.run(gpu)?;
-    outs[0].to_vec_f32(gpu)
+    Ok(Got(vec![outs[0].clone()]))
 }
 
-/// Runs recorded kernel calls in one submission, then reads `out`.
-fn run_kernel(gpu: &Gpu, out: &Tensor, record: impl FnOnce(&mut crate::Encoder) -> Result<()>) -> Result<Vec<f32>> {
+/// Runs recorded kernel calls in one submission; `out` is read later.
+fn run_kernel(gpu: &Gpu, out: &Tensor, record: impl FnOnce(&mut crate::Encoder) -> Result<()>) -> Result<Got> {
     let mut enc = gpu.encoder();
     record(&mut enc)?;
     gpu.submit(enc)?;
-    out.to_vec_f32(gpu)
+    Ok(Got(vec![out.clone()]))
 }
 
 /// The shape as `AxBxC`.

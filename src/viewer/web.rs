@@ -44,6 +44,9 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
 }
 
 async fn start_on(canvas_id: &str) -> Result<(), JsValue> {
+    if let Some(filter) = page_params()?.get("test-ops") {
+        return test_ops(&filter).await.map_err(JsValue::from);
+    }
     let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
     let canvas = document
         .get_element_by_id(canvas_id)
@@ -307,6 +310,58 @@ async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
     let body = response.array_buffer().map_err(|e| format!("{url}: {}", describe_js(&e)))?;
     let buffer = JsFuture::from(body).await.map_err(|e| format!("{url}: {}", describe_js(&e)))?;
     Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+/// `?test-ops` (or `?test-ops=FILTER`): instead of the viewer, the op-check registry that
+/// `lowbit test-ops` runs, on this browser's WebGPU adapter: every case (or those whose name
+/// contains FILTER) against its CPU reference, shown as a table and written to #result as
+/// `{adapter, path, cases, passed, failed: [{case, nmse, bound, error}]}`.
+async fn test_ops(filter: &str) -> Result<(), String> {
+    let gpu = Gpu::open(&gpu_options_from_page()?).await.map_err(|e| format!("no WebGPU adapter: {e}"))?;
+    let all = crate::ops_check::cases(&gpu);
+    let total = all.len();
+    let cases: Vec<_> = all.into_iter().filter(|c| c.label().contains(filter)).collect();
+    if cases.is_empty() {
+        return Err(format!("?test-ops={filter} matches none of the {total} cases (names are `op shape variant format`)"));
+    }
+    let adapter = gpu.adapter_name();
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut rows = String::new();
+    let (mut passed, mut failed) = (0, Vec::new());
+    for (i, case) in cases.iter().enumerate() {
+        set_text("status", &format!("lowbit test-ops on {adapter}: case {} of {}…", i + 1, cases.len()));
+        let out = case.run_async(&gpu).await;
+        if out.pass {
+            passed += 1;
+        } else {
+            failed.push(serde_json::json!({ "case": case.label(), "nmse": out.nmse.is_finite().then_some(out.nmse), "bound": case.bound, "error": out.error }));
+        }
+        let verdict = if out.pass { "ok" } else { "FAIL" };
+        let note = out.error.as_deref().map(|e| format!(" ({})", escape(e))).unwrap_or_default();
+        rows += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1e}</td><td>{:.0e}</td><td>{verdict}{note}</td></tr>",
+            case.op,
+            escape(&case.shape),
+            escape(&case.variant),
+            escape(&case.format),
+            out.nmse,
+            case.bound
+        );
+    }
+    let summary = format!("lowbit test-ops on {adapter} ({}): {passed} of {} cases passed", crate::ops_check::path_name(&gpu), cases.len());
+    let html = format!(
+        "<p>{}</p><table><tr><th>op</th><th>shape</th><th>variant</th><th>format</th><th>NMSE</th><th>bound</th><th></th></tr>{rows}</table>",
+        escape(&summary)
+    );
+    if let Some(el) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("status")) {
+        el.set_inner_html(&html);
+        // The page hides overflow for the canvas; the table scrolls instead.
+        let _ = el.set_attribute("style", "overflow: auto; max-height: 90vh; font-family: monospace;");
+    }
+    write_result(&serde_json::json!({
+        "adapter": adapter, "path": crate::ops_check::path_name(&gpu), "cases": cases.len(), "passed": passed, "failed": failed,
+    }));
+    Ok(())
 }
 
 fn write_result(json: &serde_json::Value) {
