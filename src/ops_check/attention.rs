@@ -81,7 +81,7 @@ fn kv_cases(path: &str) -> Vec<Case> {
         let pos = Position::new(gpu)?;
         let len = batch * heads * capacity * head_dim;
         let (mut k_ref, mut v_ref) = (vec![0f32; len], vec![0f32; len]);
-        let (mut got, mut want) = (super::Got(Vec::new()), Vec::new());
+        let (mut got, mut want) = (super::Got::of(Vec::new()), Vec::new());
         let mut start = 0;
         for (i, &t) in chunks.iter().enumerate() {
             let qkv = random(batch * t * 3 * e, 100 + i as u64, 1.5);
@@ -98,7 +98,7 @@ fn kv_cases(path: &str) -> Vec<Case> {
         }
         if caches {
             k_ref.extend(v_ref);
-            return Ok((super::Got(vec![cache.k.clone(), cache.v.clone()]), k_ref));
+            return Ok((super::Got::of(vec![cache.k.clone(), cache.v.clone()]), k_ref));
         }
         Ok((got, want))
     };

@@ -35,16 +35,27 @@ pub type Outputs = (Got, Vec<f32>);
 
 /// A check's GPU outputs, concatenated when read: synchronously natively (`Case::run`), or
 /// awaited in the browser, whose main thread cannot block on a readback (`Case::run_async`).
-pub struct Got(pub Vec<Tensor>);
+/// Token-id range checks of the lookups are read first: an out-of-range id is the error.
+pub struct Got {
+    pub tensors: Vec<Tensor>,
+    pub id_checks: Vec<crate::kernels::vq::IdCheck>,
+}
 
 impl Got {
+    pub fn of(tensors: Vec<Tensor>) -> Got {
+        Got { tensors, id_checks: Vec::new() }
+    }
+
     pub fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         Gpu::block_on(self.read_async(gpu))
     }
 
     pub async fn read_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        for c in &self.id_checks {
+            c.check_async(gpu).await?;
+        }
         let mut out = Vec::new();
-        for t in &self.0 {
+        for t in &self.tensors {
             out.extend(t.to_vec_f32_async(gpu).await?);
         }
         Ok(out)
@@ -52,7 +63,8 @@ impl Got {
 
     /// These outputs followed by `other`'s.
     pub fn extend(&mut self, other: Got) {
-        self.0.extend(other.0);
+        self.tensors.extend(other.tensors);
+        self.id_checks.extend(other.id_checks);
     }
 }
 
@@ -171,7 +183,7 @@ fn run_graph(gpu: &Gpu, inputs: &[(&[usize], &[f32])], op: impl FnOnce(&mut Grap
         plan.set_input(gpu, i, data)?;
     }
     let outs = plan.run(gpu)?;
-    Ok(Got(vec![outs[0].clone()]))
+    Ok(Got::of(vec![outs[0].clone()]))
 }
 
 /// Runs recorded kernel calls in one submission; `out` is read later.
@@ -179,7 +191,7 @@ fn run_kernel(gpu: &Gpu, out: &Tensor, record: impl FnOnce(&mut crate::Encoder) 
     let mut enc = gpu.encoder();
     record(&mut enc)?;
     gpu.submit(enc)?;
-    Ok(Got(vec![out.clone()]))
+    Ok(Got::of(vec![out.clone()]))
 }
 
 /// The shape as `AxBxC`.

@@ -350,7 +350,7 @@ async fn test_ops(filter: &str) -> Result<(), String> {
     }
     let summary = format!("lowbit test-ops on {adapter} ({}): {passed} of {} cases passed", crate::ops_check::path_name(&gpu), cases.len());
     let html = format!(
-        "<p>{}</p><table><tr><th>op</th><th>shape</th><th>variant</th><th>format</th><th>NMSE</th><th>bound</th><th></th></tr>{rows}</table>",
+        "<p>{}</p><table style=\"white-space: nowrap; border-spacing: 14px 1px\"><tr><th>op</th><th>shape</th><th>variant</th><th>format</th><th>NMSE</th><th>bound</th><th></th></tr>{rows}</table>",
         escape(&summary)
     );
     if let Some(el) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("status")) {

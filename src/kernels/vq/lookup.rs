@@ -43,12 +43,17 @@ impl IdCheck {
 
     /// Errors with the first out-of-range id and its position (blocks on a small readback).
     pub fn check(&self, gpu: &Gpu) -> Result<()> {
-        let pos = bytemuck::cast_slice::<u8, u32>(&gpu.read_bytes(&self.first_bad, 4)?)[0];
+        Gpu::block_on(self.check_async(gpu))
+    }
+
+    /// `check` without blocking (the browser's way).
+    pub async fn check_async(&self, gpu: &Gpu) -> Result<()> {
+        let pos = bytemuck::cast_slice::<u8, u32>(&gpu.read_bytes_async(&self.first_bad, 4).await?)[0];
         if pos == NONE_BAD {
             return Ok(());
         }
         let pos = pos as usize;
-        let raw = self.ids.to_vec_u32(gpu)?[pos];
+        let raw = self.ids.to_vec_u32_async(gpu).await?[pos];
         let k = self.sizes[pos % self.sizes.len()];
         Err(match self.ids.dtype {
             DType::I32 => bad_id(raw as i32, pos, k),
