@@ -118,7 +118,12 @@ impl WeightFormat {
         if ok {
             Ok(())
         } else {
-            Err(Error::Invalid(format!("unsupported group size in {self:?}")))
+            let allowed = match self {
+                WeightFormat::Q8 { .. } => "a multiple of 4",
+                WeightFormat::Q4 { .. } => "32, 64 or 128",
+                _ => "16 or 32",
+            };
+            Err(Error::Invalid(format!("format {}: group size must be {allowed}", self.name())))
         }
     }
 
