@@ -482,7 +482,7 @@ impl Progress {
         } else {
             indicatif::ProgressBar::new(total as u64)
         };
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:34} [{bar:30}] {pos}/{len} {elapsed}") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:34} [{bar:30}] {pos}/{len} {elapsed} (ETA {eta})") {
             bar.set_style(style.progress_chars("#>-"));
         }
         bar.set_message(what.to_string());
