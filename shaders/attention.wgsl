@@ -24,21 +24,7 @@
 enable f16;
 #endif
 
-struct Params {
-    batch: u32,
-    tokens: u32,
-    heads: u32,
-    d4: u32,         // head_dim / 4
-    scale: f32,      // softmax scale, applied to q
-    causal: u32,
-    q_block: u32,    // sage: tokens per Q quantization block
-    k_block: u32,    // sage: tokens per K quantization block
-    n_qb: u32,       // sage: Q blocks per (batch, head)
-    n_kb: u32,
-    items: u32,      // sage_mean / sage_quantize: work items in the grid
-    _pad: u32,
-    pq: AqParams,    // attend_f32_pq: the post-softmax quantizer
-}
+#include attention_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 // Bindings are numbered per entry point (each entry uses 1..n contiguously); two globals may

@@ -25,23 +25,7 @@
 enable f16;
 #endif
 
-// The first fields of attention.wgsl's Params (the Rust side passes the same block).
-struct Params {
-    batch: u32,
-    tokens: u32,
-    heads: u32,
-    d4: u32,         // head_dim / 4
-    scale: f32,      // softmax scale, applied to q (flash_f32; sage folded it into q8)
-    causal: u32,
-    q_block: u32,    // sage: tokens per Q quantization block
-    k_block: u32,    // sage: tokens per K quantization block
-    n_qb: u32,       // sage: Q blocks per (batch, head)
-    n_kb: u32,
-    // The rest of attention.wgsl's Params (one Rust struct feeds both): unused here.
-    items: u32,
-    _pad: u32,
-    _pq: array<vec4<u32>, 2>,
-}
+#include attention_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 // flash_sage reads V from v_f16 under F16; no entry uses both globals of binding 1.

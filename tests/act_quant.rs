@@ -7,59 +7,11 @@ mod common;
 
 use common::{assert_nmse, gpus, random, F32_NMSE};
 use lowbit::gpu::{DType, Tensor};
-use lowbit::kernels::act_quant::{act_quant, act_quant_noise, noise_reference, ActQuantizer};
+use lowbit::kernels::act_quant::{act_quant, act_quant_noise, example_quantizers, noise_reference, ActQuantizer};
 use lowbit::kernels::attention::{attention_quantized, attention_quantized_reference, realistic_qkv, AttentionParams};
 
-/// One of each quantizer, parameters in the range calibration picks.
-fn quantizers() -> Vec<ActQuantizer> {
-    vec![
-        ActQuantizer::Uniform { bits: 4, scale: 0.31, zero: 7.0 },
-        ActQuantizer::Uniform { bits: 8, scale: 0.013, zero: 100.0 },
-        ActQuantizer::Log2 { bits: 4, delta: 0.9 },
-        ActQuantizer::LogSqrt2 { bits: 3, delta: 1.0 },
-        ActQuantizer::LogSqrt2 { bits: 6, delta: 0.7 },
-        ActQuantizer::AdaLog { bits: 4, q: 23, r: 37, scale: 0.8 },
-        ActQuantizer::Sulq { bits: 4, eta: 0.2, m: -2.3, delta: 0.21 },
-        ActQuantizer::TwinUniform { bits: 6, lo: 0.002, hi: 1.0 / 31.0, gelu: false },
-        ActQuantizer::TwinUniform { bits: 4, lo: 0.03, hi: 0.4, gelu: true },
-    ]
-}
-
-/// Inputs that exercise every range: softmax-like probabilities, GELU-like values, zeros.
-fn inputs(n: usize, seed: u64) -> Vec<f32> {
-    let r = random(n, seed, 1.0);
-    r.iter()
-        .enumerate()
-        .map(|(i, &v)| match i % 4 {
-            0 => (v * 6.0 - 5.0).exp(),
-            1 => v * 3.0,
-            2 => v.abs() * 0.05,
-            _ => if i % 7 == 0 { 0.0 } else { v - 0.1 },
-        })
-        .collect()
-}
-
-#[test]
-fn kernel_matches_reference_on_odd_lengths() {
-    for (path, gpu) in gpus() {
-        for (k, q) in quantizers().into_iter().enumerate() {
-            for n in [1usize, 257, 4099] {
-                let x = inputs(n, 3 + k as u64);
-                let t = Tensor::from_f32(gpu, &[n], &x).unwrap();
-                let mut enc = gpu.encoder();
-                act_quant(gpu, &mut enc, &t, &q).unwrap();
-                gpu.submit(enc).unwrap();
-                let want = q.reference(&x);
-                let got = t.to_vec_f32(gpu).unwrap();
-                if want.iter().all(|v| *v == 0.0) {
-                    assert!(got.iter().all(|v| *v == 0.0), "{path} {q:?} n={n}");
-                } else {
-                    assert_nmse(&format!("{path} {} n={n}", q.kind()), &got, &want, F32_NMSE);
-                }
-            }
-        }
-    }
-}
+// The kernel against its reference on every quantizer and odd lengths: src/ops_check
+// (`act_quant` cases), run by tests/ops.rs under every plan.
 
 #[test]
 fn noise_kernel_matches_reference() {
@@ -164,7 +116,7 @@ fn error_shrinks_with_bits() {
 
 #[test]
 fn quantizers_round_trip_through_json() {
-    for q in quantizers() {
+    for q in example_quantizers() {
         let text = serde_json::to_string(&q).unwrap();
         let back: ActQuantizer = serde_json::from_str(&text).unwrap();
         assert_eq!(back, q, "{text}");

@@ -116,6 +116,38 @@ impl Contract {
     }
 }
 
+/// A `#[repr(C)]` parameter block as Rust lays it out, for `tests/contracts.rs` to compare with
+/// the WGSL struct naga lays out: the runtime check above sees only the block's size, so a field
+/// moved or retyped on one side only would otherwise feed a kernel garbage without any error.
+#[derive(Debug)]
+pub struct ParamsLayout {
+    /// The shader files (`shaders/NAME.wgsl`) that read the block.
+    pub shaders: &'static [&'static str],
+    /// `#if` defines under which those shaders declare it.
+    pub defines: &'static [&'static str],
+    /// The WGSL struct's name.
+    pub wgsl_struct: &'static str,
+    /// `size_of` the Rust struct.
+    pub size: usize,
+    /// (name, byte offset) of each Rust field, in order.
+    pub fields: &'static [(&'static str, usize)],
+}
+
+/// The `ParamsLayout` of a Rust struct, declared beside it:
+/// `params_layout!(Params, ["norm"], ["AFFINE"], "Params", [rows, n])`.
+#[macro_export]
+macro_rules! params_layout {
+    ($ty:ty, [$($shader:literal),*], [$($define:literal),*], $wgsl:literal, [$($field:ident),* $(,)?]) => {
+        $crate::gpu::contract::ParamsLayout {
+            shaders: &[$($shader),*],
+            defines: &[$($define),*],
+            wgsl_struct: $wgsl,
+            size: std::mem::size_of::<$ty>(),
+            fields: &[$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

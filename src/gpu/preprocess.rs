@@ -69,6 +69,7 @@ pub fn preprocess_file(name: &'static str, source: &str, defines: &[&str]) -> Re
 /// Shader files that others include; each is also validated on its own through its includers.
 pub const INCLUDES: &[(&str, &str)] = &[
     ("aq", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/aq.wgsl"))),
+    ("attention_params", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/attention_params.wgsl"))),
     ("common", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"))),
     ("decode", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/decode.wgsl"))),
     ("grid", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/grid.wgsl"))),

@@ -52,6 +52,9 @@ pub struct AqParams {
     _p: [u32; 2],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const AQ_PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(AqParams, ["act_quant"], [], "AqParams", [kind, bits, a, b, c, d]);
+
 impl ActQuantizer {
     pub fn bits(&self) -> u32 {
         match *self {
@@ -198,6 +201,9 @@ struct Params {
     _p: [u32; 2],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["act_quant"], [], "Params", [q, n, channels]);
+
 fn check(x: &Tensor, q: &ActQuantizer) -> Result<u32> {
     x.expect_dtype("act_quant", DType::F32)?;
     q.validate()?;
@@ -205,6 +211,37 @@ fn check(x: &Tensor, q: &ActQuantizer) -> Result<u32> {
         shape_err!("act_quant: empty tensor {:?}", x.shape);
     }
     u32::try_from(x.numel()).map_err(|_| crate::Error::Invalid("act_quant: tensor too large".into()))
+}
+
+/// One of each quantizer kind, with parameters in the range calibration picks: the cases the
+/// op checks (src/ops_check) and tests/act_quant.rs run.
+pub fn example_quantizers() -> Vec<ActQuantizer> {
+    vec![
+        ActQuantizer::Uniform { bits: 4, scale: 0.31, zero: 7.0 },
+        ActQuantizer::Uniform { bits: 8, scale: 0.013, zero: 100.0 },
+        ActQuantizer::Log2 { bits: 4, delta: 0.9 },
+        ActQuantizer::LogSqrt2 { bits: 3, delta: 1.0 },
+        ActQuantizer::LogSqrt2 { bits: 6, delta: 0.7 },
+        ActQuantizer::AdaLog { bits: 4, q: 23, r: 37, scale: 0.8 },
+        ActQuantizer::Sulq { bits: 4, eta: 0.2, m: -2.3, delta: 0.21 },
+        ActQuantizer::TwinUniform { bits: 6, lo: 0.002, hi: 1.0 / 31.0, gelu: false },
+        ActQuantizer::TwinUniform { bits: 4, lo: 0.03, hi: 0.4, gelu: true },
+    ]
+}
+
+/// Inputs that reach every quantizer's ranges: softmax-like probabilities, GELU-like values,
+/// small values and zeros, interleaved.
+pub fn example_inputs(n: usize, seed: u64) -> Vec<f32> {
+    crate::synthetic::uniform(n, seed, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match i % 4 {
+            0 => (v * 6.0 - 5.0).exp(),
+            1 => v * 3.0,
+            2 => v.abs() * 0.05,
+            _ => if i % 7 == 0 { 0.0 } else { v - 0.1 },
+        })
+        .collect()
 }
 
 /// `x = Q(x)` in place.

@@ -91,6 +91,9 @@ struct Params {
     pixels: u32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["conv"], ["FMT_Q8"], "Params", [cin, h, w, cout, ho, wo, kh, kw, stride, pad_top, pad_left, k, row_words, groups, group_size, co_base, co_count, blocks_x, blocks, pixels]);
+
 impl Conv2d {
     /// Uploads `weight` (rows = output channels, cols = Cin·kh·kw) and `bias` (None = zeros),
     /// split by output channels over as many bindings as `gpu.max_binding_size()` requires.

@@ -58,6 +58,9 @@ struct Params {
     w: u32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["elementwise"], [], "Params", [n, w]);
+
 fn same_f32(what: &str, a: &Tensor, out: &Tensor) -> Result<u32> {
     a.expect_dtype(what, DType::F32)?;
     out.expect_dtype(what, DType::F32)?;

@@ -42,6 +42,16 @@ pub struct GpuMatrix {
 impl GpuMatrix {
     /// Uploads `w` in `layout`. `label` names the buffers (GPU debuggers, out-of-memory errors).
     pub fn upload(gpu: &Gpu, w: &PackedMatrix, layout: RowLayout, label: &str) -> Result<GpuMatrix> {
+        Self::upload_parts(gpu, w, layout, label, true)
+    }
+
+    /// The codes alone, for kernels that take the scales in another form (W8A8's per-row
+    /// scale+bias pairs); the scales are neither copied nor uploaded.
+    pub fn upload_codes(gpu: &Gpu, w: &PackedMatrix, layout: RowLayout, label: &str) -> Result<GpuMatrix> {
+        Self::upload_parts(gpu, w, layout, label, false)
+    }
+
+    fn upload_parts(gpu: &Gpu, w: &PackedMatrix, layout: RowLayout, label: &str, with_scales: bool) -> Result<GpuMatrix> {
         let (unit, stride) = match layout {
             RowLayout::RowMajor { align } => (1, w.row_words.next_multiple_of(align.max(1))),
             RowLayout::Interleaved { tile } => (tile.max(1), w.row_words),
@@ -59,8 +69,8 @@ impl GpuMatrix {
             };
             blocks.push(RowBlock {
                 data: gpu.upload_u32(&data, label)?,
-                scales: optional(&part.scales, "scales")?,
-                zeros: optional(&part.zeros, "zero points")?,
+                scales: if with_scales { optional(&part.scales, "scales")? } else { None },
+                zeros: if with_scales { optional(&part.zeros, "zero points")? } else { None },
                 rows,
             });
         }

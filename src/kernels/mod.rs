@@ -78,3 +78,21 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) ->
 pub(crate) fn params<T: bytemuck::Pod>(p: &T) -> &[u8] {
     bytemuck::bytes_of(p)
 }
+
+/// Every parameter block a kernel family passes to its shaders (tests/contracts.rs).
+pub fn params_layouts() -> Vec<&'static crate::gpu::contract::ParamsLayout> {
+    vec![
+        &act_quant::AQ_PARAMS_LAYOUT,
+        &act_quant::PARAMS_LAYOUT,
+        &attention::PARAMS_LAYOUT,
+        &attention::kv_cache::PARAMS_LAYOUT,
+        &conv::PARAMS_LAYOUT,
+        &elementwise::PARAMS_LAYOUT,
+        &matmul::PARAMS_LAYOUT,
+        &norm::PARAMS_LAYOUT,
+        &roofline::PARAMS_LAYOUT,
+        &vq::SEARCH_PARAMS_LAYOUT,
+        &vq::LOOKUP_PARAMS_LAYOUT,
+        &w8a8::PARAMS_LAYOUT,
+    ]
+}

@@ -18,6 +18,9 @@ struct Params {
     eps: f32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["norm"], [], "Params", [rows, n, channels_per_group, pixels, groups, eps]);
+
 /// How rows map onto lanes on one class of adapter (a column of `kernels::launch`'s table).
 #[derive(Clone, Copy, Debug)]
 pub struct RowLanes {

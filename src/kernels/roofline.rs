@@ -24,6 +24,9 @@ struct Params {
     add: f32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["roofline"], [], "Params", [n, iters, mul, add]);
+
 /// Which roof limits a kernel: memory traffic, or the arithmetic rate of the units it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bound {

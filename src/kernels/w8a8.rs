@@ -37,6 +37,9 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["w8a8"], [], "Params", [rows, cols, row_words, out_stride, col_offset, w_vecs]);
+
 /// Int8 activations on the GPU: `codes` [rows, ceil(cols/4)] packed words, `scales` [rows] f32.
 /// Reusable scratch: `quantize_activations` overwrites it.
 pub struct QuantizedActivations {
@@ -104,8 +107,7 @@ impl W8A8Linear {
         }
         // Rows padded with zero codes to whole vec4s so the kernels load 16 codes at a time.
         // The scales travel in `row_params`, with the bias, not as the format's packed scales.
-        let codes = PackedMatrix { scales: Vec::new(), ..w.clone() };
-        let weights = GpuMatrix::upload(gpu, &codes, RowLayout::RowMajor { align: 4 }, "w8a8 weights")?;
+        let weights = GpuMatrix::upload_codes(gpu, w, RowLayout::RowMajor { align: 4 }, "w8a8 weights")?;
         let row_params = weights
             .blocks
             .iter()

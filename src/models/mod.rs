@@ -26,3 +26,11 @@ pub use preprocess::{load_image, preprocess};
 pub use classifier::{Classifier, ClassifierConfig};
 pub use vit::VisionTransformer;
 pub use weights::Weights;
+
+/// Every parameter block a model's own glue kernels pass to their shaders, after the kernel
+/// families' (tests/contracts.rs).
+pub fn params_layouts() -> Vec<&'static crate::gpu::contract::ParamsLayout> {
+    let mut all = crate::kernels::params_layouts();
+    all.extend([&vit::glue::PARAMS_LAYOUT, &swin::glue::PARAMS_LAYOUT, &vqgan::glue::PARAMS_LAYOUT]);
+    all
+}

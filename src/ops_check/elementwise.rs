@@ -2,39 +2,11 @@
 
 use super::{dims, path_name, random, run_graph, run_kernel, Case, EXACT};
 use crate::gpu::{DType, Tensor};
-use crate::kernels::act_quant::{act_quant_noise, noise_reference, ActQuantizer};
+use crate::kernels::act_quant::{act_quant_noise, example_inputs, example_quantizers, noise_reference, ActQuantizer};
 use crate::kernels::elementwise::{upsample_reference, Activation};
 use crate::models::vit::glue::{self, embed_tokens, layer_scale_add, take_token};
 use crate::models::vqgan::glue::{tokens_to_nchw, tokens_to_nchw_reference};
 use crate::Gpu;
-
-/// One of each quantizer kind, with parameters in the range calibration picks.
-fn quantizers() -> Vec<ActQuantizer> {
-    vec![
-        ActQuantizer::Uniform { bits: 4, scale: 0.31, zero: 7.0 },
-        ActQuantizer::Uniform { bits: 8, scale: 0.013, zero: 100.0 },
-        ActQuantizer::Log2 { bits: 4, delta: 0.9 },
-        ActQuantizer::LogSqrt2 { bits: 6, delta: 0.7 },
-        ActQuantizer::AdaLog { bits: 4, q: 23, r: 37, scale: 0.8 },
-        ActQuantizer::Sulq { bits: 4, eta: 0.2, m: -2.3, delta: 0.21 },
-        ActQuantizer::TwinUniform { bits: 6, lo: 0.002, hi: 1.0 / 31.0, gelu: false },
-        ActQuantizer::TwinUniform { bits: 4, lo: 0.03, hi: 0.4, gelu: true },
-    ]
-}
-
-/// Softmax-like probabilities, GELU-like values, small values and zeros, interleaved.
-fn quantizer_inputs(n: usize, seed: u64) -> Vec<f32> {
-    random(n, seed, 1.0)
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| match i % 4 {
-            0 => (v * 6.0 - 5.0).exp(),
-            1 => v * 3.0,
-            2 => v.abs() * 0.05,
-            _ => if i % 7 == 0 { 0.0 } else { v - 0.1 },
-        })
-        .collect()
-}
 
 pub fn cases(gpu: &Gpu) -> Vec<Case> {
     let path = path_name(gpu);
@@ -64,13 +36,14 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     });
     cases.push(Case::new("upsample2x", dims(&shape), path.clone(), "f32", check).bound(EXACT, "a copy"));
 
-    for q in quantizers() {
-        for noise in [false, true] {
-            let rows_shape = [3, 257];
+    // Odd lengths: one value, rows of 257 (noise per column), a length past a workgroup.
+    for (k, q) in example_quantizers().into_iter().enumerate() {
+        for (rows_shape, noise) in [([1, 1], false), ([3, 257], false), ([1, 4099], false), ([3, 257], true)] {
             let check = Box::new(move |gpu: &Gpu| {
-                let x = quantizer_inputs(3 * 257, 75 + q.bits() as u64);
-                let noise_v = random(257, 76, 0.01);
-                let noise_t = if noise { Some(Tensor::from_f32(gpu, &[257], &noise_v)?) } else { None };
+                let cols = rows_shape[1];
+                let x = example_inputs(rows_shape[0] * cols, 75 + k as u64);
+                let noise_v = random(cols, 76, 0.01);
+                let noise_t = if noise { Some(Tensor::from_f32(gpu, &[cols], &noise_v)?) } else { None };
                 let got = run_graph(gpu, &[(&rows_shape, &x)], |g, v| g.act_quant("aq", v[0], q, noise_t))?;
                 let want = if noise { noise_reference(&x, &noise_v, &q) } else { q.reference(&x) };
                 Ok((got, want))
@@ -82,7 +55,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     // act_quant_noise as a kernel call too (NoisyQuant's entry point outside graphs).
     let check = Box::new(move |gpu: &Gpu| {
         let q = ActQuantizer::Uniform { bits: 6, scale: 0.05, zero: 31.0 };
-        let (x, noise) = (quantizer_inputs(5 * 33, 77), random(33, 78, 0.02));
+        let (x, noise) = (example_inputs(5 * 33, 77), random(33, 78, 0.02));
         let (xt, nt) = (Tensor::from_f32(gpu, &[5, 33], &x)?, Tensor::from_f32(gpu, &[33], &noise)?);
         let got = run_kernel(gpu, &xt, |enc| act_quant_noise(gpu, enc, &xt, &nt, &q))?;
         Ok((got, noise_reference(&x, &noise, &q)))

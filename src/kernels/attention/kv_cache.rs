@@ -115,6 +115,9 @@ struct Params {
     items: u32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["kv_cache"], [], "Params", [batch, tokens, heads, head_dim, capacity, vocab, scale, items]);
+
 fn item_count(what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| crate::Error::Invalid(format!("{what}: {n} items is too many")))
 }

@@ -139,6 +139,9 @@ struct Params {
     pq: AqParams,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["attention", "flash_attention"], [], "Params", [batch, tokens, heads, d4, scale, causal, q_block, k_block, n_qb, n_kb, items, pq]);
+
 impl Params {
     fn new(p: &AttentionParams) -> Self {
         Params {

@@ -42,6 +42,9 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["gemv_q", "gemm_q", "gemm_workgroup"], ["FMT_Q8"], "Params", [m, n, k, stride, group_words, groups, out_stride, col_off, x_pitch, m_off]);
+
 /// A Linear layer's weights on the GPU: each weight row padded to a multiple of four words
 /// so kernels may read whole vec4<u32>s, split by output rows over storage bindings.
 #[derive(Clone)]

@@ -24,6 +24,9 @@ struct LookupParams {
     check: u32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const LOOKUP_PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(LookupParams, ["vq"], ["GATHER"], "LookupParams", [count, d, d4, k, start, len, id_stride, id_offset, out_stride, out_offset, check]);
+
 /// The GPU-side range check of one lookup: read it with `check` (or `check_gather`) after the
 /// encoder that holds the lookup has been submitted.
 #[must_use = "out-of-range ids are only reported by IdCheck::check"]

@@ -12,7 +12,7 @@
 mod lookup;
 pub mod reference;
 
-pub use lookup::{check_gather, lfq_decode, IdCheck};
+pub use lookup::{check_gather, lfq_decode, IdCheck, LOOKUP_PARAMS_LAYOUT};
 pub use reference::{check_ids, TokenId};
 
 use super::{launch, params, BenchCase, BenchSize};
@@ -101,6 +101,9 @@ struct SearchParams {
     per_split: u32,
     slot_base: u32,
 }
+
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const SEARCH_PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(SearchParams, ["vq"], ["SEARCH"], "SearchParams", [n, d, d4, stride, offset, normalize, codes, code_base, per_split, slot_base]);
 
 /// Where one search reads its sub-vectors (row t of x starts at `t * x_stride + x_offset`)
 /// and writes its results (at `t * out_stride + out_offset`).

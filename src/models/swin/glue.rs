@@ -24,6 +24,9 @@ struct Params {
     pad: [u32; 2],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["swin_glue"], [], "Params", [n, tokens, heads, dim, bias_windows, scale]);
+
 fn count(what: &str, n: usize) -> Result<u32> {
     match u32::try_from(n) {
         Ok(n) if n > 0 => Ok(n),

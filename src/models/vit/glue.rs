@@ -21,6 +21,9 @@ struct Params {
     pad: [u32; 2],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["vit_glue"], [], "Params", [n, tokens, dim, prefix, mode, eps]);
+
 impl Params {
     fn new(n: u32, tokens: usize, dim: usize) -> Params {
         Params { n, tokens: tokens as u32, dim: dim as u32, prefix: 0, mode: 0, eps: 0, pad: [0; 2] }

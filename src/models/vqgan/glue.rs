@@ -17,6 +17,9 @@ struct Params {
     pad: u32,
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout = crate::params_layout!(Params, ["vqgan_glue"], [], "Params", [n, tokens, channels]);
+
 /// `out` [B, C, H, W] = (or += with `add`) `x` [B, H·W, C] transposed.
 pub fn tokens_to_nchw(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, out: &Tensor, add: bool) -> Result<()> {
     x.expect_dtype("tokens_to_nchw input", DType::F32)?;
