@@ -122,6 +122,12 @@ fn vqgan_plan_profiles_every_node() {
     assert_eq!(out[0].to_vec_f32(gpu).unwrap(), want);
     let totals = lowbit::graph::totals_per_op(&times);
     assert_eq!(totals.iter().map(|t| t.1).sum::<usize>(), times.len());
+    // The browser's profiler (each node awaited until the queue reports it done) gives the
+    // same nodes and outputs, polled here as the page's event loop would.
+    let (out, wall) = lowbit::Gpu::block_on(plan.profile_async(gpu)).unwrap();
+    assert_eq!(wall.iter().map(|t| (&t.name, t.op)).collect::<Vec<_>>(), times.iter().map(|t| (&t.name, t.op)).collect::<Vec<_>>());
+    assert!(wall.iter().all(|t| t.ms.is_finite() && t.ms >= 0.0) && wall.iter().any(|t| t.ms > 0.0));
+    assert_eq!(out[0].to_vec_f32(gpu).unwrap(), want);
 }
 
 /// Results depend on the inputs only: not on what the buffers held before, nor on whether

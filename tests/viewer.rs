@@ -226,6 +226,17 @@ fn engine_actions_and_errors() {
         bad.ids[0] = 999;
         assert!(engine.decode_digits(&f32, &bad).is_err());
         assert!(engine.profile(&f32, ModelName::DigitsVqgan, None).is_err(), "profiling a decoder needs tokens");
+
+        // The user's own file as bytes (a browser drop or file pick): classified as from disk,
+        // under a name stripped of any folders; bytes that are no image name the file.
+        let sample = root().join("assets/samples/digit-7-0.png");
+        let uploaded = engine.add_user_file("../../secret/digit-7-0.png", std::fs::read(&sample).unwrap());
+        assert_eq!(uploaded, root().join("assets/uploads/digit-7-0.png"));
+        assert_eq!(engine.classify(&f32, &uploaded).unwrap().logits, classified.logits);
+        let junk = engine.add_user_file("notes.png", b"not an image".to_vec());
+        let e = format!("{:#}", engine.classify(&f32, &junk).unwrap_err());
+        assert!(e.contains("notes.png"), "{e}");
+        assert!(!root().join("assets/uploads").exists(), "uploads live in memory, not on disk");
     }
 }
 

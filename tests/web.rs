@@ -120,18 +120,25 @@ fn browser_generate_matches_native() {
     std::fs::copy(&png, &doc).unwrap();
 
     // Classify a fetched sample: digits-vit's logits as natively (same kernels, fallback caps).
-    let (page, _) = page_result(&site, &out, "action=classify:assets/samples/digit-7-0.png", "classify");
-    let native = {
+    // Then the user's own file, dropped on the page: it arrives as bytes, not a path.
+    let dropped = root().join("assets/samples/digit-3-0.png");
+    let (page, _) = page_result_dropping(&site, &out, "action=classify:assets/samples/digit-7-0.png", "classify", Some(&dropped));
+    let native_classify = |file: &str| {
         let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::fallback()).unwrap();
         let mut engine = Engine::new(gpu, root().join("assets"));
-        engine.classify(&Recipe::f32(), &root().join("assets/samples/digit-7-0.png")).unwrap()
+        engine.classify(&Recipe::f32(), &root().join(file)).unwrap()
     };
-    let logits: Vec<f32> = serde_json::from_value(page["logits"].clone()).unwrap();
-    assert_eq!(logits.len(), native.logits.len());
-    let worst = logits.iter().zip(&native.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    eprintln!("browser vs native logits: max |diff| {worst:.2e}; top1 {}", page["top1"]);
-    assert!(worst <= MAX_LOGIT_DIFF, "the browser's logits differ by up to {worst}");
-    assert_eq!(page["top1"].as_u64(), Some(native.top(1)[0].0 as u64));
+    for (page, file) in [(page, "assets/samples/digit-7-0.png"), (json_file(&out.join("classify.drop.json")), "assets/samples/digit-3-0.png")] {
+        assert!(page.get("error").is_none(), "{file}: the page reported {page}");
+        let native = native_classify(file);
+        let logits: Vec<f32> = serde_json::from_value(page["logits"].clone()).unwrap();
+        assert_eq!(logits.len(), native.logits.len());
+        let worst = logits.iter().zip(&native.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("{file} ({}): browser vs native logits: max |diff| {worst:.2e}; top1 {}", page["action"], page["top1"]);
+        assert!(worst <= MAX_LOGIT_DIFF, "{file}: the browser's logits differ by up to {worst}");
+        assert_eq!(page["top1"].as_u64(), Some(native.top(1)[0].0 as u64));
+    }
+    assert_eq!(json_file(&out.join("classify.drop.json"))["action"], "upload:digit-3-0.png");
 
     // `?test-ops=attention`: the op-check registry's attention cases (f32, quantized softmax,
     // SageAttention's int8 path) on the browser's WebGPU, each within its bound.
@@ -179,20 +186,36 @@ fn assert_page_image(page: &serde_json::Value, want: &RgbImage, what: &str) -> R
 }
 
 /// Opens the built page with `query` in headless Chromium; its result JSON and screenshot.
-fn open_page(site: &Path, out: &Path, query: &str, name: &str) -> (serde_json::Value, PathBuf) {
+/// With `drop`, that file is then dropped on the page (result in `NAME.drop.json`).
+fn open_page_dropping(site: &Path, out: &Path, query: &str, name: &str, drop: Option<&Path>) -> (serde_json::Value, PathBuf) {
     let (json_path, png) = (out.join(format!("{name}.json")), out.join(format!("{name}.png")));
     let mut node = Command::new("node");
     node.arg(root().join("tests/web/run.mjs")).arg(site).arg(&json_path).arg(&png).arg(query);
     if let Some(c) = chromium() {
         node.env("CHROMIUM", c);
     }
+    if let Some(file) = drop {
+        node.env("LOWBIT_WEB_DROP", file);
+    }
     run(&mut node, &format!("the page ?{query} in headless Chromium"));
-    (serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap(), png)
+    (json_file(&json_path), png)
+}
+
+fn open_page(site: &Path, out: &Path, query: &str, name: &str) -> (serde_json::Value, PathBuf) {
+    open_page_dropping(site, out, query, name, None)
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 /// The page's result for `query`, which must be a success.
 fn page_result(site: &Path, out: &Path, query: &str, name: &str) -> (serde_json::Value, PathBuf) {
-    let (json, png) = open_page(site, out, query, name);
+    page_result_dropping(site, out, query, name, None)
+}
+
+fn page_result_dropping(site: &Path, out: &Path, query: &str, name: &str, drop: Option<&Path>) -> (serde_json::Value, PathBuf) {
+    let (json, png) = open_page_dropping(site, out, query, name, drop);
     assert!(json.get("error").is_none(), "?{query}: the page reported {json}");
     (json, png)
 }

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 from taming.modules.transformer.mingpt import GPT  # noqa: E402
 
 from datasets import digits_split, seed_everything  # noqa: E402
@@ -162,7 +163,7 @@ def main():
         gen = torch.Generator().manual_seed(args.seed)
         t0 = time.time()
         tl = []
-        for step in range(args.steps):
+        for step in tqdm(range(args.steps), desc="training the prior", unit="step", mininterval=2):
             model.train()
             idx = torch.randint(0, len(ztr), (args.batch,), generator=gen)
             z, c = ztr[idx], ctr[idx]
@@ -183,7 +184,7 @@ def main():
                 msg = f"step {step + 1}/{args.steps} train nll {sum(tl) / len(tl):.4f}"
                 if (step + 1) % 500 == 0 or step + 1 == args.steps:
                     msg += f" held-out nll {nll(model, cte, zte):.4f}"
-                print(f"{msg} {el:.0f}s (eta {el / (step + 1) * (args.steps - step - 1):.0f}s)", flush=True)
+                tqdm.write(f"{msg} {el:.0f}s (eta {el / (step + 1) * (args.steps - step - 1):.0f}s)")
                 tl = []
         train_s = time.time() - t0
         te_nll = nll(model, cte, zte)

@@ -20,6 +20,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from datasets import digits_split, seed_everything  # noqa: E402
 
@@ -97,7 +98,7 @@ def main():
     t0 = time.time()
     step = 0
     acc = 0.0
-    for ep in range(args.epochs):
+    for ep in tqdm(range(args.epochs), desc="training digits-vit", unit="epoch", mininterval=2):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
         tl = 0.0
@@ -117,10 +118,10 @@ def main():
         el = time.time() - t0
         if ep % 5 == 4 or ep == args.epochs - 1 or args.max_steps:
             acc = evaluate(model, xte, yte)
-            print(f"epoch {ep + 1}/{args.epochs} loss {tl / (i + 1):.4f} held-out top-1 {acc * 100:.2f}% "
-                  f"{el:.0f}s (eta {el / (ep + 1) * (args.epochs - ep - 1):.0f}s)", flush=True)
+            tqdm.write(f"epoch {ep + 1}/{args.epochs} loss {tl / (i + 1):.4f} held-out top-1 {acc * 100:.2f}% "
+                  f"{el:.0f}s (eta {el / (ep + 1) * (args.epochs - ep - 1):.0f}s)")
         else:
-            print(f"epoch {ep + 1}/{args.epochs} loss {tl / (i + 1):.4f} {el:.0f}s", flush=True)
+            tqdm.write(f"epoch {ep + 1}/{args.epochs} loss {tl / (i + 1):.4f} {el:.0f}s")
         if args.max_steps and step >= args.max_steps:
             break
     train_s = time.time() - t0

@@ -24,6 +24,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from datasets import PHOTO_CLASSES, load_class_picture, seed_everything  # noqa: E402
 
@@ -126,7 +127,7 @@ def main():
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     t0 = time.time()
     tl = []
-    for step in range(args.steps):
+    for step in tqdm(range(args.steps), desc="training photo-vit", unit="step", mininterval=2):
         model.train()
         xb, yb = random_crops(train_regions, args.batch, gen)
         loss = F.cross_entropy(model(xb), yb, label_smoothing=0.1)
@@ -139,8 +140,8 @@ def main():
         if (step + 1) % 250 == 0:
             acc, _ = evaluate(model, xte, yte)
             el = time.time() - t0
-            print(f"step {step + 1}/{args.steps} loss {sum(tl) / len(tl):.4f} held-out top-1 {acc * 100:.1f}% "
-                  f"{el:.0f}s (eta {el / (step + 1) * (args.steps - step - 1):.0f}s)", flush=True)
+            tqdm.write(f"step {step + 1}/{args.steps} loss {sum(tl) / len(tl):.4f} held-out top-1 {acc * 100:.1f}% "
+                  f"{el:.0f}s (eta {el / (step + 1) * (args.steps - step - 1):.0f}s)")
             tl = []
     train_s = time.time() - t0
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer
 
@@ -98,7 +99,7 @@ def restart_dead_codes(model, usage, h_flat):
 
 
 def train_vq(model, sample_batch, steps, lr, log_every=50, restart_every=100, restart_until=0.8,
-             time_budget_s=None, log=print):
+             time_budget_s=None, log=tqdm.write):
     """Generic loop. sample_batch(step) -> x in [-1, 1]. Loss: L1 + L2 + taming's VQ loss."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -109,7 +110,7 @@ def train_vq(model, sample_batch, steps, lr, log_every=50, restart_every=100, re
     init_codebook(model, sample_batch(-1))
     t0 = time.time()
     hist = []
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="training the VQGAN", unit="step", mininterval=2):
         x = sample_batch(step)
         h = model.encode_pre(x)
         quant, qloss, (perp, _, idx) = model.quantize(h)
@@ -136,12 +137,11 @@ def train_vq(model, sample_batch, steps, lr, log_every=50, restart_every=100, re
             hist = []
             el = time.time() - t0
             log(f"step {step + 1}/{steps} l1 {a[0]:.4f} l2 {a[1]:.4f} q {a[2]:.4f} perp {a[3]:.1f} "
-                f"lr {sched.get_last_lr()[0]:.2e} {el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)",
-                flush=True)
+                f"lr {sched.get_last_lr()[0]:.2e} {el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)")
         if (step + 1) % restart_every == 0 and (step + 1) % (restart_every * 5) == 0:
-            log(f"  codes used in last {restart_every} steps: {used}/{n_e}, restarted {nd}", flush=True)
+            log(f"  codes used in last {restart_every} steps: {used}/{n_e}, restarted {nd}")
         if time_budget_s is not None and time.time() - t0 > time_budget_s:
-            log(f"time budget reached at step {step + 1}", flush=True)
+            log(f"time budget reached at step {step + 1}")
             break
     return time.time() - t0
 

@@ -233,6 +233,18 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Resolves once all work submitted so far has finished: natively after a blocking poll,
+    /// in the browser when the queue reports it (the per-node profiler's clock stop).
+    pub async fn done_async(&self) -> Result<()> {
+        let done = OneShot::default();
+        let finished = done.clone();
+        self.queue.on_submitted_work_done(move || finished.send(()));
+        self.wait()?;
+        done.await;
+        self.check_lost()?;
+        self.check_uncaptured()
+    }
+
     /// A failed mapping usually follows an earlier error: report that one when there is one.
     fn lost_or_uncaptured(&self, e: Error) -> Error {
         self.check_lost().and_then(|()| self.check_uncaptured()).err().unwrap_or(e)

@@ -2,7 +2,8 @@
 //! and bind groups kept from run to run (the buffers never change, so neither do they).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+// std's Instant panics in the browser; web-time's reads `performance.now()` there.
+use web_time::Instant;
 
 use super::ir::Graph;
 use super::planner::{plan, MemoryPlan, EXTERNAL};
@@ -176,43 +177,59 @@ impl Plan {
     /// A run that also measures each node: GPU timestamps around every dispatch where the
     /// adapter has them, else wall clock around each node submitted on its own.
     pub fn profile(&self, gpu: &Gpu) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
-        // Warm-up: pipelines compile on first use and would dominate the first node's time.
-        self.run(gpu)?;
-        gpu.wait()?;
-        let nodes = &self.graph.nodes;
         if gpu.caps.timestamps {
-            let mut enc = gpu.profiling_encoder(4096)?;
-            enc.bind_groups = Some(self.bind_groups.clone());
-            let mut bounds = vec![0u32];
-            for node in nodes {
-                self.record_node(gpu, &mut enc, node)?;
-                bounds.push(enc.passes_recorded());
-            }
-            self.bind_groups.lock().unwrap().end_run();
-            // Past the query budget passes go unmeasured; fall through to the wall clock then.
-            if *bounds.last().unwrap() < 2048 {
-                let pass_ms = gpu.submit_profiled(enc)?;
-                let times = nodes
-                    .iter()
-                    .zip(bounds.windows(2))
-                    .map(|(n, w)| NodeTime { name: n.name.clone(), op: n.op, ms: pass_ms[w[0] as usize..w[1] as usize].iter().sum() })
-                    .collect();
+            if let Some(times) = self.timestamp_times(gpu)? {
                 return Ok((self.outputs(), times));
             }
-            gpu.submit(enc)?;
         }
-        let mut times = Vec::with_capacity(nodes.len());
-        for node in nodes {
+        Gpu::block_on(self.profile_async(gpu))
+    }
+
+    /// Each node on its own, timed by the wall clock from its submission until the GPU reports
+    /// it done. The browser's way (its queue reports completion through the event loop, which
+    /// adds its latency to each node); natively the fallback where timestamps are missing.
+    pub async fn profile_async(&self, gpu: &Gpu) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
+        // Warm-up: pipelines compile on first use and would dominate the first node's time.
+        self.run(gpu)?;
+        gpu.done_async().await?;
+        let mut times = Vec::with_capacity(self.graph.nodes.len());
+        for node in &self.graph.nodes {
             let mut enc = gpu.encoder();
             enc.bind_groups = Some(self.bind_groups.clone());
             self.record_node(gpu, &mut enc, node)?;
             let start = Instant::now();
             gpu.submit(enc)?;
-            gpu.wait()?;
+            gpu.done_async().await?;
             times.push(NodeTime { name: node.name.clone(), op: node.op, ms: start.elapsed().as_secs_f64() * 1e3 });
         }
         self.bind_groups.lock().unwrap().end_run();
         Ok((self.outputs(), times))
+    }
+
+    /// Per-node times from GPU timestamps around every pass; None past the query budget.
+    fn timestamp_times(&self, gpu: &Gpu) -> Result<Option<Vec<NodeTime>>> {
+        self.run(gpu)?;
+        gpu.wait()?;
+        let nodes = &self.graph.nodes;
+        let mut enc = gpu.profiling_encoder(4096)?;
+        enc.bind_groups = Some(self.bind_groups.clone());
+        let mut bounds = vec![0u32];
+        for node in nodes {
+            self.record_node(gpu, &mut enc, node)?;
+            bounds.push(enc.passes_recorded());
+        }
+        self.bind_groups.lock().unwrap().end_run();
+        if *bounds.last().unwrap() >= 2048 {
+            gpu.submit(enc)?;
+            return Ok(None);
+        }
+        let pass_ms = gpu.submit_profiled(enc)?;
+        let times = nodes
+            .iter()
+            .zip(bounds.windows(2))
+            .map(|(n, w)| NodeTime { name: n.name.clone(), op: n.op, ms: pass_ms[w[0] as usize..w[1] as usize].iter().sum() })
+            .collect();
+        Ok(Some(times))
     }
 
     fn record_node(&self, gpu: &Gpu, enc: &mut Encoder, node: &super::ir::Node) -> Result<()> {

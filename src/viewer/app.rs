@@ -49,6 +49,8 @@ pub enum Finished {
     /// `original`: the crop the encoder saw.
     RoundTripped { original: image::RgbImage, out: Decoded, reference: Option<Decoded> },
     Classified { out: super::engine::Classified, f32_logits: Option<Vec<f32>> },
+    /// Per-node times of `what` (the browser's profile runs as a job).
+    Profiled { what: String, times: Vec<NodeTime> },
 }
 
 /// An action's remaining work, owning what it uses.
@@ -56,6 +58,9 @@ type Job = Pin<Box<dyn Future<Output = anyhow::Result<Finished>>>>;
 
 /// Where a job running on the browser's event loop leaves its result.
 type JobSlot = Rc<RefCell<Option<anyhow::Result<Finished>>>>;
+
+/// Where the browser's file picker leaves the chosen file (name, bytes).
+pub type PickedFile = Rc<RefCell<Option<(String, Vec<u8>)>>>;
 
 /// A decoded image as shown: its tokens and texture.
 pub struct DecodedView {
@@ -133,6 +138,8 @@ pub struct ViewerApp {
     pub main_rect: Option<Rect>,
     times: Option<(String, Vec<NodeTime>)>,
     pub screenshot: Option<ScreenshotJob>,
+    /// A file the browser's file picker delivered, taken at the next frame.
+    pub picked_file: PickedFile,
 }
 
 impl ViewerApp {
@@ -166,6 +173,7 @@ impl ViewerApp {
             main_rect: None,
             times: None,
             screenshot,
+            picked_file: Rc::default(),
         })
     }
 
@@ -252,16 +260,19 @@ impl ViewerApp {
                 self.classify.out = None;
                 self.classify.f32_logits = None;
             }
-            // The per-node timer reads the system clock, which wasm32 lacks (std's would panic).
-            Action::Profile if cfg!(target_arch = "wasm32") => anyhow::bail!("per-node profiling is not available in the browser build"),
             Action::Profile => {
                 let (model, tokens) = match self.tab {
                     Tab::Generate => (ModelName::DigitsVqgan, self.generate.out.as_ref().map(|o| &o.tokens)),
                     Tab::RoundTrip => (ModelName::PhotoVqgan, self.roundtrip.out.as_ref().map(|o| &o.tokens)),
                     Tab::Classify => (ModelName::DigitsVit, None),
                 };
-                let times = engine.profile(recipe, model, tokens)?;
-                self.times = Some((format!("{} ({})", model.dir(), recipe.name), times));
+                let what = format!("{} ({})", model.dir(), recipe.name);
+                // The browser cannot block on the GPU: there the times arrive as a job's result.
+                if cfg!(target_arch = "wasm32") {
+                    let job = engine.profile_job(recipe, model, tokens)?;
+                    return Ok(Some(Box::pin(async move { Ok(Finished::Profiled { what, times: job.await? }) })));
+                }
+                self.times = Some((what, engine.profile(recipe, model, tokens)?));
             }
         }
         Ok(None)
@@ -335,6 +346,7 @@ impl ViewerApp {
                 r.original = Some(Shown::new(ctx, "photo", original));
                 r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
             }
+            Ok(Finished::Profiled { what, times }) => self.times = Some((what, times)),
             Ok(Finished::Classified { out, f32_logits }) => {
                 // An opened classifier has no rollout: the overlay is the input itself.
                 let overlay = if out.grid > 0 { rollout_overlay(&out.input, &out.rollout, out.grid) } else { out.input.clone() };
@@ -388,7 +400,7 @@ impl ViewerApp {
             }
         }
         ui.separator();
-        if !cfg!(target_arch = "wasm32") && ui.add_enabled(!self.busy(), egui::Button::new("Profile per node")).clicked() {
+        if ui.add_enabled(!self.busy(), egui::Button::new("Profile per node")).clicked() {
             self.request(Action::Profile);
         }
         if let Some((what, times)) = &self.times {
@@ -427,10 +439,18 @@ impl ViewerApp {
         });
     }
 
-    /// Files dropped on the window open in the round-trip or classify tab.
-    fn take_dropped_file(&mut self, ctx: &egui::Context) {
-        let dropped: Option<PathBuf> = ctx.input(|i| i.raw.dropped_files.first().map(|f| f.path().to_path_buf()));
-        let Some(path) = dropped else { return };
+    /// Files dropped on the window, or chosen with the browser's file picker, open in the
+    /// Round-trip or Classify tab. Natively a dropped file has a path; in the browser it
+    /// arrives as bytes, which the engine keeps under `assets/uploads/`.
+    fn take_user_file(&mut self, ctx: &egui::Context) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.first().cloned());
+        let picked = self.picked_file.borrow_mut().take();
+        let path = match (picked, dropped) {
+            (Some((name, bytes)), _) => self.user_bytes(&name, bytes),
+            (None, Some(file)) => self.dropped_path(file, ctx),
+            (None, None) => None,
+        };
+        let Some(path) = path else { return };
         match self.tab {
             Tab::Classify => {
                 self.classify.path = path.display().to_string();
@@ -440,6 +460,41 @@ impl ViewerApp {
                 self.tab = Tab::RoundTrip;
                 self.roundtrip.path = path.display().to_string();
                 self.request(Action::RoundTrip(path));
+            }
+        }
+    }
+
+    /// Natively a dropped file's path. The browser gives only a name and reads the bytes
+    /// asynchronously: they arrive through `picked_file`, as a picked file's do.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn dropped_path(&mut self, file: egui::DroppedFileHandle, _ctx: &egui::Context) -> Option<PathBuf> {
+        Some(file.path().to_path_buf())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn dropped_path(&mut self, file: egui::DroppedFileHandle, ctx: &egui::Context) -> Option<PathBuf> {
+        #[cfg(feature = "web")]
+        {
+            let (slot, ctx) = (self.picked_file.clone(), ctx.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let name = file.path().display().to_string();
+                // An unreadable file arrives empty: decoding it then reports the error by name.
+                let bytes = file.bytes_async().await.unwrap_or_default();
+                *slot.borrow_mut() = Some((name, bytes));
+                ctx.request_repaint();
+            });
+        }
+        #[cfg(not(feature = "web"))]
+        let _ = (file, ctx);
+        None
+    }
+
+    fn user_bytes(&mut self, name: &str, bytes: Vec<u8>) -> Option<PathBuf> {
+        match self.engine.as_mut() {
+            Ok(engine) => Some(engine.add_user_file(name, bytes)),
+            Err(e) => {
+                self.error = Some(format!("{name}: no GPU engine ({e})"));
+                None
             }
         }
     }
@@ -453,7 +508,7 @@ impl eframe::App for ViewerApp {
             job.step(self, &ctx);
             self.screenshot = Some(job);
         }
-        self.take_dropped_file(&ctx);
+        self.take_user_file(&ctx);
         self.run_pending(&ctx);
         self.main_rect = None;
 

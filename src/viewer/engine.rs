@@ -402,7 +402,21 @@ impl Engine {
             return Ok(load_image(path)?);
         }
         let bytes = self.file_bytes(path)?;
-        Ok(image::load_from_memory(&bytes).with_context(|| format!("image {}", path.display()))?.to_rgb8())
+        Ok(crate::models::files::decode_image(&bytes, path)?)
+    }
+
+    /// Makes a file the user gave as bytes (dropped on the browser page, or chosen with its file
+    /// picker: no path on disk) readable as an image under `assets/uploads/NAME`, the path the
+    /// Round-trip and Classify actions then take.
+    pub fn add_user_file(&mut self, name: &str, bytes: Vec<u8>) -> PathBuf {
+        // Only the last path component, with no separators: the name is the page's to choose.
+        let name: String = name.rsplit(['/', '\\']).next().unwrap_or("").chars().filter(|c| !c.is_control()).collect();
+        let name = if name.is_empty() || name == "." || name == ".." { "image".to_string() } else { name };
+        let relative = format!("uploads/{name}");
+        // One upload kept at a time: a long session of dropped photos must not pile up.
+        self.fetched.retain(|k, _| !k.starts_with("uploads"));
+        self.add_fetched(&relative, bytes);
+        self.assets.join(relative)
     }
 
     /// The center crop of `path` photo-vqgan sees, and its reconstruction.
@@ -518,6 +532,20 @@ impl Engine {
     /// Per-node GPU times of the model behind `m`'s main output at the shape last used:
     /// the decoder for generate/round trip (`tokens`), the classifier for classify.
     pub fn profile(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Vec<NodeTime>> {
+        let plan = self.profile_plan(recipe, m, tokens)?;
+        Ok(plan.profile(&self.gpu)?.1)
+    }
+
+    /// `profile` as a future (the browser's way): each node timed by the wall clock until the
+    /// queue reports it done, since the browser cannot block on timestamp readbacks.
+    pub fn profile_job(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<impl Future<Output = anyhow::Result<Vec<NodeTime>>> + 'static> {
+        let plan = self.profile_plan(recipe, m, tokens)?;
+        let gpu = self.gpu.clone();
+        Ok(async move { Ok(plan.profile_async(&gpu).await?.1) })
+    }
+
+    /// The plan of model `m` with an input set: zeros for digits-vit, `tokens` for a decoder.
+    fn profile_plan(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Plan> {
         let (gpu, set) = self.load(recipe, &[m])?;
         let plan = match m {
             ModelName::DigitsVit => {
@@ -535,7 +563,7 @@ impl Engine {
                 plan
             }
         };
-        Ok(plan.profile(gpu)?.1)
+        Ok(plan)
     }
 }
 

@@ -78,7 +78,7 @@ pub fn roundtrip(app: &mut ViewerApp, ui: &mut egui::Ui) {
     let r = &mut app.roundtrip;
     let mut request = None;
     open_row(ui, &mut r.path, &samples, busy, &mut request, Action::RoundTrip);
-    ui.label("(or drop an image file on the window)");
+    own_file_row(ui, &app.picked_file, &mut app.error, busy);
     ui.separator();
     if let (Some(original), Some(out)) = (&r.original, &r.out) {
         ui.horizontal_top(|ui| {
@@ -121,6 +121,7 @@ pub fn classify(app: &mut ViewerApp, ui: &mut egui::Ui) {
         ui.label(about);
     }
     open_row(ui, &mut c.path, &samples, busy, &mut request, Action::Classify);
+    own_file_row(ui, &app.picked_file, &mut app.error, busy);
     ui.separator();
     let model_name = if c.model.is_some() { "the opened model" } else { "digits-vit" };
     let Some(out) = &c.out else {
@@ -173,6 +174,22 @@ fn open_row(ui: &mut egui::Ui, path: &mut String, samples: &[PathBuf], busy: boo
                 *request = Some(make(s.clone()));
             }
         }
+    });
+}
+
+/// Where the user's own image comes from: a drop anywhere on the window, or (in the browser,
+/// which gives no paths) the page's file picker.
+fn own_file_row(ui: &mut egui::Ui, picked: &super::app::PickedFile, error: &mut Option<String>, busy: bool) {
+    ui.horizontal(|ui| {
+        #[cfg(all(target_arch = "wasm32", feature = "web"))]
+        if ui.add_enabled(!busy, egui::Button::new("Choose a file…")).clicked() {
+            if let Err(e) = super::web::pick_file(picked.clone(), ui.ctx().clone()) {
+                *error = Some(format!("the file picker: {e}"));
+            }
+        }
+        #[cfg(not(all(target_arch = "wasm32", feature = "web")))]
+        let _ = (picked, error, busy);
+        ui.label("or drop an image file (PNG, JPEG) on the window");
     });
 }
 

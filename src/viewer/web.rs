@@ -288,10 +288,53 @@ fn classify_json(result: &super::engine::Classified) -> serde_json::Value {
     serde_json::json!({ "top1": result.top(1)[0].0, "top5": result.top(5), "logits": result.logits })
 }
 
+impl WebApp {
+    /// A dropped or picked file's result goes into `#result` too (as `"action":
+    /// "upload:NAME"`), so a page test can drop a file and read what the viewer made of it.
+    fn report_uploads(&mut self) {
+        let Ok(engine) = &self.app.engine else { return };
+        let uploads = engine.assets.join("uploads");
+        let Some((Action::Classify(path) | Action::RoundTrip(path), _)) = &self.app.pending else { return };
+        if path.starts_with(&uploads) && self.report.is_none() {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            self.report = Some(UrlAction { text: format!("upload:{name}"), action: self.app.pending.as_ref().unwrap().0.clone(), seed: 0 });
+            self.settled = 0;
+        }
+    }
+}
+
+/// Opens the browser's file picker for a PNG or JPEG; the chosen file's name and bytes land in
+/// `slot` (read at the next frame, which this asks for).
+pub fn pick_file(slot: Rc<RefCell<Option<(String, Vec<u8>)>>>, ctx: egui::Context) -> Result<(), String> {
+    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let input: web_sys::HtmlInputElement = document.create_element("input").map_err(|e| describe_js(&e))?.dyn_into().map_err(|_| "not an input element")?;
+    input.set_type("file");
+    input.set_accept("image/png,image/jpeg");
+    let chosen = input.clone();
+    let on_change = Closure::once(move |_: web_sys::Event| {
+        let Some(file) = chosen.files().and_then(|f| f.get(0)) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            // An unreadable file arrives empty: decoding it then reports the error by name.
+            let bytes = match JsFuture::from(file.array_buffer()).await {
+                Ok(buffer) => js_sys::Uint8Array::new(&buffer).to_vec(),
+                Err(_) => Vec::new(),
+            };
+            *slot.borrow_mut() = Some((file.name(), bytes));
+            ctx.request_repaint();
+        });
+    });
+    input.set_onchange(Some(on_change.as_ref().unchecked_ref()));
+    // The input lives as long as the page may still deliver a choice.
+    on_change.forget();
+    input.click();
+    Ok(())
+}
+
 impl eframe::App for WebApp {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         self.take_downloads();
         self.app.ui(ui, frame);
+        self.report_uploads();
         if self.app.hold.is_some() || self.app.busy() {
             ui.ctx().request_repaint();
         }

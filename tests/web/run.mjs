@@ -4,6 +4,10 @@
 //
 //   node run.mjs WEB_DIR OUT.json SCREENSHOT.png QUERY
 //   (e.g. QUERY = "action=generate:3&seed=0"; CHROMIUM=/path overrides /usr/bin/chromium)
+//
+// With LOWBIT_WEB_DROP=FILE, once the first result is in, FILE is dropped on the page as a
+// user would drag it from their desktop, and the viewer's result for it (`"action":
+// "upload:NAME"`) is saved as OUT.json with `.drop.json` in place of `.json`.
 import { createServer } from 'node:http';
 import { readFile, writeFile } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
@@ -56,6 +60,25 @@ try {
   console.log(`result after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   await writeFile(outJson, text);
   await page.screenshot({ path: outPng });
+  const drop = process.env.LOWBIT_WEB_DROP;
+  if (drop) {
+    const bytes = [...(await readFile(drop))];
+    const name = drop.split('/').pop();
+    await page.$eval('#result', (e) => { e.textContent = ''; });
+    // A DataTransfer holding the file, dispatched as the browser does for a real drag.
+    const dataTransfer = await page.evaluateHandle(([bytes, name]) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
+      return dt;
+    }, [bytes, name]);
+    for (const type of ['dragenter', 'dragover', 'drop']) {
+      await page.dispatchEvent('canvas', type, { dataTransfer });
+    }
+    await page.waitForFunction(() => document.getElementById('result')?.textContent.length > 0, null, { timeout: timeoutMs, polling: 250 });
+    const dropped = await page.$eval('#result', (e) => e.textContent);
+    console.log(`dropped ${name}: result after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    await writeFile(outJson.replace(/\.json$/, '.drop.json'), dropped);
+  }
   // An {"error": ...} result is still a result: the caller decides whether it expected one.
   if ('error' in JSON.parse(text)) console.log(`the page reported an error: ${text}`);
 } finally {
