@@ -462,6 +462,10 @@ impl Gpu {
     /// Whether the device is lost: nothing more can run on it, a new `Gpu` is needed (the
     /// viewer's engine opens one, see `Engine::recover`).
     pub fn is_lost(&self) -> bool {
+        if self.lost.lock().unwrap().is_none() {
+            // A destroyed device's callback runs at the next poll that finds the queue idle.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
         self.lost.lock().unwrap().is_some()
     }
 
