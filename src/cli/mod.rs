@@ -11,6 +11,7 @@ mod demo;
 mod encode;
 mod eval;
 mod info;
+mod interrupt;
 mod label;
 mod model;
 mod quantize;
@@ -82,6 +83,7 @@ enum Command {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    interrupt::install();
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
