@@ -128,6 +128,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Runs one command line (the words after `lowbit`) on an open device, in this process: what
+/// the soak test (tests/soak.rs) repeats to check that commands leave nothing behind. The
+/// commands that open a device of their own (devices, viewer) or have none are refused.
+pub fn run_args(gpu: &Gpu, args: &[&str]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("lowbit").chain(args.iter().copied()))?;
+    match cli.command {
+        Command::Classify(args) => classify::run(gpu, args),
+        Command::Decode(args) => decode::run(gpu, args),
+        Command::Encode(args) => encode::run(gpu, args),
+        Command::Generate(args) => generate::run(gpu, args),
+        Command::Demo(args) => demo::run(gpu, args),
+        Command::Quantize(args) => quantize::run(gpu, args),
+        Command::Info(args) => info::run(gpu, args),
+        _ => anyhow::bail!("`{}` does not run in-process; run the lowbit binary", args.first().unwrap_or(&"")),
+    }
+}
+
 fn devices(opts: &GpuOptions) -> anyhow::Result<()> {
     for info in Gpu::adapters() {
         outln!("{} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver);
