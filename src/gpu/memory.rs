@@ -75,7 +75,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         "t" => 1 << 40,
         _ => return None,
     };
-    (num.is_finite() && num >= 0.0).then(|| (num * scale as f64) as u64)
+    (num.is_finite() && num >= 0.0).then_some((num * scale as f64) as u64)
 }
 
 /// The RAM the kernel says is available now (Linux `MemAvailable`); `None` elsewhere.

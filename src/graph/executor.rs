@@ -56,7 +56,7 @@ impl Plan {
         // Every buffer and their total are checked before the first is created, so a graph
         // too large for this GPU (a huge batch or image) fails before any work is submitted.
         for &bytes in &memory.buffers {
-            gpu.check_buffer(bytes as u64, format_args!("one activation buffer of this graph ({})", describe_inputs(&graph)))?;
+            gpu.check_buffer(bytes, format_args!("one activation buffer of this graph ({})", describe_inputs(&graph)))?;
         }
         gpu.check_budget(memory.peak_bytes(), format_args!("the activations of this graph ({})", describe_inputs(&graph)))?;
         let buffers = memory
