@@ -335,3 +335,30 @@ fn classify_tab_opens_any_classifier_folder() {
     let err = engine.open_classifier(&root().join("assets/models/digits-vqgan")).unwrap_err();
     assert!(format!("{err:#}").contains("digits-vqgan"), "{err:#}");
 }
+
+/// Issue 14 item 3: a lost device (injected with `Device::destroy`) costs the viewer one
+/// action at most. Between actions, the next one opens a new device and reloads the models;
+/// during a job, the job ends with an error that names the loss and the next one works. The
+/// results on the new device are the same as before.
+#[test]
+fn the_engine_reopens_a_lost_device_and_carries_on() {
+    use lowbit::viewer::engine::{Engine, Recipe};
+    let mut engine = Engine::new(lowbit::Gpu::with_options(&lowbit::GpuOptions::from_env()).unwrap(), root().join("assets"));
+    let f32 = Recipe::f32();
+    let digit = root().join("assets/samples/digit-7-0.png");
+    let before = engine.classify(&f32, &digit).unwrap();
+    let generated = engine.generate(&f32, 3, 0).unwrap();
+
+    engine.gpu.device.destroy();
+    let after = engine.classify(&f32, &digit).unwrap();
+    assert_eq!((engine.recoveries, engine.gpu.is_lost()), (1, false));
+    assert_eq!(after.logits, before.logits);
+
+    let job = engine.generate_job(&f32, 3, 0).unwrap();
+    engine.gpu.device.destroy();
+    let err = format!("{:#}", lowbit::Gpu::block_on(job).unwrap_err());
+    assert!(err.contains("device was lost") && err.contains("run again"), "{err}");
+    let again = engine.generate(&f32, 3, 0).unwrap();
+    assert_eq!(engine.recoveries, 2);
+    assert_eq!((again.tokens.ids, again.image), (generated.tokens.ids, generated.image));
+}

@@ -21,6 +21,7 @@ use crate::models::prior::Prior;
 use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
 use super::label;
+use super::output::Staged;
 use super::model::weight_summary;
 use crate::models::{load_image, VisionTransformer};
 use crate::formats::WeightFormat;
@@ -228,6 +229,11 @@ fn contact_sheet(rows: &[Row]) -> RgbImage {
     hstack(&all, 16, SHEET_BG)
 }
 
+/// PNG whatever the (temporary) name's extension.
+fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
+    Ok(img.save_with_format(path, image::ImageFormat::Png)?)
+}
+
 pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let assets = assets_dir(args.assets.as_deref())?;
@@ -241,17 +247,20 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         bail!("{} is smaller than --photo-size {}", photo_path.display(), args.photo_size);
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    // Every file is staged and all are renamed into place at the end: an interrupted or
+    // failed demo leaves none of them (and no mix of this run's and an earlier run's).
+    let mut staged = Staged::new();
     let mut rows = Vec::new();
     for p in &args.precisions {
         let format = WeightFormat::parse(p)?;
         let row = run_precision(gpu, &assets, format, &args, &inputs).with_context(|| format!("precision {p}"))?;
-        row.generated.save(args.out.join(format!("generated-{}.png", row.precision)))?;
-        row.roundtrip.save(args.out.join(format!("roundtrip-{}.png", row.precision)))?;
+        staged.write(&args.out.join(format!("generated-{}.png", row.precision)), |tmp| save_png(&row.generated, tmp))?;
+        staged.write(&args.out.join(format!("roundtrip-{}.png", row.precision)), |tmp| save_png(&row.roundtrip, tmp))?;
         rows.push(row);
     }
     let sheet = contact_sheet(&rows);
     let sheet_path = args.out.join("contact-sheet.png");
-    sheet.save(&sheet_path)?;
+    staged.write(&sheet_path, |tmp| save_png(&sheet, tmp))?;
 
     let photo_hits = |r: &Row| r.photo_labels.iter().zip(&inputs.photos).filter(|(got, (_, want))| got == &want).count();
     outln!("\n{:<9} {:>10} {:>12} {:>8} {:>14} {:>10} {:>12} {:>8}", "weights", "size MB", "digits top1", "photos", "gen → class %", "Fréchet", "photo PSNR", "time s");
@@ -293,7 +302,9 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect();
     let json = serde_json::json!({ "adapter": gpu.adapter_name(), "rows": summary, "total_seconds": start.elapsed().as_secs_f64() });
-    std::fs::write(args.out.join("demo.json"), serde_json::to_string_pretty(&json)?)?;
+    let text = serde_json::to_string_pretty(&json)?;
+    staged.write(&args.out.join("demo.json"), |tmp| Ok(std::fs::write(tmp, text)?))?;
+    staged.commit()?;
     outln!("wrote {} and the images beside it; {:.1} s in all", sheet_path.display(), start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -11,6 +11,7 @@ mod demo;
 mod encode;
 mod eval;
 mod info;
+mod interrupt;
 mod label;
 mod model;
 mod quantize;
@@ -82,6 +83,7 @@ enum Command {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    interrupt::install();
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -123,6 +125,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // The viewer opens its own device (eframe's, shared with the engine).
         #[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
         Command::Viewer(args) => viewer::run(opts, args),
+    }
+}
+
+/// Runs one command line (the words after `lowbit`) on an open device, in this process: what
+/// the soak test (tests/soak.rs) repeats to check that commands leave nothing behind. The
+/// commands that open a device of their own (devices, viewer) or have none are refused.
+pub fn run_args(gpu: &Gpu, args: &[&str]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("lowbit").chain(args.iter().copied()))?;
+    match cli.command {
+        Command::Classify(args) => classify::run(gpu, args),
+        Command::Decode(args) => decode::run(gpu, args),
+        Command::Encode(args) => encode::run(gpu, args),
+        Command::Generate(args) => generate::run(gpu, args),
+        Command::Demo(args) => demo::run(gpu, args),
+        Command::Quantize(args) => quantize::run(gpu, args),
+        Command::Info(args) => info::run(gpu, args),
+        _ => anyhow::bail!("`{}` does not run in-process; run the lowbit binary", args.first().unwrap_or(&"")),
     }
 }
 

@@ -69,17 +69,26 @@ impl Staged {
     }
 
     /// Runs `write` on a temporary path in `path`'s folder, to become `path` on `commit`.
+    /// The temporary is removed if the run fails or is interrupted (`interrupt`); one left by
+    /// a killed earlier run writing the same name is removed first.
     pub fn write(&mut self, path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
-        let tmp = path.with_file_name(format!(".{}.{}.lowbit-tmp", name.to_string_lossy(), std::process::id()));
+        let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?.to_string_lossy().into_owned();
+        let tmp = path.with_file_name(format!(".{name}.{}.lowbit-tmp", std::process::id()));
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let prefix = format!(".{name}.");
+        super::interrupt::sweep_stale(folder, |f| f.strip_prefix(&prefix)?.strip_suffix(".lowbit-tmp")?.parse().ok());
+        super::interrupt::register(&tmp);
         self.files.push((tmp.clone(), path.to_path_buf()));
-        write(&tmp).with_context(|| format!("writing {}", path.display()))
+        write(&tmp).with_context(|| format!("writing {}", path.display()))?;
+        fault_write_delay();
+        Ok(())
     }
 
     /// Renames every staged file into place.
     pub fn commit(mut self) -> anyhow::Result<()> {
         while let Some((tmp, path)) = self.files.first().cloned() {
             std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            super::interrupt::forget(&tmp);
             self.files.remove(0);
         }
         Ok(())
@@ -90,7 +99,16 @@ impl Drop for Staged {
     fn drop(&mut self) {
         for (tmp, _) in &self.files {
             let _ = std::fs::remove_file(tmp);
+            super::interrupt::forget(tmp);
         }
+    }
+}
+
+/// Fault injection for the interruption tests (`LOWBIT_FAULT_WRITE_DELAY_MS=N`): a pause after
+/// each staged file, so a test can interrupt a run while its outputs are half written.
+fn fault_write_delay() {
+    if let Some(ms) = std::env::var("LOWBIT_FAULT_WRITE_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 

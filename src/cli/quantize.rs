@@ -45,7 +45,17 @@ pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
     let sensitivity = crate::quant::mixed::Sensitivity::parse(&args.sensitivity)?;
     let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed, sensitivity };
     let start = std::time::Instant::now();
-    let report = quantize(gpu, &args.model, &opts, &args.out).with_context(|| format!("quantizing {}", args.model.display()))?;
+    // `quantize` writes a temporary folder `.NAME.tmp-PID` beside --out and renames it at the
+    // end: registered so that Ctrl-C removes it, and those of killed runs are swept first.
+    let name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let prefix = format!(".{name}.tmp-");
+    super::interrupt::sweep_stale(parent, |f| f.strip_prefix(&prefix)?.parse().ok());
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
+    super::interrupt::register(&tmp);
+    let report = quantize(gpu, &args.model, &opts, &args.out).with_context(|| format!("quantizing {}", args.model.display()));
+    super::interrupt::forget(&tmp);
+    let report = report?;
     if let Some(a) = &report.mixed {
         outln!("mixed precision, budget {} bytes of matrices:", a.budget_bytes);
         let measured = match sensitivity {

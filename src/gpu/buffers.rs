@@ -7,8 +7,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use wgpu::util::DeviceExt;
-
 use super::Gpu;
 use crate::{Error, Result};
 
@@ -44,10 +42,11 @@ impl Tensor {
 
     /// A zero-filled tensor.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
         check_shape(shape)?;
-        let size = padded_size((numel * dtype.size()) as u64);
-        gpu.check_binding(size, "tensor")?;
+        // Checked: a shape from a huge batch or image must be refused, not overflow.
+        let bytes = shape.iter().try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d as u64)).unwrap_or(u64::MAX);
+        let size = padded_size(bytes);
+        gpu.check_buffer(size, format_args!("a {dtype:?} tensor of shape {shape:?}"))?;
         let buffer = gpu.scoped(|| {
             gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("tensor"),
@@ -155,7 +154,7 @@ impl Gpu {
     /// (`Gpu::split_rows`).
     pub fn upload(&self, bytes: &[u8], label: &str) -> Result<wgpu::Buffer> {
         let size = padded_size(bytes.len() as u64);
-        self.check_binding(size, label)?;
+        self.check_buffer(size, label)?;
         let mut padded;
         let contents = if size as usize != bytes.len() {
             padded = bytes.to_vec();
@@ -164,29 +163,28 @@ impl Gpu {
         } else {
             bytes
         };
-        self.scoped(|| {
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: STORAGE_USAGE,
-            })
-        })
+        self.buffer_init(label, contents, STORAGE_USAGE)
+    }
+
+    /// A buffer created holding `contents` (`DeviceExt::create_buffer_init` without its
+    /// panic): on a lost device wgpu's helper `expect`s the mapping it cannot get, so the
+    /// mapping's failure is an `Error::DeviceLost` here instead.
+    pub fn buffer_init(&self, label: &str, contents: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        self.check_lost()?;
+        let buffer = self.scoped(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: padded_size(contents.len() as u64), usage, mapped_at_creation: true })
+        })?;
+        let mut view = buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| self.lost_or_uncaptured(Error::DeviceLost(format!("{label}: mapping a new buffer failed: {e}"))))?;
+        view.slice(..contents.len()).copy_from_slice(contents);
+        drop(view);
+        buffer.unmap();
+        Ok(buffer)
     }
 
     pub fn upload_u32(&self, words: &[u32], label: &str) -> Result<wgpu::Buffer> {
         self.upload(bytemuck::cast_slice(words), label)
-    }
-
-    pub(crate) fn check_binding(&self, size: u64, label: &str) -> Result<()> {
-        if size > self.max_binding_size() {
-            return Err(Error::Invalid(format!(
-                "{label}: {} is more than this GPU binds in one buffer (its binding limit is {}); \
-                 use smaller images or fewer at once",
-                human_bytes(size),
-                human_bytes(self.max_binding_size())
-            )));
-        }
-        Ok(())
     }
 
     /// Copies `len` bytes from the start of `buffer` back to the CPU (blocking; in the browser
@@ -247,7 +245,10 @@ impl Gpu {
 
     /// A failed mapping usually follows an earlier error: report that one when there is one.
     fn lost_or_uncaptured(&self, e: Error) -> Error {
-        self.check_lost().and_then(|()| self.check_uncaptured()).err().unwrap_or(e)
+        match self.check_uncaptured() {
+            Err(earlier) => earlier,
+            Ok(()) => self.lost_or(e),
+        }
     }
 }
 
@@ -289,15 +290,5 @@ impl<T> Future for OneShot<T> {
                 Poll::Pending
             }
         }
-    }
-}
-
-/// `n` bytes as B, KiB, MiB or GiB, whichever reads best.
-fn human_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
     }
 }

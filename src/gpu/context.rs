@@ -5,6 +5,7 @@
 //! callback records the reason, so callers get a `Result` instead of a crash.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::pipelines::PipelineCache;
@@ -79,6 +80,13 @@ pub struct GpuOptions {
     pub max_binding_size: Option<u64>,
     /// The launch-table row to use (`Auto`: the adapter's own class).
     pub plan: KernelPlan,
+    /// The most bytes one planned graph may allocate (`LOWBIT_MEMORY_BUDGET`, e.g. `2GiB`).
+    /// Unset: on a CPU adapter (lavapipe), whose "GPU memory" is the process's RAM, the RAM
+    /// available when the device opened; on a GPU, no budget beyond the adapter's limits.
+    pub memory_budget: Option<u64>,
+    /// Fault injection for tests (`LOWBIT_FAULT_LOSE_DEVICE_AFTER=N`): the device is destroyed
+    /// just before submission N+1, as a driver reset would lose it mid-run.
+    pub lose_device_after: Option<u64>,
 }
 
 impl GpuOptions {
@@ -93,6 +101,13 @@ impl GpuOptions {
                 Err(e) => crate::warn!("LOWBIT_PLAN: {e}"),
             }
         }
+        if let Ok(budget) = std::env::var("LOWBIT_MEMORY_BUDGET") {
+            match super::memory::parse_bytes(&budget) {
+                Some(b) => o.memory_budget = Some(b),
+                None => crate::warn!("LOWBIT_MEMORY_BUDGET: `{budget}` is not a size (e.g. 512MiB, 2GiB)"),
+            }
+        }
+        o.lose_device_after = std::env::var("LOWBIT_FAULT_LOSE_DEVICE_AFTER").ok().and_then(|n| n.trim().parse().ok());
         if let Ok(list) = std::env::var("LOWBIT_DISABLE") {
             // Unknown names are ignored here (the environment may serve other versions);
             // `--disable` rejects them.
@@ -153,6 +168,11 @@ pub struct Gpu {
     /// `caps.coopmat`).
     pub coopmat_shapes: Vec<wgpu::CooperativeMatrixProperties>,
     max_binding: u64,
+    /// See `GpuOptions::memory_budget` (resolved: `None` means no budget).
+    memory_budget: Option<u64>,
+    /// Submissions so far, and the count after which the device is destroyed (fault injection).
+    submissions: AtomicU64,
+    lose_after: Option<u64>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
@@ -285,7 +305,7 @@ impl Gpu {
         let lost = Arc::new(Mutex::new(None));
         let lost2 = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            *lost2.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+            *lost2.lock().unwrap() = Some(lost_message(reason, &msg));
         });
         let uncaptured = Arc::new(Mutex::new(None));
         let uncaptured2 = uncaptured.clone();
@@ -334,6 +354,9 @@ impl Gpu {
             adapter_class,
             coopmat_shapes,
             max_binding,
+            memory_budget: opts.memory_budget.or_else(|| (adapter_class == AdapterClass::Cpu).then(super::memory::available_ram).flatten()),
+            submissions: AtomicU64::new(0),
+            lose_after: opts.lose_device_after,
             lost,
             uncaptured,
             pipelines: PipelineCache::default(),
@@ -370,6 +393,10 @@ impl Gpu {
 
     /// Submits the recorded work and reports any error it raised.
     pub fn submit(&self, enc: Encoder) -> Result<wgpu::SubmissionIndex> {
+        let n = self.submissions.fetch_add(1, Ordering::Relaxed);
+        if self.lose_after.is_some_and(|after| n >= after) {
+            self.lose_device("LOWBIT_FAULT_LOSE_DEVICE_AFTER");
+        }
         self.check_lost()?;
         let index = self.scoped(|| self.queue.submit([enc.finish()]))?;
         self.check_lost()?;
@@ -419,10 +446,44 @@ impl Gpu {
 
     /// The first error no scope caught since the last check, if any.
     pub(crate) fn check_uncaptured(&self) -> Result<()> {
-        match self.uncaptured.lock().unwrap().take() {
+        // Taken first: `lost_or` polls the device, whose handlers lock these slots.
+        let taken = self.uncaptured.lock().unwrap().take();
+        match taken {
             Some(e) => Err(self.lost_or(e)),
             None => Ok(()),
         }
+    }
+
+    /// Command buffers submitted so far (tests check that refused work submitted nothing).
+    pub fn submissions(&self) -> u64 {
+        self.submissions.load(Ordering::Relaxed)
+    }
+
+    /// Whether the device is lost: nothing more can run on it, a new `Gpu` is needed (the
+    /// viewer's engine opens one, see `Engine::recover`).
+    pub fn is_lost(&self) -> bool {
+        if self.lost.lock().unwrap().is_none() {
+            // A destroyed device's callback runs at the next poll that finds the queue idle.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        self.lost.lock().unwrap().is_some()
+    }
+
+    /// Destroys the device as a driver reset would (tests and fault injection): every later
+    /// call fails with `Error::DeviceLost` naming `why`.
+    pub fn lose_device(&self, why: &str) {
+        self.device.destroy();
+        // The callback may only run at the next poll: record the loss now, so the very next
+        // check reports it whatever the backend's timing.
+        let mut lost = self.lost.lock().unwrap();
+        if lost.is_none() {
+            *lost = Some(format!("destroyed on purpose ({why}); run again without it"));
+        }
+    }
+
+    /// The memory budget one planned graph must fit (see `GpuOptions::memory_budget`).
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.memory_budget
     }
 
     pub(crate) fn check_lost(&self) -> Result<()> {
@@ -433,8 +494,16 @@ impl Gpu {
     }
 
     /// A lost device makes every later call fail with a confusing message; report the loss instead.
-    fn lost_or(&self, e: Error) -> Error {
-        match self.lost.lock().unwrap().clone() {
+    pub(crate) fn lost_or(&self, e: Error) -> Error {
+        if self.lost.lock().unwrap().is_none() {
+            // After `Device::destroy` wgpu calls the device-lost callback only from a poll that
+            // finds the queue idle; until then calls fail with validation errors about the
+            // dead objects. One bounded wait lets the callback run, so the error names the
+            // loss (this is the error path only; a real driver loss calls it at once).
+            let _ = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(2)) });
+        }
+        let lost = self.lost.lock().unwrap().clone();
+        match lost {
             Some(msg) => Error::DeviceLost(msg),
             None => e,
         }
@@ -447,6 +516,16 @@ fn instance() -> wgpu::Instance {
     // Validation layers are slow and noisy; wgpu's own validation still runs.
     desc.flags.remove(wgpu::InstanceFlags::VALIDATION);
     wgpu::Instance::new(desc)
+}
+
+/// What a lost device means for the user, from wgpu's reason and the driver's message.
+fn lost_message(reason: wgpu::DeviceLostReason, msg: &str) -> String {
+    let why = match reason {
+        wgpu::DeviceLostReason::Destroyed => "it was destroyed (Device::destroy)",
+        wgpu::DeviceLostReason::Unknown => "the driver gave it up (a GPU reset, a driver crash or a removed GPU)",
+    };
+    let detail = if msg.trim().is_empty() { String::new() } else { format!(" ({})", msg.trim()) };
+    format!("{why}{detail}; nothing more can run on it: run again (the viewer opens a new device by itself)")
 }
 
 fn convert_error(e: wgpu::Error) -> Error {

@@ -3,6 +3,7 @@
 mod buffers;
 mod context;
 pub mod contract;
+pub mod memory;
 mod pipelines;
 mod preprocess;
 pub mod timing;

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
 
 use super::contract::Contract;
 use super::{preprocess_file, Encoder, Gpu, Preprocessed};
@@ -197,11 +196,7 @@ impl Gpu {
             // Uniform blocks are sized in 16-byte units.
             let mut bytes = params.to_vec();
             bytes.resize(params.len().div_ceil(16) * 16, 0);
-            uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            uniform = self.buffer_init("params", &bytes, wgpu::BufferUsages::UNIFORM)?;
             entries.push(wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() });
             1
         };

@@ -18,6 +18,16 @@ pub struct Plan {
     bind_groups: Arc<Mutex<BindGroupCache>>,
 }
 
+/// A graph's input shapes, which tell the user what made it large (`inputs [100000, 3, 224, 224]`).
+fn describe_inputs(g: &Graph) -> String {
+    let shapes: Vec<String> = g.inputs.iter().map(|v| format!("{:?}", g.values[v.0].shape)).collect();
+    if shapes.is_empty() {
+        "no inputs".into()
+    } else {
+        format!("inputs {}", shapes.join(", "))
+    }
+}
+
 /// GPU time of one node in a profiled run.
 #[derive(Clone, Debug)]
 pub struct NodeTime {
@@ -44,6 +54,12 @@ impl Plan {
         if memory.assignment.len() != graph.storages.len() || !memory.assignment.iter().enumerate().all(fits) {
             invalid!("memory plan does not fit the graph");
         }
+        // Every buffer and their total are checked before the first is created, so a graph
+        // too large for this GPU (a huge batch or image) fails before any work is submitted.
+        for &bytes in &memory.buffers {
+            gpu.check_buffer(bytes, format_args!("one activation buffer of this graph ({})", describe_inputs(&graph)))?;
+        }
+        gpu.check_budget(memory.peak_bytes(), format_args!("the activations of this graph ({})", describe_inputs(&graph)))?;
         let buffers = memory
             .buffers
             .iter()

@@ -140,6 +140,8 @@ pub struct ViewerApp {
     pub screenshot: Option<ScreenshotJob>,
     /// A file the browser's file picker delivered, taken at the next frame.
     pub picked_file: PickedFile,
+    /// The action being run again after a device loss (once: a second loss is shown).
+    retried: bool,
 }
 
 impl ViewerApp {
@@ -174,6 +176,7 @@ impl ViewerApp {
             times: None,
             screenshot,
             picked_file: Rc::default(),
+            retried: false,
         })
     }
 
@@ -296,15 +299,36 @@ impl ViewerApp {
         self.error = None;
         match self.run(action.clone()) {
             Ok(Some(job)) => self.start(ctx, action, job),
-            Ok(None) => {}
+            Ok(None) => self.retried = false,
+            Err(e) if self.retry_after_loss(&action) => crate::warn!("{e:#}"),
             Err(e) => self.error = Some(format!("{e:#}")),
         }
     }
 
+    /// After the device was lost under `action`, queues it again (once): the engine opens a
+    /// new device and reloads its models when it runs. Returns whether it did.
+    fn retry_after_loss(&mut self, action: &Action) -> bool {
+        let lost = self.engine.as_ref().is_ok_and(|e| e.gpu.is_lost());
+        if lost && !self.retried {
+            self.retried = true;
+            self.request(action.clone());
+            return true;
+        }
+        self.retried = false;
+        false
+    }
+
     /// Natively: runs the job to its end now.
     #[cfg(not(all(target_arch = "wasm32", feature = "web")))]
-    fn start(&mut self, ctx: &egui::Context, _action: Action, job: Job) {
+    fn start(&mut self, ctx: &egui::Context, action: Action, job: Job) {
         let result = crate::Gpu::block_on(job);
+        if let Err(e) = &result {
+            if self.retry_after_loss(&action) {
+                crate::warn!("{e:#}");
+                return;
+            }
+        }
+        self.retried = false;
         self.finish(ctx, result);
     }
 
@@ -434,7 +458,11 @@ impl ViewerApp {
                     self.error = None;
                 }
             } else if let Ok(engine) = &self.engine {
-                ui.label(format!("ready on {} ({:?})", engine.gpu.adapter_name(), engine.gpu.class));
+                let reopened = match engine.recoveries {
+                    0 => String::new(),
+                    n => format!(", device reopened {n}× after a loss"),
+                };
+                ui.label(format!("ready on {} ({:?}){reopened}", engine.gpu.adapter_name(), engine.gpu.class));
             }
         });
     }

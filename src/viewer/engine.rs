@@ -18,6 +18,8 @@ use anyhow::{bail, Context};
 use image::{Rgb, RgbImage};
 
 use super::rollout::{class_token_rollout, layer_attention};
+
+mod recovery;
 use crate::gpu::Tensor;
 use crate::graph::{NodeTime, Plan};
 use crate::models::images::{rgb_to_signed_chw, signed_chw_to_rgb};
@@ -162,11 +164,24 @@ pub struct Engine {
     /// A classifier folder opened in the Classify tab (any timm family lowbit loads, run as
     /// stored): used instead of digits-vit until closed.
     classifier: Option<(PathBuf, Arc<Classifier>)>,
+    /// How a replacement device is opened after a loss (see `recovery`).
+    pub gpu_options: crate::GpuOptions,
+    /// Devices opened to replace lost ones so far.
+    pub recoveries: u32,
 }
 
 impl Engine {
     pub fn new(gpu: Gpu, assets: PathBuf) -> Engine {
-        Engine { gpu: Arc::new(gpu), assets, fetched: HashMap::new(), models: HashMap::new(), summaries: HashMap::new(), classifier: None }
+        Engine {
+            gpu: Arc::new(gpu),
+            assets,
+            fetched: HashMap::new(),
+            models: HashMap::new(),
+            summaries: HashMap::new(),
+            classifier: None,
+            gpu_options: crate::GpuOptions::from_env(),
+            recoveries: 0,
+        }
     }
 
     /// Makes `bytes` the content of `relative` (a path under `assets`, e.g. one of
@@ -365,6 +380,7 @@ impl Engine {
     /// `generate` as a future that owns what it uses: the models are loaded now, the
     /// sampling and decoding happen when it is awaited.
     pub fn generate_job(&mut self, recipe: &Recipe, class: usize, seed: u64) -> anyhow::Result<impl Future<Output = anyhow::Result<Decoded>> + 'static> {
+        self.recover()?;
         let (_, set) = self.load(recipe, &[ModelName::DigitsPrior, ModelName::DigitsVqgan])?;
         let (prior, decoder, gpu) = (set.prior.clone().unwrap(), set.digits.clone().unwrap(), self.gpu.clone());
         Ok(async move {
@@ -382,6 +398,7 @@ impl Engine {
 
     /// `decode_digits` as a future that owns what it uses (see `generate_job`).
     pub fn decode_job(&mut self, recipe: &Recipe, tokens: &TokenGrid) -> anyhow::Result<impl Future<Output = anyhow::Result<Decoded>> + 'static> {
+        self.recover()?;
         let (_, set) = self.load(recipe, &[ModelName::DigitsVqgan])?;
         let (decoder, gpu, tokens) = (set.digits.clone().unwrap(), self.gpu.clone(), tokens.clone());
         Ok(async move {
@@ -428,6 +445,7 @@ impl Engine {
     /// cropped and uploaded and the encoder planned now; encoding, reading the tokens back,
     /// decoding and reading the image back come later.
     pub fn roundtrip_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<RoundTrip>> + 'static> {
+        self.recover()?;
         let photo = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
         let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.clone().unwrap());
@@ -453,6 +471,7 @@ impl Engine {
     /// Opens a classifier folder (model.safetensors + config.json: a ViT of any timm family,
     /// or a Swin) for the Classify tab; returns its one-line description.
     pub fn open_classifier(&mut self, dir: &Path) -> anyhow::Result<String> {
+        self.recover()?;
         if cfg!(target_arch = "wasm32") {
             bail!("opening a model folder needs the file system: use the desktop viewer");
         }
@@ -475,6 +494,7 @@ impl Engine {
     /// `classify` as a future that owns what it uses (see `generate_job`): the image is read,
     /// the model loaded and the graph planned now; running it and the readbacks come later.
     pub fn classify_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<Pin<Box<dyn Future<Output = anyhow::Result<Classified>>>>> {
+        self.recover()?;
         let img = self.read_image(path)?;
         if let Some((_, model)) = &self.classifier {
             // An opened folder: its logits, shown without a rollout (a Swin has no class token).
@@ -546,6 +566,7 @@ impl Engine {
 
     /// The plan of model `m` with an input set: zeros for digits-vit, `tokens` for a decoder.
     fn profile_plan(&mut self, recipe: &Recipe, m: ModelName, tokens: Option<&TokenGrid>) -> anyhow::Result<Plan> {
+        self.recover()?;
         let (gpu, set) = self.load(recipe, &[m])?;
         let plan = match m {
             ModelName::DigitsVit => {
