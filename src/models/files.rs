@@ -80,8 +80,13 @@ fn check_pixels(path: &Path, w: u32, h: u32) -> Result<()> {
 /// than `MAX_IMAGE_PIXELS` before decoding a single pixel.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
     let bytes = read_limited(path, "image", MAX_IMAGE_BYTES)?;
+    decode_image(&bytes, path)
+}
+
+/// `load_image` on bytes already read (what the image fuzz target drives); `path` names them.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let err = |e: image::ImageError| Error::Invalid(format!("image {}: {e}", path.display()));
-    let reader = || image::ImageReader::new(std::io::Cursor::new(&bytes[..])).with_guessed_format().map_err(|e| Error::Invalid(format!("image {}: {e}", path.display())));
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::Invalid(format!("image {}: {e}", path.display())));
     let (w, h) = reader()?.into_dimensions().map_err(err)?;
     check_pixels(path, w, h)?;
     let mut reader = reader()?;
