@@ -70,10 +70,15 @@ pub struct Record {
 impl Record {
     /// Parses the text of `quantization.json`; `source` names it in errors. Every checksum
     /// must name a plain file beside it (no folders: the record says nothing about files
-    /// elsewhere) and be 64 lowercase hex digits.
+    /// elsewhere) and be 64 lowercase hex digits. A record with checksums must be exactly the
+    /// text `record_json` writes (unless `--no-verify`): it cannot hash itself, so this is what
+    /// protects it (even a space turned tab is refused: "any changed byte is an error").
     pub fn parse(text: &str, source: &str) -> Result<Record> {
         let mut description: Value = serde_json::from_str(text)
             .map_err(|e| Error::Invalid(format!("{source}: not valid JSON ({e}); delete it or quantize the model again")))?;
+        if description.get(CHECKSUMS_KEY).is_some() && verify_enabled() && pretty(&description)? != text {
+            invalid!("{source}: not the text lowbit wrote (it was edited or corrupted after quantization): restore it or quantize the model again (--no-verify skips this check)");
+        }
         let Some(object) = description.as_object_mut() else { invalid!("{source}: not a JSON object; delete it or quantize the model again") };
         let mut checksums = BTreeMap::new();
         match object.remove(CHECKSUMS_KEY) {
@@ -151,7 +156,12 @@ pub fn record_json(description: &impl serde::Serialize, dir: &Path, files: &[&st
         sums.insert(file.to_string(), Value::String(sha256_file(&dir.join(file))?));
     }
     object.insert(CHECKSUMS_KEY.to_string(), Value::Object(sums));
-    Ok(serde_json::to_string_pretty(&value).map_err(|e| Error::Invalid(e.to_string()))? + "\n")
+    pretty(&value)
+}
+
+/// The one layout of a record: serde_json's pretty printing and a final newline.
+fn pretty(value: &Value) -> Result<String> {
+    Ok(serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))? + "\n")
 }
 
 #[cfg(test)]
@@ -166,8 +176,9 @@ mod tests {
 
     #[test]
     fn records_refuse_bad_checksums_and_paths() {
-        let ok = format!(r#"{{"tensors": {{}}, "checksums": {{"model.safetensors": "{}"}}}}"#, "a".repeat(64));
+        let ok = pretty(&serde_json::json!({"tensors": {}, "checksums": {"model.safetensors": "a".repeat(64)}})).unwrap();
         let r = Record::parse(&ok, "q.json").unwrap();
+        assert!(Record::parse(&ok.replace("  ", "\t"), "q.json").is_err());
         assert_eq!(r.description, serde_json::json!({"tensors": {}}));
         assert_eq!(r.checksums.len(), 1);
         for bad in [

@@ -48,8 +48,10 @@ impl Weights {
         let Some(record) = Self::record_beside(path)? else { return Self::from_bytes(&bytes, &source) };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let w = record.verify(dir, (&name, &bytes), || Self::from_bytes(&bytes, &source))?;
+        // Warnings about the weights only once the file is known to be the one lowbit wrote.
+        let (w, absurd) = record.verify(dir, (&name, &bytes), || Self::parse(&bytes, &source))?;
         w.check_description_copy(path, &record)?;
+        warn_absurd(&source, absurd);
         Ok(w)
     }
 
@@ -81,6 +83,13 @@ impl Weights {
 
     /// Parses safetensors bytes; f32, f16 and bf16 tensors are widened to f32.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
+        let (w, absurd) = Self::parse(bytes, source)?;
+        warn_absurd(source, absurd);
+        Ok(w)
+    }
+
+    /// `from_bytes` and the tensors holding absurd values, (name, index, value) of the first.
+    fn parse(bytes: &[u8], source: &str) -> Result<(Weights, Vec<(String, usize, f32)>)> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::Invalid(format!("checkpoint {source}: not a valid safetensors file (truncated or corrupt?): {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Invalid(format!("checkpoint {source}: {e}")))?;
@@ -116,8 +125,7 @@ impl Weights {
         }
         let w = Weights { source: source.to_string(), tensors, words, metadata };
         super::packed::validate(&w)?;
-        warn_absurd(source, absurd);
-        Ok(w)
+        Ok((w, absurd))
     }
 
     pub fn contains(&self, key: &str) -> bool {
