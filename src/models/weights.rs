@@ -88,8 +88,8 @@ impl Weights {
         Ok(w)
     }
 
-    /// `from_bytes` and the tensors holding absurd values, (name, index, value) of the first.
-    fn parse(bytes: &[u8], source: &str) -> Result<(Weights, Vec<(String, usize, f32)>)> {
+    /// `from_bytes` and the tensors holding absurd values.
+    fn parse(bytes: &[u8], source: &str) -> Result<(Weights, Vec<Absurd>)> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::Invalid(format!("checkpoint {source}: not a valid safetensors file (truncated or corrupt?): {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Invalid(format!("checkpoint {source}: {e}")))?;
@@ -173,12 +173,15 @@ impl Weights {
     }
 }
 
+/// A tensor holding a value over `ABSURD`: (name, index, value) of its first.
+type Absurd = (String, usize, f32);
+
 /// Larger than any weight training produces: behind LayerNorms and softmaxes, values this
 /// large are flipped exponent bits (a corrupt file), not a model. Finite, so only a warning.
 const ABSURD: f32 = 1e6;
 
 /// One warning per checkpoint for its tensors holding values over `ABSURD`, naming the first.
-fn warn_absurd(source: &str, mut absurd: Vec<(String, usize, f32)>) {
+fn warn_absurd(source: &str, mut absurd: Vec<Absurd>) {
     absurd.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some((name, i, v)) = absurd.first() {
         let more = match absurd.len() - 1 {
