@@ -179,6 +179,9 @@ mod tests {
         let ok = pretty(&serde_json::json!({"tensors": {}, "checksums": {"model.safetensors": "a".repeat(64)}})).unwrap();
         let r = Record::parse(&ok, "q.json").unwrap();
         assert!(Record::parse(&ok.replace("  ", "\t"), "q.json").is_err());
+        // Floats as the quantizer records them (f32 widened, SQNRs) re-print to the same text.
+        let floats = serde_json::json!({"a": 0.1f32, "b": 12.345678901234567, "c": 1.2345678e-7f32, "checksums": {}});
+        Record::parse(&pretty(&floats).unwrap(), "q.json").unwrap();
         assert_eq!(r.description, serde_json::json!({"tensors": {}}));
         assert_eq!(r.checksums.len(), 1);
         for bad in [
