@@ -413,3 +413,13 @@ fn messages_speak_in_the_users_terms() {
     let err = fails(&["generate", "--prior", s(&bad), "--class", "0", "--out", s(&dir.join("g"))], &["n_head"]);
     assert!(err.matches("invalid input").count() <= 1 && !err.contains("Config {"), "{err}");
 }
+
+// Issue 14: what fuzzing the parsers (fuzz/, docs/RELIABILITY.md) found, each now an error.
+#[test]
+fn fuzz_findings_are_clear_errors() {
+    let dir = scratch("fuzz");
+    let m = PackedMatrix::quantize(&(0..64).map(|i| i as f32 / 64.0).collect::<Vec<_>>(), 2, 32, WeightFormat::parse("q4g32").unwrap()).unwrap();
+    // A description shape whose element count overflows: its words cannot exist.
+    let huge = load_packed(&dir, &m, |d| d.tensors.get_mut("w").unwrap().shape = vec![2, 1 << 62, 8], &[]).unwrap_err().to_string();
+    assert!(huge.contains("too large"), "{huge}");
+}

@@ -1,11 +1,11 @@
 //! `lowbit info PATH`: architecture, parameters, bytes per weight format, planned peak GPU memory;
 //! `lowbit info --architectures`: the timm architectures lowbit knows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::model::{weight_summary, Runnable};
 use crate::graph::plan;
-use crate::models::{detect, ModelKind};
+use crate::models::{checksums, detect, ModelKind};
 use crate::formats::WeightFormat;
 use crate::Gpu;
 
@@ -33,6 +33,7 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
     let summary = weight_summary(path)?;
     let kind = detect(path)?;
     outln!("model: {} ({})", path.display(), kind.name());
+    print_checksums(path)?;
     let model = if kind == ModelKind::Prior { None } else { Some(Runnable::load(gpu, path, WeightFormat::F32)?) };
     if let Some(m) = &model {
         outln!("architecture: {}", m.describe());
@@ -60,6 +61,36 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
             memory.buffers.len(),
             unplanned as f64 / 1e6
         );
+    }
+    Ok(())
+}
+
+/// The SHA-256 of the checkpoint and of each file `quantization.json` records one for, in
+/// `sha256sum`'s layout, each with what it was checked against: for an upstream checkpoint,
+/// nothing here, so the user can compare it with the hash the model hub lists.
+fn print_checksums(path: &Path) -> anyhow::Result<()> {
+    let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+    let dir = weights.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let record_path = dir.join(checksums::RECORD_FILE);
+    let has_record = record_path.is_file();
+    let recorded = if has_record {
+        checksums::Record::parse(&crate::models::files::read_text(&record_path, "quantization description")?, &record_path.display().to_string())?.checksums
+    } else {
+        Default::default()
+    };
+    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut files = vec![name.clone()];
+    files.extend(recorded.keys().filter(|f| **f != name).cloned());
+    outln!("SHA-256:");
+    for file in files {
+        let got = checksums::sha256_file(&dir.join(&file))?;
+        let status = match recorded.get(&file) {
+            Some(want) if *want == got => format!("matches {}", checksums::RECORD_FILE),
+            Some(want) => format!("DIFFERS from the {want} recorded in {}", checksums::RECORD_FILE),
+            None if has_record => format!("no checksum in {}: a lowbit from before checksums wrote it", checksums::RECORD_FILE),
+            None => "no checksum recorded: compare it with the one the model's hub lists".to_string(),
+        };
+        outln!("  {got}  {file}  ({status})");
     }
     Ok(())
 }

@@ -43,6 +43,10 @@ struct Cli {
     /// Also print each step's time (calibration, quantization, encode/decode) on stderr.
     #[arg(long, global = true)]
     verbose: bool,
+    /// Load folders written by `lowbit quantize` without checking their files against the
+    /// SHA-256 checksums in quantization.json.
+    #[arg(long, global = true)]
+    no_verify: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (_, true) => crate::log::Verbosity::Verbose,
         _ => crate::log::Verbosity::Normal,
     });
+    crate::models::checksums::set_verify(!cli.no_verify);
     let mut opts = GpuOptions::from_env();
     if cli.adapter.is_some() {
         opts.adapter = cli.adapter.clone();

@@ -83,7 +83,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     decode_image(&bytes, path)
 }
 
-/// An image file's bytes (PNG or JPEG, e.g. a file dropped on the viewer) decoded to RGB, with
+/// An image file's bytes (PNG or JPEG, a file dropped on the viewer; what the image fuzz target drives) decoded to RGB, with
 /// the same limits as `load_image`; `path` names it in errors.
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if bytes.len() as u64 > MAX_IMAGE_BYTES {

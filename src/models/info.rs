@@ -40,7 +40,7 @@ pub fn detect(path: &Path) -> Result<ModelKind> {
     if !json.is_file() {
         invalid!("model {}: neither config.json (timm ViT, prior) nor config.yaml (taming VQGAN) found", path.display());
     }
-    let text = std::fs::read_to_string(&json).map_err(|e| Error::Invalid(format!("{}: {e}", json.display())))?;
+    let text = super::files::read_text(&json, "config")?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", json.display())))?;
     Ok(match v.get("architecture").and_then(|a| a.as_str()) {
         Some("taming_mingpt") => ModelKind::Prior,

@@ -6,6 +6,7 @@
 //! transform (`preprocess`, `images`).
 
 pub mod block_quant;
+pub mod checksums;
 pub mod classifier;
 pub mod files;
 pub mod images;

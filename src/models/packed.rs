@@ -103,14 +103,17 @@ pub fn stored_format(w: &Weights, key: &str) -> Result<Option<WeightFormat>> {
 }
 
 /// Words of a matrix of checkpoint shape `shape` packed in `format`: (rows, cols, words per
-/// row, groups per row, scale words, zero-point words).
-fn layout(format: WeightFormat, shape: &[usize]) -> (usize, usize, usize, usize, usize, usize) {
-    let (rows, cols) = (shape.first().copied().unwrap_or(0), shape.iter().skip(1).product::<usize>());
+/// row, groups per row, scale words, zero-point words); None when its element count does not
+/// fit a usize (a description's shape is outside data), which bounds every product here.
+fn layout(format: WeightFormat, shape: &[usize]) -> Option<(usize, usize, usize, usize, usize, usize)> {
+    let rows = shape.first().copied().unwrap_or(0);
+    let cols = shape.iter().skip(1).try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    rows.checked_mul(cols)?;
     let row_words = cols.div_ceil(format.per_word());
     let gs = format.group_size(cols);
     let groups = if gs == 0 { 0 } else { cols.div_ceil(gs) };
     let zero_words = if matches!(format, WeightFormat::Q4 { zero_point: true, .. }) { (rows * groups).div_ceil(8) } else { 0 };
-    (rows, cols, row_words, groups, (rows * groups).div_ceil(2), zero_words)
+    Some((rows, cols, row_words, groups, (rows * groups).div_ceil(2), zero_words))
 }
 
 /// Checks the description against the packed tensors when a checkpoint is loaded: every
@@ -134,7 +137,9 @@ pub fn validate(w: &Weights) -> Result<()> {
         if t.shape.len() < 2 || t.shape.contains(&0) {
             invalid!("checkpoint {src}: the `{METADATA_KEY}` description gives {key} the shape {:?}; a packed matrix has two or more non-zero dimensions", t.shape);
         }
-        let (rows, _, row_words, _, scale_words, zero_words) = layout(format, &t.shape);
+        let Some((rows, _, row_words, _, scale_words, zero_words)) = layout(format, &t.shape) else {
+            invalid!("checkpoint {src}: the `{METADATA_KEY}` description gives {key} the shape {:?}, too large to exist", t.shape);
+        };
         expected.insert(key.clone(), vec![rows, row_words]);
         if scale_words > 0 {
             expected.insert(format!("{key}.scales"), vec![scale_words]);
@@ -174,7 +179,9 @@ pub fn read(w: &Weights, key: &str, shape: &[usize]) -> Result<PackedMatrix> {
         invalid!("checkpoint {}: packed {key} has shape {:?}, expected {shape:?}", w.source, t.shape);
     }
     let format = WeightFormat::parse(&t.format)?;
-    let (rows, cols, row_words, groups, _, zero_words) = layout(format, shape);
+    let Some((rows, cols, row_words, groups, _, zero_words)) = layout(format, shape) else {
+        invalid!("checkpoint {}: packed {key} has the shape {shape:?}, too large to exist", w.source);
+    };
     let part = |name: &str, len: usize| -> Result<Vec<u32>> {
         if len == 0 {
             return Ok(Vec::new());

@@ -99,7 +99,7 @@ const BARE: [(&str, Family, &str); 4] = [
 
 impl HubConfig {
     pub fn load(path: &Path) -> Result<HubConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
+        let text = crate::models::files::read_text(path, "config")?;
         Self::from_json(&text).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))
     }
 

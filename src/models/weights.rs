@@ -40,29 +40,42 @@ impl Weights {
         Ok(Norm { weight: up("weight")?, bias: up("bias")? })
     }
 
+    /// Reads a checkpoint; in a folder lowbit wrote, also checks it (and the files beside it)
+    /// against the SHA-256 checksums and the description copy in `quantization.json`.
     pub fn load(path: &Path) -> Result<Weights> {
         let bytes = super::files::read_limited(path, "checkpoint", super::files::MAX_CHECKPOINT_BYTES)?;
-        let w = Self::from_bytes(&bytes, &path.display().to_string())?;
-        w.check_description_copy(path)?;
+        let source = path.display().to_string();
+        let Some(record) = Self::record_beside(path)? else { return Self::from_bytes(&bytes, &source) };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        // Warnings about the weights only once the file is known to be the one lowbit wrote.
+        let (w, absurd) = record.verify(dir, (&name, &bytes), || Self::parse(&bytes, &source))?;
+        w.check_description_copy(path, &record)?;
+        warn_absurd(&source, absurd);
         Ok(w)
+    }
+
+    /// `quantization.json` beside the checkpoint `path`, if there is one.
+    fn record_beside(path: &Path) -> Result<Option<super::checksums::Record>> {
+        let copy = path.with_file_name(super::checksums::RECORD_FILE);
+        if !copy.exists() {
+            return Ok(None);
+        }
+        let text = super::files::read_text(&copy, "quantization description")?;
+        super::checksums::Record::parse(&text, &copy.display().to_string()).map(Some)
     }
 
     /// `lowbit quantize` writes `quantization.json` beside the checkpoint as a readable copy of
     /// the description in its header, which is what the engine runs: a copy that says
     /// something else (edited, or from another model) is an error rather than ignored.
-    fn check_description_copy(&self, path: &Path) -> Result<()> {
-        let copy = path.with_file_name("quantization.json");
-        if !copy.exists() {
-            return Ok(());
-        }
+    fn check_description_copy(&self, path: &Path, record: &super::checksums::Record) -> Result<()> {
+        let copy = path.with_file_name(super::checksums::RECORD_FILE);
         let name = copy.display();
-        let text = super::files::read_text(&copy, "quantization description")?;
-        let copied: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{name}: not valid JSON ({e}); delete it or quantize the model again")))?;
         let Some(header) = self.metadata.get(super::packed::METADATA_KEY) else {
             invalid!("{name} describes a quantized model, but {} has no quantization description: they are from different models", self.source);
         };
         let header: serde_json::Value = serde_json::from_str(header).map_err(|e| Error::Invalid(format!("checkpoint {}: bad `quantization` metadata: {e}", self.source)))?;
-        if copied != header {
+        if record.description != header {
             invalid!("{name} differs from the quantization description in {} (the one lowbit runs): restore it, delete it, or quantize the model again", self.source);
         }
         Ok(())
@@ -70,12 +83,20 @@ impl Weights {
 
     /// Parses safetensors bytes; f32, f16 and bf16 tensors are widened to f32.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
+        let (w, absurd) = Self::parse(bytes, source)?;
+        warn_absurd(source, absurd);
+        Ok(w)
+    }
+
+    /// `from_bytes` and the tensors holding absurd values.
+    fn parse(bytes: &[u8], source: &str) -> Result<(Weights, Vec<Absurd>)> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::Invalid(format!("checkpoint {source}: not a valid safetensors file (truncated or corrupt?): {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Invalid(format!("checkpoint {source}: {e}")))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
         let mut words = HashMap::new();
+        let mut absurd = Vec::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
@@ -97,11 +118,14 @@ impl Weights {
             if let Some(i) = data.iter().position(|v| !v.is_finite()) {
                 invalid!("checkpoint {source}: tensor {name} holds {} at index {i}; the file is corrupt (re-download or re-export it)", data[i]);
             }
+            if let Some(i) = data.iter().position(|v| v.abs() > ABSURD) {
+                absurd.push((name.clone(), i, data[i]));
+            }
             tensors.insert(name, WeightTensor { shape: view.shape().to_vec(), data });
         }
         let w = Weights { source: source.to_string(), tensors, words, metadata };
         super::packed::validate(&w)?;
-        Ok(w)
+        Ok((w, absurd))
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -146,6 +170,25 @@ impl Weights {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// A tensor holding a value over `ABSURD`: (name, index, value) of its first.
+type Absurd = (String, usize, f32);
+
+/// Larger than any weight training produces: behind LayerNorms and softmaxes, values this
+/// large are flipped exponent bits (a corrupt file), not a model. Finite, so only a warning.
+const ABSURD: f32 = 1e6;
+
+/// One warning per checkpoint for its tensors holding values over `ABSURD`, naming the first.
+fn warn_absurd(source: &str, mut absurd: Vec<Absurd>) {
+    absurd.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some((name, i, v)) = absurd.first() {
+        let more = match absurd.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and {n} more tensors)"),
+        };
+        crate::warn!("checkpoint {source}: tensor {name} holds {v:e} at index {i}{more}; weights over {ABSURD:e} in magnitude are far outside what training produces: the file may be corrupt");
     }
 }
 

@@ -374,8 +374,10 @@ fn write_folder(model: &Model, packed: &[(String, PackedMatrix)], floats: &[(Str
         crate::models::packed::save(&tmp.join("model.safetensors"), floats, packed, desc)?;
         let config_name = model.config_path.file_name().unwrap();
         std::fs::copy(&model.config_path, tmp.join(config_name)).map_err(|e| io(e, &model.config_path))?;
-        let text = serde_json::to_string_pretty(&crate::models::packed::with_checksums(desc, packed)).map_err(|e| Error::Invalid(e.to_string()))?;
-        std::fs::write(tmp.join("quantization.json"), text + "\n").map_err(|e| io(e, &tmp))?;
+        // The SHA-256 of each file, checked at every load (`models::checksums`).
+        let files = ["model.safetensors", &config_name.to_string_lossy()];
+        let text = crate::models::checksums::record_json(&crate::models::packed::with_checksums(desc, packed), &tmp, &files)?;
+        std::fs::write(tmp.join("quantization.json"), text).map_err(|e| io(e, &tmp))?;
         std::fs::rename(&tmp, out).map_err(|e| io(e, out))
     })();
     if result.is_err() {

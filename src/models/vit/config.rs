@@ -100,7 +100,7 @@ impl VitConfig {
     }
 
     pub fn load(path: &Path) -> Result<VitConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))?;
+        let text = crate::models::files::read_text(path, "config")?;
         Self::from_json(&text).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))
     }
 
