@@ -36,13 +36,34 @@ pub fn check_regular(path: &Path, what: &str, limit: u64) -> Result<u64> {
     Ok(meta.len())
 }
 
+/// Files at least this large are read with a progress bar.
+const PROGRESS_BYTES: u64 = 64 << 20;
+
 /// The bytes of the regular file `path`, at most `limit` of them.
 pub fn read_limited(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
     let len = check_regular(path, what, limit)?;
     let file = std::fs::File::open(path).map_err(|e| Error::Invalid(format!("{what} {}: {e}", path.display())))?;
     let mut bytes = Vec::with_capacity(len as usize);
     // `take` bounds a file that grows while it is read.
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| Error::Invalid(format!("{what} {}: {e}", path.display())))?;
+    let mut file = file.take(limit + 1);
+    let err = |e: std::io::Error| Error::Invalid(format!("{what} {}: {e}", path.display()));
+    if len < PROGRESS_BYTES {
+        file.read_to_end(&mut bytes).map_err(err)?;
+    } else {
+        // A large checkpoint takes seconds from a disk: show it coming in.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let progress = crate::log::Progress::bytes(&format!("reading {name}"), len);
+        let mut chunk = vec![0u8; 8 << 20];
+        loop {
+            let n = file.read(&mut chunk).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+            progress.add(n as u64);
+        }
+        progress.finish();
+    }
     if bytes.len() as u64 > limit {
         invalid!("{what} {}: over the limit of {limit} bytes", path.display());
     }

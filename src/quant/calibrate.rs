@@ -468,41 +468,7 @@ pub fn pick(n: usize, count: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
-/// A progress bar on stderr (indicatif, drawn only on a terminal, hidden with `--quiet`);
-/// `--verbose` adds one line with the step's time at the end.
-pub struct Progress {
-    what: String,
-    bar: indicatif::ProgressBar,
-}
-
-impl Progress {
-    pub fn new(what: &str, total: usize) -> Progress {
-        let bar = if crate::log::verbosity() == crate::log::Verbosity::Quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            indicatif::ProgressBar::new(total as u64)
-        };
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:34} [{bar:30}] {pos}/{len} {elapsed} (ETA {eta})") {
-            bar.set_style(style.progress_chars("#>-"));
-        }
-        bar.set_message(what.to_string());
-        Progress { what: what.to_string(), bar }
-    }
-
-    pub fn step(&mut self, n: usize) {
-        self.bar.inc(n as u64);
-    }
-
-    /// One step, from any thread.
-    pub fn tick(&self) {
-        self.bar.inc(1);
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-        crate::verbose!("{}: {}/{} in {:.1} s", self.what, self.bar.position(), self.bar.length().unwrap_or(0), self.bar.elapsed().as_secs_f64());
-    }
-}
+pub use crate::log::Progress;
 
 /// `w` with `packed` matrices replacing their f32 tensors, as `lowbit quantize` stores them.
 pub fn with_packed(w: &Weights, packed: &BTreeMap<String, crate::formats::PackedMatrix>, shapes: &HashMap<String, Vec<usize>>) -> Result<Weights> {
