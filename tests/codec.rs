@@ -40,11 +40,10 @@ fn fails(args: &[&str], words: &[&str], out: &Path) {
     assert!(!out.exists(), "lowbit {args:?} wrote {}", out.display());
 }
 
-fn compress(tokenizer: &str, prior: Option<&str>, images: &[String], out: &Path) -> serde_json::Value {
+/// `model`: `--prior PATH`, `--uniform`, or nothing (the adaptive model).
+fn compress(tokenizer: &str, model: &[&str], images: &[String], out: &Path) -> serde_json::Value {
     let mut args = vec!["compress", "--json", "--tokenizer", tokenizer, "--out", s(out)];
-    if let Some(p) = prior {
-        args.extend(["--prior", p]);
-    }
+    args.extend(model);
     args.extend(images.iter().map(String::as_str));
     serde_json::from_str(&lowbit_ok(&args)).unwrap()
 }
@@ -64,8 +63,8 @@ fn digits_round_trip_exactly_and_the_prior_beats_the_uniform_model() {
     let want = encode(&tok, &images, &tmp("digits.safetensors"));
 
     let (with, without) = (tmp("prior.lbt"), tmp("uniform.lbt"));
-    let p = compress(&tok, Some(&prior), &images, &with);
-    let u = compress(&tok, None, &images, &without);
+    let p = compress(&tok, &["--prior", &prior], &images, &with);
+    let u = compress(&tok, &["--uniform"], &images, &without);
     let (bp, bu) = (p["payload_bpp"].as_f64().unwrap(), u["payload_bpp"].as_f64().unwrap());
     eprintln!("digits: prior {bp:.4} bpp, uniform {bu:.4} bpp, PSNR {} dB, SSIM {}", p["mean_psnr_db"], p["mean_ssim"]);
     // The uniform model spends exactly log2(256) = 8 bits per 4×4 cell, plus rANS's flush.
@@ -123,16 +122,16 @@ fn bad_files(with: &Path, without: &Path) {
 }
 
 #[test]
-fn photo_without_prior_round_trips_exactly() {
+fn photo_without_prior_round_trips_exactly_under_the_adaptive_model() {
     let tok = asset("models/photo-vqgan");
     let images = vec![asset("samples/photo-chelsea.png")];
     let want = encode(&tok, &images, &tmp("photo.safetensors"));
     let file = tmp("photo.lbt");
-    let r = compress(&tok, None, &images, &file);
+    let r = compress(&tok, &[], &images, &file);
     eprintln!("photo: {r}");
-    // 512 codes: 9 bits per 4×4 cell.
+    // The uniform model's 512 codes would cost 9 bits per 4×4 cell.
     let bpp = r["payload_bpp"].as_f64().unwrap();
-    assert!((bpp - 9.0 / 16.0).abs() < 0.01, "{bpp}");
+    assert!(r["model"] == "adaptive" && bpp < 9.0 / 16.0, "{r}");
     let out = tmp("out-photo");
     lowbit_ok(&["decompress", s(&file), "--out", s(&out)]);
     assert_eq!(TokenGrid::load(&out.join("tokens.safetensors"), "tokens").unwrap(), want);
@@ -150,5 +149,13 @@ fn tokens_outside_the_sub_codebook_are_refused() {
     assert!(e.contains("token id 7") && e.contains("sub-codebook of 4"), "{e}");
     let payloads = codec::encode(gpu, &Model::Uniform { codebook: 8 }, std::slice::from_ref(&grid)).unwrap();
     let back = codec::decode(gpu, &Model::Uniform { codebook: 8 }, &[([2, 2], &payloads[0])]).unwrap();
-    assert_eq!(back, vec![grid]);
+    assert_eq!(back, vec![grid.clone()]);
+    assert!(codec::encode(gpu, &Model::Adaptive { codebook: 4 }, std::slice::from_ref(&grid)).is_err());
+    // The adaptive model on a long, skewed grid: exact, and cheaper than uniform.
+    let ids: Vec<i64> = (0..4096).map(|i| if i % 7 == 0 { (i % 300) as i64 } else { 3 }).collect();
+    let skewed = TokenGrid::new(&[1, 64, 64], ids).unwrap();
+    let model = Model::Adaptive { codebook: 512 };
+    let payloads = codec::encode(gpu, &model, std::slice::from_ref(&skewed)).unwrap();
+    assert!(payloads[0].len() * 8 < 4096 * 3, "{} bytes", payloads[0].len());
+    assert_eq!(codec::decode(gpu, &model, &[([64, 64], &payloads[0])]).unwrap(), vec![skewed]);
 }

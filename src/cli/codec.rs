@@ -31,6 +31,10 @@ pub struct CompressArgs {
     /// Without it every token costs log2(codebook) bits.
     #[arg(long, value_name = "PATH")]
     pub prior: Option<PathBuf>,
+    /// Without --prior, code every token with the same probability (log2 of the codebook
+    /// size in bits) instead of the adaptive model (counts of the image's tokens so far).
+    #[arg(long, conflicts_with = "prior")]
+    pub uniform: bool,
     /// The compressed file.
     #[arg(long, value_name = "FILE.lbt")]
     pub out: PathBuf,
@@ -74,10 +78,11 @@ fn load_prior(gpu: &Gpu, path: &Path, n_embed: usize) -> anyhow::Result<(Prior, 
     Ok((prior, codec::prior_hash(path)?))
 }
 
-fn model<'a>(prior: Option<&'a (Prior, u64)>, class: u32, n_embed: usize) -> Model<'a> {
+fn model<'a>(prior: Option<&'a (Prior, u64)>, adaptive: bool, class: u32, n_embed: usize) -> Model<'a> {
     match prior {
         // The sub-codebook both models share: ids past either are impossible.
         Some((p, _)) => Model::Prior { prior: p, class, codebook: n_embed.min(p.config.vocab_size) },
+        None if adaptive => Model::Adaptive { codebook: n_embed },
         None => Model::Uniform { codebook: n_embed },
     }
 }
@@ -98,7 +103,8 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
     let n_embed = encoder.config.n_embed;
     let prior = args.prior.as_deref().map(|p| load_prior(gpu, p, n_embed)).transpose()?;
     let class = prior.as_ref().map_or(0, |(p, _)| codec::conditioning_class(p));
-    let model = model(prior.as_ref(), class, n_embed);
+    let adaptive = prior.is_none() && !args.uniform;
+    let model = model(prior.as_ref(), adaptive, class, n_embed);
 
     let f = encoder.downscale();
     let (mut crops, mut grids, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
@@ -118,6 +124,7 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
     let container = Container {
         tokenizer_hash: codec::tokenizer_hash(&args.tokenizer)?,
         prior_hash: prior.as_ref().map(|(_, h)| *h),
+        adaptive,
         tokenizer_path: args.tokenizer.to_string_lossy().into_owned(),
         prior_path: args.prior.as_ref().map_or(String::new(), |p| p.to_string_lossy().into_owned()),
         class,
@@ -143,7 +150,7 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
     }
     super::output::write_atomic(&args.out, |tmp| Ok(std::fs::write(tmp, &bytes)?))?;
     let mean = |k: &str| rows.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / rows.len() as f64;
-    let summary = json!({"file": args.out.display().to_string(), "file_bytes": bytes.len(), "model": if prior.is_some() { "prior" } else { "uniform" },
+    let summary = json!({"file": args.out.display().to_string(), "file_bytes": bytes.len(), "model": if prior.is_some() { "prior" } else if adaptive { "adaptive" } else { "uniform" },
                          "payload_bpp": bits as f64 / pixels as f64, "file_bpp": (bytes.len() * 8) as f64 / pixels as f64,
                          "mean_psnr_db": mean("psnr_db"), "mean_ssim": mean("ssim"), "images": rows});
     if args.json {
@@ -199,7 +206,7 @@ pub fn decompress(gpu: &Gpu, args: DecompressArgs) -> anyhow::Result<()> {
     let decoder = VqganDecoder::from_pretrained(gpu, &tokenizer, None, WeightFormat::F32).with_context(|| format!("loading tokenizer {}", tokenizer.display()))?;
     let n_embed = decoder.config.n_embed;
     let prior = prior_path.as_deref().map(|p| load_prior(gpu, p, n_embed)).transpose()?;
-    let model = model(prior.as_ref(), file.class, n_embed);
+    let model = model(prior.as_ref(), file.adaptive, file.class, n_embed);
     if model.codebook() != file.codebook as usize {
         bail!("{}: the file codes a sub-codebook of {} ids, these models one of {}", args.file.display(), file.codebook, model.codebook());
     }

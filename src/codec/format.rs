@@ -1,7 +1,7 @@
 //! The `.lbt` container. All integers little-endian:
 //!
 //! ```text
-//! "LBT1"  version u16 (1)  flags u16 (bit 0: prior-coded)
+//! "LBT1"  version u16 (1)  flags u16 (bit 0: prior-coded; bit 1: adaptive order-0 model)
 //! tokenizer_hash u64  prior_hash u64 (0 without a prior)
 //! tokenizer_path u16 len + UTF-8   prior_path u16 len + UTF-8 (empty without a prior)
 //! class u32 (the prior's conditioning token)  stages u16 (1)  codebook u32 (the sub-codebook size)
@@ -34,6 +34,8 @@ pub struct ImageEntry {
 pub struct Container {
     pub tokenizer_hash: u64,
     pub prior_hash: Option<u64>,
+    /// Without a prior: the adaptive order-0 model rather than the uniform one.
+    pub adaptive: bool,
     pub tokenizer_path: String,
     pub prior_path: String,
     pub class: u32,
@@ -80,7 +82,10 @@ impl Container {
         let mut h = Vec::new();
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&VERSION.to_le_bytes());
-        h.extend_from_slice(&u16::from(self.prior_hash.is_some()).to_le_bytes());
+        if self.adaptive && self.prior_hash.is_some() {
+            invalid!("a file is coded either with a prior or with the adaptive model, not both");
+        }
+        h.extend_from_slice(&(u16::from(self.prior_hash.is_some()) | u16::from(self.adaptive) << 1).to_le_bytes());
         h.extend_from_slice(&self.tokenizer_hash.to_le_bytes());
         h.extend_from_slice(&self.prior_hash.unwrap_or(0).to_le_bytes());
         put_str(&mut h, &self.tokenizer_path)?;
@@ -119,7 +124,7 @@ impl Container {
             invalid!("unsupported .lbt version {version} (this lowbit reads version {VERSION})");
         }
         let flags = r.u16("flags")?;
-        if flags > 1 {
+        if flags > 2 {
             invalid!("unknown flags {flags:#x} in the header");
         }
         let tokenizer_hash = r.u64("tokenizer hash")?;
@@ -164,7 +169,7 @@ impl Container {
             at += len;
         }
         let prior_hash = (flags & 1 == 1).then_some(prior_hash);
-        Ok(Container { tokenizer_hash, prior_hash, tokenizer_path, prior_path, class, stages, codebook, images })
+        Ok(Container { tokenizer_hash, prior_hash, adaptive: flags & 2 == 2, tokenizer_path, prior_path, class, stages, codebook, images })
     }
 }
 
@@ -205,6 +210,7 @@ mod tests {
         Container {
             tokenizer_hash: 1,
             prior_hash: Some(2),
+            adaptive: false,
             tokenizer_path: "a/tok".into(),
             prior_path: "a/prior".into(),
             class: 10,

@@ -28,6 +28,8 @@ pub const PRIOR_BATCH: usize = 16;
 pub enum Model<'a> {
     /// Every id of the codebook equally likely.
     Uniform { codebook: usize },
+    /// Order-0 counts of the image's tokens so far (see [`Adaptive`]).
+    Adaptive { codebook: usize },
     /// The prior's next-token distribution after `class`, restricted to the first `codebook` ids.
     Prior { prior: &'a Prior, class: u32, codebook: usize },
 }
@@ -35,8 +37,42 @@ pub enum Model<'a> {
 impl Model<'_> {
     pub fn codebook(&self) -> usize {
         match self {
-            Model::Uniform { codebook } | Model::Prior { codebook, .. } => *codebook,
+            Model::Uniform { codebook } | Model::Adaptive { codebook } | Model::Prior { codebook, .. } => *codebook,
         }
+    }
+}
+
+/// An adaptive order-0 model without floats: every id starts at count 1 and gains `STEP` each
+/// time it occurs in the image; the table is rebuilt from the counts every `EVERY` tokens
+/// (rebuilding per token costs O(codebook) each, for little gain). Each image starts afresh,
+/// so payloads stay independent.
+pub struct Adaptive {
+    counts: Vec<u64>,
+    table: Freqs,
+    seen: usize,
+}
+
+impl Adaptive {
+    const STEP: u64 = 16;
+    const EVERY: usize = 16;
+
+    pub fn new(codebook: usize) -> Result<Adaptive> {
+        Ok(Adaptive { counts: vec![1; codebook], table: Freqs::uniform(codebook)?, seen: 0 })
+    }
+
+    /// The table for the next token.
+    pub fn table(&self) -> &Freqs {
+        &self.table
+    }
+
+    /// Counts token `s` (< codebook).
+    pub fn update(&mut self, s: usize) -> Result<()> {
+        self.counts[s] += Self::STEP;
+        self.seen += 1;
+        if self.seen.is_multiple_of(Self::EVERY) {
+            self.table = Freqs::from_weights(&self.counts)?;
+        }
+        Ok(())
     }
 }
 
@@ -92,6 +128,22 @@ pub fn encode(gpu: &Gpu, model: &Model, grids: &[TokenGrid]) -> Result<Vec<Vec<u
             let table = Freqs::uniform(*codebook)?;
             grids.iter().map(|g| rans::encode(&symbols(g), &vec![&table; g.ids.len()])).collect()
         }
+        Model::Adaptive { codebook } => grids
+            .iter()
+            .map(|g| {
+                let syms = symbols(g);
+                let mut model = Adaptive::new(*codebook)?;
+                let mut tables = Vec::with_capacity(syms.len() / Adaptive::EVERY + 1);
+                for (i, &s) in syms.iter().enumerate() {
+                    if i % Adaptive::EVERY == 0 {
+                        tables.push(model.table().clone());
+                    }
+                    model.update(s)?;
+                }
+                let refs: Vec<&Freqs> = (0..syms.len()).map(|i| &tables[i / Adaptive::EVERY]).collect();
+                rans::encode(&syms, &refs)
+            })
+            .collect(),
         Model::Prior { prior, class, codebook } => {
             let mut out = Vec::with_capacity(grids.len());
             for chunk in grids.chunks(PRIOR_BATCH) {
@@ -141,6 +193,23 @@ pub fn decode(gpu: &Gpu, model: &Model, payloads: &[([usize; 2], &[u8])]) -> Res
                 .map(|(i, &(shape, bytes))| grid(shape, rans::decode(bytes, shape[0] * shape[1], |_, _| Ok(table.clone())).map_err(bad(i))?))
                 .collect()
         }
+        Model::Adaptive { codebook } => payloads
+            .iter()
+            .enumerate()
+            .map(|(i, &(shape, bytes))| {
+                let mut model = Adaptive::new(*codebook)?;
+                let mut dec = rans::Decoder::new(bytes).map_err(bad(i))?;
+                let n = shape[0] * shape[1];
+                let mut syms = Vec::with_capacity(n.min(1 << 20));
+                for _ in 0..n {
+                    let s = dec.next(model.table()).map_err(bad(i))?;
+                    model.update(s)?;
+                    syms.push(s);
+                }
+                dec.finish().map_err(bad(i))?;
+                grid(shape, syms)
+            })
+            .collect(),
         Model::Prior { prior, class, codebook } => {
             let want = prior.config.token_grid;
             if let Some(i) = payloads.iter().position(|(shape, _)| *shape != want) {

@@ -88,8 +88,21 @@ impl Freqs {
                 POW2_FRAC[(k % 8) as usize] >> (k / 8)
             })
             .collect();
+        Freqs::from_weights(&weights)
+    }
+
+    /// A table proportional to integer `weights` (each ≥ 1, sum < 2^47): frequency
+    /// 1 + ⌊w·(2^16 − n)/Σw⌋, the rounding remainder to the first largest weight.
+    pub fn from_weights(weights: &[u64]) -> Result<Freqs> {
+        let n = weights.len();
+        if n == 0 || n > MAX_SYMBOLS {
+            invalid!("a frequency table needs 1..={MAX_SYMBOLS} symbols, got {n}");
+        }
         let sum: u64 = weights.iter().sum();
-        let spare = (TOTAL as u64) - symbols as u64;
+        if sum == 0 || sum >= 1 << 47 {
+            invalid!("weights summing to {sum} are out of range");
+        }
+        let spare = (TOTAL as u64) - n as u64;
         let mut freqs: Vec<u32> = weights.iter().map(|&w| 1 + (w * spare / sum) as u32).collect();
         let used: u32 = freqs.iter().sum();
         let top = weights.iter().enumerate().fold(0, |best, (i, &w)| if w > weights[best] { i } else { best });
