@@ -32,7 +32,8 @@ pub struct CompressArgs {
     #[arg(long, value_name = "PATH")]
     pub prior: Option<PathBuf>,
     /// Without --prior, code every token with the same probability (log2 of the codebook
-    /// size in bits) instead of the adaptive model (counts of the image's tokens so far).
+    /// size in bits). By default the file uses whichever of this and the adaptive model
+    /// (counts of the image's tokens so far) is smaller.
     #[arg(long, conflicts_with = "prior")]
     pub uniform: bool,
     /// The compressed file.
@@ -103,8 +104,8 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
     let n_embed = encoder.config.n_embed;
     let prior = args.prior.as_deref().map(|p| load_prior(gpu, p, n_embed)).transpose()?;
     let class = prior.as_ref().map_or(0, |(p, _)| codec::conditioning_class(p));
-    let adaptive = prior.is_none() && !args.uniform;
-    let model = model(prior.as_ref(), adaptive, class, n_embed);
+    let mut adaptive = prior.is_none() && !args.uniform;
+    let mut model = model(prior.as_ref(), adaptive, class, n_embed);
 
     let f = encoder.downscale();
     let (mut crops, mut grids, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
@@ -120,7 +121,17 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
         crops.push((signed_chw_to_rgb(&chw, h, w), h, w));
         sizes.push((img.width(), img.height()));
     }
-    let payloads = codec::encode(gpu, &model, &grids).context("entropy coding the tokens")?;
+    let mut payloads = codec::encode(gpu, &model, &grids).context("entropy coding the tokens")?;
+    if adaptive {
+        // Short grids (a 32×32 digit's 64 tokens) give the counts too little to learn from:
+        // the flat table can be smaller, and costs nothing to try.
+        let flat = Model::Uniform { codebook: n_embed };
+        let other = codec::encode(gpu, &flat, &grids)?;
+        let size = |p: &[Vec<u8>]| p.iter().map(Vec::len).sum::<usize>();
+        if size(&other) <= size(&payloads) {
+            (adaptive, model, payloads) = (false, flat, other);
+        }
+    }
     let container = Container {
         tokenizer_hash: codec::tokenizer_hash(&args.tokenizer)?,
         prior_hash: prior.as_ref().map(|(_, h)| *h),
