@@ -8,9 +8,11 @@
 //!    runs on which adapter is `kernels::launch`'s one table;
 //! 3. `graph`: the op vocabulary models are written in, the memory planner and the executor;
 //! 4. `models`: checkpoints (including lowbit's quantized ones) and the model structs;
-//! 5. `quant`: post-training quantization, which calibrates through the models;
+//! 5. `quant`: post-training quantization, which calibrates through the models, and `codec`:
+//!    lossless entropy coding of token grids under a prior (`lowbit compress`);
 //! 6. `cli` and `viewer`, thin layers over these calls.
 
+pub mod codec;
 pub mod error;
 pub mod formats;
 pub mod gpu;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 /// Layers from the bottom; a module may name `crate::<m>` only for modules of its own or an
 /// earlier layer. `error`, `log`, `metrics` and `synthetic` are leaf utilities every layer may use.
-const LAYERS: &[&[&str]] = &[&["formats", "gpu"], &["kernels"], &["graph"], &["models"], &["quant", "ops_check"], &["cli", "viewer"]];
+const LAYERS: &[&[&str]] = &[&["formats", "gpu"], &["kernels"], &["graph"], &["models"], &["quant", "ops_check", "codec"], &["cli", "viewer"]];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -5,6 +5,7 @@
 pub(crate) mod output;
 mod bench;
 mod classify;
+mod codec;
 mod compare;
 mod decode;
 mod demo;
@@ -62,6 +63,10 @@ enum Command {
     },
     /// Classify images with a timm classifier (the ViT family or Swin).
     Classify(classify::ClassifyArgs),
+    /// Compress images to a .lbt file: VQGAN tokens, rANS-coded under a prior or a uniform model.
+    Compress(codec::CompressArgs),
+    /// Restore a .lbt file's tokens exactly and decode them to images.
+    Decompress(codec::DecompressArgs),
     /// Decode VQ tokens to images with a taming-transformers VQGAN decoder.
     Decode(decode::DecodeArgs),
     /// Encode images to VQ tokens with a taming-transformers VQGAN encoder.
@@ -119,6 +124,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { what } => bench::run(&Gpu::with_options(&opts)?, what),
         Command::Demo(args) => demo::run(&Gpu::with_options(&opts)?, args),
         Command::Classify(args) => classify::run(&Gpu::with_options(&opts)?, args),
+        Command::Compress(args) => codec::compress(&Gpu::with_options(&opts)?, args),
+        Command::Decompress(args) => codec::decompress(&Gpu::with_options(&opts)?, args),
         Command::Decode(args) => decode::run(&Gpu::with_options(&opts)?, args),
         Command::Encode(args) => encode::run(&Gpu::with_options(&opts)?, args),
         Command::Info(args) => info::run(&Gpu::with_options(&opts)?, args),
