@@ -56,18 +56,17 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// FNV-1a, 64-bit: the model identity. Not cryptographic: it tells models apart, it does not
-/// resist someone forging a checkpoint with the same hash.
-pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
+/// The model identity: the first 8 bytes of SHA-256 over the parts, each prefixed with its
+/// length (so moving bytes between parts changes it). Forging a checkpoint with the same 64
+/// bits is a 2⁶⁴-work search, far past what a mix-up between models could hit by chance.
+pub fn model_hash(parts: &[&[u8]]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
     for part in parts {
-        for &b in *part {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        // A separator, so that moving bytes between parts changes the hash.
-        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
     }
-    h
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("SHA-256 has 32 bytes"))
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) -> Result<()> {

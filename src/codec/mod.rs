@@ -76,10 +76,10 @@ impl Adaptive {
     }
 }
 
-/// The identity of a checkpoint: FNV-1a 64 of its weights file and its config file.
+/// The identity of a checkpoint: `model_hash` of its weights file and its config file.
 fn hash_files(weights: &Path, config: &Path) -> Result<u64> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| Error::Invalid(format!("reading {}: {e}", p.display())));
-    Ok(format::fnv1a64(&[&read(weights)?, &read(config)?]))
+    Ok(format::model_hash(&[&read(weights)?, &read(config)?]))
 }
 
 /// The identity of a VQGAN folder (or .safetensors file).
