@@ -174,11 +174,11 @@ impl W4Linear {
     }
 
     /// Adds NoisyQuant's `noise` [K] to the input before quantizing.
-    pub fn with_noise(mut self, gpu: &Gpu, noise: &[f32]) -> Result<Self> {
-        if noise.len() != self.cols {
-            shape_err!("noise has {} values, the layer takes {} inputs", noise.len(), self.cols);
+    pub fn with_noise(mut self, noise: Tensor) -> Result<Self> {
+        if noise.numel() != self.cols || noise.dtype != DType::F32 {
+            shape_err!("noise has {} values, the layer takes {} f32 inputs", noise.numel(), self.cols);
         }
-        self.noise = Some(Tensor::from_f32(gpu, &[self.cols], noise)?);
+        self.noise = Some(noise);
         Ok(self)
     }
 

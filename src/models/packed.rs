@@ -78,6 +78,10 @@ pub enum Activations {
     F32,
     /// Quantized to int8 per token on the GPU at run time, through the W8A8 kernel.
     Int8PerToken,
+    /// Each block Linear whose input has a static uniform quantizer and whose weights are
+    /// `q4gG` runs through the W4A8/W4A4 integer kernel, which applies that quantizer to make
+    /// its integer codes (`kernels::w4a8`); other quantizers stay simulated in f32.
+    IntStatic,
 }
 
 /// How attention runs.

@@ -83,7 +83,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
                 let (down, up, rank) = (random(5 * K, 73, 0.1), random(N * 5, 74, 0.1), 5);
                 let mut layer = W4Linear::new(gpu, &w, Some(&bias), act)?;
                 if gelu {
-                    layer = layer.with_gelu().with_noise(gpu, &noise)?;
+                    layer = layer.with_gelu().with_noise(Tensor::from_f32(gpu, &[K], &noise)?)?;
                 } else {
                     layer = layer.with_low_rank(gpu, &down, &up, rank)?;
                 }

@@ -295,6 +295,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
     let activations = match (&recipe, static_act) {
+        (_, Some((4, ab))) => integer_activations(ab, &act_points),
         (_, Some((_, ab))) => format!("simulated {ab}-bit static per-tensor (fake-quantized in f32 at the `{}` points)", crate::models::packed::ACT_QUANT_KEY),
         (Recipe::Activations { .. }, None) => "int8 per-token dynamic (W8A8 kernel)".to_string(),
         _ => "f32 (weight-only)".to_string(),
@@ -306,6 +307,10 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             "attention".into(),
             json!("SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it"),
         );
+    }
+    if let Some((4, _)) = static_act {
+        // q4 block Linears with uniform input quantizers run through the W4A8/W4A4 kernel.
+        desc.runtime = Some(Runtime { activations: Activations::IntStatic, attention: Attention::Exact });
     }
     if static_act.is_some() {
         desc.extra.insert(crate::models::packed::ACT_QUANT_KEY.into(), json!(act_points));
@@ -322,6 +327,20 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     }
     write_folder(&model, &packed, &floats, &desc, out)?;
     Ok(report)
+}
+
+/// The description's prose for a W4 static recipe: which quantizers the integer kernel applies
+/// (uniform ones at Linear inputs) and which stay simulated in f32 (the others).
+fn integer_activations(act_bits: u32, points: &[crate::models::packed::QuantPoint]) -> String {
+    use crate::kernels::act_quant::ActQuantizer;
+    let is_linear = |p: &&crate::models::packed::QuantPoint| !p.node.ends_with(".attn");
+    let integer = points.iter().filter(is_linear).filter(|p| matches!(p.quantizer, ActQuantizer::Uniform { .. })).count();
+    let simulated: Vec<String> = points.iter().filter(|p| !is_linear(p) || !matches!(p.quantizer, ActQuantizer::Uniform { .. })).map(|p| p.node.clone()).collect();
+    let mut text = format!("integer {act_bits}-bit static per-tensor: {integer} block Linear inputs quantized to int codes inside the W4A{act_bits} kernel (int4 weights × int{} activations, i32 per group)", if act_bits <= 4 { 4 } else { 8 });
+    if !simulated.is_empty() {
+        text += &format!("; simulated in f32 (post-softmax probabilities before the f32 P·V, non-uniform quantizers): {}", simulated.join(", "));
+    }
+    text
 }
 
 /// The weight format of matrix `key` under a static activation recipe: block Linears at the
