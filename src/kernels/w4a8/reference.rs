@@ -58,6 +58,25 @@ pub fn pack(codes: &[i8], rows: usize, cols: usize, storage_bits: u32) -> Vec<u3
     out
 }
 
+/// The inverse of `pack`: signed codes [rows, cols] from the kernel's layout.
+pub fn unpack(words: &[u32], rows: usize, cols: usize, storage_bits: u32) -> Vec<i8> {
+    let blocks = cols.div_ceil(32) * 4;
+    let per_row = if storage_bits == 4 { blocks } else { 2 * blocks };
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        let row = &words[r * per_row..(r + 1) * per_row];
+        out.extend((0..cols).map(|k| {
+            let (b, j) = (k / 8, k % 8);
+            if storage_bits == 4 {
+                (((row[b] >> (4 * j)) & 0xf) as i32 - 8) as i8
+            } else {
+                (row[2 * b + j % 2] >> (8 * (j / 2))) as u8 as i8
+            }
+        }));
+    }
+    out
+}
+
 /// The low-rank branch of a Linear, as the graph adds it.
 pub struct LowRankRef<'a> {
     pub rank: usize,
