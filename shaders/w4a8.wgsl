@@ -13,10 +13,16 @@
 //
 // Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per-token absmax
 // int8; else the static uniform quantizer of the checkpoint; NOISE adds NoisyQuant's noise
-// first; A4 packs 4-bit codes); otherwise the GEMM: PACKED_DOT uses dot4I8Packed, else bytes
+// first; A4 packs 4-bit codes); otherwise the GEMMs (`gemm` for CPU adapters and GEMV,
+// `gemm_workgroup` for GPUs): PACKED_DOT uses dot4I8Packed, else bytes
 // are sign-extended and multiplied in i32; GEMV computes one activation row per tile; GELU
 // fuses the activation; LOW_RANK adds SVDQuant's low-rank branch t · upᵀ (t = x · downᵀ, made
 // by a small f32 GEMM before) to the output.
+
+// The quantize-only and GEMM-only flags never go together; ACT_* come from common.
+// exclusive: DYNAMIC GEMV
+// exclusive: NOISE LOW_RANK
+// exclusive: ACT_GELU ACT_SWISH
 
 #include common
 
@@ -282,6 +288,119 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 if m < row_end && cols[j] < p.cols {
                     store(m, cols[j], acc[i][j]);
                 }
+            }
+        }
+    }
+}
+
+// ---- GPUs: int8 tiles in workgroup memory, as W8A8's `gemm_workgroup`. A workgroup owns BM
+// activation rows × BN output channels and walks K in stages of BKW int8 words (4 codes each):
+// weights are unpacked from nibbles to int8 words while they are staged (once per workgroup, not
+// per use), in the activations' even/odd order, so the inner loop is W8A8's: one dot4I8Packed
+// per pair of words into an RM × RN block of i32 sums, flushed into f32 with the group's scale
+// whenever a scale group of K ends.
+
+override BM: u32 = 64u;  // activation rows per workgroup
+override BN: u32 = 64u;  // output channels per workgroup
+override BKW: u32 = 16u; // int8 words of K per stage: a multiple of 8 (whole weight vec4s)
+override RM: u32 = 4u;   // rows per invocation, ≤ 8
+override RN: u32 = 4u;   // channels per invocation: 4 or 8
+// The Rust side sets WG = (BM / RM) · (BN / RN).
+
+var<workgroup> tile_x: array<u32, BKW * BM>;
+var<workgroup> tile_w: array<vec4<u32>, BKW * BN / 4u>;
+
+// Int8 word `i` (4 codes, even/odd order) of the activation row starting at vec4 `base`.
+fn x_word(base: u32, i: u32) -> u32 {
+#if A4
+    let w = x_codes[base + i / 8u][(i / 2u) % 4u];
+    return select(nib_lo(w), nib_hi(w), i % 2u == 1u);
+#else
+    return x_codes[base + i / 4u][i % 4u];
+#endif
+}
+
+fn dot4x4(a: u32, b: vec4<u32>) -> vec4<i32> {
+    return vec4<i32>(dot4(a, b.x), dot4(a, b.y), dot4(a, b.z), dot4(a, b.w));
+}
+
+@compute @workgroup_size(WG)
+fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n0 = wg.x * BN;
+    let m0 = wg.y * BM;
+    let tx = lid % (BN / RN);
+    let ty = lid / (BN / RN);
+    let words = p.w_vecs * 8u;          // int8 words per (padded) row
+    let group_words = p.group_vecs * 8u;
+    // [2i + h]: row m0 + ty·RM + i, channels n0 + tx·RN + 4h .. + 4.
+    var iacc: array<vec4<i32>, 16>;
+    var acc: array<vec4<f32>, 16>;
+    for (var k0 = 0u; k0 < words; k0 += BKW) {
+        for (var i = lid; i < BM * BKW; i += WG) {
+            let mm = i / BKW;
+            let kw = i % BKW;
+            var v = 0u;
+            if m0 + mm < p.rows && k0 + kw < words {
+                v = x_word((m0 + mm) * p.x_vecs, k0 + kw);
+            }
+            tile_x[kw * BM + mm] = v;
+        }
+        // One weight vec4 (32 codes → 8 int8 words) per lane.
+        for (var i = lid; i < BN * BKW / 8u; i += WG) {
+            let r = i / (BKW / 8u);
+            let v4 = k0 / 8u + i % (BKW / 8u);
+            var w = Op32(vec4<u32>(), vec4<u32>());
+            if n0 + r < p.cols && v4 < p.w_vecs {
+                w = from_nibbles(w_data[(n0 + r) * p.w_vecs + v4]);
+            }
+            let kw = 8u * (i % (BKW / 8u));
+            for (var j = 0u; j < 8u; j++) {
+                let e = (kw + j) * BN + r;
+                tile_w[e >> 2u][e & 3u] = select(w.a[j % 4u], w.b[j % 4u], j >= 4u);
+            }
+        }
+        workgroupBarrier();
+        for (var kw = 0u; kw < BKW; kw++) {
+            let b0 = tile_w[(kw * BN + tx * RN) / 4u];
+            var b1 = vec4<u32>();
+            if RN == 8u {
+                b1 = tile_w[(kw * BN + tx * RN) / 4u + 1u];
+            }
+            for (var i = 0u; i < RM; i++) {
+                let a = tile_x[kw * BM + ty * RM + i];
+                iacc[2u * i] += dot4x4(a, b0);
+                if RN == 8u {
+                    iacc[2u * i + 1u] += dot4x4(a, b1);
+                }
+            }
+            // The end of a scale group (uniform: the same k for the whole workgroup).
+            let k = k0 + kw;
+            if k < words && ((k + 1u) % group_words == 0u || k + 1u == words) {
+                let g = k / group_words;
+                for (var h = 0u; h < RN / 4u; h++) {
+                    var s: vec4<f32>;
+                    var z: vec4<f32>;
+                    for (var j = 0u; j < 4u; j++) {
+                        let c = min(n0 + tx * RN + 4u * h + j, p.cols - 1u);
+                        let gp = w_groups[c * p.groups + g];
+                        s[j] = gp.x;
+                        z[j] = gp.y * p.zero;
+                    }
+                    for (var i = 0u; i < RM; i++) {
+                        acc[2u * i + h] += s * (vec4<f32>(iacc[2u * i + h]) + z);
+                        iacc[2u * i + h] = vec4<i32>(0);
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < RM; i++) {
+        let m = m0 + ty * RM + i;
+        for (var j = 0u; j < RN; j++) {
+            let c = n0 + tx * RN + j;
+            if m < p.rows && c < p.cols {
+                store(m, c, acc[2u * i + j / 4u][j % 4u]);
             }
         }
     }

@@ -26,6 +26,8 @@ const SHADER: Shader = shader!("w4a8");
 const TN: usize = 4;
 /// Rows per invocation tile outside GEMV (the shader's TM).
 const TM: usize = 4;
+/// Int8 words of K one `gemm_workgroup` stage holds (64 codes: two weight vec4s).
+const STAGE_WORDS: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -335,8 +337,21 @@ pub fn w4_gemm(gpu: &Gpu, enc: &mut Encoder, layer: &W4Linear, xq: &IntActivatio
         defines.push("A4");
     }
     let launch = tiles(gpu);
-    let rows_per_wg = if gemv { launch.rows_per_wg } else { launch.rows_per_wg.div_ceil(TM) * TM };
-    let pipe = gpu.pipeline(&SHADER, "gemm", &defines, &[("WG", launch.gemm_wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)])?;
+    // The kernel, and the output channels × activation rows one workgroup covers.
+    let (pipe, (cols_per_group, rows_per_group)) = match (launch.tiles, gemv) {
+        // GPUs: W8A8's int8 tiles (the weights unpacked while staged).
+        (Some([large, small]), false) => {
+            let (bm, bn, rm, rn) = if m <= 64 { small } else { large };
+            let wg = (bm / rm) * (bn / rn);
+            let consts = [("WG", wg as f64), ("BM", bm as f64), ("BN", bn as f64), ("BKW", STAGE_WORDS as f64), ("RM", rm as f64), ("RN", rn as f64)];
+            (gpu.pipeline(&SHADER, "gemm_workgroup", &defines, &consts)?, (bn as usize, bm as usize))
+        }
+        _ => {
+            let rows_per_wg = if gemv { launch.rows_per_wg } else { launch.rows_per_wg.div_ceil(TM) * TM };
+            let consts = [("WG", launch.gemm_wg as f64), ("ROWS_PER_WG", rows_per_wg as f64)];
+            (gpu.pipeline(&SHADER, "gemm", &defines, &consts)?, (launch.gemm_wg * TN, rows_per_wg))
+        }
+    };
     for (i, part) in layer.weights.blocks.iter().enumerate() {
         let p = Params {
             rows: m as u32,
@@ -351,7 +366,7 @@ pub fn w4_gemm(gpu: &Gpu, enc: &mut Encoder, layer: &W4Linear, xq: &IntActivatio
             rank: rank as u32,
             ..bytemuck::Zeroable::zeroed()
         };
-        let groups = [part.rows.len().div_ceil(launch.gemm_wg * TN) as u32, m.div_ceil(rows_per_wg) as u32, 1];
+        let groups = [part.rows.len().div_ceil(cols_per_group) as u32, m.div_ceil(rows_per_group) as u32, 1];
         let mut buffers = vec![&*xq.codes.buffer, &*xq.scales.buffer, &part.data, &layer.group_params[i], &layer.biases[i], &*out.buffer];
         if let (Some(l), Some(t)) = (&layer.low_rank, t) {
             buffers.extend([&*t.buffer, &l.up[i]]);
