@@ -9,7 +9,9 @@
 //!
 //! and the header's `__metadata__["quantization"]` is a JSON object whose `tensors` map each
 //! packed `K` to `{"format": "q4g32", "shape": [checkpoint shape], ...}` (the quantizer may add
-//! fields, e.g. the method that chose the codes). Everything else stays f32/f16 as before.
+//! fields, e.g. the method that chose the codes). Everything else stays f32/f16 as before,
+//! including SVDQuant's low-rank branches (`{node}.lowrank_down` [rank, in] and
+//! `{node}.lowrank_up` [out, rank], f32; `block_quant::LOW_RANK_DOWN`).
 
 use std::collections::BTreeMap;
 
