@@ -90,6 +90,7 @@ pub struct LowRankRef<'a> {
 /// The integer GEMM on signed codes [m, K] with per-row `scales`: per group an i64 dot plus
 /// the zero-point shift times the group's code sum, scaled in f64; then bias, the low-rank
 /// branch and GELU.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(codes: &[i8], scales: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, act: ActInput, gelu: bool, low_rank: Option<LowRankRef>) -> Result<Vec<f32>> {
     let WeightFormat::Q4 { group, zero_point: false } = w.format else { invalid!("w4 gemm reference: q4 weights without zero points") };
     let (k, n) = (w.cols, w.rows);
