@@ -7,7 +7,7 @@ use common::*;
 use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::w4a8::reference;
-use lowbit::kernels::w4a8::{quantize_activations, w4_forward, ActInput, IntActivations, W4Linear};
+use lowbit::kernels::w4a8::{quantize_activations, w4_forward, ActInput, IntActivations, W4Linear, W4Scratch};
 use lowbit::Gpu;
 
 const Q4G64: WeightFormat = WeightFormat::Q4 { group: 64, zero_point: false };
@@ -82,7 +82,7 @@ fn check_layer(path: &str, gpu: &Gpu, m: usize, k: usize, n: usize, act: ActInpu
     if rank > 0 {
         layer = layer.with_low_rank(gpu, &down, &up, rank).unwrap();
     }
-    let scratch = IntActivations::for_layer(gpu, &layer, m).unwrap();
+    let scratch = W4Scratch::new(gpu, &layer, m).unwrap();
     let xt = Tensor::from_f32(gpu, &[m, k], &x).unwrap();
     let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
     let mut enc = gpu.encoder();

@@ -10,7 +10,7 @@ use super::ir::{Graph, Value};
 use crate::gpu::{DType, Tensor};
 use crate::kernels::act_quant::{act_quant, act_quant_noise, ActQuantizer};
 use crate::kernels::attention::{attention_quantized, sage_attention_with, AttentionParams, SageOptions, SageScratch};
-use crate::kernels::w4a8::{w4_forward, IntActivations, W4Linear, W4Scratch};
+use crate::kernels::w4a8::{w4_forward, W4Linear, W4Scratch};
 use crate::kernels::w8a8::{w8a8_forward, QuantizedActivations, W8A8Linear};
 use crate::{shape_err, Result};
 
@@ -52,7 +52,7 @@ impl Graph {
         let scratch: OnceLock<W4Scratch> = OnceLock::new();
         Ok(self.node(name, "w4_linear", &[x], &shape, DType::F32, move |gpu, enc, i, out| {
             if scratch.get().is_none() {
-                let _ = scratch.set(IntActivations::for_layer(gpu, &layer, rows)?);
+                let _ = scratch.set(W4Scratch::new(gpu, &layer, rows)?);
             }
             w4_forward(gpu, enc, &layer, i[0], scratch.get().unwrap(), out)
         }))

@@ -236,12 +236,6 @@ impl IntActivations {
         Ok(IntActivations { rows, cols, storage_bits, x_vecs, codes, scales })
     }
 
-    /// Scratch for `layer`'s input of `rows` rows (and the low-rank branch's `t`, if any).
-    pub fn for_layer(gpu: &Gpu, layer: &W4Linear, rows: usize) -> Result<W4Scratch> {
-        let x = IntActivations::new(gpu, rows, layer.cols, layer.act.storage_bits())?;
-        let t = layer.low_rank.as_ref().map(|l| Tensor::zeros(gpu, &[rows, l.rank], DType::F32)).transpose()?;
-        Ok(W4Scratch { x, t })
-    }
 }
 
 /// What `w4_forward` writes between its dispatches.
@@ -249,6 +243,15 @@ pub struct W4Scratch {
     pub x: IntActivations,
     /// x · downᵀ of the low-rank branch.
     pub t: Option<Tensor>,
+}
+
+impl W4Scratch {
+    /// Scratch for `layer`'s input of `rows` rows (and the low-rank branch's `t`, if any).
+    pub fn new(gpu: &Gpu, layer: &W4Linear, rows: usize) -> Result<W4Scratch> {
+        let x = IntActivations::new(gpu, rows, layer.cols, layer.act.storage_bits())?;
+        let t = layer.low_rank.as_ref().map(|l| Tensor::zeros(gpu, &[rows, l.rank], DType::F32)).transpose()?;
+        Ok(W4Scratch { x, t })
+    }
 }
 
 fn rows_of(what: &str, t: &Tensor, last: usize) -> Result<usize> {
