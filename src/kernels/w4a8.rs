@@ -262,6 +262,9 @@ fn rows_of(what: &str, t: &Tensor, last: usize) -> Result<usize> {
     Ok(t.numel() / last)
 }
 
+/// W4A8 shares W8A8's column of the launch table (`kernels::launch`): the same quantize lanes,
+/// GEMM lanes, rows per workgroup and workgroup tiles; only the weight staging differs. Not
+/// tuned for W4A8 separately: no alternative has been timed yet, on lavapipe or a GPU.
 fn tiles(gpu: &Gpu) -> super::w8a8::Tiles {
     launch::for_class(gpu.class).w8a8
 }
