@@ -74,7 +74,7 @@ pub struct KernelArgs {
     /// Small shapes: a smoke test of the benchmark itself.
     #[arg(long)]
     quick: bool,
-    /// Only these families (comma list: matmul, w8a8, attention, kv_cache, vq, norm, elementwise, conv, act_quant).
+    /// Only these families (comma list: matmul, w8a8, w4a8, attention, kv_cache, vq, norm, elementwise, conv, act_quant).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Timed repetitions per case (the median is reported).

@@ -20,6 +20,7 @@ pub struct QuantizeArgs {
     /// Comma list of rtn, clip, gptq (weights) and, for w6a6/w4a8/w4a4, repq, smoothq, noisy,
     /// log2, adalog, sulq, twin (activations). Default: clip, plus gptq when --calib is given;
     /// w4a8 noisy,adalog,gptq,clip; w4a4 repq,noisy,adalog,gptq,clip; w6a6 repq,adalog,clip.
+    /// svdquant (w4a8/w4a4) adds SVDQuant's low-rank branch (--rank).
     #[arg(long, value_name = "LIST")]
     pub method: Option<String>,
     /// Calibration images (a folder, searched recursively) or, for a VQGAN decoder, a
@@ -36,6 +37,10 @@ pub struct QuantizeArgs {
     /// and format: slower).
     #[arg(long, default_value = "hessian", value_name = "HOW")]
     pub sensitivity: String,
+    /// The rank of `--method svdquant`'s low-rank branch per block Linear (default 32; at most
+    /// the layer's smaller dimension).
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
     /// The output folder (must not exist; written completely or not at all).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -43,7 +48,7 @@ pub struct QuantizeArgs {
 
 pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
     let sensitivity = crate::quant::mixed::Sensitivity::parse(&args.sensitivity)?;
-    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed, sensitivity };
+    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed, sensitivity, rank: args.rank };
     let start = std::time::Instant::now();
     // `quantize` writes a temporary folder `.NAME.tmp-PID` beside --out and renames it at the
     // end: registered so that Ctrl-C removes it, and those of killed runs are swept first.

@@ -11,16 +11,20 @@ use crate::kernels::conv::{conv2d, patch_embed, Conv2d};
 use crate::kernels::elementwise::{activate, add_inplace, upsample_nearest2x, Activation};
 use crate::kernels::matmul::{linear, QLinear};
 use crate::kernels::norm::{group_norm, layer_norm};
+use crate::kernels::w4a8::W4Linear;
 use crate::kernels::w8a8::W8A8Linear;
 use crate::{invalid, shape_err, Result};
 
 /// A Linear layer's weights as the graph runs them (as candle's `QMatMul`): packed weights of
 /// any `WeightFormat`, decoded inside the kernel with f32 activations, or int8 weights with
-/// per-token int8 activations (`kernels::w8a8`, checkpoints of `--recipe w8a8`).
+/// per-token int8 activations (`kernels::w8a8`, checkpoints of `--recipe w8a8`), or 4-bit
+/// weights with int8/int4 activations quantized inside the layer (`kernels::w4a8`, checkpoints
+/// of `--recipe w4a8`/`w4a4`, optionally with SVDQuant's low-rank branch).
 #[derive(Clone)]
 pub enum Linear {
     Packed(QLinear),
     Int8(Arc<W8A8Linear>),
+    Int4(Arc<W4Linear>),
 }
 
 impl Linear {
@@ -28,6 +32,7 @@ impl Linear {
         match self {
             Linear::Packed(l) => l.in_features(),
             Linear::Int8(l) => l.cols,
+            Linear::Int4(l) => l.cols,
         }
     }
 
@@ -35,6 +40,7 @@ impl Linear {
         match self {
             Linear::Packed(l) => l.out_features(),
             Linear::Int8(l) => l.rows,
+            Linear::Int4(l) => l.rows,
         }
     }
 }
@@ -66,6 +72,8 @@ impl Graph {
         let layer = match layer {
             Linear::Int8(l) if l.gelu == act.is_some() => return self.w8a8_linear(name, l, x),
             Linear::Int8(_) => invalid!("{name}: the int8 layer's fused activation does not match {act:?}"),
+            Linear::Int4(l) if l.gelu == act.is_some() => return self.w4_linear(name, l, x),
+            Linear::Int4(_) => invalid!("{name}: the integer layer's fused activation does not match {act:?}"),
             Linear::Packed(l) => l,
         };
         // Activations the Linear kernels do not fuse run as their own pass.

@@ -10,6 +10,7 @@ use super::ir::{Graph, Value};
 use crate::gpu::{DType, Tensor};
 use crate::kernels::act_quant::{act_quant, act_quant_noise, ActQuantizer};
 use crate::kernels::attention::{attention_quantized, sage_attention_with, AttentionParams, SageOptions, SageScratch};
+use crate::kernels::w4a8::{w4_forward, W4Linear, W4Scratch};
 use crate::kernels::w8a8::{w8a8_forward, QuantizedActivations, W8A8Linear};
 use crate::{shape_err, Result};
 
@@ -32,6 +33,28 @@ impl Graph {
                 let _ = scratch.set(QuantizedActivations::new(gpu, rows, layer.cols)?);
             }
             w8a8_forward(gpu, enc, &layer, i[0], scratch.get().unwrap(), out)
+        }))
+    }
+
+    /// `Linear::Int4`: the layer's own activation quantizer (static or per token) turns x into
+    /// integer codes, then the W4A8/W4A4 GEMM (with the low-rank branch, if the layer has one).
+    /// x itself is left as it was.
+    pub(super) fn w4_linear(&mut self, name: &str, layer: &Arc<W4Linear>, x: Value) -> Result<Value> {
+        let Some((&width, rest)) = self.shape(x).split_last() else { shape_err!("{name}: a scalar input") };
+        if width != layer.cols {
+            shape_err!("{name}: input width {width}, the layer takes {}", layer.cols);
+        }
+        let rows: usize = rest.iter().product();
+        let mut shape = self.shape(x).to_vec();
+        *shape.last_mut().unwrap() = layer.rows;
+        let layer = layer.clone();
+        // The codes (and low-rank intermediate) of x: made on the first run, reused after.
+        let scratch: OnceLock<W4Scratch> = OnceLock::new();
+        Ok(self.node(name, "w4_linear", &[x], &shape, DType::F32, move |gpu, enc, i, out| {
+            if scratch.get().is_none() {
+                let _ = scratch.set(W4Scratch::new(gpu, &layer, rows)?);
+            }
+            w4_forward(gpu, enc, &layer, i[0], scratch.get().unwrap(), out)
         }))
     }
 }

@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod norm;
 pub mod roofline;
 pub mod vq;
+pub mod w4a8;
 pub mod w8a8;
 
 pub use roofline::Bound;
@@ -55,9 +56,10 @@ pub enum BenchSize {
 /// Every family's benchmark cases, in the order `lowbit bench kernels` prints them.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<BenchCase>> {
     let mut cases = Vec::new();
-    let families: [(&str, FamilyBenches); 9] = [
+    let families: [(&str, FamilyBenches); 10] = [
         ("matmul", matmul::bench_cases),
         ("w8a8", w8a8::bench_cases),
+        ("w4a8", w4a8::bench_cases),
         ("attention", attention::bench_cases),
         ("kv_cache", attention::kv_cache::bench_cases),
         ("vq", vq::bench_cases),

@@ -41,7 +41,7 @@ impl Bound {
     /// norms, element-wise ops, the KV-cache read, quantizers) streams memory.
     pub fn for_kernel(kernel: &str) -> Bound {
         match kernel {
-            "w8a8_gemm" => Bound::Int8Ops,
+            "w8a8_gemm" | "w4a8_gemm" | "w4a4_gemm" => Bound::Int8Ops,
             "gemm" | "conv3x3" | "conv1x1" | "patch_embed" | "attention" | "vq_search" => Bound::F32Flops,
             _ => Bound::Bandwidth,
         }

@@ -1,6 +1,6 @@
 //! What the transformer families (ViT, Swin) share when loading a block: its Linears (packed,
-//! or int8 × int8 for `--recipe w8a8` checkpoints) and the static activation quantizers that
-//! W6A6/W4A8/W4A4 checkpoints record per node.
+//! int8 × int8 for `--recipe w8a8` checkpoints, int4 × int8/int4 for `w4a8`/`w4a4` ones) and
+//! the static activation quantizers that W6A6/W4A8/W4A4 checkpoints record per node.
 
 use std::sync::Arc;
 
@@ -11,8 +11,9 @@ use crate::gpu::Tensor;
 use crate::graph::{Graph, Linear, Value};
 use crate::kernels::act_quant::ActQuantizer;
 use crate::kernels::matmul::QLinear;
+use crate::kernels::w4a8::{ActInput, W4Linear};
 use crate::kernels::w8a8::W8A8Linear;
-use crate::{Gpu, Result};
+use crate::{invalid, Gpu, Result};
 
 /// A Linear input's quantizer, with NoisyQuant's noise when it has one.
 pub type InputQuant = Option<(ActQuantizer, Option<Tensor>)>;
@@ -72,14 +73,47 @@ pub fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: boo
     QLinear::new(gpu, &packed, bias)
 }
 
-/// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations.
+/// Checkpoint names of SVDQuant's low-rank branch of the Linear `{node}`: `down` [rank, in]
+/// and `up` [out, rank], f32 (`lowbit quantize --method svdquant`).
+pub const LOW_RANK_DOWN: &str = "lowrank_down";
+pub const LOW_RANK_UP: &str = "lowrank_up";
+
+/// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations; through
+/// the W4A8/W4A4 integer kernel when it runs static integer ones and this layer can (q4
+/// weights, a uniform input quantizer, which the layer then takes out of `input`).
 #[allow(clippy::too_many_arguments)]
-pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime) -> Result<Linear> {
-    if runtime.activations != Activations::Int8PerToken {
-        return Ok(Linear::Packed(load_linear(gpu, w, out, inp, bias, format)?));
-    }
+pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: bool, format: WeightFormat, gelu: bool, runtime: Runtime, input: &mut InputQuant) -> Result<Linear> {
+    let low_rank = w.weights.tensors.get(&w.key(LOW_RANK_DOWN)).map(|t| t.shape.first().copied().unwrap_or(0));
     let packed = w.matrix("weight", &[out, inp], format)?;
     let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
-    let layer = W8A8Linear::new(gpu, &packed, bias)?;
-    Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })))
+    match runtime.activations {
+        Activations::F32 => {}
+        Activations::Int8PerToken => {
+            let layer = W8A8Linear::new(gpu, &packed, bias)?;
+            return Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })));
+        }
+        Activations::IntStatic => {
+            let symmetric_q4 = matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. });
+            if let (true, Some((ActQuantizer::Uniform { bits, scale, zero }, noise))) = (symmetric_q4, input.as_ref()) {
+                if *bits <= 8 {
+                    let act = ActInput::Static { bits: *bits, scale: *scale, zero: *zero };
+                    let mut layer = W4Linear::new(gpu, &packed, bias, act)?;
+                    if let Some(n) = noise {
+                        layer = layer.with_noise(n.clone())?;
+                    }
+                    if let Some(rank) = low_rank {
+                        let down = w.get(LOW_RANK_DOWN, &[rank, inp])?;
+                        let up = w.get(LOW_RANK_UP, &[out, rank])?;
+                        layer = layer.with_low_rank(gpu, down, up, rank)?;
+                    }
+                    *input = None;
+                    return Ok(Linear::Int4(Arc::new(if gelu { layer.with_gelu() } else { layer })));
+                }
+            }
+        }
+    }
+    if low_rank.is_some() {
+        invalid!("checkpoint {}: {} has a low-rank branch ({LOW_RANK_DOWN}) but runs without the integer W4A8/W4A4 kernel (its runtime, weights or input quantizer do not allow it)", w.weights.source, w.prefix());
+    }
+    Ok(Linear::Packed(QLinear::new(gpu, &packed, bias)?))
 }

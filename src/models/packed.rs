@@ -9,7 +9,9 @@
 //!
 //! and the header's `__metadata__["quantization"]` is a JSON object whose `tensors` map each
 //! packed `K` to `{"format": "q4g32", "shape": [checkpoint shape], ...}` (the quantizer may add
-//! fields, e.g. the method that chose the codes). Everything else stays f32/f16 as before.
+//! fields, e.g. the method that chose the codes). Everything else stays f32/f16 as before,
+//! including SVDQuant's low-rank branches (`{node}.lowrank_down` [rank, in] and
+//! `{node}.lowrank_up` [out, rank], f32; `block_quant::LOW_RANK_DOWN`).
 
 use std::collections::BTreeMap;
 
@@ -78,6 +80,10 @@ pub enum Activations {
     F32,
     /// Quantized to int8 per token on the GPU at run time, through the W8A8 kernel.
     Int8PerToken,
+    /// Each block Linear whose input has a static uniform quantizer and whose weights are
+    /// `q4gG` runs through the W4A8/W4A4 integer kernel, which applies that quantizer to make
+    /// its integer codes (`kernels::w4a8`); other quantizers stay simulated in f32.
+    IntStatic,
 }
 
 /// How attention runs.

@@ -17,6 +17,7 @@ mod elementwise;
 mod linear;
 mod norm;
 mod vq;
+mod w4a8;
 
 use crate::gpu::{AdapterClass, DType, Tensor};
 use crate::graph::{Graph, Plan, Value};
@@ -146,6 +147,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     all.extend(elementwise::cases(gpu));
     all.extend(attention::cases(gpu));
     all.extend(vq::cases(gpu));
+    all.extend(w4a8::cases(gpu));
     all
 }
 

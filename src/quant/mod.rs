@@ -3,7 +3,8 @@
 //! mixed precision (`mixed`), calibration (`calibrate`) and the recipes tying them together
 //! (`recipe`). The static activation recipes (W6A6/W4A8/W4A4) add the quantizer list and its
 //! fits (`actq`), their calibration (`act_calib`) and the activation methods: RepQ-ViT
-//! (`repq`), SmoothQuant with bias (`smooth`), NoisyQuant (`noisy`). `docs/QUANTIZATION.md`
+//! (`repq`), SmoothQuant with bias (`smooth`), NoisyQuant (`noisy`), and SVDQuant's low-rank
+//! branch for the W4 ones (`svd`). `docs/QUANTIZATION.md`
 //! describes each method and what it measured.
 
 pub mod act_calib;
@@ -17,4 +18,5 @@ pub mod recipe;
 pub mod repq;
 pub mod rtn;
 pub mod smooth;
+pub mod svd;
 

@@ -75,11 +75,13 @@ pub struct Methods {
     pub clip: bool,
     pub gptq: bool,
     pub act: ActMethods,
+    /// SVDQuant: a low-rank f32 branch per block Linear, the 4-bit codes for the residual.
+    pub svdquant: bool,
 }
 
 impl Methods {
     pub fn parse(list: &str) -> Result<Methods> {
-        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default() };
+        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false };
         let mut rtn = false;
         for name in list.split(',').map(str::trim) {
             match name {
@@ -89,11 +91,12 @@ impl Methods {
                 "repq" => m.act.repq = true,
                 "smoothq" => m.act.smooth = true,
                 "noisy" => m.act.noisy = true,
+                "svdquant" => m.svdquant = true,
                 "log2" => m.act.set_quantizers(Kind::Log2, None)?,
                 "adalog" => m.act.set_quantizers(Kind::AdaLog, None)?,
                 "sulq" => m.act.set_quantizers(Kind::Sulq, Some(Kind::Sulq))?,
                 "twin" => m.act.set_quantizers(Kind::Twin { gelu: false }, Some(Kind::Twin { gelu: true }))?,
-                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq; activations: {})", ACT_METHODS.join(", ")),
+                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq, svdquant; activations: {})", ACT_METHODS.join(", ")),
             }
         }
         if rtn && m.clip {
@@ -108,7 +111,7 @@ impl Methods {
     /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
     /// given whether calibration data was passed.
     pub fn default_for(calibrated: bool) -> Methods {
-        Methods { clip: true, gptq: calibrated, act: ActMethods::default() }
+        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false }
     }
 
     /// The default of the static activation recipes (calibration is required for them): the
@@ -117,7 +120,7 @@ impl Methods {
     /// NoisyQuant at 8 and 4; W6 has no GPTQ.
     pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
         let act = ActMethods { repq: act_bits <= 6, noisy: act_bits != 6, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
-        Methods { clip: true, gptq: weight_bits != 6, act }
+        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false }
     }
 
     pub fn name(&self) -> String {
@@ -129,6 +132,9 @@ impl Methods {
         };
         let mut names = self.act.names();
         names.insert(0, weights);
+        if self.svdquant {
+            names.push("svdquant");
+        }
         names.join("+")
     }
 
@@ -136,6 +142,15 @@ impl Methods {
     fn check_recipe(&self, recipe: &Recipe) -> Result<()> {
         if self.gptq && matches!(recipe, Recipe::Activations { weight_bits: 6, .. }) {
             invalid!("method gptq: recipe w6a6 stores 6-bit codes with rtn/clip only (no 6-bit GPTQ grid); use --method repq,clip");
+        }
+        if self.svdquant {
+            match recipe {
+                Recipe::Activations { weight_bits: 4, .. } => {}
+                _ => invalid!("method svdquant: its low-rank branch runs inside the integer W4A8/W4A4 kernel; recipe {} has none (use w4a8 or w4a4)", recipe.name()),
+            }
+            if let Some(k) = self.act.gelu.filter(|k| *k != Kind::Uniform) {
+                invalid!("method svdquant: the integer kernel takes uniform input quantizers, and {k:?} (methods twin/sulq) quantizes fc2's input otherwise; drop it");
+            }
         }
         let Some(first) = self.act.names().first().copied() else { return Ok(()) };
         match recipe {
@@ -158,7 +173,12 @@ pub struct Options {
     pub seed: u64,
     /// How `mixed:<bits>` measures sensitivities.
     pub sensitivity: mixed::Sensitivity,
+    /// The rank of `--method svdquant`'s low-rank branches (None: `DEFAULT_RANK`).
+    pub rank: Option<usize>,
 }
+
+/// SVDQuant's rank when `--rank` is not given (the paper uses 32).
+pub const DEFAULT_RANK: usize = 32;
 
 /// What was done, for printing.
 pub struct Report {
@@ -196,6 +216,10 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         (None, None) => Methods::default_for(opts.calib.is_some()),
     };
     methods.check_recipe(&recipe)?;
+    if opts.rank.is_some() && !methods.svdquant {
+        invalid!("--rank sets the rank of --method svdquant's low-rank branch; add svdquant to --method");
+    }
+    let rank = opts.rank.unwrap_or(DEFAULT_RANK);
     if out.exists() {
         invalid!("--out {}: already exists (choose a new folder; nothing is overwritten)", out.display());
     }
@@ -224,6 +248,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     if layers.is_empty() {
         invalid!("model {}: no matrices to quantize", model_path.display());
     }
+    // A bad --rank is refused before calibration spends any time (svd_branches checks again
+    // on exactly the layers that get a branch).
+    if methods.svdquant {
+        if let Some(l) = layers.iter().filter(|l| inner_matrix(&l.key)).find(|l| rank == 0 || rank > l.rows().min(l.cols())) {
+            invalid!("--rank {rank}: layer {} is {}×{}, so its low-rank branch takes a rank of 1 to {}", l.key, l.rows(), l.cols(), l.rows().min(l.cols()));
+        }
+    }
     // Activation quantizers first: RepQ/SmoothQuant fold maps into the weights GPTQ then sees.
     let act_points = match (static_act, &calib) {
         (Some((wb, ab)), Some(c)) => {
@@ -249,6 +280,10 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         }
         _ => HashMap::new(),
     };
+    // SVDQuant: every block Linear with an input quantizer gets its low-rank branch (after
+    // smoothing, and after the f32 passes above, which must not see the branches); the
+    // residual is what the weight methods below quantize, with the same Hessians (same inputs).
+    let low_rank = if methods.svdquant { svd_branches(&mut model, &layers, &act_points, rank)? } else { HashMap::new() };
     let (formats, allocation) = match &recipe {
         Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
         Recipe::Mixed { bits } => {
@@ -265,7 +300,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     // Layers are independent: quantize them on every core (GPTQ dominates on a ViT-S), then
     // record them in key order so the output does not depend on the thread count.
     let quantize_layer = |l: &Layer| -> Result<(PackedMatrix, Methods)> {
-        let w = &model.weights.tensors[&l.key].data;
+        let w = low_rank.get(&l.key).unwrap_or(&model.weights.tensors[&l.key].data);
         let h = hessians.get(&l.key);
         let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
         let six_bit = matches!(static_act, Some((6, _))) && inner_matrix(&l.key);
@@ -277,7 +312,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     for (l, result) in layers.iter().zip(results) {
         let (m, used) = result?;
         let format = formats[&l.key];
-        let err = crate::metrics::nmse(&m.dequantize(), &model.weights.tensors[&l.key].data);
+        // The error of what the layer computes with: codes plus the low-rank branch, if any.
+        let mut approx = m.dequantize();
+        if let Some(residual) = low_rank.get(&l.key) {
+            let w = &model.weights.tensors[&l.key].data;
+            approx.iter_mut().zip(w.iter().zip(residual)).for_each(|(a, (w, r))| *a += w - r);
+        }
+        let err = crate::metrics::nmse(&approx, &model.weights.tensors[&l.key].data);
         report.layers.push((l.key.clone(), format, used.name(), err));
         let extra = BTreeMap::from([("method".to_string(), json!(used.name()))]);
         desc.tensors.insert(l.key.clone(), PackedTensor { format: format.name(), shape: l.shape.clone(), extra });
@@ -295,6 +336,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
     let activations = match (&recipe, static_act) {
+        (_, Some((4, ab))) => integer_activations(ab, &act_points),
         (_, Some((_, ab))) => format!("simulated {ab}-bit static per-tensor (fake-quantized in f32 at the `{}` points)", crate::models::packed::ACT_QUANT_KEY),
         (Recipe::Activations { .. }, None) => "int8 per-token dynamic (W8A8 kernel)".to_string(),
         _ => "f32 (weight-only)".to_string(),
@@ -307,12 +349,22 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             json!("SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it"),
         );
     }
+    if let Some((4, _)) = static_act {
+        // q4 block Linears with uniform input quantizers run through the W4A8/W4A4 kernel.
+        desc.runtime = Some(Runtime { activations: Activations::IntStatic, attention: Attention::Exact });
+    }
     if static_act.is_some() {
         desc.extra.insert(crate::models::packed::ACT_QUANT_KEY.into(), json!(act_points));
         desc.extra.insert(format!("{}_schema", crate::models::packed::ACT_QUANT_KEY), json!(crate::models::packed::ACT_QUANT_SCHEMA));
     }
     if let Some((6, _)) = static_act {
         desc.extra.insert("weight_storage".into(), json!("block Linears: 6-bit codes (±31) stored in q8 words, so the file has int8 size"));
+    }
+    if methods.svdquant {
+        desc.extra.insert(
+            "svdquant".into(),
+            json!({"rank": rank, "layers": low_rank.len(), "tensors": format!("NODE.{} [rank, in] and NODE.{} [out, rank], f32: the Linear NODE adds x·downᵀ·upᵀ to its 4-bit residual's output", crate::models::block_quant::LOW_RANK_DOWN, crate::models::block_quant::LOW_RANK_UP)}),
+        );
     }
     if let Some(c) = &calib {
         desc.extra.insert("calibration".into(), json!({"source": c.source, "count": c.count(), "seed": opts.seed}));
@@ -322,6 +374,56 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     }
     write_folder(&model, &packed, &floats, &desc, out)?;
     Ok(report)
+}
+
+/// SVDQuant on every layer whose input has a quantizer (the block Linears): stores each
+/// branch's `down`/`up` as f32 tensors of `model` and returns the residuals to quantize. A
+/// NoisyQuant layer's bias gets `up·down·noise` back: the branch reads x, not x + noise.
+fn svd_branches(model: &mut Model, layers: &[Layer], points: &[crate::models::packed::QuantPoint], rank: usize) -> Result<HashMap<String, Vec<f32>>> {
+    use crate::models::block_quant::{LOW_RANK_DOWN, LOW_RANK_UP};
+    use crate::models::weights::WeightTensor;
+    let node_of = |l: &Layer| l.key.strip_suffix(".weight").map(str::to_string);
+    let chosen: Vec<(&Layer, String)> = layers.iter().filter_map(|l| node_of(l).filter(|n| points.iter().any(|p| &p.node == n)).map(|n| (l, n))).collect();
+    if chosen.is_empty() {
+        invalid!("method svdquant: the model has no block Linear with an activation quantizer to add a low-rank branch to");
+    }
+    // Every rank is checked before any work, so a bad --rank costs nothing and writes nothing.
+    for (l, node) in &chosen {
+        if rank == 0 || rank > l.rows().min(l.cols()) {
+            invalid!("--rank {rank}: layer {node} is {}×{}, so its low-rank branch takes a rank of 1 to {}", l.rows(), l.cols(), l.rows().min(l.cols()));
+        }
+    }
+    let branches = parallel_map(&chosen, |(l, _)| super::svd::low_rank(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), rank));
+    let mut residuals = HashMap::new();
+    for ((l, node), branch) in chosen.iter().zip(branches) {
+        let (up, down) = branch.map_err(|e| Error::Invalid(format!("{node}: {e}")))?;
+        let (rows, cols) = (l.rows(), l.cols());
+        residuals.insert(l.key.clone(), super::svd::residual(&model.weights.tensors[&l.key].data, rows, cols, &up, &down, rank));
+        let noise = points.iter().find(|p| &p.node == node).and_then(|p| p.noise.clone());
+        if let (Some(key), Some(bias)) = (noise, model.weights.tensors.get(&format!("{node}.bias")).map(|b| b.data.clone())) {
+            let n = &model.weights.tensors[&key].data;
+            let t: Vec<f64> = (0..rank).map(|q| (0..cols).map(|k| down[q * cols + k] as f64 * n[k] as f64).sum()).collect();
+            let fixed: Vec<f32> = bias.iter().enumerate().map(|(r, b)| (*b as f64 + (0..rank).map(|q| up[r * rank + q] as f64 * t[q]).sum::<f64>()) as f32).collect();
+            model.weights.tensors.get_mut(&format!("{node}.bias")).unwrap().data = fixed;
+        }
+        model.weights.tensors.insert(format!("{node}.{LOW_RANK_DOWN}"), WeightTensor { shape: vec![rank, cols], data: down });
+        model.weights.tensors.insert(format!("{node}.{LOW_RANK_UP}"), WeightTensor { shape: vec![rows, rank], data: up });
+    }
+    Ok(residuals)
+}
+
+/// The description's prose for a W4 static recipe: which quantizers the integer kernel applies
+/// (uniform ones at Linear inputs) and which stay simulated in f32 (the others).
+fn integer_activations(act_bits: u32, points: &[crate::models::packed::QuantPoint]) -> String {
+    use crate::kernels::act_quant::ActQuantizer;
+    let is_linear = |p: &&crate::models::packed::QuantPoint| !p.node.ends_with(".attn");
+    let integer = points.iter().filter(is_linear).filter(|p| matches!(p.quantizer, ActQuantizer::Uniform { .. })).count();
+    let simulated: Vec<String> = points.iter().filter(|p| !is_linear(p) || !matches!(p.quantizer, ActQuantizer::Uniform { .. })).map(|p| p.node.clone()).collect();
+    let mut text = format!("integer {act_bits}-bit static per-tensor: {integer} block Linear inputs quantized to int codes inside the W4A{act_bits} kernel (int4 weights × int{} activations, i32 per group)", if act_bits <= 4 { 4 } else { 8 });
+    if !simulated.is_empty() {
+        text += &format!("; simulated in f32 (post-softmax probabilities before the f32 P·V, non-uniform quantizers): {}", simulated.join(", "));
+    }
+    text
 }
 
 /// The weight format of matrix `key` under a static activation recipe: block Linears at the

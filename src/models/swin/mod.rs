@@ -121,11 +121,12 @@ impl SwinTransformer {
                 // The 2×2 concatenation of the previous stage's width (s.dim / 2).
                 let (inp, m) = (2 * s.dim, l.pp("downsample"));
                 let prev = 2 * s.resolution;
+                let mut quant = take_input(gpu, w, &format!("layers.{i}.downsample.reduction"), &mut points, inp)?;
                 Some(Merge {
                     rows: Tensor::from_u32(gpu, &[s.resolution * s.resolution * 4], &index::merge(prev, prev))?,
                     norm: m.pp("norm").norm(gpu, inp)?,
-                    reduction: load_block_linear(gpu, &m.pp("reduction"), s.dim, inp, false, format, false, runtime)?,
-                    quant: take_input(gpu, w, &format!("layers.{i}.downsample.reduction"), &mut points, inp)?,
+                    reduction: load_block_linear(gpu, &m.pp("reduction"), s.dim, inp, false, format, false, runtime, &mut quant)?,
+                    quant,
                 })
             };
             let (n, hidden) = (s.window * s.window, c.mlp_hidden(s.dim));
@@ -144,7 +145,7 @@ impl SwinTransformer {
                     }
                 }
                 let prefix = format!("layers.{i}.blocks.{j}");
-                let quant = BlockQuant::take(gpu, w, &prefix, &mut points, [s.dim, s.dim, s.dim, hidden])?;
+                let mut quant = BlockQuant::take(gpu, w, &prefix, &mut points, [s.dim, s.dim, s.dim, hidden])?;
                 if quant.softmax.is_some() {
                     invalid!("checkpoint {}: a post-softmax quantizer at `{prefix}.attn`: Swin's window attention runs in f32", w.source);
                 }
@@ -153,12 +154,12 @@ impl SwinTransformer {
                     partition: Tensor::from_u32(gpu, &[r * r], &index::partition(r, r, s.window, shift))?,
                     reverse: Tensor::from_u32(gpu, &[r * r], &index::reverse(r, r, s.window, shift))?,
                     norm1: b.pp("norm1").norm(gpu, s.dim)?,
-                    qkv: load_block_linear(gpu, &b.pp("attn").pp("qkv"), 3 * s.dim, s.dim, c.qkv_bias, format, false, runtime)?,
+                    qkv: load_block_linear(gpu, &b.pp("attn").pp("qkv"), 3 * s.dim, s.dim, c.qkv_bias, format, false, runtime, &mut quant.qkv)?,
                     bias: Tensor::from_f32(gpu, &[windows, s.heads, n, n], &bias)?,
-                    proj: load_block_linear(gpu, &b.pp("attn").pp("proj"), s.dim, s.dim, true, format, false, runtime)?,
+                    proj: load_block_linear(gpu, &b.pp("attn").pp("proj"), s.dim, s.dim, true, format, false, runtime, &mut quant.proj)?,
                     norm2: b.pp("norm2").norm(gpu, s.dim)?,
-                    fc1: load_block_linear(gpu, &b.pp("mlp").pp("fc1"), hidden, s.dim, true, format, true, runtime)?,
-                    fc2: load_block_linear(gpu, &b.pp("mlp").pp("fc2"), s.dim, hidden, true, format, false, runtime)?,
+                    fc1: load_block_linear(gpu, &b.pp("mlp").pp("fc1"), hidden, s.dim, true, format, true, runtime, &mut quant.fc1)?,
+                    fc2: load_block_linear(gpu, &b.pp("mlp").pp("fc2"), s.dim, hidden, true, format, false, runtime, &mut quant.fc2)?,
 
                     quant,
                 });

@@ -127,17 +127,19 @@ impl VisionTransformer {
         for i in 0..c.depth {
             let b = w.pp("blocks").pp(i);
             let (attn, mlp) = (b.pp("attn"), b.pp("mlp"));
+            // The quantizers first: an integer Linear takes its input's quantizer into itself.
+            let mut quant = BlockQuant::take(gpu, w, &format!("blocks.{i}"), &mut points, [d, d, d, hidden])?;
             blocks.push(Block {
                 norm1: b.pp("norm1").norm(gpu, d)?,
-                qkv: load_block_linear(gpu, &attn.pp("qkv"), 3 * d, d, c.qkv_bias, format, false, runtime)?,
-                proj: load_block_linear(gpu, &attn.pp("proj"), d, d, c.proj_bias, format, false, runtime)?,
+                qkv: load_block_linear(gpu, &attn.pp("qkv"), 3 * d, d, c.qkv_bias, format, false, runtime, &mut quant.qkv)?,
+                proj: load_block_linear(gpu, &attn.pp("proj"), d, d, c.proj_bias, format, false, runtime, &mut quant.proj)?,
                 ls1: layer_scale(b.pp("ls1"))?,
                 norm2: b.pp("norm2").norm(gpu, d)?,
-                fc1: load_block_linear(gpu, &mlp.pp("fc1"), hidden, d, c.proj_bias, format, fuse_gelu, runtime)?,
-                fc2: load_block_linear(gpu, &mlp.pp("fc2"), d, hidden, c.proj_bias, format, false, runtime)?,
+                fc1: load_block_linear(gpu, &mlp.pp("fc1"), hidden, d, c.proj_bias, format, fuse_gelu, runtime, &mut quant.fc1)?,
+                fc2: load_block_linear(gpu, &mlp.pp("fc2"), d, hidden, c.proj_bias, format, false, runtime, &mut quant.fc2)?,
                 ls2: layer_scale(b.pp("ls2"))?,
                 qk_norm: qk_norm(&attn)?,
-                quant: BlockQuant::take(gpu, w, &format!("blocks.{i}"), &mut points, [d, d, d, hidden])?,
+                quant,
             });
         }
         if let Some(p) = points.first() {
