@@ -96,5 +96,6 @@ pub fn params_layouts() -> Vec<&'static crate::gpu::contract::ParamsLayout> {
         &vq::SEARCH_PARAMS_LAYOUT,
         &vq::LOOKUP_PARAMS_LAYOUT,
         &w8a8::PARAMS_LAYOUT,
+        &w4a8::PARAMS_LAYOUT,
     ]
 }

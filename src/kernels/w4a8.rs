@@ -48,6 +48,10 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Checked against the WGSL struct by tests/contracts.rs.
+pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout =
+    crate::params_layout!(Params, ["w4a8"], [], "Params", [rows, cols, x_vecs, out_stride, col_offset, w_vecs, groups, group_vecs, scale, zero, top, offset, rank]);
+
 /// How a layer's input becomes integer codes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ActInput {

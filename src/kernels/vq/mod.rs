@@ -17,7 +17,6 @@ pub use reference::{check_ids, TokenId};
 
 use super::{launch, params, BenchCase, BenchSize};
 use crate::gpu::{DType, Shader, Tensor};
-use wgpu::util::DeviceExt;
 
 use crate::{invalid, shader, shape_err, Encoder, Gpu, Result};
 
@@ -162,13 +161,8 @@ impl Codebook {
                 CodeLayout::Uniform => {
                     let mut block = values.to_vec();
                     block.resize(UBO_VEC4S * 4, 0.0);
-                    gpu.scoped(|| {
-                        gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some("vq code block"),
-                            contents: bytemuck::cast_slice(&block),
-                            usage: wgpu::BufferUsages::UNIFORM,
-                        })
-                    })?
+                    // `buffer_init`, not wgpu's `create_buffer_init`, which panics on a lost device.
+                    gpu.buffer_init("vq code block", bytemuck::cast_slice(&block), wgpu::BufferUsages::UNIFORM)?
                 }
             };
             let norms = gpu.upload(bytemuck::cast_slice(&norms[r.clone()]), "vq code norms")?;
