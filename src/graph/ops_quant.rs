@@ -18,13 +18,7 @@ impl Graph {
     /// `Linear::Int8`: quantize each token of x to int8 (absmax scale), then the integer GEMM
     /// with the layer's int8 weights (and its GELU, if it has one).
     pub(super) fn w8a8_linear(&mut self, name: &str, layer: &Arc<W8A8Linear>, x: Value) -> Result<Value> {
-        let Some((&width, rest)) = self.shape(x).split_last() else { shape_err!("{name}: a scalar input") };
-        if width != layer.cols {
-            shape_err!("{name}: input width {width}, the layer takes {}", layer.cols);
-        }
-        let rows: usize = rest.iter().product();
-        let mut shape = self.shape(x).to_vec();
-        *shape.last_mut().unwrap() = layer.rows;
+        let (rows, shape) = self.linear_shape(name, x, layer.cols, layer.rows)?;
         let layer = layer.clone();
         // The int8 codes of x: made on the first run, reused by later runs of the plan.
         let scratch: OnceLock<QuantizedActivations> = OnceLock::new();
@@ -40,13 +34,7 @@ impl Graph {
     /// integer codes, then the W4A8/W4A4 GEMM (with the low-rank branch, if the layer has one).
     /// x itself is left as it was.
     pub(super) fn w4_linear(&mut self, name: &str, layer: &Arc<W4Linear>, x: Value) -> Result<Value> {
-        let Some((&width, rest)) = self.shape(x).split_last() else { shape_err!("{name}: a scalar input") };
-        if width != layer.cols {
-            shape_err!("{name}: input width {width}, the layer takes {}", layer.cols);
-        }
-        let rows: usize = rest.iter().product();
-        let mut shape = self.shape(x).to_vec();
-        *shape.last_mut().unwrap() = layer.rows;
+        let (rows, shape) = self.linear_shape(name, x, layer.cols, layer.rows)?;
         let layer = layer.clone();
         // The codes (and low-rank intermediate) of x: made on the first run, reused after.
         let scratch: OnceLock<W4Scratch> = OnceLock::new();
@@ -103,5 +91,17 @@ impl Graph {
             }
             sage_attention_with(gpu, enc, i[0], out, scratch.get().unwrap())
         }))
+    }
+
+    /// The token count of x (all but its last dimension) and the Linear's output shape, x's
+    /// width checked against the layer's `cols`.
+    fn linear_shape(&self, name: &str, x: Value, cols: usize, out_cols: usize) -> Result<(usize, Vec<usize>)> {
+        let Some((&width, rest)) = self.shape(x).split_last() else { shape_err!("{name}: a scalar input") };
+        if width != cols {
+            shape_err!("{name}: input width {width}, the layer takes {cols}");
+        }
+        let mut shape = self.shape(x).to_vec();
+        *shape.last_mut().unwrap() = out_cols;
+        Ok((rest.iter().product(), shape))
     }
 }
