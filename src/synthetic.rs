@@ -22,3 +22,19 @@ pub fn uniform(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.next_f32() * scale).collect()
 }
+
+/// Activations like a transformer's: uniform in [-1, 1), every 37th channel (from channel 5)
+/// four times larger, and from 3 rows on an all-zero second row (a per-token scale of 0). The
+/// integer-activation kernels' checks and tests run on these.
+pub fn outlier_activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut x = uniform(m * k, seed, 1.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        if i % k % 37 == 5 {
+            *v *= 4.0;
+        }
+    }
+    if m >= 3 {
+        x[k..2 * k].fill(0.0);
+    }
+    x
+}

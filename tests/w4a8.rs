@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use lowbit::synthetic::outlier_activations as activations;
 use lowbit::formats::{PackedMatrix, WeightFormat};
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::w4a8::reference;
@@ -12,19 +13,6 @@ use lowbit::Gpu;
 
 const Q4G64: WeightFormat = WeightFormat::Q4 { group: 64, zero_point: false };
 
-/// Activations like a transformer's: mostly small, a few outlier channels, one all-zero row.
-fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut x = random(m * k, seed, 1.0);
-    for (i, v) in x.iter_mut().enumerate() {
-        if i % k % 37 == 5 {
-            *v *= 4.0;
-        }
-    }
-    if m > 2 {
-        x[k..2 * k].fill(0.0);
-    }
-    x
-}
 
 const ACTS: [ActInput; 3] = [
     ActInput::PerToken,

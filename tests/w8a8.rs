@@ -1,5 +1,6 @@
 mod common;
 use common::*;
+use lowbit::synthetic::outlier_activations as activations;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::w8a8::{quantize_activations, reference, w8a8_forward, w8a8_linear, QuantizedActivations, W8A8Linear};
 use lowbit::formats::{PackedMatrix, WeightFormat};
@@ -7,19 +8,6 @@ use lowbit::{Gpu, GpuOptions};
 
 const Q8: WeightFormat = WeightFormat::Q8 { group: None };
 
-/// Activations like a transformer's: mostly small, a few outlier channels, one all-zero row.
-fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut x = random(m * k, seed, 1.0);
-    for (i, v) in x.iter_mut().enumerate() {
-        if i % k % 37 == 5 {
-            *v *= 4.0;
-        }
-    }
-    if m > 2 {
-        x[k..2 * k].fill(0.0);
-    }
-    x
-}
 
 fn quantize_on_gpu(gpu: &Gpu, x: &[f32], m: usize, k: usize) -> QuantizedActivations {
     let xt = Tensor::from_f32(gpu, &[m, k], x).unwrap();

@@ -1,6 +1,7 @@
 //! Linear layers (every weight format, through the graph and with every launch-table variant
 //! forced) and the W8A8 Linear.
 
+use crate::synthetic::outlier_activations as activations;
 use std::sync::Arc;
 
 use super::{dims, path_name, random, run_graph, run_kernel, Case};
@@ -88,19 +89,6 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     cases
 }
 
-/// Activations with a few outlier channels and, from 3 rows on, an all-zero row (scale 0).
-fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut x = random(m * k, seed, 1.0);
-    for (i, v) in x.iter_mut().enumerate() {
-        if i % k % 37 == 5 {
-            *v *= 4.0;
-        }
-    }
-    if m >= 3 {
-        x[k..2 * k].fill(0.0);
-    }
-    x
-}
 
 fn w8a8_cases(gpu: &Gpu) -> Vec<Case> {
     // K = 203: a partial last word of int8 codes.
