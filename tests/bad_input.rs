@@ -104,6 +104,17 @@ fn generate_count_is_checked_against_a_limit_before_allocating() {
     fails(&["generate", "--prior", &prior, "--class", "3", "--count", "100000", "--guidance", "3", "--out", s(&dir)], &["guidance"]);
 }
 
+#[test]
+fn kv_bits_the_prior_cannot_use_are_refused_before_any_work() {
+    let dir = scratch("kv-bits");
+    let out = dir.join("g");
+    for bits in ["3", "16", "0", "1"] {
+        fails(&["generate", "--prior", &asset("digits-prior"), "--class", "3", "--kv-bits", bits, "--out", s(&out)], &["--kv-bits", "[8, 4, 2]"]);
+        fails(&["demo", "--kv-bits", bits, "--out", s(&out)], &["--kv-bits", "[8, 4, 2]"]);
+    }
+    assert!(!out.exists(), "no partial output");
+}
+
 // 2, 9 (prior)
 #[test]
 fn prior_config_is_limited_and_checked_against_the_checkpoint() {

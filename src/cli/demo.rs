@@ -46,6 +46,9 @@ pub struct DemoArgs {
     photo_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The prior's KV cache in 8, 4 or 2 bits per value instead of f32 (see `generate`).
+    #[arg(long, value_name = "BITS")]
+    kv_bits: Option<u32>,
 }
 
 /// What one precision measured.
@@ -130,7 +133,10 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
     let models = assets.join("models");
     let vit = VisionTransformer::from_pretrained(gpu, &models.join("digits-vit"), None, format)?;
     let photo_vit = VisionTransformer::from_pretrained(gpu, &models.join("photo-vit"), None, format)?;
-    let prior = Prior::from_pretrained(gpu, &models.join("digits-prior"), format)?;
+    let mut prior = Prior::from_pretrained(gpu, &models.join("digits-prior"), format)?;
+    if let Some(bits) = args.kv_bits {
+        prior.quantize_kv_cache(gpu, bits).context("calibrating the low-bit KV cache")?;
+    }
     let digits = VqganDecoder::from_pretrained(gpu, &models.join("digits-vqgan"), None, format)?;
     let photo_enc = VqganEncoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
     let photo_dec = VqganDecoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
@@ -236,6 +242,9 @@ fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
 
 pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
+    if let Some(bits) = args.kv_bits {
+        crate::kernels::attention::kv_cache::check_kv_bits(bits).context("--kv-bits")?;
+    }
     let assets = assets_dir(args.assets.as_deref())?;
     let samples = assets.join("samples");
     outln!("lowbit demo on {} ({:?}); models from {}", gpu.adapter_name(), gpu.class, assets.display());
@@ -283,9 +292,10 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         outln!("photo-vit on {}: {} (expected {want})", path.display(), got.join(" / "));
     }
     outln!(
-        "\n{} sample digits; {} generated per class; Fréchet distance of digits-vit features, generated vs the samples; photo: {}×{} crop of {}",
+        "\n{} sample digits; {} generated per class (KV cache {}); Fréchet distance of digits-vit features, generated vs the samples; photo: {}×{} crop of {}",
         inputs.digits.len(),
         args.per_class,
+        args.kv_bits.map_or("f32".to_string(), |b| format!("{b}-bit")),
         args.photo_size,
         args.photo_size,
         photo_path.display()
@@ -298,6 +308,7 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
                 "photo_top1": 100.0 * photo_hits(r) as f64 / inputs.photos.len() as f64,
                 "photo_labels": inputs.photos.iter().zip(&r.photo_labels).map(|((p, _), l)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), l.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                 "generated_class_match": r.class_match, "frechet_distance": r.frechet, "photo_psnr_db": r.photo_psnr, "seconds": r.seconds,
+                "kv_bits": args.kv_bits,
             })
         })
         .collect();

@@ -1,5 +1,5 @@
 //! `lowbit generate --prior PATH [--decoder PATH] --class C --count N --seed S --out DIR
-//! [--temperature T] [--top-k K] [--guidance G] [--format FMT] [--profile]`: class → tokens (the minGPT prior, sampled
+//! [--temperature T] [--top-k K] [--guidance G] [--kv-bits 8|4|2] [--format FMT] [--profile]`: class → tokens (the minGPT prior, sampled
 //! with a KV cache) → images (the VQGAN decoder). Writes `DIR/class<C>-<i>.png` and
 //! `DIR/tokens.safetensors` (tensor `tokens`, i32 [N, h, w], readable by `lowbit decode`).
 
@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::models::images::signed_chw_to_rgb;
+use crate::kernels::attention::kv_cache::check_kv_bits;
 use crate::models::prior::Prior;
 use super::output::Staged;
 use crate::models::sampling::{generate, max_count, SamplingOptions};
@@ -46,6 +47,10 @@ pub struct GenerateArgs {
     /// to the prior config's, else 1.
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Keep the prior's KV cache in 8, 4 or 2 bits per value (K per channel, calibrated first
+    /// on sequences the prior samples itself; V per token) instead of f32.
+    #[arg(long, value_name = "BITS")]
+    pub kv_bits: Option<u32>,
     /// Also print the prior's GPU time per node for a prefill of the sequence and for one
     /// decode step.
     #[arg(long)]
@@ -79,10 +84,13 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
+    if let Some(bits) = args.kv_bits {
+        check_kv_bits(bits).context("--kv-bits")?;
+    }
     let t = Instant::now();
     super::model::expect_kind(&args.prior, ModelKind::Prior, "generate")?;
-    let prior = Prior::from_pretrained(gpu, &args.prior, format).with_context(|| format!("loading prior {}", args.prior.display()))?;
-    let c = &prior.config;
+    let mut prior = Prior::from_pretrained(gpu, &args.prior, format).with_context(|| format!("loading prior {}", args.prior.display()))?;
+    let c = prior.config.clone();
     if args.class >= c.n_classes {
         bail!("--class {} is out of range: the prior has {} classes (0..={})", args.class, c.n_classes, c.n_classes - 1);
     }
@@ -104,6 +112,9 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
     super::model::expect_kind(&decoder_path, ModelKind::Vqgan, "generate --decoder")?;
     let decoder = VqganDecoder::from_pretrained(gpu, &decoder_path, None, format).with_context(|| format!("loading decoder {}", decoder_path.display()))?;
     check_vocabulary(&prior, &decoder, &decoder_path)?;
+    if let Some(bits) = args.kv_bits {
+        prior.quantize_kv_cache(gpu, bits).context("calibrating the low-bit KV cache")?;
+    }
     let load_ms = ms(t);
 
     let t = Instant::now();
@@ -131,7 +142,7 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
 
     let steps = c.tokens_per_image();
     outln!(
-        "class {} × {} (seed {}, temperature {}, top-k {}, guidance {}, {}): load {load_ms:.0} ms, generate {gen_ms:.1} ms ({steps} steps, {:.2} ms/step), decode {decode_ms:.1} ms, write {write_ms:.1} ms; {:.1} ms per image",
+        "class {} × {} (seed {}, temperature {}, top-k {}, guidance {}, {}, KV cache {}): load {load_ms:.0} ms, generate {gen_ms:.1} ms ({steps} steps, {:.2} ms/step), decode {decode_ms:.1} ms, write {write_ms:.1} ms; {:.1} ms per image",
         args.class,
         args.count,
         args.seed,
@@ -139,6 +150,7 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
         opts.top_k,
         opts.guidance,
         format.name(),
+        args.kv_bits.map_or("f32".to_string(), |b| format!("{b}-bit")),
         gen_ms / steps as f64,
         (gen_ms + decode_ms) / args.count as f64
     );

@@ -12,6 +12,9 @@
 //!
 //! Conditioning as taming's class-conditional `Net2NetTransformer`: class c is token id c, the
 //! sequence is [c, z_0, …, z_{n−1}], and the logits at position i predict z_i.
+//!
+//! The caches hold f32, or (after `quantize_kv_cache`) 8-, 4- or 2-bit codes: K per channel
+//! with ranges calibrated on sequences the prior samples itself, V per token.
 
 mod config;
 
@@ -22,7 +25,7 @@ use std::path::{Path, PathBuf};
 use super::weights::{Weights, WeightsView};
 use crate::graph::{Graph, Linear, NodeTime, Norm, Plan};
 use crate::gpu::{DType, Tensor};
-use crate::kernels::attention::kv_cache::{KvCache, Position};
+use crate::kernels::attention::kv_cache::{check_kv_bits, reference as kv_ref, KvCache, Position};
 use crate::kernels::elementwise::Activation;
 use crate::kernels::matmul::QLinear;
 use crate::formats::{PackedMatrix, WeightFormat};
@@ -52,7 +55,20 @@ pub struct Prior {
     blocks: Vec<Block>,
     ln_f: Norm,
     head: Linear,
+    /// Low-bit KV caches for every session, when set.
+    kv: Option<KvQuantSpec>,
 }
+
+/// A low-bit KV cache: bits per value and each layer's calibrated K ranges (f32 [H·D, 2]).
+#[derive(Clone, Debug)]
+pub struct KvQuantSpec {
+    pub bits: u32,
+    pub k_ranges: Vec<Vec<f32>>,
+}
+
+/// Seed of the sequences `quantize_kv_cache` calibrates on: not the default generation seed
+/// (0), so that a run with the default seed is not scored on its own calibration.
+const KV_CALIBRATION_SEED: u64 = 0x6b76;
 
 /// An `nn.Linear(inp, out)` with bias, packed in `format`.
 fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, format: WeightFormat) -> Result<Linear> {
@@ -104,7 +120,7 @@ impl Prior {
         if w.contains("head.bias") {
             invalid!("checkpoint {}: head.bias present, but minGPT's head has no bias", w.source);
         }
-        Ok(Prior { config: c.clone(), format, decoder_path: None, tok_emb, pos_emb, blocks, ln_f, head })
+        Ok(Prior { config: c.clone(), format, decoder_path: None, tok_emb, pos_emb, blocks, ln_f, head, kv: None })
     }
 
     /// Loads a folder with `model.safetensors` and `config.json` (or a `.safetensors` file with
@@ -137,6 +153,47 @@ impl Prior {
         (gpu.max_binding_size() / per_sequence).max(1) as usize
     }
 
+    /// Bits per value of the KV caches (None: f32).
+    pub fn kv_bits(&self) -> Option<u32> {
+        self.kv.as_ref().map(|q| q.bits)
+    }
+
+    /// From now on, sessions keep K and V in `bits` bits per value (8, 4 or 2). K's
+    /// per-channel ranges come from one f32 pass over a sequence of every class (and of the
+    /// null class, with guidance) that the prior samples with its default options and
+    /// `KV_CALIBRATION_SEED`: its min and max of each channel over every position.
+    pub fn quantize_kv_cache(&mut self, gpu: &Gpu, bits: u32) -> Result<()> {
+        check_kv_bits(bits)?;
+        self.kv = None;
+        let c = self.config.clone();
+        let opts = c.sampling.unwrap_or_default();
+        let most = super::sampling::max_count(gpu, self, &opts);
+        let classes: Vec<usize> = (0..c.n_classes).take(most).collect();
+        let grid = super::sampling::generate_classes(gpu, self, &classes, KV_CALIBRATION_SEED, &opts)?;
+        let n = c.tokens_per_image();
+        let mut conditions: Vec<u32> = classes.iter().map(|&k| k as u32).collect();
+        if let (true, Some(null)) = (opts.guidance != 1.0, c.null_class) {
+            conditions.extend(std::iter::repeat_n(null as u32, classes.len()));
+        }
+        // [condition, z_0 … z_{n−2}]: the n positions a generation fills.
+        let mut ids = Vec::with_capacity(conditions.len() * n);
+        for (row, &cond) in conditions.iter().enumerate() {
+            ids.push(cond);
+            let seq = &grid.ids[(row % classes.len()) * n..][..n];
+            ids.extend(seq[..n - 1].iter().map(|&id| id as u32));
+        }
+        let batch = conditions.len();
+        let mut session = self.session(gpu, batch)?;
+        session.prefill(gpu, &ids, n)?;
+        let k_ranges = session
+            .caches
+            .iter()
+            .map(|cache| Ok(kv_ref::k_range(&cache.k.to_vec_f32(gpu)?, batch, c.n_head, c.head_dim(), c.block_size, n, bits)))
+            .collect::<Result<Vec<_>>>()?;
+        self.kv = Some(KvQuantSpec { bits, k_ranges });
+        Ok(())
+    }
+
     /// An empty decoding session for `batch` sequences of up to `block_size` tokens.
     pub fn session(&self, gpu: &Gpu, batch: usize) -> Result<PriorSession<'_>> {
         let c = &self.config;
@@ -147,7 +204,12 @@ impl Prior {
         if batch > most {
             invalid!("prior: {batch} sequences at once is over this GPU's buffer limit; at most {most}");
         }
-        let caches = (0..c.n_layer).map(|_| KvCache::new(gpu, batch, c.n_head, c.head_dim(), c.block_size)).collect::<Result<_>>()?;
+        let caches = (0..c.n_layer)
+            .map(|i| match &self.kv {
+                None => KvCache::new(gpu, batch, c.n_head, c.head_dim(), c.block_size),
+                Some(q) => KvCache::new_quantized(gpu, batch, c.n_head, c.head_dim(), c.block_size, q.bits, &q.k_ranges[i]),
+            })
+            .collect::<Result<_>>()?;
         Ok(PriorSession { prior: self, batch, caches, position: Position::new(gpu)?, step_plan: None })
     }
 

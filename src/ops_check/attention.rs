@@ -4,7 +4,7 @@
 use super::{path_name, random, run_graph, run_kernel, Case, EXACT, SAME_VALUES};
 use crate::gpu::{DType, Tensor};
 use crate::kernels::act_quant::ActQuantizer;
-use crate::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, reference as kv_ref, KvCache, Position};
+use crate::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, reference as kv_ref, KvCache, Position, KV_BITS};
 use crate::kernels::attention::{attention_quantized_reference, attention_reference, realistic_qkv, sage_reference, AttentionParams, SageOptions};
 use crate::Gpu;
 
@@ -65,7 +65,47 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
         cases.push(exact_case.bound(5e-4, "int8 Q and K (and f16 P·V) against exact f32 attention"));
     }
     cases.extend(kv_cases(&path));
+    for bits in KV_BITS {
+        cases.push(kv_quantized_case(&path, bits));
+    }
     cases
+}
+
+/// The low-bit cache: a prefill, then single steps, against the reference's decoded caches
+/// (the same codes, so only the summation order differs). K's ranges come from the first
+/// chunk's values, so later tokens also exercise the clamping. (tests/kv_cache.rs also
+/// decodes the GPU's codes on the CPU.)
+fn kv_quantized_case(path: &str, bits: u32) -> Case {
+    let (batch, heads, head_dim, capacity) = (2, 3, 11, 9);
+    let chunks = [3usize, 1, 2];
+    let shape = format!("b{batch} h{heads} d{head_dim} cap{capacity} steps 3+1+2");
+    let steps = Box::new(move |gpu: &Gpu| -> crate::Result<super::Outputs> {
+        let e = heads * head_dim;
+        let len = batch * heads * capacity * head_dim;
+        let qkvs: Vec<Vec<f32>> = chunks.iter().enumerate().map(|(i, &t)| random(batch * t * 3 * e, 120 + i as u64, 1.5)).collect();
+        let (mut k_first, mut v_first) = (vec![0f32; len], vec![0f32; len]);
+        kv_ref::kv_append(&mut k_first, &mut v_first, &qkvs[0], batch, chunks[0], heads, head_dim, capacity, 0);
+        let k_range = kv_ref::k_range(&k_first, batch, heads, head_dim, capacity, chunks[0], bits);
+        let cache = KvCache::new_quantized(gpu, batch, heads, head_dim, capacity, bits, &k_range)?;
+        let pos = Position::new(gpu)?;
+        let (mut k_ref, mut v_ref) = (vec![0f32; len], vec![0f32; len]);
+        let (mut got, mut want) = (super::Got::of(Vec::new()), Vec::new());
+        let mut start = 0;
+        for (qkv, &t) in qkvs.iter().zip(&chunks) {
+            let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], qkv)?;
+            let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32)?;
+            pos.set(gpu, start)?;
+            got.extend(run_kernel(gpu, &out, |enc| {
+                kv_append(gpu, enc, &qkv_t, &cache, &pos)?;
+                kv_attend(gpu, enc, &qkv_t, &cache, &pos, &out)
+            })?);
+            kv_ref::kv_append_quantized(&mut k_ref, &mut v_ref, qkv, batch, t, heads, head_dim, capacity, start, bits, &k_range);
+            want.extend(kv_ref::kv_attend(qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start));
+            start += t;
+        }
+        Ok((got, want))
+    });
+    Case::new("kv_append+kv_attend", shape, path, format!("{bits}-bit"), steps)
 }
 
 /// A prefill of several tokens, then single-token steps: each step's attention output, the

@@ -1,6 +1,7 @@
-//! Incremental (autoregressive) decoding: per-layer K/V caches, appending the new tokens' K
-//! and V at a position, causal attention of the new queries over the cache, and the token +
-//! position embedding at a position. See `shaders/kv_cache.wgsl`.
+//! Incremental (autoregressive) decoding: per-layer K/V caches (f32, or low-bit codes with K
+//! per channel and V per token), appending the new tokens' K and V at a position, causal
+//! attention of the new queries over the cache, and the token + position embedding at a
+//! position. See `shaders/kv_cache.wgsl`.
 //!
 //! The start position lives in a one-word GPU buffer (`Position`) that the kernels read, so a
 //! decoding step records the same dispatches with the same parameters at every position.
@@ -45,8 +46,12 @@ impl Position {
     }
 }
 
-/// One layer's K and V for `batch` sequences of up to `capacity` positions, [B, H, S, D] each.
-/// Clones share the buffers.
+/// Bits per value a low-bit cache can store (`generate --kv-bits`).
+pub const KV_BITS: [u32; 3] = [8, 4, 2];
+
+/// One layer's K and V for `batch` sequences of up to `capacity` positions, [B, H, S, D] each
+/// in f32; or, with `quant`, their codes, u32 [B, H, S, ⌈D / (32 / bits)⌉]. Clones share the
+/// buffers.
 #[derive(Clone)]
 pub struct KvCache {
     pub batch: usize,
@@ -55,6 +60,30 @@ pub struct KvCache {
     pub capacity: usize,
     pub k: Tensor,
     pub v: Tensor,
+    pub quant: Option<KvQuant>,
+}
+
+/// What a low-bit cache adds: the bits per value, K's per-channel ranges (f32 [H·D, 2]: lowest
+/// value and step, fixed by calibration) and V's per-token ranges (f32 [B, H, S, 2], written by
+/// `kv_append`). A value decodes as `lo + code · step`.
+#[derive(Clone)]
+pub struct KvQuant {
+    pub bits: u32,
+    pub k_range: Tensor,
+    pub v_range: Tensor,
+}
+
+/// Checks `bits` against `KV_BITS`.
+pub fn check_kv_bits(bits: u32) -> Result<()> {
+    if !KV_BITS.contains(&bits) {
+        invalid!("a KV cache of {bits} bits per value is not supported: use one of {KV_BITS:?} (or no --kv-bits for f32)");
+    }
+    Ok(())
+}
+
+/// u32 words per (b, h, position) slot of a `bits`-bit cache.
+pub fn row_words(head_dim: usize, bits: u32) -> usize {
+    head_dim.div_ceil(32 / bits as usize)
 }
 
 impl KvCache {
@@ -66,7 +95,41 @@ impl KvCache {
             invalid!("kv cache: capacity {capacity} is over the {MAX_CAPACITY} positions attention supports");
         }
         let shape = [batch, heads, capacity, head_dim];
-        Ok(KvCache { batch, heads, head_dim, capacity, k: Tensor::zeros(gpu, &shape, DType::F32)?, v: Tensor::zeros(gpu, &shape, DType::F32)? })
+        Ok(KvCache { batch, heads, head_dim, capacity, k: Tensor::zeros(gpu, &shape, DType::F32)?, v: Tensor::zeros(gpu, &shape, DType::F32)?, quant: None })
+    }
+
+    /// A `bits`-bit cache whose K is quantized with the per-channel ranges `k_range` (f32
+    /// [H·D, 2] = lo, step; `reference::k_range` makes them from calibration data).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_quantized(gpu: &Gpu, batch: usize, heads: usize, head_dim: usize, capacity: usize, bits: u32, k_range: &[f32]) -> Result<KvCache> {
+        check_kv_bits(bits)?;
+        if batch == 0 || heads == 0 || head_dim == 0 || capacity == 0 {
+            shape_err!("kv cache: zero-sized dimension (batch {batch}, heads {heads}, head_dim {head_dim}, capacity {capacity})");
+        }
+        if capacity > MAX_CAPACITY {
+            invalid!("kv cache: capacity {capacity} is over the {MAX_CAPACITY} positions attention supports");
+        }
+        if k_range.len() != heads * head_dim * 2 {
+            shape_err!("kv cache: {} K range values for {heads} heads × {head_dim} channels (want lo and step per channel: {})", k_range.len(), heads * head_dim * 2);
+        }
+        if let Some(i) = k_range.chunks(2).position(|r| !r[0].is_finite() || !r[1].is_finite() || r[1] < 0.0) {
+            invalid!("kv cache: K range of channel {i} is {:?}: want a finite lo and a step ≥ 0", &k_range[2 * i..2 * i + 2]);
+        }
+        let codes = [batch, heads, capacity, row_words(head_dim, bits)];
+        let quant = KvQuant {
+            bits,
+            k_range: Tensor::from_f32(gpu, &[heads * head_dim, 2], k_range)?,
+            v_range: Tensor::zeros(gpu, &[batch, heads, capacity, 2], DType::F32)?,
+        };
+        Ok(KvCache { batch, heads, head_dim, capacity, k: Tensor::zeros(gpu, &codes, DType::U32)?, v: Tensor::zeros(gpu, &codes, DType::U32)?, quant: Some(quant) })
+    }
+
+    /// Bytes of K and V (with their ranges) per position of one sequence.
+    pub fn bytes_per_position(&self) -> usize {
+        match &self.quant {
+            None => 2 * self.embd() * 4,
+            Some(q) => self.heads * (2 * row_words(self.head_dim, q.bits) * 4 + 2 * 4),
+        }
     }
 
     pub fn embd(&self) -> usize {
@@ -125,6 +188,14 @@ fn item_count(what: &str, n: usize) -> Result<u32> {
 /// Writes the K and V of `qkv` [B, T, 3E] into `cache` at positions `pos..pos + T`.
 pub fn kv_append(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &KvCache, pos: &Position) -> Result<()> {
     let t = cache.check_new("kv_append", qkv, pos)?;
+    if let Some(q) = &cache.quant {
+        // One item per (b, t, h): the head's V range, then its codes.
+        let n = item_count("kv_append", cache.batch * t * cache.heads)?;
+        let pipe = gpu.pipeline(&SHADER, "kv_append", &["QUANT"], &[("WG", WG as f64), ("BITS", q.bits as f64)])?;
+        let p = cache.params(t, n as usize);
+        let buffers = [&*qkv.buffer, &pos.buffer, &cache.k.buffer, &cache.v.buffer, &q.k_range.buffer, &q.v_range.buffer];
+        return gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(n.div_ceil(WG)));
+    }
     let n = item_count("kv_append", cache.batch * t * cache.embd())?;
     let pipe = gpu.pipeline(&SHADER, "kv_append", &[], &[("WG", WG as f64)])?;
     let p = cache.params(t, n as usize);
@@ -149,10 +220,15 @@ pub fn kv_attend_with_lanes(gpu: &Gpu, enc: &mut Encoder, qkv: &Tensor, cache: &
     if std::sync::Arc::ptr_eq(&qkv.buffer, &out.buffer) {
         invalid!("kv_attend: out must not alias qkv");
     }
-    let defines: &[&str] = if cache.head_dim.is_multiple_of(4) { &["VEC4"] } else { &[] };
-    let pipe = gpu.pipeline(&SHADER, "attend", defines, &[("WG", lanes as f64)])?;
     let groups = item_count("kv_attend", cache.batch * t * cache.heads)?;
     let p = cache.params(t, 0);
+    if let Some(q) = &cache.quant {
+        let pipe = gpu.pipeline(&SHADER, "attend", &["QUANT"], &[("WG", lanes as f64), ("BITS", q.bits as f64)])?;
+        let buffers = [&*qkv.buffer, &pos.buffer, &cache.k.buffer, &cache.v.buffer, &q.k_range.buffer, &q.v_range.buffer, &out.buffer];
+        return gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(groups));
+    }
+    let defines: &[&str] = if cache.head_dim.is_multiple_of(4) { &["VEC4"] } else { &[] };
+    let pipe = gpu.pipeline(&SHADER, "attend", defines, &[("WG", lanes as f64)])?;
     let buffers = [&*qkv.buffer, &pos.buffer, &cache.k.buffer, &cache.v.buffer, &out.buffer];
     gpu.dispatch(enc, &pipe, params(&p), &buffers, gpu.grid(groups))
 }
@@ -249,6 +325,78 @@ pub mod reference {
         out
     }
 
+    /// The shader's quantizer: round to nearest (ties to even), clamped to the codes.
+    pub fn quantize(x: f32, lo: f32, step: f32, bits: u32) -> u32 {
+        let top = ((1u32 << bits) - 1) as f32;
+        if step <= 0.0 {
+            return 0;
+        }
+        ((x - lo) / step).round_ties_even().clamp(0.0, top) as u32
+    }
+
+    /// The shader's decoder: `lo + code · step` (one fma).
+    pub fn dequantize(code: u32, lo: f32, step: f32) -> f32 {
+        (code as f32).mul_add(step, lo)
+    }
+
+    /// K's per-channel ranges (f32 [H·D, 2]: lo, step) for `bits`, from the K values a cache
+    /// [B, H, S, D] holds at positions `0..len`.
+    pub fn k_range(k: &[f32], batch: usize, heads: usize, head_dim: usize, capacity: usize, len: usize, bits: u32) -> Vec<f32> {
+        let top = ((1u32 << bits) - 1) as f32;
+        let mut out = Vec::with_capacity(heads * head_dim * 2);
+        for h in 0..heads {
+            for d in 0..head_dim {
+                let values = (0..batch).flat_map(|b| (0..len).map(move |s| k[(((b * heads + h) * capacity) + s) * head_dim + d]));
+                let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+                let (lo, hi) = if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.0, 0.0) };
+                out.extend([lo, (hi - lo) / top]);
+            }
+        }
+        out
+    }
+
+    /// `kv_append` of a `bits`-bit cache, writing what the GPU's codes decode to into f32
+    /// caches [B, H, S, D] (K with the ranges `k_range`, V with each token's own range).
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_append_quantized(k: &mut [f32], v: &mut [f32], qkv: &[f32], batch: usize, tokens: usize, heads: usize, head_dim: usize, capacity: usize, pos: usize, bits: u32, k_range: &[f32]) {
+        let e = heads * head_dim;
+        let top = ((1u32 << bits) - 1) as f32;
+        for b in 0..batch {
+            for t in 0..tokens {
+                let row = &qkv[(b * tokens + t) * 3 * e..][..3 * e];
+                for h in 0..heads {
+                    let (kr, vr) = (&row[e + h * head_dim..][..head_dim], &row[2 * e + h * head_dim..][..head_dim]);
+                    let lo = vr.iter().cloned().fold(vr[0], f32::min);
+                    let hi = vr.iter().cloned().fold(vr[0], f32::max);
+                    let step = (hi - lo) / top;
+                    let dst = ((b * heads + h) * capacity + pos + t) * head_dim;
+                    for d in 0..head_dim {
+                        let (klo, kstep) = (k_range[(h * head_dim + d) * 2], k_range[(h * head_dim + d) * 2 + 1]);
+                        k[dst + d] = dequantize(quantize(kr[d], klo, kstep, bits), klo, kstep);
+                        v[dst + d] = dequantize(quantize(vr[d], lo, step, bits), lo, step);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a `bits`-bit cache's codes (u32 [B, H, S, words]) to f32 [B, H, S, D], each
+    /// slot with `range(h, slot, d)`'s (lo, step).
+    pub fn decode_codes(codes: &[u32], slots: usize, head_dim: usize, bits: u32, range: impl Fn(usize, usize) -> (f32, f32)) -> Vec<f32> {
+        let words = super::row_words(head_dim, bits);
+        let per_word = 32 / bits as usize;
+        let mask = (1u32 << bits) - 1;
+        let mut out = Vec::with_capacity(slots * head_dim);
+        for slot in 0..slots {
+            for d in 0..head_dim {
+                let code = (codes[slot * words + d / per_word] >> ((d % per_word) as u32 * bits)) & mask;
+                let (lo, step) = range(slot, d);
+                out.push(dequantize(code, lo, step));
+            }
+        }
+        out
+    }
+
     /// `tok_emb[ids[i]] + pos_emb[pos + i % tokens]` for ids [B, T]; rows of width `e`.
     pub fn embed_at(ids: &[u32], tokens: usize, tok_emb: &[f32], pos_emb: &[f32], e: usize, pos: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(ids.len() * e);
@@ -260,9 +408,10 @@ pub mod reference {
     }
 }
 
-/// One decoding step's attention (one new query per sequence over a full cache). Full: the
-/// digits prior (10 sequences × 4 heads × 32, 64 positions) and a GPT-2-small-like head
-/// shape (12 × 64, 1024 positions); Quick: small odd shapes.
+/// One decoding step's attention (one new query per sequence over a full cache), with the f32
+/// cache and each low-bit one. Full: the digits prior (10 sequences × 4 heads × 32, 64
+/// positions) and a GPT-2-small-like head shape (12 × 64, 1024 positions); Quick: small odd
+/// shapes.
 pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     let shapes: &[(usize, usize, usize, usize)] = match size {
         BenchSize::Full => &[(10, 4, 32, 64), (1, 12, 64, 1024)],
@@ -270,21 +419,26 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
     };
     let mut cases = Vec::new();
     for &(b, h, d, s) in shapes {
-        let cache = KvCache::new(gpu, b, h, d, s)?;
-        let pos = Position::new(gpu)?;
-        pos.set(gpu, s - 1)?;
-        let qkv = Tensor::from_f32(gpu, &[b, 1, 3 * h * d], &crate::synthetic::uniform(b * 3 * h * d, 1, 1.0))?;
-        let out = Tensor::zeros(gpu, &[b, 1, h * d], DType::F32)?;
-        let (b64, h64, d64, s64) = (b as u64, h as u64, d as u64, s as u64);
-        cases.push(BenchCase {
-            kernel: "kv_attend".into(),
-            format: "f32".into(),
-            shape: format!("B{b} H{h} D{d} {s} keys"),
-            // The step streams the whole K and V cache.
-            bytes: 2 * b64 * h64 * s64 * d64 * 4,
-            flops: 4 * b64 * h64 * s64 * d64,
-            step: Box::new(move |gpu, enc| kv_attend(gpu, enc, &qkv, &cache, &pos, &out)),
-        });
+        for bits in [None, Some(8), Some(4), Some(2)] {
+            let cache = match bits {
+                None => KvCache::new(gpu, b, h, d, s)?,
+                Some(bits) => KvCache::new_quantized(gpu, b, h, d, s, bits, &[0.0, 0.01].repeat(h * d))?,
+            };
+            let pos = Position::new(gpu)?;
+            pos.set(gpu, s - 1)?;
+            let qkv = Tensor::from_f32(gpu, &[b, 1, 3 * h * d], &crate::synthetic::uniform(b * 3 * h * d, 1, 1.0))?;
+            let out = Tensor::zeros(gpu, &[b, 1, h * d], DType::F32)?;
+            let (b64, h64, d64, s64) = (b as u64, h as u64, d as u64, s as u64);
+            cases.push(BenchCase {
+                kernel: "kv_attend".into(),
+                format: bits.map_or("f32".into(), |bits| format!("kv{bits}")),
+                shape: format!("B{b} H{h} D{d} {s} keys"),
+                // The step streams the whole K and V cache (with V's ranges when low-bit).
+                bytes: b64 * s64 * cache.bytes_per_position() as u64,
+                flops: 4 * b64 * h64 * s64 * d64,
+                step: Box::new(move |gpu, enc| kv_attend(gpu, enc, &qkv, &cache, &pos, &out)),
+            });
+        }
     }
     Ok(cases)
 }
