@@ -14,6 +14,23 @@ struct Geo {
     capacity: usize,
 }
 
+/// Appends the `t` new tokens of `qkv` [B, t, 3E] at `start` and attends with them (over
+/// `lanes` per workgroup, or the adapter's); returns the attention output [B, t, E].
+fn append_and_attend(gpu: &Gpu, cache: &KvCache, pos: &Position, qkv: &[f32], t: usize, start: usize, lanes: Option<u32>) -> Vec<f32> {
+    let (batch, e) = (cache.batch, cache.embd());
+    let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], qkv).unwrap();
+    let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32).unwrap();
+    pos.set(gpu, start).unwrap();
+    let mut enc = gpu.encoder();
+    kv_append(gpu, &mut enc, &qkv_t, cache, pos).unwrap();
+    match lanes {
+        Some(l) => kv_attend_with_lanes(gpu, &mut enc, &qkv_t, cache, pos, &out, l).unwrap(),
+        None => kv_attend(gpu, &mut enc, &qkv_t, cache, pos, &out).unwrap(),
+    }
+    gpu.submit(enc).unwrap();
+    out.to_vec_f32(gpu).unwrap()
+}
+
 /// Fills the cache chunk by chunk (`chunks` new tokens per call, from position 0), checking
 /// after every call the attention output and, at the end, the cache contents against the CPU.
 /// `lanes`: the attention workgroup size (None: the adapter's).
@@ -27,20 +44,11 @@ fn run_chunks(gpu: &Gpu, label: &str, g: Geo, chunks: &[usize], lanes: Option<u3
     let mut start = 0;
     for (i, &t) in chunks.iter().enumerate() {
         let qkv = random(batch * t * 3 * e, 10 + i as u64, 1.5);
-        let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], &qkv).unwrap();
-        let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32).unwrap();
-        pos.set(gpu, start).unwrap();
-        let mut enc = gpu.encoder();
-        kv_append(gpu, &mut enc, &qkv_t, &cache, &pos).unwrap();
-        match lanes {
-            Some(l) => kv_attend_with_lanes(gpu, &mut enc, &qkv_t, &cache, &pos, &out, l).unwrap(),
-            None => kv_attend(gpu, &mut enc, &qkv_t, &cache, &pos, &out).unwrap(),
-        }
-        gpu.submit(enc).unwrap();
+        let got = append_and_attend(gpu, &cache, &pos, &qkv, t, start, lanes);
         reference::kv_append(&mut k_ref, &mut v_ref, &qkv, batch, t, heads, head_dim, capacity, start);
         let want = reference::kv_attend(&qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start);
         let what = format!("kv_attend {g:?} {t} tokens at {start} lanes {lanes:?} {label}");
-        assert_nmse(&what, &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+        assert_nmse(&what, &got, &want, F32_NMSE);
         start += t;
     }
     // Positions past `start` stay zero on both sides.
@@ -182,20 +190,11 @@ fn run_quantized(gpu: &Gpu, label: &str, g: Geo, bits: u32, chunks: &[usize], la
     let (mut k_ref, mut v_ref) = (vec![0f32; len], vec![0f32; len]);
     let mut start = 0;
     for (qkv, &t) in qkvs.iter().zip(chunks) {
-        let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], qkv).unwrap();
-        let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32).unwrap();
-        pos.set(gpu, start).unwrap();
-        let mut enc = gpu.encoder();
-        kv_append(gpu, &mut enc, &qkv_t, &cache, &pos).unwrap();
-        match lanes {
-            Some(l) => kv_attend_with_lanes(gpu, &mut enc, &qkv_t, &cache, &pos, &out, l).unwrap(),
-            None => kv_attend(gpu, &mut enc, &qkv_t, &cache, &pos, &out).unwrap(),
-        }
-        gpu.submit(enc).unwrap();
+        let got = append_and_attend(gpu, &cache, &pos, qkv, t, start, lanes);
         reference::kv_append_quantized(&mut k_ref, &mut v_ref, qkv, batch, t, heads, head_dim, capacity, start, bits, &k_range);
         let want = reference::kv_attend(qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start);
         let what = format!("{bits}-bit kv_attend {g:?} {t} tokens at {start} lanes {lanes:?} {label}");
-        assert_nmse(&what, &out.to_vec_f32(gpu).unwrap(), &want, F32_NMSE);
+        assert_nmse(&what, &got, &want, F32_NMSE);
         start += t;
     }
     let q = cache.quant.as_ref().unwrap();

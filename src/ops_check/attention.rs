@@ -92,13 +92,7 @@ fn kv_quantized_case(path: &str, bits: u32) -> Case {
         let (mut got, mut want) = (super::Got::of(Vec::new()), Vec::new());
         let mut start = 0;
         for (qkv, &t) in qkvs.iter().zip(&chunks) {
-            let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], qkv)?;
-            let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32)?;
-            pos.set(gpu, start)?;
-            got.extend(run_kernel(gpu, &out, |enc| {
-                kv_append(gpu, enc, &qkv_t, &cache, &pos)?;
-                kv_attend(gpu, enc, &qkv_t, &cache, &pos, &out)
-            })?);
+            got.extend(kv_step(gpu, &cache, &pos, qkv, t, start)?);
             kv_ref::kv_append_quantized(&mut k_ref, &mut v_ref, qkv, batch, t, heads, head_dim, capacity, start, bits, &k_range);
             want.extend(kv_ref::kv_attend(qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start));
             start += t;
@@ -106,6 +100,18 @@ fn kv_quantized_case(path: &str, bits: u32) -> Case {
         Ok((got, want))
     });
     Case::new("kv_append+kv_attend", shape, path, format!("{bits}-bit"), steps)
+}
+
+/// Appends the `t` new tokens of `qkv` [B, t, 3E] at `start` and attends with them.
+fn kv_step(gpu: &Gpu, cache: &KvCache, pos: &Position, qkv: &[f32], t: usize, start: usize) -> crate::Result<super::Got> {
+    let (batch, e) = (cache.batch, cache.embd());
+    let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], qkv)?;
+    let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32)?;
+    pos.set(gpu, start)?;
+    run_kernel(gpu, &out, |enc| {
+        kv_append(gpu, enc, &qkv_t, cache, pos)?;
+        kv_attend(gpu, enc, &qkv_t, cache, pos, &out)
+    })
 }
 
 /// A prefill of several tokens, then single-token steps: each step's attention output, the
@@ -125,13 +131,7 @@ fn kv_cases(path: &str) -> Vec<Case> {
         let mut start = 0;
         for (i, &t) in chunks.iter().enumerate() {
             let qkv = random(batch * t * 3 * e, 100 + i as u64, 1.5);
-            let qkv_t = Tensor::from_f32(gpu, &[batch, t, 3 * e], &qkv)?;
-            let out = Tensor::zeros(gpu, &[batch, t, e], DType::F32)?;
-            pos.set(gpu, start)?;
-            got.extend(run_kernel(gpu, &out, |enc| {
-                kv_append(gpu, enc, &qkv_t, &cache, &pos)?;
-                kv_attend(gpu, enc, &qkv_t, &cache, &pos, &out)
-            })?);
+            got.extend(kv_step(gpu, &cache, &pos, &qkv, t, start)?);
             kv_ref::kv_append(&mut k_ref, &mut v_ref, &qkv, batch, t, heads, head_dim, capacity, start);
             want.extend(kv_ref::kv_attend(&qkv, &k_ref, &v_ref, batch, t, heads, head_dim, capacity, start));
             start += t;

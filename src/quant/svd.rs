@@ -48,7 +48,7 @@ pub fn low_rank(w: &[f32], rows: usize, cols: usize, rank: usize) -> Result<(Vec
             c[i * p + j] = (0..cols).map(|k| b[i * cols + k] * b[j * cols + k]).sum();
         }
     }
-    let (vals, vecs) = jacobi_eigen(&mut c, p);
+    let (vals, vecs) = crate::metrics::sym_eigen(&c, p);
     let mut order: Vec<usize> = (0..p).collect();
     order.sort_by(|&a, &b| vals[b].total_cmp(&vals[a]));
     let mut up = vec![0f32; rows * rank];
@@ -114,49 +114,6 @@ fn orthonormalize_one(q: &mut [f64], rows: usize, j: usize) {
     }
     let n: f64 = (0..rows).map(|r| q[j * rows + r].powi(2)).sum::<f64>().sqrt().max(1e-300);
     q[j * rows..(j + 1) * rows].iter_mut().for_each(|v| *v /= n);
-}
-
-/// Eigenvalues and eigenvectors (column e at vecs[j * n + e]) of the symmetric n×n matrix `a`
-/// (destroyed), by cyclic Jacobi rotations.
-fn jacobi_eigen(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut v = vec![0f64; n * n];
-    (0..n).for_each(|i| v[i * n + i] = 1.0);
-    let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
-    for _sweep in 0..60 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
-        if off.sqrt() <= 1e-15 * scale {
-            break;
-        }
-        for i in 0..n {
-            for j in i + 1..n {
-                let aij = a[i * n + j];
-                if aij.abs() <= 1e-300 {
-                    continue;
-                }
-                let theta = (a[j * n + j] - a[i * n + i]) / (2.0 * aij);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (aki, akj) = (a[k * n + i], a[k * n + j]);
-                    a[k * n + i] = c * aki - s * akj;
-                    a[k * n + j] = s * aki + c * akj;
-                }
-                for k in 0..n {
-                    let (aik, ajk) = (a[i * n + k], a[j * n + k]);
-                    a[i * n + k] = c * aik - s * ajk;
-                    a[j * n + k] = s * aik + c * ajk;
-                }
-                for k in 0..n {
-                    let (vki, vkj) = (v[k * n + i], v[k * n + j]);
-                    v[k * n + i] = c * vki - s * vkj;
-                    v[k * n + j] = s * vki + c * vkj;
-                }
-            }
-        }
-    }
-    ((0..n).map(|i| a[i * n + i]).collect(), v)
 }
 
 /// `w − up · down`: what is left for the 4-bit codes.
