@@ -64,6 +64,17 @@ def _sklearn(name):
     return load
 
 
+def _matplotlib(name):
+    def load():
+        import matplotlib.cbook as cbook
+        from PIL import Image
+
+        with cbook.get_sample_data(name) as f:
+            return np.asarray(Image.open(f).convert("RGB"))
+
+    return load
+
+
 # name -> (loader, source, licence)
 PHOTOS = {
     "astronaut": (_skimage("astronaut"), "scikit-image skimage.data.astronaut() (astronaut.png, NASA photo of Eileen Collins)",
@@ -78,6 +89,15 @@ PHOTOS = {
                "CC BY 2.0, attribution: vultilion (flickr), per sklearn/datasets/images/README.txt"),
     "chelsea": (_skimage("chelsea"), "scikit-image skimage.data.chelsea() (chelsea.png, Stefan van der Walt's cat)",
                 "CC0 (skimage docs: 'No copyright restrictions. CC0 by the photographer (Stefan van der Walt)')"),
+    # More colour pictures for photo-vqgan (not photo-vit classes).
+    "hubble_deep_field": (_skimage("hubble_deep_field"), "scikit-image skimage.data.hubble_deep_field() (HubbleSite, NASA)",
+                          "public domain (skimage docs: NASA imagery may be freely used)"),
+    "retina": (_skimage("retina"), "scikit-image skimage.data.retina() (Wikimedia, Fundus photograph of normal left eye, Mikael Häggström)",
+               "CC0 (skimage docs: 'Creative Commons CC0 1.0 Universal Public Domain Dedication')"),
+    "immunohistochemistry": (_skimage("immunohistochemistry"), "scikit-image skimage.data.immunohistochemistry() (ihc.png, Center for Microscopy And Molecular Imaging)",
+                             "no known copyright restrictions (skimage docs)"),
+    "grace_hopper": (_matplotlib("grace_hopper.jpg"), "matplotlib mpl-data/sample_data/grace_hopper.jpg (U.S. Navy official portrait of Grace Hopper, 1984)",
+                     "public domain (work of the U.S. federal government)"),
 }
 # The classes of photo-vit: label -> (photo or texture, source, licence). Each class is one
 # picture; tools/train_photo_vit.py holds out the right quarter of each for its test.
@@ -116,6 +136,8 @@ def load_class_picture(name):
 
 HELDOUT_PHOTO = "chelsea"
 TRAIN_PHOTOS = ["astronaut", "coffee", "rocket", "china", "flower"]
+# photo-vqgan trains on every colour picture above except the held-out one.
+VQGAN_TRAIN_PHOTOS = TRAIN_PHOTOS + ["hubble_deep_field", "retina", "immunohistochemistry", "grace_hopper"]
 
 
 def load_photo(name):

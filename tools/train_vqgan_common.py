@@ -21,6 +21,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer
 class TamingVQ(torch.nn.Module):
     def __init__(self, ddconfig, n_embed, embed_dim, beta=0.25):
         super().__init__()
+        self.ddconfig = dict(ddconfig)
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
         self.quantize = VectorQuantizer(n_embed, embed_dim, beta=beta)
@@ -99,15 +100,17 @@ def restart_dead_codes(model, usage, h_flat):
 
 
 def train_vq(model, sample_batch, steps, lr, log_every=50, restart_every=100, restart_until=0.8,
-             time_budget_s=None, log=tqdm.write):
-    """Generic loop. sample_batch(step) -> x in [-1, 1]. Loss: L1 + L2 + taming's VQ loss."""
+             time_budget_s=None, log=tqdm.write, extra_loss=None, init_codes=True):
+    """Generic loop. sample_batch(step) -> x in [-1, 1]. Loss: L1 + L2 + taming's VQ loss, plus
+    extra_loss(xrec, x) when given."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * min(1.0, s / steps))))
     n_e = model.quantize.n_e
     usage = torch.zeros(n_e, dtype=torch.long)
     model.train()
-    init_codebook(model, sample_batch(-1))
+    if init_codes:
+        init_codebook(model, sample_batch(-1))
     t0 = time.time()
     hist = []
     for step in tqdm(range(steps), desc="training the VQGAN", unit="step", mininterval=2):
@@ -118,6 +121,8 @@ def train_vq(model, sample_batch, steps, lr, log_every=50, restart_every=100, re
         l1 = (xrec - x).abs().mean()
         l2 = ((xrec - x) ** 2).mean()
         loss = l1 + l2 + qloss
+        if extra_loss is not None:
+            loss = loss + extra_loss(xrec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -144,6 +149,29 @@ def train_vq(model, sample_batch, steps, lr, log_every=50, restart_every=100, re
             log(f"time budget reached at step {step + 1}")
             break
     return time.time() - t0
+
+
+def ssim(a, b, window=11, sigma=1.5):
+    """Mean SSIM (Wang et al. 2004, Gaussian window, per channel) of images in [-1, 1],
+    differentiable: 1 - ssim is the structural part of photo-vqgan's loss."""
+    a = (a.clamp(-1, 1) + 1) / 2
+    b = (b.clamp(-1, 1) + 1) / 2
+    c = a.shape[1]
+    t = torch.arange(window, dtype=a.dtype) - (window - 1) / 2
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
+
+    def blur(x):
+        return F.conv2d(x, k, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean()
 
 
 @torch.no_grad()
