@@ -1,4 +1,5 @@
-//! Issue 14 item 5: every command that writes files (decode, generate, encode, demo, quantize)
+//! Issue 14 item 5: every command that writes files (decode, generate, encode, demo, quantize,
+//! compress, decompress)
 //! writes under temporary names and renames at the end, so an interrupted run leaves no
 //! partial file under a final name. Each command is interrupted here while its outputs are
 //! half written (`LOWBIT_FAULT_WRITE_DELAY_MS` pauses after each staged file, so the kill
@@ -35,10 +36,23 @@ fn command(name: &str, dir: &Path) -> Vec<String> {
         "generate" => vec!["generate".into(), "--prior".into(), f("prior_test"), "--decoder".into(), f("vqgan_encoder_test"), "--class".into(), "0".into(), "--count".into(), "2".into(), "--out".into(), out("g")],
         "encode" => vec!["encode".into(), "--model".into(), f("vqgan_encoder_test"), "--out".into(), out("t.safetensors"), s(&fixture_dir("vit_tiny_test/image_exact.png")), s(&fixture_dir("vit_tiny_test/image_exact.png"))],
         "demo" => vec!["demo".into(), "--out".into(), out("demo"), "--precisions".into(), "f32".into(), "--per-class".into(), "1".into(), "--photo-size".into(), "32".into()],
+        "compress" => vec!["compress".into(), "--tokenizer".into(), f("vqgan_encoder_test"), "--out".into(), out("c.lbt"), s(&fixture_dir("vit_tiny_test/image_exact.png")), s(&fixture_dir("vit_tiny_test/image_exact.png"))],
+        "decompress" => vec!["decompress".into(), s(source_lbt()), "--out".into(), out("d")],
         "quantize" => vec!["quantize".into(), "--model".into(), f("vit_tiny_test"), "--recipe".into(), "w8a16".into(), "--calib".into(), f("vit_tiny_test"), "--calib-count".into(), "2".into(), "--out".into(), out("q")],
         _ => unreachable!(),
     };
     args
+}
+
+/// A `.lbt` for the decompress runs, compressed once (without faults) by the same command.
+fn source_lbt() -> &'static Path {
+    static LBT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LBT.get_or_init(|| {
+        let dir = scratch("lbt-source");
+        let out = spawn(&command("compress", &dir), &[]).wait_with_output().unwrap();
+        assert!(out.status.success(), "compress: {}", String::from_utf8_lossy(&out.stderr));
+        dir.join("c.lbt")
+    })
 }
 
 fn spawn(args: &[String], env: &[(&str, &str)]) -> Child {
@@ -216,4 +230,18 @@ fn demo_interrupted() {
     assert_no_final_outputs("demo", &dir);
     sigkill_while_writing("demo");
     device_lost_mid_run("demo");
+}
+
+#[test]
+fn compress_interrupted() {
+    sigint_while_writing("compress");
+    sigkill_while_writing("compress");
+    device_lost_mid_run("compress");
+}
+
+#[test]
+fn decompress_interrupted() {
+    sigint_while_writing("decompress");
+    sigkill_while_writing("decompress");
+    device_lost_mid_run("decompress");
 }
