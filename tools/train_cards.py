@@ -360,7 +360,7 @@ at {b['heldout_psnr_db_center256']} dB with a visible cast: mean colour error {b
 (SSIM {b['heldout_ssim_center256']}). Cause: taming's `Normalize` is `GroupNorm(num_groups=32)`, so with
 ch = 32 the decoder's `norm_out`, right before `conv_out`, normalises every channel on its own over the
 whole image: each channel's mean is removed, and the image's mean colour can only come back through the
-fixed affine bias and the nonlinearity. Longer training could not fix that. With ch = 64 each group
+fixed affine bias and the nonlinearity: a limit of the architecture, not of training time. With ch = 64 each group
 holds two channels and the difference between them carries the mean through; the encoder and decoder
 keep 64 channels at every level (ch_mult [1, 1, 1]) to stay small (5 MB). What remains visible in the
 PNG is local: the cat's yellow-green eyes come back brownish, a hue the nine training pictures hardly
