@@ -167,6 +167,11 @@ impl Container {
             img.payload = rest[at..at + len].to_vec();
             at += len;
         }
+        // Without the prior flag the hash field is written as 0: anything else would be dropped
+        // here and not come back on writing, so the file is not one lowbit wrote.
+        if flags & 1 == 0 && prior_hash != 0 {
+            invalid!("prior hash {prior_hash:#018x} in a file without a prior: corrupted header");
+        }
         let prior_hash = (flags & 1 == 1).then_some(prior_hash);
         Ok(Container { tokenizer_hash, prior_hash, adaptive: flags & 2 == 2, tokenizer_path, prior_path, class, stages, codebook, images })
     }
@@ -217,6 +222,15 @@ mod tests {
             codebook: 256,
             images: vec![img(&[1, 2, 3, 4]), img(&[5, 6, 7, 8, 9])],
         }
+    }
+
+    #[test]
+    fn a_prior_hash_without_the_prior_flag_is_refused() {
+        // Found by the `lbt` fuzz target: a file without a prior whose prior-hash field is not 0
+        // (with checksums that match) parsed, and dropped the field.
+        let bytes = include_bytes!("../../fuzz/seeds/lbt/prior-hash-without-prior");
+        let err = Container::from_bytes(bytes).unwrap_err();
+        assert!(err.to_string().contains("without a prior"), "{err}");
     }
 
     #[test]
