@@ -3,6 +3,7 @@ use common::*;
 use lowbit::gpu::{DType, Tensor};
 use lowbit::kernels::attention::kv_cache::{embed_at, kv_append, kv_attend, kv_attend_with_lanes, reference, row_words, KvCache, Position, KV_BITS};
 use lowbit::kernels::attention::{attention_reference, AttentionParams};
+use lowbit::models::sampling::{sample, Rng, SamplingOptions};
 use lowbit::Gpu;
 
 /// Geometry of one decoding run: batch, heads, head_dim, capacity.
@@ -297,12 +298,14 @@ fn prior_with_a_low_bit_cache() {
     let mut prior = lowbit::models::prior::Prior::from_pretrained(gpu, &root, lowbit::formats::WeightFormat::F32).unwrap();
     let n = prior.config.tokens_per_image();
     let v = prior.config.vocab_size;
+    // Temperature 0: the sampler's argmax.
+    let (greedy, mut rng) = (SamplingOptions::new(0.0, 0), Rng::new(0));
     let mut ids = vec![3u32];
     let mut session = prior.session(gpu, 1).unwrap();
     let mut logits = session.step(gpu, &[3]).unwrap();
     let mut want = logits.clone();
     while ids.len() < n {
-        let next = logits.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0 as u32;
+        let next = sample(&logits, &greedy, &mut rng).unwrap();
         ids.push(next);
         logits = session.step(gpu, &[next]).unwrap();
         want.extend(&logits);

@@ -17,6 +17,7 @@ use image::RgbImage;
 use crate::gpu::Tensor;
 use crate::metrics::{frechet_distance, psnr_db};
 use crate::models::images::{hstack, rgb_to_signed_chw, signed_chw_to_rgb, tile, vstack};
+use crate::kernels::attention::kv_cache::{check_kv_bits, kv_cache_name};
 use crate::models::prior::Prior;
 use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
@@ -243,7 +244,7 @@ fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
 pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     if let Some(bits) = args.kv_bits {
-        crate::kernels::attention::kv_cache::check_kv_bits(bits).context("--kv-bits")?;
+        check_kv_bits(bits).context("--kv-bits")?;
     }
     let assets = assets_dir(args.assets.as_deref())?;
     let samples = assets.join("samples");
@@ -295,7 +296,7 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         "\n{} sample digits; {} generated per class (KV cache {}); Fréchet distance of digits-vit features, generated vs the samples; photo: {}×{} crop of {}",
         inputs.digits.len(),
         args.per_class,
-        args.kv_bits.map_or("f32".to_string(), |b| format!("{b}-bit")),
+        kv_cache_name(args.kv_bits),
         args.photo_size,
         args.photo_size,
         photo_path.display()

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::models::images::signed_chw_to_rgb;
-use crate::kernels::attention::kv_cache::check_kv_bits;
+use crate::kernels::attention::kv_cache::{check_kv_bits, kv_cache_name};
 use crate::models::prior::Prior;
 use super::output::Staged;
 use crate::models::sampling::{generate, max_count, SamplingOptions};
@@ -150,7 +150,7 @@ pub fn run(gpu: &Gpu, args: GenerateArgs) -> anyhow::Result<()> {
         opts.top_k,
         opts.guidance,
         format.name(),
-        args.kv_bits.map_or("f32".to_string(), |b| format!("{b}-bit")),
+        kv_cache_name(args.kv_bits),
         gen_ms / steps as f64,
         (gen_ms + decode_ms) / args.count as f64
     );

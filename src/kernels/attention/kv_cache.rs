@@ -81,19 +81,30 @@ pub fn check_kv_bits(bits: u32) -> Result<()> {
     Ok(())
 }
 
+/// How a cache stores its values, for messages: "f32" or "4-bit".
+pub fn kv_cache_name(bits: Option<u32>) -> String {
+    bits.map_or("f32".to_string(), |b| format!("{b}-bit"))
+}
+
 /// u32 words per (b, h, position) slot of a `bits`-bit cache.
 pub fn row_words(head_dim: usize, bits: u32) -> usize {
     head_dim.div_ceil(32 / bits as usize)
 }
 
+/// The geometry every cache must have: no zero dimension, at most `MAX_CAPACITY` positions.
+fn check_geometry(batch: usize, heads: usize, head_dim: usize, capacity: usize) -> Result<()> {
+    if batch == 0 || heads == 0 || head_dim == 0 || capacity == 0 {
+        shape_err!("kv cache: zero-sized dimension (batch {batch}, heads {heads}, head_dim {head_dim}, capacity {capacity})");
+    }
+    if capacity > MAX_CAPACITY {
+        invalid!("kv cache: capacity {capacity} is over the {MAX_CAPACITY} positions attention supports");
+    }
+    Ok(())
+}
+
 impl KvCache {
     pub fn new(gpu: &Gpu, batch: usize, heads: usize, head_dim: usize, capacity: usize) -> Result<KvCache> {
-        if batch == 0 || heads == 0 || head_dim == 0 || capacity == 0 {
-            shape_err!("kv cache: zero-sized dimension (batch {batch}, heads {heads}, head_dim {head_dim}, capacity {capacity})");
-        }
-        if capacity > MAX_CAPACITY {
-            invalid!("kv cache: capacity {capacity} is over the {MAX_CAPACITY} positions attention supports");
-        }
+        check_geometry(batch, heads, head_dim, capacity)?;
         let shape = [batch, heads, capacity, head_dim];
         Ok(KvCache { batch, heads, head_dim, capacity, k: Tensor::zeros(gpu, &shape, DType::F32)?, v: Tensor::zeros(gpu, &shape, DType::F32)?, quant: None })
     }
@@ -103,12 +114,7 @@ impl KvCache {
     #[allow(clippy::too_many_arguments)]
     pub fn new_quantized(gpu: &Gpu, batch: usize, heads: usize, head_dim: usize, capacity: usize, bits: u32, k_range: &[f32]) -> Result<KvCache> {
         check_kv_bits(bits)?;
-        if batch == 0 || heads == 0 || head_dim == 0 || capacity == 0 {
-            shape_err!("kv cache: zero-sized dimension (batch {batch}, heads {heads}, head_dim {head_dim}, capacity {capacity})");
-        }
-        if capacity > MAX_CAPACITY {
-            invalid!("kv cache: capacity {capacity} is over the {MAX_CAPACITY} positions attention supports");
-        }
+        check_geometry(batch, heads, head_dim, capacity)?;
         if k_range.len() != heads * head_dim * 2 {
             shape_err!("kv cache: {} K range values for {heads} heads × {head_dim} channels (want lo and step per channel: {})", k_range.len(), heads * head_dim * 2);
         }
@@ -325,13 +331,17 @@ pub mod reference {
         out
     }
 
+    /// The largest `bits`-bit code (the shader's `top_code`).
+    fn top_code(bits: u32) -> u32 {
+        (1u32 << bits) - 1
+    }
+
     /// The shader's quantizer: round to nearest (ties to even), clamped to the codes.
     pub fn quantize(x: f32, lo: f32, step: f32, bits: u32) -> u32 {
-        let top = ((1u32 << bits) - 1) as f32;
         if step <= 0.0 {
             return 0;
         }
-        ((x - lo) / step).round_ties_even().clamp(0.0, top) as u32
+        ((x - lo) / step).round_ties_even().clamp(0.0, top_code(bits) as f32) as u32
     }
 
     /// The shader's decoder: `lo + code · step` (one fma).
@@ -342,7 +352,7 @@ pub mod reference {
     /// K's per-channel ranges (f32 [H·D, 2]: lo, step) for `bits`, from the K values a cache
     /// [B, H, S, D] holds at positions `0..len`.
     pub fn k_range(k: &[f32], batch: usize, heads: usize, head_dim: usize, capacity: usize, len: usize, bits: u32) -> Vec<f32> {
-        let top = ((1u32 << bits) - 1) as f32;
+        let top = top_code(bits) as f32;
         let mut out = Vec::with_capacity(heads * head_dim * 2);
         for h in 0..heads {
             for d in 0..head_dim {
@@ -360,7 +370,7 @@ pub mod reference {
     #[allow(clippy::too_many_arguments)]
     pub fn kv_append_quantized(k: &mut [f32], v: &mut [f32], qkv: &[f32], batch: usize, tokens: usize, heads: usize, head_dim: usize, capacity: usize, pos: usize, bits: u32, k_range: &[f32]) {
         let e = heads * head_dim;
-        let top = ((1u32 << bits) - 1) as f32;
+        let top = top_code(bits) as f32;
         for b in 0..batch {
             for t in 0..tokens {
                 let row = &qkv[(b * tokens + t) * 3 * e..][..3 * e];
@@ -385,7 +395,7 @@ pub mod reference {
     pub fn decode_codes(codes: &[u32], slots: usize, head_dim: usize, bits: u32, range: impl Fn(usize, usize) -> (f32, f32)) -> Vec<f32> {
         let words = super::row_words(head_dim, bits);
         let per_word = 32 / bits as usize;
-        let mask = (1u32 << bits) - 1;
+        let mask = top_code(bits);
         let mut out = Vec::with_capacity(slots * head_dim);
         for slot in 0..slots {
             for d in 0..head_dim {
