@@ -152,11 +152,14 @@ fn browser_generate_matches_native() {
     // Round trip of a fetched photograph (its 128² crop): the native engine's tokens exactly,
     // the reconstruction within the generate tolerance.
     let (page, _) = page_result(&site, &out, "action=roundtrip:assets/samples/photo-chelsea.png", "roundtrip");
-    let (_, native) = {
+    let trip = {
         let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::fallback()).unwrap();
         let mut engine = Engine::new(gpu, root().join("assets"));
         engine.roundtrip(&Recipe::f32(), &root().join("assets/samples/photo-chelsea.png")).unwrap()
     };
+    let native = &trip.out;
+    // The entropy coder is integer arithmetic: the browser's payload has the very same size.
+    assert_eq!(page["bpp"].as_f64(), Some(trip.bpp), "bpp in the page {} vs native {}", page["bpp"], trip.bpp);
     let page_tokens: Vec<i64> = serde_json::from_value(page["tokens"].clone()).unwrap();
     assert_eq!(page["token_shape"], serde_json::json!(native.tokens.shape()));
     assert_eq!(page_tokens, native.tokens.ids, "the browser encoded the photo to other tokens than the native run");
@@ -269,9 +272,8 @@ fn models_from_fetched_bytes_match_the_files() {
     for file in ModelName::PhotoVqgan.files().iter().map(String::as_str).chain([photo]) {
         from_bytes.add_fetched(file, std::fs::read(assets.join(file)).unwrap());
     }
-    let (crop_a, a_rt) = from_files.roundtrip(&f32, &assets.join(photo)).unwrap();
-    let (crop_b, b_rt) = poll_to_end(from_bytes.roundtrip_job(&f32, &PathBuf::from("no/such/assets").join(photo)).unwrap()).unwrap();
-    assert_eq!((crop_a, &a_rt.tokens.ids, &a_rt.image), (crop_b, &b_rt.tokens.ids, &b_rt.image));
+    let (x, y) = (from_files.roundtrip(&f32, &assets.join(photo)).unwrap(), poll_to_end(from_bytes.roundtrip_job(&f32, &PathBuf::from("no/such/assets").join(photo)).unwrap()).unwrap());
+    assert_eq!((&x.original, &x.out.tokens.ids, &x.out.image, x.bpp), (&y.original, &y.out.tokens.ids, &y.out.image, y.bpp));
     // A model that was not fetched says where it looked.
     let e = from_bytes.classify(&f32, &assets.join("samples/digit-7-0.png")).unwrap_err();
     assert!(format!("{e:#}").contains("digit-7-0.png") || format!("{e:#}").contains("digits-vit"), "{e:#}");

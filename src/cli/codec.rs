@@ -121,17 +121,15 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
         crops.push((signed_chw_to_rgb(&chw, h, w), h, w));
         sizes.push((img.width(), img.height()));
     }
-    let mut payloads = codec::encode(gpu, &model, &grids).context("entropy coding the tokens")?;
-    if adaptive {
-        // Short grids (a 32×32 digit's 64 tokens) give the counts too little to learn from:
-        // the flat table can be smaller, and costs nothing to try.
-        let flat = Model::Uniform { codebook: n_embed };
-        let other = codec::encode(gpu, &flat, &grids)?;
-        let size = |p: &[Vec<u8>]| p.iter().map(Vec::len).sum::<usize>();
-        if size(&other) <= size(&payloads) {
-            (adaptive, model, payloads) = (false, flat, other);
+    let payloads = if adaptive {
+        let (won, payloads) = codec::encode_without_prior(gpu, &grids, n_embed).context("entropy coding the tokens")?;
+        if !won {
+            (adaptive, model) = (false, Model::Uniform { codebook: n_embed });
         }
-    }
+        payloads
+    } else {
+        codec::encode(gpu, &model, &grids).context("entropy coding the tokens")?
+    };
     let container = Container {
         tokenizer_hash: codec::tokenizer_hash(&args.tokenizer)?,
         prior_hash: prior.as_ref().map(|(_, h)| *h),

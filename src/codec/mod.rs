@@ -166,6 +166,16 @@ pub fn encode(gpu: &Gpu, model: &Model, grids: &[TokenGrid]) -> Result<Vec<Vec<u
     }
 }
 
+/// Without a prior: the adaptive order-0 model, or the uniform one where that is smaller
+/// (short grids, such as a 32×32 digit's 64 tokens, give the counts too little to learn from).
+/// Returns whether the adaptive model won, and the payloads.
+pub fn encode_without_prior(gpu: &Gpu, grids: &[TokenGrid], codebook: usize) -> Result<(bool, Vec<Vec<u8>>)> {
+    let adaptive = encode(gpu, &Model::Adaptive { codebook }, grids)?;
+    let uniform = encode(gpu, &Model::Uniform { codebook }, grids)?;
+    let size = |p: &[Vec<u8>]| p.iter().map(Vec::len).sum::<usize>();
+    Ok(if size(&uniform) <= size(&adaptive) { (false, uniform) } else { (true, adaptive) })
+}
+
 /// Runs the prior over `n` positions of `batch` sequences, starting from `class`: `next(i,
 /// logits [batch, V])` returns the batch's token at position i, fed back for position i + 1.
 fn replay(gpu: &Gpu, prior: &Prior, class: u32, batch: usize, n: usize, mut next: impl FnMut(usize, &[f32]) -> Result<Vec<u32>>) -> Result<()> {

@@ -47,7 +47,7 @@ pub enum Finished {
     Generated { out: Decoded, reference: Option<Decoded> },
     Redecoded { out: Decoded, reference: Option<Decoded> },
     /// `original`: the crop the encoder saw.
-    RoundTripped { original: image::RgbImage, out: Decoded, reference: Option<Decoded> },
+    RoundTripped { out: super::engine::RoundTrip, reference: Option<Decoded> },
     Classified { out: super::engine::Classified, f32_logits: Option<Vec<f32>> },
     /// Per-node times of `what` (the browser's profile runs as a job).
     Profiled { what: String, times: Vec<NodeTime> },
@@ -91,6 +91,8 @@ pub struct GenerateState {
 pub struct RoundTripState {
     pub path: String,
     pub original: Option<Shown>,
+    /// (bits per pixel, PSNR in dB) of the last round trip.
+    pub rate: Option<(f64, f64)>,
     pub out: Option<DecodedView>,
     pub compare: Option<Comparison>,
 }
@@ -232,12 +234,12 @@ impl ViewerApp {
                 let job = engine.roundtrip_job(recipe, &path)?;
                 let f32_job = if reference { Some(engine.roundtrip_job(f32, &path)?) } else { None };
                 return Ok(Some(Box::pin(async move {
-                    let (original, out) = job.await?;
+                    let out = job.await?;
                     let reference = match f32_job {
-                        Some(j) => Some(j.await?.1),
+                        Some(j) => Some(j.await?.out),
                         None => None,
                     };
-                    Ok(Finished::RoundTripped { original, out, reference })
+                    Ok(Finished::RoundTripped { out, reference })
                 })));
             }
             Action::Classify(path) => {
@@ -364,11 +366,12 @@ impl ViewerApp {
                 g.compare = reference.map(|r| compare(ctx, "generate", &out.image, r.image));
                 g.out = Some(DecodedView { shown: Shown::new(ctx, "generated", out.image), tokens: out.tokens });
             }
-            Ok(Finished::RoundTripped { original, out, reference }) => {
+            Ok(Finished::RoundTripped { out: trip, reference }) => {
                 let r = &mut self.roundtrip;
-                r.compare = reference.map(|f| compare(ctx, "roundtrip", &out.image, f.image));
-                r.original = Some(Shown::new(ctx, "photo", original));
-                r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", out.image), tokens: out.tokens });
+                r.compare = reference.map(|f| compare(ctx, "roundtrip", &trip.out.image, f.image));
+                r.original = Some(Shown::new(ctx, "photo", trip.original));
+                r.rate = Some((trip.bpp, trip.psnr_db));
+                r.out = Some(DecodedView { shown: Shown::new(ctx, "reconstruction", trip.out.image), tokens: trip.out.tokens });
             }
             Ok(Finished::Profiled { what, times }) => self.times = Some((what, times)),
             Ok(Finished::Classified { out, f32_logits }) => {

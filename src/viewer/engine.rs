@@ -124,8 +124,18 @@ pub struct Decoded {
     pub image: RgbImage,
 }
 
-/// A round trip's result: the crop photo-vqgan saw, and its reconstruction.
-pub type RoundTrip = (RgbImage, Decoded);
+/// A round trip's result: the crop the tokenizer saw, its reconstruction, and what `lowbit
+/// compress` would make of it.
+#[derive(Clone, Debug)]
+pub struct RoundTrip {
+    pub original: RgbImage,
+    pub out: Decoded,
+    /// Bits per pixel of the tokens entropy-coded as `lowbit compress` codes them without a
+    /// prior (the .lbt header excluded).
+    pub bpp: f64,
+    /// Of the 8-bit reconstruction against the 8-bit crop (infinite when they are equal).
+    pub psnr_db: f64,
+}
 
 /// What classify produced for one image.
 #[derive(Clone, Debug)]
@@ -449,7 +459,7 @@ impl Engine {
         let photo = self.read_image(path)?;
         let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
         let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.clone().unwrap());
-        let f = enc.downscale();
+        let (f, n_embed) = (enc.downscale(), enc.config.n_embed);
         let side = |n: u32| (n as usize).min(PHOTO_SIDE) / f * f;
         let (h, w) = (side(photo.height()), side(photo.width()));
         if h == 0 || w == 0 {
@@ -464,7 +474,12 @@ impl Engine {
             let ids = plan.run_with(&gpu, &[&input])?.remove(0).to_vec_u32_async(&gpu).await?;
             let tokens = TokenGrid::new(&[1, h / f, w / f], ids.into_iter().map(i64::from).collect())?;
             let image = decode_one(&gpu, &dec, &tokens).await?;
-            Ok((signed_chw_to_rgb(&pixels, h, w), Decoded { tokens, image }))
+            let original = signed_chw_to_rgb(&pixels, h, w);
+            let (_, payloads) = crate::codec::encode_without_prior(&gpu, std::slice::from_ref(&tokens), n_embed)?;
+            let bpp = (payloads[0].len() * 8) as f64 / (h * w) as f64;
+            let levels = |im: &RgbImage| im.as_raw().iter().map(|&v| f32::from(v)).collect::<Vec<f32>>();
+            let psnr_db = crate::metrics::psnr_db(&levels(&image), &levels(&original), 255.0);
+            Ok(RoundTrip { original, out: Decoded { tokens, image }, bpp, psnr_db })
         })
     }
 

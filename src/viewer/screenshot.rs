@@ -158,6 +158,10 @@ impl ScreenshotJob {
             ScreenAction::Classify(_) => None,
         };
         json["tokens"] = serde_json::json!(tokens.map(|t| t.ids.clone()).unwrap_or_default());
+        if let (ScreenAction::RoundTrip(_), Some((bpp, psnr))) = (&self.action, app.roundtrip.rate) {
+            json["bpp"] = serde_json::json!(bpp);
+            json["psnr_db"] = serde_json::json!(psnr);
+        }
         if let Some(t) = tokens {
             json["token_shape"] = serde_json::json!(t.shape());
         }

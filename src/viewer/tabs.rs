@@ -89,6 +89,10 @@ pub fn roundtrip(app: &mut ViewerApp, ui: &mut egui::Ui) {
         ui.horizontal_top(|ui| {
             ui.vertical(|ui| {
                 ui.label(format!("tokens {}×{}", out.tokens.height, out.tokens.width));
+                if let Some((bpp, psnr)) = r.rate {
+                    // What `lowbit compress` spends on these tokens, and what they look like.
+                    ui.label(format!("{bpp:.3} bpp (entropy-coded tokens) · PSNR {psnr:.2} dB"));
+                }
                 widgets::token_grid(ui, "photo-tokens", &out.tokens.ids, out.tokens.width, None);
             });
             comparison_row(ui, r.compare.as_ref());

@@ -241,7 +241,15 @@ impl WebApp {
             let result = match &request.action {
                 Action::Generate { .. } => app.generate.out.as_ref().map(|out| generate_json(app, out)),
                 Action::Classify(_) => app.classify.out.as_ref().map(|out| classify_json(&out.result)),
-                Action::RoundTrip(_) => app.roundtrip.out.as_ref().map(decoded_json),
+                Action::RoundTrip(_) => app.roundtrip.out.as_ref().map(|out| {
+                    let mut json = decoded_json(out);
+                    // The codec ran in the browser too: the bits its tokens cost.
+                    if let Some((bpp, psnr)) = app.roundtrip.rate {
+                        json["bpp"] = bpp.into();
+                        json["psnr_db"] = psnr.into();
+                    }
+                    json
+                }),
                 _ => None,
             };
             if let Some(mut json) = result {
