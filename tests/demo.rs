@@ -32,6 +32,15 @@ fn demo_runs_on_the_shipped_models() {
         assert!(get("photo_top1") >= 66.0, "{row}");
         assert!(get("photo_psnr_db") >= 18.0, "{row}");
         assert!(get("frechet_distance").is_finite(), "{row}");
+        // The codec rows: each tokenizer's entropy-coded tokens against JPEG at (at most) the
+        // same rate, unless even JPEG's lowest quality is above it.
+        let codec = row["codec"].as_array().unwrap();
+        assert!(!codec.is_empty(), "{row}");
+        for c in codec {
+            let (bpp, jpeg) = (c["bpp"].as_f64().unwrap(), &c["jpeg"]);
+            assert!(bpp > 0.0 && c["psnr_db"].as_f64().unwrap() > 18.0, "{c}");
+            assert!(jpeg["bpp"].as_f64().unwrap() <= bpp || jpeg["quality"] == 1, "{c}");
+        }
     }
     let sheet = image::open(out.join("contact-sheet.png")).unwrap().to_rgb8();
     assert!(sheet.width() > 64 && sheet.height() > 64);

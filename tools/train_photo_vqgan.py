@@ -62,6 +62,56 @@ def to_pm1(im):
     return torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
+def photo_sampler(steps, batch, c, seed):
+    """sample_batch(step) -> crops [n, 3, s, s] in [-1, 1] of the training photos (step < 0: a
+    large batch of small crops without jitter, for initialising codebooks)."""
+    # Multi-scale pyramid of every training photo (PIL bicubic), float in [-1, 1].
+    pyr = []
+    for name in VQGAN_TRAIN_PHOTOS:
+        im = load_photo(name)
+        f = min(1.0, MAX_SIDE / max(im.shape[:2]))
+        if f < 1.0:
+            im = np.asarray(Image.fromarray(im).resize((round(im.shape[1] * f), round(im.shape[0] * f)), Image.BICUBIC))
+        for s in SCALES:
+            h, w = int(im.shape[0] * s), int(im.shape[1] * s)
+            ims = np.asarray(Image.fromarray(im).resize((w, h), Image.BICUBIC)) if s != 1.0 else im
+            pyr.append(to_pm1(ims)[0])
+    weights = torch.tensor([p.shape[1] * p.shape[2] for p in pyr], dtype=torch.float)
+    print(f"{len(VQGAN_TRAIN_PHOTOS)} training photos x {len(SCALES)} scales; held out: {HELDOUT_PHOTO}", flush=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    # Crop-size schedule: 32 px only for the first 30% of the steps (fast codebook learning), then
+    # cycling 32/64/128/256 px at a roughly constant pixel budget per batch, so that GroupNorm statistics
+    # and the mid-block attention also see whole-image sizes (trained on 32 px crops only, a 256x256
+    # image came out colour-shifted: 16.4 dB vs 26.7 dB when coded as 32x32 tiles).
+    sizes = [(c, batch), (2 * c, max(1, batch // 4)), (4 * c, max(1, batch // 16)),
+             (8 * c, max(1, batch // 32))]
+
+    def sample_batch(step):
+        if step < 0:
+            cs, n = c, 512
+        elif step < 0.3 * steps:
+            cs, n = sizes[0]
+        else:
+            cs, n = sizes[step % len(sizes)]
+        w = torch.tensor([float(p.shape[1] >= cs and p.shape[2] >= cs) for p in pyr]) * weights
+        which = torch.multinomial(w, n, replacement=True, generator=gen)
+        out = []
+        for k in which.tolist():
+            p = pyr[k]
+            t = int(torch.randint(0, p.shape[1] - cs + 1, (1,), generator=gen))
+            l = int(torch.randint(0, p.shape[2] - cs + 1, (1,), generator=gen))
+            crop = p[:, t:t + cs, l:l + cs]
+            if torch.rand(1, generator=gen) < 0.5:
+                crop = crop.flip(2)
+            if step >= 0:
+                crop = jitter(crop, gen)
+            out.append(crop)
+        return torch.stack(out)
+
+    return sample_batch
+
+
 @torch.no_grad()
 def recon_psnr(model, x):
     model.eval()
@@ -91,50 +141,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
 
-    # Multi-scale pyramid of every training photo (PIL bicubic), float in [-1, 1].
-    pyr = []
-    for name in VQGAN_TRAIN_PHOTOS:
-        im = load_photo(name)
-        f = min(1.0, MAX_SIDE / max(im.shape[:2]))
-        if f < 1.0:
-            im = np.asarray(Image.fromarray(im).resize((round(im.shape[1] * f), round(im.shape[0] * f)), Image.BICUBIC))
-        for s in SCALES:
-            h, w = int(im.shape[0] * s), int(im.shape[1] * s)
-            ims = np.asarray(Image.fromarray(im).resize((w, h), Image.BICUBIC)) if s != 1.0 else im
-            pyr.append(to_pm1(ims)[0])
-    weights = torch.tensor([p.shape[1] * p.shape[2] for p in pyr], dtype=torch.float)
-    print(f"{len(VQGAN_TRAIN_PHOTOS)} training photos x {len(SCALES)} scales; held out: {HELDOUT_PHOTO}", flush=True)
-    gen = torch.Generator().manual_seed(args.seed)
+    sample_batch = photo_sampler(args.steps, args.batch, args.crop, args.seed)
     c = args.crop
-
-    # Crop-size schedule: 32 px only for the first 30% of the steps (fast codebook learning), then
-    # cycling 32/64/128/256 px at a roughly constant pixel budget per batch, so that GroupNorm statistics
-    # and the mid-block attention also see whole-image sizes (trained on 32 px crops only, a 256x256
-    # image came out colour-shifted: 16.4 dB vs 26.7 dB when coded as 32x32 tiles).
-    sizes = [(c, args.batch), (2 * c, max(1, args.batch // 4)), (4 * c, max(1, args.batch // 16)),
-             (8 * c, max(1, args.batch // 32))]
-
-    def sample_batch(step):
-        if step < 0:
-            cs, n = c, 512
-        elif step < 0.3 * args.steps:
-            cs, n = sizes[0]
-        else:
-            cs, n = sizes[step % len(sizes)]
-        w = torch.tensor([float(p.shape[1] >= cs and p.shape[2] >= cs) for p in pyr]) * weights
-        which = torch.multinomial(w, n, replacement=True, generator=gen)
-        out = []
-        for k in which.tolist():
-            p = pyr[k]
-            t = int(torch.randint(0, p.shape[1] - cs + 1, (1,), generator=gen))
-            l = int(torch.randint(0, p.shape[2] - cs + 1, (1,), generator=gen))
-            crop = p[:, t:t + cs, l:l + cs]
-            if torch.rand(1, generator=gen) < 0.5:
-                crop = crop.flip(2)
-            if step >= 0:
-                crop = jitter(crop, gen)
-            out.append(crop)
-        return torch.stack(out)
 
     if args.init:
         model = load_model(args.init).train()

@@ -21,6 +21,7 @@ use crate::kernels::attention::kv_cache::{check_kv_bits, kv_cache_name};
 use crate::models::prior::Prior;
 use crate::models::sampling::generate_classes;
 use crate::models::vqgan::{VqganDecoder, VqganEncoder};
+use super::demo_codec::CodecRow;
 use super::label;
 use super::output::Staged;
 use super::model::weight_summary;
@@ -62,6 +63,8 @@ struct Row {
     class_match: f64,
     frechet: f64,
     photo_psnr: f64,
+    /// The round trip's tokens entropy-coded, per tokenizer, beside JPEG at the same rate.
+    codec: Vec<CodecRow>,
     seconds: f64,
     /// Digit classes generated (one tile row each).
     classes: usize,
@@ -179,6 +182,7 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
     let reconstructed = signed_chw_to_rgb(&decoded, s, s);
     let as_f32 = |img: &RgbImage| img.as_raw().iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let photo_psnr = psnr_db(&as_f32(&reconstructed), &as_f32(&original), 255.0);
+    let codec = vec![CodecRow::measure(gpu, "photo-vqgan", &tokens, photo_enc.config.n_embed, &original, &reconstructed)?];
 
     Ok(Row {
         precision: format.name(),
@@ -188,6 +192,7 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
         class_match: 100.0 * matched as f64 / generated.len() as f64,
         frechet,
         photo_psnr,
+        codec,
         seconds: start.elapsed().as_secs_f64(),
         classes: prior.config.n_classes,
         generated: tile(&images, args.per_class, 2, 2, [40, 40, 40]),
@@ -301,6 +306,13 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
         args.photo_size,
         photo_path.display()
     );
+    outln!("\nthe photo's tokens entropy-coded (as `lowbit compress` without a prior) vs JPEG at the same rate (both without headers):");
+    outln!("{:<9} {:<12} {:>8} {:>10} {:>12} {:>10} {:>12}", "weights", "tokenizer", "bpp", "PSNR dB", "JPEG quality", "JPEG bpp", "JPEG PSNR dB");
+    for r in &rows {
+        for c in &r.codec {
+            outln!("{:<9} {:<12} {:>8.4} {:>10.2} {:>12} {:>10.4} {:>12.2}", r.precision, c.tokenizer, c.bpp, c.psnr_db, c.jpeg.quality, c.jpeg.bpp, c.jpeg.psnr_db);
+        }
+    }
     let summary: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -310,6 +322,7 @@ pub fn run(gpu: &Gpu, args: DemoArgs) -> anyhow::Result<()> {
                 "photo_labels": inputs.photos.iter().zip(&r.photo_labels).map(|((p, _), l)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), l.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                 "generated_class_match": r.class_match, "frechet_distance": r.frechet, "photo_psnr_db": r.photo_psnr, "seconds": r.seconds,
                 "kv_bits": args.kv_bits,
+                "codec": r.codec.iter().map(CodecRow::json).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -9,6 +9,7 @@ mod codec;
 mod compare;
 mod decode;
 mod demo;
+mod demo_codec;
 mod encode;
 mod eval;
 mod info;
