@@ -71,7 +71,7 @@ pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     if args.profile {
         let [b, h, w] = tokens.shape();
         let plan = model.plan(gpu, b, h, w)?;
-        plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
+        plan.set_input(gpu, 0, &model.checked_ids(&tokens)?)?;
         print_profile(&plan.profile(gpu)?.1, 15);
     }
     let pixels = image.to_vec_f32(gpu)?;

@@ -13,7 +13,8 @@ use crate::{invalid, Error, Result};
 pub enum ModelKind {
     /// A timm classifier (ViT family or Swin): `config.json` in the hub layout.
     Vit,
-    /// taming-transformers VQModel (`config.yaml`) or LlamaGen VQ tokenizer (`config.json`).
+    /// taming-transformers VQModel (`config.yaml`), LlamaGen VQ tokenizer or one of the
+    /// tokenizers of `models::vqgan::tokenizers` (`config.json`).
     Vqgan,
     /// taming minGPT prior over VQ tokens: `config.json` with `"architecture": "taming_mingpt"`.
     Prior,
@@ -45,6 +46,7 @@ pub fn detect(path: &Path) -> Result<ModelKind> {
     Ok(match v.get("architecture").and_then(|a| a.as_str()) {
         Some("taming_mingpt") => ModelKind::Prior,
         Some("VQ-16" | "VQ_16" | "VQ-8" | "VQ_8" | "llamagen_vq") => ModelKind::Vqgan,
+        Some(a) if crate::models::vqgan::TOKENIZER_ARCHITECTURES.contains(&a) => ModelKind::Vqgan,
         _ => ModelKind::Vit,
     })
 }

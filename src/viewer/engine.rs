@@ -580,7 +580,7 @@ impl Engine {
                 let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_deref() } else { set.digits.as_deref() }.unwrap();
                 let [b, h, w] = tokens.shape();
                 let plan = dec.plan(gpu, b, h, w)?;
-                plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
+                plan.set_input(gpu, 0, &dec.checked_ids(tokens)?)?;
                 plan
             }
         };
