@@ -63,12 +63,12 @@ impl Runnable {
     }
 
     /// The forward pass for `batch` inputs of the model's training size.
-    pub fn graph(&self, batch: usize) -> anyhow::Result<Graph> {
+    pub fn graph(&self, gpu: &Gpu, batch: usize) -> anyhow::Result<Graph> {
         Ok(match self {
             Runnable::Classifier(m) => m.graph(batch)?,
             Runnable::Decoder(m) => {
                 let r = m.config.latent_resolution();
-                m.graph(batch, r, r)?
+                m.timing_graph(gpu, batch, r, r)?
             }
         })
     }

@@ -65,6 +65,19 @@ pub struct WeightSummary {
 /// Tables looked up by id rather than multiplied: they stay f32.
 const EMBEDDINGS: [&str; 3] = ["quantize.embedding.weight", "tok_emb.weight", "pos_emb"];
 
+/// The tokenizers' codebooks (FQGAN's `quantize_<head>.embedding`, VQGAN-LC's
+/// `tok_embeddings`, RQ-VAE's `quantizer.codebooks.<i>`) and the Linears that make SimVQ's
+/// and VQGAN-LC's effective codebook at load (`quantize.embedding_proj`,
+/// `codebook_projection`): read as f32 by the quantizer, never packed.
+fn is_codebook(name: &str) -> bool {
+    EMBEDDINGS.contains(&name)
+        || (name.starts_with("quantize") && name.ends_with("embedding.weight"))
+        || name == "tok_embeddings.weight"
+        || name.starts_with("quantizer.codebooks.")
+        || name.starts_with("quantize.embedding_proj.")
+        || name.starts_with("codebook_projection.")
+}
+
 /// Training-time bookkeeping buffers, not parameters.
 const BUFFERS: [&str; 2] = [".attn.mask", "quantize.codebook_used"];
 
@@ -72,7 +85,7 @@ impl WeightSummary {
     pub fn new(w: &Weights) -> Result<WeightSummary> {
         let mut s = WeightSummary::default();
         for (name, t) in &w.tensors {
-            let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !EMBEDDINGS.contains(&name.as_str());
+            let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !is_codebook(name);
             if packable {
                 s.matrices.push((name.clone(), t.shape[0], t.shape[1..].iter().product(), None));
             } else if !BUFFERS.iter().any(|b| name.ends_with(b)) {

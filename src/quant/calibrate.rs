@@ -119,7 +119,9 @@ impl Model {
                 Family::Vqgan(_) => {
                     let side = ["decoder.", "post_quant_conv"].iter().any(|p| key.starts_with(p));
                     let enc = ["encoder.", "quant_conv"].iter().any(|p| key.starts_with(p));
-                    if !side && !enc {
+                    // WeTok's adaptive norms feed a per-image affine computed on the CPU, not a
+                    // matrix the kernels read.
+                    if (!side && !enc) || key.contains(".adaptive.") {
                         continue;
                     }
                     // q, k and v run as one stacked 1×1 conv node.
@@ -360,11 +362,16 @@ impl Calibration {
             (Family::Classifier(_), true) => invalid!("calibration {}: a classifier calibrates on an image folder, not tokens", path.display()),
             (Family::Vqgan(c), true) => {
                 let all = TokenGrid::load(path, "tokens")?;
-                all.check(c.n_embed)?;
-                let per = all.height * all.width;
+                if all.codes.is_none() {
+                    all.check(c.n_embed)?;
+                }
+                // One image's ids: its h·w positions times the ids per position.
+                let per = all.height * all.width * all.codes_per_position();
                 let picked = pick(all.batch, count, seed);
                 let ids = picked.iter().flat_map(|&i| all.ids[i * per..(i + 1) * per].iter().copied()).collect();
-                let tokens = TokenGrid::new(&[picked.len(), all.height, all.width], ids)?;
+                let mut dims = all.dims();
+                dims[0] = picked.len();
+                let tokens = TokenGrid::new(&dims, ids)?;
                 Ok(Calibration { images: None, tokens: Some(tokens), source: path.display().to_string() })
             }
             (family, false) => {

@@ -257,6 +257,25 @@ impl VqganDecoder {
         self.graph_with(batch, h, w, None)
     }
 
+    /// The decode's nodes for timing and memory planning (`lowbit info`, `bench model`,
+    /// `decode --profile`): `graph`, except that WeTok's adaptive norms, which depend on each
+    /// image's tokens, get a placeholder affine (the same nodes and sizes, not its values).
+    pub fn timing_graph(&self, gpu: &Gpu, batch: usize, h: usize, w: usize) -> Result<Graph> {
+        if self.config.flavor != Flavor::WeTok {
+            return self.graph(batch, h, w);
+        }
+        let norms = self
+            .up
+            .iter()
+            .rev()
+            .map(|level| {
+                let c = level.adaptive.as_ref().map_or(1, |a| a.channels);
+                Ok(Norm { weight: Tensor::from_f32(gpu, &[c], &vec![1.0; c])?, bias: Tensor::zeros(gpu, &[c], DType::F32)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.graph_with(batch, h, w, Some(&norms))
+    }
+
     /// The graph with WeTok's per-level adaptive norms (deepest level first) for its one image.
     fn graph_with(&self, batch: usize, h: usize, w: usize, style: Option<&[Norm]>) -> Result<Graph> {
         let mut g = Graph::new();
