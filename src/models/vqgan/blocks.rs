@@ -228,7 +228,8 @@ pub(super) fn depth_to_space(g: &mut Graph, name: &str, x: Value) -> Result<Valu
 
 /// One block of the middle section.
 pub(super) enum Mid {
-    Res(ResnetBlock),
+    /// Boxed: a ResnetBlock is far larger than an AttnBlock.
+    Res(Box<ResnetBlock>),
     Attn(AttnBlock),
 }
 
@@ -236,13 +237,14 @@ pub(super) enum Mid {
 /// `num_res_blocks` ResnetBlocks without attention (MAGVIT2).
 pub(super) fn load_mid(l: &Loader, f: Flavor, side: &str, ch: usize, num_res_blocks: usize) -> Result<Vec<Mid>> {
     if f.magvit() {
-        let blocks = (0..num_res_blocks).map(|i| Ok(Mid::Res(l.resnet(&f.mid(side, i), ch, ch)?))).collect::<Result<Vec<_>>>()?;
+        let blocks = (0..num_res_blocks).map(|i| Ok(Mid::Res(Box::new(l.resnet(&f.mid(side, i), ch, ch)?)))).collect::<Result<Vec<_>>>()?;
         if l.w.contains(&format!("{}.norm1.weight", f.mid(side, num_res_blocks))) {
             invalid!("checkpoint {} has more {side} mid blocks than num_res_blocks = {num_res_blocks}", l.w.source);
         }
         return Ok(blocks);
     }
-    Ok(vec![Mid::Res(l.resnet(&f.mid(side, 0), ch, ch)?), Mid::Attn(l.attn(&f.mid(side, 1), ch)?), Mid::Res(l.resnet(&f.mid(side, 2), ch, ch)?)])
+    let res = |i: usize| -> Result<Mid> { Ok(Mid::Res(Box::new(l.resnet(&f.mid(side, i), ch, ch)?))) };
+    Ok(vec![res(0)?, Mid::Attn(l.attn(&f.mid(side, 1), ch)?), res(2)?])
 }
 
 /// The middle section's nodes.

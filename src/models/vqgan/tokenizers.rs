@@ -143,8 +143,12 @@ pub fn from_json(text: &str, source: &str) -> Result<VqganConfig> {
                 return Err(bad(format!("sub_codebooks {:?} (variant {}): FQGAN's heads are [vis, sem] or [vis, sem_mid, sem_high]", f.sub_codebooks, f.variant)));
             }
             let levels = f.decoder_ch_mult.len();
-            if levels == 0 {
-                return Err(bad("decoder_ch_mult is empty".into()));
+            if levels == 0 || levels > 16 {
+                return Err(bad(format!("decoder_ch_mult {:?} must have 1 to 16 levels", f.decoder_ch_mult)));
+            }
+            let a = &f.adapter;
+            if a.width > 1 << 16 || a.layers > 1024 || a.heads == 0 || !a.width.is_multiple_of(a.heads) || a.grid_size == 0 {
+                return Err(bad(format!("adapter width {} with {} heads, {} layers, grid {}: the width must split into the heads (at most 65536 wide, 1024 layers)", a.width, a.heads, a.layers, a.grid_size)));
             }
             let dd = DdConfig {
                 ch: f.ch,
@@ -163,11 +167,9 @@ pub fn from_json(text: &str, source: &str) -> Result<VqganConfig> {
             };
             let mut c = base(dd, f.codebook_embed_dim, f.codebook_size, Flavor::LlamaGen, QuantizerKind::Factorized { heads: f.sub_codebooks });
             c.codebook_l2_norm = f.codebook_l2_norm;
-            if f.adapter.width != c.level_channels(levels - 1) {
-                return Err(bad(format!("adapter width {} must equal the trunk's channels ch·ch_mult[-1] = {}", f.adapter.width, c.level_channels(levels - 1))));
-            }
-            if f.adapter.heads == 0 || !f.adapter.width.is_multiple_of(f.adapter.heads) {
-                return Err(bad(format!("adapter width {} must split into {} heads", f.adapter.width, f.adapter.heads)));
+            let top = c.ddconfig.ch.checked_mul(c.ddconfig.ch_mult[levels - 1]);
+            if top != Some(f.adapter.width) {
+                return Err(bad(format!("adapter width {} must equal the trunk's channels ch·ch_mult[-1] ({} · {})", f.adapter.width, c.ddconfig.ch, c.ddconfig.ch_mult[levels - 1])));
             }
             c.adapter = Some(f.adapter);
             c
@@ -190,7 +192,7 @@ pub fn from_json(text: &str, source: &str) -> Result<VqganConfig> {
                 return Err(bad(format!("num_codebooks {g}, n_embed {} (a power of two) and embed_dim {} (= z_channels {}) do not fit together", f.n_embed, f.embed_dim, f.ddconfig.z_channels)));
             }
             let bits = f.n_embed.trailing_zeros();
-            if g * bits as usize != f.embed_dim || (f.token_factorization && f.factorized_bits.iter().any(|&b| b != bits)) {
+            if g.checked_mul(bits as usize) != Some(f.embed_dim) || (f.token_factorization && f.factorized_bits.iter().any(|&b| b != bits)) {
                 return Err(bad(format!("{g} groups of {bits} bits (n_embed {}) must cover embed_dim {}; factorized_bits {:?} must all be {bits}", f.n_embed, f.embed_dim, f.factorized_bits)));
             }
             base(f.ddconfig, f.embed_dim, f.n_embed, Flavor::WeTok, QuantizerKind::LookupFree { groups: g, bits })
