@@ -154,3 +154,22 @@ impl TokenGrid {
         safetensors::serialize_to_file([(name, view)], None, path).map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_major_round_trips_and_checks_name_the_sub_codebook() {
+        // [B=1, S=2, h=1, w=3]: plane 0 = [0, 1, 2], plane 1 = [3, 4, 5].
+        let grid = TokenGrid::new(&[1, 2, 1, 3], vec![0, 1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(grid.position_major(), vec![0, 3, 1, 4, 2, 5]);
+        assert_eq!(TokenGrid::from_position_major(&grid.dims(), &grid.position_major()).unwrap(), grid);
+        assert!(grid.check_codebooks(&[3, 6], "model").is_ok());
+        let err = grid.check_codebooks(&[6, 5], "model").unwrap_err().to_string();
+        assert!(err.contains("token id 5 at [0, 1, 0, 2]") && err.contains("sub-codebook 1"), "{err}");
+        let err = grid.check_codebooks(&[8, 8, 8], "model").unwrap_err().to_string();
+        assert!(err.contains("2 ids per position") && err.contains("takes 3"), "{err}");
+        assert!(TokenGrid::new(&[1, 2, 3, 4, 5], vec![0; 120]).is_err());
+    }
+}
