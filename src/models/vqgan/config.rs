@@ -263,6 +263,18 @@ impl VqganConfig {
         Ok(c)
     }
 
+    /// Entries of each codebook a token position has ids in (one per sub-codebook, stage or
+    /// group; one for a plain codebook): what `TokenGrid::check_codebooks` takes.
+    pub fn codebook_sizes(&self) -> Vec<usize> {
+        let n = self.n_embed;
+        match &self.quantizer {
+            QuantizerKind::Codebook | QuantizerKind::Projected { .. } => vec![n],
+            QuantizerKind::Factorized { heads } => vec![n; heads.len()],
+            QuantizerKind::Residual { depth } => vec![n; *depth],
+            QuantizerKind::LookupFree { groups, .. } => vec![n; *groups],
+        }
+    }
+
     /// How the codebook is searched and read: cosine for l2-normalized codebooks.
     pub fn metric(&self) -> Metric {
         if self.codebook_l2_norm {
