@@ -55,8 +55,10 @@ impl Runnable {
             Runnable::Decoder(m) => {
                 let (c, r) = (&m.config, m.config.latent_resolution());
                 format!(
-                    "taming VQGAN decoder: {} codes of dim {}, ch {} × {:?}, {} res blocks, {r}×{r} tokens → {}×{} images",
-                    c.n_embed, c.embed_dim, c.ddconfig.ch, c.ddconfig.ch_mult, c.ddconfig.num_res_blocks, r * c.upscale(), r * c.upscale()
+                    "{} decoder: {} codes of dim {}, ch {} × {:?}, {} res blocks, {r}×{r} tokens → {}×{} images",
+                    c.family_name(),
+                    c.n_embed,
+                    c.embed_dim, c.ddconfig.ch, c.ddconfig.ch_mult, c.ddconfig.num_res_blocks, r * c.upscale(), r * c.upscale()
                 )
             }
         }

@@ -263,6 +263,19 @@ impl VqganConfig {
         Ok(c)
     }
 
+    /// What the model is, for messages (`lowbit bench`, `info`).
+    pub fn family_name(&self) -> &'static str {
+        match (&self.quantizer, self.flavor) {
+            (QuantizerKind::Factorized { .. }, _) => "FQGAN",
+            (QuantizerKind::LookupFree { .. }, _) => "WeTok GFQ",
+            (QuantizerKind::Residual { .. }, _) => "RQ-VAE",
+            (QuantizerKind::Projected { .. }, Flavor::Magvit) => "SimVQ",
+            (QuantizerKind::Projected { .. }, _) => "VQGAN-LC",
+            (QuantizerKind::Codebook, Flavor::LlamaGen) => "LlamaGen VQ",
+            (QuantizerKind::Codebook, _) => "taming VQGAN",
+        }
+    }
+
     /// Entries of each codebook a token position has ids in (one per sub-codebook, stage or
     /// group; one for a plain codebook): what `TokenGrid::check_codebooks` takes.
     pub fn codebook_sizes(&self) -> Vec<usize> {
