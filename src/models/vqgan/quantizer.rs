@@ -10,8 +10,11 @@
 //!   (FQGAN: the heads' codes concatenated before `post_quant_conv`).
 //! - `Residual`: D codebooks, stage s quantizing what stages < s left; lookups summed.
 //! - Lookup-free groups (WeTok GFQ) are `Factorized` over the ±value patterns of each group's
-//!   bits (`lfq_patterns`): the nearest pattern by L2 is the per-value sign, so the search is
-//!   the sign quantizer's, and the lookup is its decode.
+//!   bits (`lfq_patterns`): the nearest pattern by L2 is the per-value sign (a value of exactly
+//!   0 ties, and the lowest index, bit clear, wins: upstream's `x > 0`), so the search is the
+//!   sign quantizer's and the lookup is its decode, through the same kernels as the other
+//!   kinds. The search's f32 dot products can only flip a value within ~1e-7 of the group's
+//!   |x| sum of 0; it costs 2^bits·bits per group (bits ≤ 16).
 
 use std::sync::{Arc, OnceLock};
 
