@@ -257,7 +257,7 @@ fn model(gpu: &Gpu, args: ModelArgs) -> anyhow::Result<()> {
     let format = WeightFormat::parse(&args.format)?;
     let runnable = Runnable::load(gpu, &args.model, format)?;
     let weights = weight_summary(&args.model)?.bytes(format) as u64;
-    let plan = Plan::new(gpu, runnable.graph(args.batch.max(1))?)?;
+    let plan = Plan::new(gpu, runnable.graph(gpu, args.batch.max(1))?)?;
     runnable.random_input(gpu, &plan, 1)?;
     plan.run(gpu)?;
     gpu.wait()?;

@@ -1,6 +1,6 @@
 //! `lowbit decode --model PATH [--config FILE] --tokens TOKENS.safetensors --out OUT.png
-//! [--save-tensor OUT.safetensors] [--precision f32|f16] [--format FMT] [--profile]`: taming VQGAN
-//! token grids → images.
+//! [--save-tensor OUT.safetensors] [--precision f32|f16] [--format FMT] [--profile]`: token
+//! grids → images (taming VQGAN, LlamaGen and the tokenizers of `models::vqgan::tokenizers`).
 
 use std::path::{Path, PathBuf};
 
@@ -16,13 +16,15 @@ use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
 pub struct DecodeArgs {
-    /// A folder with model.safetensors + config.yaml (taming's VQModel), or a .safetensors file.
+    /// A folder with model.safetensors + config.yaml (taming's VQModel) or config.json
+    /// (LlamaGen, FQGAN, SimVQ, WeTok, VQGAN-LC, RQ-VAE), or a .safetensors file.
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// taming's YAML config to use instead of the config.yaml next to the weights.
+    /// The config to use instead of the config.yaml / config.json next to the weights.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Token ids: tensor `tokens`, integer (i32, i64 or u32) [B, h, w].
+    /// Token ids: tensor `tokens`, integer (i32, i64 or u32) [B, h, w], or [B, S, h, w] for a
+    /// model with S ids per position (upstream's shapes).
     #[arg(long, value_name = "TOKENS.safetensors")]
     pub tokens: PathBuf,
     /// Output PNG; with B > 1 images go to OUT-0.png, OUT-1.png, ...
@@ -70,8 +72,8 @@ pub fn run(gpu: &Gpu, args: DecodeArgs) -> anyhow::Result<()> {
     let image = model.decode(gpu, &tokens)?;
     if args.profile {
         let [b, h, w] = tokens.shape();
-        let plan = model.plan(gpu, b, h, w)?;
-        plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
+        let plan = crate::graph::Plan::new(gpu, model.timing_graph(gpu, b, h, w)?)?;
+        plan.set_input(gpu, 0, &model.checked_ids(&tokens)?)?;
         print_profile(&plan.profile(gpu)?.1, 15);
     }
     let pixels = image.to_vec_f32(gpu)?;

@@ -1,6 +1,7 @@
 //! `lowbit encode --model PATH IMAGE... --out TOKENS.safetensors [--config FILE] [--format FMT]`:
-//! images → taming VQGAN token grids (tensor `tokens`, i32 [B, h, w]) that `lowbit decode` turns
-//! back into images.
+//! images → token grids (tensor `tokens`, i32 [B, h, w], or [B, S, h, w] for tokenizers with S
+//! ids per position: FQGAN's sub-codebooks, RQ-VAE's stages, WeTok's groups) that `lowbit
+//! decode` turns back into images.
 
 use std::path::{Path, PathBuf};
 
@@ -15,13 +16,14 @@ use crate::Gpu;
 
 #[derive(clap::Args, Debug)]
 pub struct EncodeArgs {
-    /// A folder with model.safetensors + config.yaml (taming's VQModel with its encoder).
+    /// A folder with model.safetensors + config.yaml (taming's VQModel with its encoder) or
+    /// config.json (LlamaGen, FQGAN, SimVQ, WeTok, VQGAN-LC, RQ-VAE).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// taming's YAML config to use instead of the config.yaml next to the weights.
+    /// The config to use instead of the config.yaml / config.json next to the weights.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where to write the tokens (tensor `tokens`, i32 [B, h, w]).
+    /// Where to write the tokens (tensor `tokens`, i32 [B, h, w] or [B, S, h, w]).
     #[arg(long, value_name = "TOKENS.safetensors")]
     pub out: PathBuf,
     /// Overwrite an existing --out file.

@@ -47,7 +47,7 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         outln!("  {:<10} {:>12} bytes  {:>8.2} MB  {:>5.2} bits/weight", f.name(), b, b as f64 / 1e6, 8.0 * b as f64 / params as f64);
     }
     if let Some(m) = &model {
-        let graph = m.graph(args.batch)?;
+        let graph = m.graph(gpu, args.batch)?;
         let (nodes, unplanned) = (graph.node_count(), graph.unplanned_bytes());
         let memory = plan(&graph)?;
         let weights = summary.bytes(WeightFormat::F32) as u64;

@@ -55,20 +55,22 @@ impl Runnable {
             Runnable::Decoder(m) => {
                 let (c, r) = (&m.config, m.config.latent_resolution());
                 format!(
-                    "taming VQGAN decoder: {} codes of dim {}, ch {} × {:?}, {} res blocks, {r}×{r} tokens → {}×{} images",
-                    c.n_embed, c.embed_dim, c.ddconfig.ch, c.ddconfig.ch_mult, c.ddconfig.num_res_blocks, r * c.upscale(), r * c.upscale()
+                    "{} decoder: {} codes of dim {}, ch {} × {:?}, {} res blocks, {r}×{r} tokens → {}×{} images",
+                    c.family_name(),
+                    c.n_embed,
+                    c.embed_dim, c.ddconfig.ch, c.ddconfig.ch_mult, c.ddconfig.num_res_blocks, r * c.upscale(), r * c.upscale()
                 )
             }
         }
     }
 
     /// The forward pass for `batch` inputs of the model's training size.
-    pub fn graph(&self, batch: usize) -> anyhow::Result<Graph> {
+    pub fn graph(&self, gpu: &Gpu, batch: usize) -> anyhow::Result<Graph> {
         Ok(match self {
             Runnable::Classifier(m) => m.graph(batch)?,
             Runnable::Decoder(m) => {
                 let r = m.config.latent_resolution();
-                m.graph(batch, r, r)?
+                m.timing_graph(gpu, batch, r, r)?
             }
         })
     }

@@ -104,6 +104,10 @@ fn check_tokens(grid: &TokenGrid, model: &Model, i: usize) -> Result<()> {
     if grid.batch != 1 {
         invalid!("image {i}: one token grid per image, got a batch of {}", grid.batch);
     }
+    // The .lbt header stores one [h, w] grid of one codebook's ids per image.
+    if let Some(s) = grid.codes {
+        invalid!("image {i}: tokens {:?} have {s} ids per position (sub-codebooks or stages); .lbt files code [B, h, w] grids of one codebook", grid.dims());
+    }
     let n = model.codebook();
     if let Some(&id) = grid.ids.iter().find(|&&id| id < 0 || id as usize >= n) {
         invalid!("image {i}: token id {id} is outside the sub-codebook of {n} ids the model codes");

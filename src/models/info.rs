@@ -13,7 +13,8 @@ use crate::{invalid, Error, Result};
 pub enum ModelKind {
     /// A timm classifier (ViT family or Swin): `config.json` in the hub layout.
     Vit,
-    /// taming-transformers VQModel (`config.yaml`) or LlamaGen VQ tokenizer (`config.json`).
+    /// taming-transformers VQModel (`config.yaml`), LlamaGen VQ tokenizer or one of the
+    /// tokenizers of `models::vqgan::tokenizers` (`config.json`).
     Vqgan,
     /// taming minGPT prior over VQ tokens: `config.json` with `"architecture": "taming_mingpt"`.
     Prior,
@@ -45,6 +46,7 @@ pub fn detect(path: &Path) -> Result<ModelKind> {
     Ok(match v.get("architecture").and_then(|a| a.as_str()) {
         Some("taming_mingpt") => ModelKind::Prior,
         Some("VQ-16" | "VQ_16" | "VQ-8" | "VQ_8" | "llamagen_vq") => ModelKind::Vqgan,
+        Some(a) if crate::models::vqgan::TOKENIZER_ARCHITECTURES.contains(&a) => ModelKind::Vqgan,
         _ => ModelKind::Vit,
     })
 }
@@ -63,6 +65,19 @@ pub struct WeightSummary {
 /// Tables looked up by id rather than multiplied: they stay f32.
 const EMBEDDINGS: [&str; 3] = ["quantize.embedding.weight", "tok_emb.weight", "pos_emb"];
 
+/// The tokenizers' codebooks (FQGAN's `quantize_<head>.embedding`, VQGAN-LC's
+/// `tok_embeddings`, RQ-VAE's `quantizer.codebooks.<i>`) and the Linears that make SimVQ's
+/// and VQGAN-LC's effective codebook at load (`quantize.embedding_proj`,
+/// `codebook_projection`): read as f32 by the quantizer, never packed.
+fn is_codebook(name: &str) -> bool {
+    EMBEDDINGS.contains(&name)
+        || (name.starts_with("quantize") && name.ends_with("embedding.weight"))
+        || name == "tok_embeddings.weight"
+        || name.starts_with("quantizer.codebooks.")
+        || name.starts_with("quantize.embedding_proj.")
+        || name.starts_with("codebook_projection.")
+}
+
 /// Training-time bookkeeping buffers, not parameters.
 const BUFFERS: [&str; 2] = [".attn.mask", "quantize.codebook_used"];
 
@@ -70,7 +85,7 @@ impl WeightSummary {
     pub fn new(w: &Weights) -> Result<WeightSummary> {
         let mut s = WeightSummary::default();
         for (name, t) in &w.tensors {
-            let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !EMBEDDINGS.contains(&name.as_str());
+            let packable = name.ends_with(".weight") && t.shape.len() >= 2 && !is_codebook(name);
             if packable {
                 s.matrices.push((name.clone(), t.shape[0], t.shape[1..].iter().product(), None));
             } else if !BUFFERS.iter().any(|b| name.ends_with(b)) {

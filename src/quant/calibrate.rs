@@ -119,7 +119,9 @@ impl Model {
                 Family::Vqgan(_) => {
                     let side = ["decoder.", "post_quant_conv"].iter().any(|p| key.starts_with(p));
                     let enc = ["encoder.", "quant_conv"].iter().any(|p| key.starts_with(p));
-                    if !side && !enc {
+                    // WeTok's adaptive norms feed a per-image affine computed on the CPU, not a
+                    // matrix the kernels read.
+                    if (!side && !enc) || key.contains(".adaptive.") {
                         continue;
                     }
                     // q, k and v run as one stacked 1×1 conv node.
@@ -333,7 +335,9 @@ impl Calibration {
         });
         let tokens = self.tokens.as_ref().map(|t| {
             let k = n.min(t.batch);
-            TokenGrid::new(&[k, t.height, t.width], t.ids[..k * t.height * t.width].to_vec()).unwrap()
+            let mut dims = t.dims();
+            dims[0] = k;
+            TokenGrid::new(&dims, t.ids[..k * t.height * t.width * t.codes_per_position()].to_vec()).unwrap()
         });
         Calibration { images, tokens, source: self.source.clone() }
     }
@@ -341,8 +345,9 @@ impl Calibration {
     /// The model's own inputs in passes of BATCH: tokens when there are (a decoder), else images.
     pub fn batches(&self) -> Result<Vec<Batch<'_>>> {
         if let Some(t) = &self.tokens {
-            let per = t.height * t.width;
-            return Ok(t.ids.chunks(BATCH * per).map(|c| Batch::Ids(c.iter().map(|&i| i as u32).collect(), c.len() / per)).collect());
+            // The decoder's input order: position-major, each image's ids contiguous.
+            let per = t.height * t.width * t.codes_per_position();
+            return Ok(t.position_major().chunks(BATCH * per).map(|c| Batch::Ids(c.to_vec(), c.len() / per)).collect());
         }
         let Some((pixels, [_, c, h, w])) = &self.images else { invalid!("no calibration inputs") };
         Ok(pixels.chunks(BATCH * c * h * w).map(|p| Batch::Pixels(p, p.len() / (c * h * w))).collect())
@@ -360,11 +365,14 @@ impl Calibration {
             (Family::Classifier(_), true) => invalid!("calibration {}: a classifier calibrates on an image folder, not tokens", path.display()),
             (Family::Vqgan(c), true) => {
                 let all = TokenGrid::load(path, "tokens")?;
-                all.check(c.n_embed)?;
-                let per = all.height * all.width;
+                all.check_codebooks(&c.codebook_sizes(), "model")?;
+                // One image's ids: its h·w positions times the ids per position.
+                let per = all.height * all.width * all.codes_per_position();
                 let picked = pick(all.batch, count, seed);
                 let ids = picked.iter().flat_map(|&i| all.ids[i * per..(i + 1) * per].iter().copied()).collect();
-                let tokens = TokenGrid::new(&[picked.len(), all.height, all.width], ids)?;
+                let mut dims = all.dims();
+                dims[0] = picked.len();
+                let tokens = TokenGrid::new(&dims, ids)?;
                 Ok(Calibration { images: None, tokens: Some(tokens), source: path.display().to_string() })
             }
             (family, false) => {

@@ -469,10 +469,11 @@ impl Engine {
         let input = Tensor::from_f32(gpu, &[1, 3, h, w], &pixels)?;
         // `VqganEncoder::encode` without its blocking readback of the ids.
         let plan = enc.plan(gpu, 1, h, w)?;
+        let dims = enc.quantizer.token_dims(1, h / f, w / f);
         let gpu = self.gpu.clone();
         Ok(async move {
             let ids = plan.run_with(&gpu, &[&input])?.remove(0).to_vec_u32_async(&gpu).await?;
-            let tokens = TokenGrid::new(&[1, h / f, w / f], ids.into_iter().map(i64::from).collect())?;
+            let tokens = TokenGrid::from_position_major(&dims, &ids)?;
             let image = decode_one(&gpu, &dec, &tokens).await?;
             let original = signed_chw_to_rgb(&pixels, h, w);
             let (_, payloads) = crate::codec::encode_without_prior(&gpu, std::slice::from_ref(&tokens), n_embed)?;
@@ -595,7 +596,7 @@ impl Engine {
                 let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_deref() } else { set.digits.as_deref() }.unwrap();
                 let [b, h, w] = tokens.shape();
                 let plan = dec.plan(gpu, b, h, w)?;
-                plan.set_input(gpu, 0, &tokens.ids.iter().map(|&id| id as u32).collect::<Vec<u32>>())?;
+                plan.set_input(gpu, 0, &dec.checked_ids(tokens)?)?;
                 plan
             }
         };

@@ -135,6 +135,18 @@ impl Codebook {
         record_gather(gpu, enc, self, ids, out, flag, [ids.numel(), 1, 0, self.d, 0])
     }
 
+    /// `gather_checked` of column `column` of ids [.., S] into `out` [.., D]: one stage of a
+    /// residual quantizer, whose stages share one id tensor.
+    pub fn gather_column_checked(&self, gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, column: usize, out: &Tensor, flag: &wgpu::Buffer) -> Result<()> {
+        expect_ids("gather", ids)?;
+        out.expect_dtype("gather output", DType::F32)?;
+        let Some(&s) = ids.shape.last().filter(|&&s| column < s) else {
+            shape_err!("gather: column {column} of ids {:?}", ids.shape);
+        };
+        out.expect_shape("gather output", &with_last(&ids.shape, self.d))?;
+        record_gather(gpu, enc, self, ids, out, flag, [ids.numel() / s, s, column, self.d, 0])
+    }
+
     /// Gather for ids the caller holds on the CPU: checked here before anything is recorded.
     pub fn gather_host<T: TokenId>(&self, gpu: &Gpu, enc: &mut Encoder, ids: &[T], out: &Tensor) -> Result<()> {
         check_ids(ids, self.k)?;
@@ -152,6 +164,22 @@ impl Codebook {
 }
 
 impl FactorizedCodebook {
+    /// `gather` of ids already range-checked on the CPU (see `Codebook::gather_checked`).
+    pub fn gather_checked(&self, gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, out: &Tensor, flag: &wgpu::Buffer) -> Result<()> {
+        expect_ids("factorized gather", ids)?;
+        out.expect_dtype("factorized gather output", DType::F32)?;
+        let (s, d) = (self.books.len(), self.d());
+        if ids.shape.last() != Some(&s) {
+            shape_err!("factorized gather: ids {:?} must end in the {s} sub-codebooks", ids.shape);
+        }
+        out.expect_shape("factorized gather output", &with_last(&ids.shape, s * d))?;
+        let n = ids.numel() / s;
+        for (i, book) in self.books.iter().enumerate() {
+            record_gather(gpu, enc, book, ids, out, flag, [n, s, i, s * d, i * d])?;
+        }
+        Ok(())
+    }
+
     /// Ids [.., S] → the concatenation of each sub-codebook's row, [.., S·d].
     pub fn gather(&self, gpu: &Gpu, enc: &mut Encoder, ids: &Tensor, out: &Tensor) -> Result<IdCheck> {
         expect_ids("factorized gather", ids)?;

@@ -201,6 +201,22 @@ impl Codebook {
         self.record_search(gpu, enc, x, n, cols, indices, distances)
     }
 
+    /// As `search`, writing vector t's index at `indices[t, column]` of ids [N, S]: one stage
+    /// of a residual quantizer, whose stages share one id tensor.
+    pub fn search_column(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, indices: &Tensor, column: usize) -> Result<()> {
+        x.expect_dtype("vq search input", DType::F32)?;
+        if x.shape.len() != 2 || x.shape[1] != self.d {
+            shape_err!("vq search: x must be [N, {}], got {:?}", self.d, x.shape);
+        }
+        let n = x.shape[0];
+        let Some(&s) = indices.shape.last().filter(|&&s| column < s) else {
+            shape_err!("vq search: column {column} of ids {:?}", indices.shape);
+        };
+        check_outputs(indices, None, &[n, s])?;
+        let cols = Columns { x_stride: self.d, x_offset: 0, out_stride: s, out_offset: column };
+        self.record_search(gpu, enc, x, n, cols, indices, None)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn record_search(&self, gpu: &Gpu, enc: &mut Encoder, x: &Tensor, n: usize, cols: Columns, indices: &Tensor, distances: Option<&Tensor>) -> Result<()> {
         let d4 = self.d4();
@@ -319,6 +335,7 @@ fn check_outputs(indices: &Tensor, distances: Option<&Tensor>, shape: &[usize]) 
 
 /// S sub-codebooks of the same dimension d (FQGAN): x [N, S·d] is split into S sub-vectors,
 /// each searched in its own codebook.
+#[derive(Clone)]
 pub struct FactorizedCodebook {
     pub books: Vec<Codebook>,
 }
@@ -336,7 +353,8 @@ impl FactorizedCodebook {
         Ok(FactorizedCodebook { books })
     }
 
-    fn d(&self) -> usize {
+    /// Width of one sub-vector.
+    pub fn d(&self) -> usize {
         self.books[0].d
     }
 

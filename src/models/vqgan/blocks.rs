@@ -36,11 +36,15 @@ pub(super) struct AttnBlock {
 
 /// Where the checkpoint keeps each block: taming's names, or LlamaGen's (which renamed the
 /// containers of the same blocks: `mid.0..2`, `conv_blocks.N.res/attn`, levels of the decoder
-/// numbered from the deepest).
+/// numbered from the deepest), or the MAGVIT2-style networks of SimVQ and WeTok
+/// (`improved_model.py`: taming's layout without attention, `mid_block.N`, convs inside the
+/// ResBlocks without bias, depth-to-space upsampling; WeTok adds adaptive GroupNorms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
     Taming,
     LlamaGen,
+    Magvit,
+    WeTok,
 }
 
 impl Flavor {
@@ -49,14 +53,20 @@ impl Flavor {
         match self {
             Flavor::Taming => format!("{side}.mid.{}", ["block_1", "attn_1", "block_2"][i]),
             Flavor::LlamaGen => format!("{side}.mid.{i}"),
+            Flavor::Magvit | Flavor::WeTok => format!("{side}.mid_block.{i}"),
         }
+    }
+
+    /// MAGVIT2-style: no attention, bias-free ResBlock convs, depth-to-space upsampling.
+    pub(super) fn magvit(self) -> bool {
+        matches!(self, Flavor::Magvit | Flavor::WeTok)
     }
 
     /// The prefix of resolution level `level` (0 = full resolution) of `levels`.
     pub(super) fn level(self, side: &str, level: usize, levels: usize) -> String {
         match (self, side) {
-            (Flavor::Taming, "encoder") => format!("encoder.down.{level}"),
-            (Flavor::Taming, _) => format!("{side}.up.{level}"),
+            (Flavor::Taming | Flavor::Magvit | Flavor::WeTok, "encoder") => format!("encoder.down.{level}"),
+            (Flavor::Taming | Flavor::Magvit | Flavor::WeTok, _) => format!("{side}.up.{level}"),
             (Flavor::LlamaGen, "encoder") => format!("encoder.conv_blocks.{level}"),
             (Flavor::LlamaGen, _) => format!("{side}.conv_blocks.{}", levels - 1 - level),
         }
@@ -65,7 +75,7 @@ impl Flavor {
     /// The ResnetBlock list inside a level.
     pub(super) fn blocks(self) -> &'static str {
         match self {
-            Flavor::Taming => "block",
+            Flavor::Taming | Flavor::Magvit | Flavor::WeTok => "block",
             Flavor::LlamaGen => "res",
         }
     }
@@ -76,6 +86,8 @@ pub(super) struct Loader<'a> {
     pub gpu: &'a Gpu,
     pub w: &'a Weights,
     pub format: WeightFormat,
+    /// Whether ResnetBlock convs have biases (not in the MAGVIT2-style networks).
+    pub biased: bool,
 }
 
 impl Loader<'_> {
@@ -94,6 +106,26 @@ impl Loader<'_> {
         Conv2d::with_padding(self.gpu, &weight, Some(w.get("bias", &[cout])?), (k, k), stride, padding)
     }
 
+    /// An `nn.Conv2d(cin, cout, k, padding=k/2, bias=False)`; a stored bias means the
+    /// checkpoint is not the network the config describes.
+    pub fn conv_without_bias(&self, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Conv2d> {
+        let w = self.w.pp(prefix);
+        if w.contains("bias") {
+            invalid!("checkpoint {}: {prefix}.bias is unexpected (this network's conv has no bias)", self.w.source);
+        }
+        let weight = w.matrix("weight", &[cout, cin, k, k], self.format)?;
+        Conv2d::with_padding(self.gpu, &weight, None, (k, k), 1, Padding::same(k / 2))
+    }
+
+    /// A ResnetBlock conv: with bias unless the network has none there.
+    fn block_conv(&self, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Conv2d> {
+        if self.biased {
+            self.conv(prefix, cin, cout, k)
+        } else {
+            self.conv_without_bias(prefix, cin, cout, k)
+        }
+    }
+
     pub fn resnet(&self, prefix: &str, cin: usize, cout: usize) -> Result<ResnetBlock> {
         let w = self.w.pp(prefix);
         if w.contains("conv_shortcut.weight") {
@@ -102,10 +134,10 @@ impl Loader<'_> {
         Ok(ResnetBlock {
             name: prefix.to_string(),
             norm1: w.pp("norm1").norm(self.gpu, cin)?,
-            conv1: self.conv(&w.key("conv1"), cin, cout, 3)?,
+            conv1: self.block_conv(&w.key("conv1"), cin, cout, 3)?,
             norm2: w.pp("norm2").norm(self.gpu, cout)?,
-            conv2: self.conv(&w.key("conv2"), cout, cout, 3)?,
-            shortcut: if cin != cout { Some(self.conv(&w.key("nin_shortcut"), cin, cout, 1)?) } else { None },
+            conv2: self.block_conv(&w.key("conv2"), cout, cout, 3)?,
+            shortcut: if cin != cout { Some(self.block_conv(&w.key("nin_shortcut"), cin, cout, 1)?) } else { None },
         })
     }
 
@@ -162,4 +194,66 @@ pub(super) fn to_nchw(g: &mut Graph, name: &str, tokens: Value, hw: (usize, usiz
         crate::shape_err!("{name}: {t} tokens do not make a {}×{} grid", hw.0, hw.1);
     }
     Ok(g.node(name, "tokens_to_nchw", &[tokens], &[b, c, hw.0, hw.1], DType::F32, |gpu, enc, i, out| tokens_to_nchw(gpu, enc, i[0], out, false)))
+}
+
+/// [B, C, h, w] → tokens [B, h·w, C] (the transpose `to_nchw` undoes).
+pub(super) fn to_tokens(g: &mut Graph, name: &str, x: Value) -> Result<Value> {
+    let [b, c, h, w] = g.nchw(x, name)?;
+    // tokens_to_nchw transposes [B, T, C'] → [B, C', T]: with T = C and C' = h·w it is this.
+    let x = g.reshape(x, &[b, c, h * w])?;
+    let t = to_nchw(g, name, x, (c, 1))?;
+    g.reshape(t, &[b, h * w, c])
+}
+
+/// `depth_to_space(x, 2)` of MAGVIT2's Upsampler (DCR: channel (i·2 + j)·C + c goes to pixel
+/// (2y + i, 2x + j) of channel c): [B, 4C, H, W] → [B, C, 2H, 2W], as three transposes
+/// (each [N, T, C'] → [N, C', T]) moving the (i, j) factors next to y and x.
+pub(super) fn depth_to_space(g: &mut Graph, name: &str, x: Value) -> Result<Value> {
+    let [b, c4, h, w] = g.nchw(x, name)?;
+    if !c4.is_multiple_of(4) {
+        crate::shape_err!("{name}: depth_to_space of {c4} channels (needs a multiple of 4)");
+    }
+    let c = c4 / 4;
+    // (i, j, c, y, x) → (c, y, x, i, j)
+    let t = g.reshape(x, &[b, 4, c * h * w])?;
+    let t = to_nchw(g, &format!("{name}.d2s1"), t, (4, 1))?;
+    // → (c, y, x, j, i)
+    let t = g.reshape(t, &[b * c * h * w, 2, 2])?;
+    let t = to_nchw(g, &format!("{name}.d2s2"), t, (2, 1))?;
+    // → (c, y, i, x, j)
+    let t = g.reshape(t, &[b * c * h, 2 * w, 2])?;
+    let t = to_nchw(g, &format!("{name}.d2s3"), t, (2 * w, 1))?;
+    g.reshape(t, &[b, c, 2 * h, 2 * w])
+}
+
+/// One block of the middle section.
+pub(super) enum Mid {
+    /// Boxed: a ResnetBlock is far larger than an AttnBlock.
+    Res(Box<ResnetBlock>),
+    Attn(AttnBlock),
+}
+
+/// The middle section of `side`: ResnetBlock, AttnBlock, ResnetBlock (taming, LlamaGen), or
+/// `num_res_blocks` ResnetBlocks without attention (MAGVIT2).
+pub(super) fn load_mid(l: &Loader, f: Flavor, side: &str, ch: usize, num_res_blocks: usize) -> Result<Vec<Mid>> {
+    if f.magvit() {
+        let blocks = (0..num_res_blocks).map(|i| Ok(Mid::Res(Box::new(l.resnet(&f.mid(side, i), ch, ch)?)))).collect::<Result<Vec<_>>>()?;
+        if l.w.contains(&format!("{}.norm1.weight", f.mid(side, num_res_blocks))) {
+            invalid!("checkpoint {} has more {side} mid blocks than num_res_blocks = {num_res_blocks}", l.w.source);
+        }
+        return Ok(blocks);
+    }
+    let res = |i: usize| -> Result<Mid> { Ok(Mid::Res(Box::new(l.resnet(&f.mid(side, i), ch, ch)?))) };
+    Ok(vec![res(0)?, Mid::Attn(l.attn(&f.mid(side, 1), ch)?), res(2)?])
+}
+
+/// The middle section's nodes.
+pub(super) fn mid(g: &mut Graph, blocks: &[Mid], mut x: Value) -> Result<Value> {
+    for b in blocks {
+        x = match b {
+            Mid::Res(r) => resnet(g, r, x)?,
+            Mid::Attn(a) => attn_block(g, a, x)?,
+        };
+    }
+    Ok(x)
 }

@@ -34,6 +34,62 @@ pub struct VqganConfig {
     /// Whose key names the checkpoint uses (set by the loader from the config's format).
     #[serde(skip, default = "taming")]
     pub flavor: Flavor,
+    /// The quantizer between encoder and decoder (taming's one codebook unless the config
+    /// names another tokenizer: `tokenizers.rs`).
+    #[serde(skip)]
+    pub quantizer: QuantizerKind,
+    /// FQGAN: the transformer adapter in front of each head's norm_out/conv_out.
+    #[serde(skip)]
+    pub adapter: Option<AdapterConfig>,
+}
+
+/// Which quantizer a tokenizer has, and where its tensors are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum QuantizerKind {
+    /// `quantize.embedding.weight` [n_embed, embed_dim] (taming, LlamaGen).
+    #[default]
+    Codebook,
+    /// FQGAN: one codebook per head, `quantize_{head}.embedding.weight` [n_embed, embed_dim],
+    /// ids and codes in `heads` order (the order post_quant_conv's input concatenates them).
+    Factorized { heads: Vec<String> },
+    /// A frozen codebook `codes` [n_embed, code_dim] through the Linear `projection`
+    /// (code_dim → embed_dim), or used as is when `projection` is None: SimVQ
+    /// (`quantize.embedding`, `quantize.embedding_proj`) and VQGAN-LC (`tok_embeddings`,
+    /// `codebook_projection`).
+    Projected { codes: String, projection: Option<String>, code_dim: usize },
+    /// RQ-VAE: `depth` stages `quantizer.codebooks.{i}.weight` [n_embed + 1, embed_dim] (the
+    /// last row is a padding code no search returns).
+    Residual { depth: usize },
+    /// WeTok GFQ: `groups` groups of `bits` channels, one id per group from the channels'
+    /// signs (LSB first); no stored codebook.
+    LookupFree { groups: usize, bits: u32 },
+}
+
+/// FQGAN's `FactorizedAdapter`: positional embedding, ln_pre, `layers` pre-norm transformer
+/// blocks (nn.MultiheadAttention with `heads` heads, MLP ×mlp_ratio with GELU), ln_post.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Side of the token grid the positional embedding was trained for (`image_size / 8`).
+    pub grid_size: usize,
+    /// The MLP's width over `width`; FQGAN uses 4.
+    #[serde(with = "ratio")]
+    pub mlp_ratio: usize,
+}
+
+/// `mlp_ratio` as the integer it always is (a float in the config, as upstream's argument).
+mod ratio {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let r = f64::deserialize(d)?;
+        if r <= 0.0 || r.fract() != 0.0 || r > 64.0 {
+            return Err(serde::de::Error::custom(format!("mlp_ratio {r}: lowbit supports whole ratios from 1 to 64")));
+        }
+        Ok(r as usize)
+    }
 }
 
 fn taming() -> Flavor {
@@ -90,7 +146,9 @@ pub struct DdConfig {
     pub ch: usize,
     pub ch_mult: Vec<usize>,
     pub num_res_blocks: usize,
-    /// Feature-map sizes (at the training resolution) that get an AttnBlock.
+    /// Feature-map sizes (at the training resolution) that get an AttnBlock (none in the
+    /// MAGVIT2-style networks of SimVQ and WeTok, whose configs leave it out).
+    #[serde(default)]
     pub attn_resolutions: Vec<usize>,
     pub z_channels: usize,
     pub resolution: usize,
@@ -144,6 +202,7 @@ impl VqganConfig {
     /// else taming's YAML); for configs that did not come from a file (e.g. fetched over HTTP).
     pub fn parse(text: &str, source: &str) -> Result<VqganConfig> {
         match Path::new(source).extension().and_then(|e| e.to_str()) {
+            Some("json") if super::tokenizers::is_tokenizer_json(text) => super::tokenizers::from_json(text, source),
             Some("json") => Self::from_llamagen_json(text, source),
             _ => Self::from_yaml(text, source),
         }
@@ -197,9 +256,36 @@ impl VqganConfig {
             },
             codebook_l2_norm: f.codebook_l2_norm,
             flavor: Flavor::LlamaGen,
+            quantizer: QuantizerKind::Codebook,
+            adapter: None,
         };
         c.validate().map_err(bad)?;
         Ok(c)
+    }
+
+    /// What the model is, for messages (`lowbit bench`, `info`).
+    pub fn family_name(&self) -> &'static str {
+        match (&self.quantizer, self.flavor) {
+            (QuantizerKind::Factorized { .. }, _) => "FQGAN",
+            (QuantizerKind::LookupFree { .. }, _) => "WeTok GFQ",
+            (QuantizerKind::Residual { .. }, _) => "RQ-VAE",
+            (QuantizerKind::Projected { .. }, Flavor::Magvit) => "SimVQ",
+            (QuantizerKind::Projected { .. }, _) => "VQGAN-LC",
+            (QuantizerKind::Codebook, Flavor::LlamaGen) => "LlamaGen VQ",
+            (QuantizerKind::Codebook, _) => "taming VQGAN",
+        }
+    }
+
+    /// Entries of each codebook a token position has ids in (one per sub-codebook, stage or
+    /// group; one for a plain codebook): what `TokenGrid::check_codebooks` takes.
+    pub fn codebook_sizes(&self) -> Vec<usize> {
+        let n = self.n_embed;
+        match &self.quantizer {
+            QuantizerKind::Codebook | QuantizerKind::Projected { .. } => vec![n],
+            QuantizerKind::Factorized { heads } => vec![n; heads.len()],
+            QuantizerKind::Residual { depth } => vec![n; *depth],
+            QuantizerKind::LookupFree { groups, .. } => vec![n; *groups],
+        }
     }
 
     /// How the codebook is searched and read: cosine for l2-normalized codebooks.
@@ -222,7 +308,7 @@ impl VqganConfig {
         Ok(c)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(super) fn validate(&self) -> std::result::Result<(), String> {
         let d = &self.ddconfig;
         let sizes = [("embed_dim", self.embed_dim), ("n_embed", self.n_embed), ("ch", d.ch), ("z_channels", d.z_channels), ("resolution", d.resolution), ("out_ch", d.out_ch)];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
