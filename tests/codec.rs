@@ -148,7 +148,7 @@ fn tokens_outside_the_sub_codebook_are_refused() {
     let e = codec::encode(gpu, &Model::Uniform { codebook: 4 }, std::slice::from_ref(&grid)).unwrap_err().to_string();
     assert!(e.contains("token id 7") && e.contains("sub-codebook of 4"), "{e}");
     let payloads = codec::encode(gpu, &Model::Uniform { codebook: 8 }, std::slice::from_ref(&grid)).unwrap();
-    let back = codec::decode(gpu, &Model::Uniform { codebook: 8 }, &[([2, 2], &payloads[0])]).unwrap();
+    let back = codec::decode(gpu, &Model::Uniform { codebook: 8 }, &[([1, 2, 2], &payloads[0])]).unwrap();
     assert_eq!(back, vec![grid.clone()]);
     assert!(codec::encode(gpu, &Model::Adaptive { codebook: 4 }, std::slice::from_ref(&grid)).is_err());
     // The adaptive model on a long, skewed grid: exact, and cheaper than uniform.
@@ -157,5 +157,46 @@ fn tokens_outside_the_sub_codebook_are_refused() {
     let model = Model::Adaptive { codebook: 512 };
     let payloads = codec::encode(gpu, &model, std::slice::from_ref(&skewed)).unwrap();
     assert!(payloads[0].len() * 8 < 4096 * 3, "{} bytes", payloads[0].len());
-    assert_eq!(codec::decode(gpu, &model, &[([64, 64], &payloads[0])]).unwrap(), vec![skewed]);
+    assert_eq!(codec::decode(gpu, &model, &[([1, 64, 64], &payloads[0])]).unwrap(), vec![skewed]);
+}
+
+#[test]
+fn residual_tokens_round_trip_exactly_one_plane_per_stage() {
+    // photo-rqvae writes [B, 2, h, w]: both stages coded, each plane under its own counts.
+    let tok = asset("models/photo-rqvae");
+    // A 96×96 crop: lavapipe runs the encoder at ~1 s per 10k pixels on a loaded CI core.
+    let crop = tmp("coffee-96.png");
+    image::open(asset("samples/photo-coffee.png")).unwrap().crop_imm(80, 40, 96, 96).save(&crop).unwrap();
+    let images = vec![s(&crop).to_string()];
+    let want = encode(&tok, &images, &tmp("rq.safetensors"));
+    assert_eq!(want.codes, Some(2));
+    let file = tmp("rq.lbt");
+    let r = compress(&tok, &[], &images, &file);
+    eprintln!("photo-rqvae: {r}");
+    assert_eq!(Container::from_bytes(&std::fs::read(&file).unwrap()).unwrap().stages, 2);
+    // Two stages of 512 codes: 18 raw bits per 4×4 cell, and rANS's 32-bit final state at most
+    // on top (the uniform model wins on so small a grid; the adaptive one on whole photos).
+    let bits = r["images"][0]["payload_bytes"].as_u64().unwrap() * 8;
+    assert!(bits <= 18 * 24 * 24 + 32, "{r}");
+    let out = tmp("out-rq");
+    lowbit_ok(&["decompress", s(&file), "--out", s(&out)]);
+    assert_eq!(TokenGrid::load(&out.join("tokens.safetensors"), "tokens").unwrap(), want);
+    // A prior predicts one id per position: refused before anything is written.
+    let bad = tmp("rq-prior.lbt");
+    fails(&["compress", "--tokenizer", &tok, "--prior", &asset("models/digits-prior"), "--out", s(&bad), &images[0]], &["one id per position"], &bad);
+}
+
+#[test]
+fn planes_restart_the_adaptive_counts() {
+    let gpu = common::gpu();
+    // Stage 0 uses ids 0..4, stage 1 only id 9: per-plane counts code both cheaply and exactly.
+    let ids: Vec<i64> = (0..2 * 32 * 32).map(|i| if i < 1024 { (i % 4) as i64 } else { 9 }).collect();
+    let grid = TokenGrid::new(&[1, 2, 32, 32], ids).unwrap();
+    let model = Model::Adaptive { codebook: 16 };
+    let payloads = codec::encode(gpu, &model, std::slice::from_ref(&grid)).unwrap();
+    assert!(payloads[0].len() * 8 < 2048 * 2, "{} bytes", payloads[0].len());
+    assert_eq!(codec::decode(gpu, &model, &[([2, 32, 32], &payloads[0])]).unwrap(), vec![grid.clone()]);
+    // The same bytes read as one plane are another grid, or an error: never the same tokens.
+    let one = codec::decode(gpu, &model, &[([1, 64, 32], &payloads[0])]);
+    assert!(one.map_or(true, |g| g[0].ids != grid.ids));
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lowbit::formats::WeightFormat;
-use lowbit::viewer::engine::{Engine, Recipe};
+use lowbit::viewer::engine::{Engine, ModelName, Recipe};
 use lowbit::{Gpu, GpuOptions};
 
 fn root() -> PathBuf {
@@ -44,7 +44,7 @@ fn job(i: usize, engine: &mut Engine, gpu: &Gpu, scratch: &Path, tokens: &Path) 
     match i % 5 {
         0 => drop(engine.generate(&recipe, i % 10, i as u64)?),
         1 => drop(engine.classify(&recipe, &samples.join(format!("digit-{}-{}.png", i % 10, i % 2)))?),
-        2 => drop(engine.roundtrip(&recipe, &scratch.join(["photo-astronaut.png", "photo-chelsea.png", "photo-coffee.png"][i % 3]))?),
+        2 => drop(engine.roundtrip(&recipe, ModelName::PhotoVqgan, &scratch.join(["photo-astronaut.png", "photo-chelsea.png", "photo-coffee.png"][i % 3]))?),
         3 => {
             let model = root().join("assets/models/digits-vit");
             let image = samples.join(format!("digit-{}-0.png", i % 10));

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use image::RgbImage;
 use lowbit::models::vqgan::TokenGrid;
+use lowbit::viewer::engine::ModelName;
 
 /// Mean |screen − CLI| per channel, in 8-bit levels, for the image the viewer shows. Both
 /// come from the same f32 decoder on the same adapter and egui draws the texture with
@@ -366,4 +367,21 @@ fn the_engine_reopens_a_lost_device_and_carries_on() {
     let again = engine.generate(&f32, 3, 0).unwrap();
     assert_eq!(engine.recoveries, 2);
     assert_eq!((again.tokens.ids, again.image), (generated.tokens.ids, generated.image));
+}
+
+#[test]
+fn roundtrip_with_the_residual_tokenizer() {
+    // The Round-trip tab's other tokenizer, through the engine the tab runs: two ids per
+    // 4×4 cell, coded at more bits than photo-vqgan's one, and a reconstruction at least as close.
+    let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::fallback()).unwrap();
+    let mut engine = lowbit::viewer::engine::Engine::new(gpu, root().join("assets"));
+    let f32 = lowbit::viewer::engine::Recipe::f32();
+    let photo = root().join("assets/samples/photo-coffee.png");
+    let [vq, rq] = [ModelName::PhotoVqgan, ModelName::PhotoRqvae].map(|t| engine.roundtrip(&f32, t, &photo).unwrap());
+    assert_eq!((vq.out.tokens.codes, rq.out.tokens.codes), (None, Some(2)));
+    assert_eq!(vq.original, rq.original, "both see the same crop");
+    assert!(rq.bpp > vq.bpp && rq.bpp <= 18.0 / 16.0 + 0.01, "bpp {} vs {}", rq.bpp, vq.bpp);
+    assert!(rq.psnr_db > vq.psnr_db, "PSNR {} vs {}", rq.psnr_db, vq.psnr_db);
+    let e = engine.roundtrip(&f32, ModelName::DigitsVqgan, &photo).unwrap_err().to_string();
+    assert!(e.contains("not a photo tokenizer"), "{e}");
 }

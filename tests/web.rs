@@ -155,7 +155,7 @@ fn browser_generate_matches_native() {
     let trip = {
         let gpu = lowbit::Gpu::with_options(&lowbit::GpuOptions::fallback()).unwrap();
         let mut engine = Engine::new(gpu, root().join("assets"));
-        engine.roundtrip(&Recipe::f32(), &root().join("assets/samples/photo-chelsea.png")).unwrap()
+        engine.roundtrip(&Recipe::f32(), ModelName::PhotoVqgan, &root().join("assets/samples/photo-chelsea.png")).unwrap()
     };
     let native = &trip.out;
     // The entropy coder is integer arithmetic: the browser's payload has the very same size.
@@ -272,7 +272,7 @@ fn models_from_fetched_bytes_match_the_files() {
     for file in ModelName::PhotoVqgan.files().iter().map(String::as_str).chain([photo]) {
         from_bytes.add_fetched(file, std::fs::read(assets.join(file)).unwrap());
     }
-    let (x, y) = (from_files.roundtrip(&f32, &assets.join(photo)).unwrap(), poll_to_end(from_bytes.roundtrip_job(&f32, &PathBuf::from("no/such/assets").join(photo)).unwrap()).unwrap());
+    let (x, y) = (from_files.roundtrip(&f32, ModelName::PhotoVqgan, &assets.join(photo)).unwrap(), poll_to_end(from_bytes.roundtrip_job(&f32, ModelName::PhotoVqgan, &PathBuf::from("no/such/assets").join(photo)).unwrap()).unwrap());
     assert_eq!((&x.original, &x.out.tokens.ids, &x.out.image, x.bpp), (&y.original, &y.out.tokens.ids, &y.out.image, y.bpp));
     // A model that was not fetched says where it looked.
     let e = from_bytes.classify(&f32, &assets.join("samples/digit-7-0.png")).unwrap_err();

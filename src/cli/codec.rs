@@ -101,7 +101,11 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
     let load = |what| format!("loading tokenizer {} ({what})", args.tokenizer.display());
     let encoder = VqganEncoder::from_pretrained(gpu, &args.tokenizer, None, WeightFormat::F32).with_context(|| load("encoder"))?;
     let decoder = VqganDecoder::from_pretrained(gpu, &args.tokenizer, None, WeightFormat::F32).with_context(|| load("decoder"))?;
-    let n_embed = encoder.config.n_embed;
+    // Every slot (sub-codebook or stage) is coded over the largest codebook's range.
+    let (n_embed, stages) = (encoder.quantizer.largest_codebook(), encoder.quantizer.codes_per_position());
+    if let (Some(p), true) = (&args.prior, stages > 1) {
+        bail!("--prior {}: a prior predicts one id per position, but tokenizer {} writes {stages} (sub-codebooks or stages); compress without --prior", p.display(), args.tokenizer.display());
+    }
     let prior = args.prior.as_deref().map(|p| load_prior(gpu, p, n_embed)).transpose()?;
     let class = prior.as_ref().map_or(0, |(p, _)| codec::conditioning_class(p));
     let mut adaptive = prior.is_none() && !args.uniform;
@@ -137,7 +141,7 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
         tokenizer_path: args.tokenizer.to_string_lossy().into_owned(),
         prior_path: args.prior.as_ref().map_or(String::new(), |p| p.to_string_lossy().into_owned()),
         class,
-        stages: 1,
+        stages: u16::try_from(stages).context("more than 65535 ids per position")?,
         codebook: model.codebook() as u32,
         images: payloads.iter().zip(&grids).zip(&sizes).map(|((p, g), &(width, height))| ImageEntry { width, height, grid: [g.height, g.width], payload: p.clone() }).collect(),
     };
@@ -209,11 +213,11 @@ pub fn decompress(gpu: &Gpu, args: DecompressArgs) -> anyhow::Result<()> {
         (None, None) => None,
         (Some(h), given) => Some(resolve_model("prior", given, &file.prior_path, h, codec::prior_hash)?),
     };
-    if file.stages != 1 {
-        bail!("{}: the file has {} token stages, but tokenizer {} has 1: a file of another (multi-stage) model", args.file.display(), file.stages, tokenizer.display());
-    }
     let decoder = VqganDecoder::from_pretrained(gpu, &tokenizer, None, WeightFormat::F32).with_context(|| format!("loading tokenizer {}", tokenizer.display()))?;
-    let n_embed = decoder.config.n_embed;
+    let (n_embed, stages) = (decoder.quantizer.largest_codebook(), decoder.quantizer.codes_per_position());
+    if file.stages as usize != stages {
+        bail!("{}: the file has {} ids per position, but tokenizer {} has {stages}: corrupted or another model's file", args.file.display(), file.stages, tokenizer.display());
+    }
     let prior = prior_path.as_deref().map(|p| load_prior(gpu, p, n_embed)).transpose()?;
     let model = model(prior.as_ref(), file.adaptive, file.class, n_embed);
     if model.codebook() != file.codebook as usize {
@@ -229,7 +233,7 @@ pub fn decompress(gpu: &Gpu, args: DecompressArgs) -> anyhow::Result<()> {
             bail!("{}: image {i} is {}×{} with a {:?} token grid, but this tokenizer makes {want:?}: corrupted or another model's file", args.file.display(), img.width, img.height, img.grid);
         }
     }
-    let payloads: Vec<([usize; 2], &[u8])> = file.images.iter().map(|img| (img.grid, img.payload.as_slice())).collect();
+    let payloads: Vec<([usize; 3], &[u8])> = file.images.iter().map(|img| ([stages, img.grid[0], img.grid[1]], img.payload.as_slice())).collect();
     let grids = codec::decode(gpu, &model, &payloads).with_context(|| format!("decoding {}", args.file.display()))?;
 
     // Everything decoded before the folder is created: an error leaves nothing behind.
@@ -244,11 +248,12 @@ pub fn decompress(gpu: &Gpu, args: DecompressArgs) -> anyhow::Result<()> {
     for (png, path) in pngs.iter().zip(&images) {
         staged.write(path, |tmp| Ok(png.save_with_format(tmp, image::ImageFormat::Png)?))?;
     }
-    // One [B, h, w] tensor when the grids agree; otherwise each image's grid on its own row
+    // One [B, h, w] (or [B, S, h, w]) tensor when the grids agree; otherwise each image's grid on its own row
     // would not be a tensor, so the tokens go out as tokens-<i>.safetensors.
-    if grids.iter().all(|g| g.shape() == grids[0].shape()) {
-        let [_, h, w] = grids[0].shape();
-        let all = TokenGrid::new(&[n, h, w], grids.iter().flat_map(|g| g.ids.iter().copied()).collect())?;
+    if grids.iter().all(|g| g.dims() == grids[0].dims()) {
+        let mut dims = grids[0].dims();
+        dims[0] = n;
+        let all = TokenGrid::new(&dims, grids.iter().flat_map(|g| g.ids.iter().copied()).collect())?;
         staged.write(&tokens_path, |tmp| Ok(all.save(tmp, "tokens")?))?;
     } else {
         for (i, g) in grids.iter().enumerate() {

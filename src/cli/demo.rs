@@ -5,7 +5,8 @@
 //! class with digits-prior + digits-vqgan and check them with digits-vit (the fraction
 //! classified as the class asked for, and the Fréchet distance of digits-vit features to the
 //! real samples); round-trip a photograph through photo-vqgan (encode → tokens → decode) and
-//! measure its PSNR. Writes the images, one contact sheet and a JSON summary to `out/`.
+//! measure its PSNR; entropy-code its tokens (photo-vqgan's and photo-rqvae's) and compare the
+//! rate and PSNR with JPEG's at the same rate. Writes the images, one contact sheet and a JSON summary to `out/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -144,7 +145,7 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
     let digits = VqganDecoder::from_pretrained(gpu, &models.join("digits-vqgan"), None, format)?;
     let photo_enc = VqganEncoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
     let photo_dec = VqganDecoder::from_pretrained(gpu, &models.join("photo-vqgan"), None, format)?;
-    let weight_bytes = ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan", "photo-vit"]
+    let weight_bytes = ["digits-vit", "digits-prior", "digits-vqgan", "photo-vqgan", "photo-rqvae", "photo-vit"]
         .iter()
         .map(|m| Ok(weight_summary(&models.join(m))?.bytes(format)))
         .sum::<anyhow::Result<usize>>()?;
@@ -182,7 +183,13 @@ fn run_precision(gpu: &Gpu, assets: &Path, format: WeightFormat, args: &DemoArgs
     let reconstructed = signed_chw_to_rgb(&decoded, s, s);
     let as_f32 = |img: &RgbImage| img.as_raw().iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let photo_psnr = psnr_db(&as_f32(&reconstructed), &as_f32(&original), 255.0);
-    let codec = vec![CodecRow::measure(gpu, "photo-vqgan", &tokens, photo_enc.config.n_embed, &original, &reconstructed)?];
+    let mut codec = vec![CodecRow::measure(gpu, "photo-vqgan", &tokens, photo_enc.quantizer.largest_codebook(), &original, &reconstructed)?];
+    // The residual tokenizer on the same crop: two ids per 4×4 cell.
+    let rq_enc = VqganEncoder::from_pretrained(gpu, &models.join("photo-rqvae"), None, format)?;
+    let rq_dec = VqganDecoder::from_pretrained(gpu, &models.join("photo-rqvae"), None, format)?;
+    let rq_tokens = rq_enc.encode(gpu, &input)?;
+    let rq_image = signed_chw_to_rgb(&rq_dec.decode(gpu, &rq_tokens)?.to_vec_f32(gpu)?, s, s);
+    codec.push(CodecRow::measure(gpu, "photo-rqvae", &rq_tokens, rq_enc.quantizer.largest_codebook(), &original, &rq_image)?);
 
     Ok(Row {
         precision: format.name(),

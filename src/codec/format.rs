@@ -4,7 +4,7 @@
 //! "LBT1"  version u16 (1)  flags u16 (bit 0: prior-coded; bit 1: adaptive order-0 model)
 //! tokenizer_hash u64  prior_hash u64 (0 without a prior)
 //! tokenizer_path u16 len + UTF-8   prior_path u16 len + UTF-8 (empty without a prior)
-//! class u32 (the prior's conditioning token)  stages u16 (1)  codebook u32 (the sub-codebook size)
+//! class u32 (the prior's conditioning token)  stages u16 (ids per position: sub-codebooks or stages)  codebook u32 (the coded range)
 //! images u32, then per image: width u32, height u32 (the input's), grid_h u16, grid_w u16,
 //!                             payload_len u32
 //! payload_crc32 u32 (over all payloads)  header_crc32 u32 (over every byte before it)

@@ -104,9 +104,10 @@ fn check_tokens(grid: &TokenGrid, model: &Model, i: usize) -> Result<()> {
     if grid.batch != 1 {
         invalid!("image {i}: one token grid per image, got a batch of {}", grid.batch);
     }
-    // The .lbt header stores one [h, w] grid of one codebook's ids per image.
-    if let Some(s) = grid.codes {
-        invalid!("image {i}: tokens {:?} have {s} ids per position (sub-codebooks or stages); .lbt files code [B, h, w] grids of one codebook", grid.dims());
+    // The prior models one id per position; several (sub-codebooks, stages) are coded as
+    // planes with the static models only.
+    if let (Some(s), Model::Prior { .. }) = (grid.codes, model) {
+        invalid!("image {i}: tokens {:?} have {s} ids per position (sub-codebooks or stages); a prior codes one: compress them without --prior", grid.dims());
     }
     let n = model.codebook();
     if let Some(&id) = grid.ids.iter().find(|&&id| id < 0 || id as usize >= n) {
@@ -136,16 +137,21 @@ pub fn encode(gpu: &Gpu, model: &Model, grids: &[TokenGrid]) -> Result<Vec<Vec<u
             .iter()
             .map(|g| {
                 let syms = symbols(g);
-                let mut model = Adaptive::new(*codebook)?;
-                let mut tables = Vec::with_capacity(syms.len() / Adaptive::EVERY + 1);
-                for (i, &s) in syms.iter().enumerate() {
-                    if i % Adaptive::EVERY == 0 {
-                        tables.push(model.table().clone());
+                let plane = g.height * g.width;
+                // The table changes every EVERY tokens: keep one copy per change.
+                let (mut tables, mut which) = (Vec::new(), Vec::with_capacity(syms.len()));
+                for ids in syms.chunks(plane) {
+                    // Each plane (sub-codebook or stage) has its own statistics: counts restart.
+                    let mut model = Adaptive::new(*codebook)?;
+                    for (i, &s) in ids.iter().enumerate() {
+                        if i % Adaptive::EVERY == 0 {
+                            tables.push(model.table().clone());
+                        }
+                        which.push(tables.len() - 1);
+                        model.update(s)?;
                     }
-                    model.update(s)?;
                 }
-                let refs: Vec<&Freqs> = (0..syms.len()).map(|i| &tables[i / Adaptive::EVERY]).collect();
-                rans::encode(&syms, &refs)
+                rans::encode(&syms, &which.iter().map(|&t| &tables[t]).collect::<Vec<_>>())
             })
             .collect(),
         Model::Prior { prior, class, codebook } => {
@@ -194,9 +200,18 @@ fn replay(gpu: &Gpu, prior: &Prior, class: u32, batch: usize, n: usize, mut next
     Ok(())
 }
 
-/// The token grids of `payloads`, each with its grid shape.
-pub fn decode(gpu: &Gpu, model: &Model, payloads: &[([usize; 2], &[u8])]) -> Result<Vec<TokenGrid>> {
-    let grid = |[h, w]: [usize; 2], s: Vec<usize>| TokenGrid::new(&[1, h, w], s.into_iter().map(|v| v as i64).collect());
+/// The token grids of `payloads`, each with its shape [ids per position, h, w]: grids
+/// [1, h, w] for one id per position, else [1, S, h, w].
+pub fn decode(gpu: &Gpu, model: &Model, payloads: &[([usize; 3], &[u8])]) -> Result<Vec<TokenGrid>> {
+    let grid = |[s, h, w]: [usize; 3], ids: Vec<usize>| {
+        let ids = ids.into_iter().map(|v| v as i64).collect();
+        if s == 1 {
+            TokenGrid::new(&[1, h, w], ids)
+        } else {
+            TokenGrid::new(&[1, s, h, w], ids)
+        }
+    };
+    let count = |[s, h, w]: [usize; 3]| s * h * w;
     let bad = |i: usize| move |e: Error| Error::Invalid(format!("image {i}: {e}"));
     match model {
         Model::Uniform { codebook } => {
@@ -204,21 +219,23 @@ pub fn decode(gpu: &Gpu, model: &Model, payloads: &[([usize; 2], &[u8])]) -> Res
             payloads
                 .iter()
                 .enumerate()
-                .map(|(i, &(shape, bytes))| grid(shape, rans::decode(bytes, shape[0] * shape[1], |_, _| Ok(table.clone())).map_err(bad(i))?))
+                .map(|(i, &(shape, bytes))| grid(shape, rans::decode(bytes, count(shape), |_, _| Ok(table.clone())).map_err(bad(i))?))
                 .collect()
         }
         Model::Adaptive { codebook } => payloads
             .iter()
             .enumerate()
             .map(|(i, &(shape, bytes))| {
-                let mut model = Adaptive::new(*codebook)?;
                 let mut dec = rans::Decoder::new(bytes).map_err(bad(i))?;
-                let n = shape[0] * shape[1];
-                let mut syms = Vec::with_capacity(n.min(1 << 20));
-                for _ in 0..n {
-                    let s = dec.next(model.table()).map_err(bad(i))?;
-                    model.update(s)?;
-                    syms.push(s);
+                let plane = shape[1] * shape[2];
+                let mut syms = Vec::with_capacity(count(shape).min(1 << 20));
+                for _ in 0..shape[0] {
+                    let mut model = Adaptive::new(*codebook)?;
+                    for _ in 0..plane {
+                        let s = dec.next(model.table()).map_err(bad(i))?;
+                        model.update(s)?;
+                        syms.push(s);
+                    }
                 }
                 dec.finish().map_err(bad(i))?;
                 grid(shape, syms)
@@ -226,7 +243,7 @@ pub fn decode(gpu: &Gpu, model: &Model, payloads: &[([usize; 2], &[u8])]) -> Res
             .collect(),
         Model::Prior { prior, class, codebook } => {
             let want = prior.config.token_grid;
-            if let Some(i) = payloads.iter().position(|(shape, _)| *shape != want) {
+            if let Some(i) = payloads.iter().position(|(shape, _)| *shape != [1, want[0], want[1]]) {
                 invalid!("image {i}: the file says a {:?} token grid, but the prior models {want:?}: another model's file or a corrupted header", payloads[i].0);
             }
             let n = want[0] * want[1];
@@ -247,7 +264,7 @@ pub fn decode(gpu: &Gpu, model: &Model, payloads: &[([usize; 2], &[u8])]) -> Res
                     d.finish().map_err(bad(c * PRIOR_BATCH + b))?;
                 }
                 for s in seqs {
-                    out.push(grid(want, s)?);
+                    out.push(grid([1, want[0], want[1]], s)?);
                 }
             }
             Ok(out)

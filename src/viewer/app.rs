@@ -87,9 +87,10 @@ pub struct GenerateState {
     pub selected: Option<usize>,
 }
 
-#[derive(Default)]
 pub struct RoundTripState {
     pub path: String,
+    /// The photo tokenizer the round trip runs (photo-vqgan or photo-rqvae).
+    pub tokenizer: ModelName,
     pub original: Option<Shown>,
     /// (bits per pixel, PSNR in dB) of the last round trip.
     pub rate: Option<(f64, f64)>,
@@ -166,7 +167,7 @@ impl ViewerApp {
             recipes,
             compare_f32: true,
             generate: GenerateState { class: 3, ..Default::default() },
-            roundtrip: RoundTripState { path: path(photo), ..Default::default() },
+            roundtrip: RoundTripState { path: path(photo), tokenizer: ModelName::PhotoVqgan, original: None, rate: None, out: None, compare: None },
             classify: ClassifyState { path: path(digit), ..Default::default() },
             pending: None,
             in_flight: None,
@@ -231,8 +232,9 @@ impl ViewerApp {
                 })));
             }
             Action::RoundTrip(path) => {
-                let job = engine.roundtrip_job(recipe, &path)?;
-                let f32_job = if reference { Some(engine.roundtrip_job(f32, &path)?) } else { None };
+                let tokenizer = self.roundtrip.tokenizer;
+                let job = engine.roundtrip_job(recipe, tokenizer, &path)?;
+                let f32_job = if reference { Some(engine.roundtrip_job(f32, tokenizer, &path)?) } else { None };
                 return Ok(Some(Box::pin(async move {
                     let out = job.await?;
                     let reference = match f32_job {
@@ -268,7 +270,7 @@ impl ViewerApp {
             Action::Profile => {
                 let (model, tokens) = match self.tab {
                     Tab::Generate => (ModelName::DigitsVqgan, self.generate.out.as_ref().map(|o| &o.tokens)),
-                    Tab::RoundTrip => (ModelName::PhotoVqgan, self.roundtrip.out.as_ref().map(|o| &o.tokens)),
+                    Tab::RoundTrip => (self.roundtrip.tokenizer, self.roundtrip.out.as_ref().map(|o| &o.tokens)),
                     Tab::Classify => (ModelName::DigitsVit, None),
                 };
                 let what = format!("{} ({})", model.dir(), recipe.name);
@@ -404,7 +406,7 @@ impl ViewerApp {
         ui.label("Weights of this tab's models:");
         let models: &[ModelName] = match self.tab {
             Tab::Generate => &[ModelName::DigitsPrior, ModelName::DigitsVqgan],
-            Tab::RoundTrip => &[ModelName::PhotoVqgan],
+            Tab::RoundTrip => std::slice::from_ref(&self.roundtrip.tokenizer),
             Tab::Classify => &[ModelName::DigitsVit],
         };
         if let Ok(engine) = self.engine.as_mut() {

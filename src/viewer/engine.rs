@@ -78,8 +78,14 @@ struct ModelSet {
     /// Shared with running jobs (`generate_job`), which may outlive a frame in the browser.
     prior: Option<Arc<Prior>>,
     digits: Option<Arc<VqganDecoder>>,
-    photo_encoder: Option<VqganEncoder>,
-    photo_decoder: Option<Arc<VqganDecoder>>,
+    /// The photo tokenizers (photo-vqgan, photo-rqvae) loaded so far.
+    photo: HashMap<ModelName, PhotoTokenizer>,
+}
+
+/// One photo tokenizer's two halves.
+struct PhotoTokenizer {
+    encoder: VqganEncoder,
+    decoder: Arc<VqganDecoder>,
 }
 
 /// Which shipped model a measurement refers to.
@@ -89,10 +95,14 @@ pub enum ModelName {
     DigitsPrior,
     DigitsVqgan,
     PhotoVqgan,
+    /// The residual (two-stage) photo tokenizer, the Round-trip tab's other choice.
+    PhotoRqvae,
 }
 
 impl ModelName {
-    pub const ALL: [ModelName; 4] = [ModelName::DigitsVit, ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::PhotoVqgan];
+    pub const ALL: [ModelName; 5] = [ModelName::DigitsVit, ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::PhotoVqgan, ModelName::PhotoRqvae];
+    /// What the Round-trip tab can encode photographs with.
+    pub const PHOTO_TOKENIZERS: [ModelName; 2] = [ModelName::PhotoVqgan, ModelName::PhotoRqvae];
 
     pub fn dir(self) -> &'static str {
         match self {
@@ -100,13 +110,14 @@ impl ModelName {
             ModelName::DigitsPrior => "digits-prior",
             ModelName::DigitsVqgan => "digits-vqgan",
             ModelName::PhotoVqgan => "photo-vqgan",
+            ModelName::PhotoRqvae => "photo-rqvae",
         }
     }
 
     /// The config's file name in the model's folder.
     pub fn config_file(self) -> &'static str {
         match self {
-            ModelName::DigitsVit | ModelName::DigitsPrior => "config.json",
+            ModelName::DigitsVit | ModelName::DigitsPrior | ModelName::PhotoRqvae => "config.json",
             ModelName::DigitsVqgan | ModelName::PhotoVqgan => "config.yaml",
         }
     }
@@ -277,7 +288,7 @@ impl Engine {
                 ModelName::DigitsVit => self.models.get(&recipe.name).is_some_and(|s| s.vit.is_some()),
                 ModelName::DigitsPrior => self.models.get(&recipe.name).is_some_and(|s| s.prior.is_some()),
                 ModelName::DigitsVqgan => self.models.get(&recipe.name).is_some_and(|s| s.digits.is_some()),
-                ModelName::PhotoVqgan => self.models.get(&recipe.name).is_some_and(|s| s.photo_decoder.is_some()),
+                ModelName::PhotoVqgan | ModelName::PhotoRqvae => self.models.get(&recipe.name).is_some_and(|s| s.photo.contains_key(&m)),
             };
             if loaded {
                 continue;
@@ -304,13 +315,11 @@ impl Engine {
                         let dec = VqganConfig::parse(&config, &source).and_then(|c| VqganDecoder::new(gpu, &c, &w, format)).with_context(what)?;
                         self.set(recipe).digits = Some(Arc::new(dec));
                     }
-                    ModelName::PhotoVqgan => {
+                    ModelName::PhotoVqgan | ModelName::PhotoRqvae => {
                         let c = VqganConfig::parse(&config, &source).with_context(what)?;
-                        let enc = VqganEncoder::new(gpu, &c, &w, format).with_context(what)?;
-                        let dec = VqganDecoder::new(gpu, &c, &w, format).with_context(what)?;
-                        let set = self.set(recipe);
-                        set.photo_encoder = Some(enc);
-                        set.photo_decoder = Some(Arc::new(dec));
+                        let encoder = VqganEncoder::new(gpu, &c, &w, format).with_context(what)?;
+                        let decoder = Arc::new(VqganDecoder::new(gpu, &c, &w, format).with_context(what)?);
+                        self.set(recipe).photo.insert(m, PhotoTokenizer { encoder, decoder });
                     }
                 }
                 continue;
@@ -328,12 +337,10 @@ impl Engine {
                     let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
                     self.set(recipe).digits = Some(Arc::new(dec));
                 }
-                ModelName::PhotoVqgan => {
-                    let enc = VqganEncoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
-                    let dec = VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
-                    let set = self.set(recipe);
-                    set.photo_encoder = Some(enc);
-                    set.photo_decoder = Some(Arc::new(dec));
+                ModelName::PhotoVqgan | ModelName::PhotoRqvae => {
+                    let encoder = VqganEncoder::from_pretrained(gpu, &dir, None, format).with_context(what)?;
+                    let decoder = Arc::new(VqganDecoder::from_pretrained(gpu, &dir, None, format).with_context(what)?);
+                    self.set(recipe).photo.insert(m, PhotoTokenizer { encoder, decoder });
                 }
             }
         }
@@ -447,23 +454,27 @@ impl Engine {
     }
 
     /// The center crop of `path` photo-vqgan sees, and its reconstruction.
-    pub fn roundtrip(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<RoundTrip> {
-        Gpu::block_on(self.roundtrip_job(recipe, path)?)
+    pub fn roundtrip(&mut self, recipe: &Recipe, tokenizer: ModelName, path: &Path) -> anyhow::Result<RoundTrip> {
+        Gpu::block_on(self.roundtrip_job(recipe, tokenizer, path)?)
     }
 
     /// `roundtrip` as a future that owns what it uses (see `generate_job`): the photo is read,
     /// cropped and uploaded and the encoder planned now; encoding, reading the tokens back,
     /// decoding and reading the image back come later.
-    pub fn roundtrip_job(&mut self, recipe: &Recipe, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<RoundTrip>> + 'static> {
+    pub fn roundtrip_job(&mut self, recipe: &Recipe, tokenizer: ModelName, path: &Path) -> anyhow::Result<impl Future<Output = anyhow::Result<RoundTrip>> + 'static> {
         self.recover()?;
         let photo = self.read_image(path)?;
-        let (gpu, set) = self.load(recipe, &[ModelName::PhotoVqgan])?;
-        let (enc, dec) = (set.photo_encoder.as_ref().unwrap(), set.photo_decoder.clone().unwrap());
-        let (f, n_embed) = (enc.downscale(), enc.config.n_embed);
+        if !ModelName::PHOTO_TOKENIZERS.contains(&tokenizer) {
+            bail!("{} is not a photo tokenizer (photo-vqgan, photo-rqvae)", tokenizer.dir());
+        }
+        let (gpu, set) = self.load(recipe, &[tokenizer])?;
+        let t = &set.photo[&tokenizer];
+        let (enc, dec) = (&t.encoder, t.decoder.clone());
+        let (f, n_embed) = (enc.downscale(), enc.quantizer.largest_codebook());
         let side = |n: u32| (n as usize).min(PHOTO_SIDE) / f * f;
         let (h, w) = (side(photo.height()), side(photo.width()));
         if h == 0 || w == 0 {
-            bail!("{} is {}×{}: photo-vqgan needs at least {f}×{f} pixels", path.display(), photo.width(), photo.height());
+            bail!("{} is {}×{}: {} needs at least {f}×{f} pixels", path.display(), photo.width(), photo.height(), tokenizer.dir());
         }
         let pixels = rgb_to_signed_chw(&photo, h, w);
         let input = Tensor::from_f32(gpu, &[1, 3, h, w], &pixels)?;
@@ -593,7 +604,7 @@ impl Engine {
             }
             _ => {
                 let Some(tokens) = tokens else { bail!("nothing decoded yet: run the action first") };
-                let dec = if m == ModelName::PhotoVqgan { set.photo_decoder.as_deref() } else { set.digits.as_deref() }.unwrap();
+                let dec = set.photo.get(&m).map(|t| &*t.decoder).or(set.digits.as_deref()).unwrap();
                 let [b, h, w] = tokens.shape();
                 let plan = dec.plan(gpu, b, h, w)?;
                 plan.set_input(gpu, 0, &dec.checked_ids(tokens)?)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use eframe::egui::{self, Color32};
 
 use super::app::{Action, Comparison, ViewerApp};
-use super::engine::softmax;
+use super::engine::{softmax, ModelName};
 use super::widgets;
 
 /// Points the main image is enlarged to fill (whole factors only, see `Shown::show`).
@@ -77,18 +77,33 @@ pub fn roundtrip(app: &mut ViewerApp, ui: &mut egui::Ui) {
     let busy = app.busy();
     let r = &mut app.roundtrip;
     let mut request = None;
+    ui.horizontal(|ui| {
+        ui.label("tokenizer");
+        for t in ModelName::PHOTO_TOKENIZERS {
+            let picked = ui.add_enabled(!busy, egui::RadioButton::new(r.tokenizer == t, t.dir())).clicked();
+            // Switching re-runs the photo on screen with the other tokenizer.
+            if picked && r.tokenizer != t {
+                r.tokenizer = t;
+                if r.out.is_some() && !r.path.trim().is_empty() {
+                    request = Some(Action::RoundTrip(PathBuf::from(r.path.trim())));
+                }
+            }
+        }
+    });
     open_row(ui, &mut r.path, &samples, busy, &mut request, Action::RoundTrip);
     own_file_row(ui, &app.picked_file, &mut app.error, busy);
     ui.separator();
     if let (Some(original), Some(out)) = (&r.original, &r.out) {
         ui.horizontal_top(|ui| {
             original.show_captioned(ui, "input (center crop)", MAIN_SIDE);
-            app.main_rect = Some(out.shown.show_captioned(ui, "reconstruction (photo-vqgan)", MAIN_SIDE));
+            app.main_rect = Some(out.shown.show_captioned(ui, &format!("reconstruction ({})", r.tokenizer.dir()), MAIN_SIDE));
         });
         ui.separator();
         ui.horizontal_top(|ui| {
             ui.vertical(|ui| {
-                ui.label(format!("tokens {}×{}", out.tokens.height, out.tokens.width));
+                // [h, w], or [S, h, w] for a tokenizer with several ids per position.
+                let dims: Vec<String> = out.tokens.dims()[1..].iter().map(usize::to_string).collect();
+                ui.label(format!("tokens {}", dims.join("×")));
                 if let Some((bpp, psnr)) = r.rate {
                     // What `lowbit compress` spends on these tokens, and what they look like.
                     ui.label(format!("{bpp:.3} bpp (entropy-coded tokens) · PSNR {psnr:.2} dB"));

@@ -22,7 +22,7 @@ use super::engine::{Engine, ModelName};
 use crate::{Gpu, GpuOptions};
 
 /// What the three tabs need.
-const MODELS: [ModelName; 4] = [ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::DigitsVit, ModelName::PhotoVqgan];
+const MODELS: [ModelName; 5] = [ModelName::DigitsPrior, ModelName::DigitsVqgan, ModelName::DigitsVit, ModelName::PhotoVqgan, ModelName::PhotoRqvae];
 
 /// The list of sample images `scripts/build-web` writes (a page cannot list a folder).
 const SAMPLES_INDEX: &str = "samples/index.json";

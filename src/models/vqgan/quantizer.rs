@@ -92,6 +92,11 @@ impl Quantizer {
         }
     }
 
+    /// The largest sub-codebook: the symbol range an entropy coder of every slot needs.
+    pub fn largest_codebook(&self) -> usize {
+        self.codebook_sizes().into_iter().max().unwrap_or(0)
+    }
+
     /// Ids per position (S).
     pub fn codes_per_position(&self) -> usize {
         self.codebook_sizes().len()
