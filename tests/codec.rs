@@ -181,6 +181,10 @@ fn residual_tokens_round_trip_exactly_one_plane_per_stage() {
     let out = tmp("out-rq");
     lowbit_ok(&["decompress", s(&file), "--out", s(&out)]);
     assert_eq!(TokenGrid::load(&out.join("tokens.safetensors"), "tokens").unwrap(), want);
+    // VQGAN-LC's 100,000 codes are more than the coder's alphabet: refused, nothing written.
+    let lc = root().join("tests/fixtures/tokenizers/vqgan_lc");
+    let none = tmp("lc.lbt");
+    fails(&["compress", "--tokenizer", s(&lc), "--out", s(&none), &asset("samples/digit-0-0.png")], &["100000 ids", "32768"], &none);
     // A prior predicts one id per position: refused before anything is written.
     let bad = tmp("rq-prior.lbt");
     fails(&["compress", "--tokenizer", &tok, "--prior", &asset("models/digits-prior"), "--out", s(&bad), &images[0]], &["one id per position"], &bad);

@@ -103,6 +103,9 @@ pub fn compress(gpu: &Gpu, args: CompressArgs) -> anyhow::Result<()> {
     let decoder = VqganDecoder::from_pretrained(gpu, &args.tokenizer, None, WeightFormat::F32).with_context(|| load("decoder"))?;
     // Every slot (sub-codebook or stage) is coded over the largest codebook's range.
     let (n_embed, stages) = (encoder.quantizer.largest_codebook(), encoder.quantizer.codes_per_position());
+    if n_embed > codec::rans::MAX_SYMBOLS {
+        bail!("tokenizer {} has a codebook of {n_embed} ids; the .lbt coder's alphabet is at most {} (16-bit frequencies)", args.tokenizer.display(), codec::rans::MAX_SYMBOLS);
+    }
     if let (Some(p), true) = (&args.prior, stages > 1) {
         bail!("--prior {}: a prior predicts one id per position, but tokenizer {} writes {stages} (sub-codebooks or stages); compress without --prior", p.display(), args.tokenizer.display());
     }
