@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The outlier-fixture table of docs/QUANTIZATION.md: every recipe x method on digits-vit,
+photo-vit and each outlier fixture (tools/make_outlier_fixtures.py), `lowbit quantize` then
+`lowbit compare` against that model's own f32 logits.
+
+    python tools/export_digits.py --out /tmp/digits
+    /work/venv/bin/python tools/make_outlier_fixtures.py --out tests/fixtures/outlier --data /tmp/photo-data
+    python3 tools/quant_table.py --lowbit target/debug/lowbit --out /tmp/quant-table.jsonl
+
+Cells already in --out are skipped (the run resumes); --markdown prints the table from it.
+Calibration: 32 images, seed 0 (digits: /tmp/digits/calib; photo models: the 64 exported
+training-region crops). Compared on the held-out sets: the 101 test 3s of digits (as the
+digits-vit tables above), the 180 held-out crops of photo-vit's right quarters.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+MODELS = {
+    "digits-vit": ("assets/models/digits-vit", "/tmp/digits/calib", "/tmp/digits/test/3"),
+    "photo-vit": ("assets/models/photo-vit", "/tmp/photo-data/calib", "/tmp/photo-data/test"),
+    **{name: (f"tests/fixtures/outlier/{name}", "/tmp/photo-data/calib", "/tmp/photo-data/test")
+       for name in ("outlier-ln", "outlier-gelu", "massive", "layerscale")},
+}
+
+# (recipe, method or "" for the recipe's default). Ordered by what matters most first.
+CELLS = [
+    ("w8a8", ""),
+    ("w4a16", ""),
+    ("w4a8", ""),
+    ("w4a4", ""),
+    ("w4a8", "clip,gptq"),
+    ("w4a8", "repq,clip,gptq"),
+    ("w4a8", "smoothq,clip,gptq"),
+    ("w4a8", "repq,adalog,clip,gptq"),
+    ("w4a4", "clip,gptq"),
+    ("w4a4", "repq,adalog,clip,gptq"),
+    ("w4a4", "smoothq,adalog,clip,gptq"),
+    ("w4a4", "smoothq,noisy,adalog,clip,gptq"),
+    ("w6a6", ""),
+    ("w4a16", "rtn"),
+    ("w8a8", "rtn"),
+]
+
+
+def run(cmd, env):
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return p, time.time() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lowbit", default="target/debug/lowbit")
+    ap.add_argument("--out", default="/tmp/quant-table.jsonl")
+    ap.add_argument("--work", default="/tmp/quant-table")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--calib-count", type=int, default=32)
+    ap.add_argument("--markdown", action="store_true", help="only print the table of --out")
+    args = ap.parse_args()
+    done = {}
+    if os.path.exists(args.out):
+        for line in open(args.out):
+            r = json.loads(line)
+            done[(r["model"], r["recipe"], r["method"])] = r
+    if args.markdown:
+        return markdown(done, args.models.split(","))
+    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    os.makedirs(args.work, exist_ok=True)
+    for recipe, method in CELLS:
+        for name in args.models.split(","):
+            if (name, recipe, method) in done:
+                continue
+            path, calib, images = MODELS[name]
+            out = os.path.join(args.work, f"{name}-{recipe}-{method.replace(',', '_') or 'default'}")
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [args.lowbit, "quantize", "--model", path, "--recipe", recipe, "--calib", calib,
+                   "--calib-count", str(args.calib_count), "--seed", "0", "--out", out]
+            if method:
+                cmd += ["--method", method]
+            p, secs = run(cmd, env)
+            row = {"model": name, "recipe": recipe, "method": method, "quantize_s": round(secs, 1)}
+            if p.returncode != 0:
+                row["error"] = (p.stderr or p.stdout).strip().splitlines()[-1:]
+            else:
+                m = re.search(r"([0-9.]+) MB packed", p.stdout)
+                row["packed_mb"] = float(m.group(1)) if m else None
+                desc = json.load(open(os.path.join(out, "quantization.json")))
+                row["default_method"] = desc.get("method") or desc.get("methods")
+                c, _ = run([args.lowbit, "compare", "--reference", path, "--model", out, "--images", images, "--json"], env)
+                if c.returncode != 0:
+                    row["error"] = c.stderr.strip().splitlines()[-1:]
+                else:
+                    j = json.loads(c.stdout)
+                    row.update(cosine=j["cosine"], sqnr_db=j["sqnr_db"], top1_agreement=j["top1_agreement"], images=j["images"])
+                shutil.rmtree(out, ignore_errors=True)
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def markdown(done, models):
+    print("| recipe | method | " + " | ".join(models) + " |")
+    print("|---|---|" + "---|" * len(models))
+    for recipe, method in CELLS:
+        cells = []
+        for m in models:
+            r = done.get((m, recipe, method))
+            if r is None:
+                cells.append("–")
+            elif "error" in r:
+                cells.append("refused")
+            else:
+                cells.append(f"{r['cosine']:.5f} / {r['sqnr_db']:.1f} / {r['top1_agreement'] * 100:.0f}%")
+        print(f"| {recipe} | {method or 'default'} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
