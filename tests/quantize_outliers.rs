@@ -103,3 +103,72 @@ fn function_preserving_fixtures_compute_photo_vits_logits() {
     eprintln!("outlier-gelu: logits cosine to photo-vit {cos:.6}");
     assert!(cos > 0.999, "outlier-gelu cosine {cos}");
 }
+
+#[test]
+fn rotated_hessian_is_the_hessian_of_rotated_inputs() {
+    use lowbit::kernels::hadamard;
+    use lowbit::quant::gptq::Hessian;
+    let (n, d) = (50, 96);
+    let x = lowbit::synthetic::outlier_activations(n, d, 4);
+    let block = hadamard::block_for(d);
+    let mut h = Hessian::new(d);
+    h.add_rows(&x).unwrap();
+    let mut hr = Hessian::new(d);
+    hr.add_rows(&hadamard::reference(&x, d, block).unwrap()).unwrap();
+    let (got, want) = (h.rotated(block).unwrap().matrix(), hr.matrix());
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let top = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(err <= 1e-9 * top, "max error {err} of {top}");
+    assert!(h.rotated(7).is_err());
+}
+
+/// `lowbit quantize` with per-token activations (`dynamic`) and the Hadamard rotation
+/// (`rotate`) on the LayerNorm-outlier fixture: the description says how it runs, the engine
+/// runs it, and the logits stay close to the fixture's f32 ones.
+#[test]
+fn dynamic_and_rotated_w4_checkpoints_run_on_the_outlier_fixture() {
+    let dir = std::env::temp_dir().join(format!("lowbit-outliers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = model_dir("outlier-ln");
+    let image = calib_dir().join("calib-000.png");
+    let logits = |m: &std::path::Path, name: &str| {
+        let out = dir.join(format!("{name}.safetensors"));
+        common::lowbit_ok(&["classify", "--model", m.to_str().unwrap(), "--save-logits", out.to_str().unwrap(), "--force", image.to_str().unwrap()]);
+        common::read_f32(&out, "logits").1
+    };
+    let reference = logits(&model, "ref");
+    for (recipe, method, runtime, min_cos) in [
+        ("w4a8", "dynamic,adalog,clip", "int8_per_token", 0.99),
+        ("w4a4", "dynamic,rotate,adalog,clip", "int4_per_token", 0.9),
+    ] {
+        let out = dir.join(format!("{recipe}-{}", method.replace(',', "_")));
+        common::lowbit_ok(&[
+            "quantize", "--model", model.to_str().unwrap(), "--recipe", recipe, "--method", method, "--calib", calib_dir().to_str().unwrap(),
+            "--calib-count", "4", "--out", out.to_str().unwrap(),
+        ]);
+        let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+        assert_eq!(desc["runtime"]["activations"], runtime, "{desc}");
+        assert_eq!(desc["runtime"]["hadamard"].as_bool().unwrap_or(false), method.contains("rotate"));
+        // The planted LayerNorm outliers are what the rotation is for: some layers take it.
+        let rotated = desc["tensors"].as_object().map_or(0, |t| t.values().filter(|v| v.get("hadamard").is_some()).count());
+        eprintln!("{recipe} {method}: {rotated} rotated layers");
+        assert_eq!(rotated > 0, method.contains("rotate"), "{desc}");
+        // Only the post-softmax quantizers stay static.
+        assert!(desc["activation_quantizers"].as_array().unwrap().iter().all(|p| p["node"].as_str().unwrap().ends_with(".attn")), "{desc}");
+        let got = logits(&out, recipe);
+        let cos = lowbit::metrics::cosine(&got, &reference);
+        eprintln!("outlier-ln {recipe} {method}: logits cosine {cos:.5}");
+        assert!(cos > min_cos, "{recipe} {method}: cosine {cos}");
+    }
+    // Refused before any work: rotate without dynamic, dynamic with noisy or on w8a8.
+    for (recipe, method, words) in [("w4a4", "rotate,clip", "add dynamic"), ("w4a8", "dynamic,noisy", "noisy"), ("w8a8", "dynamic", "w4a8 or w4a4")] {
+        let out = dir.join("refused");
+        let o = common::lowbit(&["quantize", "--model", model.to_str().unwrap(), "--recipe", recipe, "--method", method, "--calib", calib_dir().to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{recipe} {method}: {err}");
+        assert!(err.contains(words), "{recipe} {method}: {err}");
+        assert!(!out.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
