@@ -18,7 +18,8 @@ fn model_dir(name: &str) -> PathBuf {
     }
 }
 
-/// Bundled calibration crops of photo-vit's training region (8 of the 64 the tool exports).
+/// Bundled calibration crops of photo-vit's training region (8 of the 64 the tool exports; the
+/// engine checks use 4 of them, to stay fast).
 fn calib_dir() -> PathBuf {
     model_dir("calib")
 }
@@ -28,7 +29,7 @@ fn calib_dir() -> PathBuf {
 fn ratios(name: &str, nodes: &[String]) -> HashMap<String, f64> {
     let gpu = common::gpu();
     let model = Model::load(&model_dir(name)).unwrap();
-    let calib = Calibration::load(gpu, &model, &calib_dir(), 8, 0).unwrap();
+    let calib = Calibration::load(gpu, &model, &calib_dir(), 4, 0).unwrap();
     let mut max: HashMap<String, Vec<f32>> = HashMap::new();
     model
         .visit_inputs(gpu, &model.weights, &calib, nodes, |node, x, shape| {
@@ -86,7 +87,7 @@ fn planted_ratios_are_there_and_photo_vit_has_none() {
 fn logits(name: &str) -> Vec<f32> {
     let gpu = common::gpu();
     let model = Model::load(&model_dir(name)).unwrap();
-    let calib = Calibration::load(gpu, &model, &calib_dir(), 8, 0).unwrap();
+    let calib = Calibration::load(gpu, &model, &calib_dir(), 4, 0).unwrap();
     model.outputs(gpu, &model.weights, &calib).unwrap()
 }
 
@@ -118,7 +119,8 @@ fn rotated_hessian_is_the_hessian_of_rotated_inputs() {
     let (got, want) = (h.rotated(block).unwrap().matrix(), hr.matrix());
     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let top = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(err <= 1e-9 * top, "max error {err} of {top}");
+    // The rows were rotated in f32, the Hessian in f64.
+    assert!(err <= 1e-6 * top, "max error {err} of {top}");
     assert!(h.rotated(7).is_err());
 }
 
