@@ -38,13 +38,14 @@ OUTLIERS = ["photo-vit", "outlier-ln", "outlier-gelu", "massive"]
 CELLS = [
     ("w8a8", "", ALL),
     ("w4a16", "", ALL),
-    ("w4a8", "", ALL),
-    ("w4a4", "", ALL),
+    # The defaults before this table (static per-tensor activations, picked on digits-vit).
+    ("w4a8", "noisy,adalog,clip,gptq", ALL),
+    ("w4a4", "repq,noisy,adalog,clip,gptq", ALL),
     ("w4a8", "dynamic,adalog,clip,gptq", ALL),
     ("w4a4", "dynamic,adalog,clip,gptq", ALL),
     ("w4a4", "dynamic,rotate,adalog,clip,gptq", ALL),
     ("w4a8", "dynamic,rotate,adalog,clip,gptq", ALL),
-    ("w4a4", "dynamic,rotate,repq,adalog,clip,gptq", OUTLIERS),
+    ("w4a4", "dynamic,rotate,repq,adalog,clip,gptq", ALL),
     ("w4a4", "repq,adalog,clip,gptq", OUTLIERS),
     ("w4a4", "clip,gptq", OUTLIERS),
     ("w4a8", "clip,gptq", OUTLIERS),
@@ -122,21 +123,39 @@ def make_subsets():
                 shutil.copy(os.path.join(src, c, f), os.path.join(dst, c, f))
 
 
+def kernel(recipe, method):
+    """Which kernels run the block Linears of a checkpoint of this recipe/method."""
+    m = method.split(",") if method else []
+    if recipe == "w8a8":
+        return "`kernels::w8a8` (int8 × int8, per-token), SageAttention"
+    if recipe == "w4a16":
+        return "packed q4 × f32 (`matmul`)"
+    if recipe == "w6a6":
+        return "packed q8 × f32 + simulated `act_quant`"
+    if "dynamic" in m:
+        rot = "rotate" in m
+        return ("`kernels::hadamard` + " if rot else "") + f"`kernels::w4a8` DYNAMIC ({recipe[-1]}-bit per token)"
+    return f"`kernels::w4a8` static ({recipe[-1]}-bit per tensor)"
+
+
 def markdown(done, models):
-    print("| recipe | method | " + " | ".join(models) + " |")
-    print("|---|---|" + "---|" * len(models))
+    """cosine / SQNR dB / top-1 agreement per model; MB = packed size (digits-vit / photo-vit family)."""
+    print("| recipe | method | MB | " + " | ".join(models) + " | kernel (block Linears) |")
+    print("|---|---|---|" + "---|" * len(models) + "---|")
     for recipe, method, _ in CELLS:
-        cells = []
+        cells, sizes = [], []
         for m in models:
             r = done.get((m, recipe, method))
             if r is None:
                 cells.append("–")
             elif "error" in r:
-                cells.append("refused")
+                cells.append("error")
             else:
                 cells.append(f"{r['cosine']:.5f} / {r['sqnr_db']:.1f} / {r['top1_agreement'] * 100:.0f}%")
-        print(f"| {recipe} | {method or 'default'} | " + " | ".join(cells) + " |")
-
+                if m in ("digits-vit", "photo-vit") and r.get("packed_mb"):
+                    sizes.append(f"{r['packed_mb']:.3f}")
+        name = method or "default"
+        print(f"| {recipe} | {name} | {' / '.join(sizes) or '–'} | " + " | ".join(cells) + f" | {kernel(recipe, method)} |")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,13 +121,16 @@ impl Methods {
         Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false }
     }
 
-    /// The default of the static activation recipes (calibration is required for them): the
-    /// combination with the best logits SQNR on digits-vit (docs/QUANTIZATION.md). The AdaLog
-    /// post-softmax quantizer wins at every width; RepQ's reparameterization at 6 and 4 bits,
-    /// NoisyQuant at 8 and 4; W6 has no GPTQ.
+    /// The default of the activation recipes (calibration is required for them): the best
+    /// combination measured on the outlier fixtures (docs/QUANTIZATION.md, "Real-ViT
+    /// statistics"), which also wins or ties on digits-vit and photo-vit. W4A8: per-token
+    /// activations (`dynamic`) with AdaLog's post-softmax quantizer; W4A4: the same with the
+    /// Hadamard rotation and RepQ's LayerNorm reparameterization; W6A6 (no integer kernel, no
+    /// per-token path): RepQ + AdaLog, its best on digits-vit. W6 has no GPTQ.
     pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
-        let act = ActMethods { repq: act_bits <= 6, noisy: act_bits != 6, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
-        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic: false, rotate: false }
+        let dynamic = weight_bits == 4;
+        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
+        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, rotate: dynamic && act_bits <= 4 }
     }
 
     pub fn name(&self) -> String {
