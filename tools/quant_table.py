@@ -49,6 +49,7 @@ CELLS = [
     ("w4a4", "repq,adalog,clip,gptq", OUTLIERS),
     ("w4a4", "clip,gptq", OUTLIERS),
     ("w4a8", "clip,gptq", OUTLIERS),
+    ("w4a8", "dynamic,clip,gptq", ALL),
     ("w4a4", "smoothq,noisy,adalog,clip,gptq", OUTLIERS),
     ("w6a6", "", OUTLIERS),
 ]
