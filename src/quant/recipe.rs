@@ -123,13 +123,15 @@ impl Methods {
 
     /// The default of the activation recipes (calibration is required for them): the best
     /// combination measured on the outlier fixtures (docs/QUANTIZATION.md, "Real-ViT
-    /// statistics"), which also wins or ties on digits-vit and photo-vit. W4A8: per-token
-    /// activations (`dynamic`) with AdaLog's post-softmax quantizer; W4A4: the same with the
-    /// Hadamard rotation and RepQ's LayerNorm reparameterization; W6A6 (no integer kernel, no
-    /// per-token path): RepQ + AdaLog, its best on digits-vit. W6 has no GPTQ.
+    /// statistics"), which also wins or ties on photo-vit. W4A8: per-token activations
+    /// (`dynamic`) and a uniform 8-bit post-softmax quantizer (AdaLog's measured 0.6–1.9 dB
+    /// lower there); W4A4: per token with the Hadamard rotation, RepQ's LayerNorm
+    /// reparameterization and AdaLog; W6A6 (no integer kernel, no per-token path): RepQ +
+    /// AdaLog, its best on digits-vit. W6 has no GPTQ.
     pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
         let dynamic = weight_bits == 4;
-        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
+        let softmax = if dynamic && act_bits >= 8 { None } else { Some(Kind::AdaLog) };
+        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax, gelu: None, smooth: false };
         Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, rotate: dynamic && act_bits <= 4 }
     }
 
