@@ -11,8 +11,8 @@
 // nibbles like the weights (one word per 8 codes, unpacked the same way), so the products
 // pair up without shuffles.
 //
-// Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per-token absmax
-// int8; else the static uniform quantizer of the checkpoint; NOISE adds NoisyQuant's noise
+// Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per-token absmax,
+// symmetric, int8 or with A4 int4; else the static uniform quantizer of the checkpoint; NOISE adds NoisyQuant's noise
 // first; A4 packs 4-bit codes); otherwise the GEMMs (`gemm` for CPU adapters and GEMV,
 // `gemm_workgroup` for GPUs): PACKED_DOT uses dot4I8Packed, else bytes
 // are sign-extended and multiplied in i32; GEMV computes one activation row per tile; GELU
@@ -37,7 +37,7 @@ struct Params {
     group_vecs: u32,  // GEMM: weight vec4s per group (G / 32)
     scale: f32,       // quantize (static): activation scale
     zero: f32,        // quantize (static): zero code; GEMM: dz = 2^(bits−1) − zero
-    top: f32,         // quantize (static): largest code 2^bits − 1
+    top: f32,         // quantize: largest code, 2^bits − 1 (static) or 2^(bits−1) − 1 (DYNAMIC)
     offset: f32,      // quantize: 2^(bits−1), subtracted from the codes
     rank: u32,        // GEMM with LOW_RANK: columns of t
 }
@@ -85,7 +85,7 @@ fn code(v: f32, scale: f32) -> i32 {
     if scale == 0.0 {
         return 0;
     }
-    return i32(clamp(round(v / scale), -127.0, 127.0));
+    return i32(clamp(round(v / scale), -p.top, p.top));
 #else
     return i32(clamp(round(v / scale) + p.zero, 0.0, p.top) - p.offset);
 #endif
@@ -119,7 +119,8 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var i = 0u; i < WG; i++) {
         amax = max(amax, partial_max[i]);
     }
-    let scale = amax / 127.0;
+    // p.top = 2^(bits−1) − 1: 127 for int8 codes, 7 for int4 ones.
+    let scale = amax / p.top;
 #else
     let scale = p.scale;
 #endif

@@ -14,10 +14,12 @@ use lowbit::Gpu;
 const Q4G64: WeightFormat = WeightFormat::Q4 { group: 64, zero_point: false };
 
 
-const ACTS: [ActInput; 3] = [
-    ActInput::PerToken,
+const ACTS: [ActInput; 4] = [
+    ActInput::PerToken { bits: 8 },
     ActInput::Static { bits: 8, scale: 6.0 / 255.0, zero: 121.0 },
     ActInput::Static { bits: 4, scale: 1.6 / 15.0, zero: 7.0 },
+    // W4A4 with dynamic per-token int4 codes (`--method dynamic`).
+    ActInput::PerToken { bits: 4 },
 ];
 
 fn quantize_on_gpu(gpu: &Gpu, x: &[f32], m: usize, k: usize, act: ActInput, noise: Option<&[f32]>) -> IntActivations {
@@ -90,6 +92,7 @@ fn layer_matches_the_reference_under_every_plan_on_odd_shapes() {
         check_layer(path, gpu, 1, 1155, 97, ACTS[0], 0);
         check_layer(path, gpu, 3, 1155, 97, ACTS[2], 7);
         check_layer(path, gpu, 21, 200, 261, ACTS[1], 16);
+        check_layer(path, gpu, 21, 200, 261, ACTS[3], 0);
     }
 }
 
@@ -99,15 +102,16 @@ fn bad_input_is_refused_with_a_clear_error() {
     let w = random(8 * 64, 1, 0.1);
     let err = |r: lowbit::Result<W4Linear>| r.err().map(|e| e.to_string()).unwrap_or_default();
     let q8 = PackedMatrix::quantize(&w, 8, 64, WeightFormat::Q8 { group: None }).unwrap();
-    assert!(err(W4Linear::new(gpu, &q8, None, ActInput::PerToken)).contains("q4g32"));
+    assert!(err(W4Linear::new(gpu, &q8, None, ActInput::PerToken { bits: 8 })).contains("q4g32"));
     let q4z = PackedMatrix::quantize(&w, 8, 64, WeightFormat::Q4 { group: 32, zero_point: true }).unwrap();
-    assert!(err(W4Linear::new(gpu, &q4z, None, ActInput::PerToken)).contains("symmetric"));
+    assert!(err(W4Linear::new(gpu, &q4z, None, ActInput::PerToken { bits: 8 })).contains("symmetric"));
     let q4 = PackedMatrix::quantize(&w, 8, 64, WeightFormat::Q4 { group: 32, zero_point: false }).unwrap();
     assert!(err(W4Linear::new(gpu, &q4, None, ActInput::Static { bits: 9, scale: 0.1, zero: 0.0 })).contains("2 to 8"));
     assert!(err(W4Linear::new(gpu, &q4, None, ActInput::Static { bits: 8, scale: 0.0, zero: 0.0 })).contains("scale"));
     assert!(err(W4Linear::new(gpu, &q4, None, ActInput::Static { bits: 4, scale: 0.1, zero: 16.0 })).contains("zero"));
-    assert!(err(W4Linear::new(gpu, &q4, Some(&[0.0; 3]), ActInput::PerToken)).contains("bias"));
-    let layer = || W4Linear::new(gpu, &q4, None, ActInput::PerToken).unwrap();
+    assert!(err(W4Linear::new(gpu, &q4, Some(&[0.0; 3]), ActInput::PerToken { bits: 8 })).contains("bias"));
+    assert!(err(W4Linear::new(gpu, &q4, None, ActInput::PerToken { bits: 1 })).contains("2 to 8"));
+    let layer = || W4Linear::new(gpu, &q4, None, ActInput::PerToken { bits: 8 }).unwrap();
     assert!(err(layer().with_low_rank(gpu, &[], &[], 0)).contains("rank 0"));
     assert!(err(layer().with_low_rank(gpu, &vec![0.0; 9 * 64], &[0.0; 72], 9)).contains("1 to 8"));
     assert!(err(layer().with_noise(Tensor::from_f32(gpu, &[3], &[0.0; 3]).unwrap())).contains("noise"));
@@ -117,4 +121,52 @@ fn bad_input_is_refused_with_a_clear_error() {
     let out = Tensor::zeros(gpu, &[2, 8], DType::F32).unwrap();
     let mut enc = gpu.encoder();
     assert!(lowbit::kernels::w4a8::w4_gemm(gpu, &mut enc, &l, &xq, None, &out).is_err());
+}
+
+#[test]
+fn hadamard_rotation_matches_the_reference_and_keeps_the_product() {
+    use lowbit::kernels::hadamard;
+    for (path, gpu) in gpus() {
+        // ViT widths (96 → blocks of 32, 384 → 128), a power of two, and an odd width (no-op).
+        for (m, k) in [(3, 96), (5, 384), (2, 1024), (4, 77)] {
+            let block = hadamard::block_for(k);
+            let x = activations(m, k, (m + k) as u64);
+            let xt = Tensor::from_f32(gpu, &[m, k], &x).unwrap();
+            let out = Tensor::zeros(gpu, &[m, k], DType::F32).unwrap();
+            let mut enc = gpu.encoder();
+            hadamard::rotate(gpu, &mut enc, &xt, &out, block).unwrap();
+            gpu.submit(enc).unwrap();
+            let want = hadamard::reference(&x, k, block).unwrap();
+            assert_nmse(&format!("{path} hadamard {m}×{k} block {block}"), &out.to_vec_f32(gpu).unwrap(), &want, 1e-12);
+            // Orthogonal: rotating twice gives x back.
+            let back = hadamard::reference(&want, k, block).unwrap();
+            assert_nmse("H·H·x = x", &back, &x, 1e-12);
+        }
+    }
+    // The whole rotated layer: (W·H) quantized times the GPU-quantized H·x, against the reference
+    // fed the same codes, and close to the unrotated f32 product x·Wᵀ.
+    let gpu = gpu();
+    let (m, k, n) = (7, 384, 40);
+    let x = activations(m, k, 11);
+    let w = random(n * k, 12, 0.08);
+    let wh = hadamard::reference(&w, k, hadamard::block_for(k)).unwrap();
+    let packed = PackedMatrix::quantize(&wh, n, k, Q4G64).unwrap();
+    let layer = W4Linear::new(gpu, &packed, None, ActInput::PerToken { bits: 8 }).unwrap().with_hadamard(hadamard::block_for(k)).unwrap();
+    let scratch = W4Scratch::new(gpu, &layer, m).unwrap();
+    let xt = Tensor::from_f32(gpu, &[m, k], &x).unwrap();
+    let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
+    let mut enc = gpu.encoder();
+    w4_forward(gpu, &mut enc, &layer, &xt, &scratch, &out).unwrap();
+    gpu.submit(enc).unwrap();
+    let got = out.to_vec_f32(gpu).unwrap();
+    let codes = reference::unpack(&scratch.x.codes.to_vec_u32(gpu).unwrap(), m, k, 8);
+    let want = reference::gemm(&codes, &scratch.x.scales.to_vec_f32(gpu).unwrap(), m, &packed, None, layer.act, false, None).unwrap();
+    assert_nmse("rotated w4a8 layer", &got, &want, 1e-10);
+    // Against x · Ŵᵀ in f32, Ŵ the stored 4-bit weights rotated back ((Ŵ·H)·H = Ŵ): what is
+    // left is the int8 per-token activation error of the rotated x.
+    let back = hadamard::reference(&packed.dequantize(), k, hadamard::block_for(k)).unwrap();
+    let exact: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[i / n * k + c] * back[i % n * k + c]).sum()).collect();
+    assert_nmse("rotated w4a8 layer vs f32 x·Ŵᵀ", &got, &exact, 1e-3);
+    // Refused: a block that does not divide the width, and rotation beside noise.
+    assert!(W4Linear::new(gpu, &packed, None, ActInput::PerToken { bits: 8 }).unwrap().with_hadamard(256).is_err());
 }

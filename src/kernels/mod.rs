@@ -6,6 +6,7 @@ pub mod act_quant;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod hadamard;
 pub mod gpu_matrix;
 pub mod launch;
 pub mod matmul;
@@ -90,6 +91,7 @@ pub fn params_layouts() -> Vec<&'static crate::gpu::contract::ParamsLayout> {
         &attention::kv_cache::PARAMS_LAYOUT,
         &conv::PARAMS_LAYOUT,
         &elementwise::PARAMS_LAYOUT,
+        &hadamard::PARAMS_LAYOUT,
         &matmul::PARAMS_LAYOUT,
         &norm::PARAMS_LAYOUT,
         &roofline::PARAMS_LAYOUT,

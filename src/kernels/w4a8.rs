@@ -55,8 +55,9 @@ pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout =
 /// How a layer's input becomes integer codes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ActInput {
-    /// int8 per token, scale = max|x_row| / 127 (symmetric).
-    PerToken,
+    /// Symmetric per token, computed on the GPU for every input: scale = max|x_row| / qmax,
+    /// qmax = 2^(bits−1) − 1 (127 at 8 bits: W8A8's quantizer; 7 at 4 bits), bits 2..=8.
+    PerToken { bits: u32 },
     /// A calibrated uniform quantizer (`ActQuantizer::Uniform`): code = clamp(round(x / scale)
     /// + zero, 0, 2^bits − 1), value (code − zero) · scale.
     Static { bits: u32, scale: f32, zero: f32 },
@@ -66,12 +67,22 @@ impl ActInput {
     /// Bits per stored activation code: 4 (eight per word) or 8 (four per word).
     pub fn storage_bits(&self) -> u32 {
         match *self {
-            ActInput::Static { bits, .. } if bits <= 4 => 4,
+            ActInput::Static { bits, .. } | ActInput::PerToken { bits } if bits <= 4 => 4,
             _ => 8,
         }
     }
 
+    /// The largest code magnitude of a per-token quantizer (2^(bits−1) − 1).
+    pub fn per_token_max(bits: u32) -> f32 {
+        ((1u32 << (bits - 1)) - 1) as f32
+    }
+
     fn validate(&self) -> Result<()> {
+        if let ActInput::PerToken { bits } = *self {
+            if !(2..=8).contains(&bits) {
+                invalid!("per-token integer activations of {bits} bits: the W4A8/W4A4 kernel takes 2 to 8");
+            }
+        }
         if let ActInput::Static { bits, scale, zero } = *self {
             if !(2..=8).contains(&bits) {
                 invalid!("integer activations of {bits} bits: the W4A8/W4A4 kernel takes 2 to 8");
@@ -89,7 +100,7 @@ impl ActInput {
     /// 2^(bits−1) − zero: what the GEMM adds back per weight code (0 for per-token codes).
     fn zero_shift(&self) -> f32 {
         match *self {
-            ActInput::PerToken => 0.0,
+            ActInput::PerToken { .. } => 0.0,
             ActInput::Static { bits, zero, .. } => (1u32 << (bits - 1)) as f32 - zero,
         }
     }
@@ -115,6 +126,9 @@ pub struct W4Linear {
     /// NoisyQuant: added to every input row before quantizing (the bias already holds −W·noise).
     noise: Option<Tensor>,
     low_rank: Option<LowRank>,
+    /// QuaRot: the input is rotated by the block-diagonal Hadamard matrix of this block size
+    /// before quantizing (the weights were stored as W·H).
+    hadamard: Option<usize>,
     /// vec4<u32> words (32 codes) per padded weight row.
     w_vecs: usize,
     groups: usize,
@@ -163,6 +177,7 @@ impl W4Linear {
             gelu: false,
             noise: None,
             low_rank: None,
+            hadamard: None,
             w_vecs: weights.stride / 4,
             groups,
             group_vecs: group / 32,
@@ -200,6 +215,21 @@ impl W4Linear {
         let up = self.weights.blocks.iter().map(|b| gpu.upload(bytemuck::cast_slice(&up[b.rows.start * rank..b.rows.end * rank]), "low-rank up")).collect::<Result<_>>()?;
         self.low_rank = Some(LowRank { rank, down, up });
         Ok(self)
+    }
+
+    /// Rotates each input row by the normalized Hadamard matrix of `block` before quantizing
+    /// (`kernels::hadamard`): the layer's weights must have been stored as W·H.
+    pub fn with_hadamard(mut self, block: usize) -> Result<Self> {
+        if self.noise.is_some() || self.low_rank.is_some() {
+            invalid!("Hadamard rotation: not combined with NoisyQuant noise or a low-rank branch (both read the unrotated input)");
+        }
+        super::hadamard::reference(&[], self.cols, block)?;
+        self.hadamard = Some(block);
+        Ok(self)
+    }
+
+    pub fn hadamard(&self) -> Option<usize> {
+        self.hadamard
     }
 
     pub fn rank(&self) -> Option<usize> {
@@ -247,6 +277,8 @@ pub struct W4Scratch {
     pub x: IntActivations,
     /// x · downᵀ of the low-rank branch.
     pub t: Option<Tensor>,
+    /// The rotated input (`W4Linear::with_hadamard`).
+    pub rotated: Option<Tensor>,
 }
 
 impl W4Scratch {
@@ -254,7 +286,8 @@ impl W4Scratch {
     pub fn new(gpu: &Gpu, layer: &W4Linear, rows: usize) -> Result<W4Scratch> {
         let x = IntActivations::new(gpu, rows, layer.cols, layer.act.storage_bits())?;
         let t = layer.low_rank.as_ref().map(|l| Tensor::zeros(gpu, &[rows, l.rank], DType::F32)).transpose()?;
-        Ok(W4Scratch { x, t })
+        let rotated = layer.hadamard.map(|_| Tensor::zeros(gpu, &[rows, layer.cols], DType::F32)).transpose()?;
+        Ok(W4Scratch { x, t, rotated })
     }
 }
 
@@ -280,9 +313,10 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, act: ActIn
     if rows != out.rows || act.storage_bits() != out.storage_bits {
         shape_err!("w4 quantize: input has {rows} rows of {}-bit codes, the buffer {} of {}", act.storage_bits(), out.rows, out.storage_bits);
     }
-    let (scale, zero, bits) = match act {
-        ActInput::PerToken => (0.0, 0.0, 8),
-        ActInput::Static { bits, scale, zero } => (scale, zero, bits),
+    // `top`: the largest code; per token the largest magnitude (codes are symmetric).
+    let (scale, zero, bits, top) = match act {
+        ActInput::PerToken { bits } => (0.0, 0.0, bits, ActInput::per_token_max(bits)),
+        ActInput::Static { bits, scale, zero } => (scale, zero, bits, ((1u32 << bits) - 1) as f32),
     };
     let p = Params {
         rows: rows as u32,
@@ -290,12 +324,12 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, act: ActIn
         x_vecs: out.x_vecs as u32,
         scale,
         zero,
-        top: ((1u32 << bits) - 1) as f32,
+        top,
         offset: (1u32 << (bits - 1)) as f32,
         ..bytemuck::Zeroable::zeroed()
     };
     let mut defines = vec!["QUANTIZE"];
-    if act == ActInput::PerToken {
+    if matches!(act, ActInput::PerToken { .. }) {
         defines.push("DYNAMIC");
     }
     if out.storage_bits == 4 {
@@ -392,6 +426,14 @@ pub fn w4_forward(gpu: &Gpu, enc: &mut Encoder, layer: &W4Linear, x: &Tensor, sc
     if let (Some(l), Some(t)) = (&layer.low_rank, &scratch.t) {
         linear(gpu, enc, &l.down, x, t, None)?;
     }
+    let x = match (layer.hadamard, &scratch.rotated) {
+        (Some(block), Some(r)) => {
+            super::hadamard::rotate(gpu, enc, x, r, block)?;
+            r
+        }
+        (None, _) => x,
+        (Some(_), None) => shape_err!("w4 forward: the layer rotates its input but the scratch has no buffer for it"),
+    };
     quantize_activations(gpu, enc, x, layer.act, layer.noise.as_ref(), &scratch.x)?;
     w4_gemm(gpu, enc, layer, &scratch.x, scratch.t.as_ref(), out)
 }
@@ -411,7 +453,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
         let w = PackedMatrix::quantize(&crate::synthetic::uniform(n * k, 1, 0.05), n, k, WeightFormat::Q4 { group: 32, zero_point: false })?;
         let bias = crate::synthetic::uniform(n, 2, 0.1);
         let x = Tensor::from_f32(gpu, &[m, k], &crate::synthetic::uniform(m * k, 3, 1.0))?;
-        for (kernel, act) in [("w4a8_gemm", ActInput::PerToken), ("w4a4_gemm", ActInput::Static { bits: 4, scale: 1.0 / 7.0, zero: 8.0 })] {
+        for (kernel, act) in [("w4a8_gemm", ActInput::PerToken { bits: 8 }), ("w4a4_gemm", ActInput::Static { bits: 4, scale: 1.0 / 7.0, zero: 8.0 })] {
             let layer = W4Linear::new(gpu, &w, Some(&bias), act)?;
             let xq = IntActivations::new(gpu, m, k, act.storage_bits())?;
             let mut enc = gpu.encoder();

@@ -78,6 +78,21 @@ pub fn load_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bias: boo
 pub const LOW_RANK_DOWN: &str = "lowrank_down";
 pub const LOW_RANK_UP: &str = "lowrank_up";
 
+/// The rotation block of the Linear at `w` when the checkpoint stored it as W·H (its tensor
+/// entry's `"hadamard": {"block": B}`, `lowbit quantize --method rotate`).
+fn hadamard_block(w: &WeightsView) -> Result<Option<usize>> {
+    let Some(desc) = super::packed::Description::of(w.weights)? else { return Ok(None) };
+    if !desc.runtime.is_some_and(|r| r.hadamard) {
+        return Ok(None);
+    }
+    let entry = desc.tensors.get(&w.key("weight")).and_then(|t| t.extra.get("hadamard"));
+    match entry.map(|h| h.get("block").and_then(|b| b.as_u64())) {
+        None => Ok(None),
+        Some(Some(b)) => Ok(Some(b as usize)),
+        Some(None) => invalid!("checkpoint {}: {}'s `hadamard` entry has no integer `block`", w.weights.source, w.prefix()),
+    }
+}
+
 /// A block Linear: through the W8A8 kernel when the checkpoint runs int8 activations; through
 /// the W4A8/W4A4 integer kernel when it runs static integer ones and this layer can (q4
 /// weights, a uniform input quantizer, which the layer then takes out of `input`).
@@ -88,9 +103,21 @@ pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bia
     let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
     match runtime.activations {
         Activations::F32 => {}
+        // W4A8/W4A4 with dynamic activations: the per-token scale is computed on the GPU.
+        Activations::Int8PerToken | Activations::Int4PerToken if matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. }) => {
+            let bits = if runtime.activations == Activations::Int4PerToken { 4 } else { 8 };
+            let mut layer = W4Linear::new(gpu, &packed, bias, ActInput::PerToken { bits })?;
+            if let Some(block) = hadamard_block(w)? {
+                layer = layer.with_hadamard(block)?;
+            }
+            return Ok(Linear::Int4(Arc::new(if gelu { layer.with_gelu() } else { layer })));
+        }
         Activations::Int8PerToken => {
             let layer = W8A8Linear::new(gpu, &packed, bias)?;
             return Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })));
+        }
+        Activations::Int4PerToken => {
+            invalid!("checkpoint {}: {} runs int4 per-token activations, which need symmetric q4 weights, not `{}`", w.weights.source, w.prefix(), packed.format.name())
         }
         Activations::IntStatic => {
             let symmetric_q4 = matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. });
@@ -111,6 +138,9 @@ pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bia
                 }
             }
         }
+    }
+    if runtime.hadamard && hadamard_block(w)?.is_some() {
+        invalid!("checkpoint {}: {} stores Hadamard-rotated weights (runtime `hadamard`), which only the per-token W4A8/W4A4 kernel undoes; its weights are `{}`", w.weights.source, w.prefix(), packed.format.name());
     }
     if low_rank.is_some() {
         invalid!("checkpoint {}: {} has a low-rank branch ({LOW_RANK_DOWN}) but runs without the integer W4A8/W4A4 kernel (its runtime, weights or input quantizer do not allow it)", w.weights.source, w.prefix());

@@ -69,6 +69,11 @@ pub struct Runtime {
     pub activations: Activations,
     #[serde(default)]
     pub attention: Attention,
+    /// QuaRot: the block Linears whose tensor entry has `"hadamard": {"block": B, ..}` store W·H
+    /// and rotate their input by H (the normalized block-diagonal Hadamard matrix of blocks B)
+    /// on the GPU before quantizing it per token. Only with per-token W4 runtimes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hadamard: bool,
 }
 
 /// What the block Linears' inputs are.
@@ -78,8 +83,12 @@ pub enum Activations {
     /// f32 (weight-only quantization; static fake-quantizers, if listed, apply on top).
     #[default]
     F32,
-    /// Quantized to int8 per token on the GPU at run time, through the W8A8 kernel.
+    /// Quantized to int8 per token on the GPU at run time: through the W8A8 kernel for q8
+    /// weights, the W4A8 kernel for q4 ones (`w4a8 --method dynamic`).
     Int8PerToken,
+    /// Quantized to int4 per token (symmetric, absmax / 7) on the GPU at run time, through the
+    /// W4A4 kernel: `w4a4 --method dynamic`; needs q4 block Linears.
+    Int4PerToken,
     /// Each block Linear whose input has a static uniform quantizer and whose weights are
     /// `q4gG` runs through the W4A8/W4A4 integer kernel, which applies that quantizer to make
     /// its integer codes (`kernels::w4a8`); other quantizers stay simulated in f32.

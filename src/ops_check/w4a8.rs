@@ -36,9 +36,10 @@ fn activations(m: usize, seed: u64) -> Vec<f32> {
 
 /// The activation inputs checked: per-token int8, static 8-bit and 4-bit with a zero point
 /// that is not the code offset, and a 3-bit one (stored as nibbles).
-fn acts() -> [(&'static str, ActInput); 4] {
+fn acts() -> [(&'static str, ActInput); 5] {
     [
-        ("a8 per-token", ActInput::PerToken),
+        ("a8 per-token", ActInput::PerToken { bits: 8 }),
+        ("a4 per-token", ActInput::PerToken { bits: 4 }),
         ("a8 static", ActInput::Static { bits: 8, scale: 6.0 / 255.0, zero: 121.0 }),
         ("a4 static", ActInput::Static { bits: 4, scale: 1.6 / 15.0, zero: 7.0 }),
         ("a3 static", ActInput::Static { bits: 3, scale: 1.5 / 7.0, zero: 3.0 }),
@@ -74,7 +75,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     // rows with a rank-5 low-rank branch; q4g128 for the per-token case (a partial group).
     for (name, act) in acts() {
         for m in [3, 197] {
-            let group = if act == ActInput::PerToken { 128 } else { 32 };
+            let group = if act == (ActInput::PerToken { bits: 8 }) { 128 } else { 32 };
             let run = Arc::new(move |gpu: &Gpu| -> Result<(Got, Vec<f32>, Vec<f32>)> {
                 let (w, bias) = weights(group)?;
                 let x = activations(m, 71 + m as u64);
@@ -99,7 +100,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
                         let q = ActQuantizer::Uniform { bits, scale, zero };
                         let xq: Vec<f32> = x.iter().map(|&v| q.apply(v)).collect();
                         let base = linear_reference(&w, Some(&bias), &xq, m, None);
-                        let lr = w4_ref::gemm(&vec![0; m * K], &vec![0.0; m], m, &w, None, ActInput::PerToken, false, low_rank_of(rank, &down, &up, &x))?;
+                        let lr = w4_ref::gemm(&vec![0; m * K], &vec![0.0; m], m, &w, None, ActInput::PerToken { bits: 8 }, false, low_rank_of(rank, &down, &up, &x))?;
                         base.iter().zip(lr).map(|(a, b)| a + b).collect()
                     }
                     _ => exact.clone(),

@@ -62,6 +62,34 @@ impl Hessian {
         Ok(())
     }
 
+    /// The Hessian of the rotated inputs H·x (`kernels::hadamard`, blocks of `block`): R·S·R
+    /// for the symmetric orthogonal R, from the full symmetric sum.
+    pub fn rotated(&self, block: usize) -> Result<Hessian> {
+        let d = self.dim;
+        if block == 0 || !d.is_multiple_of(block) {
+            shape_err!("hessian of width {d}: rotation blocks of {block} do not divide it");
+        }
+        let mut full = vec![0.0; d * d];
+        for i in 0..d {
+            for j in i..d {
+                full[i * d + j] = self.sum[i * d + j];
+                full[j * d + i] = self.sum[i * d + j];
+            }
+        }
+        let norm = 1.0 / (block as f64).sqrt();
+        // S·R (each row rotated), then R·(S·R): the result is symmetric, so rotating the rows
+        // of its transpose and transposing back is rotating its columns.
+        crate::kernels::hadamard::rotate_in_place(&mut full, block, norm);
+        let mut t = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                t[j * d + i] = full[i * d + j];
+            }
+        }
+        crate::kernels::hadamard::rotate_in_place(&mut t, block, norm);
+        Ok(Hessian { dim: d, sum: t, samples: self.samples })
+    }
+
     /// H = 2·XᵀX / n, full and symmetric.
     pub fn matrix(&self) -> Vec<f64> {
         let (d, k) = (self.dim, 2.0 / self.samples.max(1) as f64);

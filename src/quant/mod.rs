@@ -16,6 +16,7 @@ pub mod mixed;
 pub mod noisy;
 pub mod recipe;
 pub mod repq;
+pub mod rotate;
 pub mod rtn;
 pub mod smooth;
 pub mod svd;

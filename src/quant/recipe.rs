@@ -66,7 +66,7 @@ pub enum Method {
 }
 
 /// Methods that choose how activations are quantized (recipes w6a6, w4a8, w4a4).
-pub const ACT_METHODS: [&str; 7] = ["repq", "log2", "adalog", "sulq", "twin", "noisy", "smoothq"];
+pub const ACT_METHODS: [&str; 9] = ["repq", "log2", "adalog", "sulq", "twin", "noisy", "smoothq", "dynamic", "rotate"];
 
 /// The choice of codes for every matrix (`rtn`, `clip`, `gptq`) and, for the static activation
 /// recipes, of the activation quantizers (`ACT_METHODS`).
@@ -77,11 +77,16 @@ pub struct Methods {
     pub act: ActMethods,
     /// SVDQuant: a low-rank f32 branch per block Linear, the 4-bit codes for the residual.
     pub svdquant: bool,
+    /// W4A8/W4A4 block Linear inputs quantized per token at run time (absmax / (2^(b−1) − 1)
+    /// per row, on the GPU) instead of by calibrated static quantizers.
+    pub dynamic: bool,
+    /// QuaRot: block Linears store W·H and rotate their input by H at run time (with dynamic).
+    pub rotate: bool,
 }
 
 impl Methods {
     pub fn parse(list: &str) -> Result<Methods> {
-        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false };
+        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false };
         let mut rtn = false;
         for name in list.split(',').map(str::trim) {
             match name {
@@ -92,6 +97,8 @@ impl Methods {
                 "smoothq" => m.act.smooth = true,
                 "noisy" => m.act.noisy = true,
                 "svdquant" => m.svdquant = true,
+                "dynamic" => m.dynamic = true,
+                "rotate" => m.rotate = true,
                 "log2" => m.act.set_quantizers(Kind::Log2, None)?,
                 "adalog" => m.act.set_quantizers(Kind::AdaLog, None)?,
                 "sulq" => m.act.set_quantizers(Kind::Sulq, Some(Kind::Sulq))?,
@@ -111,16 +118,21 @@ impl Methods {
     /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
     /// given whether calibration data was passed.
     pub fn default_for(calibrated: bool) -> Methods {
-        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false }
+        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false }
     }
 
-    /// The default of the static activation recipes (calibration is required for them): the
-    /// combination with the best logits SQNR on digits-vit (docs/QUANTIZATION.md). The AdaLog
-    /// post-softmax quantizer wins at every width; RepQ's reparameterization at 6 and 4 bits,
-    /// NoisyQuant at 8 and 4; W6 has no GPTQ.
+    /// The default of the activation recipes (calibration is required for them): the best
+    /// combination measured on the outlier fixtures (docs/QUANTIZATION.md, "Real-ViT
+    /// statistics"), which also wins or ties on photo-vit. W4A8: per-token activations
+    /// (`dynamic`) and a uniform 8-bit post-softmax quantizer (AdaLog's measured 0.6–1.9 dB
+    /// lower there); W4A4: per token with the Hadamard rotation, RepQ's LayerNorm
+    /// reparameterization and AdaLog; W6A6 (no integer kernel, no per-token path): RepQ +
+    /// AdaLog, its best on digits-vit. W6 has no GPTQ.
     pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
-        let act = ActMethods { repq: act_bits <= 6, noisy: act_bits != 6, softmax: Some(Kind::AdaLog), gelu: None, smooth: false };
-        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false }
+        let dynamic = weight_bits == 4;
+        let softmax = if dynamic && act_bits >= 8 { None } else { Some(Kind::AdaLog) };
+        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax, gelu: None, smooth: false };
+        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, rotate: dynamic && act_bits <= 4 }
     }
 
     pub fn name(&self) -> String {
@@ -134,6 +146,12 @@ impl Methods {
         names.insert(0, weights);
         if self.svdquant {
             names.push("svdquant");
+        }
+        if self.dynamic {
+            names.push("dynamic");
+        }
+        if self.rotate {
+            names.push("rotate");
         }
         names.join("+")
     }
@@ -150,6 +168,23 @@ impl Methods {
             }
             if let Some(k) = self.act.gelu.filter(|k| *k != Kind::Uniform) {
                 invalid!("method svdquant: the integer kernel takes uniform input quantizers, and {k:?} (methods twin/sulq) quantizes fc2's input otherwise; drop it");
+            }
+        }
+        if self.rotate && !self.dynamic {
+            invalid!("method rotate: the Hadamard rotation runs before a per-token quantizer (QuaRot); add dynamic (w4a8 or w4a4)");
+        }
+        if self.dynamic {
+            if !matches!(recipe, Recipe::Activations { weight_bits: 4, .. }) {
+                invalid!("method dynamic: per-token activations of the W4A8/W4A4 kernel; recipe {} has none (w8a8 is always per token; use w4a8 or w4a4)", recipe.name());
+            }
+            if self.act.noisy {
+                invalid!("methods dynamic and noisy: NoisyQuant's noise is searched for a static quantizer; drop one");
+            }
+            if self.svdquant {
+                invalid!("methods dynamic and svdquant: the low-rank branch is placed on static-quantizer layers only; drop one");
+            }
+            if let Some(k) = self.act.gelu.filter(|k| *k != Kind::Uniform) {
+                invalid!("method dynamic quantizes fc2's input per token, and {k:?} (methods twin/sulq) quantizes it otherwise; drop it");
             }
         }
         let Some(first) = self.act.names().first().copied() else { return Ok(()) };
@@ -263,7 +298,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             progress.step(1);
             progress.finish();
             model.weights = prepared.weights;
-            prepared.points
+            let mut points = prepared.points;
+            if methods.dynamic {
+                // The Linear inputs get per-token scales at run time; only the (simulated)
+                // post-softmax quantizers stay.
+                points.retain(|p| p.node.ends_with(".attn"));
+            }
+            points
         }
         _ => Vec::new(),
     };
@@ -284,6 +325,16 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     // smoothing, and after the f32 passes above, which must not see the branches); the
     // residual is what the weight methods below quantize, with the same Hessians (same inputs).
     let low_rank = if methods.svdquant { svd_branches(&mut model, &layers, &act_points, rank)? } else { HashMap::new() };
+    // QuaRot: W·H and the Hessian of the rotated inputs for every block Linear where the
+    // rotation lowers the layer's output error (`quant::rotate`).
+    let mut hessians = hessians;
+    let rotations = match (&calib, static_act) {
+        (Some(c), Some((_, ab))) if methods.rotate => {
+            let inner: Vec<&Layer> = layers.iter().filter(|l| inner_matrix(&l.key)).collect();
+            super::rotate::apply(gpu, &mut model, &inner, c, &mut hessians, ab)?
+        }
+        _ => BTreeMap::new(),
+    };
     let (formats, allocation) = match &recipe {
         Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
         Recipe::Mixed { bits } => {
@@ -319,8 +370,15 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             approx.iter_mut().zip(w.iter().zip(residual)).for_each(|(a, (w, r))| *a += w - r);
         }
         let err = crate::metrics::nmse(&approx, &model.weights.tensors[&l.key].data);
-        report.layers.push((l.key.clone(), format, used.name(), err));
-        let extra = BTreeMap::from([("method".to_string(), json!(used.name()))]);
+        let rotation = rotations.get(&l.key).filter(|d| d.rotate());
+        let name = if rotation.is_some() { format!("{}+hadamard", used.name()) } else { used.name() };
+        report.layers.push((l.key.clone(), format, name.clone(), err));
+        let mut extra = BTreeMap::from([("method".to_string(), json!(name))]);
+        if let Some(d) = rotation {
+            // The loader rotates this layer's input (`Runtime::hadamard`); the errors are the
+            // decision's (rtn q4g32 weights, per-token activations, calibration inputs).
+            extra.insert("hadamard".to_string(), json!({"block": d.block, "error_plain": d.error_plain, "error_rotated": d.error_rotated}));
+        }
         desc.tensors.insert(l.key.clone(), PackedTensor { format: format.name(), shape: l.shape.clone(), extra });
         packed.push((l.key.clone(), m));
     }
@@ -336,6 +394,12 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
     let activations = match (&recipe, static_act) {
+        (_, Some((4, ab))) if methods.dynamic => format!(
+            "integer {ab}-bit per-token dynamic (symmetric, absmax / {} per row, computed on the GPU for every input{}) in the W4A{ab} kernel at every block Linear; simulated in f32 (post-softmax): {}",
+            crate::kernels::w4a8::ActInput::per_token_max(ab),
+            if methods.rotate { ", after an online block-Hadamard rotation of the input: weights stored as W·H (QuaRot)" } else { "" },
+            act_points.iter().map(|p| p.node.as_str()).collect::<Vec<_>>().join(", ")
+        ),
         (_, Some((4, ab))) => integer_activations(ab, &act_points),
         (_, Some((_, ab))) => format!("simulated {ab}-bit static per-tensor (fake-quantized in f32 at the `{}` points)", crate::models::packed::ACT_QUANT_KEY),
         (Recipe::Activations { .. }, None) => "int8 per-token dynamic (W8A8 kernel)".to_string(),
@@ -343,15 +407,22 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     };
     desc.extra.insert("activations".into(), json!(activations));
     if matches!((&recipe, static_act), (Recipe::Activations { .. }, None)) {
-        desc.runtime = Some(Runtime { activations: Activations::Int8PerToken, attention: Attention::SageInt8 });
+        desc.runtime = Some(Runtime { activations: Activations::Int8PerToken, attention: Attention::SageInt8, hadamard: false });
         desc.extra.insert(
             "attention".into(),
             json!("SageAttention: int8 Q·Kᵀ per block (K mean-smoothed), P·V in f16 where the adapter has it"),
         );
     }
-    if let Some((4, _)) = static_act {
-        // q4 block Linears with uniform input quantizers run through the W4A8/W4A4 kernel.
-        desc.runtime = Some(Runtime { activations: Activations::IntStatic, attention: Attention::Exact });
+    if let Some((4, ab)) = static_act {
+        // q4 block Linears with uniform input quantizers run through the W4A8/W4A4 kernel;
+        // with `dynamic` every one of them, its input quantized per token at run time.
+        let activations = match (methods.dynamic, ab) {
+            (false, _) => Activations::IntStatic,
+            (true, 8) => Activations::Int8PerToken,
+            (true, 4) => Activations::Int4PerToken,
+            (true, _) => invalid!("method dynamic: {ab}-bit activations have no per-token runtime (w4a8 or w4a4)"),
+        };
+        desc.runtime = Some(Runtime { activations, attention: Attention::Exact, hadamard: methods.rotate });
     }
     if static_act.is_some() {
         desc.extra.insert(crate::models::packed::ACT_QUANT_KEY.into(), json!(act_points));

@@ -17,15 +17,18 @@ pub fn quantize(x: &[f32], rows: usize, cols: usize, act: ActInput, noise: Optio
     for (r, row) in x.chunks(cols).enumerate() {
         let v = |k: usize| noise.map_or(row[k], |n| row[k] + n[k]);
         let scale = match act {
-            ActInput::PerToken => (0..cols).fold(0f32, |m, k| m.max(v(k).abs())) / 127.0,
+            ActInput::PerToken { bits } => (0..cols).fold(0f32, |m, k| m.max(v(k).abs())) / ActInput::per_token_max(bits),
             ActInput::Static { scale, .. } => scale,
         };
         scales[r] = scale;
         for k in 0..cols {
             // WGSL's round() is round-half-to-even.
             codes[r * cols + k] = match act {
-                ActInput::PerToken if scale == 0.0 => 0,
-                ActInput::PerToken => (v(k) / scale).round_ties_even().clamp(-127.0, 127.0) as i8,
+                ActInput::PerToken { .. } if scale == 0.0 => 0,
+                ActInput::PerToken { bits } => {
+                    let top = ActInput::per_token_max(bits);
+                    (v(k) / scale).round_ties_even().clamp(-top, top) as i8
+                }
                 ActInput::Static { bits, scale, zero } => {
                     let top = ((1u32 << bits) - 1) as f32;
                     (((v(k) / scale).round_ties_even() + zero).clamp(0.0, top) - (1u32 << (bits - 1)) as f32) as i8
@@ -98,7 +101,7 @@ pub fn gemm(codes: &[i8], scales: &[f32], m: usize, w: &PackedMatrix, bias: Opti
         shape_err!("w4 gemm reference: activations don't match {m}×{k}");
     }
     let dz = match act {
-        ActInput::PerToken => 0i64,
+        ActInput::PerToken { .. } => 0i64,
         ActInput::Static { bits, zero, .. } => (1i64 << (bits - 1)) - zero as i64,
     };
     let wc: Vec<i64> = (0..n * k).map(|i| w.code(i / k, i % k) as i64 - 8).collect();

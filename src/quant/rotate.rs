@@ -1,0 +1,87 @@
+//! `--method rotate` (with `dynamic`): QuaRot's online Hadamard rotation of block Linear
+//! inputs, where it helps. A rotated layer stores W·H and its kernel quantizes H·x per token
+//! (`kernels::hadamard`, `kernels::w4a8`): an outlier channel of x is spread over its block,
+//! so the per-token absmax, and with it every code's step, shrinks.
+//!
+//! Rotation does not help everywhere: a post-GELU input is mostly positive, so each block's
+//! first Hadamard coefficient (its sum / √block) becomes a new outlier. So each layer is
+//! measured on its calibration inputs, both ways, with round-to-nearest q4g32 weights and the
+//! per-token activation quantizer the kernel applies, and rotated only when that lowers
+//! ‖X·Wᵀ − X̂·Ŵᵀ‖² (the final weights still come from GPTQ/clip, on the rotated Hessian).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::calibrate::{Calibration, Layer, Model};
+use super::gptq::Hessian;
+use crate::formats::{PackedMatrix, WeightFormat};
+use crate::kernels::hadamard;
+use crate::kernels::w4a8::{reference, ActInput};
+use crate::{Error, Gpu, Result};
+
+/// Calibration rows per layer and pass used for the decision.
+const ROWS: usize = 256;
+
+/// One layer's measurement: the block size and the output errors without and with rotation.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision {
+    pub block: usize,
+    pub error_plain: f64,
+    pub error_rotated: f64,
+}
+
+impl Decision {
+    pub fn rotate(&self) -> bool {
+        self.block > 1 && self.error_rotated < self.error_plain
+    }
+}
+
+/// Σ (X·Wᵀ − X̂·Ŵᵀ)² with X̂ the per-token `act_bits` codes of `x` and Ŵ q4g32 of `w`.
+fn output_error(x: &[f32], w: &[f32], exact: &[f64], rows: usize, cols: usize, out: usize, act_bits: u32) -> Result<f64> {
+    let (codes, scales) = reference::quantize(x, rows, cols, ActInput::PerToken { bits: act_bits }, None)?;
+    let wq = PackedMatrix::quantize(w, out, cols, WeightFormat::Q4 { group: 32, zero_point: false })?.dequantize();
+    let mut err = 0.0;
+    for r in 0..rows {
+        let xr: Vec<f64> = (0..cols).map(|k| codes[r * cols + k] as f64 * scales[r] as f64).collect();
+        for n in 0..out {
+            let y: f64 = wq[n * cols..(n + 1) * cols].iter().zip(&xr).map(|(a, b)| *a as f64 * b).sum();
+            err += (y - exact[r * out + n]).powi(2);
+        }
+    }
+    Ok(err)
+}
+
+/// Measures every layer of `layers` that the kernel runs (`block Linears`: `chosen`), rotates
+/// the weights (W·H) and Hessians of those where rotation lowers the error, and returns every
+/// measurement by weight key.
+pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibration, hessians: &mut HashMap<String, Hessian>, act_bits: u32) -> Result<BTreeMap<String, Decision>> {
+    let node = |l: &Layer| l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string();
+    let nodes: Vec<String> = layers.iter().map(|l| node(l)).collect();
+    let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
+    model.visit_inputs(gpu, &model.weights, calib, &nodes, |n, x, shape| {
+        let width = *shape.last().unwrap_or(&1);
+        let step = (x.len() / width).div_ceil(ROWS).max(1);
+        rows.entry(n.to_string()).or_default().extend(x.chunks(width).step_by(step).flatten());
+        Ok(())
+    })?;
+    let mut out = BTreeMap::new();
+    for l in layers {
+        let (n_out, cols) = (l.rows(), l.cols());
+        let block = hadamard::block_for(cols);
+        let x = rows.get(&node(l)).ok_or_else(|| Error::Invalid(format!("{}: no calibration inputs for the rotation decision", l.key)))?;
+        let m = x.len() / cols;
+        let w = &model.weights.tensors[&l.key].data;
+        let exact: Vec<f64> = (0..m * n_out).map(|i| (0..cols).map(|k| x[i / n_out * cols + k] as f64 * w[i % n_out * cols + k] as f64).sum()).collect();
+        let error_plain = output_error(x, w, &exact, m, cols, n_out, act_bits)?;
+        let (xr, wr) = (hadamard::reference(x, cols, block)?, hadamard::reference(w, cols, block)?);
+        let error_rotated = if block > 1 { output_error(&xr, &wr, &exact, m, cols, n_out, act_bits)? } else { error_plain };
+        let d = Decision { block, error_plain, error_rotated };
+        if d.rotate() {
+            model.weights.tensors.get_mut(&l.key).unwrap().data = wr;
+            if let Some(h) = hessians.get_mut(&l.key) {
+                *h = h.rotated(block)?;
+            }
+        }
+        out.insert(l.key.clone(), d);
+    }
+    Ok(out)
+}
