@@ -109,7 +109,7 @@ fn bad_files(with: &Path, without: &Path) {
     let mut stages = c.clone();
     stages.stages = 2;
     std::fs::write(&bad, stages.to_bytes().unwrap()).unwrap();
-    fails(&["decompress", s(&bad), "--out", s(&out)], &["2 token stages"], &out);
+    fails(&["decompress", s(&bad), "--out", s(&out)], &["2 ids per position", "has 1"], &out);
     let mut shape = c.clone();
     shape.images[0].grid = [4, 4];
     std::fs::write(&bad, shape.to_bytes().unwrap()).unwrap();
