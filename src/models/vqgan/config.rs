@@ -170,6 +170,28 @@ pub struct DdConfig {
     pub tanh_out: bool,
 }
 
+impl DdConfig {
+    /// LlamaGen's network (and FQGAN's copy of it) in taming's terms: RGB in and out, attention
+    /// at the deepest level only (`image_size` halved per level), upsampling with a conv.
+    pub fn llamagen(ch: usize, ch_mult: Vec<usize>, num_res_blocks: usize, z_channels: usize, image_size: usize) -> DdConfig {
+        let latent = image_size >> (ch_mult.len().max(1) - 1);
+        DdConfig {
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions: vec![latent],
+            z_channels,
+            resolution: image_size,
+            out_ch: 3,
+            in_channels: 3,
+            double_z: false,
+            resamp_with_conv: true,
+            give_pre_end: false,
+            tanh_out: false,
+        }
+    }
+}
+
 fn three() -> usize {
     3
 }
@@ -235,25 +257,10 @@ impl VqganConfig {
         if dec.is_empty() {
             return Err(bad("llamagen_vq needs decoder_ch_mult".into()));
         }
-        let latent = f.image_size >> (dec.len() - 1);
         let c = VqganConfig {
             embed_dim: f.codebook_embed_dim,
             n_embed: f.codebook_size,
-            ddconfig: DdConfig {
-                ch: f.ch,
-                ch_mult: dec,
-                num_res_blocks: f.num_res_blocks,
-                // LlamaGen puts attention at the deepest level only.
-                attn_resolutions: vec![latent],
-                z_channels: f.z_channels,
-                resolution: f.image_size,
-                out_ch: 3,
-                in_channels: 3,
-                double_z: false,
-                resamp_with_conv: true,
-                give_pre_end: false,
-                tanh_out: false,
-            },
+            ddconfig: DdConfig::llamagen(f.ch, dec, f.num_res_blocks, f.z_channels, f.image_size),
             codebook_l2_norm: f.codebook_l2_norm,
             flavor: Flavor::LlamaGen,
             quantizer: QuantizerKind::Codebook,

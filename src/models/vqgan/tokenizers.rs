@@ -150,21 +150,7 @@ pub fn from_json(text: &str, source: &str) -> Result<VqganConfig> {
             if a.width > 1 << 16 || a.layers > 1024 || a.heads == 0 || !a.width.is_multiple_of(a.heads) || a.grid_size == 0 {
                 return Err(bad(format!("adapter width {} with {} heads, {} layers, grid {}: the width must split into the heads (at most 65536 wide, 1024 layers)", a.width, a.heads, a.layers, a.grid_size)));
             }
-            let dd = DdConfig {
-                ch: f.ch,
-                ch_mult: f.decoder_ch_mult,
-                num_res_blocks: f.num_res_blocks,
-                // LlamaGen (and FQGAN's copy of it) puts attention at the deepest level only.
-                attn_resolutions: vec![f.image_size >> (levels - 1)],
-                z_channels: f.z_channels,
-                resolution: f.image_size,
-                out_ch: 3,
-                in_channels: 3,
-                double_z: false,
-                resamp_with_conv: true,
-                give_pre_end: false,
-                tanh_out: false,
-            };
+            let dd = DdConfig::llamagen(f.ch, f.decoder_ch_mult, f.num_res_blocks, f.z_channels, f.image_size);
             let mut c = base(dd, f.codebook_embed_dim, f.codebook_size, Flavor::LlamaGen, QuantizerKind::Factorized { heads: f.sub_codebooks });
             c.codebook_l2_norm = f.codebook_l2_norm;
             let top = c.ddconfig.ch.checked_mul(c.ddconfig.ch_mult[levels - 1]);
