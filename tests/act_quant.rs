@@ -292,6 +292,36 @@ fn reparameterized_float_model_equals_the_original() {
 }
 
 #[test]
+fn adalog_post_gelu_shift_is_folded_into_fc2_bias() {
+    let gpu = common::gpu();
+    let model = Model::load(&common::fixture_dir("vit_tiny_test")).unwrap();
+    let calib = fixture_calibration(&model, 4);
+    let act = ActMethods { softmax: Some(Kind::AdaLog), gelu: Some(Kind::AdaLog), ..Default::default() };
+    let prepared = prepare(gpu, &model, &calib, 4, 4, act, 0).unwrap();
+    let mut shifted = 0;
+    for p in &prepared.points {
+        let Some(key) = &p.noise else { continue };
+        // Only fc2 (post-GELU) inputs get a shift, and it comes with the AdaLog quantizer.
+        assert!(p.node.ends_with("mlp.fc2") && matches!(p.quantizer, ActQuantizer::AdaLog { bits: 4, .. }), "{p:?}");
+        let shift = &prepared.weights.tensors[key].data;
+        assert!(shift.iter().all(|&c| c == shift[0] && c > 0.0), "{shift:?}");
+        // β' = β − W·c: the float function of fc2(x + c) is fc2(x).
+        let w = &model.weights.tensors[&format!("{}.weight", p.node)];
+        let (old, new) = (&model.weights.tensors[&format!("{}.bias", p.node)].data, &prepared.weights.tensors[&format!("{}.bias", p.node)].data);
+        for (r, row) in w.data.chunks(w.shape[1]).enumerate() {
+            let wc: f64 = row.iter().zip(shift).map(|(a, c)| (*a * *c) as f64).sum();
+            assert!((new[r] as f64 - (old[r] as f64 - wc)).abs() < 1e-4 * (1.0 + wc.abs()), "row {r}: {} vs {} − {wc}", new[r], old[r]);
+        }
+        shifted += 1;
+    }
+    // At 4 bits the shifted log grid beats the uniform one on both blocks of the fixture.
+    assert_eq!(shifted, 2, "{:?}", prepared.points);
+    // At 8 bits the uniform grid stays (fc2 then runs in the integer kernel).
+    let eight = prepare(gpu, &model, &calib, 8, 4, act, 0).unwrap();
+    assert!(eight.points.iter().all(|p| p.noise.is_none() && (p.node.ends_with(".attn") || matches!(p.quantizer, ActQuantizer::Uniform { .. }))), "{:?}", eight.points);
+}
+
+#[test]
 fn vit_refuses_bad_quantizer_descriptions() {
     let gpu = common::gpu();
     let model = Model::load(&common::fixture_dir("vit_tiny_test")).unwrap();

@@ -235,6 +235,35 @@ fn quantize_then_classify_round_trip() {
 }
 
 #[test]
+fn sequential_gptq_calibrates_the_blocks_in_order() {
+    let dir = scratch("sequential");
+    let calib = calibration_images(&dir, 6, 32);
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let reference = logits(&vit, &image, &dir.join("ref.safetensors"));
+    let out = dir.join("seq");
+    let (v, c, o) = (vit.to_str().unwrap(), calib.to_str().unwrap(), out.to_str().unwrap());
+    ok(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "sequential,gptq,clip", "--calib", c, "--calib-count", "6", "--seed", "3", "--out", o]);
+    let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+    assert_eq!(desc["methods"], "gptq+clip+sequential", "{desc}");
+    assert_eq!(desc["tensors"]["blocks.1.mlp.fc2.weight"]["method"], "gptq+clip+sequential", "{desc}");
+    let sqnr = lowbit::metrics::sqnr_db(&logits(&out, &image, &dir.join("q.safetensors")), &reference);
+    eprintln!("w4a16 sequential,gptq,clip: logits SQNR {sqnr:.1} dB");
+    assert!(sqnr > 12.0, "logits SQNR {sqnr} dB");
+    // Deterministic: the same bytes again.
+    let again = dir.join("again");
+    ok(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "sequential,gptq,clip", "--calib", c, "--calib-count", "6", "--seed", "3", "--out", again.to_str().unwrap()]);
+    assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(out.join("model.safetensors")).unwrap());
+    let bad = dir.join("bad");
+    let b = bad.to_str().unwrap();
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "sequential,clip", "--calib", c, "--out", b], &["sequential", "add gptq"], &bad);
+    refused(&["quantize", "--model", v, "--recipe", "w4a4", "--method", "dynamic,rotate,sequential,gptq", "--calib", c, "--out", b], &["sequential", "rotate"], &bad);
+    refused(&["quantize", "--model", v, "--recipe", "mixed:4.5", "--method", "sequential,gptq", "--calib", c, "--out", b], &["sequential", "mixed:4.5"], &bad);
+    let vq = fixture("vqgan_tiny_test");
+    refused(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w4a16", "--method", "sequential,gptq", "--calib", vq.join("io.safetensors").to_str().unwrap(), "--out", b], &["sequential", "classifiers"], &bad);
+}
+
+#[test]
 fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
     let dir = scratch("w8a8");
     let vit = fixture("vit_tiny_test");

@@ -1,7 +1,7 @@
 //! Static activation fake-quantization: every element is quantized with fixed (calibrated)
 //! parameters and dequantized again in place, so the f32 kernels that follow see exactly the
-//! values an integer kernel would. This is how the W6A6/W4A8/W4A4 recipes simulate their
-//! activations (only W8A8 has a real integer kernel, `kernels::w8a8`).
+//! values an integer kernel would. This is how the W6A6 recipe, and the W4A8/W4A4 inputs the
+//! integer kernel (`kernels::w4a8`, uniform grids only) cannot take, simulate their activations.
 //!
 //! The quantizers are those of the seed papers (docs/QUANTIZATION.md): per-tensor asymmetric
 //! uniform; log2 and log√2 (RepQ-ViT's post-softmax); AdaLog's base 2^(q/r); I&S-ViT's

@@ -5,7 +5,8 @@
 //!    (`repq.rs`, `smooth.rs`), which leaves the float model's function unchanged.
 //! 2. A float pass of the folded model ("parallel" calibration, as PTQ4ViT: every quantizer sees
 //!    float inputs) collects every block Linear's input and the attention probabilities, and
-//!    each quantizer is fitted on them (`actq::fit`); NoisyQuant searches its noise here.
+//!    each quantizer is fitted on them (`actq::fit`); NoisyQuant searches its noise, and AdaLog
+//!    its post-GELU shift (`gelu_shift`), here.
 //!
 //! The result is the folded weights plus the list of quantizers the checkpoint records.
 
@@ -15,7 +16,7 @@ use super::actq::{fit, per_channel, Kind};
 use crate::models::packed::QuantPoint;
 use super::calibrate::{Calibration, Model};
 use super::repq::{fold_attention_v, fold_layer_norm, repq_map};
-use super::{noisy, smooth};
+use super::{gelu_shift, noisy, smooth};
 use crate::kernels::act_quant::ActQuantizer;
 use crate::models::weights::WeightTensor;
 use crate::models::Weights;
@@ -185,13 +186,30 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
     for (i, (node, post_gelu)) in sites.linears.iter().enumerate() {
         let x = &inputs[node];
         let kind = if *post_gelu { m.gelu.unwrap_or(Kind::Uniform) } else { Kind::Uniform };
+        let bias_key = format!("{node}.bias");
         let quantizer = match repq_grids.get(node) {
             Some(q) => *q,
+            // AdaLog on fc2's input: the shift that makes GELU outputs non-negative moves into
+            // the bias (`gelu_shift`, below); without a bias to hold it, the plain uniform grid.
+            None if kind == Kind::AdaLog => fit(Kind::Uniform, act_bits, x)?,
             None => fit(kind, act_bits, x)?,
         };
         let mut point = QuantPoint { node: node.clone(), quantizer, noise: None };
-        let bias_key = format!("{node}.bias");
-        if m.noisy && kind == Kind::Uniform && w.tensors.contains_key(&bias_key) {
+        // At 8 bits the uniform grid already holds post-GELU values (measured: ±1 dB either
+        // way on the fixtures) and keeps fc2 in the integer kernel, so the shift is for ≤ 6.
+        if kind == Kind::AdaLog && act_bits <= 6 && w.tensors.contains_key(&bias_key) {
+            let cols = w.tensors[&format!("{node}.weight")].shape[1];
+            let sample = thin_rows(x, cols, SEARCH_ROWS);
+            if let Some((q, shift)) = gelu_shift::search(&sample, weight(&w, node)?, cols, act_bits, &quantizer)? {
+                let shift = vec![shift; cols];
+                let wt = w.tensors[&format!("{node}.weight")].data.clone();
+                noisy::fold_bias(&mut w.tensors.get_mut(&bias_key).unwrap().data, &wt, &shift);
+                let key = format!("{node}.act_noise");
+                w.tensors.insert(key.clone(), WeightTensor { shape: vec![cols], data: shift });
+                point = QuantPoint { node: node.clone(), quantizer: q, noise: Some(key) };
+            }
+        }
+        if m.noisy && point.noise.is_none() && matches!(point.quantizer, ActQuantizer::Uniform { .. }) && w.tensors.contains_key(&bias_key) {
             let cols = w.tensors[&format!("{node}.weight")].shape[1];
             let sample = thin_rows(x, cols, SEARCH_ROWS);
             // One noise seed per Linear: block × 16 + its place in the block.

@@ -102,6 +102,49 @@ impl Model {
         Ok(sites)
     }
 
+    /// A classifier's blocks in the order the forward pass runs them, as key prefixes
+    /// (`--method sequential` calibrates them one after the other).
+    pub fn block_prefixes(&self) -> Result<Vec<String>> {
+        match &self.family {
+            Family::Classifier(ClassifierConfig::Vit(c)) => Ok((0..c.depth).map(|n| format!("blocks.{n}")).collect()),
+            Family::Classifier(ClassifierConfig::Swin(c)) => {
+                let mut out = Vec::new();
+                for (i, s) in c.stages()?.iter().enumerate() {
+                    if i > 0 {
+                        out.push(format!("layers.{i}.downsample"));
+                    }
+                    out.extend((0..s.depth).map(|j| format!("layers.{i}.blocks.{j}")));
+                }
+                Ok(out)
+            }
+            Family::Vqgan(_) => invalid!("sequential calibration runs on classifiers (ViT, Swin), not on a VQGAN"),
+        }
+    }
+
+    /// Runs the model once with weights `a` and once with `b` on each calibration batch and
+    /// hands `visit` each layer's input rows under both: the same tokens, row for row.
+    pub fn paired_inputs(&self, gpu: &Gpu, a: &Weights, b: &Weights, calib: &Calibration, layers: &[&Layer], mut visit: impl FnMut(&Layer, &[f32], &[f32]) -> Result<()>) -> Result<()> {
+        let (model_a, model_b) = (self.build(gpu, a)?, self.build(gpu, b)?);
+        for batch in calib.batches()? {
+            let mut rows: [HashMap<&str, Vec<f32>>; 2] = Default::default();
+            for (model, rows) in [&model_a, &model_b].into_iter().zip(&mut rows) {
+                let plan = Plan::unshared(gpu, model.graph(batch.count(), calib)?)?;
+                batch.set(gpu, &plan)?;
+                plan.run(gpu)?;
+                for l in layers {
+                    if !rows.contains_key(l.node.as_str()) {
+                        let (inputs, output) = plan.node_values(&l.node)?;
+                        rows.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l)?);
+                    }
+                }
+            }
+            for l in layers {
+                visit(l, &rows[0][l.node.as_str()], &rows[1][l.node.as_str()])?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn has_encoder(&self) -> bool {
         matches!(self.family, Family::Vqgan(_)) && self.weights.contains("encoder.conv_in.weight")
     }

@@ -138,7 +138,7 @@ impl Default for GptqOptions {
 }
 
 /// Lower Cholesky factor of a symmetric positive definite `n×n` matrix, or None.
-fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+pub(super) fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..=i {

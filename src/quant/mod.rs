@@ -3,14 +3,16 @@
 //! mixed precision (`mixed`), calibration (`calibrate`) and the recipes tying them together
 //! (`recipe`). The static activation recipes (W6A6/W4A8/W4A4) add the quantizer list and its
 //! fits (`actq`), their calibration (`act_calib`) and the activation methods: RepQ-ViT
-//! (`repq`), SmoothQuant with bias (`smooth`), NoisyQuant (`noisy`), and SVDQuant's low-rank
-//! branch for the W4 ones (`svd`). `docs/QUANTIZATION.md`
+//! (`repq`), SmoothQuant with bias (`smooth`), NoisyQuant (`noisy`), AdaLog's post-GELU shift
+//! (`gelu_shift`), and SVDQuant's low-rank
+//! branch for the W4 ones (`svd`). GPTQ block after block (`sequential`). `docs/QUANTIZATION.md`
 //! describes each method and what it measured.
 
 pub mod act_calib;
 pub mod actq;
 pub mod calibrate;
 pub mod clip;
+pub mod gelu_shift;
 pub mod gptq;
 pub mod mixed;
 pub mod noisy;
@@ -18,6 +20,7 @@ pub mod recipe;
 pub mod repq;
 pub mod rotate;
 pub mod rtn;
+pub mod sequential;
 pub mod smooth;
 pub mod svd;
 

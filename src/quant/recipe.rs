@@ -82,11 +82,14 @@ pub struct Methods {
     pub dynamic: bool,
     /// QuaRot: block Linears store W·H and rotate their input by H at run time (with dynamic).
     pub rotate: bool,
+    /// GPTQ block after block on the quantized model's inputs, with an error-compensating
+    /// target (`quant::sequential`).
+    pub sequential: bool,
 }
 
 impl Methods {
     pub fn parse(list: &str) -> Result<Methods> {
-        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false };
+        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false, sequential: false };
         let mut rtn = false;
         for name in list.split(',').map(str::trim) {
             match name {
@@ -99,11 +102,12 @@ impl Methods {
                 "svdquant" => m.svdquant = true,
                 "dynamic" => m.dynamic = true,
                 "rotate" => m.rotate = true,
+                "sequential" => m.sequential = true,
                 "log2" => m.act.set_quantizers(Kind::Log2, None)?,
-                "adalog" => m.act.set_quantizers(Kind::AdaLog, None)?,
+                "adalog" => m.act.set_quantizers(Kind::AdaLog, Some(Kind::AdaLog))?,
                 "sulq" => m.act.set_quantizers(Kind::Sulq, Some(Kind::Sulq))?,
                 "twin" => m.act.set_quantizers(Kind::Twin { gelu: false }, Some(Kind::Twin { gelu: true }))?,
-                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq, svdquant; activations: {})", ACT_METHODS.join(", ")),
+                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq, sequential, svdquant; activations: {})", ACT_METHODS.join(", ")),
             }
         }
         if rtn && m.clip {
@@ -112,13 +116,19 @@ impl Methods {
         if m.act.repq && m.act.smooth {
             invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
         }
+        // AdaLog's post-GELU part needs a static fc2 input through the simulated path; with
+        // per-token or SVDQuant's integer kernel fc2's input is quantized there, and AdaLog
+        // keeps the post-softmax quantizer only.
+        if (m.dynamic || m.svdquant) && m.act.gelu == Some(Kind::AdaLog) {
+            m.act.gelu = None;
+        }
         Ok(m)
     }
 
     /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
     /// given whether calibration data was passed.
     pub fn default_for(calibrated: bool) -> Methods {
-        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false }
+        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, rotate: false, sequential: false }
     }
 
     /// The default of the activation recipes (calibration is required for them): the best
@@ -131,8 +141,10 @@ impl Methods {
     pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
         let dynamic = weight_bits == 4;
         let softmax = if dynamic && act_bits >= 8 { None } else { Some(Kind::AdaLog) };
-        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax, gelu: None, smooth: false };
-        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, rotate: dynamic && act_bits <= 4 }
+        // AdaLog's post-GELU shift goes with its post-softmax quantizer where fc2's input is static.
+        let gelu = if dynamic { None } else { softmax.filter(|k| *k == Kind::AdaLog) };
+        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax, gelu, smooth: false };
+        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, rotate: dynamic && act_bits <= 4, sequential: false }
     }
 
     pub fn name(&self) -> String {
@@ -153,6 +165,9 @@ impl Methods {
         if self.rotate {
             names.push("rotate");
         }
+        if self.sequential {
+            names.push("sequential");
+        }
         names.join("+")
     }
 
@@ -168,6 +183,17 @@ impl Methods {
             }
             if let Some(k) = self.act.gelu.filter(|k| *k != Kind::Uniform) {
                 invalid!("method svdquant: the integer kernel takes uniform input quantizers, and {k:?} (methods twin/sulq) quantizes fc2's input otherwise; drop it");
+            }
+        }
+        if self.sequential {
+            if !self.gptq {
+                invalid!("method sequential calibrates GPTQ block after block; add gptq");
+            }
+            if self.rotate || self.svdquant {
+                invalid!("method sequential re-targets each layer's float weight, which rotate and svdquant have already rewritten; drop one");
+            }
+            if matches!(recipe, Recipe::Mixed { .. }) {
+                invalid!("method sequential: recipe {} allocates bits from per-layer sensitivities of the float model; use a fixed recipe", recipe.name());
             }
         }
         if self.rotate && !self.dynamic {
@@ -261,6 +287,9 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let mut model = Model::load(model_path)?;
     if model.is_quantized()? {
         invalid!("model {}: already quantized by lowbit quantize; quantize the f32 original instead", model_path.display());
+    }
+    if methods.sequential && !matches!(model.family, Family::Classifier(_)) {
+        invalid!("method sequential runs on classifiers (ViT, Swin); a VQGAN's blocks are not calibrated in order");
     }
     match (&recipe, &model.family) {
         (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Classifier(_)) => {}
@@ -359,7 +388,18 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         progress.tick();
         Ok((m.map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?, used))
     };
-    let results = parallel_map(&layers, quantize_layer);
+    let results = match &calib {
+        Some(c) if methods.sequential => {
+            let gptq_layer = |l: &Layer, w: &[f32], h: &Hessian| quantize_matrix(w, l.rows(), l.cols(), formats[&l.key], methods, Some(h));
+            let mut done = super::sequential::quantize(gpu, &model, &layers, c, GptqOptions::default().damp, |l, w, h| {
+                let m = gptq_layer(l, w, h);
+                progress.tick();
+                m
+            })?;
+            layers.iter().map(|l| Ok((done.remove(&l.key).expect("every layer quantized"), methods))).collect()
+        }
+        _ => parallel_map(&layers, quantize_layer),
+    };
     for (l, result) in layers.iter().zip(results) {
         let (m, used) = result?;
         let format = formats[&l.key];
@@ -508,7 +548,7 @@ fn activation_recipe_format(key: &str, weight_bits: u32) -> WeightFormat {
 }
 
 /// `f` over `items` on up to `available_parallelism` threads, results in `items`' order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(super) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
