@@ -52,6 +52,9 @@ CELLS = [
     ("w4a8", "dynamic,clip,gptq", ALL),
     ("w4a4", "smoothq,noisy,adalog,clip,gptq", OUTLIERS),
     ("w6a6", "", OUTLIERS),
+    # 2026-12-06: block-sequential GPTQ (run with --calib-count 32 and 64: it needs the rows).
+    ("w4a16", "sequential,gptq,clip", ALL),
+    ("w4a8", "dynamic,sequential,gptq,clip", ALL),
 ]
 
 
@@ -70,6 +73,7 @@ def main():
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--markdown", action="store_true", help="only print the table of --out")
     ap.add_argument("--subsets", action="store_true", help="make /tmp/digits/test50 and /tmp/photo-data/test60 first")
+    ap.add_argument("--cells", help="only these cells, e.g. 'w4a16:gptq,clip;w4a16:sequential,gptq,clip' ('w6a6:' for a default)")
     args = ap.parse_args()
     done = {}
     if os.path.exists(args.out):
@@ -82,7 +86,10 @@ def main():
         make_subsets()
     env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
     os.makedirs(args.work, exist_ok=True)
-    for recipe, method, models in CELLS:
+    cells = CELLS
+    if args.cells:
+        cells = [(c.split(":", 1)[0], c.split(":", 1)[1], ALL) for c in args.cells.split(";")]
+    for recipe, method, models in cells:
         for name in args.models.split(","):
             if name not in models or (name, recipe, method) in done:
                 continue
