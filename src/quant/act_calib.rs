@@ -201,12 +201,7 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
             let cols = w.tensors[&format!("{node}.weight")].shape[1];
             let sample = thin_rows(x, cols, SEARCH_ROWS);
             if let Some((q, shift)) = gelu_shift::search(&sample, weight(&w, node)?, cols, act_bits, &quantizer)? {
-                let shift = vec![shift; cols];
-                let wt = w.tensors[&format!("{node}.weight")].data.clone();
-                noisy::fold_bias(&mut w.tensors.get_mut(&bias_key).unwrap().data, &wt, &shift);
-                let key = format!("{node}.act_noise");
-                w.tensors.insert(key.clone(), WeightTensor { shape: vec![cols], data: shift });
-                point = QuantPoint { node: node.clone(), quantizer: q, noise: Some(key) };
+                point = QuantPoint { node: node.clone(), quantizer: q, noise: Some(fold_input_offset(&mut w, node, vec![shift; cols])) };
             }
         }
         if m.noisy && point.noise.is_none() && matches!(point.quantizer, ActQuantizer::Uniform { .. }) && w.tensors.contains_key(&bias_key) {
@@ -215,11 +210,7 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
             // One noise seed per Linear: block × 16 + its place in the block.
             let site_seed = seed ^ ((i / 4) * 16 + i % 4) as u64;
             if let Some(found) = noisy::search(&sample, weight(&w, node)?, cols, &quantizer, site_seed)? {
-                let wt = w.tensors[&format!("{node}.weight")].data.clone();
-                noisy::fold_bias(&mut w.tensors.get_mut(&bias_key).unwrap().data, &wt, &found.noise);
-                let key = format!("{node}.act_noise");
-                w.tensors.insert(key.clone(), WeightTensor { shape: vec![cols], data: found.noise });
-                point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(key) };
+                point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(fold_input_offset(&mut w, node, found.noise)) };
             }
         }
         points.push(point);
@@ -235,6 +226,18 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
         }
     }
     Ok(Prepared { weights: w, points })
+}
+
+/// Records a per-channel offset added to `node`'s input before its quantizer (NoisyQuant's
+/// noise, AdaLog's post-GELU shift): the Linear's bias takes −W·offset, so the float function
+/// is unchanged, and the checkpoint keeps the offset as `{node}.act_noise`, whose key this
+/// returns. The caller has checked that the Linear has a bias.
+fn fold_input_offset(w: &mut Weights, node: &str, offset: Vec<f32>) -> String {
+    let wt = w.tensors[&format!("{node}.weight")].data.clone();
+    noisy::fold_bias(&mut w.tensors.get_mut(&format!("{node}.bias")).unwrap().data, &wt, &offset);
+    let key = format!("{node}.act_noise");
+    w.tensors.insert(key.clone(), WeightTensor { shape: vec![offset.len()], data: offset });
+    key
 }
 
 /// The post-softmax quantizer. A uniform grid at 8 bits or more covers all of [0, 1]: an MSE

@@ -390,9 +390,8 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     };
     let results = match &calib {
         Some(c) if methods.sequential => {
-            let gptq_layer = |l: &Layer, w: &[f32], h: &Hessian| quantize_matrix(w, l.rows(), l.cols(), formats[&l.key], methods, Some(h));
             let mut done = super::sequential::quantize(gpu, &model, &layers, c, GptqOptions::default().damp, |l, w, h| {
-                let m = gptq_layer(l, w, h);
+                let m = quantize_matrix(w, l.rows(), l.cols(), formats[&l.key], methods, Some(h));
                 progress.tick();
                 m
             })?;
