@@ -1,9 +1,12 @@
 // W4A8 / W4A4: 4-bit group-wise weights (q4gG, symmetric, code − 8) times 8-bit or 4-bit
 // integer activations, with exact integer dot products inside each scale group of K:
-//   out[m, n] = sx[m] · Σ_g sw[n, g] · (Σ_{k∈g} xc[m, k] · wc[n, k] + dz · Σ_{k∈g} wc[n, k]) + bias[n]
-// where xc = activation code − 2^(bits−1) (signed, fits int8) and dz = 2^(bits−1) − zero folds
-// an asymmetric static quantizer's zero point back in (Σ wc per group is precomputed). The
-// group sum stays an i32 (|Σ| ≤ 128 · 128 · 8) and is scaled once per group in f32.
+//   out[m, n] = sx[m] · Σ_g sw[n, g] · (Σ_{k∈g} xc[m, k] · wc[n, k] + dz[m] · Σ_{k∈g} wc[n, k]) + bias[n]
+// where xc = activation code − 2^(bits−1) (signed, fits int8) and dz[m] = 2^(bits−1) − zero[m]
+// folds an asymmetric quantizer's zero point back in (Σ wc per group is precomputed); each
+// activation row carries (sx, dz): dz is 0 for symmetric per-token codes, the same for every
+// row under a static quantizer, the row's own under an asymmetric per-token one. The group sum
+// stays an i32 (|Σ| ≤ 128 · 128 · 8), dz · Σ wc is an integer too, so f32 holds the group's
+// total exactly, and it is scaled once per group.
 //
 // Both operands are unpacked to int8 words in registers: a weight word holds codes k0..k7 as
 // nibbles; `nib_lo` gives (k0, k2, k4, k6) and `nib_hi` (k1, k3, k5, k7) as int8 bytes. 8-bit
@@ -11,8 +14,9 @@
 // nibbles like the weights (one word per 8 codes, unpacked the same way), so the products
 // pair up without shuffles.
 //
-// Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per-token absmax,
-// symmetric, int8 or with A4 int4; else the static uniform quantizer of the checkpoint; NOISE adds NoisyQuant's noise
+// Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per token, symmetric
+// absmax, or with ASYM asymmetric min/max with a zero point per row; else the static uniform
+// quantizer of the checkpoint; NOISE adds NoisyQuant's noise
 // first; A4 packs 4-bit codes); otherwise the GEMMs (`gemm` for CPU adapters and GEMV,
 // `gemm_workgroup` for GPUs): PACKED_DOT uses dot4I8Packed, else bytes
 // are sign-extended and multiplied in i32; GEMV computes one activation row per tile; GELU
@@ -36,8 +40,8 @@ struct Params {
     groups: u32,      // GEMM: scale groups per weight row
     group_vecs: u32,  // GEMM: weight vec4s per group (G / 32)
     scale: f32,       // quantize (static): activation scale
-    zero: f32,        // quantize (static): zero code; GEMM: dz = 2^(bits−1) − zero
-    top: f32,         // quantize: largest code, 2^bits − 1 (static) or 2^(bits−1) − 1 (DYNAMIC)
+    zero: f32,        // quantize (static): zero code
+    top: f32,         // quantize: largest code, 2^bits − 1, or 2^(bits−1) − 1 when symmetric
     offset: f32,      // quantize: 2^(bits−1), subtracted from the codes
     rank: u32,        // GEMM with LOW_RANK: columns of t
 }
@@ -60,15 +64,16 @@ fn nib_hi(w: u32) -> u32 {
 #if NOISE
 @group(0) @binding(2) var<storage, read> noise: array<f32>;
 @group(0) @binding(3) var<storage, read_write> codes: array<u32>;
-@group(0) @binding(4) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(4) var<storage, read_write> scales: array<vec2<f32>>;
 #else
 @group(0) @binding(2) var<storage, read_write> codes: array<u32>;
-@group(0) @binding(3) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(3) var<storage, read_write> scales: array<vec2<f32>>;
 #endif
 
 override WG: u32 = 64u;
 #include grid
-var<workgroup> partial_max: array<f32, WG>;
+var<workgroup> partial_lo: array<f32, WG>;
+var<workgroup> partial_hi: array<f32, WG>;
 
 fn input(base: u32, k: u32) -> f32 {
 #if NOISE
@@ -79,15 +84,20 @@ fn input(base: u32, k: u32) -> f32 {
 }
 
 // The signed code of one value: exactly the CPU reference's f32 operations (and, for the
-// static quantizer, `aq_apply`'s), so codes match the simulated quantizer's.
-fn code(v: f32, scale: f32) -> i32 {
-#if DYNAMIC
+// static quantizer, `aq_apply`'s), so codes match the simulated quantizer's. `zero` is the
+// zero code of an asymmetric quantizer (unused when symmetric).
+fn code(v: f32, scale: f32, zero: f32) -> i32 {
     if scale == 0.0 {
         return 0;
     }
+#if DYNAMIC
+#if !ASYM
     return i32(clamp(round(v / scale), -p.top, p.top));
 #else
-    return i32(clamp(round(v / scale) + p.zero, 0.0, p.top) - p.offset);
+    return i32(clamp(round(v / scale) + zero, 0.0, p.top) - p.offset);
+#endif
+#else
+    return i32(clamp(round(v / scale) + zero, 0.0, p.top) - p.offset);
 #endif
 }
 
@@ -110,19 +120,36 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let nblocks = blocks / per_block;
 
 #if DYNAMIC
-    var amax = 0.0;
+    // The row's range, widened to hold 0 (so 0 has an exact code).
+    var lo = 0.0;
+    var hi = 0.0;
     for (var k = lid; k < p.cols; k += WG) {
-        amax = max(amax, abs(input(base, k)));
+        let v = input(base, k);
+        lo = min(lo, v);
+        hi = max(hi, v);
     }
-    partial_max[lid] = amax;
+    partial_lo[lid] = lo;
+    partial_hi[lid] = hi;
     workgroupBarrier();
     for (var i = 0u; i < WG; i++) {
-        amax = max(amax, partial_max[i]);
+        lo = min(lo, partial_lo[i]);
+        hi = max(hi, partial_hi[i]);
     }
+#if ASYM
+    // p.top = 2^bits − 1 steps over [lo, hi]; the zero code maps 0 exactly.
+    let scale = (hi - lo) / p.top;
+    var zero = p.offset;
+    if scale != 0.0 {
+        zero = round(-lo / scale);
+    }
+#else
     // p.top = 2^(bits−1) − 1: 127 for int8 codes, 7 for int4 ones.
-    let scale = amax / p.top;
+    let scale = max(hi, -lo) / p.top;
+    let zero = p.offset;
+#endif
 #else
     let scale = p.scale;
+    let zero = p.zero;
 #endif
 
     for (var b = lid; b < nblocks; b += WG) {
@@ -131,7 +158,7 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             let k = 8u * b + j;
             c[j] = 0;
             if k < p.cols {
-                c[j] = code(input(base, k), scale);
+                c[j] = code(input(base, k), scale, zero);
             }
         }
         if live {
@@ -154,12 +181,14 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     if live && lid == 0u {
-        scales[r] = scale;
+        // (sx, dz): what the GEMM multiplies by and adds back per weight code.
+        scales[r] = vec2<f32>(scale, p.offset - zero);
     }
 }
 #else
 @group(0) @binding(1) var<storage, read> x_codes: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> x_scales: array<f32>;
+// Per activation row: (scale, dz).
+@group(0) @binding(2) var<storage, read> x_scales: array<vec2<f32>>;
 // Weight rows padded with zero words to whole vec4s (32 codes), `w_vecs` per row.
 @group(0) @binding(3) var<storage, read> w_data: array<vec4<u32>>;
 // Per output channel and group of this part: (scale, Σ codes of the group).
@@ -218,7 +247,7 @@ fn dot32(w: Op32, x: Op32) -> i32 {
 
 // Rescale, add the bias and the low-rank branch, apply the fused activation, store.
 fn store(m: u32, c: u32, acc: f32) {
-    var v = acc * x_scales[m] + bias[c];
+    var v = acc * x_scales[m].x + bias[c];
 #if LOW_RANK
     var lr = 0.0;
     for (var r = 0u; r < p.rank; r++) {
@@ -248,9 +277,12 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var m0 = wg.y * ROWS_PER_WG; m0 < row_end; m0 += TM) {
         var acc: array<vec4<f32>, TM>;
         var x_base: array<u32, TM>;
+        var dz: array<f32, TM>;
         for (var i = 0u; i < TM; i++) {
             acc[i] = vec4<f32>(0.0);
-            x_base[i] = min(m0 + i, p.rows - 1u) * p.x_vecs;
+            let m = min(m0 + i, p.rows - 1u);
+            x_base[i] = m * p.x_vecs;
+            dz[i] = x_scales[m].y;
         }
         for (var g = 0u; g < p.groups; g++) {
             var iacc: array<vec4<i32>, TM>;
@@ -273,14 +305,14 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             // The group's integer sums, exact, scaled once (the zero-point term is an integer
             // too: f32 holds it exactly).
             var s: vec4<f32>;
-            var z: vec4<f32>;
+            var wsum: vec4<f32>;
             for (var j = 0u; j < 4u; j++) {
                 let gp = w_groups[g_base[j] + g];
                 s[j] = gp.x;
-                z[j] = gp.y * p.zero;
+                wsum[j] = gp.y;
             }
             for (var i = 0u; i < TM; i++) {
-                acc[i] += s * (vec4<f32>(iacc[i]) + z);
+                acc[i] += s * (vec4<f32>(iacc[i]) + wsum * dz[i]);
             }
         }
         for (var i = 0u; i < TM; i++) {
@@ -336,6 +368,10 @@ fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     // [2i + h]: row m0 + ty·RM + i, channels n0 + tx·RN + 4h .. + 4.
     var iacc: array<vec4<i32>, 16>;
     var acc: array<vec4<f32>, 16>;
+    var dz: array<f32, 8>;
+    for (var i = 0u; i < RM; i++) {
+        dz[i] = x_scales[min(m0 + ty * RM + i, p.rows - 1u)].y;
+    }
     for (var k0 = 0u; k0 < words; k0 += BKW) {
         for (var i = lid; i < BM * BKW; i += WG) {
             let mm = i / BKW;
@@ -380,15 +416,15 @@ fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
                 let g = k / group_words;
                 for (var h = 0u; h < RN / 4u; h++) {
                     var s: vec4<f32>;
-                    var z: vec4<f32>;
+                    var wsum: vec4<f32>;
                     for (var j = 0u; j < 4u; j++) {
                         let c = min(n0 + tx * RN + 4u * h + j, p.cols - 1u);
                         let gp = w_groups[c * p.groups + g];
                         s[j] = gp.x;
-                        z[j] = gp.y * p.zero;
+                        wsum[j] = gp.y;
                     }
                     for (var i = 0u; i < RM; i++) {
-                        acc[2u * i + h] += s * (vec4<f32>(iacc[2u * i + h]) + z);
+                        acc[2u * i + h] += s * (vec4<f32>(iacc[2u * i + h]) + wsum * dz[i]);
                         iacc[2u * i + h] = vec4<i32>(0);
                     }
                 }

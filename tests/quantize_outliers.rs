@@ -143,6 +143,8 @@ fn dynamic_and_rotated_w4_checkpoints_run_on_the_outlier_fixture() {
     for (recipe, method, runtime, min_cos) in [
         ("w4a8", "dynamic,adalog,clip", "int8_per_token", 0.99),
         ("w4a4", "dynamic,rotate,adalog,clip", "int4_per_token", 0.9),
+        // A zero point per row (the w4a4 default): the kernel's ASYM quantizer.
+        ("w4a4", "dynamic,asymmetric,rotate,adalog,clip", "int4_per_token_asymmetric", 0.9),
     ] {
         let out = dir.join(format!("{recipe}-{}", method.replace(',', "_")));
         common::lowbit_ok(&[
@@ -163,8 +165,8 @@ fn dynamic_and_rotated_w4_checkpoints_run_on_the_outlier_fixture() {
         eprintln!("outlier-ln {recipe} {method}: logits cosine {cos:.5}");
         assert!(cos > min_cos, "{recipe} {method}: cosine {cos}");
     }
-    // Refused before any work: rotate without dynamic, dynamic with noisy or on w8a8.
-    for (recipe, method, words) in [("w4a4", "rotate,clip", "add dynamic"), ("w4a8", "dynamic,noisy", "noisy"), ("w8a8", "dynamic", "w4a8 or w4a4")] {
+    // Refused before any work: rotate or asymmetric without dynamic, dynamic with noisy or on w8a8.
+    for (recipe, method, words) in [("w4a4", "rotate,clip", "add dynamic"), ("w4a4", "asymmetric,clip", "add dynamic"), ("w4a8", "dynamic,noisy", "noisy"), ("w8a8", "dynamic", "w4a8 or w4a4")] {
         let out = dir.join("refused");
         let o = common::lowbit(&["quantize", "--model", model.to_str().unwrap(), "--recipe", recipe, "--method", method, "--calib", calib_dir().to_str().unwrap(), "--out", out.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);

@@ -14,12 +14,15 @@ use lowbit::Gpu;
 const Q4G64: WeightFormat = WeightFormat::Q4 { group: 64, zero_point: false };
 
 
-const ACTS: [ActInput; 4] = [
-    ActInput::PerToken { bits: 8 },
+const ACTS: [ActInput; 6] = [
+    ActInput::PerToken { bits: 8, zero_point: false },
     ActInput::Static { bits: 8, scale: 6.0 / 255.0, zero: 121.0 },
     ActInput::Static { bits: 4, scale: 1.6 / 15.0, zero: 7.0 },
     // W4A4 with dynamic per-token int4 codes (`--method dynamic`).
-    ActInput::PerToken { bits: 4 },
+    ActInput::PerToken { bits: 4, zero_point: false },
+    // The same with a zero point per row (`--method dynamic,asymmetric`).
+    ActInput::PerToken { bits: 4, zero_point: true },
+    ActInput::PerToken { bits: 8, zero_point: true },
 ];
 
 fn quantize_on_gpu(gpu: &Gpu, x: &[f32], m: usize, k: usize, act: ActInput, noise: Option<&[f32]>) -> IntActivations {
@@ -48,17 +51,23 @@ fn activation_codes_match_the_reference() {
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     if g != w {
                         let v = x[i] + noise.map_or(0.0, |n| n[i % k]);
-                        let t = v / want_scales[i / k];
+                        let t = v / want_scales[i / k][0];
                         assert!((*g as i32 - *w as i32).abs() == 1 && ((t.abs().fract() - 0.5).abs() < 1e-3), "{path} {act:?} {m}×{k} [{i}]: {g} vs {w}");
                     }
                 }
                 let scales = xq.scales.to_vec_f32(gpu).unwrap();
-                for (s, w) in scales.iter().zip(&want_scales) {
-                    assert!((s - w).abs() <= 1e-6 * w.abs(), "{path} {act:?}: scale {s} vs {w}");
+                for (s, w) in scales.chunks(2).zip(&want_scales) {
+                    assert!((s[0] - w[0]).abs() <= 1e-6 * w[0].abs(), "{path} {act:?}: scale {} vs {}", s[0], w[0]);
+                    assert_eq!(s[1], w[1], "{path} {act:?}: zero-point shift");
                 }
             }
         }
     }
+}
+
+/// (scale, dz) per row, as `IntActivations::scales` holds them.
+fn row_scales(flat: &[f32]) -> Vec<[f32; 2]> {
+    flat.chunks(2).map(|c| [c[0], c[1]]).collect()
 }
 
 /// The whole layer (quantize + GEMM + low-rank branch) against the reference fed the GPU's own
@@ -79,9 +88,9 @@ fn check_layer(path: &str, gpu: &Gpu, m: usize, k: usize, n: usize, act: ActInpu
     w4_forward(gpu, &mut enc, &layer, &xt, &scratch, &out).unwrap();
     gpu.submit(enc).unwrap();
     let codes = reference::unpack(&scratch.x.codes.to_vec_u32(gpu).unwrap(), m, k, act.storage_bits());
-    let scales = scratch.x.scales.to_vec_f32(gpu).unwrap();
+    let scales = row_scales(&scratch.x.scales.to_vec_f32(gpu).unwrap());
     let low_rank = (rank > 0).then(|| reference::LowRankRef { rank, down: &down, up: &up, x: &x });
-    let want = reference::gemm(&codes, &scales, m, &w, Some(&bias), act, false, low_rank).unwrap();
+    let want = reference::gemm(&codes, &scales, m, &w, Some(&bias), false, low_rank).unwrap();
     assert_nmse(&format!("{path} {m}×{k}×{n} {act:?} rank {rank}"), &out.to_vec_f32(gpu).unwrap(), &want, 1e-10);
 }
 
@@ -93,6 +102,10 @@ fn layer_matches_the_reference_under_every_plan_on_odd_shapes() {
         check_layer(path, gpu, 3, 1155, 97, ACTS[2], 7);
         check_layer(path, gpu, 21, 200, 261, ACTS[1], 16);
         check_layer(path, gpu, 21, 200, 261, ACTS[3], 0);
+        // Zero points per row: every row's own dz in both GEMMs.
+        check_layer(path, gpu, 1, 1155, 97, ACTS[4], 0);
+        check_layer(path, gpu, 21, 200, 261, ACTS[4], 0);
+        check_layer(path, gpu, 70, 200, 261, ACTS[5], 5);
     }
 }
 
@@ -102,16 +115,16 @@ fn bad_input_is_refused_with_a_clear_error() {
     let w = random(8 * 64, 1, 0.1);
     let err = |r: lowbit::Result<W4Linear>| r.err().map(|e| e.to_string()).unwrap_or_default();
     let q8 = PackedMatrix::quantize(&w, 8, 64, WeightFormat::Q8 { group: None }).unwrap();
-    assert!(err(W4Linear::new(gpu, &q8, None, ActInput::PerToken { bits: 8 })).contains("q4g32"));
+    assert!(err(W4Linear::new(gpu, &q8, None, ActInput::PerToken { bits: 8, zero_point: false })).contains("q4g32"));
     let q4z = PackedMatrix::quantize(&w, 8, 64, WeightFormat::Q4 { group: 32, zero_point: true }).unwrap();
-    assert!(err(W4Linear::new(gpu, &q4z, None, ActInput::PerToken { bits: 8 })).contains("symmetric"));
+    assert!(err(W4Linear::new(gpu, &q4z, None, ActInput::PerToken { bits: 8, zero_point: false })).contains("symmetric"));
     let q4 = PackedMatrix::quantize(&w, 8, 64, WeightFormat::Q4 { group: 32, zero_point: false }).unwrap();
     assert!(err(W4Linear::new(gpu, &q4, None, ActInput::Static { bits: 9, scale: 0.1, zero: 0.0 })).contains("2 to 8"));
     assert!(err(W4Linear::new(gpu, &q4, None, ActInput::Static { bits: 8, scale: 0.0, zero: 0.0 })).contains("scale"));
     assert!(err(W4Linear::new(gpu, &q4, None, ActInput::Static { bits: 4, scale: 0.1, zero: 16.0 })).contains("zero"));
-    assert!(err(W4Linear::new(gpu, &q4, Some(&[0.0; 3]), ActInput::PerToken { bits: 8 })).contains("bias"));
-    assert!(err(W4Linear::new(gpu, &q4, None, ActInput::PerToken { bits: 1 })).contains("2 to 8"));
-    let layer = || W4Linear::new(gpu, &q4, None, ActInput::PerToken { bits: 8 }).unwrap();
+    assert!(err(W4Linear::new(gpu, &q4, Some(&[0.0; 3]), ActInput::PerToken { bits: 8, zero_point: false })).contains("bias"));
+    assert!(err(W4Linear::new(gpu, &q4, None, ActInput::PerToken { bits: 1, zero_point: false })).contains("2 to 8"));
+    let layer = || W4Linear::new(gpu, &q4, None, ActInput::PerToken { bits: 8, zero_point: false }).unwrap();
     assert!(err(layer().with_low_rank(gpu, &[], &[], 0)).contains("rank 0"));
     assert!(err(layer().with_low_rank(gpu, &vec![0.0; 9 * 64], &[0.0; 72], 9)).contains("1 to 8"));
     assert!(err(layer().with_noise(Tensor::from_f32(gpu, &[3], &[0.0; 3]).unwrap())).contains("noise"));
@@ -151,7 +164,7 @@ fn hadamard_rotation_matches_the_reference_and_keeps_the_product() {
     let w = random(n * k, 12, 0.08);
     let wh = hadamard::reference(&w, k, hadamard::block_for(k)).unwrap();
     let packed = PackedMatrix::quantize(&wh, n, k, Q4G64).unwrap();
-    let layer = W4Linear::new(gpu, &packed, None, ActInput::PerToken { bits: 8 }).unwrap().with_hadamard(hadamard::block_for(k)).unwrap();
+    let layer = W4Linear::new(gpu, &packed, None, ActInput::PerToken { bits: 8, zero_point: false }).unwrap().with_hadamard(hadamard::block_for(k)).unwrap();
     let scratch = W4Scratch::new(gpu, &layer, m).unwrap();
     let xt = Tensor::from_f32(gpu, &[m, k], &x).unwrap();
     let out = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
@@ -160,7 +173,7 @@ fn hadamard_rotation_matches_the_reference_and_keeps_the_product() {
     gpu.submit(enc).unwrap();
     let got = out.to_vec_f32(gpu).unwrap();
     let codes = reference::unpack(&scratch.x.codes.to_vec_u32(gpu).unwrap(), m, k, 8);
-    let want = reference::gemm(&codes, &scratch.x.scales.to_vec_f32(gpu).unwrap(), m, &packed, None, layer.act, false, None).unwrap();
+    let want = reference::gemm(&codes, &row_scales(&scratch.x.scales.to_vec_f32(gpu).unwrap()), m, &packed, None, false, None).unwrap();
     assert_nmse("rotated w4a8 layer", &got, &want, 1e-10);
     // Against x · Ŵᵀ in f32, Ŵ the stored 4-bit weights rotated back ((Ŵ·H)·H = Ŵ): what is
     // left is the int8 per-token activation error of the rotated x.
@@ -168,5 +181,5 @@ fn hadamard_rotation_matches_the_reference_and_keeps_the_product() {
     let exact: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[i / n * k + c] * back[i % n * k + c]).sum()).collect();
     assert_nmse("rotated w4a8 layer vs f32 x·Ŵᵀ", &got, &exact, 1e-3);
     // Refused: a block that does not divide the width, and rotation beside noise.
-    assert!(W4Linear::new(gpu, &packed, None, ActInput::PerToken { bits: 8 }).unwrap().with_hadamard(256).is_err());
+    assert!(W4Linear::new(gpu, &packed, None, ActInput::PerToken { bits: 8, zero_point: false }).unwrap().with_hadamard(256).is_err());
 }

@@ -18,6 +18,7 @@ CELLS=(
   "w4a8:dynamic,adalog,gptq,clip"
   "w4a4:repq,noisy,adalog,gptq,clip"
   "w4a4:dynamic,rotate,repq,adalog,gptq,clip"
+  "w4a4:dynamic,asymmetric,rotate,repq,adalog,gptq,clip"
 )
 bench() {  # name folder
   for plan in auto gpu; do

@@ -55,6 +55,10 @@ CELLS = [
     # 2026-12-06: block-sequential GPTQ (run with --calib-count 32 and 64: it needs the rows).
     ("w4a16", "sequential,gptq,clip", ALL),
     ("w4a8", "dynamic,sequential,gptq,clip", ALL),
+    # 2026-12-06: per-token codes with a zero point per row (the w4a4 default since).
+    ("w4a4", "dynamic,asymmetric,rotate,repq,adalog,clip,gptq", ALL),
+    ("w4a4", "dynamic,asymmetric,repq,adalog,clip,gptq", ALL),
+    ("w4a8", "dynamic,asymmetric,clip,gptq", ALL),
 ]
 
 
@@ -140,9 +144,13 @@ def kernel(recipe, method):
         return "packed q4 × f32 (`matmul`)"
     if recipe == "w6a6":
         return "packed q8 × f32 + simulated `act_quant`"
+    if not m and recipe in ("w4a8", "w4a4"):
+        # The defaults (quant::recipe::Methods::default_for_activations).
+        m = ["dynamic", "asymmetric"] + (["rotate"] if recipe == "w4a4" else [])
     if "dynamic" in m:
         rot = "rotate" in m
-        return ("`kernels::hadamard` + " if rot else "") + f"`kernels::w4a8` DYNAMIC ({recipe[-1]}-bit per token)"
+        zero = ", zero point per row" if "asymmetric" in m else ""
+        return ("`kernels::hadamard` + " if rot else "") + f"`kernels::w4a8` DYNAMIC ({recipe[-1]}-bit per token{zero})"
     return f"`kernels::w4a8` static ({recipe[-1]}-bit per tensor)"
 
 

@@ -18,11 +18,13 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "RECIPE")]
     pub recipe: String,
     /// Comma list of rtn, clip, gptq, sequential (weights) and, for w6a6/w4a8/w4a4, repq, smoothq, noisy,
-    /// log2, adalog, sulq, twin, dynamic, rotate (activations). Default: clip, plus gptq when
-    /// --calib is given; w4a8 dynamic,gptq,clip; w4a4 dynamic,rotate,repq,adalog,gptq,clip;
+    /// log2, adalog, sulq, twin, dynamic, asymmetric, rotate (activations). Default: clip, plus
+    /// gptq when --calib is given; w4a8 dynamic,asymmetric,gptq,clip; w4a4
+    /// dynamic,asymmetric,rotate,repq,adalog,gptq,clip;
     /// w6a6 repq,adalog,clip (w4: the best measured on the outlier fixtures, docs/QUANTIZATION.md).
     /// svdquant (w4a8/w4a4) adds SVDQuant's low-rank branch (--rank); dynamic (w4a8/w4a4)
-    /// quantizes the block Linears' inputs per token at run time instead of with static scales;
+    /// quantizes the block Linears' inputs per token at run time instead of with static scales
+    /// (symmetric; asymmetric adds a zero point per row);
     /// sequential (with gptq, classifiers) quantizes block after block on the quantized model's
     /// inputs, with the float outputs as target (gains with 64+ calibration images).
     #[arg(long, value_name = "LIST")]

@@ -2,9 +2,10 @@
 //! int4 activation codes, with exact i32 dot products inside each scale group of K, scaled
 //! once per group in f32 (`shaders/w4a8.wgsl` gives the formula):
 //!
-//! - activations are quantized on the GPU just before the GEMM, either per token (dynamic
-//!   absmax int8, like W8A8) or with a static uniform quantizer calibrated by `lowbit quantize`
-//!   (any width 2..=8; ≤ 4 bits are stored 8 codes per word), NoisyQuant's noise added first;
+//! - activations are quantized on the GPU just before the GEMM, either per token (dynamic:
+//!   symmetric absmax like W8A8, or asymmetric min/max with a zero point per row) or with a
+//!   static uniform quantizer calibrated by `lowbit quantize` (any width 2..=8; ≤ 4 bits are
+//!   stored 8 codes per word), NoisyQuant's noise added first;
 //! - the weights' 4-bit codes are unpacked to int8 in registers and multiplied with
 //!   `dot4I8Packed` where the adapter has it (sign-extended bytes otherwise);
 //! - SVDQuant's low-rank branch (`LowRank`): `t = x · downᵀ` by the f32 Linear kernel, then the
@@ -55,9 +56,12 @@ pub const PARAMS_LAYOUT: crate::gpu::contract::ParamsLayout =
 /// How a layer's input becomes integer codes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ActInput {
-    /// Symmetric per token, computed on the GPU for every input: scale = max|x_row| / qmax,
-    /// qmax = 2^(bits−1) − 1 (127 at 8 bits: W8A8's quantizer; 7 at 4 bits), bits 2..=8.
-    PerToken { bits: u32 },
+    /// Per token, computed on the GPU for every input, bits 2..=8. Symmetric: scale =
+    /// max|x_row| / qmax, qmax = 2^(bits−1) − 1 (127 at 8 bits: W8A8's quantizer; 7 at 4
+    /// bits). With `zero_point`: scale = (max − min) / (2^bits − 1) over the row's range
+    /// widened to hold 0, zero = round(−min / scale): a one-sided row (post-GELU, post-ReLU)
+    /// gets all 2^bits codes instead of the half a symmetric grid spends on its sign.
+    PerToken { bits: u32, zero_point: bool },
     /// A calibrated uniform quantizer (`ActQuantizer::Uniform`): code = clamp(round(x / scale)
     /// + zero, 0, 2^bits − 1), value (code − zero) · scale.
     Static { bits: u32, scale: f32, zero: f32 },
@@ -67,18 +71,27 @@ impl ActInput {
     /// Bits per stored activation code: 4 (eight per word) or 8 (four per word).
     pub fn storage_bits(&self) -> u32 {
         match *self {
-            ActInput::Static { bits, .. } | ActInput::PerToken { bits } if bits <= 4 => 4,
+            ActInput::Static { bits, .. } | ActInput::PerToken { bits, .. } if bits <= 4 => 4,
             _ => 8,
         }
     }
 
-    /// The largest code magnitude of a per-token quantizer (2^(bits−1) − 1).
+    /// The largest code magnitude of a symmetric per-token quantizer (2^(bits−1) − 1).
     pub fn per_token_max(bits: u32) -> f32 {
         ((1u32 << (bits - 1)) - 1) as f32
     }
 
+    /// The largest code of the quantizer, as the shader's `top`: 2^(bits−1) − 1 for symmetric
+    /// per-token codes, 2^bits − 1 for codes with a zero point.
+    pub fn top(&self) -> f32 {
+        match *self {
+            ActInput::PerToken { bits, zero_point: false } => Self::per_token_max(bits),
+            ActInput::PerToken { bits, .. } | ActInput::Static { bits, .. } => ((1u32 << bits) - 1) as f32,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
-        if let ActInput::PerToken { bits } = *self {
+        if let ActInput::PerToken { bits, .. } = *self {
             if !(2..=8).contains(&bits) {
                 invalid!("per-token integer activations of {bits} bits: the W4A8/W4A4 kernel takes 2 to 8");
             }
@@ -95,14 +108,6 @@ impl ActInput {
             }
         }
         Ok(())
-    }
-
-    /// 2^(bits−1) − zero: what the GEMM adds back per weight code (0 for per-token codes).
-    fn zero_shift(&self) -> f32 {
-        match *self {
-            ActInput::PerToken { .. } => 0.0,
-            ActInput::Static { bits, zero, .. } => (1u32 << (bits - 1)) as f32 - zero,
-        }
     }
 }
 
@@ -247,8 +252,8 @@ fn code_sum(w: &PackedMatrix, r: usize, g: usize, group: usize) -> i32 {
     (g * group..((g + 1) * group).min(w.cols)).map(|c| w.code(r, c) as i32 - 8).sum()
 }
 
-/// Integer activation codes on the GPU, in the kernel's layout (see the shader), and one scale
-/// per row. Reusable scratch.
+/// Integer activation codes on the GPU, in the kernel's layout (see the shader), and per row
+/// (scale, dz): the value of signed code c is (c + dz) · scale. Reusable scratch.
 pub struct IntActivations {
     pub rows: usize,
     pub cols: usize,
@@ -256,6 +261,7 @@ pub struct IntActivations {
     /// vec4 words per row.
     pub x_vecs: usize,
     pub codes: Tensor,
+    /// [rows, 2]: (scale, dz) per row.
     pub scales: Tensor,
 }
 
@@ -266,7 +272,7 @@ impl IntActivations {
         }
         let x_vecs = cols.div_ceil(32) * if storage_bits == 4 { 1 } else { 2 };
         let codes = Tensor::zeros(gpu, &[rows, 4 * x_vecs], DType::U32)?;
-        let scales = Tensor::zeros(gpu, &[rows], DType::F32)?;
+        let scales = Tensor::zeros(gpu, &[rows, 2], DType::F32)?;
         Ok(IntActivations { rows, cols, storage_bits, x_vecs, codes, scales })
     }
 
@@ -313,10 +319,9 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, act: ActIn
     if rows != out.rows || act.storage_bits() != out.storage_bits {
         shape_err!("w4 quantize: input has {rows} rows of {}-bit codes, the buffer {} of {}", act.storage_bits(), out.rows, out.storage_bits);
     }
-    // `top`: the largest code; per token the largest magnitude (codes are symmetric).
-    let (scale, zero, bits, top) = match act {
-        ActInput::PerToken { bits } => (0.0, 0.0, bits, ActInput::per_token_max(bits)),
-        ActInput::Static { bits, scale, zero } => (scale, zero, bits, ((1u32 << bits) - 1) as f32),
+    let (scale, zero, bits) = match act {
+        ActInput::PerToken { bits, .. } => (0.0, 0.0, bits),
+        ActInput::Static { bits, scale, zero } => (scale, zero, bits),
     };
     let p = Params {
         rows: rows as u32,
@@ -324,13 +329,16 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, act: ActIn
         x_vecs: out.x_vecs as u32,
         scale,
         zero,
-        top,
+        top: act.top(),
         offset: (1u32 << (bits - 1)) as f32,
         ..bytemuck::Zeroable::zeroed()
     };
     let mut defines = vec!["QUANTIZE"];
-    if matches!(act, ActInput::PerToken { .. }) {
+    if let ActInput::PerToken { zero_point, .. } = act {
         defines.push("DYNAMIC");
+        if zero_point {
+            defines.push("ASYM");
+        }
     }
     if out.storage_bits == 4 {
         defines.push("A4");
@@ -406,7 +414,6 @@ pub fn w4_gemm(gpu: &Gpu, enc: &mut Encoder, layer: &W4Linear, xq: &IntActivatio
             w_vecs: layer.w_vecs as u32,
             groups: layer.groups as u32,
             group_vecs: layer.group_vecs as u32,
-            zero: layer.act.zero_shift(),
             rank: rank as u32,
             ..bytemuck::Zeroable::zeroed()
         };
@@ -453,7 +460,7 @@ pub fn bench_cases(gpu: &Gpu, size: BenchSize) -> Result<Vec<BenchCase>> {
         let w = PackedMatrix::quantize(&crate::synthetic::uniform(n * k, 1, 0.05), n, k, WeightFormat::Q4 { group: 32, zero_point: false })?;
         let bias = crate::synthetic::uniform(n, 2, 0.1);
         let x = Tensor::from_f32(gpu, &[m, k], &crate::synthetic::uniform(m * k, 3, 1.0))?;
-        for (kernel, act) in [("w4a8_gemm", ActInput::PerToken { bits: 8 }), ("w4a4_gemm", ActInput::Static { bits: 4, scale: 1.0 / 7.0, zero: 8.0 })] {
+        for (kernel, act) in [("w4a8_gemm", ActInput::PerToken { bits: 8, zero_point: false }), ("w4a4_gemm", ActInput::Static { bits: 4, scale: 1.0 / 7.0, zero: 8.0 })] {
             let layer = W4Linear::new(gpu, &w, Some(&bias), act)?;
             let xq = IntActivations::new(gpu, m, k, act.storage_bits())?;
             let mut enc = gpu.encoder();

@@ -104,9 +104,16 @@ pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bia
     match runtime.activations {
         Activations::F32 => {}
         // W4A8/W4A4 with dynamic activations: the per-token scale is computed on the GPU.
-        Activations::Int8PerToken | Activations::Int4PerToken if matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. }) => {
-            let bits = if runtime.activations == Activations::Int4PerToken { 4 } else { 8 };
-            let mut layer = W4Linear::new(gpu, &packed, bias, ActInput::PerToken { bits })?;
+        Activations::Int8PerToken | Activations::Int4PerToken | Activations::Int8PerTokenAsymmetric | Activations::Int4PerTokenAsymmetric
+            if matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. }) =>
+        {
+            let (bits, zero_point) = match runtime.activations {
+                Activations::Int8PerToken => (8, false),
+                Activations::Int4PerToken => (4, false),
+                Activations::Int8PerTokenAsymmetric => (8, true),
+                _ => (4, true),
+            };
+            let mut layer = W4Linear::new(gpu, &packed, bias, ActInput::PerToken { bits, zero_point })?;
             if let Some(block) = hadamard_block(w)? {
                 layer = layer.with_hadamard(block)?;
             }
@@ -116,8 +123,8 @@ pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bia
             let layer = W8A8Linear::new(gpu, &packed, bias)?;
             return Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })));
         }
-        Activations::Int4PerToken => {
-            invalid!("checkpoint {}: {} runs int4 per-token activations, which need symmetric q4 weights, not `{}`", w.weights.source, w.prefix(), packed.format.name())
+        Activations::Int4PerToken | Activations::Int8PerTokenAsymmetric | Activations::Int4PerTokenAsymmetric => {
+            invalid!("checkpoint {}: {} runs {:?} activations, which need symmetric q4 weights, not `{}`", w.weights.source, w.prefix(), runtime.activations, packed.format.name())
         }
         Activations::IntStatic => {
             let symmetric_q4 = matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. });

@@ -87,8 +87,12 @@ pub enum Activations {
     /// weights, the W4A8 kernel for q4 ones (`w4a8 --method dynamic`).
     Int8PerToken,
     /// Quantized to int4 per token (symmetric, absmax / 7) on the GPU at run time, through the
-    /// W4A4 kernel: `w4a4 --method dynamic`; needs q4 block Linears.
+    /// W4A4 kernel; needs q4 block Linears.
     Int4PerToken,
+    /// As `Int8PerToken` / `Int4PerToken` with a zero point per row (min/max over 2^bits − 1
+    /// steps): through the W4A8/W4A4 kernel only, so q4 block Linears (`--method dynamic`).
+    Int8PerTokenAsymmetric,
+    Int4PerTokenAsymmetric,
     /// Each block Linear whose input has a static uniform quantizer and whose weights are
     /// `q4gG` runs through the W4A8/W4A4 integer kernel, which applies that quantizer to make
     /// its integer codes (`kernels::w4a8`); other quantizers stay simulated in f32.

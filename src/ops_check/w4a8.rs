@@ -34,12 +34,15 @@ fn activations(m: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-/// The activation inputs checked: per-token int8, static 8-bit and 4-bit with a zero point
-/// that is not the code offset, and a 3-bit one (stored as nibbles).
-fn acts() -> [(&'static str, ActInput); 5] {
+/// The activation inputs checked: per-token int8 and int4, symmetric and with a zero point per
+/// row, static 8-bit and 4-bit with a zero point that is not the code offset, and a 3-bit one
+/// (stored as nibbles).
+fn acts() -> [(&'static str, ActInput); 7] {
     [
-        ("a8 per-token", ActInput::PerToken { bits: 8 }),
-        ("a4 per-token", ActInput::PerToken { bits: 4 }),
+        ("a8 per-token", ActInput::PerToken { bits: 8, zero_point: false }),
+        ("a4 per-token", ActInput::PerToken { bits: 4, zero_point: false }),
+        ("a8 per-token asym", ActInput::PerToken { bits: 8, zero_point: true }),
+        ("a4 per-token asym", ActInput::PerToken { bits: 4, zero_point: true }),
         ("a8 static", ActInput::Static { bits: 8, scale: 6.0 / 255.0, zero: 121.0 }),
         ("a4 static", ActInput::Static { bits: 4, scale: 1.6 / 15.0, zero: 7.0 }),
         ("a3 static", ActInput::Static { bits: 3, scale: 1.5 / 7.0, zero: 3.0 }),
@@ -63,10 +66,10 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
                 let layer = W4Linear::new(gpu, &w, Some(&bias), act)?;
                 let xq = IntActivations::new(gpu, m, K, act.storage_bits())?;
                 let packed = w4_ref::pack(&codes, m, K, act.storage_bits());
-                let xq = IntActivations { codes: Tensor::from_u32(gpu, &[m, 4 * xq.x_vecs], &packed)?, scales: Tensor::from_f32(gpu, &[m], &scales)?, ..xq };
+                let xq = IntActivations { codes: Tensor::from_u32(gpu, &[m, 4 * xq.x_vecs], &packed)?, scales: Tensor::from_f32(gpu, &[m, 2], scales.as_flattened())?, ..xq };
                 let out = Tensor::zeros(gpu, &[m, N], DType::F32)?;
                 let got = run_kernel(gpu, &out, |enc| w4_gemm(gpu, enc, &layer, &xq, None, &out))?;
-                Ok((got, w4_ref::gemm(&codes, &scales, m, &w, Some(&bias), act, false, None)?))
+                Ok((got, w4_ref::gemm(&codes, &scales, m, &w, Some(&bias), false, None)?))
             });
             cases.push(Case::new("w4_gemm", dims(&[m, K, N]), path_name(gpu), format!("q4g32 {name}"), check));
         }
@@ -75,7 +78,7 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
     // rows with a rank-5 low-rank branch; q4g128 for the per-token case (a partial group).
     for (name, act) in acts() {
         for m in [3, 197] {
-            let group = if act == (ActInput::PerToken { bits: 8 }) { 128 } else { 32 };
+            let group = if matches!(act, ActInput::PerToken { bits: 8, .. }) { 128 } else { 32 };
             let run = Arc::new(move |gpu: &Gpu| -> Result<(Got, Vec<f32>, Vec<f32>)> {
                 let (w, bias) = weights(group)?;
                 let x = activations(m, 71 + m as u64);
@@ -93,14 +96,14 @@ pub fn cases(gpu: &Gpu) -> Vec<Case> {
                 let noise = gelu.then_some(&noise[..]);
                 let (codes, scales) = w4_ref::quantize(&x, m, K, act, noise)?;
                 let low_rank = (!gelu).then(|| LowRankRef { rank, down: &down, up: &up, x: &x });
-                let exact = w4_ref::gemm(&codes, &scales, m, &w, Some(&bias), act, gelu, low_rank)?;
+                let exact = w4_ref::gemm(&codes, &scales, m, &w, Some(&bias), gelu, low_rank)?;
                 // The simulated path: the input fake-quantized in f32, dequantized weights.
                 let simulated = match act {
                     ActInput::Static { bits, scale, zero } if !gelu => {
                         let q = ActQuantizer::Uniform { bits, scale, zero };
                         let xq: Vec<f32> = x.iter().map(|&v| q.apply(v)).collect();
                         let base = linear_reference(&w, Some(&bias), &xq, m, None);
-                        let lr = w4_ref::gemm(&vec![0; m * K], &vec![0.0; m], m, &w, None, ActInput::PerToken { bits: 8 }, false, low_rank_of(rank, &down, &up, &x))?;
+                        let lr = w4_ref::gemm(&vec![0; m * K], &vec![[0.0; 2]; m], m, &w, None, false, low_rank_of(rank, &down, &up, &x))?;
                         base.iter().zip(lr).map(|(a, b)| a + b).collect()
                     }
                     _ => exact.clone(),

@@ -35,13 +35,14 @@ impl Decision {
     }
 }
 
-/// Σ (X·Wᵀ − X̂·Ŵᵀ)² with X̂ the per-token `act_bits` codes of `x` and Ŵ q4g32 of `w`.
-fn output_error(x: &[f32], w: &[f32], exact: &[f64], rows: usize, cols: usize, out: usize, act_bits: u32) -> Result<f64> {
-    let (codes, scales) = reference::quantize(x, rows, cols, ActInput::PerToken { bits: act_bits }, None)?;
+/// Σ (X·Wᵀ − X̂·Ŵᵀ)² with X̂ the per-token codes (`act`) of `x` and Ŵ q4g32 of `w`.
+fn output_error(x: &[f32], w: &[f32], exact: &[f64], rows: usize, cols: usize, out: usize, act: ActInput) -> Result<f64> {
+    let (codes, scales) = reference::quantize(x, rows, cols, act, None)?;
     let wq = PackedMatrix::quantize(w, out, cols, WeightFormat::Q4 { group: 32, zero_point: false })?.dequantize();
     let mut err = 0.0;
     for r in 0..rows {
-        let xr: Vec<f64> = (0..cols).map(|k| codes[r * cols + k] as f64 * scales[r] as f64).collect();
+        let [scale, dz] = scales[r];
+        let xr: Vec<f64> = (0..cols).map(|k| (codes[r * cols + k] as f64 + dz as f64) * scale as f64).collect();
         for n in 0..out {
             let y: f64 = wq[n * cols..(n + 1) * cols].iter().zip(&xr).map(|(a, b)| *a as f64 * b).sum();
             err += (y - exact[r * out + n]).powi(2);
@@ -53,7 +54,7 @@ fn output_error(x: &[f32], w: &[f32], exact: &[f64], rows: usize, cols: usize, o
 /// Measures every layer of `layers` that the kernel runs (`block Linears`: `chosen`), rotates
 /// the weights (W·H) and Hessians of those where rotation lowers the error, and returns every
 /// measurement by weight key.
-pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibration, hessians: &mut HashMap<String, Hessian>, act_bits: u32) -> Result<BTreeMap<String, Decision>> {
+pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibration, hessians: &mut HashMap<String, Hessian>, act: ActInput) -> Result<BTreeMap<String, Decision>> {
     let node = |l: &Layer| l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string();
     let nodes: Vec<String> = layers.iter().map(|l| node(l)).collect();
     let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
@@ -71,9 +72,9 @@ pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibratio
         let m = x.len() / cols;
         let w = &model.weights.tensors[&l.key].data;
         let exact: Vec<f64> = (0..m * n_out).map(|i| (0..cols).map(|k| x[i / n_out * cols + k] as f64 * w[i % n_out * cols + k] as f64).sum()).collect();
-        let error_plain = output_error(x, w, &exact, m, cols, n_out, act_bits)?;
+        let error_plain = output_error(x, w, &exact, m, cols, n_out, act)?;
         let (xr, wr) = (hadamard::reference(x, cols, block)?, hadamard::reference(w, cols, block)?);
-        let error_rotated = if block > 1 { output_error(&xr, &wr, &exact, m, cols, n_out, act_bits)? } else { error_plain };
+        let error_rotated = if block > 1 { output_error(&xr, &wr, &exact, m, cols, n_out, act)? } else { error_plain };
         let d = Decision { block, error_plain, error_rotated };
         if d.rotate() {
             model.weights.tensors.get_mut(&l.key).unwrap().data = wr;
