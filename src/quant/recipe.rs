@@ -140,8 +140,9 @@ impl Methods {
     /// combination measured on the outlier fixtures (docs/QUANTIZATION.md, "Real-ViT
     /// statistics"), which also wins or ties on photo-vit. Both W4 recipes quantize activations
     /// per token with a zero point per row (`dynamic,asymmetric`: a step never larger than the
-    /// symmetric one; measured +0 … +1.9 dB at W4A8, −0.4 … +1.2 at W4A4 on those fixtures and
-    /// up to +8.5 dB at W4A4 on the timm family ones). W4A8: a uniform 8-bit post-softmax
+    /// symmetric one; +0 … +1.9 dB at W4A8 on those fixtures; at W4A4 within ±1.2 dB of
+    /// symmetric codes there, +3.3 on digits-vit and 4–13 dB above them on the timm family
+    /// fixtures, where symmetric int4 collapses on one-sided post-GELU rows). W4A8: a uniform 8-bit post-softmax
     /// quantizer (AdaLog's measured 0.6–1.9 dB lower there); W4A4: the Hadamard rotation,
     /// RepQ's LayerNorm reparameterization and AdaLog; W6A6 (no integer kernel, no per-token path): RepQ +
     /// AdaLog, its best on digits-vit. W6 has no GPTQ.
@@ -373,7 +374,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let rotations = match (&calib, static_act) {
         (Some(c), Some((_, ab))) if methods.rotate => {
             let inner: Vec<&Layer> = layers.iter().filter(|l| inner_matrix(&l.key)).collect();
-            super::rotate::apply(gpu, &mut model, &inner, c, &mut hessians, ActInput::PerToken { bits: ab, zero_point: methods.asymmetric })?
+            super::rotate::apply(gpu, &mut model, &inner, c, &mut hessians, ActInput::PerToken { bits: ab, zero_point: methods.asymmetric }, methods)?
         }
         _ => BTreeMap::new(),
     };
