@@ -193,11 +193,15 @@ fn smoothquant_beats_no_smoothing_on_outlier_channels() {
     let (rows, cols, out) = (256, 48, 32);
     let x = outlier_channels(rows, cols, 22);
     let w = random(out * cols, 23, 0.2);
-    let map = smooth::search(&x, &w, cols, 4, 4).unwrap().expect("smoothing helps here");
+    let map = smooth::search(&x, &w, cols, 4, 4, true).unwrap().expect("smoothing helps here");
     let plain = smooth::output_error(&x, &w, cols, None, 4, 4).unwrap();
     let smoothed = smooth::output_error(&x, &w, cols, Some(&map), 4, 4).unwrap();
     eprintln!("no smoothing {plain:.3e}, SmoothQuant-b {smoothed:.3e}");
     assert!(smoothed < 0.5 * plain);
+    // For a consumer without a bias: a scale only, which still takes the outliers' range.
+    let scale_only = smooth::search(&x, &w, cols, 4, 4, false).unwrap().expect("smoothing helps here");
+    assert!(scale_only.b.iter().all(|&b| b == 0.0));
+    assert!(smooth::output_error(&x, &w, cols, Some(&scale_only), 4, 4).unwrap() < 0.5 * plain);
 }
 
 #[test]

@@ -79,3 +79,24 @@ fn every_recipe_on_every_family() {
     eprintln!("{}", report.join("\n"));
     assert!(report.len() >= 4 * RECIPES.len(), "fewer families than expected ran: {report:#?}");
 }
+
+/// SmoothQuant on a ViT without qkv bias (`vit_gap_test`, timm's `qkv_bias=False`): qkv and proj
+/// cannot absorb the shift, so their maps are scales only; the folded model must still run and
+/// match f32 (this once failed with "has no bias to absorb a shift").
+#[test]
+fn smoothquant_on_a_vit_without_qkv_bias() {
+    let model = common::fixture_dir("vit_gap_test");
+    let dir = scratch("smoothq-gap");
+    let calib = images(&dir.join("calib"), 6, 48, 100);
+    let held_out = images(&dir.join("test"), 1, 48, 900).join("img0.png");
+    let reference = logits(&model, &held_out, &dir.join("ref.safetensors"));
+    for (recipe, methods) in [("w4a8", "smoothq,gptq,clip"), ("w4a4", "dynamic,asymmetric,rotate,smoothq,adalog,gptq,clip")] {
+        let out = dir.join(recipe);
+        common::lowbit_ok(&["quantize", "--model", model.to_str().unwrap(), "--recipe", recipe, "--method", methods, "--calib", calib.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let got = logits(&out, &held_out, &dir.join(format!("{recipe}.safetensors")));
+        let sqnr = lowbit::metrics::sqnr_db(&got, &reference);
+        eprintln!("vit_gap_test {recipe} {methods}: logits SQNR {sqnr:.1} dB");
+        assert!(sqnr > 10.0, "{recipe} {methods}: logits SQNR {sqnr:.1} dB");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,8 +19,8 @@ pub struct QuantizeArgs {
     pub recipe: String,
     /// Comma list of rtn, clip, gptq, sequential (weights) and, for w6a6/w4a8/w4a4, repq, smoothq, noisy,
     /// log2, adalog, sulq, twin, dynamic, asymmetric, rotate (activations). Default: clip, plus
-    /// gptq when --calib is given; w4a8 dynamic,asymmetric,gptq,clip; w4a4
-    /// dynamic,asymmetric,rotate,repq,adalog,gptq,clip;
+    /// gptq when --calib is given; w4a8 dynamic,asymmetric,smoothq,gptq,clip; w4a4
+    /// dynamic,asymmetric,rotate,smoothq,adalog,gptq,clip;
     /// w6a6 repq,adalog,clip (w4: the best measured on the outlier fixtures, docs/QUANTIZATION.md).
     /// svdquant (w4a8/w4a4) adds SVDQuant's low-rank branch (--rank); dynamic (w4a8/w4a4)
     /// quantizes the block Linears' inputs per token at run time instead of with static scales

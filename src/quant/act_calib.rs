@@ -147,17 +147,15 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
                     map.b.iter_mut().for_each(|b| *b = 0.0);
                 }
                 fold_layer_norm(&mut w, norm, &[node], &map)?;
-            } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits)? {
+            } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits, w.contains(&format!("{node}.bias")))? {
                 fold_layer_norm(&mut w, norm, &[node], &map)?;
             }
         }
         if m.smooth {
             for (qkv, proj, d) in &sites.v_proj {
-                // Folding into V needs a qkv bias to carry the shift.
-                if !w.contains(&format!("{qkv}.bias")) {
-                    continue;
-                }
-                if let Some(map) = smooth::search(&thin_rows(&inputs[proj], *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits)? {
+                // The shift moves into V's bias (and proj's): without both, a scale only.
+                let shift = w.contains(&format!("{qkv}.bias")) && w.contains(&format!("{proj}.bias"));
+                if let Some(map) = smooth::search(&thin_rows(&inputs[proj], *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits, shift)? {
                     fold_attention_v(&mut w, qkv, proj, &map)?;
                 }
             }

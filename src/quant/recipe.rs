@@ -138,20 +138,21 @@ impl Methods {
 
     /// The default of the activation recipes (calibration is required for them): the best
     /// combination measured on the outlier fixtures (docs/QUANTIZATION.md, "Real-ViT
-    /// statistics"), which also wins or ties on photo-vit. Both W4 recipes quantize activations
-    /// per token with a zero point per row (`dynamic,asymmetric`: a step never larger than the
-    /// symmetric one; +0 … +1.9 dB at W4A8 on those fixtures; at W4A4 within ±1.2 dB of
-    /// symmetric codes there, +3.3 on digits-vit and 4–13 dB above them on the timm family
-    /// fixtures, where symmetric int4 collapses on one-sided post-GELU rows). W4A8: a uniform 8-bit post-softmax
-    /// quantizer (AdaLog's measured 0.6–1.9 dB lower there); W4A4: the Hadamard rotation,
-    /// RepQ's LayerNorm reparameterization and AdaLog; W6A6 (no integer kernel, no per-token path): RepQ +
-    /// AdaLog, its best on digits-vit. W6 has no GPTQ.
+    /// statistics", "Asymmetric per-token codes and SmoothQuant"), which also wins or ties on photo-vit.
+    /// Both W4 recipes quantize activations per token with a zero point per row
+    /// (`dynamic,asymmetric`: a step never larger than the symmetric one; at W4A4 symmetric
+    /// int4 collapses on the one-sided post-GELU rows of the timm family fixtures) after
+    /// SmoothQuant-with-bias (`smoothq`: +0.2 … +2.1 dB over RepQ's map or none on the
+    /// outlier fixtures, +2.7 … +5.7 dB at W4A4 on the family ones). W4A8: a uniform 8-bit
+    /// post-softmax quantizer (AdaLog's measured 0.6–1.9 dB lower there); W4A4: the Hadamard
+    /// rotation and AdaLog; W6A6 (no integer kernel, no per-token path): RepQ + AdaLog, its
+    /// best on digits-vit. W6 has no GPTQ.
     pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
         let dynamic = weight_bits == 4;
         let softmax = if dynamic && act_bits >= 8 { None } else { Some(Kind::AdaLog) };
         // AdaLog's post-GELU shift goes with its post-softmax quantizer where fc2's input is static.
         let gelu = if dynamic { None } else { softmax.filter(|k| *k == Kind::AdaLog) };
-        let act = ActMethods { repq: act_bits <= 6, noisy: false, softmax, gelu, smooth: false };
+        let act = ActMethods { repq: !dynamic && act_bits <= 6, noisy: false, softmax, gelu, smooth: dynamic };
         Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, asymmetric: dynamic, rotate: dynamic && act_bits <= 4, sequential: false }
     }
 

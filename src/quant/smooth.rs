@@ -2,7 +2,9 @@
 //! range (z_c = (max_c + min_c)/2) and divide by s_c = max|X_c − z_c|^α / max|W_c|^(1−α), moving
 //! range from the activation's outlier channels into the weights. The map is folded like
 //! RepQ-ViT's (`repq.rs`): into the LayerNorm (qkv, fc1) or the V rows of qkv (proj). α is
-//! searched per layer on the output error with both operands quantized.
+//! searched per layer on the output error with both operands quantized. A consumer without a
+//! bias (`qkv_bias: false`) cannot absorb the shift: there the map is SmoothQuant's own, a
+//! scale only (z_c = 0, s_c from max|X_c|).
 
 use super::actq::{fit, Kind};
 use super::repq::ChannelMap;
@@ -53,8 +55,9 @@ pub fn output_error(x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>,
 }
 
 /// The smoothing map with the least output error for input sample `x` [rows, cols] and
-/// weight `w` [out, cols], or None when smoothing does not help.
-pub fn search(x: &[f32], w: &[f32], cols: usize, w_bits: u32, a_bits: u32) -> Result<Option<ChannelMap>> {
+/// weight `w` [out, cols], or None when smoothing does not help; with `shift` false, a scale
+/// only (for a consumer without a bias to absorb the shift).
+pub fn search(x: &[f32], w: &[f32], cols: usize, w_bits: u32, a_bits: u32, shift: bool) -> Result<Option<ChannelMap>> {
     let rows = x.len() / cols;
     let (mut lo, mut hi) = (vec![f32::INFINITY; cols], vec![f32::NEG_INFINITY; cols]);
     for r in 0..rows {
@@ -63,8 +66,8 @@ pub fn search(x: &[f32], w: &[f32], cols: usize, w_bits: u32, a_bits: u32) -> Re
             hi[c] = hi[c].max(x[r * cols + c]);
         }
     }
-    let z: Vec<f32> = lo.iter().zip(&hi).map(|(a, b)| (a + b) / 2.0).collect();
-    let xmax: Vec<f32> = lo.iter().zip(&hi).map(|(a, b)| ((b - a) / 2.0).max(1e-5)).collect();
+    let z: Vec<f32> = lo.iter().zip(&hi).map(|(a, b)| if shift { (a + b) / 2.0 } else { 0.0 }).collect();
+    let xmax: Vec<f32> = lo.iter().zip(&hi).zip(&z).map(|((a, b), z)| (b - z).max(z - a).max(1e-5)).collect();
     let mut wmax = vec![1e-5f32; cols];
     for row in w.chunks(cols) {
         row.iter().zip(wmax.iter_mut()).for_each(|(v, m)| *m = m.max(v.abs()));
