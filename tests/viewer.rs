@@ -333,7 +333,7 @@ fn classify_tab_opens_any_classifier_folder() {
         let got = engine.classify(&Recipe::f32(), &image).unwrap();
         assert_eq!(got.grid, 0, "an opened folder has no rollout");
         let model = Classifier::from_pretrained(&engine.gpu, &dir, None, WeightFormat::F32).unwrap();
-        let want = model.classify_files(&engine.gpu, &[image.clone()]).unwrap().logits;
+        let want = model.classify_files(&engine.gpu, std::slice::from_ref(&image)).unwrap().logits;
         assert_eq!(got.logits, want, "{fixture}");
     }
     engine.close_classifier();

@@ -34,7 +34,7 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
         let scale = (th.max(tw) as f64 / cfg.crop_pct).floor();
         // Checked before the resize allocates: a tiny crop_pct asks for an enormous image.
         let (fw, fh) = if w <= h { (scale, scale * h as f64 / w as f64) } else { (scale * w as f64 / h as f64, scale) };
-        if !(fw * fh <= MAX_IMAGE_PIXELS as f64) {
+        if (fw * fh).is_nan() || fw * fh > MAX_IMAGE_PIXELS as f64 {
             invalid!(
                 "image {w}×{h} would be resized to about {fw:.0}×{fh:.0} (crop_pct {}) before the {tw}×{th} crop: over the limit of {MAX_IMAGE_PIXELS} pixels",
                 cfg.crop_pct

@@ -285,8 +285,11 @@ impl HubConfig {
     }
 }
 
+/// (family, class, model_args, pretrained_cfg) of a known architecture.
+type Known = (Family, String, Map<String, Value>, Map<String, Value>);
+
 /// (family, class, model_args, pretrained_cfg) of a known architecture (or a bare class name).
-fn lookup(base: &str, tag: Option<&str>) -> Result<(Family, String, Map<String, Value>, Map<String, Value>)> {
+fn lookup(base: &str, tag: Option<&str>) -> Result<Known> {
     if let Some(&(_, family, class)) = BARE.iter().find(|b| b.0 == base) {
         let mean = if family == Family::Vit { [0.5; 3] } else { IMAGENET_MEAN };
         let std = if family == Family::Vit { [0.5; 3] } else { IMAGENET_STD };

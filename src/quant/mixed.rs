@@ -6,6 +6,7 @@
 //!   quantized with the asked methods (GPTQ, clip).
 //! - `output` (MixDQ's measurement): the SQNR of the model's output on the calibration inputs
 //!   with only that layer quantized, one forward pass per layer and format.
+//!
 //! Treating the layers' output noises as independent, the noise of an allocation is the sum of
 //! the single-layer noise powers 10^(−SQNR/10); the allocation minimizing it under the byte
 //! budget (average bits × matrix parameters / 8) is a multiple-choice knapsack, solved exactly by
@@ -213,6 +214,7 @@ pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Optio
 
 /// Measures every layer's sensitivity and allocates `bits` average weight bits. Matrices the
 /// model runs as one (a VQGAN attention's q, k, v: one stacked conv, one format) are one item.
+#[allow(clippy::too_many_arguments)]
 pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>, sensitivity: Sensitivity) -> Result<Allocation> {
     let mut items: Vec<(String, Vec<&Layer>)> = Vec::new();
     for l in layers {

@@ -200,7 +200,7 @@ fn dispatch_slice(
     for (c, bias) in layer.weights.blocks.iter().zip(&layer.biases) {
         // gemv_coop reads one word per lane (gemv_wide a vec4, where groups are whole vec4s);
         // gemm_workgroup reads one word per lane while staging (coalesced across lanes).
-        let vec4 = layer.group_words % 4 == 0 && !matches!(variant, Variant::GemvCoop { .. } | Variant::GemmWorkgroup { .. });
+        let vec4 = layer.group_words.is_multiple_of(4) && !matches!(variant, Variant::GemvCoop { .. } | Variant::GemmWorkgroup { .. });
         let variant = match variant {
             Variant::GemvWide { wg, team } if !vec4 => Variant::GemvCoop { wg, team },
             v => v,
@@ -279,7 +279,7 @@ fn staged_pitch(gpu: &Gpu, layer: &QLinear, variant: Variant) -> u32 {
     let pitch = layer.weights.stride as u64 * per_word as u64 / 4;
     let fits = pitch * 16 <= X_STAGING_BYTES.min(gpu.limits.max_uniform_buffer_binding_size);
     let wanted = matches!(variant, Variant::GemvRows { .. } | Variant::GemmTiled { .. });
-    let whole_words = per_word >= 4 || layer.group_words % 4 == 0;
+    let whole_words = per_word >= 4 || layer.group_words.is_multiple_of(4);
     if wanted && whole_words && fits { pitch as u32 } else { 0 }
 }
 
@@ -324,7 +324,7 @@ impl WorkgroupTile {
         if tn != 4 && tn != 8 {
             return bad(format!("tn must be 4 or 8, got {tn}"));
         }
-        if bm == 0 || bn == 0 || bm % tm != 0 || bn % tn != 0 || bm % 4 != 0 {
+        if bm == 0 || bn == 0 || !bm.is_multiple_of(tm) || !bn.is_multiple_of(tn) || !bm.is_multiple_of(4) {
             return bad("the tile must be a multiple of 4 rows and of the per-invocation block".into());
         }
         let invocations = (bm / tm) * (bn / tn);

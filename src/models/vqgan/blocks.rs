@@ -228,9 +228,9 @@ pub(super) fn depth_to_space(g: &mut Graph, name: &str, x: Value) -> Result<Valu
 
 /// One block of the middle section.
 pub(super) enum Mid {
-    /// Boxed: a ResnetBlock is far larger than an AttnBlock.
+    /// Both boxed: the blocks differ in size (whichever is larger), and a Vec of them is built once.
     Res(Box<ResnetBlock>),
-    Attn(AttnBlock),
+    Attn(Box<AttnBlock>),
 }
 
 /// The middle section of `side`: ResnetBlock, AttnBlock, ResnetBlock (taming, LlamaGen), or
@@ -244,7 +244,7 @@ pub(super) fn load_mid(l: &Loader, f: Flavor, side: &str, ch: usize, num_res_blo
         return Ok(blocks);
     }
     let res = |i: usize| -> Result<Mid> { Ok(Mid::Res(Box::new(l.resnet(&f.mid(side, i), ch, ch)?))) };
-    Ok(vec![res(0)?, Mid::Attn(l.attn(&f.mid(side, 1), ch)?), res(2)?])
+    Ok(vec![res(0)?, Mid::Attn(Box::new(l.attn(&f.mid(side, 1), ch)?)), res(2)?])
 }
 
 /// The middle section's nodes.
