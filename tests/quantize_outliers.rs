@@ -158,6 +158,11 @@ fn dynamic_and_rotated_w4_checkpoints_run_on_the_outlier_fixture() {
         let rotated = desc["tensors"].as_object().map_or(0, |t| t.values().filter(|v| v.get("hadamard").is_some()).count());
         eprintln!("{recipe} {method}: {rotated} rotated layers");
         assert_eq!(rotated > 0, method.contains("rotate"), "{desc}");
+        // `lowbit info` says how it runs.
+        let info = common::lowbit_ok(&["info", out.to_str().unwrap()]);
+        let want = if method.contains("asymmetric") { "runtime: activations int4 per token with a zero point per row" } else { "per token, symmetric" };
+        assert!(info.contains(want) && info.contains(&format!("recipe {recipe}")), "{info}");
+        assert_eq!(info.contains("rotated (Hadamard)"), method.contains("rotate"), "{info}");
         // Only the post-softmax quantizers stay static.
         assert!(desc["activation_quantizers"].as_array().unwrap().iter().all(|p| p["node"].as_str().unwrap().ends_with(".attn")), "{desc}");
         let got = logits(&out, recipe);

@@ -1,11 +1,13 @@
-//! `lowbit info PATH`: architecture, parameters, bytes per weight format, planned peak GPU memory;
+//! `lowbit info PATH`: architecture, parameters, bytes per weight format (for a folder `lowbit
+//! quantize` wrote: how it was quantized and how it runs), planned peak GPU memory;
 //! `lowbit info --architectures`: the timm architectures lowbit knows.
 
 use std::path::{Path, PathBuf};
 
-use super::model::{weight_summary, Runnable};
+use super::model::Runnable;
 use crate::graph::plan;
-use crate::models::{checksums, detect, ModelKind};
+use crate::models::packed::{Activations, Attention, Description};
+use crate::models::{checksums, detect, ModelKind, WeightSummary, Weights};
 use crate::formats::WeightFormat;
 use crate::Gpu;
 
@@ -30,7 +32,8 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(path) = &args.path else { anyhow::bail!("pass a model folder (or --architectures)") };
-    let summary = weight_summary(path)?;
+    let weights = Weights::load(&if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() })?;
+    let summary = WeightSummary::new(&weights)?;
     let kind = detect(path)?;
     outln!("model: {} ({})", path.display(), kind.name());
     print_checksums(path)?;
@@ -41,10 +44,16 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
     let params = summary.params();
     let packable: usize = summary.matrices.iter().map(|(_, r, c, _)| r * c).sum();
     outln!("parameters: {params} ({packable} in {} packable matrices, {} kept f32)", summary.matrices.len(), summary.other_params);
-    outln!("weight bytes per format (packable matrices packed, the rest f32):");
-    for f in WeightFormat::all() {
-        let b = summary.bytes(f);
-        outln!("  {:<10} {:>12} bytes  {:>8.2} MB  {:>5.2} bits/weight", f.name(), b, b as f64 / 1e6, 8.0 * b as f64 / params as f64);
+    let quantized = summary.is_quantized();
+    match Description::of(&weights)? {
+        Some(desc) if quantized => print_quantized(&desc, &summary, params),
+        _ => {
+            outln!("weight bytes per format (packable matrices packed, the rest f32):");
+            for f in WeightFormat::all() {
+                let b = summary.bytes(f);
+                outln!("  {:<10} {:>12} bytes  {:>8.2} MB  {:>5.2} bits/weight", f.name(), b, b as f64 / 1e6, 8.0 * b as f64 / params as f64);
+            }
+        }
     }
     if let Some(m) = &model {
         let graph = m.graph(gpu, args.batch)?;
@@ -53,8 +62,9 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         let weights = summary.bytes(WeightFormat::F32) as u64;
         let act = memory.peak_bytes();
         outln!(
-            "planned peak GPU memory (batch {}, f32 weights): {:.2} MB = weights {:.2} MB + activations {:.2} MB in {} buffers ({nodes} nodes; {:.2} MB without reuse)",
+            "planned peak GPU memory (batch {}, {} weights): {:.2} MB = weights {:.2} MB + activations {:.2} MB in {} buffers ({nodes} nodes; {:.2} MB without reuse)",
             args.batch,
+            if quantized { "stored" } else { "f32" },
             (weights + act) as f64 / 1e6,
             weights as f64 / 1e6,
             act as f64 / 1e6,
@@ -63,6 +73,36 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `lowbit quantize` recorded: recipe, methods, the stored formats and size, and the
+/// runtime the engine reads (which kernels the block Linears and attention run in).
+fn print_quantized(desc: &Description, summary: &WeightSummary, params: usize) {
+    let text = |key: &str| desc.extra.get(key).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    outln!("quantized: recipe {}, methods {}", text("recipe"), text("methods"));
+    let mut formats: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, _, _, stored) in &summary.matrices {
+        *formats.entry(stored.map_or("f32".to_string(), |f| f.name())).or_default() += 1;
+    }
+    let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n}× {f}")).collect();
+    let bytes = summary.bytes(WeightFormat::F32);
+    outln!("stored: {} ({} bytes, {:.2} MB, {:.2} bits/weight with the f32 rest)", formats.join(", "), bytes, bytes as f64 / 1e6, 8.0 * bytes as f64 / params as f64);
+    let runtime = desc.runtime.unwrap_or_default();
+    let activations = match runtime.activations {
+        Activations::F32 => "f32 (weight-only)",
+        Activations::Int8PerToken => "int8 per token, symmetric",
+        Activations::Int4PerToken => "int4 per token, symmetric",
+        Activations::Int8PerTokenAsymmetric => "int8 per token with a zero point per row",
+        Activations::Int4PerTokenAsymmetric => "int4 per token with a zero point per row",
+        Activations::IntStatic => "static calibrated integer codes",
+    };
+    let rotated = desc.tensors.values().filter(|t| t.extra.contains_key("hadamard")).count();
+    let rotation = if runtime.hadamard { format!(", {rotated} block Linears rotated (Hadamard)") } else { String::new() };
+    let attention = match runtime.attention {
+        Attention::Exact => "exact",
+        Attention::SageInt8 => "SageAttention (int8 Q·Kᵀ)",
+    };
+    outln!("runtime: activations {activations}, attention {attention}{rotation}");
 }
 
 /// The SHA-256 of the checkpoint and of each file `quantization.json` records one for, in
