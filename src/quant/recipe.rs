@@ -377,7 +377,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             let inner: Vec<&Layer> = layers.iter().filter(|l| inner_matrix(&l.key)).collect();
             super::rotate::apply(gpu, &mut model, &inner, c, &mut hessians, ActInput::PerToken { bits: ab, zero_point: methods.asymmetric }, methods)?
         }
-        _ => BTreeMap::new(),
+        _ => super::rotate::Rotations { decisions: BTreeMap::new(), packed: HashMap::new() },
     };
     let (formats, allocation) = match &recipe {
         Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
@@ -399,7 +399,12 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         let h = hessians.get(&l.key);
         let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
         let six_bit = matches!(static_act, Some((6, _))) && inner_matrix(&l.key);
-        let m = if six_bit { act_calib::six_bit(w, l.rows(), l.cols(), used.clip) } else { quantize_matrix(w, l.rows(), l.cols(), formats[&l.key], used, h) };
+        let m = match rotations.packed.get(&l.key) {
+            // The rotation decision already made these codes from this weight and Hessian.
+            Some(m) if formats[&l.key] == super::rotate::FORMAT && !low_rank.contains_key(&l.key) => Ok(m.clone()),
+            _ if six_bit => act_calib::six_bit(w, l.rows(), l.cols(), used.clip),
+            _ => quantize_matrix(w, l.rows(), l.cols(), formats[&l.key], used, h),
+        };
         progress.tick();
         Ok((m.map_err(|e| Error::Invalid(format!("{}: {e}", l.key)))?, used))
     };
@@ -424,13 +429,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             approx.iter_mut().zip(w.iter().zip(residual)).for_each(|(a, (w, r))| *a += w - r);
         }
         let err = crate::metrics::nmse(&approx, &model.weights.tensors[&l.key].data);
-        let rotation = rotations.get(&l.key).filter(|d| d.rotate());
+        let rotation = rotations.decisions.get(&l.key).filter(|d| d.rotate());
         let name = if rotation.is_some() { format!("{}+hadamard", used.name()) } else { used.name() };
         report.layers.push((l.key.clone(), format, name.clone(), err));
         let mut extra = BTreeMap::from([("method".to_string(), json!(name))]);
         if let Some(d) = rotation {
             // The loader rotates this layer's input (`Runtime::hadamard`); the errors are the
-            // decision's (rtn q4g32 weights, per-token activations, calibration inputs).
+            // decision's (the stored q4g32 weights each way, per-token activations, calibration inputs).
             extra.insert("hadamard".to_string(), json!({"block": d.block, "error_plain": d.error_plain, "error_rotated": d.error_rotated}));
         }
         desc.tensors.insert(l.key.clone(), PackedTensor { format: format.name(), shape: l.shape.clone(), extra });

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::calibrate::{Calibration, Layer, Model};
 use super::gptq::Hessian;
-use super::recipe::{quantize_matrix, Methods};
-use crate::formats::WeightFormat;
+use super::recipe::{parallel_map, quantize_matrix, Methods};
+use crate::formats::{PackedMatrix, WeightFormat};
 use crate::kernels::hadamard;
 use crate::kernels::w4a8::{reference, ActInput};
 use crate::{Error, Gpu, Result};
@@ -22,7 +22,7 @@ use crate::{Error, Gpu, Result};
 /// Calibration rows per layer and pass used for the decision.
 const ROWS: usize = 256;
 /// The block Linears' weight format in the W4 recipes.
-const FORMAT: WeightFormat = WeightFormat::Q4 { group: 32, zero_point: false };
+pub const FORMAT: WeightFormat = WeightFormat::Q4 { group: 32, zero_point: false };
 
 /// One layer's measurement: the block size and the output errors without and with rotation.
 #[derive(Clone, Copy, Debug)]
@@ -54,10 +54,17 @@ fn output_error(x: &[f32], wq: &[f32], exact: &[f64], rows: usize, cols: usize, 
     Ok(err)
 }
 
-/// Measures every layer of `layers` that the kernel runs (`block Linears`: `chosen`), rotates
-/// the weights (W·H) and Hessians of those where rotation lowers the error, and returns every
-/// measurement by weight key.
-pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibration, hessians: &mut HashMap<String, Hessian>, act: ActInput, methods: Methods) -> Result<BTreeMap<String, Decision>> {
+/// What `apply` decided for each layer, by weight key, and the q4g32 weights it measured for
+/// the chosen side (what the recipe's methods make of the stored weight and Hessian, so the
+/// recipe reuses them instead of running GPTQ a third time).
+pub struct Rotations {
+    pub decisions: BTreeMap<String, Decision>,
+    pub packed: HashMap<String, PackedMatrix>,
+}
+
+/// Measures every layer of `layers` that the kernel runs (block Linears), rotates the weights
+/// (W·H) and Hessians of those where rotation lowers the error, and returns every measurement.
+pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibration, hessians: &mut HashMap<String, Hessian>, act: ActInput, methods: Methods) -> Result<Rotations> {
     let node = |l: &Layer| l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string();
     let nodes: Vec<String> = layers.iter().map(|l| node(l)).collect();
     let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
@@ -67,36 +74,45 @@ pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibratio
         rows.entry(n.to_string()).or_default().extend(x.chunks(width).step_by(step).flatten());
         Ok(())
     })?;
-    let mut out = BTreeMap::new();
-    for l in layers {
+    // Each layer both ways, on every core (two GPTQ runs per layer); then the chosen side.
+    let (weights, hs) = (&model.weights, &*hessians);
+    let measured = parallel_map(layers, |l| -> Result<(Decision, PackedMatrix)> {
         let (n_out, cols) = (l.rows(), l.cols());
         let block = hadamard::block_for(cols);
         let x = rows.get(&node(l)).ok_or_else(|| Error::Invalid(format!("{}: no calibration inputs for the rotation decision", l.key)))?;
         let m = x.len() / cols;
-        let w = &model.weights.tensors[&l.key].data;
+        let w = &weights.tensors[&l.key].data;
         let exact: Vec<f64> = (0..m * n_out).map(|i| (0..cols).map(|k| x[i / n_out * cols + k] as f64 * w[i % n_out * cols + k] as f64).sum()).collect();
         // The weights each way as the recipe will store them (GPTQ on the plain or rotated
         // Hessian where it runs GPTQ): with round-to-nearest weights instead, the decision
         // missed what GPTQ compensates, 0.2–2 dB worse end to end (docs/QUANTIZATION.md).
-        let h = hessians.get(&l.key);
-        let wq = quantize_matrix(w, n_out, cols, FORMAT, methods, h)?.dequantize();
-        let error_plain = output_error(x, &wq, &exact, m, cols, n_out, act)?;
-        let error_rotated = if block > 1 {
-            let (xr, wr) = (hadamard::reference(x, cols, block)?, hadamard::reference(w, cols, block)?);
-            let hr = h.map(|h| h.rotated(block)).transpose()?;
-            let wq = quantize_matrix(&wr, n_out, cols, FORMAT, methods, hr.as_ref())?.dequantize();
-            output_error(&xr, &wq, &exact, m, cols, n_out, act)?
-        } else {
-            error_plain
-        };
+        let h = hs.get(&l.key);
+        let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
+        let plain = quantize_matrix(w, n_out, cols, FORMAT, used, h)?;
+        let error_plain = output_error(x, &plain.dequantize(), &exact, m, cols, n_out, act)?;
+        if block == 1 {
+            return Ok((Decision { block, error_plain, error_rotated: error_plain }, plain));
+        }
+        let (xr, wr) = (hadamard::reference(x, cols, block)?, hadamard::reference(w, cols, block)?);
+        let hr = h.map(|h| h.rotated(block)).transpose()?;
+        let rotated = quantize_matrix(&wr, n_out, cols, FORMAT, used, hr.as_ref())?;
+        let error_rotated = output_error(&xr, &rotated.dequantize(), &exact, m, cols, n_out, act)?;
         let d = Decision { block, error_plain, error_rotated };
+        Ok((d, if d.rotate() { rotated } else { plain }))
+    });
+    let mut out = Rotations { decisions: BTreeMap::new(), packed: HashMap::new() };
+    for (l, result) in layers.iter().zip(measured) {
+        let (d, packed) = result?;
         if d.rotate() {
-            model.weights.tensors.get_mut(&l.key).unwrap().data = hadamard::reference(w, cols, block)?;
+            let cols = l.cols();
+            let w = model.weights.tensors.get_mut(&l.key).unwrap();
+            w.data = hadamard::reference(&w.data, cols, d.block)?;
             if let Some(h) = hessians.get_mut(&l.key) {
-                *h = h.rotated(block)?;
+                *h = h.rotated(d.block)?;
             }
         }
-        out.insert(l.key.clone(), d);
+        out.decisions.insert(l.key.clone(), d);
+        out.packed.insert(l.key.clone(), packed);
     }
     Ok(out)
 }
