@@ -351,7 +351,10 @@ fn quantization_json_is_checked_against_the_header() {
     copy_dir(&root().join("assets/models/digits-vit-w4a8"), &dir);
     common::lowbit_ok(&["info", s(&dir)]);
     edit_json(&dir.join("quantization.json"), |v| v["recipe"] = serde_json::json!("edited"));
-    fails(&["info", s(&dir)], &["quantization.json", "differs"]);
+    // The record carries checksums, so any edit is refused as such; past that check
+    // (--no-verify) it must still equal the header's description.
+    fails(&["info", s(&dir)], &["quantization.json", "edited"]);
+    fails(&["info", "--no-verify", s(&dir)], &["quantization.json", "differs"]);
     std::fs::write(dir.join("quantization.json"), "garbage").unwrap();
     fails(&["info", s(&dir)], &["quantization.json"]);
     // The header is the description; its readable copy may be removed.

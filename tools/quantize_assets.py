@@ -18,7 +18,7 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RECIPES = [("w8a8", "int8 weights and int8 per-token activations through the W8A8 integer kernel"),
-           ("w4a8", "4-bit weights (GPTQ, groups of 32), static 8-bit activations simulated in f32 (the default methods)"),
+           ("w4a8", "4-bit weights (GPTQ, groups of 32) and int8 per-token activations with a zero point per row after SmoothQuant smoothing, through the W4A8 integer kernel (the default methods)"),
            ("mixed:4.5", "per-layer weight bits (ternary/4/8) under a 4.5-bit average, chosen by the knapsack on sensitivities")]
 
 
