@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the quantized copies of digits-vit that ship in assets/models (the viewer's precision
 panel lists every `<model>-<recipe>` folder there): w8a8 (int8 activations through the W8A8
-kernel), w4a8 (4-bit weights, simulated static 8-bit activations) and mixed:4.5 (per-layer bit
+kernel), w4a8 (4-bit weights, int8 per-token activations through the W4A8 kernel) and mixed:4.5 (per-layer bit
 widths under a 4.5-bit average). Each gets a README with its command and held-out accuracy.
 
     cargo build --release
