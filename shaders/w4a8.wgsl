@@ -14,8 +14,8 @@
 // nibbles like the weights (one word per 8 codes, unpacked the same way), so the products
 // pair up without shuffles.
 //
-// Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per token, symmetric
-// absmax, or with ASYM asymmetric min/max with a zero point per row; else the static uniform
+// Variants (defines): QUANTIZE selects the activation quantizer (DYNAMIC: per token, min/max
+// with a zero point per row, or with SYMMETRIC absmax without one; else the static uniform
 // quantizer of the checkpoint; NOISE adds NoisyQuant's noise
 // first; A4 packs 4-bit codes); otherwise the GEMMs (`gemm` for CPU adapters and GEMV,
 // `gemm_workgroup` for GPUs): PACKED_DOT uses dot4I8Packed, else bytes
@@ -90,12 +90,8 @@ fn code(v: f32, scale: f32, zero: f32) -> i32 {
     if scale == 0.0 {
         return 0;
     }
-#if DYNAMIC
-#if !ASYM
+#if SYMMETRIC
     return i32(clamp(round(v / scale), -p.top, p.top));
-#else
-    return i32(clamp(round(v / scale) + zero, 0.0, p.top) - p.offset);
-#endif
 #else
     return i32(clamp(round(v / scale) + zero, 0.0, p.top) - p.offset);
 #endif
@@ -135,17 +131,17 @@ fn quantize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         lo = min(lo, partial_lo[i]);
         hi = max(hi, partial_hi[i]);
     }
-#if ASYM
+#if SYMMETRIC
+    // p.top = 2^(bits−1) − 1: 127 for int8 codes, 7 for int4 ones.
+    let scale = max(hi, -lo) / p.top;
+    let zero = p.offset;
+#else
     // p.top = 2^bits − 1 steps over [lo, hi]; the zero code maps 0 exactly.
     let scale = (hi - lo) / p.top;
     var zero = p.offset;
     if scale != 0.0 {
         zero = round(-lo / scale);
     }
-#else
-    // p.top = 2^(bits−1) − 1: 127 for int8 codes, 7 for int4 ones.
-    let scale = max(hi, -lo) / p.top;
-    let zero = p.offset;
 #endif
 #else
     let scale = p.scale;

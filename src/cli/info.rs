@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::model::Runnable;
+use super::model::{load_weights, Runnable};
 use crate::graph::plan;
 use crate::models::packed::{Activations, Attention, Description};
-use crate::models::{checksums, detect, ModelKind, WeightSummary, Weights};
+use crate::models::{checksums, detect, ModelKind, WeightSummary};
 use crate::formats::WeightFormat;
 use crate::Gpu;
 
@@ -32,7 +32,7 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(path) = &args.path else { anyhow::bail!("pass a model folder (or --architectures)") };
-    let weights = Weights::load(&if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() })?;
+    let weights = load_weights(path)?;
     let summary = WeightSummary::new(&weights)?;
     let kind = detect(path)?;
     outln!("model: {} ({})", path.display(), kind.name());
@@ -88,13 +88,11 @@ fn print_quantized(desc: &Description, summary: &WeightSummary, params: usize) {
     let bytes = summary.bytes(WeightFormat::F32);
     outln!("stored: {} ({} bytes, {:.2} MB, {:.2} bits/weight with the f32 rest)", formats.join(", "), bytes, bytes as f64 / 1e6, 8.0 * bytes as f64 / params as f64);
     let runtime = desc.runtime.unwrap_or_default();
-    let activations = match runtime.activations {
-        Activations::F32 => "f32 (weight-only)",
-        Activations::Int8PerToken => "int8 per token, symmetric",
-        Activations::Int4PerToken => "int4 per token, symmetric",
-        Activations::Int8PerTokenAsymmetric => "int8 per token with a zero point per row",
-        Activations::Int4PerTokenAsymmetric => "int4 per token with a zero point per row",
-        Activations::IntStatic => "static calibrated integer codes",
+    let activations = match (runtime.activations, runtime.activations.per_token_codes()) {
+        (_, Some((bits, false))) => format!("int{bits} per token, symmetric"),
+        (_, Some((bits, true))) => format!("int{bits} per token with a zero point per row"),
+        (Activations::IntStatic, _) => "static calibrated integer codes".to_string(),
+        _ => "f32 (weight-only)".to_string(),
     };
     let rotated = desc.tensors.values().filter(|t| t.extra.contains_key("hadamard")).count();
     let rotation = if runtime.hadamard { format!(", {rotated} block Linears rotated (Hadamard)") } else { String::new() };

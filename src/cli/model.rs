@@ -113,10 +113,15 @@ pub fn expect_kind(path: &Path, want: ModelKind, command: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// The weights of the checkpoint at `path` (a model folder or its .safetensors file).
+pub fn load_weights(path: &Path) -> anyhow::Result<Weights> {
+    let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+    Ok(Weights::load(&file)?)
+}
+
 /// Parameters and weight bytes per format of the checkpoint at `path`.
 pub fn weight_summary(path: &Path) -> anyhow::Result<WeightSummary> {
-    let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    Ok(WeightSummary::new(&Weights::load(&file)?)?)
+    Ok(WeightSummary::new(&load_weights(path)?)?)
 }
 
 /// Prints the `n` slowest nodes and the time per op kind.

@@ -336,8 +336,8 @@ pub fn quantize_activations(gpu: &Gpu, enc: &mut Encoder, x: &Tensor, act: ActIn
     let mut defines = vec!["QUANTIZE"];
     if let ActInput::PerToken { zero_point, .. } = act {
         defines.push("DYNAMIC");
-        if zero_point {
-            defines.push("ASYM");
+        if !zero_point {
+            defines.push("SYMMETRIC");
         }
     }
     if out.storage_bits == 4 {

@@ -101,33 +101,26 @@ pub fn load_block_linear(gpu: &Gpu, w: &WeightsView, out: usize, inp: usize, bia
     let low_rank = w.weights.tensors.get(&w.key(LOW_RANK_DOWN)).map(|t| t.shape.first().copied().unwrap_or(0));
     let packed = w.matrix("weight", &[out, inp], format)?;
     let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
-    match runtime.activations {
-        Activations::F32 => {}
+    let symmetric_q4 = matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. });
+    match (runtime.activations, runtime.activations.per_token_codes()) {
+        (Activations::F32, _) => {}
         // W4A8/W4A4 with dynamic activations: the per-token scale is computed on the GPU.
-        Activations::Int8PerToken | Activations::Int4PerToken | Activations::Int8PerTokenAsymmetric | Activations::Int4PerTokenAsymmetric
-            if matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. }) =>
-        {
-            let (bits, zero_point) = match runtime.activations {
-                Activations::Int8PerToken => (8, false),
-                Activations::Int4PerToken => (4, false),
-                Activations::Int8PerTokenAsymmetric => (8, true),
-                _ => (4, true),
-            };
+        (_, Some((bits, zero_point))) if symmetric_q4 => {
             let mut layer = W4Linear::new(gpu, &packed, bias, ActInput::PerToken { bits, zero_point })?;
             if let Some(block) = hadamard_block(w)? {
                 layer = layer.with_hadamard(block)?;
             }
             return Ok(Linear::Int4(Arc::new(if gelu { layer.with_gelu() } else { layer })));
         }
-        Activations::Int8PerToken => {
+        (Activations::Int8PerToken, _) => {
             let layer = W8A8Linear::new(gpu, &packed, bias)?;
             return Ok(Linear::Int8(Arc::new(if gelu { layer.with_gelu() } else { layer })));
         }
-        Activations::Int4PerToken | Activations::Int8PerTokenAsymmetric | Activations::Int4PerTokenAsymmetric => {
+        (_, Some(_)) => {
             invalid!("checkpoint {}: {} runs {:?} activations, which need symmetric q4 weights, not `{}`", w.weights.source, w.prefix(), runtime.activations, packed.format.name())
         }
-        Activations::IntStatic => {
-            let symmetric_q4 = matches!(packed.format, WeightFormat::Q4 { zero_point: false, .. });
+        // Static integer codes (`IntStatic`, the one runtime left).
+        (_, None) => {
             if let (true, Some((ActQuantizer::Uniform { bits, scale, zero }, noise))) = (symmetric_q4, input.as_ref()) {
                 if *bits <= 8 {
                     let act = ActInput::Static { bits: *bits, scale: *scale, zero: *zero };

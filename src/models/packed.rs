@@ -99,6 +99,30 @@ pub enum Activations {
     IntStatic,
 }
 
+impl Activations {
+    /// The per-token runtime of `bits`-bit codes (8 or 4), with or without a zero point per row.
+    pub fn per_token(bits: u32, zero_point: bool) -> Option<Activations> {
+        match (bits, zero_point) {
+            (8, false) => Some(Activations::Int8PerToken),
+            (4, false) => Some(Activations::Int4PerToken),
+            (8, true) => Some(Activations::Int8PerTokenAsymmetric),
+            (4, true) => Some(Activations::Int4PerTokenAsymmetric),
+            _ => None,
+        }
+    }
+
+    /// (bits, zero point) of a per-token runtime; None for f32 and static activations.
+    pub fn per_token_codes(self) -> Option<(u32, bool)> {
+        match self {
+            Activations::Int8PerToken => Some((8, false)),
+            Activations::Int4PerToken => Some((4, false)),
+            Activations::Int8PerTokenAsymmetric => Some((8, true)),
+            Activations::Int4PerTokenAsymmetric => Some((4, true)),
+            Activations::F32 | Activations::IntStatic => None,
+        }
+    }
+}
+
 /// How attention runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -479,13 +479,10 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     if let Some((4, ab)) = static_act {
         // q4 block Linears with uniform input quantizers run through the W4A8/W4A4 kernel;
         // with `dynamic` every one of them, its input quantized per token at run time.
-        let activations = match (methods.dynamic, ab, methods.asymmetric) {
-            (false, _, _) => Activations::IntStatic,
-            (true, 8, false) => Activations::Int8PerToken,
-            (true, 4, false) => Activations::Int4PerToken,
-            (true, 8, true) => Activations::Int8PerTokenAsymmetric,
-            (true, 4, true) => Activations::Int4PerTokenAsymmetric,
-            (true, _, _) => invalid!("method dynamic: {ab}-bit activations have no per-token runtime (w4a8 or w4a4)"),
+        let activations = match (methods.dynamic, Activations::per_token(ab, methods.asymmetric)) {
+            (false, _) => Activations::IntStatic,
+            (true, Some(a)) => a,
+            (true, None) => invalid!("method dynamic: {ab}-bit activations have no per-token runtime (w4a8 or w4a4)"),
         };
         desc.runtime = Some(Runtime { activations, attention: Attention::Exact, hadamard: methods.rotate });
     }
