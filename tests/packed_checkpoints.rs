@@ -13,10 +13,14 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_tiny_test")
 }
 
-/// The fixture with every Linear and the patch projection packed in `format`.
+/// The fixture with every Linear and the patch projection packed in `format`, in a folder of
+/// its own per call: the tests run in parallel, and two of them pack q8 (sharing one folder,
+/// one read the file while the other rewrote it: "file not fully covered").
 fn quantized_copy(format: WeightFormat) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let w = Weights::load(&fixture().join("model.safetensors")).unwrap();
-    let dir = std::env::temp_dir().join(format!("lowbit-packed-{}-{}", std::process::id(), format.name()));
+    let dir = std::env::temp_dir().join(format!("lowbit-packed-{}-{}-{call}", std::process::id(), format.name()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
     let (mut floats, mut matrices, mut desc) = (Vec::new(), Vec::new(), Description::default());
