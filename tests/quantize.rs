@@ -234,6 +234,60 @@ fn quantize_then_classify_round_trip() {
     assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(dir.join("w4a16/model.safetensors")).unwrap());
 }
 
+/// The loss-aware options, from the CPU backward pass of `models::vit::backprop`:
+/// `--sensitivity fisher|lrp` for mixed precision and `--method fisher` for GPTQ; and what
+/// they refuse (models without that backward pass, contradicting methods).
+#[test]
+fn loss_aware_sensitivities_and_gptq() {
+    let dir = scratch("loss-aware");
+    let calib = calibration_images(&dir, 6, 32);
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let reference = logits(&vit, &image, &dir.join("ref.safetensors"));
+    let (v, c) = (vit.to_str().unwrap(), calib.to_str().unwrap());
+    for (recipe, method, sensitivity, label) in [
+        ("mixed:4.5", "gptq", Some("fisher"), "predicted from its gradient-weighted Hessian"),
+        ("mixed:3.5", "gptq", Some("lrp"), "less its relevance share"),
+        ("w4a16", "gptq,clip,fisher", None, "MB packed"),
+    ] {
+        let out = dir.join(format!("{}-{}", recipe.replace(':', "_"), sensitivity.unwrap_or("method")));
+        let mut args = vec!["quantize", "--model", v, "--recipe", recipe, "--method", method, "--calib", c, "--calib-count", "6", "--seed", "3", "--out", out.to_str().unwrap()];
+        if let Some(s) = sensitivity {
+            args.extend(["--sensitivity", s]);
+        }
+        let stdout = ok(&args);
+        assert!(stdout.contains(label), "{stdout}");
+        let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+        match sensitivity {
+            Some(s) => assert_eq!(desc["mixed"]["sensitivity"], s, "{desc}"),
+            None => assert_eq!(desc["methods"], "gptq+clip+fisher", "{desc}"),
+        }
+        let sqnr = lowbit::metrics::sqnr_db(&logits(&out, &image, &dir.join("q.safetensors")), &reference);
+        eprintln!("{recipe} {method} {sensitivity:?}: logits SQNR {sqnr:.1} dB");
+        assert!(sqnr > 10.0, "{recipe} {method} {sensitivity:?}: logits SQNR {sqnr} dB");
+    }
+    let bad = dir.join("bad");
+    let b = bad.to_str().unwrap();
+    let quantize = |model: &str, recipe: &'static str, extra: &[&'static str]| {
+        let mut a = vec!["quantize".to_string(), "--model".into(), fixture(model).to_str().unwrap().into(), "--recipe".into(), recipe.into(), "--calib".into(), c.into(), "--out".into(), b.into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let cases: [(&str, &str, &[&str], &[&str]); 6] = [
+        ("swin_tiny_test", "mixed:4.5", &["--sensitivity", "fisher"], &["--sensitivity fisher", "ViT-family"]),
+        ("vqgan_tiny_test", "mixed:4.5", &["--sensitivity", "lrp"], &["--sensitivity lrp", "ViT-family"]),
+        ("swin_tiny_test", "w4a16", &["--method", "gptq,fisher"], &["method fisher", "ViT-family"]),
+        ("vit_qknorm_test", "w4a16", &["--method", "gptq,fisher"], &["method fisher", "qk_norm"]),
+        ("vit_tiny_test", "w4a16", &["--method", "clip,fisher"], &["method fisher", "add gptq"]),
+        ("vit_tiny_test", "w4a16", &["--method", "sequential,gptq,fisher"], &["fisher and sequential"]),
+    ];
+    for (model, recipe, extra, words) in cases {
+        let args = quantize(model, recipe, extra);
+        refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), words, &bad);
+    }
+    refused(&["quantize", "--model", v, "--recipe", "mixed:4.5", "--calib", c, "--sensitivity", "relevance", "--out", b], &["--sensitivity relevance", "lrp", "fisher"], &bad);
+}
+
 #[test]
 fn sequential_gptq_calibrates_the_blocks_in_order() {
     let dir = scratch("sequential");

@@ -76,8 +76,9 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--markdown", action="store_true", help="only print the table of --out")
+    ap.add_argument("--sensitivity", help="passed to quantize (mixed:<bits> recipes: hessian, output, fisher, lrp)")
     ap.add_argument("--subsets", action="store_true", help="make /tmp/digits/test50 and /tmp/photo-data/test60 first")
-    ap.add_argument("--cells", help="only these cells, e.g. 'w4a16:gptq,clip;w4a16:sequential,gptq,clip' ('w6a6:' for a default)")
+    ap.add_argument("--cells", help="only these cells, e.g. 'w4a16:gptq,clip;mixed:4.5:gptq,clip' ('w6a6:' for a default)")
     args = ap.parse_args()
     done = {}
     if os.path.exists(args.out):
@@ -92,7 +93,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     cells = CELLS
     if args.cells:
-        cells = [(c.split(":", 1)[0], c.split(":", 1)[1], ALL) for c in args.cells.split(";")]
+        cells = [(c.rsplit(":", 1)[0], c.rsplit(":", 1)[1], ALL) for c in args.cells.split(";")]
     for recipe, method, models in cells:
         for name in args.models.split(","):
             if name not in models or (name, recipe, method) in done:
@@ -104,8 +105,12 @@ def main():
                    "--calib-count", str(args.calib_count), "--seed", "0", "--out", out]
             if method:
                 cmd += ["--method", method]
+            if args.sensitivity:
+                cmd += ["--sensitivity", args.sensitivity]
             p, secs = run(cmd, env)
             row = {"model": name, "recipe": recipe, "method": method, "quantize_s": round(secs, 1)}
+            if args.sensitivity:
+                row["sensitivity"] = args.sensitivity
             if p.returncode != 0:
                 row["error"] = (p.stderr or p.stdout).strip().splitlines()[-1:]
             else:

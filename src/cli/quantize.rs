@@ -39,8 +39,9 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
     /// How mixed:<bits> measures each layer's sensitivity: hessian (its output error on the
-    /// calibration inputs, from one pass) or output (the model's output, one pass per layer
-    /// and format: slower).
+    /// calibration inputs, from one pass), output (the model's output, one pass per layer
+    /// and format: slower), fisher (the model's output error predicted through its gradient,
+    /// ViT family) or lrp (hessian weighted by the layer's LRP relevance, ViT family).
     #[arg(long, default_value = "hessian", value_name = "HOW")]
     pub sensitivity: String,
     /// The rank of `--method svdquant`'s low-rank branch per block Linear (default 32; at most
@@ -72,6 +73,8 @@ pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
         let measured = match sensitivity {
             crate::quant::mixed::Sensitivity::Hessian => "layer-output SQNR dB per format, from its Hessian",
             crate::quant::mixed::Sensitivity::Output => "model-output SQNR dB per format",
+            crate::quant::mixed::Sensitivity::Fisher => "model-output SQNR dB per format, predicted from its gradient-weighted Hessian",
+            crate::quant::mixed::Sensitivity::Lrp => "layer-output SQNR dB per format, less its relevance share",
         };
         outln!("  {:<40} {:>9} {:>9}   sensitivity ({measured})", "layer", "exact", "greedy");
         for (i, key) in a.keys.iter().enumerate() {

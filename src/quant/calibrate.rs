@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::gptq::Hessian;
+use crate::models::vit::backprop::{self, Measured, Sensitivity};
 use crate::graph::Plan;
 use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
-use crate::models::{detect, load_image, preprocess, Classifier, ClassifierConfig, ModelKind, Weights, WeightSummary};
+use crate::models::{detect, load_image, preprocess, Classifier, ClassifierConfig, ModelKind, VitConfig, Weights, WeightSummary};
 use crate::formats::WeightFormat;
 use crate::synthetic::Rng;
 use crate::{invalid, Error, Gpu, Result};
@@ -134,7 +135,7 @@ impl Model {
                 for l in layers {
                     if !rows.contains_key(l.node.as_str()) {
                         let (inputs, output) = plan.node_values(&l.node)?;
-                        rows.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l)?);
+                        rows.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l, None)?);
                     }
                 }
             }
@@ -222,17 +223,84 @@ impl Model {
         Ok(())
     }
 
-    /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights.
-    pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
+    /// The ViT config and the calibration images in passes of BATCH, for the CPU backward
+    /// passes of `--method fisher` and `--sensitivity fisher|lrp` (`what` names the option).
+    fn vit_batches<'a>(&'a self, calib: &'a Calibration, what: &str) -> Result<(&'a VitConfig, Vec<&'a [f32]>, usize)> {
+        let Family::Classifier(ClassifierConfig::Vit(c)) = &self.family else {
+            invalid!("{what} differentiates a ViT-family classifier (on the CPU); this model is not one");
+        };
+        let Some((pixels, [_, ch, h, w])) = &calib.images else { invalid!("{what} needs calibration images") };
+        Ok((c, pixels.chunks(BATCH * ch * h * w).collect(), ch * h * w))
+    }
+
+    /// Per layer (graph node) and input row, over the calibration images in order, the
+    /// expected squared gradient of the model's output at the row's output, and its sums per
+    /// output channel (`models::vit::backprop::sensitivity`); and the outputs' mean squared
+    /// norm per image.
+    pub fn output_sensitivity(&self, calib: &Calibration, what: &str) -> Result<(Measured, f64)> {
+        let (c, batches, per_image) = self.vit_batches(calib, what)?;
+        let mut all = Measured { rows: Sensitivity::new(), channels: HashMap::new(), outputs: Vec::new() };
+        let mut progress = Progress::new("output gradients (CPU backward passes)", calib.count());
+        for (i, chunk) in batches.into_iter().enumerate() {
+            let m = backprop::sensitivity(c, &self.weights, chunk, i as u64).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            progress.step(chunk.len() / per_image);
+            for (node, rows) in m.rows {
+                all.rows.entry(node).or_default().extend(rows);
+            }
+            for (node, ch) in m.channels {
+                let acc = all.channels.entry(node).or_insert_with(|| vec![0.0; ch.len()]);
+                acc.iter_mut().zip(ch).for_each(|(a, b)| *a += b);
+            }
+            all.outputs.extend(m.outputs);
+        }
+        progress.finish();
+        let energy = all.outputs.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / calib.count().max(1) as f64;
+        Ok((all, energy))
+    }
+
+    /// `--method fisher`: `output_sensitivity` as row weights of mean 1 per layer (a row the
+    /// output ignores, a patch token after the last attention of a class-token model, gets 0).
+    pub fn output_weights(&self, calib: &Calibration) -> Result<Sensitivity> {
+        let (Measured { rows: mut all, .. }, _) = self.output_sensitivity(calib, "method fisher")?;
+        for rows in all.values_mut() {
+            let mean = rows.iter().map(|&v| v as f64).sum::<f64>() / rows.len().max(1) as f64;
+            let scale = if mean > 0.0 { 1.0 / mean } else { 0.0 };
+            rows.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
+        }
+        Ok(all)
+    }
+
+    /// `--sensitivity lrp`: each layer's relevance over the calibration images
+    /// (`models::vit::backprop::relevance`), by graph node.
+    pub fn relevance(&self, calib: &Calibration) -> Result<HashMap<String, f64>> {
+        let (c, batches, per_image) = self.vit_batches(calib, "--sensitivity lrp")?;
+        let mut all = HashMap::new();
+        let mut progress = Progress::new("relevance (CPU backward passes)", calib.count());
+        for chunk in batches {
+            progress.step(chunk.len() / per_image);
+            for (node, r) in backprop::relevance(c, &self.weights, chunk).map_err(|e| Error::Invalid(format!("--sensitivity lrp: {e}")))? {
+                *all.entry(node).or_insert(0.0) += r;
+            }
+        }
+        progress.finish();
+        Ok(all)
+    }
+
+    /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights;
+    /// with `row_weights` (`output_weights`), Σ w·x·xᵀ.
+    pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, row_weights: Option<&Sensitivity>, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
         let mut out: HashMap<String, Hessian> = layers.iter().map(|l| (l.key.clone(), Hessian::new(l.cols()))).collect();
         let (main, enc): (Vec<&Layer>, Vec<&Layer>) = layers.iter().partition(|l| !l.encoder);
         if !main.is_empty() {
             let model = self.build(gpu, &self.weights)?;
+            let mut first = 0;
             for batch in calib.batches()? {
                 let plan = Plan::unshared(gpu, model.graph(batch.count(), calib)?)?;
                 batch.set(gpu, &plan)?;
                 plan.run(gpu)?;
-                accumulate(gpu, &plan, &main, &mut out)?;
+                let weights = row_weights.map(|w| RowWeights { all: w, images: calib.count(), first, count: batch.count() });
+                accumulate(gpu, &plan, &main, weights.as_ref(), &mut out)?;
+                first += batch.count();
                 progress.step(batch.count());
             }
         }
@@ -248,7 +316,7 @@ impl Model {
                 let plan = Plan::unshared(gpu, encoder.graph(n, *h, *w)?)?;
                 plan.set_input(gpu, 0, chunk)?;
                 plan.run(gpu)?;
-                accumulate(gpu, &plan, &enc, &mut out)?;
+                accumulate(gpu, &plan, &enc, None, &mut out)?;
             }
         }
         Ok(out)
@@ -272,13 +340,34 @@ impl Built {
     }
 }
 
-/// Reads back each layer's input and adds its rows to the layer's Hessian.
-fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], out: &mut HashMap<String, Hessian>) -> Result<()> {
+/// The `output_weights` of one calibration pass: images `first..first + count` of `images`.
+struct RowWeights<'a> {
+    all: &'a Sensitivity,
+    images: usize,
+    first: usize,
+    count: usize,
+}
+
+impl RowWeights<'_> {
+    /// The pass's weights of the input rows of `node` (`rows` of them), if it has any.
+    fn of(&self, node: &str, rows: usize) -> Result<Option<&[f32]>> {
+        let Some(all) = self.all.get(node) else { return Ok(None) };
+        let per = all.len() / self.images;
+        if per * self.count != rows {
+            invalid!("method fisher: {node} multiplies {rows} rows in this pass, its weights say {}", per * self.count);
+        }
+        Ok(Some(&all[self.first * per..(self.first + self.count) * per]))
+    }
+}
+
+/// Reads back each layer's input and adds its rows (each scaled by √weight, with weights) to
+/// the layer's Hessian.
+fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], weights: Option<&RowWeights>, out: &mut HashMap<String, Hessian>) -> Result<()> {
     let mut cache: HashMap<&str, Vec<f32>> = HashMap::new();
     for l in layers {
         let (inputs, output) = plan.node_values(&l.node)?;
         if !cache.contains_key(l.node.as_str()) {
-            cache.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l)?);
+            cache.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l, weights)?);
         }
         out.get_mut(&l.key).unwrap().add_rows(&cache[l.node.as_str()])?;
     }
@@ -286,14 +375,17 @@ fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], out: &mut HashMap<Strin
 }
 
 /// The rows a layer multiplies: the last axis of tokens, or im2col patches of an NCHW map (in
-/// the weight's [cin, kh, kw] order), thinned to at most ROWS_PER_PASS evenly spaced rows.
-fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer) -> Result<Vec<f32>> {
+/// the weight's [cin, kh, kw] order), each scaled by √weight where `weights` has the node's,
+/// thinned to at most ROWS_PER_PASS evenly spaced rows.
+fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer, weights: Option<&RowWeights>) -> Result<Vec<f32>> {
     let x = input.to_vec_f32(gpu)?;
     let cols = l.cols();
+    let scale = |w: Option<&[f32]>, row: usize| w.map_or(1.0, |w| w[row].sqrt());
     if input.shape.len() != 4 {
         let rows = x.len() / cols;
+        let w = weights.map(|w| w.of(&l.node, rows)).transpose()?.flatten();
         let step = rows.div_ceil(ROWS_PER_PASS).max(1);
-        return Ok(x.chunks(cols).step_by(step).flatten().copied().collect());
+        return Ok(x.chunks(cols).enumerate().step_by(step).flat_map(|(r, row)| row.iter().map(move |v| v * scale(w, r))).collect());
     }
     let [b, c, h, w] = [input.shape[0], input.shape[1], input.shape[2], input.shape[3]];
     let (kh, kw) = (l.shape.get(2).copied().unwrap_or(1), l.shape.get(3).copied().unwrap_or(1));
@@ -313,16 +405,18 @@ fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer) 
         invalid!("{}: cannot tell the conv geometry of {h}×{w} → {out_pixels} pixels", l.key);
     };
     let total = b * oh * ow;
+    let row_weights = weights.map(|w| w.of(&l.node, total)).transpose()?.flatten();
     let step = total.div_ceil(ROWS_PER_PASS).max(1);
     let mut rows = Vec::with_capacity(total.div_ceil(step) * cols);
     for p in (0..total).step_by(step) {
         let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
+        let s = scale(row_weights, p);
         for ci in 0..c {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (y, xx) = ((oy * stride + ky) as isize - pad.0 as isize, (ox * stride + kx) as isize - pad.1 as isize);
                     let inside = y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w;
-                    rows.push(if inside { x[((n * c + ci) * h + y as usize) * w + xx as usize] } else { 0.0 });
+                    rows.push(if inside { s * x[((n * c + ci) * h + y as usize) * w + xx as usize] } else { 0.0 });
                 }
             }
         }

@@ -47,6 +47,11 @@ pub enum Sensitivity {
     #[default]
     Hessian,
     Output,
+    /// The model output's SQNR predicted from the layer's error: its Hessian with each input
+    /// row weighted by the squared output gradient at that row (`models::vit::backprop`).
+    Fisher,
+    /// The `hessian` SQNR, the layer's noise scaled by its share of the relevance (LRP-QViT).
+    Lrp,
 }
 
 impl Sensitivity {
@@ -54,7 +59,11 @@ impl Sensitivity {
         match name {
             "hessian" => Ok(Sensitivity::Hessian),
             "output" => Ok(Sensitivity::Output),
-            _ => invalid!("--sensitivity {name}: expected hessian (the layer's output error from its calibration inputs) or output (the model's output, one pass per layer and format)"),
+            "fisher" => Ok(Sensitivity::Fisher),
+            "lrp" => Ok(Sensitivity::Lrp),
+            _ => invalid!(
+                "--sensitivity {name}: expected hessian (the layer's output error from its calibration inputs), output (the model's output, one pass per layer and format), fisher (the model's output error predicted through its gradient) or lrp (hessian weighted by the layer's relevance)"
+            ),
         }
     }
 
@@ -62,7 +71,19 @@ impl Sensitivity {
         match self {
             Sensitivity::Hessian => "hessian",
             Sensitivity::Output => "output",
+            Sensitivity::Fisher => "fisher",
+            Sensitivity::Lrp => "lrp",
         }
+    }
+
+    /// Measured on the Hessian proxy (round-to-nearest candidates, no forward pass per format).
+    pub fn from_hessians(self) -> bool {
+        self != Sensitivity::Output
+    }
+
+    /// Needs the CPU backward pass of a ViT-family classifier.
+    pub fn needs_backward(self) -> bool {
+        matches!(self, Sensitivity::Fisher | Sensitivity::Lrp)
     }
 }
 
@@ -72,9 +93,10 @@ impl Sensitivity {
 const PROXY_ROWS: usize = 64;
 
 /// Σ over (sampled) rows δ of δᵀHδ, scaled to all rows: the squared error the matrix `d` adds
-/// to the layer's output, summed over the calibration inputs H was accumulated from.
-fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32]) -> f64 {
-    let step = rows.div_ceil(PROXY_ROWS).max(1);
+/// to the layer's output, summed over the calibration inputs H was accumulated from. With
+/// `row_weights`, Σ over every row of weight·δᵀHδ (weights vary too much to sample).
+fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32], row_weights: Option<&[f64]>) -> f64 {
+    let step = if row_weights.is_some() { 1 } else { rows.div_ceil(PROXY_ROWS).max(1) };
     let mut sum = 0f64;
     let mut used = 0;
     for r in (0..rows).step_by(step) {
@@ -86,7 +108,7 @@ fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32]) -> f64 {
                 e += di as f64 * hi.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() as f64;
             }
         }
-        sum += e;
+        sum += e * row_weights.map_or(1.0, |w| w[r]);
         used += 1;
     }
     sum * rows as f64 / used.max(1) as f64
@@ -238,24 +260,56 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
         })
         .collect();
     allocate(names.clone(), params.clone(), cheapest, budget_bytes, bits)?;
+    // fisher: the squared output gradient g²[row, channel] of a layer, taken as separable,
+    // a[row]·b[channel] (a: its sum over channels, b: its share per channel over the rows),
+    // predicts the output noise per image Σ g²·ΔO² ≈ (rows per image / 2)·Σ_j b_j·δ_jᵀ·H_a·δ_j
+    // with H_a = 2/n·Σ a·x·xᵀ (the Hessian of rows weighted by a) and δ_j row j of ΔW.
+    // Separable, a LayerScale'd or outlier output channel counts as much as its gradient says.
+    let fisher = match sensitivity {
+        Sensitivity::Fisher => {
+            let (measured, energy) = model.output_sensitivity(calib, "--sensitivity fisher")?;
+            let mut progress = Progress::new("calibrating (gradient-weighted layer inputs)", calib.count());
+            let h = model.hessians(gpu, layers, calib, Some(&measured.rows), &mut progress)?;
+            progress.finish();
+            let mut scale = HashMap::new();
+            for (node, rows) in &measured.rows {
+                let Some(ch) = measured.channels.get(node) else { continue };
+                let total: f64 = ch.iter().sum();
+                let share: Vec<f64> = ch.iter().map(|&c| if total > 0.0 { c / total } else { 1.0 / ch.len() as f64 }).collect();
+                scale.insert(node.clone(), (rows.len() as f64 / calib.count() as f64 / 2.0, share));
+            }
+            Some((h, scale, energy))
+        }
+        _ => None,
+    };
+    let hessians = fisher.as_ref().map_or(hessians, |f| &f.0);
+    // lrp: each layer's relevance relative to the mean layer's.
+    let relevance = match sensitivity {
+        Sensitivity::Lrp => {
+            let r = model.relevance(calib)?;
+            let mean = r.values().sum::<f64>() / r.len().max(1) as f64;
+            Some(r.into_iter().map(|(node, v)| (node, v / mean)).collect::<HashMap<_, _>>())
+        }
+        _ => None,
+    };
     let calib = &calib.first(SENSITIVITY_INPUTS);
     let reference = match sensitivity {
         Sensitivity::Output => model.outputs(gpu, &model.weights, calib)?,
-        Sensitivity::Hessian => Vec::new(),
+        _ => Vec::new(),
     };
     // The Hessian proxy's H (f32 for speed) and the layer's output energy tr(W H Wᵀ).
     let proxy = |l: &Layer| -> Option<(Vec<f32>, f64)> {
         let h: Vec<f32> = hessians.get(&l.key)?.matrix().iter().map(|&v| v as f32).collect();
-        let energy = hessian_energy(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), &h);
+        let energy = hessian_energy(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), &h, None);
         Some((h, energy))
     };
     let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
     let mut options = Vec::with_capacity(items.len());
     let mut progress = Progress::new("measuring layer sensitivities", items.len());
-    for (_, members) in &items {
+    for (node, members) in &items {
         let mut opts = Vec::new();
         let proxies: Vec<Option<(Vec<f32>, f64)>> = match sensitivity {
-            Sensitivity::Hessian if !members[0].encoder => members.iter().map(|l| proxy(l)).collect(),
+            s if s.from_hessians() && !members[0].encoder => members.iter().map(|l| proxy(l)).collect(),
             _ => Vec::new(),
         };
         for format in formats_of(members) {
@@ -266,21 +320,34 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
                 // format would cost four times the final quantization (248 of 400 s on a
                 // ViT-S), for a ranking that hardly changes.
                 let used = match sensitivity {
-                    Sensitivity::Hessian => Methods { gptq: false, clip: false, ..methods },
                     Sensitivity::Output => Methods { gptq: methods.gptq && h.is_some(), ..methods },
+                    _ => Methods { gptq: false, clip: false, ..methods },
                 };
                 packed.insert(l.key.clone(), quantize_matrix(&model.weights.tensors[&l.key].data, l.rows(), l.cols(), format, used, h)?);
             }
             let sqnr_db = if members[0].encoder {
                 f64::INFINITY
-            } else if sensitivity == Sensitivity::Hessian {
+            } else if sensitivity.from_hessians() {
                 let (mut signal, mut noise) = (0f64, 0f64);
                 for (l, p) in members.iter().zip(&proxies) {
                     let Some((h, energy)) = p else { invalid!("{}: no calibration inputs reached this layer for its sensitivity", l.key) };
                     let w = &model.weights.tensors[&l.key].data;
                     let delta: Vec<f32> = packed[&l.key].dequantize().iter().zip(w).map(|(q, w)| q - w).collect();
-                    signal += energy;
-                    noise += hessian_energy(&delta, l.rows(), l.cols(), h);
+                    match &fisher {
+                        Some((_, scale, output_energy)) => {
+                            let Some((per_image, share)) = scale.get(&l.node) else { invalid!("{}: the backward pass reached no layer `{}`", l.key, l.node) };
+                            signal = *output_energy;
+                            noise += per_image * hessian_energy(&delta, l.rows(), l.cols(), h, Some(share));
+                        }
+                        None => {
+                            signal += energy;
+                            noise += hessian_energy(&delta, l.rows(), l.cols(), h, None);
+                        }
+                    }
+                }
+                if let Some(r) = &relevance {
+                    let Some(share) = r.get(node) else { invalid!("{node}: the relevance pass reached no such layer") };
+                    noise *= share;
                 }
                 (10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()).min(200.0)
             } else {

@@ -89,11 +89,14 @@ pub struct Methods {
     /// GPTQ block after block on the quantized model's inputs, with an error-compensating
     /// target (`quant::sequential`).
     pub sequential: bool,
+    /// PTQ4ViT's loss-aware ("Hessian-guided") metric: GPTQ's Hessians weight each input row by
+    /// how much its output error moves the model's output (`models::vit::backprop`).
+    pub fisher: bool,
 }
 
 impl Methods {
     pub fn parse(list: &str) -> Result<Methods> {
-        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false, dynamic: false, asymmetric: false, rotate: false, sequential: false };
+        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false, dynamic: false, asymmetric: false, rotate: false, sequential: false, fisher: false };
         let mut rtn = false;
         for name in list.split(',').map(str::trim) {
             match name {
@@ -108,11 +111,12 @@ impl Methods {
                 "asymmetric" => m.asymmetric = true,
                 "rotate" => m.rotate = true,
                 "sequential" => m.sequential = true,
+                "fisher" => m.fisher = true,
                 "log2" => m.act.set_quantizers(Kind::Log2, None)?,
                 "adalog" => m.act.set_quantizers(Kind::AdaLog, Some(Kind::AdaLog))?,
                 "sulq" => m.act.set_quantizers(Kind::Sulq, Some(Kind::Sulq))?,
                 "twin" => m.act.set_quantizers(Kind::Twin { gelu: false }, Some(Kind::Twin { gelu: true }))?,
-                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq, sequential, svdquant; activations: {})", ACT_METHODS.join(", ")),
+                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq, sequential, fisher, svdquant; activations: {})", ACT_METHODS.join(", ")),
             }
         }
         if rtn && m.clip {
@@ -133,7 +137,7 @@ impl Methods {
     /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
     /// given whether calibration data was passed.
     pub fn default_for(calibrated: bool) -> Methods {
-        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, asymmetric: false, rotate: false, sequential: false }
+        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, asymmetric: false, rotate: false, sequential: false, fisher: false }
     }
 
     /// The default of the activation recipes (calibration is required for them): the best
@@ -153,7 +157,7 @@ impl Methods {
         // AdaLog's post-GELU shift goes with its post-softmax quantizer where fc2's input is static.
         let gelu = if dynamic { None } else { softmax.filter(|k| *k == Kind::AdaLog) };
         let act = ActMethods { repq: !dynamic && act_bits <= 6, noisy: false, softmax, gelu, smooth: dynamic };
-        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, asymmetric: dynamic, rotate: dynamic && act_bits <= 4, sequential: false }
+        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, asymmetric: dynamic, rotate: dynamic && act_bits <= 4, sequential: false, fisher: false }
     }
 
     pub fn name(&self) -> String {
@@ -179,6 +183,9 @@ impl Methods {
         }
         if self.sequential {
             names.push("sequential");
+        }
+        if self.fisher {
+            names.push("fisher");
         }
         names.join("+")
     }
@@ -206,6 +213,14 @@ impl Methods {
             }
             if matches!(recipe, Recipe::Mixed { .. }) {
                 invalid!("method sequential: recipe {} allocates bits from per-layer sensitivities of the float model; use a fixed recipe", recipe.name());
+            }
+        }
+        if self.fisher {
+            if !self.gptq && !matches!(recipe, Recipe::Mixed { .. }) {
+                invalid!("method fisher weights the Hessians of GPTQ (and of the mixed recipe's sensitivity); add gptq");
+            }
+            if self.sequential {
+                invalid!("methods fisher and sequential: sequential builds its own Hessians on the quantized model's inputs; drop one");
             }
         }
         if self.asymmetric && !self.dynamic {
@@ -306,6 +321,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     if methods.sequential && !matches!(model.family, Family::Classifier(_)) {
         invalid!("method sequential runs on classifiers (ViT, Swin); a VQGAN's blocks are not calibrated in order");
     }
+    let is_vit = matches!(model.family, Family::Classifier(crate::models::ClassifierConfig::Vit(_)));
+    if methods.fisher && !is_vit {
+        invalid!("method fisher differentiates a ViT-family classifier on the CPU (no Swin, no VQGAN backward pass yet); drop it for this model");
+    }
+    if matches!(recipe, Recipe::Mixed { .. }) && opts.sensitivity.needs_backward() && !is_vit {
+        invalid!("--sensitivity {} differentiates a ViT-family classifier on the CPU (no Swin, no VQGAN backward pass yet); use hessian or output", opts.sensitivity.name());
+    }
     match (&recipe, &model.family) {
         (Recipe::Activations { weight_bits: 8, act_bits: 8, .. }, Family::Classifier(_)) => {}
         (Recipe::Activations { name, weight_bits: 8, act_bits: 8 }, _) => invalid!("recipe {name}: int8 activations run in ViT Linear layers only (the W8A8 kernel); quantize a VQGAN with a weight-only recipe"),
@@ -354,12 +376,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     };
     // Layers GPTQ cannot see (a VQGAN encoder calibrated with tokens) fall back to clip/rtn.
     // The mixed recipe's default sensitivity reads the same layer inputs.
-    let mixed_hessian = matches!(recipe, Recipe::Mixed { .. }) && opts.sensitivity == mixed::Sensitivity::Hessian;
+    let mixed_hessian = matches!(recipe, Recipe::Mixed { .. }) && matches!(opts.sensitivity, mixed::Sensitivity::Hessian | mixed::Sensitivity::Lrp);
     let hessians: HashMap<String, Hessian> = match (&calib, methods.gptq || mixed_hessian) {
         (Some(c), true) => {
             let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
             let mut progress = Progress::new("calibrating (layer inputs)", c.count());
-            let h = model.hessians(gpu, &seen, c, &mut progress)?;
+            let weights = if methods.fisher { Some(model.output_weights(c)?) } else { None };
+            let h = model.hessians(gpu, &seen, c, weights.as_ref(), &mut progress)?;
             progress.finish();
             h
         }

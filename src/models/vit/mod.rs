@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
+pub mod backprop;
 mod checks;
 pub mod config;
 mod forward;

@@ -1,0 +1,194 @@
+//! The pieces of the CPU ViT (`super`): Linear and LayerNorm with their backward passes, the
+//! activations' slopes, and rows split between the cores.
+
+use super::Rule;
+use crate::kernels::elementwise::Activation;
+use crate::models::Weights;
+use crate::Result;
+
+/// A Linear: y = x·Wᵀ + b over rows.
+pub(super) struct Dense<'a> {
+    pub(super) w: &'a [f32],
+    pub(super) b: Option<&'a [f32]>,
+    pub(super) out: usize,
+    pub(super) inp: usize,
+}
+
+impl<'a> Dense<'a> {
+    pub(super) fn load(w: &'a Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Dense<'a>> {
+        let b = if bias { Some(w.get(&format!("{name}.bias"), &[out])?) } else { None };
+        Ok(Dense { w: w.get(&format!("{name}.weight"), &[out, inp])?, b, out, inp })
+    }
+
+    pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0; x.len() / self.inp * self.out];
+        par_rows(&mut y, self.out, |r, row| {
+            let xr = &x[r * self.inp..(r + 1) * self.inp];
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = dot(xr, &self.w[o * self.inp..(o + 1) * self.inp]) + self.b.map_or(0.0, |b| b[o]);
+            }
+        });
+        y
+    }
+
+    /// dx = dy·W.
+    pub(super) fn backward(&self, dy: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0; dy.len() / self.out * self.inp];
+        par_rows(&mut dx, self.inp, |r, row| {
+            for (o, &g) in dy[r * self.out..(r + 1) * self.out].iter().enumerate() {
+                if g != 0.0 {
+                    row.iter_mut().zip(&self.w[o * self.inp..(o + 1) * self.inp]).for_each(|(d, &w)| *d += g * w);
+                }
+            }
+        });
+        dx
+    }
+}
+
+pub(super) struct Norm<'a> {
+    pub(super) w: &'a [f32],
+    pub(super) b: &'a [f32],
+    pub(super) eps: f32,
+}
+
+/// What LayerNorm's backward needs: the normalized rows and each row's 1/σ.
+pub(super) struct NormCache {
+    pub(super) xhat: Vec<f32>,
+    pub(super) rstd: Vec<f32>,
+}
+
+impl<'a> Norm<'a> {
+    pub(super) fn load(w: &'a Weights, name: &str, d: usize, eps: f32) -> Result<Norm<'a>> {
+        Ok(Norm { w: w.get(&format!("{name}.weight"), &[d])?, b: w.get(&format!("{name}.bias"), &[d])?, eps })
+    }
+
+    pub(super) fn forward(&self, x: &[f32]) -> (Vec<f32>, NormCache) {
+        let d = self.w.len();
+        let (mut y, mut xhat, mut rstd) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()), Vec::with_capacity(x.len() / d));
+        for row in x.chunks(d) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let r = 1.0 / (var + self.eps as f64).sqrt();
+            for (i, &v) in row.iter().enumerate() {
+                let h = ((v as f64 - mean) * r) as f32;
+                xhat.push(h);
+                y.push(h * self.w[i] + self.b[i]);
+            }
+            rstd.push(r as f32);
+        }
+        (y, NormCache { xhat, rstd })
+    }
+
+    /// dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)) / σ with dx̂ = dy ⊙ γ; under `Rule::Relevance`
+    /// σ is a constant, which drops the last term.
+    pub(super) fn backward(&self, cache: &NormCache, dy: &[f32], rule: Rule) -> Vec<f32> {
+        let d = self.w.len();
+        let mut dx = Vec::with_capacity(dy.len());
+        for ((g, h), &r) in dy.chunks(d).zip(cache.xhat.chunks(d)).zip(&cache.rstd) {
+            let dh: Vec<f32> = g.iter().zip(self.w).map(|(g, w)| g * w).collect();
+            let m1 = dh.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let m2 = match rule {
+                Rule::Gradient => dh.iter().zip(h).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / d as f64,
+                Rule::Relevance => 0.0,
+            };
+            dx.extend(dh.iter().zip(h).map(|(&a, &b)| ((a as f64 - m1 - b as f64 * m2) * r as f64) as f32));
+        }
+        dx
+    }
+}
+
+/// d/dx of the activation (what `Activation::reference` computes), or act(x)/x under
+/// `Rule::Relevance`.
+pub(super) fn slope(act: Activation, x: f32, rule: Rule) -> f32 {
+    if rule == Rule::Relevance {
+        return if x == 0.0 { slope(act, 0.0, Rule::Gradient) } else { act.reference(x) / x };
+    }
+    let x = x as f64;
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    (match act {
+        Activation::Gelu => {
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            0.5 * (1.0 + crate::kernels::elementwise::erf(x / std::f64::consts::SQRT_2)) + x * pdf
+        }
+        Activation::Swish => sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
+        Activation::QuickGelu => sigmoid(1.702 * x) * (1.0 + 1.702 * x * (1.0 - sigmoid(1.702 * x))),
+        Activation::GeluTanh => {
+            let a = (2.0 / std::f64::consts::PI).sqrt();
+            let u = a * (x + 0.044715 * x.powi(3));
+            0.5 * (1.0 + u.tanh()) + 0.5 * x * (1.0 - u.tanh().powi(2)) * a * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+    }) as f32
+}
+
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+pub(super) fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    x.iter_mut().for_each(|v| {
+        *v = (*v - max).exp();
+        sum += *v;
+    });
+    x.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// x += γ ⊙ branch (LayerScale) or x += branch.
+pub(super) fn add_scaled(x: &mut [f32], branch: &[f32], gamma: Option<&[f32]>) {
+    match gamma {
+        Some(g) => x.iter_mut().zip(branch).enumerate().for_each(|(i, (a, b))| *a += g[i % g.len()] * b),
+        None => x.iter_mut().zip(branch).for_each(|(a, b)| *a += b),
+    }
+}
+
+pub(super) fn scaled(x: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
+    match gamma {
+        Some(g) => x.iter().enumerate().map(|(i, v)| g[i % g.len()] * v).collect(),
+        None => x.to_vec(),
+    }
+}
+
+pub(super) fn half_sum(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(a, b)| 0.5 * (a + b)).collect()
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `f(row index, row)` over the rows of `out` (width `width`), split between the cores.
+pub(super) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / width.max(1);
+    let per = rows.div_ceil(threads()).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, part) in out.chunks_mut(per * width).enumerate() {
+            let f = &f;
+            scope.spawn(move || part.chunks_mut(width).enumerate().for_each(|(r, row)| f(chunk * per + r, row)));
+        }
+    });
+}
+
+/// `par_rows` over two outputs with the same number of rows.
+pub(super) fn par_rows2(a: &mut [f32], wa: usize, b: &mut [f32], wb: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) {
+    let rows = a.len() / wa.max(1);
+    let per = rows.div_ceil(threads()).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, (pa, pb)) in a.chunks_mut(per * wa).zip(b.chunks_mut(per * wb)).enumerate() {
+            let f = &f;
+            scope.spawn(move || {
+                for (r, (ra, rb)) in pa.chunks_mut(wa).zip(pb.chunks_mut(wb)).enumerate() {
+                    f(chunk * per + r, ra, rb);
+                }
+            });
+        }
+    });
+}

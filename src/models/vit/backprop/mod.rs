@@ -1,0 +1,534 @@
+//! A ViT's forward and backward pass on the CPU, from the checkpoint's f32 weights: how much
+//! each Linear's output, token by token, moves the model's output. The quantizer's loss-aware
+//! metric (`--method fisher`) needs this once per calibration image and never at inference, so
+//! it is plain Rust (threaded loops) rather than backward kernels on the GPU.
+//!
+//! What is measured: an error ΔO on a layer's output moves the output y by J·ΔO to first order,
+//! so the output's squared error is ΔOᵀ·JᵀJ·ΔO, and a token whose channels carry a large
+//! diagonal of JᵀJ matters more (PTQ4ViT's "Hessian-guided" metric, with the squared error of
+//! the output as the loss: the Gauss–Newton matrix of the quantized model's distance to the
+//! float one). The diagonal comes from Hutchinson's estimator: for random signs r on the
+//! output, E[(Jᵀr)²] = diag(JᵀJ), one backward pass per sign vector; with few outputs (up to
+//! `EXACT_OUTPUTS`) each output's unit vector instead, which is exact.
+//!
+//! The forward pass mirrors `forward.rs` (and is checked against timm's logits by the tests);
+//! what it does not support (qk_norm, max pooling, non-square or resized inputs) is a clear
+//! error, so the caller can say the metric does not apply.
+
+use std::collections::HashMap;
+
+mod layers;
+
+use layers::{add_scaled, dot, half_sum, par_rows, par_rows2, scaled, slope, softmax, Dense, Norm, NormCache};
+use super::checks;
+use super::config::{Pool, VitConfig};
+use crate::models::Weights;
+use crate::synthetic::Rng;
+use crate::{invalid, shape_err, Result};
+
+/// Outputs up to this many get one exact backward pass each; more get `RANDOM_SIGNS` passes.
+const EXACT_OUTPUTS: usize = 16;
+const RANDOM_SIGNS: usize = 4;
+
+/// Per layer (the graph node that runs it, e.g. `blocks.3.mlp.fc1`), one value per input row
+/// in the order the node sees them (image-major, then token): the expected squared norm of the
+/// output's gradient at that row, E‖∂(rᵀy)/∂O_row‖².
+pub type Sensitivity = HashMap<String, Vec<f32>>;
+
+/// What `sensitivity` measures on a set of images.
+pub struct Measured {
+    /// Per layer, per input row (module docs).
+    pub rows: Sensitivity,
+    /// Per layer, per output channel: the same squared gradients summed over the rows.
+    pub channels: HashMap<String, Vec<f64>>,
+    /// The model's outputs.
+    pub outputs: Vec<f32>,
+}
+
+/// One Linear's part of a backward pass: its output's gradient and the output itself, rows of
+/// `width` (fc1's output is before the activation).
+pub struct Visit<'a> {
+    pub node: String,
+    pub grad: &'a [f32],
+    pub output: &'a [f32],
+    pub width: usize,
+}
+
+struct Block<'a> {
+    norm1: Norm<'a>,
+    qkv: Dense<'a>,
+    proj: Dense<'a>,
+    ls1: Option<&'a [f32]>,
+    norm2: Norm<'a>,
+    fc1: Dense<'a>,
+    fc2: Dense<'a>,
+    ls2: Option<&'a [f32]>,
+}
+
+/// What a block's backward needs from its forward, and its Linears' outputs.
+struct BlockCache {
+    ln1: NormCache,
+    qkv: Vec<f32>,
+    /// Attention probabilities, [image, head, query, key].
+    probs: Vec<f32>,
+    proj: Vec<f32>,
+    ln2: NormCache,
+    pre_act: Vec<f32>,
+    fc2: Vec<f32>,
+}
+
+/// How `CpuVit::backward` passes through the nonlinear parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The true gradient.
+    Gradient,
+    /// Layer-wise relevance propagation as gradient × input with the conservative rules of
+    /// Ali et al. (ICML 2022, "XAI for Transformers"): LayerNorm's σ and the attention
+    /// probabilities are held constant and relevance passes through the activation
+    /// unchanged (its local slope taken as act(x)/x), so every Linear's output carries the
+    /// relevance its inputs pass on.
+    Relevance,
+}
+
+/// The float ViT on the CPU.
+pub struct CpuVit<'a> {
+    c: &'a VitConfig,
+    patch: Dense<'a>,
+    prefix: Vec<f32>,
+    pos: Vec<f32>,
+    norm_pre: Option<Norm<'a>>,
+    blocks: Vec<Block<'a>>,
+    norm: Option<Norm<'a>>,
+    fc_norm: Option<Norm<'a>>,
+    head: Option<Dense<'a>>,
+    head_dist: Option<Dense<'a>>,
+}
+
+/// A forward pass's intermediate values, for the backward.
+pub struct Trace {
+    images: usize,
+    patch: Vec<f32>,
+    pre: Option<NormCache>,
+    blocks: Vec<BlockCache>,
+    /// The head's input rows (pooled features, or every token for `Pool::None`), and the
+    /// distillation token's when there is one.
+    head_in: Vec<f32>,
+    dist_in: Vec<f32>,
+    /// The head's and the distillation head's outputs.
+    head_out: Vec<f32>,
+    dist_out: Vec<f32>,
+    /// The final norm over the rows it normalized (class tokens, or every token).
+    norm: Option<NormCache>,
+    norm_dist: Option<NormCache>,
+    fc_norm: Option<NormCache>,
+}
+
+impl<'a> CpuVit<'a> {
+    pub fn new(c: &'a VitConfig, w: &'a Weights) -> Result<CpuVit<'a>> {
+        if c.qk_norm {
+            invalid!("{}: the CPU backward pass has no qk_norm", c.architecture);
+        }
+        if matches!(c.global_pool, Pool::Max | Pool::AvgMax) {
+            invalid!("{}: the CPU backward pass has no max pooling", c.architecture);
+        }
+        let (d, p, hidden, eps) = (c.embed_dim, c.patch_size, c.mlp_hidden(), c.norm_eps as f32);
+        let mut prefix = Vec::new();
+        if c.class_token {
+            prefix.extend_from_slice(w.get("cls_token", &[1, 1, d])?);
+        }
+        if c.distilled {
+            prefix.extend_from_slice(w.get("dist_token", &[1, 1, d])?);
+        }
+        if c.reg_tokens > 0 {
+            prefix.extend_from_slice(w.get("reg_token", &[1, c.reg_tokens, d])?);
+        }
+        // The conv's [D, 3, p, p] weight is a [D, 3·p·p] matrix over flattened patches.
+        let patch = Dense {
+            w: w.get("patch_embed.proj.weight", &[d, 3, p, p])?,
+            b: if c.pre_norm { None } else { Some(w.get("patch_embed.proj.bias", &[d])?) },
+            out: d,
+            inp: 3 * p * p,
+        };
+        let layer_scale = |name: String| -> Result<Option<&'a [f32]>> { c.init_values.map(|_| w.get(&name, &[d])).transpose() };
+        let mut blocks = Vec::with_capacity(c.depth);
+        for i in 0..c.depth {
+            let b = |name: &str| format!("blocks.{i}.{name}");
+            blocks.push(Block {
+                norm1: Norm::load(w, &b("norm1"), d, eps)?,
+                qkv: Dense::load(w, &b("attn.qkv"), 3 * d, d, c.qkv_bias)?,
+                proj: Dense::load(w, &b("attn.proj"), d, d, c.proj_bias)?,
+                ls1: layer_scale(b("ls1.gamma"))?,
+                norm2: Norm::load(w, &b("norm2"), d, eps)?,
+                fc1: Dense::load(w, &b("mlp.fc1"), hidden, d, c.proj_bias)?,
+                fc2: Dense::load(w, &b("mlp.fc2"), d, hidden, c.proj_bias)?,
+                ls2: layer_scale(b("ls2.gamma"))?,
+            });
+        }
+        let norm_if = |on: bool, name: &str| if on { Norm::load(w, name, d, eps).map(Some) } else { Ok(None) };
+        let head_of = |name: &str| if c.num_classes > 0 { Dense::load(w, name, c.num_classes, d, true).map(Some) } else { Ok(None) };
+        Ok(CpuVit {
+            c,
+            patch,
+            prefix,
+            pos: checks::pos_embed(c, w)?,
+            norm_pre: norm_if(c.pre_norm, "norm_pre")?,
+            blocks,
+            norm: norm_if(c.final_norm, "norm")?,
+            fc_norm: norm_if(c.fc_norm, "fc_norm")?,
+            head: head_of("head")?,
+            head_dist: if c.distilled { head_of("head_dist")? } else { None },
+        })
+    }
+
+    /// Output values per image (what `VisionTransformer::output_dim` says).
+    pub fn output_dim(&self) -> usize {
+        let per_row = self.head.as_ref().map_or(self.c.embed_dim, |h| h.out);
+        if self.c.global_pool == Pool::None { per_row * self.c.tokens() } else { per_row }
+    }
+
+    /// The outputs (logits) of `images` ([n, 3, S, S], preprocessed) and the trace for
+    /// `backward`.
+    pub fn forward(&self, images: &[f32]) -> Result<(Vec<f32>, Trace)> {
+        let c = self.c;
+        let (s, p, d, t, k) = (c.img_size, c.patch_size, c.embed_dim, c.tokens(), c.prefix_tokens());
+        if images.is_empty() || !images.len().is_multiple_of(3 * s * s) {
+            shape_err!("{}: {} input values are not 3×{s}×{s} images", c.architecture, images.len());
+        }
+        let n = images.len() / (3 * s * s);
+        let g = c.grid();
+        // Patches in the conv weight's (channel, row, column) order, image-major, row-major.
+        let mut patches = Vec::with_capacity(n * g * g * 3 * p * p);
+        for img in images.chunks(3 * s * s) {
+            for gy in 0..g {
+                for gx in 0..g {
+                    for ch in 0..3 {
+                        for y in 0..p {
+                            let at = (ch * s + gy * p + y) * s + gx * p;
+                            patches.extend_from_slice(&img[at..at + p]);
+                        }
+                    }
+                }
+            }
+        }
+        let patch_out = self.patch.forward(&patches);
+        let mut x = Vec::with_capacity(n * t * d);
+        for i in 0..n {
+            for tok in 0..t {
+                let src = if tok < k { &self.prefix[tok * d..(tok + 1) * d] } else { &patch_out[(i * g * g + tok - k) * d..][..d] };
+                x.extend(src.iter().zip(&self.pos[tok * d..(tok + 1) * d]).map(|(a, b)| a + b));
+            }
+        }
+        let pre = self.norm_pre.as_ref().map(|norm| {
+            let (y, cache) = norm.forward(&x);
+            x = y;
+            cache
+        });
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let (h, ln1) = b.norm1.forward(&x);
+            let qkv = b.qkv.forward(&h);
+            let (heads, probs) = self.attention(&qkv, n);
+            let proj = b.proj.forward(&heads);
+            add_scaled(&mut x, &proj, b.ls1);
+            let (h, ln2) = b.norm2.forward(&x);
+            let pre_act = b.fc1.forward(&h);
+            let act: Vec<f32> = pre_act.iter().map(|&v| c.act.reference(v)).collect();
+            let fc2 = b.fc2.forward(&act);
+            add_scaled(&mut x, &fc2, b.ls2);
+            blocks.push(BlockCache { ln1, qkv, probs, proj, ln2, pre_act, fc2 });
+        }
+        let mut trace = Trace {
+            images: n,
+            patch: patch_out,
+            pre,
+            blocks,
+            head_in: Vec::new(),
+            dist_in: Vec::new(),
+            head_out: Vec::new(),
+            dist_out: Vec::new(),
+            norm: None,
+            norm_dist: None,
+            fc_norm: None,
+        };
+        let out = self.head_forward(&x, &mut trace);
+        Ok((out, trace))
+    }
+
+    fn head_forward(&self, x: &[f32], trace: &mut Trace) -> Vec<f32> {
+        let (c, n) = (self.c, trace.images);
+        let (d, t) = (c.embed_dim, c.tokens());
+        let token = |j: usize| -> Vec<f32> { (0..n).flat_map(|i| x[(i * t + j) * d..][..d].iter().copied()).collect() };
+        let norm = |v: Vec<f32>| match &self.norm {
+            Some(norm) => {
+                let (y, cache) = norm.forward(&v);
+                (y, Some(cache))
+            }
+            None => (v, None),
+        };
+        let pooled = match c.global_pool {
+            Pool::Token if c.distilled => {
+                let (cls, nc) = norm(token(0));
+                let (dist, nd) = norm(token(1));
+                (trace.norm, trace.norm_dist) = (nc, nd);
+                let out = match (&self.head, &self.head_dist) {
+                    (Some(h), Some(hd)) => {
+                        (trace.head_out, trace.dist_out) = (h.forward(&cls), hd.forward(&dist));
+                        half_sum(&trace.head_out, &trace.dist_out)
+                    }
+                    _ => half_sum(&cls, &dist),
+                };
+                (trace.head_in, trace.dist_in) = (cls, dist);
+                return out;
+            }
+            Pool::Token => {
+                let (y, cache) = norm(token(0));
+                trace.norm = cache;
+                y
+            }
+            Pool::None => {
+                let (y, cache) = norm(x.to_vec());
+                trace.norm = cache;
+                y
+            }
+            _ => {
+                let (y, cache) = norm(x.to_vec());
+                trace.norm = cache;
+                let skip = if c.pool_include_prefix { 0 } else { c.prefix_tokens() };
+                let mut pooled = vec![0.0; n * d];
+                for (i, out) in pooled.chunks_mut(d).enumerate() {
+                    for tok in skip..t {
+                        out.iter_mut().zip(&y[(i * t + tok) * d..][..d]).for_each(|(o, v)| *o += v);
+                    }
+                    out.iter_mut().for_each(|o| *o /= (t - skip) as f32);
+                }
+                pooled
+            }
+        };
+        let pooled = match &self.fc_norm {
+            Some(norm) => {
+                let (y, cache) = norm.forward(&pooled);
+                trace.fc_norm = Some(cache);
+                y
+            }
+            None => pooled,
+        };
+        let out = self.head.as_ref().map_or_else(|| pooled.clone(), |h| h.forward(&pooled));
+        trace.head_in = pooled;
+        if self.head.is_some() {
+            trace.head_out = out.clone();
+        }
+        out
+    }
+
+    /// Multi-head attention over timm's fused qkv rows ([n·T, 3·D], q | k | v, heads inside
+    /// each): the heads' outputs [n·T, D] and the probabilities.
+    fn attention(&self, qkv: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+        let c = self.c;
+        let (t, d, heads, hd) = (c.tokens(), c.embed_dim, c.num_heads, c.head_dim());
+        let scale = (hd as f32).powf(-0.5);
+        let mut out = vec![0.0; n * t * d];
+        let mut probs = vec![0.0; n * heads * t * t];
+        par_rows2(&mut out, t * d, &mut probs, heads * t * t, |i, out, probs| {
+            let rows = &qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
+            for h in 0..heads {
+                let at = |tok: usize, part: usize| &rows[tok * 3 * d + part * d + h * hd..][..hd];
+                for q in 0..t {
+                    let p = &mut probs[(h * t + q) * t..][..t];
+                    for (key, s) in p.iter_mut().enumerate() {
+                        *s = dot(at(q, 0), at(key, 1)) * scale;
+                    }
+                    softmax(p);
+                    let o = &mut out[q * d + h * hd..][..hd];
+                    for (key, &w) in p.iter().enumerate() {
+                        o.iter_mut().zip(at(key, 2)).for_each(|(o, &v)| *o += w * v);
+                    }
+                }
+            }
+        });
+        (out, probs)
+    }
+
+    /// The gradient of rᵀ·output for `seed` = r ([n, output_dim]) with respect to every
+    /// Linear's output (under `rule`), handed to `visit` as a `Visit`, last layer first.
+    pub fn backward(&self, trace: &Trace, seed: &[f32], rule: Rule, visit: &mut dyn FnMut(Visit)) -> Result<()> {
+        let c = self.c;
+        let (n, d, t, k, g) = (trace.images, c.embed_dim, c.tokens(), c.prefix_tokens(), c.grid());
+        if seed.len() != n * self.output_dim() {
+            shape_err!("backward seed: {} values for {n} images of {} outputs", seed.len(), self.output_dim());
+        }
+        let mut dx = self.head_backward(trace, seed, rule, &mut *visit);
+        let mut record = |node: String, grad: &[f32], output: &[f32], width: usize| visit(Visit { node, grad, output, width });
+        for (i, (b, cache)) in self.blocks.iter().zip(&trace.blocks).enumerate().rev() {
+            let node = |name: &str| format!("blocks.{i}.{name}");
+            let d_fc2 = scaled(&dx, b.ls2);
+            record(node("mlp.fc2"), &d_fc2, &cache.fc2, d);
+            let mut d_pre = b.fc2.backward(&d_fc2);
+            d_pre.iter_mut().zip(&cache.pre_act).for_each(|(g, &v)| *g *= slope(c.act, v, rule));
+            record(node("mlp.fc1"), &d_pre, &cache.pre_act, b.fc1.out);
+            let dh = b.norm2.backward(&cache.ln2, &b.fc1.backward(&d_pre), rule);
+            dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
+            let d_proj = scaled(&dx, b.ls1);
+            record(node("attn.proj"), &d_proj, &cache.proj, d);
+            let d_qkv = self.attention_backward(cache, &b.proj.backward(&d_proj), n, rule);
+            record(node("attn.qkv"), &d_qkv, &cache.qkv, 3 * d);
+            let dh = b.norm1.backward(&cache.ln1, &b.qkv.backward(&d_qkv), rule);
+            dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
+        }
+        if let (Some(norm), Some(cache)) = (&self.norm_pre, &trace.pre) {
+            dx = norm.backward(cache, &dx, rule);
+        }
+        // The position embedding adds; the patch tokens' gradient is the conv's.
+        let d_patch: Vec<f32> = (0..n).flat_map(|i| dx[(i * t + k) * d..(i + 1) * t * d].iter().copied()).collect();
+        debug_assert_eq!(d_patch.len(), n * g * g * d);
+        record("patch_embed.proj".into(), &d_patch, &trace.patch, d);
+        Ok(())
+    }
+
+    /// The head's backward: the gradient with respect to the last block's output tokens.
+    fn head_backward(&self, trace: &Trace, seed: &[f32], rule: Rule, visit: &mut dyn FnMut(Visit)) -> Vec<f32> {
+        let mut record = |node: &str, grad: &[f32], output: &[f32], width: usize| visit(Visit { node: node.into(), grad, output, width });
+        let c = self.c;
+        let (n, d, t) = (trace.images, c.embed_dim, c.tokens());
+        let mut dx = vec![0.0; n * t * d];
+        let norm_back = |cache: &Option<NormCache>, dy: Vec<f32>| match (&self.norm, cache) {
+            (Some(norm), Some(cache)) => norm.backward(cache, &dy, rule),
+            _ => dy,
+        };
+        let into_token = |dx: &mut [f32], j: usize, g: &[f32]| {
+            for (i, row) in g.chunks(d).enumerate() {
+                dx[(i * t + j) * d..][..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+        };
+        if c.global_pool == Pool::Token && c.distilled {
+            let half: Vec<f32> = seed.iter().map(|v| 0.5 * v).collect();
+            let (d_cls, d_dist) = match (&self.head, &self.head_dist) {
+                (Some(h), Some(hd)) => {
+                    record("head", &half, &trace.head_out, h.out);
+                    record("head_dist", &half, &trace.dist_out, hd.out);
+                    (h.backward(&half), hd.backward(&half))
+                }
+                _ => (half.clone(), half),
+            };
+            into_token(&mut dx, 0, &norm_back(&trace.norm, d_cls));
+            into_token(&mut dx, 1, &norm_back(&trace.norm_dist, d_dist));
+            return dx;
+        }
+        let mut dp = match &self.head {
+            Some(h) => {
+                record("head", seed, &trace.head_out, h.out);
+                h.backward(seed)
+            }
+            None => seed.to_vec(),
+        };
+        if let (Some(norm), Some(cache)) = (&self.fc_norm, &trace.fc_norm) {
+            dp = norm.backward(cache, &dp, rule);
+        }
+        match c.global_pool {
+            Pool::Token => into_token(&mut dx, 0, &norm_back(&trace.norm, dp)),
+            Pool::None => dx = norm_back(&trace.norm, dp),
+            _ => {
+                let skip = if c.pool_include_prefix { 0 } else { c.prefix_tokens() };
+                let share = 1.0 / (t - skip) as f32;
+                let mut dy = vec![0.0; n * t * d];
+                for (i, g) in dp.chunks(d).enumerate() {
+                    for tok in skip..t {
+                        dy[(i * t + tok) * d..][..d].iter_mut().zip(g).for_each(|(a, &b)| *a = b * share);
+                    }
+                }
+                dx = norm_back(&trace.norm, dy);
+            }
+        }
+        dx
+    }
+
+    fn attention_backward(&self, cache: &BlockCache, d_out: &[f32], n: usize, rule: Rule) -> Vec<f32> {
+        let c = self.c;
+        let (t, d, heads, hd) = (c.tokens(), c.embed_dim, c.num_heads, c.head_dim());
+        let scale = (hd as f32).powf(-0.5);
+        let mut d_qkv = vec![0.0; n * t * 3 * d];
+        par_rows(&mut d_qkv, t * 3 * d, |i, dq| {
+            let rows = &cache.qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
+            let go = &d_out[i * t * d..(i + 1) * t * d];
+            let mut ds = vec![0.0; t];
+            for h in 0..heads {
+                let col = |part: usize| part * d + h * hd;
+                for q in 0..t {
+                    let p = &cache.probs[((i * heads + h) * t + q) * t..][..t];
+                    let g = &go[q * d + h * hd..][..hd];
+                    // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP); dV += Pᵀ·dO.
+                    let mut mean = 0.0;
+                    for (key, s) in ds.iter_mut().enumerate() {
+                        *s = dot(g, &rows[key * 3 * d + col(2)..][..hd]);
+                        mean += *s * p[key];
+                    }
+                    for key in 0..t {
+                        let dv = &mut dq[key * 3 * d + col(2)..][..hd];
+                        dv.iter_mut().zip(g).for_each(|(a, &b)| *a += p[key] * b);
+                    }
+                    if rule == Rule::Relevance {
+                        continue;
+                    }
+                    for (key, s) in ds.iter_mut().enumerate() {
+                        *s = p[key] * (*s - mean) * scale;
+                    }
+                    // dQ = dS·K, dK += dSᵀ·Q.
+                    for (key, &s) in ds.iter().enumerate() {
+                        let (kr, qr) = (key * 3 * d + col(1), q * 3 * d + col(0));
+                        for e in 0..hd {
+                            dq[qr + e] += s * rows[kr + e];
+                            dq[kr + e] += s * rows[qr + e];
+                        }
+                    }
+                }
+            }
+        });
+        d_qkv
+    }
+}
+
+/// Each Linear's sensitivity (module docs) over `images` ([n, 3, S, S]), averaged over the
+/// backward passes, per row and per output channel; `seed` picks the random signs.
+pub fn sensitivity(c: &VitConfig, w: &Weights, images: &[f32], seed: u64) -> Result<Measured> {
+    let vit = CpuVit::new(c, w)?;
+    let (out, trace) = vit.forward(images)?;
+    let dim = vit.output_dim();
+    let seeds: Vec<Vec<f32>> = if dim <= EXACT_OUTPUTS {
+        (0..dim).map(|j| (0..out.len()).map(|at| if at % dim == j { 1.0 } else { 0.0 }).collect()).collect()
+    } else {
+        let mut rng = Rng::new(seed);
+        (0..RANDOM_SIGNS).map(|_| (0..out.len()).map(|_| if rng.next_f32() < 0.0 { -1.0 } else { 1.0 }).collect()).collect()
+    };
+    let weight = if dim <= EXACT_OUTPUTS { 1.0 } else { 1.0 / RANDOM_SIGNS as f32 };
+    let (mut rows, mut channels) = (Sensitivity::new(), HashMap::new());
+    for r in &seeds {
+        vit.backward(&trace, r, Rule::Gradient, &mut |v| {
+            let per_row = rows.entry(v.node.clone()).or_insert_with(|| vec![0.0; v.grad.len() / v.width]);
+            let per_channel = channels.entry(v.node).or_insert_with(|| vec![0.0; v.width]);
+            for (acc, row) in per_row.iter_mut().zip(v.grad.chunks(v.width)) {
+                *acc += weight * row.iter().map(|g| g * g).sum::<f32>();
+                per_channel.iter_mut().zip(row).for_each(|(c, &g)| *c += (weight * g * g) as f64);
+            }
+        })?;
+    }
+    Ok(Measured { rows, channels, outputs: out })
+}
+
+/// Each Linear's relevance over `images` (LRP-QViT's layer contribution): Σ |O ⊙ R_O| over
+/// its output O, where R_O is `Rule::Relevance`'s backward from each image's largest output
+/// (the predicted class), summed over the images.
+pub fn relevance(c: &VitConfig, w: &Weights, images: &[f32]) -> Result<HashMap<String, f64>> {
+    let vit = CpuVit::new(c, w)?;
+    let (out, trace) = vit.forward(images)?;
+    let dim = vit.output_dim();
+    let mut seed = vec![0.0; out.len()];
+    for (y, r) in out.chunks(dim).zip(seed.chunks_mut(dim)) {
+        let top = (0..dim).max_by(|&a, &b| y[a].total_cmp(&y[b])).unwrap_or(0);
+        r[top] = 1.0;
+    }
+    let mut scores = HashMap::new();
+    vit.backward(&trace, &seed, Rule::Relevance, &mut |v| {
+        *scores.entry(v.node).or_insert(0.0) += v.grad.iter().zip(v.output).map(|(g, o)| (g * o).abs() as f64).sum::<f64>();
+    })?;
+    Ok(scores)
+}
+
