@@ -94,12 +94,10 @@ const PROXY_ROWS: usize = 64;
 
 /// Σ over (sampled) rows δ of δᵀHδ, scaled to all rows: the squared error the matrix `d` adds
 /// to the layer's output, summed over the calibration inputs H was accumulated from. With
-/// `row_weights`, Σ over every row of weight·δᵀHδ (weights vary too much to sample).
+/// `row_weights`, Σ weight·δᵀHδ: the PROXY_ROWS heaviest rows exactly (a LayerScale'd or
+/// outlier channel can carry most of the weight), an even sample of the rest scaled to them.
 fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32], row_weights: Option<&[f64]>) -> f64 {
-    let step = if row_weights.is_some() { 1 } else { rows.div_ceil(PROXY_ROWS).max(1) };
-    let mut sum = 0f64;
-    let mut used = 0;
-    for r in (0..rows).step_by(step) {
+    let energy = |r: usize| {
         let row = &d[r * cols..(r + 1) * cols];
         let mut e = 0f64;
         for (i, &di) in row.iter().enumerate() {
@@ -108,10 +106,24 @@ fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32], row_weights: O
                 e += di as f64 * hi.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() as f64;
             }
         }
-        sum += e * row_weights.map_or(1.0, |w| w[r]);
-        used += 1;
+        e
+    };
+    let sampled = |of: &[usize], weight: &dyn Fn(usize) -> f64| {
+        let step = of.len().div_ceil(PROXY_ROWS).max(1);
+        let picked: Vec<usize> = of.iter().copied().step_by(step).collect();
+        picked.iter().map(|&r| weight(r) * energy(r)).sum::<f64>() * of.len() as f64 / picked.len().max(1) as f64
+    };
+    match row_weights {
+        None => sampled(&(0..rows).collect::<Vec<_>>(), &|_| 1.0),
+        Some(w) => {
+            let mut order: Vec<usize> = (0..rows).collect();
+            order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+            let (heavy, rest) = order.split_at(PROXY_ROWS.min(rows));
+            let mut rest = rest.to_vec();
+            rest.sort_unstable();
+            heavy.iter().map(|&r| w[r] * energy(r)).sum::<f64>() + sampled(&rest, &|r| w[r])
+        }
     }
-    sum * rows as f64 / used.max(1) as f64
 }
 
 /// One option for one layer.

@@ -21,11 +21,16 @@ impl<'a> Dense<'a> {
     }
 
     pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let mut y = vec![0.0; x.len() / self.inp * self.out];
-        par_rows(&mut y, self.out, |r, row| {
-            let xr = &x[r * self.inp..(r + 1) * self.inp];
-            for (o, v) in row.iter_mut().enumerate() {
-                *v = dot(xr, &self.w[o * self.inp..(o + 1) * self.inp]) + self.b.map_or(0.0, |b| b[o]);
+        let (inp, out) = (self.inp, self.out);
+        let mut y = vec![0.0; x.len() / inp * out];
+        // Rows in blocks: each weight row is read once per block, from L1 after the first dot.
+        par_blocks(&mut y, out, |first, block| {
+            let xs = &x[first * inp..][..block.len() / out * inp];
+            for o in 0..out {
+                let (w, b) = (&self.w[o * inp..(o + 1) * inp], self.b.map_or(0.0, |b| b[o]));
+                for (xr, yr) in xs.chunks(inp).zip(block.chunks_mut(out)) {
+                    yr[o] = dot(xr, w) + b;
+                }
             }
         });
         y
@@ -33,11 +38,16 @@ impl<'a> Dense<'a> {
 
     /// dx = dy·W.
     pub(super) fn backward(&self, dy: &[f32]) -> Vec<f32> {
-        let mut dx = vec![0.0; dy.len() / self.out * self.inp];
-        par_rows(&mut dx, self.inp, |r, row| {
-            for (o, &g) in dy[r * self.out..(r + 1) * self.out].iter().enumerate() {
-                if g != 0.0 {
-                    row.iter_mut().zip(&self.w[o * self.inp..(o + 1) * self.inp]).for_each(|(d, &w)| *d += g * w);
+        let (inp, out) = (self.inp, self.out);
+        let mut dx = vec![0.0; dy.len() / out * inp];
+        par_blocks(&mut dx, inp, |first, block| {
+            let gs = &dy[first * out..][..block.len() / inp * out];
+            for o in 0..out {
+                let w = &self.w[o * inp..(o + 1) * inp];
+                for (g, row) in gs.chunks(out).zip(block.chunks_mut(inp)) {
+                    if g[o] != 0.0 {
+                        row.iter_mut().zip(w).for_each(|(d, &w)| *d += g[o] * w);
+                    }
                 }
             }
         });
@@ -173,6 +183,22 @@ pub(super) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f3
         for (chunk, part) in out.chunks_mut(per * width).enumerate() {
             let f = &f;
             scope.spawn(move || part.chunks_mut(width).enumerate().for_each(|(r, row)| f(chunk * per + r, row)));
+        }
+    });
+}
+
+/// Rows per block of `par_blocks`.
+const BLOCK: usize = 8;
+
+/// Runs `f(first row, rows)` over blocks of up to BLOCK rows of `out` (width `width`), split
+/// between the cores.
+fn par_blocks(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / width.max(1);
+    let per = rows.div_ceil(threads()).div_ceil(BLOCK).max(1) * BLOCK;
+    std::thread::scope(|scope| {
+        for (chunk, part) in out.chunks_mut(per * width).enumerate() {
+            let f = &f;
+            scope.spawn(move || part.chunks_mut(BLOCK * width).enumerate().for_each(|(b, rows)| f(chunk * per + b * BLOCK, rows)));
         }
     });
 }
