@@ -273,11 +273,10 @@ fn loss_aware_sensitivities_and_gptq() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    let cases: [(&str, &str, &[&str], &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str], &[&str]); 5] = [
         ("swin_tiny_test", "mixed:4.5", &["--sensitivity", "fisher"], &["--sensitivity fisher", "ViT-family"]),
         ("vqgan_tiny_test", "mixed:4.5", &["--sensitivity", "lrp"], &["--sensitivity lrp", "ViT-family"]),
         ("swin_tiny_test", "w4a16", &["--method", "gptq,fisher"], &["method fisher", "ViT-family"]),
-        ("vit_qknorm_test", "w4a16", &["--method", "gptq,fisher"], &["method fisher", "qk_norm"]),
         ("vit_tiny_test", "w4a16", &["--method", "clip,fisher"], &["method fisher", "add gptq"]),
         ("vit_tiny_test", "w4a16", &["--method", "sequential,gptq,fisher"], &["fisher and sequential"]),
     ];

@@ -17,10 +17,11 @@ fn load(name: &str) -> (VitConfig, Weights, Weights) {
     (config, weights, io)
 }
 
-/// Fixtures the CPU pass supports: class token, distilled, GAP, registers, LayerScale,
-/// QuickGELU with a pre-norm, unpooled tokens and a resampled position embedding.
-const SUPPORTED: [&str; 8] = [
+/// The family fixtures: class token, distilled, GAP, registers, LayerScale, QuickGELU with a
+/// pre-norm, qk_norm with max pooling, unpooled tokens and a resampled position embedding.
+const SUPPORTED: [&str; 9] = [
     "vit_tiny_test",
+    "vit_qknorm_test",
     "vit_dinov2_reg4_test",
     "vit_clip_quickgelu_test",
     "deit_distilled_test",
@@ -41,10 +42,7 @@ fn cpu_forward_matches_timm() {
 }
 
 #[test]
-fn unsupported_models_are_a_clear_error() {
-    let (c, w, _) = load("vit_qknorm_test");
-    let err = CpuVit::new(&c, &w).err().expect("qk_norm is not supported").to_string();
-    assert!(err.contains("qk_norm"), "{err}");
+fn bad_input_is_a_clear_error() {
     let (c, w, _) = load("vit_tiny_test");
     let vit = CpuVit::new(&c, &w).unwrap();
     let err = vit.forward(&[0.0; 7]).err().expect("7 values are no image").to_string();
@@ -59,8 +57,17 @@ fn objective(c: &VitConfig, w: &Weights, images: &[f32], r: &[f32]) -> f64 {
 
 #[test]
 fn backward_matches_finite_differences() {
-    for name in ["deit3_test", "vit_gap_test", "deit_distilled_test", "vit_clip_quickgelu_test", "vit_tokens_test"] {
-        let (c, w, io) = load(name);
+    for name in ["deit3_test", "vit_gap_test", "deit_distilled_test", "vit_clip_quickgelu_test", "vit_tokens_test", "vit_qknorm_test"] {
+        let (mut c, mut w, io) = load(name);
+        // Zero biases where the model has none (same function), so that every block Linear
+        // has one to move.
+        for i in 0..c.depth {
+            for (layer, width) in [("attn.qkv", 3 * c.embed_dim), ("attn.proj", c.embed_dim), ("mlp.fc1", c.mlp_hidden()), ("mlp.fc2", c.embed_dim)] {
+                let t = lowbit::models::weights::WeightTensor { shape: vec![width], data: vec![0.0; width] };
+                w.tensors.entry(format!("blocks.{i}.{layer}.bias")).or_insert(t);
+            }
+        }
+        (c.qkv_bias, c.proj_bias) = (true, true);
         let images = &io.tensors["images"].data;
         let vit = CpuVit::new(&c, &w).unwrap();
         let (y, trace) = vit.forward(images).unwrap();
@@ -71,10 +78,12 @@ fn backward_matches_finite_differences() {
         })
         .unwrap();
         let last = c.depth - 1;
-        let mut layers = vec![format!("blocks.0.mlp.fc1"), format!("blocks.{last}.mlp.fc2"), "blocks.0.attn.proj".into(), format!("blocks.{last}.attn.proj")];
-        if c.qkv_bias {
-            layers.push("blocks.0.attn.qkv".into());
-        }
+        // Max pooling is piecewise linear: a step of 1e-2 moves some channel's maximum to
+        // another token (the difference quotient of vit_qknorm_test's fc1 bias: 0.0170 at
+        // 1e-2, 0.0119 at 1e-3, 0.0102 from 3e-4 on, as the backward pass), so a small step,
+        // where f32 rounding needs a looser bound.
+        let max_pool = matches!(c.global_pool, lowbit::models::vit::config::Pool::Max | lowbit::models::vit::config::Pool::AvgMax);
+        let mut layers = vec![format!("blocks.0.mlp.fc1"), format!("blocks.{last}.mlp.fc2"), "blocks.0.attn.proj".into(), format!("blocks.{last}.attn.proj"), "blocks.0.attn.qkv".into()];
         if !c.pre_norm {
             layers.push("patch_embed.proj".into());
         }
@@ -86,7 +95,7 @@ fn backward_matches_finite_differences() {
             let key = format!("{layer}.bias");
             for j in [0, width / 2 + 1, width - 1] {
                 let analytic: f64 = g.chunks(*width).map(|row| row[j] as f64).sum();
-                let eps = 1e-2;
+                let eps = if max_pool { 3e-4 } else { 1e-2 };
                 let mut moved = w.clone();
                 moved.tensors.get_mut(&key).unwrap().data[j] += eps;
                 let up = objective(&c, &moved, images, &r);
@@ -94,7 +103,7 @@ fn backward_matches_finite_differences() {
                 let down = objective(&c, &moved, images, &r);
                 let numeric = (up - down) / (2.0 * eps as f64);
                 let scale = analytic.abs().max(numeric.abs()).max(1e-2);
-                assert!((analytic - numeric).abs() <= 2e-2 * scale, "{name} {key}[{j}]: backward {analytic}, finite difference {numeric}");
+                assert!((analytic - numeric).abs() <= if max_pool { 5e-2 } else { 2e-2 } * scale, "{name} {key}[{j}]: backward {analytic}, finite difference {numeric}");
             }
         }
         // Every Linear of the model got its rows.

@@ -57,6 +57,22 @@ pub(super) fn unexpected_keys(c: &VitConfig, w: &Weights) -> Result<()> {
     Ok(())
 }
 
+/// The class, distillation and register tokens, in that order ([prefix tokens, D]).
+pub(super) fn prefix_tokens(c: &VitConfig, w: &Weights) -> Result<Vec<f32>> {
+    let d = c.embed_dim;
+    let mut prefix = Vec::new();
+    if c.class_token {
+        prefix.extend_from_slice(w.get("cls_token", &[1, 1, d])?);
+    }
+    if c.distilled {
+        prefix.extend_from_slice(w.get("dist_token", &[1, 1, d])?);
+    }
+    if c.reg_tokens > 0 {
+        prefix.extend_from_slice(w.get("reg_token", &[1, c.reg_tokens, d])?);
+    }
+    Ok(prefix)
+}
+
 /// The position embedding [prefix + grid², D] for the input's grid: the checkpoint's grid is
 /// resampled to the model's (`checkpoint_filter_fn`), then, for `dynamic_img_size`, to the
 /// input's (`_pos_embed`); prefix rows are kept, or zero with `no_embed_class`.

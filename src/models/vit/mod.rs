@@ -88,16 +88,7 @@ impl VisionTransformer {
         // timm's patch embedding has no bias under pre_norm (CLIP).
         let bias = if c.pre_norm { None } else { Some(w.get("patch_embed.proj.bias", &[d])?) };
         let patch = Conv2d::new(gpu, &packed, bias, (p, p), p, 0)?;
-        let mut prefix = Vec::new();
-        if c.class_token {
-            prefix.extend_from_slice(w.get("cls_token", &[1, 1, d])?);
-        }
-        if c.distilled {
-            prefix.extend_from_slice(w.get("dist_token", &[1, 1, d])?);
-        }
-        if c.reg_tokens > 0 {
-            prefix.extend_from_slice(w.get("reg_token", &[1, c.reg_tokens, d])?);
-        }
+        let prefix = checks::prefix_tokens(c, w)?;
         let k = c.prefix_tokens();
         let pos = checks::pos_embed(c, w)?;
         let pos_embed = Tensor::from_f32(gpu, &[c.tokens(), d], &pos)?;

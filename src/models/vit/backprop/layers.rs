@@ -167,6 +167,17 @@ pub(super) fn scaled(x: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
     }
 }
 
+/// Part `which` (0: q, 1: k, 2: v) of timm's fused qkv rows [.., 3·D], as rows of D.
+pub(super) fn part(qkv: &[f32], d: usize, which: usize) -> Vec<f32> {
+    qkv.chunks(3 * d).flat_map(|r| r[which * d..(which + 1) * d].iter().copied()).collect()
+}
+
+pub(super) fn set_part(qkv: &mut [f32], d: usize, which: usize, rows: &[f32]) {
+    for (r, src) in qkv.chunks_mut(3 * d).zip(rows.chunks(d)) {
+        r[which * d..(which + 1) * d].copy_from_slice(src);
+    }
+}
+
 pub(super) fn half_sum(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(a, b)| 0.5 * (a + b)).collect()
 }

@@ -12,19 +12,19 @@
 //! `EXACT_OUTPUTS`) each output's unit vector instead, which is exact.
 //!
 //! The forward pass mirrors `forward.rs` (and is checked against timm's logits by the tests);
-//! what it does not support (qk_norm, max pooling, non-square or resized inputs) is a clear
+//! what it does not support (non-square or resized inputs) is a clear
 //! error, so the caller can say the metric does not apply.
 
 use std::collections::HashMap;
 
 mod layers;
 
-use layers::{add_scaled, dot, half_sum, par_rows, par_rows2, scaled, slope, softmax, Dense, Norm, NormCache};
+use layers::{add_scaled, dot, half_sum, par_rows, par_rows2, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
 use super::config::{Pool, VitConfig};
 use crate::models::Weights;
 use crate::synthetic::Rng;
-use crate::{invalid, shape_err, Result};
+use crate::{shape_err, Result};
 
 /// Outputs up to this many get one exact backward pass each; more get `RANDOM_SIGNS` passes.
 const EXACT_OUTPUTS: usize = 16;
@@ -63,12 +63,16 @@ struct Block<'a> {
     fc1: Dense<'a>,
     fc2: Dense<'a>,
     ls2: Option<&'a [f32]>,
+    /// LayerNorm over each query head and each key head (timm's `qk_norm`).
+    qk_norm: Option<(Norm<'a>, Norm<'a>)>,
 }
 
 /// What a block's backward needs from its forward, and its Linears' outputs.
 struct BlockCache {
     ln1: NormCache,
+    /// qkv's output, and with qk_norm the attention's input (normalized q and k) beside it.
     qkv: Vec<f32>,
+    qk_normed: Option<(Vec<f32>, NormCache, NormCache)>,
     /// Attention probabilities, [image, head, query, key].
     probs: Vec<f32>,
     proj: Vec<f32>,
@@ -121,27 +125,14 @@ pub struct Trace {
     norm: Option<NormCache>,
     norm_dist: Option<NormCache>,
     fc_norm: Option<NormCache>,
+    /// With max pooling: the token each pooled channel came from, [image, channel].
+    argmax: Vec<usize>,
 }
 
 impl<'a> CpuVit<'a> {
     pub fn new(c: &'a VitConfig, w: &'a Weights) -> Result<CpuVit<'a>> {
-        if c.qk_norm {
-            invalid!("{}: the CPU backward pass has no qk_norm", c.architecture);
-        }
-        if matches!(c.global_pool, Pool::Max | Pool::AvgMax) {
-            invalid!("{}: the CPU backward pass has no max pooling", c.architecture);
-        }
         let (d, p, hidden, eps) = (c.embed_dim, c.patch_size, c.mlp_hidden(), c.norm_eps as f32);
-        let mut prefix = Vec::new();
-        if c.class_token {
-            prefix.extend_from_slice(w.get("cls_token", &[1, 1, d])?);
-        }
-        if c.distilled {
-            prefix.extend_from_slice(w.get("dist_token", &[1, 1, d])?);
-        }
-        if c.reg_tokens > 0 {
-            prefix.extend_from_slice(w.get("reg_token", &[1, c.reg_tokens, d])?);
-        }
+        let prefix = checks::prefix_tokens(c, w)?;
         // The conv's [D, 3, p, p] weight is a [D, 3·p·p] matrix over flattened patches.
         let patch = Dense {
             w: w.get("patch_embed.proj.weight", &[d, 3, p, p])?,
@@ -162,6 +153,7 @@ impl<'a> CpuVit<'a> {
                 fc1: Dense::load(w, &b("mlp.fc1"), hidden, d, c.proj_bias)?,
                 fc2: Dense::load(w, &b("mlp.fc2"), d, hidden, c.proj_bias)?,
                 ls2: layer_scale(b("ls2.gamma"))?,
+                qk_norm: if c.qk_norm { Some((Norm::load(w, &b("attn.q_norm"), c.head_dim(), eps)?, Norm::load(w, &b("attn.k_norm"), c.head_dim(), eps)?)) } else { None },
             });
         }
         let norm_if = |on: bool, name: &str| if on { Norm::load(w, name, d, eps).map(Some) } else { Ok(None) };
@@ -227,7 +219,15 @@ impl<'a> CpuVit<'a> {
         for b in &self.blocks {
             let (h, ln1) = b.norm1.forward(&x);
             let qkv = b.qkv.forward(&h);
-            let (heads, probs) = self.attention(&qkv, n);
+            let qk_normed = b.qk_norm.as_ref().map(|(qn, kn)| {
+                let (q, qc) = qn.forward(&part(&qkv, d, 0));
+                let (k, kc) = kn.forward(&part(&qkv, d, 1));
+                let mut normed = qkv.clone();
+                set_part(&mut normed, d, 0, &q);
+                set_part(&mut normed, d, 1, &k);
+                (normed, qc, kc)
+            });
+            let (heads, probs) = self.attention(qk_normed.as_ref().map_or(&qkv, |q| &q.0), n);
             let proj = b.proj.forward(&heads);
             add_scaled(&mut x, &proj, b.ls1);
             let (h, ln2) = b.norm2.forward(&x);
@@ -235,7 +235,7 @@ impl<'a> CpuVit<'a> {
             let act: Vec<f32> = pre_act.iter().map(|&v| c.act.reference(v)).collect();
             let fc2 = b.fc2.forward(&act);
             add_scaled(&mut x, &fc2, b.ls2);
-            blocks.push(BlockCache { ln1, qkv, probs, proj, ln2, pre_act, fc2 });
+            blocks.push(BlockCache { ln1, qkv, qk_normed, probs, proj, ln2, pre_act, fc2 });
         }
         let mut trace = Trace {
             images: n,
@@ -249,6 +249,7 @@ impl<'a> CpuVit<'a> {
             norm: None,
             norm_dist: None,
             fc_norm: None,
+            argmax: Vec::new(),
         };
         let out = self.head_forward(&x, &mut trace);
         Ok((out, trace))
@@ -294,12 +295,21 @@ impl<'a> CpuVit<'a> {
                 let (y, cache) = norm(x.to_vec());
                 trace.norm = cache;
                 let skip = if c.pool_include_prefix { 0 } else { c.prefix_tokens() };
+                let (avg, max) = self.pool_weights();
                 let mut pooled = vec![0.0; n * d];
+                trace.argmax = vec![skip; n * d];
                 for (i, out) in pooled.chunks_mut(d).enumerate() {
+                    let token = |tok: usize| &y[(i * t + tok) * d..][..d];
+                    let arg = &mut trace.argmax[i * d..(i + 1) * d];
                     for tok in skip..t {
-                        out.iter_mut().zip(&y[(i * t + tok) * d..][..d]).for_each(|(o, v)| *o += v);
+                        for (j, &v) in token(tok).iter().enumerate() {
+                            out[j] += avg / (t - skip) as f32 * v;
+                            if v > token(arg[j])[j] {
+                                arg[j] = tok;
+                            }
+                        }
                     }
-                    out.iter_mut().for_each(|o| *o /= (t - skip) as f32);
+                    out.iter_mut().enumerate().for_each(|(j, o)| *o += max * token(arg[j])[j]);
                 }
                 pooled
             }
@@ -318,6 +328,15 @@ impl<'a> CpuVit<'a> {
             trace.head_out = out.clone();
         }
         out
+    }
+
+    /// What the pooled features take from the tokens' average and from their maximum.
+    fn pool_weights(&self) -> (f32, f32) {
+        match self.c.global_pool {
+            Pool::Max => (0.0, 1.0),
+            Pool::AvgMax => (0.5, 0.5),
+            _ => (1.0, 0.0),
+        }
     }
 
     /// Multi-head attention over timm's fused qkv rows ([n·T, 3·D], q | k | v, heads inside
@@ -369,7 +388,13 @@ impl<'a> CpuVit<'a> {
             dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
             let d_proj = scaled(&dx, b.ls1);
             record(node("attn.proj"), &d_proj, &cache.proj, d);
-            let d_qkv = self.attention_backward(cache, &b.proj.backward(&d_proj), n, rule);
+            let mut d_qkv = self.attention_backward(cache, &b.proj.backward(&d_proj), n, rule);
+            if let (Some((qn, kn)), Some((_, qc, kc))) = (&b.qk_norm, &cache.qk_normed) {
+                let dq = qn.backward(qc, &part(&d_qkv, d, 0), rule);
+                let dk = kn.backward(kc, &part(&d_qkv, d, 1), rule);
+                set_part(&mut d_qkv, d, 0, &dq);
+                set_part(&mut d_qkv, d, 1, &dk);
+            }
             record(node("attn.qkv"), &d_qkv, &cache.qkv, 3 * d);
             let dh = b.norm1.backward(&cache.ln1, &b.qkv.backward(&d_qkv), rule);
             dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
@@ -428,11 +453,15 @@ impl<'a> CpuVit<'a> {
             Pool::None => dx = norm_back(&trace.norm, dp),
             _ => {
                 let skip = if c.pool_include_prefix { 0 } else { c.prefix_tokens() };
-                let share = 1.0 / (t - skip) as f32;
+                let (avg, max) = self.pool_weights();
+                let share = avg / (t - skip) as f32;
                 let mut dy = vec![0.0; n * t * d];
                 for (i, g) in dp.chunks(d).enumerate() {
                     for tok in skip..t {
                         dy[(i * t + tok) * d..][..d].iter_mut().zip(g).for_each(|(a, &b)| *a = b * share);
+                    }
+                    for (j, &b) in g.iter().enumerate() {
+                        dy[(i * t + trace.argmax[i * d + j]) * d + j] += max * b;
                     }
                 }
                 dx = norm_back(&trace.norm, dy);
@@ -445,9 +474,10 @@ impl<'a> CpuVit<'a> {
         let c = self.c;
         let (t, d, heads, hd) = (c.tokens(), c.embed_dim, c.num_heads, c.head_dim());
         let scale = (hd as f32).powf(-0.5);
+        let qkv = cache.qk_normed.as_ref().map_or(&cache.qkv, |q| &q.0);
         let mut d_qkv = vec![0.0; n * t * 3 * d];
         par_rows(&mut d_qkv, t * 3 * d, |i, dq| {
-            let rows = &cache.qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
+            let rows = &qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
             let go = &d_out[i * t * d..(i + 1) * t * d];
             let mut ds = vec![0.0; t];
             for h in 0..heads {
