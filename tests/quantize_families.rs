@@ -100,3 +100,29 @@ fn smoothquant_on_a_vit_without_qkv_bias() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--sensitivity fisher|lrp` differentiate the model on the CPU (`models::vit::backprop`):
+/// every ViT family must go through it (registers and LayerScale, pre-norm with QuickGELU, a
+/// distillation head, average pooling without qkv bias, qk_norm with avg-max pooling), and
+/// the allocation must load and stay close to f32.
+#[test]
+fn loss_aware_sensitivities_on_every_vit_family() {
+    for family in ["vit_dinov2_reg4_test", "vit_clip_quickgelu_test", "deit_distilled_test", "vit_gap_test", "vit_qknorm_test"] {
+        let model = common::fixture_dir(family);
+        let dir = scratch(&format!("sens-{family}"));
+        let calib = images(&dir.join("calib"), 6, 48, 100);
+        let held_out = images(&dir.join("test"), 1, 48, 900).join("img0.png");
+        let reference = logits(&model, &held_out, &dir.join("ref.safetensors"));
+        for sensitivity in ["fisher", "lrp"] {
+            let out = dir.join(sensitivity);
+            let (m, c, o) = (model.to_str().unwrap(), calib.to_str().unwrap(), out.to_str().unwrap());
+            common::lowbit_ok(&["quantize", "--model", m, "--recipe", "mixed:5", "--method", "gptq,clip", "--sensitivity", sensitivity, "--calib", c, "--out", o]);
+            let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+            assert_eq!(desc["mixed"]["sensitivity"], sensitivity, "{family}");
+            let sqnr = lowbit::metrics::sqnr_db(&logits(&out, &held_out, &dir.join(format!("{sensitivity}.safetensors"))), &reference);
+            eprintln!("{family:<26} mixed:5 --sensitivity {sensitivity:<6} logits SQNR {sqnr:6.1} dB");
+            assert!(sqnr > 10.0, "{family} {sensitivity}: logits SQNR {sqnr:.1} dB");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
