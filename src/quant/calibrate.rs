@@ -135,7 +135,7 @@ impl Model {
                 for l in layers {
                     if !rows.contains_key(l.node.as_str()) {
                         let (inputs, output) = plan.node_values(&l.node)?;
-                        rows.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l, None)?);
+                        rows.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l)?.0);
                     }
                 }
             }
@@ -258,18 +258,6 @@ impl Model {
         Ok((all, energy))
     }
 
-    /// `--method fisher`: `output_sensitivity` as row weights of mean 1 per layer (a row the
-    /// output ignores, a patch token after the last attention of a class-token model, gets 0).
-    pub fn output_weights(&self, calib: &Calibration) -> Result<Sensitivity> {
-        let (Measured { rows: mut all, .. }, _) = self.output_sensitivity(calib, "method fisher")?;
-        for rows in all.values_mut() {
-            let mean = rows.iter().map(|&v| v as f64).sum::<f64>() / rows.len().max(1) as f64;
-            let scale = if mean > 0.0 { 1.0 / mean } else { 0.0 };
-            rows.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
-        }
-        Ok(all)
-    }
-
     /// `--sensitivity lrp`: each layer's relevance over the calibration images
     /// (`models::vit::backprop::relevance`), by graph node.
     pub fn relevance(&self, calib: &Calibration) -> Result<HashMap<String, f64>> {
@@ -286,10 +274,15 @@ impl Model {
         Ok(all)
     }
 
-    /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights;
-    /// with `row_weights` (`output_weights`), Σ w·x·xᵀ.
-    pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, row_weights: Option<&Sensitivity>, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
-        let mut out: HashMap<String, Hessian> = layers.iter().map(|l| (l.key.clone(), Hessian::new(l.cols()))).collect();
+    /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights.
+    pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
+        Ok(self.weighted_hessians(gpu, layers, calib, &[None], progress)?.remove(0))
+    }
+
+    /// `hessians` once per entry of `weightings`, from one pass: with row weights
+    /// (`output_sensitivity`), Σ w·x·xᵀ.
+    pub fn weighted_hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, weightings: &[Option<&Sensitivity>], progress: &mut Progress) -> Result<Vec<HashMap<String, Hessian>>> {
+        let mut out: Vec<HashMap<String, Hessian>> = weightings.iter().map(|_| layers.iter().map(|l| (l.key.clone(), Hessian::new(l.cols()))).collect()).collect();
         let (main, enc): (Vec<&Layer>, Vec<&Layer>) = layers.iter().partition(|l| !l.encoder);
         if !main.is_empty() {
             let model = self.build(gpu, &self.weights)?;
@@ -298,8 +291,8 @@ impl Model {
                 let plan = Plan::unshared(gpu, model.graph(batch.count(), calib)?)?;
                 batch.set(gpu, &plan)?;
                 plan.run(gpu)?;
-                let weights = row_weights.map(|w| RowWeights { all: w, images: calib.count(), first, count: batch.count() });
-                accumulate(gpu, &plan, &main, weights.as_ref(), &mut out)?;
+                let weights: Vec<Option<RowWeights>> = weightings.iter().map(|w| w.map(|all| RowWeights { all, images: calib.count(), first, count: batch.count() })).collect();
+                accumulate(gpu, &plan, &main, &weights, &mut out)?;
                 first += batch.count();
                 progress.step(batch.count());
             }
@@ -316,7 +309,7 @@ impl Model {
                 let plan = Plan::unshared(gpu, encoder.graph(n, *h, *w)?)?;
                 plan.set_input(gpu, 0, chunk)?;
                 plan.run(gpu)?;
-                accumulate(gpu, &plan, &enc, None, &mut out)?;
+                accumulate(gpu, &plan, &enc, &weightings.iter().map(|_| None).collect::<Vec<_>>(), &mut out)?;
             }
         }
         Ok(out)
@@ -340,7 +333,19 @@ impl Built {
     }
 }
 
-/// The `output_weights` of one calibration pass: images `first..first + count` of `images`.
+/// `--method fisher`'s row weights: `Measured::rows` scaled to mean 1 per layer (a row the
+/// output ignores, a patch token after the last attention of a class-token model, gets 0).
+pub fn mean_one(m: &Measured) -> Sensitivity {
+    let mut all = m.rows.clone();
+    for rows in all.values_mut() {
+        let mean = rows.iter().map(|&v| v as f64).sum::<f64>() / rows.len().max(1) as f64;
+        let scale = if mean > 0.0 { 1.0 / mean } else { 0.0 };
+        rows.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
+    }
+    all
+}
+
+/// The row weights of one calibration pass: images `first..first + count` of `images`.
 struct RowWeights<'a> {
     all: &'a Sensitivity,
     images: usize,
@@ -348,9 +353,9 @@ struct RowWeights<'a> {
     count: usize,
 }
 
-impl RowWeights<'_> {
+impl<'a> RowWeights<'a> {
     /// The pass's weights of the input rows of `node` (`rows` of them), if it has any.
-    fn of(&self, node: &str, rows: usize) -> Result<Option<&[f32]>> {
+    fn of(&self, node: &str, rows: usize) -> Result<Option<&'a [f32]>> {
         let Some(all) = self.all.get(node) else { return Ok(None) };
         let per = all.len() / self.images;
         if per * self.count != rows {
@@ -360,32 +365,37 @@ impl RowWeights<'_> {
     }
 }
 
-/// Reads back each layer's input and adds its rows (each scaled by √weight, with weights) to
-/// the layer's Hessian.
-fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], weights: Option<&RowWeights>, out: &mut HashMap<String, Hessian>) -> Result<()> {
-    let mut cache: HashMap<&str, Vec<f32>> = HashMap::new();
+/// Reads back each layer's input and adds its rows to the layer's Hessian in each of `out`,
+/// scaled by √weight where that one's `weights` has the layer's node.
+fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], weights: &[Option<RowWeights>], out: &mut [HashMap<String, Hessian>]) -> Result<()> {
+    let mut cache: HashMap<&str, (Vec<f32>, usize, usize)> = HashMap::new();
     for l in layers {
         let (inputs, output) = plan.node_values(&l.node)?;
         if !cache.contains_key(l.node.as_str()) {
-            cache.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l, weights)?);
+            cache.insert(&l.node, input_rows(gpu, &inputs[0], &output.shape, l)?);
         }
-        out.get_mut(&l.key).unwrap().add_rows(&cache[l.node.as_str()])?;
+        let (rows, total, step) = &cache[l.node.as_str()];
+        for (w, hessians) in weights.iter().zip(out.iter_mut()) {
+            let h = hessians.get_mut(&l.key).unwrap();
+            match w.as_ref().map(|w| w.of(&l.node, *total)).transpose()?.flatten() {
+                Some(w) => h.add_rows(&rows.chunks(l.cols()).enumerate().flat_map(|(k, row)| row.iter().map(move |v| v * w[k * step].sqrt())).collect::<Vec<f32>>())?,
+                None => h.add_rows(rows)?,
+            }
+        }
     }
     Ok(())
 }
 
 /// The rows a layer multiplies: the last axis of tokens, or im2col patches of an NCHW map (in
-/// the weight's [cin, kh, kw] order), each scaled by √weight where `weights` has the node's,
-/// thinned to at most ROWS_PER_PASS evenly spaced rows.
-fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer, weights: Option<&RowWeights>) -> Result<Vec<f32>> {
+/// the weight's [cin, kh, kw] order), thinned to at most ROWS_PER_PASS evenly spaced rows; with
+/// the count before thinning and the step (kept row k is row k·step).
+fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer) -> Result<(Vec<f32>, usize, usize)> {
     let x = input.to_vec_f32(gpu)?;
     let cols = l.cols();
-    let scale = |w: Option<&[f32]>, row: usize| w.map_or(1.0, |w| w[row].sqrt());
     if input.shape.len() != 4 {
         let rows = x.len() / cols;
-        let w = weights.map(|w| w.of(&l.node, rows)).transpose()?.flatten();
         let step = rows.div_ceil(ROWS_PER_PASS).max(1);
-        return Ok(x.chunks(cols).enumerate().step_by(step).flat_map(|(r, row)| row.iter().map(move |v| v * scale(w, r))).collect());
+        return Ok((x.chunks(cols).step_by(step).flatten().copied().collect(), rows, step));
     }
     let [b, c, h, w] = [input.shape[0], input.shape[1], input.shape[2], input.shape[3]];
     let (kh, kw) = (l.shape.get(2).copied().unwrap_or(1), l.shape.get(3).copied().unwrap_or(1));
@@ -405,23 +415,21 @@ fn input_rows(gpu: &Gpu, input: &crate::Tensor, out_shape: &[usize], l: &Layer, 
         invalid!("{}: cannot tell the conv geometry of {h}×{w} → {out_pixels} pixels", l.key);
     };
     let total = b * oh * ow;
-    let row_weights = weights.map(|w| w.of(&l.node, total)).transpose()?.flatten();
     let step = total.div_ceil(ROWS_PER_PASS).max(1);
     let mut rows = Vec::with_capacity(total.div_ceil(step) * cols);
     for p in (0..total).step_by(step) {
         let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
-        let s = scale(row_weights, p);
         for ci in 0..c {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (y, xx) = ((oy * stride + ky) as isize - pad.0 as isize, (ox * stride + kx) as isize - pad.1 as isize);
                     let inside = y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w;
-                    rows.push(if inside { s * x[((n * c + ci) * h + y as usize) * w + xx as usize] } else { 0.0 });
+                    rows.push(if inside { x[((n * c + ci) * h + y as usize) * w + xx as usize] } else { 0.0 });
                 }
             }
         }
     }
-    Ok(rows)
+    Ok((rows, total, step))
 }
 
 /// Calibration inputs: preprocessed images (ViT input, or a VQGAN encoder's [−1, 1] images)

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::calibrate::{with_packed, Calibration, Layer, Model, Progress};
 use super::gptq::Hessian;
+use crate::models::vit::backprop::Measured;
 use super::recipe::{quantize_matrix, Methods};
 use crate::formats::WeightFormat;
 use crate::{invalid, Gpu, Result};
@@ -124,6 +125,16 @@ fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32], row_weights: O
             heavy.iter().map(|&r| w[r] * energy(r)).sum::<f64>() + sampled(&rest, &|r| w[r])
         }
     }
+}
+
+/// What `--sensitivity fisher` measures before the allocation (`recipe`, in the calibration
+/// pass GPTQ's Hessians come from).
+pub struct FisherInputs {
+    pub measured: Measured,
+    /// The outputs' mean squared norm per calibration image.
+    pub output_energy: f64,
+    /// Hessians of the rows weighted by `measured.rows`.
+    pub hessians: HashMap<String, Hessian>,
 }
 
 /// One option for one layer.
@@ -249,7 +260,17 @@ pub fn greedy(costs: &[Vec<usize>], values: &[Vec<f64>], budget: usize) -> Optio
 /// Measures every layer's sensitivity and allocates `bits` average weight bits. Matrices the
 /// model runs as one (a VQGAN attention's q, k, v: one stacked conv, one format) are one item.
 #[allow(clippy::too_many_arguments)]
-pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibration, bits: f64, methods: Methods, hessians: &HashMap<String, Hessian>, sensitivity: Sensitivity) -> Result<Allocation> {
+pub fn allocate_model(
+    gpu: &Gpu,
+    model: &Model,
+    layers: &[Layer],
+    calib: &Calibration,
+    bits: f64,
+    methods: Methods,
+    hessians: &HashMap<String, Hessian>,
+    sensitivity: Sensitivity,
+    fisher: Option<&FisherInputs>,
+) -> Result<Allocation> {
     let mut items: Vec<(String, Vec<&Layer>)> = Vec::new();
     for l in layers {
         match items.iter_mut().find(|(node, _)| *node == l.node) {
@@ -277,24 +298,21 @@ pub fn allocate_model(gpu: &Gpu, model: &Model, layers: &[Layer], calib: &Calibr
     // predicts the output noise per image Σ g²·ΔO² ≈ (rows per image / 2)·Σ_j b_j·δ_jᵀ·H_a·δ_j
     // with H_a = 2/n·Σ a·x·xᵀ (the Hessian of rows weighted by a) and δ_j row j of ΔW.
     // Separable, a LayerScale'd or outlier output channel counts as much as its gradient says.
-    let fisher = match sensitivity {
-        Sensitivity::Fisher => {
-            let (measured, energy) = model.output_sensitivity(calib, "--sensitivity fisher")?;
-            let mut progress = Progress::new("calibrating (gradient-weighted layer inputs)", calib.count());
-            let h = model.hessians(gpu, layers, calib, Some(&measured.rows), &mut progress)?;
-            progress.finish();
+    let fisher = match (sensitivity, fisher) {
+        (Sensitivity::Fisher, Some(f)) => {
             let mut scale = HashMap::new();
-            for (node, rows) in &measured.rows {
-                let Some(ch) = measured.channels.get(node) else { continue };
+            for (node, rows) in &f.measured.rows {
+                let Some(ch) = f.measured.channels.get(node) else { continue };
                 let total: f64 = ch.iter().sum();
                 let share: Vec<f64> = ch.iter().map(|&c| if total > 0.0 { c / total } else { 1.0 / ch.len() as f64 }).collect();
                 scale.insert(node.clone(), (rows.len() as f64 / calib.count() as f64 / 2.0, share));
             }
-            Some((h, scale, energy))
+            Some((&f.hessians, scale, f.output_energy))
         }
+        (Sensitivity::Fisher, None) => invalid!("--sensitivity fisher: no gradient-weighted Hessians were measured"),
         _ => None,
     };
-    let hessians = fisher.as_ref().map_or(hessians, |f| &f.0);
+    let hessians = fisher.as_ref().map_or(hessians, |f| f.0);
     // lrp: each layer's relevance relative to the mean layer's.
     let relevance = match sensitivity {
         Sensitivity::Lrp => {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::act_calib::{self, ActMethods};
 use super::actq::Kind;
-use super::calibrate::{Calibration, Family, Layer, Model, Progress};
+use super::calibrate::{mean_one, Calibration, Family, Layer, Model, Progress};
 use super::gptq::{GptqOptions, Hessian};
 use crate::models::packed::{Activations, Attention, Description, PackedTensor, Runtime};
 use super::{clip, gptq, mixed, rtn};
@@ -374,27 +374,31 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         }
         _ => Vec::new(),
     };
+    // `--method fisher` and `--sensitivity fisher` weight rows by the output gradients of one
+    // CPU backward pass, and get their Hessians from the same calibration pass.
     // Layers GPTQ cannot see (a VQGAN encoder calibrated with tokens) fall back to clip/rtn.
-    // The mixed recipe's default sensitivity reads the same layer inputs.
-    let mixed_hessian = matches!(recipe, Recipe::Mixed { .. }) && matches!(opts.sensitivity, mixed::Sensitivity::Hessian | mixed::Sensitivity::Lrp);
-    let hessians: HashMap<String, Hessian> = match (&calib, methods.gptq || mixed_hessian) {
-        (Some(c), true) => {
-            let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
-            let mut progress = Progress::new("calibrating (layer inputs)", c.count());
-            let weights = if methods.fisher { Some(model.output_weights(c)?) } else { None };
-            let h = model.hessians(gpu, &seen, c, weights.as_ref(), &mut progress)?;
-            progress.finish();
-            h
+    // The mixed recipe's sensitivities (but `output`) read the same layer inputs.
+    let mixed = matches!(recipe, Recipe::Mixed { .. });
+    let mixed_fisher = mixed && opts.sensitivity == mixed::Sensitivity::Fisher;
+    let (mut hessians, mut fisher) = (HashMap::new(), None);
+    if let (Some(c), true) = (&calib, methods.gptq || (mixed && opts.sensitivity.from_hessians())) {
+        let measured = if methods.fisher || mixed_fisher { Some(model.output_sensitivity(c, if methods.fisher { "method fisher" } else { "--sensitivity fisher" })?) } else { None };
+        let gptq_rows = measured.as_ref().filter(|_| methods.fisher).map(|(m, _)| mean_one(m));
+        let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
+        let mut progress = Progress::new("calibrating (layer inputs)", c.count());
+        let mut maps = model.weighted_hessians(gpu, &seen, c, &[gptq_rows.as_ref(), measured.as_ref().filter(|_| mixed_fisher).map(|(m, _)| &m.rows)], &mut progress)?;
+        progress.finish();
+        if let (Some((m, energy)), true) = (measured, mixed_fisher) {
+            fisher = Some(mixed::FisherInputs { measured: m, output_energy: energy, hessians: maps.pop().expect("two weightings") });
         }
-        _ => HashMap::new(),
-    };
+        hessians = maps.remove(0);
+    }
     // SVDQuant: every block Linear with an input quantizer gets its low-rank branch (after
     // smoothing, and after the f32 passes above, which must not see the branches); the
     // residual is what the weight methods below quantize, with the same Hessians (same inputs).
     let low_rank = if methods.svdquant { svd_branches(&mut model, &layers, &act_points, rank)? } else { HashMap::new() };
     // QuaRot: W·H and the Hessian of the rotated inputs for every block Linear where the
     // rotation lowers the layer's output error (`quant::rotate`).
-    let mut hessians = hessians;
     let rotations = match (&calib, static_act) {
         (Some(c), Some((_, ab))) if methods.rotate => {
             let inner: Vec<&Layer> = layers.iter().filter(|l| inner_matrix(&l.key)).collect();
@@ -405,7 +409,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let (formats, allocation) = match &recipe {
         Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
         Recipe::Mixed { bits } => {
-            let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians, opts.sensitivity)?;
+            let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians, opts.sensitivity, fisher.as_ref())?;
             (a.formats(), Some(a))
         }
         Recipe::Activations { weight_bits, .. } => (layers.iter().map(|l| (l.key.clone(), activation_recipe_format(&l.key, *weight_bits))).collect(), None),
