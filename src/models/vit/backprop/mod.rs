@@ -1,7 +1,8 @@
 //! A ViT's forward and backward pass on the CPU, from the checkpoint's f32 weights: how much
 //! each Linear's output, token by token, moves the model's output. The quantizer's loss-aware
-//! metric (`--method fisher`) needs this once per calibration image and never at inference, so
-//! it is plain Rust (threaded loops) rather than backward kernels on the GPU.
+//! options (`--sensitivity fisher|lrp`, `--method fisher`) need this once per calibration image
+//! and never at inference, so it is plain Rust (threaded loops) rather than backward kernels on
+//! the GPU.
 //!
 //! What is measured: an error ΔO on a layer's output moves the output y by J·ΔO to first order,
 //! so the output's squared error is ΔOᵀ·JᵀJ·ΔO, and a token whose channels carry a large
@@ -12,8 +13,7 @@
 //! `EXACT_OUTPUTS`) each output's unit vector instead, which is exact.
 //!
 //! The forward pass mirrors `forward.rs` (and is checked against timm's logits by the tests);
-//! what it does not support (non-square or resized inputs) is a clear
-//! error, so the caller can say the metric does not apply.
+//! inputs of another size than the config's are a clear error.
 
 use std::collections::HashMap;
 
@@ -114,10 +114,6 @@ pub struct Trace {
     patch: Vec<f32>,
     pre: Option<NormCache>,
     blocks: Vec<BlockCache>,
-    /// The head's input rows (pooled features, or every token for `Pool::None`), and the
-    /// distillation token's when there is one.
-    head_in: Vec<f32>,
-    dist_in: Vec<f32>,
     /// The head's and the distillation head's outputs.
     head_out: Vec<f32>,
     dist_out: Vec<f32>,
@@ -242,8 +238,6 @@ impl<'a> CpuVit<'a> {
             patch: patch_out,
             pre,
             blocks,
-            head_in: Vec::new(),
-            dist_in: Vec::new(),
             head_out: Vec::new(),
             dist_out: Vec::new(),
             norm: None,
@@ -271,15 +265,13 @@ impl<'a> CpuVit<'a> {
                 let (cls, nc) = norm(token(0));
                 let (dist, nd) = norm(token(1));
                 (trace.norm, trace.norm_dist) = (nc, nd);
-                let out = match (&self.head, &self.head_dist) {
+                return match (&self.head, &self.head_dist) {
                     (Some(h), Some(hd)) => {
                         (trace.head_out, trace.dist_out) = (h.forward(&cls), hd.forward(&dist));
                         half_sum(&trace.head_out, &trace.dist_out)
                     }
                     _ => half_sum(&cls, &dist),
                 };
-                (trace.head_in, trace.dist_in) = (cls, dist);
-                return out;
             }
             Pool::Token => {
                 let (y, cache) = norm(token(0));
@@ -322,12 +314,13 @@ impl<'a> CpuVit<'a> {
             }
             None => pooled,
         };
-        let out = self.head.as_ref().map_or_else(|| pooled.clone(), |h| h.forward(&pooled));
-        trace.head_in = pooled;
-        if self.head.is_some() {
-            trace.head_out = out.clone();
+        match &self.head {
+            Some(h) => {
+                trace.head_out = h.forward(&pooled);
+                trace.head_out.clone()
+            }
+            None => pooled,
         }
-        out
     }
 
     /// What the pooled features take from the tokens' average and from their maximum.
