@@ -119,6 +119,8 @@ fn loss_aware_sensitivities_on_every_vit_family() {
             common::lowbit_ok(&["quantize", "--model", m, "--recipe", "mixed:5", "--method", "gptq,clip", "--sensitivity", sensitivity, "--calib", c, "--out", o]);
             let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
             assert_eq!(desc["mixed"]["sensitivity"], sensitivity, "{family}");
+            let info = common::lowbit_ok(&["info", o]);
+            assert!(info.contains(&format!("recipe mixed:5, methods gptq+clip, sensitivity {sensitivity}")), "{info}");
             let sqnr = lowbit::metrics::sqnr_db(&logits(&out, &held_out, &dir.join(format!("{sensitivity}.safetensors"))), &reference);
             eprintln!("{family:<26} mixed:5 --sensitivity {sensitivity:<6} logits SQNR {sqnr:6.1} dB");
             assert!(sqnr > 10.0, "{family} {sensitivity}: logits SQNR {sqnr:.1} dB");

@@ -79,7 +79,9 @@ pub fn run(gpu: &Gpu, args: InfoArgs) -> anyhow::Result<()> {
 /// runtime the engine reads (which kernels the block Linears and attention run in).
 fn print_quantized(desc: &Description, summary: &WeightSummary, params: usize) {
     let text = |key: &str| desc.extra.get(key).and_then(|v| v.as_str()).unwrap_or("?").to_string();
-    outln!("quantized: recipe {}, methods {}", text("recipe"), text("methods"));
+    // mixed:<bits> folders also say how the layers' sensitivities were measured.
+    let sensitivity = desc.extra.get("mixed").and_then(|m| m["sensitivity"].as_str()).map(|s| format!(", sensitivity {s}")).unwrap_or_default();
+    outln!("quantized: recipe {}, methods {}{sensitivity}", text("recipe"), text("methods"));
     let mut formats: std::collections::BTreeMap<String, usize> = Default::default();
     for (_, _, _, stored) in &summary.matrices {
         *formats.entry(stored.map_or("f32".to_string(), |f| f.name())).or_default() += 1;
