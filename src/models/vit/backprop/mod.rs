@@ -536,9 +536,9 @@ pub fn sensitivity(c: &VitConfig, w: &Weights, images: &[f32], seed: u64) -> Res
     Ok(Measured { rows, channels, outputs: out })
 }
 
-/// Each Linear's relevance over `images` (LRP-QViT's layer contribution): Σ |O ⊙ R_O| over
-/// its output O, where R_O is `Rule::Relevance`'s backward from each image's largest output
-/// (the predicted class), summed over the images.
+/// Each Linear's relevance over `images` (LRP-QViT's layer contribution): Σ |O ⊙ G| over its
+/// output O, where G is `Rule::Relevance`'s backward pass from each image's largest output
+/// (the predicted class), so O ⊙ G is the relevance of each output value; summed over images.
 pub fn relevance(c: &VitConfig, w: &Weights, images: &[f32]) -> Result<HashMap<String, f64>> {
     let vit = CpuVit::new(c, w)?;
     let (out, trace) = vit.forward(images)?;
