@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use lowbit::models::vit::backprop::{relevance, sensitivity, CpuVit, Rule};
+use lowbit::models::vit::backprop::{CpuVit, Rule};
 use lowbit::models::{VitConfig, Weights};
 use lowbit::synthetic::uniform;
 
@@ -119,7 +119,7 @@ fn sensitivity_has_one_value_per_row_and_sees_the_pooling() {
     let (c, w, io) = load("deit3_test");
     let images = &io.tensors["images"].data;
     let n = io.tensors["images"].shape[0];
-    let s = sensitivity(&c, &w, images, 0).unwrap().rows;
+    let s = CpuVit::new(&c, &w).unwrap().sensitivity(images, 0).unwrap().rows;
     let t = c.tokens();
     let last = format!("blocks.{}.mlp.fc2", c.depth - 1);
     assert_eq!(s[&last].len(), n * t);
@@ -167,7 +167,7 @@ fn relevance_is_conserved_without_biases() {
             assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "{name} image {i}: relevance {got}, output {want}");
         }
         // The per-layer scores are finite, positive, and cover every Linear.
-        let scores = relevance(&c, &w, images).unwrap();
+        let scores = vit.relevance(images).unwrap();
         assert_eq!(scores.len(), 4 * c.depth + 1 + usize::from(c.num_classes > 0), "{name}: {:?}", scores.keys());
         assert!(scores.values().all(|v| v.is_finite() && *v > 0.0), "{name}");
     }

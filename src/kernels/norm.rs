@@ -188,7 +188,8 @@ pub mod reference {
         out
     }
 
-    fn mean_rstd(v: &[f32], eps: f32) -> (f64, f64) {
+    /// A row's mean and 1/σ (population variance, `eps` inside the root), in f64.
+    pub fn mean_rstd(v: &[f32], eps: f32) -> (f64, f64) {
         let n = v.len() as f64;
         let mean = v.iter().map(|&a| a as f64).sum::<f64>() / n;
         let var = v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::gptq::Hessian;
-use crate::models::vit::backprop::{self, Measured, Sensitivity};
+use crate::models::vit::backprop::{CpuVit, Measured, Sensitivity};
 use crate::graph::Plan;
 use crate::models::vqgan::{TokenGrid, VqganConfig, VqganDecoder, VqganEncoder};
-use crate::models::{detect, load_image, preprocess, Classifier, ClassifierConfig, ModelKind, VitConfig, Weights, WeightSummary};
+use crate::models::{detect, load_image, preprocess, Classifier, ClassifierConfig, ModelKind, Weights, WeightSummary};
 use crate::formats::WeightFormat;
 use crate::synthetic::Rng;
 use crate::{invalid, Error, Gpu, Result};
@@ -223,26 +223,26 @@ impl Model {
         Ok(())
     }
 
-    /// The ViT config and the calibration images in passes of BATCH, for the CPU backward
-    /// passes of `--method fisher` and `--sensitivity fisher|lrp` (`what` names the option).
-    fn vit_batches<'a>(&'a self, calib: &'a Calibration, what: &str) -> Result<(&'a VitConfig, Vec<&'a [f32]>, usize)> {
+    /// The CPU ViT and the calibration images in passes of BATCH, for the backward passes of
+    /// `--method fisher` and `--sensitivity fisher|lrp` (`what` names the option).
+    fn vit_batches<'a>(&'a self, calib: &'a Calibration, what: &str) -> Result<(CpuVit<'a>, Vec<&'a [f32]>, usize)> {
         let Family::Classifier(ClassifierConfig::Vit(c)) = &self.family else {
             invalid!("{what} differentiates a ViT-family classifier (on the CPU); this model is not one");
         };
         let Some((pixels, [_, ch, h, w])) = &calib.images else { invalid!("{what} needs calibration images") };
-        Ok((c, pixels.chunks(BATCH * ch * h * w).collect(), ch * h * w))
+        let vit = CpuVit::new(c, &self.weights).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+        Ok((vit, pixels.chunks(BATCH * ch * h * w).collect(), ch * h * w))
     }
 
     /// Per layer (graph node) and input row, over the calibration images in order, the
     /// expected squared gradient of the model's output at the row's output, and its sums per
-    /// output channel (`models::vit::backprop::sensitivity`); and the outputs' mean squared
-    /// norm per image.
-    pub fn output_sensitivity(&self, calib: &Calibration, what: &str) -> Result<(Measured, f64)> {
-        let (c, batches, per_image) = self.vit_batches(calib, what)?;
+    /// output channel, and the model's outputs (`CpuVit::sensitivity`).
+    pub fn output_sensitivity(&self, calib: &Calibration, what: &str) -> Result<Measured> {
+        let (vit, batches, per_image) = self.vit_batches(calib, what)?;
         let mut all = Measured { rows: Sensitivity::new(), channels: HashMap::new(), outputs: Vec::new() };
         let mut progress = Progress::new("output gradients (CPU backward passes)", calib.count());
         for (i, chunk) in batches.into_iter().enumerate() {
-            let m = backprop::sensitivity(c, &self.weights, chunk, i as u64).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            let m = vit.sensitivity(chunk, i as u64).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
             progress.step(chunk.len() / per_image);
             for (node, rows) in m.rows {
                 all.rows.entry(node).or_default().extend(rows);
@@ -254,19 +254,18 @@ impl Model {
             all.outputs.extend(m.outputs);
         }
         progress.finish();
-        let energy = all.outputs.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / calib.count().max(1) as f64;
-        Ok((all, energy))
+        Ok(all)
     }
 
     /// `--sensitivity lrp`: each layer's relevance over the calibration images
-    /// (`models::vit::backprop::relevance`), by graph node.
+    /// (`CpuVit::relevance`), by graph node.
     pub fn relevance(&self, calib: &Calibration) -> Result<HashMap<String, f64>> {
-        let (c, batches, per_image) = self.vit_batches(calib, "--sensitivity lrp")?;
+        let (vit, batches, per_image) = self.vit_batches(calib, "--sensitivity lrp")?;
         let mut all = HashMap::new();
         let mut progress = Progress::new("relevance (CPU backward passes)", calib.count());
         for chunk in batches {
             progress.step(chunk.len() / per_image);
-            for (node, r) in backprop::relevance(c, &self.weights, chunk).map_err(|e| Error::Invalid(format!("--sensitivity lrp: {e}")))? {
+            for (node, r) in vit.relevance(chunk).map_err(|e| Error::Invalid(format!("--sensitivity lrp: {e}")))? {
                 *all.entry(node).or_insert(0.0) += r;
             }
         }
@@ -359,7 +358,7 @@ impl<'a> RowWeights<'a> {
         let Some(all) = self.all.get(node) else { return Ok(None) };
         let per = all.len() / self.images;
         if per * self.count != rows {
-            invalid!("method fisher: {node} multiplies {rows} rows in this pass, its weights say {}", per * self.count);
+            invalid!("{node} multiplies {rows} rows in this pass, its gradient weights say {}", per * self.count);
         }
         Ok(Some(&all[self.first * per..(self.first + self.count) * per]))
     }

@@ -131,8 +131,6 @@ fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32], row_weights: O
 /// pass GPTQ's Hessians come from).
 pub struct FisherInputs {
     pub measured: Measured,
-    /// The outputs' mean squared norm per calibration image.
-    pub output_energy: f64,
     /// Hessians of the rows weighted by `measured.rows`.
     pub hessians: HashMap<String, Hessian>,
 }
@@ -307,7 +305,9 @@ pub fn allocate_model(
                 let share: Vec<f64> = ch.iter().map(|&c| if total > 0.0 { c / total } else { 1.0 / ch.len() as f64 }).collect();
                 scale.insert(node.clone(), (rows.len() as f64 / calib.count() as f64 / 2.0, share));
             }
-            Some((&f.hessians, scale, f.output_energy))
+            // The signal: the outputs' mean squared norm per calibration image.
+            let energy = f.measured.outputs.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / calib.count().max(1) as f64;
+            Some((&f.hessians, scale, energy))
         }
         (Sensitivity::Fisher, None) => invalid!("--sensitivity fisher: no gradient-weighted Hessians were measured"),
         _ => None,

@@ -383,13 +383,18 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let (mut hessians, mut fisher) = (HashMap::new(), None);
     if let (Some(c), true) = (&calib, methods.gptq || (mixed && opts.sensitivity.from_hessians())) {
         let measured = if methods.fisher || mixed_fisher { Some(model.output_sensitivity(c, if methods.fisher { "method fisher" } else { "--sensitivity fisher" })?) } else { None };
-        let gptq_rows = measured.as_ref().filter(|_| methods.fisher).map(|(m, _)| mean_one(m));
+        let gptq_rows = measured.as_ref().filter(|_| methods.fisher).map(mean_one);
+        // GPTQ's Hessians, and the gradient-weighted ones `--sensitivity fisher` predicts with.
+        let mut weightings = vec![gptq_rows.as_ref()];
+        if mixed_fisher {
+            weightings.extend(measured.as_ref().map(|m| Some(&m.rows)));
+        }
         let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
         let mut progress = Progress::new("calibrating (layer inputs)", c.count());
-        let mut maps = model.weighted_hessians(gpu, &seen, c, &[gptq_rows.as_ref(), measured.as_ref().filter(|_| mixed_fisher).map(|(m, _)| &m.rows)], &mut progress)?;
+        let mut maps = model.weighted_hessians(gpu, &seen, c, &weightings, &mut progress)?;
         progress.finish();
-        if let (Some((m, energy)), true) = (measured, mixed_fisher) {
-            fisher = Some(mixed::FisherInputs { measured: m, output_energy: energy, hessians: maps.pop().expect("two weightings") });
+        if let (Some(measured), true) = (measured, mixed_fisher) {
+            fisher = Some(mixed::FisherInputs { measured, hessians: maps.pop().expect("two weightings") });
         }
         hessians = maps.remove(0);
     }

@@ -3,6 +3,7 @@
 
 use super::Rule;
 use crate::kernels::elementwise::Activation;
+use crate::kernels::norm::reference::mean_rstd;
 use crate::models::Weights;
 use crate::Result;
 
@@ -56,15 +57,15 @@ impl<'a> Dense<'a> {
 }
 
 pub(super) struct Norm<'a> {
-    pub(super) w: &'a [f32],
-    pub(super) b: &'a [f32],
-    pub(super) eps: f32,
+    w: &'a [f32],
+    b: &'a [f32],
+    eps: f32,
 }
 
 /// What LayerNorm's backward needs: the normalized rows and each row's 1/σ.
 pub(super) struct NormCache {
-    pub(super) xhat: Vec<f32>,
-    pub(super) rstd: Vec<f32>,
+    xhat: Vec<f32>,
+    rstd: Vec<f32>,
 }
 
 impl<'a> Norm<'a> {
@@ -76,9 +77,7 @@ impl<'a> Norm<'a> {
         let d = self.w.len();
         let (mut y, mut xhat, mut rstd) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()), Vec::with_capacity(x.len() / d));
         for row in x.chunks(d) {
-            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-            let r = 1.0 / (var + self.eps as f64).sqrt();
+            let (mean, r) = mean_rstd(row, self.eps);
             for (i, &v) in row.iter().enumerate() {
                 let h = ((v as f64 - mean) * r) as f32;
                 xhat.push(h);

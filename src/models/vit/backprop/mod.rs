@@ -35,7 +35,7 @@ const RANDOM_SIGNS: usize = 4;
 /// output's gradient at that row, E‖∂(rᵀy)/∂O_row‖².
 pub type Sensitivity = HashMap<String, Vec<f32>>;
 
-/// What `sensitivity` measures on a set of images.
+/// What `CpuVit::sensitivity` measures on a set of images.
 pub struct Measured {
     /// Per layer, per input row (module docs).
     pub rows: Sensitivity,
@@ -478,18 +478,19 @@ impl<'a> CpuVit<'a> {
                 for q in 0..t {
                     let p = &cache.probs[((i * heads + h) * t + q) * t..][..t];
                     let g = &go[q * d + h * hd..][..hd];
-                    // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP); dV += Pᵀ·dO.
-                    let mut mean = 0.0;
-                    for (key, s) in ds.iter_mut().enumerate() {
-                        *s = dot(g, &rows[key * 3 * d + col(2)..][..hd]);
-                        mean += *s * p[key];
-                    }
+                    // dV += Pᵀ·dO; the relevance rule holds P constant, so stops there.
                     for key in 0..t {
                         let dv = &mut dq[key * 3 * d + col(2)..][..hd];
                         dv.iter_mut().zip(g).for_each(|(a, &b)| *a += p[key] * b);
                     }
                     if rule == Rule::Relevance {
                         continue;
+                    }
+                    // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP).
+                    let mut mean = 0.0;
+                    for (key, s) in ds.iter_mut().enumerate() {
+                        *s = dot(g, &rows[key * 3 * d + col(2)..][..hd]);
+                        mean += *s * p[key];
                     }
                     for (key, s) in ds.iter_mut().enumerate() {
                         *s = p[key] * (*s - mean) * scale;
@@ -507,51 +508,48 @@ impl<'a> CpuVit<'a> {
         });
         d_qkv
     }
-}
 
-/// Each Linear's sensitivity (module docs) over `images` ([n, 3, S, S]), averaged over the
-/// backward passes, per row and per output channel; `seed` picks the random signs.
-pub fn sensitivity(c: &VitConfig, w: &Weights, images: &[f32], seed: u64) -> Result<Measured> {
-    let vit = CpuVit::new(c, w)?;
-    let (out, trace) = vit.forward(images)?;
-    let dim = vit.output_dim();
-    let seeds: Vec<Vec<f32>> = if dim <= EXACT_OUTPUTS {
-        (0..dim).map(|j| (0..out.len()).map(|at| if at % dim == j { 1.0 } else { 0.0 }).collect()).collect()
-    } else {
-        let mut rng = Rng::new(seed);
-        (0..RANDOM_SIGNS).map(|_| (0..out.len()).map(|_| if rng.next_f32() < 0.0 { -1.0 } else { 1.0 }).collect()).collect()
-    };
-    let weight = if dim <= EXACT_OUTPUTS { 1.0 } else { 1.0 / RANDOM_SIGNS as f32 };
-    let (mut rows, mut channels) = (Sensitivity::new(), HashMap::new());
-    for r in &seeds {
-        vit.backward(&trace, r, Rule::Gradient, &mut |v| {
-            let per_row = rows.entry(v.node.clone()).or_insert_with(|| vec![0.0; v.grad.len() / v.width]);
-            let per_channel = channels.entry(v.node).or_insert_with(|| vec![0.0; v.width]);
-            for (acc, row) in per_row.iter_mut().zip(v.grad.chunks(v.width)) {
-                *acc += weight * row.iter().map(|g| g * g).sum::<f32>();
-                per_channel.iter_mut().zip(row).for_each(|(c, &g)| *c += (weight * g * g) as f64);
-            }
+    /// Each Linear's sensitivity (module docs) over `images` ([n, 3, S, S]), averaged over the
+    /// backward passes, per row and per output channel; `seed` picks the random signs.
+    pub fn sensitivity(&self, images: &[f32], seed: u64) -> Result<Measured> {
+        let (out, trace) = self.forward(images)?;
+        let dim = self.output_dim();
+        let seeds: Vec<Vec<f32>> = if dim <= EXACT_OUTPUTS {
+            (0..dim).map(|j| (0..out.len()).map(|at| if at % dim == j { 1.0 } else { 0.0 }).collect()).collect()
+        } else {
+            let mut rng = Rng::new(seed);
+            (0..RANDOM_SIGNS).map(|_| (0..out.len()).map(|_| if rng.next_f32() < 0.0 { -1.0 } else { 1.0 }).collect()).collect()
+        };
+        let weight = if dim <= EXACT_OUTPUTS { 1.0 } else { 1.0 / RANDOM_SIGNS as f32 };
+        let (mut rows, mut channels) = (Sensitivity::new(), HashMap::new());
+        for r in &seeds {
+            self.backward(&trace, r, Rule::Gradient, &mut |v| {
+                let per_row = rows.entry(v.node.clone()).or_insert_with(|| vec![0.0; v.grad.len() / v.width]);
+                let per_channel = channels.entry(v.node).or_insert_with(|| vec![0.0; v.width]);
+                for (acc, row) in per_row.iter_mut().zip(v.grad.chunks(v.width)) {
+                    *acc += weight * row.iter().map(|g| g * g).sum::<f32>();
+                    per_channel.iter_mut().zip(row).for_each(|(c, &g)| *c += (weight * g * g) as f64);
+                }
+            })?;
+        }
+        Ok(Measured { rows, channels, outputs: out })
+    }
+
+    /// Each Linear's relevance over `images` (LRP-QViT's layer contribution): Σ |O ⊙ G| over its
+    /// output O, where G is `Rule::Relevance`'s backward pass from each image's largest output
+    /// (the predicted class), so O ⊙ G is the relevance of each output value; summed over images.
+    pub fn relevance(&self, images: &[f32]) -> Result<HashMap<String, f64>> {
+        let (out, trace) = self.forward(images)?;
+        let dim = self.output_dim();
+        let mut seed = vec![0.0; out.len()];
+        for (y, r) in out.chunks(dim).zip(seed.chunks_mut(dim)) {
+            let top = (0..dim).max_by(|&a, &b| y[a].total_cmp(&y[b])).unwrap_or(0);
+            r[top] = 1.0;
+        }
+        let mut scores = HashMap::new();
+        self.backward(&trace, &seed, Rule::Relevance, &mut |v| {
+            *scores.entry(v.node).or_insert(0.0) += v.grad.iter().zip(v.output).map(|(g, o)| (g * o).abs() as f64).sum::<f64>();
         })?;
+        Ok(scores)
     }
-    Ok(Measured { rows, channels, outputs: out })
 }
-
-/// Each Linear's relevance over `images` (LRP-QViT's layer contribution): Σ |O ⊙ G| over its
-/// output O, where G is `Rule::Relevance`'s backward pass from each image's largest output
-/// (the predicted class), so O ⊙ G is the relevance of each output value; summed over images.
-pub fn relevance(c: &VitConfig, w: &Weights, images: &[f32]) -> Result<HashMap<String, f64>> {
-    let vit = CpuVit::new(c, w)?;
-    let (out, trace) = vit.forward(images)?;
-    let dim = vit.output_dim();
-    let mut seed = vec![0.0; out.len()];
-    for (y, r) in out.chunks(dim).zip(seed.chunks_mut(dim)) {
-        let top = (0..dim).max_by(|&a, &b| y[a].total_cmp(&y[b])).unwrap_or(0);
-        r[top] = 1.0;
-    }
-    let mut scores = HashMap::new();
-    vit.backward(&trace, &seed, Rule::Relevance, &mut |v| {
-        *scores.entry(v.node).or_insert(0.0) += v.grad.iter().zip(v.output).map(|(g, o)| (g * o).abs() as f64).sum::<f64>();
-    })?;
-    Ok(scores)
-}
-
