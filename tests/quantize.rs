@@ -316,6 +316,61 @@ fn sequential_gptq_calibrates_the_blocks_in_order() {
     refused(&["quantize", "--model", vq.to_str().unwrap(), "--recipe", "w4a16", "--method", "sequential,gptq", "--calib", vq.join("io.safetensors").to_str().unwrap(), "--out", b], &["sequential", "classifiers"], &bad);
 }
 
+/// `--method recon`: every block of a weight recipe and of the rotated, per-token W4A4 default
+/// is reconstructed (the block error never rises: the start is kept otherwise), the folder
+/// loads and classifies, the run is deterministic, and what it cannot do is refused.
+#[test]
+fn block_reconstruction_refines_the_rounding() {
+    let dir = scratch("recon");
+    let calib = calibration_images(&dir, 6, 32);
+    let vit = fixture("vit_tiny_test");
+    let image = vit.join("image_exact.png");
+    let reference = logits(&vit, &image, &dir.join("ref.safetensors"));
+    let (v, c) = (vit.to_str().unwrap(), calib.to_str().unwrap());
+    // (recipe, methods, their name, logits SQNR floor on the held-out image: ternary weights
+    // calibrated on 6 noise images stay far from f32, but reconstruction must cut its block
+    // errors the most).
+    for (recipe, method, name, floor) in [
+        ("w4a16", "gptq,clip,recon", "gptq+clip+recon", 10.0),
+        ("w4a4", "dynamic,asymmetric,rotate,smoothq,gptq,clip,recon", "gptq+clip+smoothq+dynamic+asymmetric+rotate+recon", 10.0),
+        ("ternary", "clip,recon", "clip+recon", 3.0),
+    ] {
+        let out = dir.join(recipe);
+        let stdout = ok(&["quantize", "--model", v, "--recipe", recipe, "--method", method, "--calib", c, "--calib-count", "6", "--seed", "3", "--recon-iters", "24", "--out", out.to_str().unwrap()]);
+        assert!(stdout.contains("block reconstruction"), "{stdout}");
+        let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+        assert_eq!(desc["methods"], name, "{desc}");
+        let blocks = desc["reconstruction"].as_array().unwrap_or_else(|| panic!("{desc}"));
+        assert_eq!(blocks.len(), 2, "{desc}");
+        for b in blocks {
+            let (start, end) = (b["error_start"].as_f64().unwrap(), b["error_end"].as_f64().unwrap());
+            assert!(start > 0.0 && end <= start, "{recipe}: {b}");
+            let applied = b["applied"].as_bool().unwrap();
+            assert_eq!(applied, end < start, "{recipe}: {b}");
+            assert_eq!(applied, b["codes_changed"].as_u64().unwrap() > 0, "{recipe}: {b}");
+        }
+        assert!(blocks.iter().any(|b| b["applied"].as_bool().unwrap()), "{recipe}: nothing moved: {desc}");
+        if recipe == "ternary" {
+            let last = &blocks[1];
+            assert!(last["error_end"].as_f64().unwrap() < 0.5 * last["error_start"].as_f64().unwrap(), "{last}");
+        }
+        let sqnr = lowbit::metrics::sqnr_db(&logits(&out, &image, &dir.join("q.safetensors")), &reference);
+        eprintln!("{recipe} {method}: logits SQNR {sqnr:.1} dB, {blocks:?}");
+        assert!(sqnr > floor, "{recipe}: logits SQNR {sqnr} dB");
+    }
+    let again = dir.join("again");
+    ok(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq,clip,recon", "--calib", c, "--calib-count", "6", "--seed", "3", "--recon-iters", "24", "--out", again.to_str().unwrap()]);
+    assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(dir.join("w4a16").join("model.safetensors")).unwrap());
+    let bad = dir.join("bad");
+    let b = bad.to_str().unwrap();
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "clip,recon", "--out", b], &["recon", "--calib"], &bad);
+    refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq,clip", "--recon-iters", "5", "--calib", c, "--out", b], &["--recon-iters", "add recon"], &bad);
+    refused(&["quantize", "--model", v, "--recipe", "w4a4", "--method", "svdquant,gptq,recon", "--calib", c, "--out", b], &["recon", "svdquant"], &bad);
+    refused(&["quantize", "--model", v, "--recipe", "w6a6", "--method", "repq,clip,recon", "--calib", c, "--out", b], &["recon", "w6a6"], &bad);
+    let swin = fixture("swin_tiny_test");
+    refused(&["quantize", "--model", swin.to_str().unwrap(), "--recipe", "w4a16", "--method", "gptq,recon", "--calib", c, "--out", b], &["recon", "ViT-family"], &bad);
+}
+
 #[test]
 fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
     let dir = scratch("w8a8");

@@ -172,3 +172,102 @@ fn relevance_is_conserved_without_biases() {
         assert!(scores.values().all(|v| v.is_finite() && *v > 0.0), "{name}");
     }
 }
+
+/// `block_weight_grads` against central differences of `run_block`: ⟨r, block(x)⟩ moved by a
+/// few weight elements of each Linear, on a LayerScale, a qk_norm and a QuickGELU block; and
+/// the blocks chained from `embed` give `forward`'s logits' input (the last block's output).
+#[test]
+fn block_weight_gradients_match_finite_differences() {
+    use lowbit::models::vit::backprop::BLOCK_LINEARS;
+    fn linears(ws: &[Vec<f32>]) -> [&[f32]; 4] {
+        [&ws[0], &ws[1], &ws[2], &ws[3]]
+    }
+    for name in ["deit3_test", "vit_qknorm_test", "vit_clip_quickgelu_test"] {
+        let (c, w, io) = load(name);
+        let vit = CpuVit::new(&c, &w).unwrap();
+        let x = vit.embed(&io.tensors["images"].data).unwrap();
+        let block = vit.depth() - 1;
+        let owned: Vec<Vec<f32>> = BLOCK_LINEARS.iter().map(|l| w.tensors[&format!("blocks.{block}.{l}.weight")].data.clone()).collect();
+        let (y, cache) = vit.run_block(block, linears(&owned), &x).unwrap();
+        let r = uniform(y.len(), 9, 1.0);
+        let grads = vit.block_weight_grads(block, linears(&owned), &cache, &r).unwrap();
+        let objective = |ws: &[Vec<f32>]| -> f64 {
+            let (y, _) = vit.run_block(block, linears(ws), &x).unwrap();
+            y.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum()
+        };
+        for (l, g) in grads.iter().enumerate() {
+            assert_eq!(g.len(), owned[l].len());
+            // The largest gradient element and two fixed ones.
+            let top = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+            for at in [top, 7, g.len() / 2 + 3] {
+                let h = 1e-2;
+                let mut plus = owned.clone();
+                plus[l][at] += h;
+                let mut minus = owned.clone();
+                minus[l][at] -= h;
+                let fd = (objective(&plus) - objective(&minus)) / (2.0 * h as f64);
+                let tol = 2e-2 * g[top].abs() as f64 + 1e-4;
+                assert!((fd - g[at] as f64).abs() <= tol, "{name} {} [{at}]: backward {} vs finite difference {fd}", BLOCK_LINEARS[l], g[at]);
+            }
+        }
+        assert!(vit.run_block(block, [&owned[0], &owned[0], &owned[2], &owned[3]], &x).is_err(), "a qkv-sized proj is refused");
+        assert!(vit.run_block(block, linears(&owned), &x[..5]).is_err(), "a partial image is refused");
+    }
+}
+
+/// Input maps (`--method recon`'s model of the W4A8/W4A4 kernel): a block whose Linears store
+/// W·H and rotate their input computes what the plain block does; its weight gradients still
+/// match finite differences; a per-token quantizer changes the output by about its step, and
+/// a map on something that is no block Linear is refused.
+#[test]
+fn input_maps_rotate_and_quantize_block_linears() {
+    use lowbit::kernels::hadamard;
+    use lowbit::kernels::w4a8::ActInput;
+    use lowbit::models::vit::backprop::{InputMap, BLOCK_LINEARS};
+    use std::collections::HashMap;
+    fn linears(ws: &[Vec<f32>]) -> [&[f32]; 4] {
+        [&ws[0], &ws[1], &ws[2], &ws[3]]
+    }
+    let (c, w, io) = load("vit_tiny_test");
+    let plain = CpuVit::new(&c, &w).unwrap();
+    let x = plain.embed(&io.tensors["images"].data).unwrap();
+    let block = 1;
+    let node = |l: &str| format!("blocks.{block}.{l}");
+    let float: Vec<Vec<f32>> = BLOCK_LINEARS.iter().map(|l| w.tensors[&format!("{}.weight", node(l))].data.clone()).collect();
+    let widths = [c.embed_dim, c.embed_dim, c.embed_dim, c.mlp_hidden()];
+    let blocks: Vec<usize> = widths.iter().map(|&k| hadamard::block_for(k)).collect();
+    let rotated_w: Vec<Vec<f32>> = float.iter().zip(widths.iter().zip(&blocks)).map(|(w, (&k, &b))| hadamard::reference(w, k, b).unwrap()).collect();
+    let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().zip(&blocks).map(|(l, &b)| (node(l), InputMap { hadamard: Some(b), quant: None })).collect();
+    let rotated = CpuVit::new(&c, &w).unwrap().with_input_maps(&maps).unwrap();
+    let (y, _) = plain.run_block(block, linears(&float), &x).unwrap();
+    let (yr, cache) = rotated.run_block(block, linears(&rotated_w), &x).unwrap();
+    let diff = y.iter().zip(&yr).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "rotation changed the block by {diff}");
+    // Finite differences through the rotated inputs.
+    let r = uniform(y.len(), 5, 1.0);
+    let grads = rotated.block_weight_grads(block, linears(&rotated_w), &cache, &r).unwrap();
+    let objective = |ws: &[Vec<f32>]| -> f64 { rotated.run_block(block, linears(ws), &x).unwrap().0.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum() };
+    for (l, g) in grads.iter().enumerate() {
+        let top = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+        for at in [top, 11] {
+            let (mut plus, mut minus) = (rotated_w.clone(), rotated_w.clone());
+            plus[l][at] += 1e-2;
+            minus[l][at] -= 1e-2;
+            let fd = (objective(&plus) - objective(&minus)) / 2e-2;
+            assert!((fd - g[at] as f64).abs() <= 2e-2 * g[top].abs() as f64 + 1e-4, "{}: {} vs {fd}", BLOCK_LINEARS[l], g[at]);
+        }
+    }
+    // Per-token 4-bit inputs: a visible but bounded change; 8-bit: far smaller.
+    let err_at = |bits: u32| -> f64 {
+        let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().map(|l| (node(l), InputMap { hadamard: None, quant: Some(ActInput::PerToken { bits, zero_point: true }) })).collect();
+        let q = CpuVit::new(&c, &w).unwrap().with_input_maps(&maps).unwrap();
+        let (yq, _) = q.run_block(block, linears(&float), &x).unwrap();
+        lowbit::metrics::sqnr_db(&yq, &y)
+    };
+    let (a4, a8) = (err_at(4), err_at(8));
+    assert!(a4 > 5.0 && a8 > a4 + 15.0, "4-bit {a4} dB, 8-bit {a8} dB");
+    let bad: HashMap<String, InputMap> = [("head".to_string(), InputMap::default())].into();
+    assert!(CpuVit::new(&c, &w).unwrap().with_input_maps(&bad).is_err());
+    let odd: HashMap<String, InputMap> = [(node("mlp.fc2"), InputMap { hadamard: Some(7), quant: None })].into();
+    assert!(CpuVit::new(&c, &w).unwrap().with_input_maps(&odd).is_err());
+}

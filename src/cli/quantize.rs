@@ -26,7 +26,9 @@ pub struct QuantizeArgs {
     /// quantizes the block Linears' inputs per token at run time instead of with static scales
     /// (symmetric; asymmetric adds a zero point per row);
     /// sequential (with gptq, classifiers) quantizes block after block on the quantized model's
-    /// inputs, with the float outputs as target (gains with 64+ calibration images).
+    /// inputs, with the float outputs as target (gains with 64+ calibration images);
+    /// recon (ViT family) re-chooses each block's rounding against the float block's output
+    /// (BRECQ / I&S-ViT block reconstruction, on the CPU: minutes on small ViTs, --recon-iters).
     #[arg(long, value_name = "LIST")]
     pub method: Option<String>,
     /// Calibration images (a folder, searched recursively) or, for a VQGAN decoder, a
@@ -48,6 +50,9 @@ pub struct QuantizeArgs {
     /// the layer's smaller dimension).
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
+    /// Adam steps per block of `--method recon` (default 200).
+    #[arg(long, value_name = "N")]
+    pub recon_iters: Option<usize>,
     /// The output folder (must not exist; written completely or not at all).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -55,7 +60,7 @@ pub struct QuantizeArgs {
 
 pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
     let sensitivity = crate::quant::mixed::Sensitivity::parse(&args.sensitivity)?;
-    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed, sensitivity, rank: args.rank };
+    let opts = Options { recipe: args.recipe.clone(), methods: args.method.clone(), calib: args.calib.clone(), calib_count: args.calib_count, seed: args.seed, sensitivity, rank: args.rank, recon_iters: args.recon_iters };
     let start = std::time::Instant::now();
     // `quantize` writes a temporary folder `.NAME.tmp-PID` beside --out and renames it at the
     // end: registered so that Ctrl-C removes it, and those of killed runs are swept first.
@@ -90,6 +95,13 @@ pub fn run(gpu: &Gpu, args: QuantizeArgs) -> anyhow::Result<()> {
         for (name, pick) in rows {
             let (bytes, noise, sqnr, bits) = a.summary(&pick);
             outln!("  {name:<20} {bytes} bytes, {bits:.3} bits/weight, predicted output SQNR {sqnr:.2} dB (noise {noise:.3e})");
+        }
+    }
+    if !report.recon.is_empty() {
+        outln!("block reconstruction (mean squared error of each block's output against the float block, calibration images):");
+        for b in &report.recon {
+            let what = if b.applied { format!("{} codes changed", b.codes_changed) } else { "not better: start kept".into() };
+            outln!("  block {:<3} {:.4e} -> {:.4e}, {what}", b.block, b.start, b.end);
         }
     }
     outln!("{:<40} {:<9} {:<10} {:>12}", "matrix", "format", "method", "weight SQNR");

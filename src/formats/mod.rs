@@ -276,7 +276,8 @@ impl PackedMatrix {
         f16::from_bits((self.scales[i / 2] >> ((i % 2) * 16)) as u16).to_f32()
     }
 
-    fn zero(&self, row: usize, group: usize) -> f32 {
+    /// The code of zero in (row, group): the stored zero point, or the format's fixed one.
+    pub fn zero(&self, row: usize, group: usize) -> f32 {
         match self.format {
             WeightFormat::Q4 { zero_point: true, .. } => {
                 let i = row * self.groups + group;

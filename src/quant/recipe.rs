@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::act_calib::{self, ActMethods};
-use super::actq::Kind;
+use super::act_calib;
 use super::calibrate::{mean_one, Calibration, Family, Layer, Model, Progress};
 use super::gptq::{GptqOptions, Hessian};
 use crate::models::packed::{Activations, Attention, Description, PackedTensor, Runtime};
-use super::{clip, gptq, mixed, rtn};
+use super::{clip, gptq, mixed, recon, rtn};
 use crate::formats::{PackedMatrix, WeightFormat};
 use crate::kernels::w4a8::ActInput;
+use crate::models::vit::backprop::InputMap;
 use crate::{invalid, Error, Gpu, Result};
+
+pub use super::methods::{Methods, ACT_METHODS};
 
 /// What a recipe asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,202 +60,6 @@ impl Recipe {
     }
 }
 
-/// How codes are chosen for one matrix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Rtn,
-    Clip,
-    Gptq,
-}
-
-/// Methods that choose how activations are quantized (recipes w6a6, w4a8, w4a4).
-pub const ACT_METHODS: [&str; 10] = ["repq", "log2", "adalog", "sulq", "twin", "noisy", "smoothq", "dynamic", "asymmetric", "rotate"];
-
-/// The choice of codes for every matrix (`rtn`, `clip`, `gptq`) and, for the static activation
-/// recipes, of the activation quantizers (`ACT_METHODS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Methods {
-    pub clip: bool,
-    pub gptq: bool,
-    pub act: ActMethods,
-    /// SVDQuant: a low-rank f32 branch per block Linear, the 4-bit codes for the residual.
-    pub svdquant: bool,
-    /// W4A8/W4A4 block Linear inputs quantized per token at run time (absmax / (2^(b−1) − 1)
-    /// per row, on the GPU) instead of by calibrated static quantizers.
-    pub dynamic: bool,
-    /// With `dynamic`: a zero point per row too, (max − min) / (2^b − 1) per step, so a
-    /// one-sided row (post-GELU) keeps every code.
-    pub asymmetric: bool,
-    /// QuaRot: block Linears store W·H and rotate their input by H at run time (with dynamic).
-    pub rotate: bool,
-    /// GPTQ block after block on the quantized model's inputs, with an error-compensating
-    /// target (`quant::sequential`).
-    pub sequential: bool,
-    /// PTQ4ViT's loss-aware ("Hessian-guided") metric: GPTQ's Hessians weight each input row by
-    /// how much its output error moves the model's output (`models::vit::backprop`).
-    pub fisher: bool,
-}
-
-impl Methods {
-    pub fn parse(list: &str) -> Result<Methods> {
-        let mut m = Methods { clip: false, gptq: false, act: ActMethods::default(), svdquant: false, dynamic: false, asymmetric: false, rotate: false, sequential: false, fisher: false };
-        let mut rtn = false;
-        for name in list.split(',').map(str::trim) {
-            match name {
-                "rtn" => rtn = true,
-                "clip" => m.clip = true,
-                "gptq" => m.gptq = true,
-                "repq" => m.act.repq = true,
-                "smoothq" => m.act.smooth = true,
-                "noisy" => m.act.noisy = true,
-                "svdquant" => m.svdquant = true,
-                "dynamic" => m.dynamic = true,
-                "asymmetric" => m.asymmetric = true,
-                "rotate" => m.rotate = true,
-                "sequential" => m.sequential = true,
-                "fisher" => m.fisher = true,
-                "log2" => m.act.set_quantizers(Kind::Log2, None)?,
-                "adalog" => m.act.set_quantizers(Kind::AdaLog, Some(Kind::AdaLog))?,
-                "sulq" => m.act.set_quantizers(Kind::Sulq, Some(Kind::Sulq))?,
-                "twin" => m.act.set_quantizers(Kind::Twin { gelu: false }, Some(Kind::Twin { gelu: true }))?,
-                _ => invalid!("unknown method `{name}` (weights: rtn, clip, gptq, sequential, fisher, svdquant; activations: {})", ACT_METHODS.join(", ")),
-            }
-        }
-        if rtn && m.clip {
-            invalid!("methods rtn and clip contradict each other: rtn rounds the absmax range, clip searches it");
-        }
-        if m.act.repq && m.act.smooth {
-            invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
-        }
-        // AdaLog's post-GELU part needs a static fc2 input through the simulated path; with
-        // per-token or SVDQuant's integer kernel fc2's input is quantized there, and AdaLog
-        // keeps the post-softmax quantizer only.
-        if (m.dynamic || m.svdquant) && m.act.gelu == Some(Kind::AdaLog) {
-            m.act.gelu = None;
-        }
-        Ok(m)
-    }
-
-    /// What a recipe uses without `--method`: the best we measured (docs/QUANTIZATION.md),
-    /// given whether calibration data was passed.
-    pub fn default_for(calibrated: bool) -> Methods {
-        Methods { clip: true, gptq: calibrated, act: ActMethods::default(), svdquant: false, dynamic: false, asymmetric: false, rotate: false, sequential: false, fisher: false }
-    }
-
-    /// The default of the activation recipes (calibration is required for them): the best
-    /// combination measured on the outlier fixtures (docs/QUANTIZATION.md, "Real-ViT
-    /// statistics", "Asymmetric per-token codes and SmoothQuant"), which also wins or ties on photo-vit.
-    /// Both W4 recipes quantize activations per token with a zero point per row
-    /// (`dynamic,asymmetric`: a step never larger than the symmetric one; at W4A4 symmetric
-    /// int4 collapses on the one-sided post-GELU rows of the timm family fixtures) after
-    /// SmoothQuant-with-bias (`smoothq`: +0.2 … +2.1 dB over RepQ's map or none on the
-    /// outlier fixtures, +2.7 … +5.7 dB at W4A4 on the family ones). W4A8: a uniform 8-bit
-    /// post-softmax quantizer (AdaLog's measured 0.6–1.9 dB lower there); W4A4: the Hadamard
-    /// rotation and AdaLog; W6A6 (no integer kernel, no per-token path): RepQ + AdaLog, its
-    /// best on digits-vit. W6 has no GPTQ.
-    pub fn default_for_activations(weight_bits: u32, act_bits: u32) -> Methods {
-        let dynamic = weight_bits == 4;
-        let softmax = if dynamic && act_bits >= 8 { None } else { Some(Kind::AdaLog) };
-        // AdaLog's post-GELU shift goes with its post-softmax quantizer where fc2's input is static.
-        let gelu = if dynamic { None } else { softmax.filter(|k| *k == Kind::AdaLog) };
-        let act = ActMethods { repq: !dynamic && act_bits <= 6, noisy: false, softmax, gelu, smooth: dynamic };
-        Methods { clip: true, gptq: weight_bits != 6, act, svdquant: false, dynamic, asymmetric: dynamic, rotate: dynamic && act_bits <= 4, sequential: false, fisher: false }
-    }
-
-    pub fn name(&self) -> String {
-        let weights = match (self.gptq, self.clip) {
-            (true, true) => "gptq+clip",
-            (true, false) => "gptq",
-            (false, true) => "clip",
-            (false, false) => "rtn",
-        };
-        let mut names = self.act.names();
-        names.insert(0, weights);
-        if self.svdquant {
-            names.push("svdquant");
-        }
-        if self.dynamic {
-            names.push("dynamic");
-        }
-        if self.asymmetric {
-            names.push("asymmetric");
-        }
-        if self.rotate {
-            names.push("rotate");
-        }
-        if self.sequential {
-            names.push("sequential");
-        }
-        if self.fisher {
-            names.push("fisher");
-        }
-        names.join("+")
-    }
-
-    /// Refuses activation methods on a recipe whose activations they cannot touch.
-    fn check_recipe(&self, recipe: &Recipe) -> Result<()> {
-        if self.gptq && matches!(recipe, Recipe::Activations { weight_bits: 6, .. }) {
-            invalid!("method gptq: recipe w6a6 stores 6-bit codes with rtn/clip only (no 6-bit GPTQ grid); use --method repq,clip");
-        }
-        if self.svdquant {
-            match recipe {
-                Recipe::Activations { weight_bits: 4, .. } => {}
-                _ => invalid!("method svdquant: its low-rank branch runs inside the integer W4A8/W4A4 kernel; recipe {} has none (use w4a8 or w4a4)", recipe.name()),
-            }
-            if let Some(k) = self.act.gelu.filter(|k| *k != Kind::Uniform) {
-                invalid!("method svdquant: the integer kernel takes uniform input quantizers, and {k:?} (methods twin/sulq) quantizes fc2's input otherwise; drop it");
-            }
-        }
-        if self.sequential {
-            if !self.gptq {
-                invalid!("method sequential calibrates GPTQ block after block; add gptq");
-            }
-            if self.rotate || self.svdquant {
-                invalid!("method sequential re-targets each layer's float weight, which rotate and svdquant have already rewritten; drop one");
-            }
-            if matches!(recipe, Recipe::Mixed { .. }) {
-                invalid!("method sequential: recipe {} allocates bits from per-layer sensitivities of the float model; use a fixed recipe", recipe.name());
-            }
-        }
-        if self.fisher {
-            if !self.gptq && !matches!(recipe, Recipe::Mixed { .. }) {
-                invalid!("method fisher weights the Hessians of GPTQ (and of the mixed recipe's sensitivity); add gptq");
-            }
-            if self.sequential {
-                invalid!("methods fisher and sequential: sequential builds its own Hessians on the quantized model's inputs; drop one");
-            }
-        }
-        if self.asymmetric && !self.dynamic {
-            invalid!("method asymmetric sets the zero point of a per-token quantizer; add dynamic (w4a8 or w4a4)");
-        }
-        if self.rotate && !self.dynamic {
-            invalid!("method rotate: the Hadamard rotation runs before a per-token quantizer (QuaRot); add dynamic (w4a8 or w4a4)");
-        }
-        if self.dynamic {
-            if !matches!(recipe, Recipe::Activations { weight_bits: 4, .. }) {
-                invalid!("method dynamic: per-token activations of the W4A8/W4A4 kernel; recipe {} has none (w8a8 is always per token; use w4a8 or w4a4)", recipe.name());
-            }
-            if self.act.noisy {
-                invalid!("methods dynamic and noisy: NoisyQuant's noise is searched for a static quantizer; drop one");
-            }
-            if self.svdquant {
-                invalid!("methods dynamic and svdquant: the low-rank branch is placed on static-quantizer layers only; drop one");
-            }
-            if let Some(k) = self.act.gelu.filter(|k| *k != Kind::Uniform) {
-                invalid!("method dynamic quantizes fc2's input per token, and {k:?} (methods twin/sulq) quantizes it otherwise; drop it");
-            }
-        }
-        let Some(first) = self.act.names().first().copied() else { return Ok(()) };
-        match recipe {
-            Recipe::Activations { weight_bits: 8, act_bits: 8, .. } => {
-                invalid!("method {first} calibrates static activation quantizers; recipe w8a8 quantizes activations per token at run time (use w6a6, w4a8 or w4a4)")
-            }
-            Recipe::Activations { .. } => Ok(()),
-            _ => invalid!("method {first} quantizes activations; recipe {} keeps f32 activations (use w6a6, w4a8 or w4a4)", recipe.name()),
-        }
-    }
-}
-
 /// Everything `lowbit quantize` was asked.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -266,6 +72,8 @@ pub struct Options {
     pub sensitivity: mixed::Sensitivity,
     /// The rank of `--method svdquant`'s low-rank branches (None: `DEFAULT_RANK`).
     pub rank: Option<usize>,
+    /// Adam steps per block of `--method recon` (None: `recon::DEFAULT_ITERS`).
+    pub recon_iters: Option<usize>,
 }
 
 /// SVDQuant's rank when `--rank` is not given (the paper uses 32).
@@ -281,6 +89,8 @@ pub struct Report {
     pub params: usize,
     /// The mixed allocation's own report, when the recipe is mixed.
     pub mixed: Option<mixed::Allocation>,
+    /// `--method recon`'s effect per block.
+    pub recon: Vec<recon::BlockReport>,
 }
 
 /// Packs one matrix with `methods` (GPTQ needs the layer's Hessian).
@@ -322,6 +132,12 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         invalid!("method sequential runs on classifiers (ViT, Swin); a VQGAN's blocks are not calibrated in order");
     }
     let is_vit = matches!(model.family, Family::Classifier(crate::models::ClassifierConfig::Vit(_)));
+    if methods.recon && !is_vit {
+        invalid!("method recon differentiates a ViT-family classifier's blocks on the CPU (no Swin, no VQGAN backward pass yet); drop it for this model");
+    }
+    if opts.recon_iters.is_some() && !methods.recon {
+        invalid!("--recon-iters sets the steps of --method recon; add recon to --method");
+    }
     if methods.fisher && !is_vit {
         invalid!("method fisher differentiates a ViT-family classifier on the CPU (no Swin, no VQGAN backward pass yet); drop it for this model");
     }
@@ -337,11 +153,12 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         }
         _ => {}
     }
-    let needs_calib = methods.gptq || matches!(recipe, Recipe::Mixed { .. });
+    let needs_calib = methods.gptq || methods.recon || matches!(recipe, Recipe::Mixed { .. });
     let calib = match &opts.calib {
         Some(dir) => Some(Calibration::load(gpu, &model, dir, opts.calib_count, opts.seed)?),
         None if static_act.is_some() => invalid!("recipe {} calibrates static activation scales on images: pass --calib DIR", recipe.name()),
         None if methods.gptq => invalid!("method gptq needs calibration inputs: pass --calib DIR"),
+        None if methods.recon => invalid!("method recon reconstructs blocks on calibration images: pass --calib DIR"),
         None if needs_calib => invalid!("recipe {} measures layer sensitivities on calibration inputs: pass --calib DIR", recipe.name()),
         None => None,
     };
@@ -420,7 +237,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         Recipe::Activations { weight_bits, .. } => (layers.iter().map(|l| (l.key.clone(), activation_recipe_format(&l.key, *weight_bits))).collect(), None),
     };
 
-    let mut report = Report { layers: Vec::new(), methods, packed_bytes: 0, f32_bytes: 0, params: 0, mixed: allocation };
+    let mut report = Report { layers: Vec::new(), methods, packed_bytes: 0, f32_bytes: 0, params: 0, mixed: allocation, recon: Vec::new() };
     let mut packed: Vec<(String, PackedMatrix)> = Vec::new();
     let mut desc = Description::default();
     let progress = Progress::new("quantizing matrices", layers.len());
@@ -451,8 +268,31 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         }
         _ => parallel_map(&layers, quantize_layer),
     };
-    for (l, result) in layers.iter().zip(results) {
-        let (m, used) = result?;
+    progress.finish();
+    let mut results: Vec<(PackedMatrix, Methods)> = results.into_iter().collect::<Result<_>>()?;
+    if let (Some(c), true) = (&calib, methods.recon) {
+        // The per-token quantizers and rotations the W4A8/W4A4 kernel applies are part of the
+        // blocks it reconstructs; static activation quantizers are not (f32 there).
+        let quant = match static_act {
+            Some((4, ab)) if methods.dynamic => Some(ActInput::PerToken { bits: ab, zero_point: methods.asymmetric }),
+            _ => None,
+        };
+        let maps: HashMap<String, InputMap> = layers
+            .iter()
+            .filter(|l| inner_matrix(&l.key))
+            .map(|l| (l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string(), InputMap { hadamard: rotations.decisions.get(&l.key).filter(|d| d.rotate()).map(|d| d.block), quant }))
+            .filter(|(_, m)| *m != InputMap::default())
+            .collect();
+        let mut codes: HashMap<String, PackedMatrix> = layers.iter().zip(&results).map(|(l, (m, _))| (l.key.clone(), m.clone())).collect();
+        let steps = Progress::new("block reconstruction (CPU)", model.block_prefixes()?.len());
+        let options = recon::Options { iters: opts.recon_iters.unwrap_or(recon::DEFAULT_ITERS), seed: opts.seed, ..Default::default() };
+        report.recon = recon::reconstruct(&model, c, &mut codes, &maps, options, &steps)?;
+        steps.finish();
+        for (l, (m, _)) in layers.iter().zip(&mut results) {
+            *m = codes.remove(&l.key).expect("every layer quantized");
+        }
+    }
+    for (l, (m, used)) in layers.iter().zip(results) {
         let format = formats[&l.key];
         // The error of what the layer computes with: codes plus the low-rank branch, if any.
         let mut approx = m.dequantize();
@@ -473,7 +313,6 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         desc.tensors.insert(l.key.clone(), PackedTensor { format: format.name(), shape: l.shape.clone(), extra });
         packed.push((l.key.clone(), m));
     }
-    progress.finish();
     let floats: Vec<(String, Vec<usize>, Vec<f32>)> = {
         let mut names: Vec<&String> = model.weights.tensors.keys().filter(|k| !formats.contains_key(*k)).collect();
         names.sort();
@@ -484,6 +323,10 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     report.f32_bytes = 4 * report.params;
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
+    if !report.recon.is_empty() {
+        let blocks: Vec<_> = report.recon.iter().map(|b| json!({"block": b.block, "error_start": b.start, "error_end": b.end, "applied": b.applied, "codes_changed": b.codes_changed})).collect();
+        desc.extra.insert("reconstruction".into(), json!(blocks));
+    }
     let activations = match (&recipe, static_act) {
         (_, Some((4, ab))) if methods.dynamic => format!(
             "integer {ab}-bit per-token dynamic ({}, computed on the GPU for every input{}) in the W4A{ab} kernel at every block Linear; simulated in f32 (post-softmax): {}",

@@ -8,6 +8,7 @@ use crate::models::Weights;
 use crate::Result;
 
 /// A Linear: y = x·Wᵀ + b over rows.
+#[derive(Clone, Copy)]
 pub(super) struct Dense<'a> {
     pub(super) w: &'a [f32],
     pub(super) b: Option<&'a [f32]>,
@@ -23,39 +24,68 @@ impl<'a> Dense<'a> {
 
     pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
         let (inp, out) = (self.inp, self.out);
-        let mut y = vec![0.0; x.len() / inp * out];
-        // Rows in blocks: each weight row is read once per block, from L1 after the first dot.
-        par_blocks(&mut y, out, |first, block| {
-            let xs = &x[first * inp..][..block.len() / out * inp];
-            for o in 0..out {
-                let (w, b) = (&self.w[o * inp..(o + 1) * inp], self.b.map_or(0.0, |b| b[o]));
-                for (xr, yr) in xs.chunks(inp).zip(block.chunks_mut(out)) {
-                    yr[o] = dot(xr, w) + b;
-                }
-            }
-        });
+        let m = x.len() / inp;
+        let mut y = match self.b {
+            Some(b) => b.iter().copied().cycle().take(m * out).collect(),
+            None => vec![0.0; m * out],
+        };
+        // Y += X·Wᵀ: Wᵀ is W read column-major.
+        gemm(m, inp, out, Operand::rows(x, inp), Operand::cols(self.w, inp), &mut y);
         y
     }
 
     /// dx = dy·W.
     pub(super) fn backward(&self, dy: &[f32]) -> Vec<f32> {
         let (inp, out) = (self.inp, self.out);
-        let mut dx = vec![0.0; dy.len() / out * inp];
-        par_blocks(&mut dx, inp, |first, block| {
-            let gs = &dy[first * out..][..block.len() / inp * out];
-            for o in 0..out {
-                let w = &self.w[o * inp..(o + 1) * inp];
-                for (g, row) in gs.chunks(out).zip(block.chunks_mut(inp)) {
-                    if g[o] != 0.0 {
-                        row.iter_mut().zip(w).for_each(|(d, &w)| *d += g[o] * w);
-                    }
-                }
-            }
-        });
+        let m = dy.len() / out;
+        let mut dx = vec![0.0; m * inp];
+        gemm(m, out, inp, Operand::rows(dy, out), Operand::rows(self.w, inp), &mut dx);
         dx
+    }
+
+    /// dW = dyᵀ·x over the rows: the weight's gradient, [out, inp].
+    pub(super) fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (inp, out) = (self.inp, self.out);
+        let m = x.len() / inp;
+        let mut dw = vec![0.0; out * inp];
+        gemm(out, m, inp, Operand::cols(dy, out), Operand::rows(x, inp), &mut dw);
+        dw
     }
 }
 
+/// A matrix operand of `gemm`: its values and (row stride, column stride).
+struct Operand<'a> {
+    v: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// Row-major with rows of `width`.
+    fn rows(v: &'a [f32], width: usize) -> Self {
+        Operand { v, rs: width, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix with rows of `width`.
+    fn cols(v: &'a [f32], width: usize) -> Self {
+        Operand { v, rs: 1, cs: width }
+    }
+}
+
+/// C[m×n] += A[m×k]·B[k×n] (C row-major), by `matrixmultiply`'s blocked, threaded kernel.
+fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, c: &mut [f32]) {
+    let last = |o: &Operand, rows: usize, cols: usize| (rows.max(1) - 1) * o.rs + (cols.max(1) - 1) * o.cs;
+    assert!(c.len() == m * n && (m * k == 0 || (last(&a, m, k) < a.v.len() && last(&b, k, n) < b.v.len())), "gemm: operands too small for {m}×{k}·{k}×{n}");
+    if m * n * k == 0 {
+        return;
+    }
+    // SAFETY: every element the strides reach was bounds-checked above, and C is exclusive.
+    unsafe {
+        matrixmultiply::sgemm(m, k, n, 1.0, a.v.as_ptr(), a.rs as isize, a.cs as isize, b.v.as_ptr(), b.rs as isize, b.cs as isize, 1.0, c.as_mut_ptr(), n as isize, 1);
+    }
+}
+
+#[derive(Clone, Copy)]
 pub(super) struct Norm<'a> {
     w: &'a [f32],
     b: &'a [f32],
@@ -86,6 +116,12 @@ impl<'a> Norm<'a> {
             rstd.push(r as f32);
         }
         (y, NormCache { xhat, rstd })
+    }
+
+    /// The forward pass's output again, from its cache.
+    pub(super) fn output(&self, cache: &NormCache) -> Vec<f32> {
+        let d = self.w.len();
+        cache.xhat.iter().enumerate().map(|(i, h)| h * self.w[i % d] + self.b[i % d]).collect()
     }
 
     /// dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)) / σ with dx̂ = dy ⊙ γ; under `Rule::Relevance`
@@ -193,22 +229,6 @@ pub(super) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f3
         for (chunk, part) in out.chunks_mut(per * width).enumerate() {
             let f = &f;
             scope.spawn(move || part.chunks_mut(width).enumerate().for_each(|(r, row)| f(chunk * per + r, row)));
-        }
-    });
-}
-
-/// Rows per block of `par_blocks`.
-const BLOCK: usize = 8;
-
-/// Runs `f(first row, rows)` over blocks of up to BLOCK rows of `out` (width `width`), split
-/// between the cores.
-fn par_blocks(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows = out.len() / width.max(1);
-    let per = rows.div_ceil(threads()).div_ceil(BLOCK).max(1) * BLOCK;
-    std::thread::scope(|scope| {
-        for (chunk, part) in out.chunks_mut(per * width).enumerate() {
-            let f = &f;
-            scope.spawn(move || part.chunks_mut(BLOCK * width).enumerate().for_each(|(b, rows)| f(chunk * per + b * BLOCK, rows)));
         }
     });
 }

@@ -17,7 +17,10 @@
 
 use std::collections::HashMap;
 
+mod blocks;
 mod layers;
+
+pub use blocks::InputMap;
 
 use layers::{add_scaled, dot, half_sum, par_rows, par_rows2, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
@@ -54,6 +57,11 @@ pub struct Visit<'a> {
     pub width: usize,
 }
 
+/// The Linears of block `i`, as the checkpoint names them under `blocks.{i}.`, in the order
+/// `CpuVit::run_block` takes their weights.
+pub const BLOCK_LINEARS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"];
+
+#[derive(Clone, Copy)]
 struct Block<'a> {
     norm1: Norm<'a>,
     qkv: Dense<'a>,
@@ -65,16 +73,22 @@ struct Block<'a> {
     ls2: Option<&'a [f32]>,
     /// LayerNorm over each query head and each key head (timm's `qk_norm`).
     qk_norm: Option<(Norm<'a>, Norm<'a>)>,
+    /// What each Linear's input goes through (`BLOCK_LINEARS` order).
+    maps: [InputMap; 4],
 }
 
 /// What a block's backward needs from its forward, and its Linears' outputs.
-struct BlockCache {
+pub struct BlockCache {
     ln1: NormCache,
     /// qkv's output, and with qk_norm the attention's input (normalized q and k) beside it.
     qkv: Vec<f32>,
     qk_normed: Option<(Vec<f32>, NormCache, NormCache)>,
     /// Attention probabilities, [image, head, query, key].
     probs: Vec<f32>,
+    /// The heads' outputs (proj's input).
+    heads: Vec<f32>,
+    /// Each Linear's input as it multiplied it, where an `InputMap` changed it.
+    mapped: [Option<Vec<f32>>; 4],
     proj: Vec<f32>,
     ln2: NormCache,
     pre_act: Vec<f32>,
@@ -107,6 +121,19 @@ pub struct CpuVit<'a> {
     head: Option<Dense<'a>>,
     head_dist: Option<Dense<'a>>,
 }
+
+/// The residual rows entering the first block, the patch embedding's output, `norm_pre`'s
+/// cache and the image count.
+struct Embedded {
+    x: Vec<f32>,
+    patch: Vec<f32>,
+    pre: Option<NormCache>,
+    images: usize,
+}
+
+/// What `block_backward` hands each Linear's visitor: (linear as in `BLOCK_LINEARS`, its
+/// output's gradient, its output, the output's width).
+type Record<'r> = dyn FnMut(&str, &[f32], &[f32], usize) + 'r;
 
 /// A forward pass's intermediate values, for the backward.
 pub struct Trace {
@@ -149,6 +176,7 @@ impl<'a> CpuVit<'a> {
                 fc1: Dense::load(w, &b("mlp.fc1"), hidden, d, c.proj_bias)?,
                 fc2: Dense::load(w, &b("mlp.fc2"), d, hidden, c.proj_bias)?,
                 ls2: layer_scale(b("ls2.gamma"))?,
+                maps: Default::default(),
                 qk_norm: if c.qk_norm { Some((Norm::load(w, &b("attn.q_norm"), c.head_dim(), eps)?, Norm::load(w, &b("attn.k_norm"), c.head_dim(), eps)?)) } else { None },
             });
         }
@@ -174,9 +202,13 @@ impl<'a> CpuVit<'a> {
         if self.c.global_pool == Pool::None { per_row * self.c.tokens() } else { per_row }
     }
 
-    /// The outputs (logits) of `images` ([n, 3, S, S], preprocessed) and the trace for
-    /// `backward`.
-    pub fn forward(&self, images: &[f32]) -> Result<(Vec<f32>, Trace)> {
+    /// The residual rows entering the first block ([n·T, D]) for `images`.
+    pub fn embed(&self, images: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.embed_traced(images)?.x)
+    }
+
+    /// `embed`, with what the backward pass needs of it.
+    fn embed_traced(&self, images: &[f32]) -> Result<Embedded> {
         let c = self.c;
         let (s, p, d, t, k) = (c.img_size, c.patch_size, c.embed_dim, c.tokens(), c.prefix_tokens());
         if images.is_empty() || !images.len().is_multiple_of(3 * s * s) {
@@ -211,31 +243,17 @@ impl<'a> CpuVit<'a> {
             x = y;
             cache
         });
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
-            let (h, ln1) = b.norm1.forward(&x);
-            let qkv = b.qkv.forward(&h);
-            let qk_normed = b.qk_norm.as_ref().map(|(qn, kn)| {
-                let (q, qc) = qn.forward(&part(&qkv, d, 0));
-                let (k, kc) = kn.forward(&part(&qkv, d, 1));
-                let mut normed = qkv.clone();
-                set_part(&mut normed, d, 0, &q);
-                set_part(&mut normed, d, 1, &k);
-                (normed, qc, kc)
-            });
-            let (heads, probs) = self.attention(qk_normed.as_ref().map_or(&qkv, |q| &q.0), n);
-            let proj = b.proj.forward(&heads);
-            add_scaled(&mut x, &proj, b.ls1);
-            let (h, ln2) = b.norm2.forward(&x);
-            let pre_act = b.fc1.forward(&h);
-            let act: Vec<f32> = pre_act.iter().map(|&v| c.act.reference(v)).collect();
-            let fc2 = b.fc2.forward(&act);
-            add_scaled(&mut x, &fc2, b.ls2);
-            blocks.push(BlockCache { ln1, qkv, qk_normed, probs, proj, ln2, pre_act, fc2 });
-        }
+        Ok(Embedded { x, patch: patch_out, pre, images: n })
+    }
+
+    /// The outputs (logits) of `images` ([n, 3, S, S], preprocessed) and the trace for
+    /// `backward`.
+    pub fn forward(&self, images: &[f32]) -> Result<(Vec<f32>, Trace)> {
+        let Embedded { mut x, patch, pre, images: n } = self.embed_traced(images)?;
+        let blocks = self.blocks.iter().map(|b| self.block_forward(b, &mut x, n)).collect::<Result<_>>()?;
         let mut trace = Trace {
             images: n,
-            patch: patch_out,
+            patch,
             pre,
             blocks,
             head_out: Vec::new(),
@@ -247,6 +265,67 @@ impl<'a> CpuVit<'a> {
         };
         let out = self.head_forward(&x, &mut trace);
         Ok((out, trace))
+    }
+
+    /// One block on the residual rows `x` ([n·T, D], updated in place): what its backward needs.
+    fn block_forward(&self, b: &Block, x: &mut [f32], n: usize) -> Result<BlockCache> {
+        let (c, d) = (self.c, self.c.embed_dim);
+        let mut mapped: [Option<Vec<f32>>; 4] = Default::default();
+        // Each Linear on its input after its map, which the weight gradient needs kept.
+        let mut linear = |at: usize, dense: &Dense, input: &[f32]| -> Result<Vec<f32>> {
+            if b.maps[at].is_identity() {
+                return Ok(dense.forward(input));
+            }
+            let m = b.maps[at].forward(input, dense.inp)?;
+            let y = dense.forward(&m);
+            mapped[at] = Some(m);
+            Ok(y)
+        };
+        let (h, ln1) = b.norm1.forward(x);
+        let qkv = linear(0, &b.qkv, &h)?;
+        let qk_normed = b.qk_norm.as_ref().map(|(qn, kn)| {
+            let (q, qc) = qn.forward(&part(&qkv, d, 0));
+            let (k, kc) = kn.forward(&part(&qkv, d, 1));
+            let mut normed = qkv.clone();
+            set_part(&mut normed, d, 0, &q);
+            set_part(&mut normed, d, 1, &k);
+            (normed, qc, kc)
+        });
+        let (heads, probs) = self.attention(qk_normed.as_ref().map_or(&qkv, |q| &q.0), n);
+        let proj = linear(1, &b.proj, &heads)?;
+        add_scaled(x, &proj, b.ls1);
+        let (h, ln2) = b.norm2.forward(x);
+        let pre_act = linear(2, &b.fc1, &h)?;
+        let act: Vec<f32> = pre_act.iter().map(|&v| c.act.reference(v)).collect();
+        let fc2 = linear(3, &b.fc2, &act)?;
+        add_scaled(x, &fc2, b.ls2);
+        Ok(BlockCache { ln1, qkv, qk_normed, probs, heads, mapped, proj, ln2, pre_act, fc2 })
+    }
+
+    /// One block's backward: `dx` (the gradient at its output rows) becomes the gradient at
+    /// its input; `record(linear, grad, output, width)` sees each Linear's output gradient
+    /// (linear as in `BLOCK_LINEARS`), last first.
+    fn block_backward(&self, b: &Block, cache: &BlockCache, dx: &mut [f32], n: usize, rule: Rule, record: &mut Record) {
+        let (c, d) = (self.c, self.c.embed_dim);
+        let d_fc2 = scaled(dx, b.ls2);
+        record("mlp.fc2", &d_fc2, &cache.fc2, d);
+        let mut d_pre = b.maps[3].backward(b.fc2.backward(&d_fc2), b.fc2.inp);
+        d_pre.iter_mut().zip(&cache.pre_act).for_each(|(g, &v)| *g *= slope(c.act, v, rule));
+        record("mlp.fc1", &d_pre, &cache.pre_act, b.fc1.out);
+        let dh = b.norm2.backward(&cache.ln2, &b.maps[2].backward(b.fc1.backward(&d_pre), b.fc1.inp), rule);
+        dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
+        let d_proj = scaled(dx, b.ls1);
+        record("attn.proj", &d_proj, &cache.proj, d);
+        let mut d_qkv = self.attention_backward(cache, &b.maps[1].backward(b.proj.backward(&d_proj), b.proj.inp), n, rule);
+        if let (Some((qn, kn)), Some((_, qc, kc))) = (&b.qk_norm, &cache.qk_normed) {
+            let dq = qn.backward(qc, &part(&d_qkv, d, 0), rule);
+            let dk = kn.backward(kc, &part(&d_qkv, d, 1), rule);
+            set_part(&mut d_qkv, d, 0, &dq);
+            set_part(&mut d_qkv, d, 1, &dk);
+        }
+        record("attn.qkv", &d_qkv, &cache.qkv, 3 * d);
+        let dh = b.norm1.backward(&cache.ln1, &b.maps[0].backward(b.qkv.backward(&d_qkv), b.qkv.inp), rule);
+        dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
     }
 
     fn head_forward(&self, x: &[f32], trace: &mut Trace) -> Vec<f32> {
@@ -369,28 +448,8 @@ impl<'a> CpuVit<'a> {
             shape_err!("backward seed: {} values for {n} images of {} outputs", seed.len(), self.output_dim());
         }
         let mut dx = self.head_backward(trace, seed, rule, &mut *visit);
-        let mut record = |node: String, grad: &[f32], output: &[f32], width: usize| visit(Visit { node, grad, output, width });
         for (i, (b, cache)) in self.blocks.iter().zip(&trace.blocks).enumerate().rev() {
-            let node = |name: &str| format!("blocks.{i}.{name}");
-            let d_fc2 = scaled(&dx, b.ls2);
-            record(node("mlp.fc2"), &d_fc2, &cache.fc2, d);
-            let mut d_pre = b.fc2.backward(&d_fc2);
-            d_pre.iter_mut().zip(&cache.pre_act).for_each(|(g, &v)| *g *= slope(c.act, v, rule));
-            record(node("mlp.fc1"), &d_pre, &cache.pre_act, b.fc1.out);
-            let dh = b.norm2.backward(&cache.ln2, &b.fc1.backward(&d_pre), rule);
-            dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
-            let d_proj = scaled(&dx, b.ls1);
-            record(node("attn.proj"), &d_proj, &cache.proj, d);
-            let mut d_qkv = self.attention_backward(cache, &b.proj.backward(&d_proj), n, rule);
-            if let (Some((qn, kn)), Some((_, qc, kc))) = (&b.qk_norm, &cache.qk_normed) {
-                let dq = qn.backward(qc, &part(&d_qkv, d, 0), rule);
-                let dk = kn.backward(kc, &part(&d_qkv, d, 1), rule);
-                set_part(&mut d_qkv, d, 0, &dq);
-                set_part(&mut d_qkv, d, 1, &dk);
-            }
-            record(node("attn.qkv"), &d_qkv, &cache.qkv, 3 * d);
-            let dh = b.norm1.backward(&cache.ln1, &b.qkv.backward(&d_qkv), rule);
-            dx.iter_mut().zip(&dh).for_each(|(a, b)| *a += b);
+            self.block_backward(b, cache, &mut dx, n, rule, &mut |name, grad, output, width| visit(Visit { node: format!("blocks.{i}.{name}"), grad, output, width }));
         }
         if let (Some(norm), Some(cache)) = (&self.norm_pre, &trace.pre) {
             dx = norm.backward(cache, &dx, rule);
@@ -398,7 +457,7 @@ impl<'a> CpuVit<'a> {
         // The position embedding adds; the patch tokens' gradient is the conv's.
         let d_patch: Vec<f32> = (0..n).flat_map(|i| dx[(i * t + k) * d..(i + 1) * t * d].iter().copied()).collect();
         debug_assert_eq!(d_patch.len(), n * g * g * d);
-        record("patch_embed.proj".into(), &d_patch, &trace.patch, d);
+        visit(Visit { node: "patch_embed.proj".into(), grad: &d_patch, output: &trace.patch, width: d });
         Ok(())
     }
 
@@ -509,18 +568,23 @@ impl<'a> CpuVit<'a> {
         d_qkv
     }
 
+    /// The backward passes' seeds r for outputs of `len` values, and the weight of each pass
+    /// in E[(Jᵀr)²]: each output's unit vector (exact) or `RANDOM_SIGNS` random sign vectors.
+    fn probes(&self, len: usize, seed: u64) -> (Vec<Vec<f32>>, f32) {
+        let dim = self.output_dim();
+        if dim <= EXACT_OUTPUTS {
+            ((0..dim).map(|j| (0..len).map(|at| if at % dim == j { 1.0 } else { 0.0 }).collect()).collect(), 1.0)
+        } else {
+            let mut rng = Rng::new(seed);
+            ((0..RANDOM_SIGNS).map(|_| (0..len).map(|_| if rng.next_f32() < 0.0 { -1.0 } else { 1.0 }).collect()).collect(), 1.0 / RANDOM_SIGNS as f32)
+        }
+    }
+
     /// Each Linear's sensitivity (module docs) over `images` ([n, 3, S, S]), averaged over the
     /// backward passes, per row and per output channel; `seed` picks the random signs.
     pub fn sensitivity(&self, images: &[f32], seed: u64) -> Result<Measured> {
         let (out, trace) = self.forward(images)?;
-        let dim = self.output_dim();
-        let seeds: Vec<Vec<f32>> = if dim <= EXACT_OUTPUTS {
-            (0..dim).map(|j| (0..out.len()).map(|at| if at % dim == j { 1.0 } else { 0.0 }).collect()).collect()
-        } else {
-            let mut rng = Rng::new(seed);
-            (0..RANDOM_SIGNS).map(|_| (0..out.len()).map(|_| if rng.next_f32() < 0.0 { -1.0 } else { 1.0 }).collect()).collect()
-        };
-        let weight = if dim <= EXACT_OUTPUTS { 1.0 } else { 1.0 / RANDOM_SIGNS as f32 };
+        let (seeds, weight) = self.probes(out.len(), seed);
         let (mut rows, mut channels) = (Sensitivity::new(), HashMap::new());
         for r in &seeds {
             self.backward(&trace, r, Rule::Gradient, &mut |v| {
