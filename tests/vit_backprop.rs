@@ -266,6 +266,19 @@ fn input_maps_rotate_and_quantize_block_linears() {
     };
     let (a4, a8) = (err_at(4), err_at(8));
     assert!(a4 > 5.0 && a8 > a4 + 15.0, "4-bit {a4} dB, 8-bit {a8} dB");
+    // A post-softmax quantizer: a step far below the probabilities leaves the block as it was,
+    // an 8-bit uniform one on [0, 1] moves it, and only attention nodes take one.
+    use lowbit::kernels::act_quant::ActQuantizer;
+    let softmax_err = |bits: u32, scale: f32| -> f64 {
+        let q: HashMap<String, ActQuantizer> = [(format!("blocks.{block}.attn"), ActQuantizer::Uniform { bits, scale, zero: 0.0 })].into();
+        let vit = CpuVit::new(&c, &w).unwrap().with_attention_quantizers(&q).unwrap();
+        lowbit::metrics::sqnr_db(&vit.run_block(block, linears(&float), &x).unwrap().0, &y)
+    };
+    let (fine, coarse) = (softmax_err(20, 1e-6), softmax_err(8, 1.0 / 255.0));
+    eprintln!("post-softmax quantizer: 20 bits of 1e-6 {fine:.1} dB, 8 bits of 1/255 {coarse:.1} dB");
+    assert!(coarse > 10.0 && coarse < fine - 10.0, "1/255: {coarse} dB, tiny step: {fine} dB");
+    let q: HashMap<String, ActQuantizer> = [(node("mlp.fc1"), ActQuantizer::Uniform { bits: 8, scale: 0.01, zero: 0.0 })].into();
+    assert!(CpuVit::new(&c, &w).unwrap().with_attention_quantizers(&q).is_err());
     let bad: HashMap<String, InputMap> = [("head".to_string(), InputMap::default())].into();
     assert!(CpuVit::new(&c, &w).unwrap().with_input_maps(&bad).is_err());
     let odd: HashMap<String, InputMap> = [(node("mlp.fc2"), InputMap { hadamard: Some(7), quant: None })].into();

@@ -271,18 +271,21 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     progress.finish();
     let mut results: Vec<(PackedMatrix, Methods)> = results.into_iter().collect::<Result<_>>()?;
     if let (Some(c), true) = (&calib, methods.recon) {
-        // The per-token quantizers and rotations the W4A8/W4A4 kernel applies are part of the
-        // blocks it reconstructs; static activation quantizers are not (f32 there).
+        // The per-token quantizers and rotations the W4A8/W4A4 kernel applies and the
+        // post-softmax quantizers are part of the blocks it reconstructs; static quantizers of
+        // Linear inputs are not (f32 there).
         let quant = match static_act {
             Some((4, ab)) if methods.dynamic => Some(ActInput::PerToken { bits: ab, zero_point: methods.asymmetric }),
             _ => None,
         };
-        let maps: HashMap<String, InputMap> = layers
+        let inputs = layers
             .iter()
             .filter(|l| inner_matrix(&l.key))
             .map(|l| (l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string(), InputMap { hadamard: rotations.decisions.get(&l.key).filter(|d| d.rotate()).map(|d| d.block), quant }))
             .filter(|(_, m)| *m != InputMap::default())
             .collect();
+        let attention = act_points.iter().filter(|p| p.node.ends_with(".attn")).map(|p| (p.node.clone(), p.quantizer)).collect();
+        let maps = recon::QuantizedBlocks { inputs, attention };
         let mut codes: HashMap<String, PackedMatrix> = layers.iter().zip(&results).map(|(l, (m, _))| (l.key.clone(), m.clone())).collect();
         let steps = Progress::new("block reconstruction (CPU)", model.block_prefixes()?.len());
         let options = recon::Options { iters: opts.recon_iters.unwrap_or(recon::DEFAULT_ITERS), seed: opts.seed, ..Default::default() };

@@ -19,14 +19,15 @@
 //! better: docs/QUANTIZATION.md). Q8, Q4 and ternary layers get variables; FP4's grid is not
 //! uniform, so such layers keep their codes. What the W4A8/W4A4 kernel does to a Linear's input
 //! (QuaRot's rotation, the per-token quantizer, passed straight through by the backward pass)
-//! is part of the block (`InputMap`); static activation quantizers and the simulated
-//! post-softmax ones are not. Cost: per block and step one forward and backward pass over
+//! is part of the block (`InputMap`), and so is the simulated post-softmax quantizer; the
+//! static quantizers of Linear inputs are not. Cost: per block and step one forward and backward pass over
 //! `batch` images on the CPU.
 
 use std::collections::HashMap;
 
 use super::calibrate::{pick, Calibration, Family, Model, Progress};
 use crate::formats::{PackedMatrix, WeightFormat};
+use crate::kernels::act_quant::ActQuantizer;
 use crate::models::vit::backprop::{CpuVit, InputMap, BLOCK_LINEARS};
 use crate::models::ClassifierConfig;
 use crate::{invalid, Error, Result};
@@ -219,19 +220,27 @@ fn block_error(vit: &CpuVit, block: usize, linears: [&[f32]; 4], x: &[f32], targ
     Ok((err, out))
 }
 
+/// What the quantized model does inside its blocks beyond the weights, by graph node: the
+/// W4A8/W4A4 kernel's maps of Linear inputs (`blocks.3.mlp.fc1`) and the post-softmax
+/// quantizers (`blocks.3.attn`).
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedBlocks {
+    pub inputs: HashMap<String, InputMap>,
+    pub attention: HashMap<String, ActQuantizer>,
+}
+
 /// Reconstructs every block of the ViT `model` in order, rewriting the codes of its Linears in
 /// `packed` (keyed by weight name; the patch embedding's codes are read for the quantized
-/// model's inputs, the head is left alone). `maps` are what the quantized model does to block
-/// Linear inputs (by graph node); their rotations also apply to the float model, whose
-/// rotated layers hold W·H.
-pub fn reconstruct(model: &Model, calib: &Calibration, packed: &mut HashMap<String, PackedMatrix>, maps: &HashMap<String, InputMap>, opts: Options, progress: &Progress) -> Result<Vec<BlockReport>> {
+/// model's inputs, the head is left alone). `maps` say what else the quantized model does in
+/// its blocks; their rotations also apply to the float model, whose rotated layers hold W·H.
+pub fn reconstruct(model: &Model, calib: &Calibration, packed: &mut HashMap<String, PackedMatrix>, maps: &QuantizedBlocks, opts: Options, progress: &Progress) -> Result<Vec<BlockReport>> {
     let Family::Classifier(ClassifierConfig::Vit(c)) = &model.family else {
         invalid!("method recon differentiates a ViT-family classifier's blocks on the CPU; this model is not one (no Swin or VQGAN backward pass yet)");
     };
     let Some((pixels, _)) = &calib.images else { invalid!("method recon needs calibration images") };
-    let rotations: HashMap<String, InputMap> = maps.iter().map(|(k, m)| (k.clone(), InputMap { quant: None, ..*m })).collect();
+    let rotations: HashMap<String, InputMap> = maps.inputs.iter().map(|(k, m)| (k.clone(), InputMap { quant: None, ..*m })).collect();
     let float_vit = CpuVit::new(c, &model.weights)?.with_input_maps(&rotations)?;
-    let vit = CpuVit::new(c, &model.weights)?.with_input_maps(maps)?;
+    let vit = CpuVit::new(c, &model.weights)?.with_input_maps(&maps.inputs)?.with_attention_quantizers(&maps.attention)?;
     let per_image = c.tokens() * c.embed_dim;
     let images = calib.count();
     // The quantized model's first block sees the quantized patch embedding's tokens.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::{Block, BlockCache, CpuVit, Rule, BLOCK_LINEARS};
+use crate::kernels::act_quant::ActQuantizer;
 use crate::kernels::hadamard;
 use crate::kernels::w4a8::{reference as w4a8_reference, ActInput};
 use crate::{shape_err, Result};
@@ -65,6 +66,16 @@ impl<'a> CpuVit<'a> {
                 }
             }
             self.blocks[i].maps[at] = *map;
+        }
+        Ok(self)
+    }
+
+    /// This model with the post-softmax quantizers of a quantized one, by attention node
+    /// (`blocks.3.attn`); a name that is no block's attention is an error.
+    pub fn with_attention_quantizers(mut self, quantizers: &HashMap<String, ActQuantizer>) -> Result<Self> {
+        for (node, q) in quantizers {
+            let Some(i) = (0..self.blocks.len()).find(|i| *node == format!("blocks.{i}.attn")) else { shape_err!("attention quantizer for {node}: not a block's attention in this ViT") };
+            self.blocks[i].softmax_quant = Some(*q);
         }
         Ok(self)
     }

@@ -232,19 +232,3 @@ pub(super) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f3
         }
     });
 }
-
-/// `par_rows` over two outputs with the same number of rows.
-pub(super) fn par_rows2(a: &mut [f32], wa: usize, b: &mut [f32], wb: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) {
-    let rows = a.len() / wa.max(1);
-    let per = rows.div_ceil(threads()).max(1);
-    std::thread::scope(|scope| {
-        for (chunk, (pa, pb)) in a.chunks_mut(per * wa).zip(b.chunks_mut(per * wb)).enumerate() {
-            let f = &f;
-            scope.spawn(move || {
-                for (r, (ra, rb)) in pa.chunks_mut(wa).zip(pb.chunks_mut(wb)).enumerate() {
-                    f(chunk * per + r, ra, rb);
-                }
-            });
-        }
-    });
-}

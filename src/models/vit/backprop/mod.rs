@@ -22,9 +22,10 @@ mod layers;
 
 pub use blocks::InputMap;
 
-use layers::{add_scaled, dot, half_sum, par_rows, par_rows2, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
+use layers::{add_scaled, dot, half_sum, par_rows, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
 use super::config::{Pool, VitConfig};
+use crate::kernels::act_quant::ActQuantizer;
 use crate::models::Weights;
 use crate::synthetic::Rng;
 use crate::{shape_err, Result};
@@ -75,6 +76,8 @@ struct Block<'a> {
     qk_norm: Option<(Norm<'a>, Norm<'a>)>,
     /// What each Linear's input goes through (`BLOCK_LINEARS` order).
     maps: [InputMap; 4],
+    /// A quantized model's post-softmax quantizer (straight-through in the backward pass).
+    softmax_quant: Option<ActQuantizer>,
 }
 
 /// What a block's backward needs from its forward, and its Linears' outputs.
@@ -83,8 +86,10 @@ pub struct BlockCache {
     /// qkv's output, and with qk_norm the attention's input (normalized q and k) beside it.
     qkv: Vec<f32>,
     qk_normed: Option<(Vec<f32>, NormCache, NormCache)>,
-    /// Attention probabilities, [image, head, query, key].
+    /// Attention probabilities, [image, head, query, key], and where the block quantizes them
+    /// (`CpuVit::with_attention_quantizers`), what that made of them.
     probs: Vec<f32>,
+    probs_q: Option<Vec<f32>>,
     /// The heads' outputs (proj's input).
     heads: Vec<f32>,
     /// Each Linear's input as it multiplied it, where an `InputMap` changed it.
@@ -177,6 +182,7 @@ impl<'a> CpuVit<'a> {
                 fc2: Dense::load(w, &b("mlp.fc2"), d, hidden, c.proj_bias)?,
                 ls2: layer_scale(b("ls2.gamma"))?,
                 maps: Default::default(),
+                softmax_quant: None,
                 qk_norm: if c.qk_norm { Some((Norm::load(w, &b("attn.q_norm"), c.head_dim(), eps)?, Norm::load(w, &b("attn.k_norm"), c.head_dim(), eps)?)) } else { None },
             });
         }
@@ -291,7 +297,7 @@ impl<'a> CpuVit<'a> {
             set_part(&mut normed, d, 1, &k);
             (normed, qc, kc)
         });
-        let (heads, probs) = self.attention(qk_normed.as_ref().map_or(&qkv, |q| &q.0), n);
+        let (heads, probs, probs_q) = self.attention(qk_normed.as_ref().map_or(&qkv, |q| &q.0), n, b.softmax_quant);
         let proj = linear(1, &b.proj, &heads)?;
         add_scaled(x, &proj, b.ls1);
         let (h, ln2) = b.norm2.forward(x);
@@ -299,7 +305,7 @@ impl<'a> CpuVit<'a> {
         let act: Vec<f32> = pre_act.iter().map(|&v| c.act.reference(v)).collect();
         let fc2 = linear(3, &b.fc2, &act)?;
         add_scaled(x, &fc2, b.ls2);
-        Ok(BlockCache { ln1, qkv, qk_normed, probs, heads, mapped, proj, ln2, pre_act, fc2 })
+        Ok(BlockCache { ln1, qkv, qk_normed, probs, probs_q, heads, mapped, proj, ln2, pre_act, fc2 })
     }
 
     /// One block's backward: `dx` (the gradient at its output rows) becomes the gradient at
@@ -412,31 +418,37 @@ impl<'a> CpuVit<'a> {
     }
 
     /// Multi-head attention over timm's fused qkv rows ([n·T, 3·D], q | k | v, heads inside
-    /// each): the heads' outputs [n·T, D] and the probabilities.
-    fn attention(&self, qkv: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+    /// each): the heads' outputs [n·T, D], the probabilities, and with `quant` (a quantized
+    /// model's post-softmax quantizer) the quantized probabilities that multiplied V.
+    fn attention(&self, qkv: &[f32], n: usize, quant: Option<ActQuantizer>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let c = self.c;
         let (t, d, heads, hd) = (c.tokens(), c.embed_dim, c.num_heads, c.head_dim());
         let scale = (hd as f32).powf(-0.5);
-        let mut out = vec![0.0; n * t * d];
+        let at = |i: usize, tok: usize, part: usize, h: usize| &qkv[(i * t + tok) * 3 * d + part * d + h * hd..][..hd];
         let mut probs = vec![0.0; n * heads * t * t];
-        par_rows2(&mut out, t * d, &mut probs, heads * t * t, |i, out, probs| {
-            let rows = &qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
+        par_rows(&mut probs, heads * t * t, |i, probs| {
+            for (row, p) in probs.chunks_mut(t).enumerate() {
+                let (h, q) = (row / t, row % t);
+                for (key, s) in p.iter_mut().enumerate() {
+                    *s = dot(at(i, q, 0, h), at(i, key, 1, h)) * scale;
+                }
+                softmax(p);
+            }
+        });
+        let quantized = quant.map(|aq| aq.reference(&probs));
+        let used = quantized.as_ref().unwrap_or(&probs);
+        let mut out = vec![0.0; n * t * d];
+        par_rows(&mut out, t * d, |i, out| {
             for h in 0..heads {
-                let at = |tok: usize, part: usize| &rows[tok * 3 * d + part * d + h * hd..][..hd];
                 for q in 0..t {
-                    let p = &mut probs[(h * t + q) * t..][..t];
-                    for (key, s) in p.iter_mut().enumerate() {
-                        *s = dot(at(q, 0), at(key, 1)) * scale;
-                    }
-                    softmax(p);
                     let o = &mut out[q * d + h * hd..][..hd];
-                    for (key, &w) in p.iter().enumerate() {
-                        o.iter_mut().zip(at(key, 2)).for_each(|(o, &v)| *o += w * v);
+                    for (key, &w) in used[((i * heads + h) * t + q) * t..][..t].iter().enumerate() {
+                        o.iter_mut().zip(at(i, key, 2, h)).for_each(|(o, &v)| *o += w * v);
                     }
                 }
             }
         });
-        (out, probs)
+        (out, probs, quantized)
     }
 
     /// The gradient of rᵀ·output for `seed` = r ([n, output_dim]) with respect to every
@@ -535,12 +547,15 @@ impl<'a> CpuVit<'a> {
             for h in 0..heads {
                 let col = |part: usize| part * d + h * hd;
                 for q in 0..t {
-                    let p = &cache.probs[((i * heads + h) * t + q) * t..][..t];
+                    let at = ((i * heads + h) * t + q) * t;
+                    let p = &cache.probs[at..][..t];
                     let g = &go[q * d + h * hd..][..hd];
-                    // dV += Pᵀ·dO; the relevance rule holds P constant, so stops there.
+                    // dV += P̂ᵀ·dO (P̂ what multiplied V); the relevance rule holds P constant,
+                    // so stops there. The quantizer passes the gradient to P unchanged.
+                    let used = cache.probs_q.as_ref().map_or(p, |pq| &pq[at..][..t]);
                     for key in 0..t {
                         let dv = &mut dq[key * 3 * d + col(2)..][..hd];
-                        dv.iter_mut().zip(g).for_each(|(a, &b)| *a += p[key] * b);
+                        dv.iter_mut().zip(g).for_each(|(a, &b)| *a += used[key] * b);
                     }
                     if rule == Rule::Relevance {
                         continue;
