@@ -46,16 +46,7 @@ impl ActMethods {
 
     /// The names `--method` takes, in a fixed order.
     pub fn names(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.repq {
-            out.push("repq");
-        }
-        if self.smooth {
-            out.push("smoothq");
-        }
-        if self.noisy {
-            out.push("noisy");
-        }
+        let mut out: Vec<&'static str> = [(self.repq, "repq"), (self.smooth, "smoothq"), (self.noisy, "noisy")].iter().filter(|f| f.0).map(|f| f.1).collect();
         match self.softmax {
             Some(Kind::Log2) => out.push("log2"),
             Some(Kind::AdaLog) => out.push("adalog"),

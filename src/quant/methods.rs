@@ -114,27 +114,16 @@ impl Methods {
         };
         let mut names = self.act.names();
         names.insert(0, weights);
-        if self.svdquant {
-            names.push("svdquant");
-        }
-        if self.dynamic {
-            names.push("dynamic");
-        }
-        if self.asymmetric {
-            names.push("asymmetric");
-        }
-        if self.rotate {
-            names.push("rotate");
-        }
-        if self.sequential {
-            names.push("sequential");
-        }
-        if self.fisher {
-            names.push("fisher");
-        }
-        if self.recon {
-            names.push("recon");
-        }
+        let flags = [
+            (self.svdquant, "svdquant"),
+            (self.dynamic, "dynamic"),
+            (self.asymmetric, "asymmetric"),
+            (self.rotate, "rotate"),
+            (self.sequential, "sequential"),
+            (self.fisher, "fisher"),
+            (self.recon, "recon"),
+        ];
+        names.extend(flags.iter().filter(|f| f.0).map(|f| f.1));
         names.join("+")
     }
 

@@ -286,14 +286,11 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             .collect();
         let attention = act_points.iter().filter(|p| p.node.ends_with(".attn")).map(|p| (p.node.clone(), p.quantizer)).collect();
         let maps = recon::QuantizedBlocks { inputs, attention };
-        let mut codes: HashMap<String, PackedMatrix> = layers.iter().zip(&results).map(|(l, (m, _))| (l.key.clone(), m.clone())).collect();
+        let mut codes: HashMap<&str, &mut PackedMatrix> = layers.iter().map(|l| l.key.as_str()).zip(results.iter_mut().map(|(m, _)| m)).collect();
         let steps = Progress::new("block reconstruction (CPU)", model.block_prefixes()?.len());
         let options = recon::Options { iters: opts.recon_iters.unwrap_or(recon::DEFAULT_ITERS), seed: opts.seed, ..Default::default() };
         report.recon = recon::reconstruct(&model, c, &mut codes, &maps, options, &steps)?;
         steps.finish();
-        for (l, (m, _)) in layers.iter().zip(&mut results) {
-            *m = codes.remove(&l.key).expect("every layer quantized");
-        }
     }
     for (l, (m, used)) in layers.iter().zip(results) {
         let format = formats[&l.key];

@@ -208,16 +208,23 @@ impl Rounding {
     }
 }
 
-/// Σ (block(x) − target)² over `x` in passes of `batch` images, and the block's outputs.
-fn block_error(vit: &CpuVit, block: usize, linears: [&[f32]; 4], x: &[f32], target: &[f32], per_image: usize, batch: usize) -> Result<(f64, Vec<f32>)> {
+/// Block `block` over the rows `x` in passes of `batch` images.
+fn block_outputs(vit: &CpuVit, block: usize, linears: [&[f32]; 4], x: &[f32], per_image: usize, batch: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(x.len());
-    let mut err = 0.0;
-    for (xs, ts) in x.chunks(batch * per_image).zip(target.chunks(batch * per_image)) {
-        let (y, _) = vit.run_block(block, linears, xs)?;
-        err += y.iter().zip(ts).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
-        out.extend(y);
+    for xs in x.chunks(batch * per_image) {
+        out.extend(vit.run_block(block, linears, xs)?.0);
     }
-    Ok((err, out))
+    Ok(out)
+}
+
+/// Σ (y − target)².
+fn squared_error(y: &[f32], target: &[f32]) -> f64 {
+    y.iter().zip(target).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+}
+
+/// The four Linears' weights: a layer's own where it has them, else `fallback`'s.
+fn linears<'w>(own: &'w [Option<Vec<f32>>], fallback: &'w [Vec<f32>]) -> [&'w [f32]; 4] {
+    std::array::from_fn(|i| own[i].as_deref().unwrap_or(&fallback[i]))
 }
 
 /// What the quantized model does inside its blocks beyond the weights, by graph node: the
@@ -233,7 +240,7 @@ pub struct QuantizedBlocks {
 /// `packed` (keyed by weight name; the patch embedding's codes are read for the quantized
 /// model's inputs, the head is left alone). `maps` say what else the quantized model does in
 /// its blocks; their rotations also apply to the float model, whose rotated layers hold W·H.
-pub fn reconstruct(model: &Model, calib: &Calibration, packed: &mut HashMap<String, PackedMatrix>, maps: &QuantizedBlocks, opts: Options, progress: &Progress) -> Result<Vec<BlockReport>> {
+pub fn reconstruct(model: &Model, calib: &Calibration, packed: &mut HashMap<&str, &mut PackedMatrix>, maps: &QuantizedBlocks, opts: Options, progress: &Progress) -> Result<Vec<BlockReport>> {
     let Family::Classifier(ClassifierConfig::Vit(c)) = &model.family else {
         invalid!("method recon differentiates a ViT-family classifier's blocks on the CPU; this model is not one (no Swin or VQGAN backward pass yet)");
     };
@@ -243,40 +250,41 @@ pub fn reconstruct(model: &Model, calib: &Calibration, packed: &mut HashMap<Stri
     let vit = CpuVit::new(c, &model.weights)?.with_input_maps(&maps.inputs)?.with_attention_quantizers(&maps.attention)?;
     let per_image = c.tokens() * c.embed_dim;
     let images = calib.count();
-    // The quantized model's first block sees the quantized patch embedding's tokens.
-    let mut x_q = {
-        let mut w = model.weights.clone();
-        if let Some(p) = packed.get("patch_embed.proj.weight") {
-            w.tensors.get_mut("patch_embed.proj.weight").expect("a quantized layer has its weight").data = p.dequantize();
-        }
-        CpuVit::new(c, &w)?.embed(pixels)?
-    };
     let mut x = float_vit.embed(pixels)?;
+    // The quantized model's first block sees the quantized patch embedding's tokens.
+    let mut x_q = match packed.get("patch_embed.proj.weight") {
+        Some(p) => {
+            let w = p.dequantize();
+            CpuVit::new(c, &model.weights)?.with_patch_weight(&w)?.embed(pixels)?
+        }
+        None => x.clone(),
+    };
     let mut reports = Vec::with_capacity(vit.depth());
     for block in 0..vit.depth() {
         let keys: Vec<String> = BLOCK_LINEARS.iter().map(|l| format!("blocks.{block}.{l}.weight")).collect();
         let float: Vec<&[f32]> = keys.iter().map(|k| model.weights.tensors[k].data.as_slice()).collect();
         let float = [float[0], float[1], float[2], float[3]];
-        let (_, target) = block_error(&float_vit, block, float, &x, &x, per_image, opts.batch)?;
-        let start: Vec<Vec<f32>> = keys.iter().zip(float).map(|(k, w)| packed.get(k).map_or_else(|| w.to_vec(), |p| p.dequantize())).collect();
-        let mut rounding: Vec<Option<Rounding>> = keys.iter().zip(float).map(|(k, w)| packed.get(k).and_then(|p| Rounding::new(p, w))).collect();
-        let (start_err, start_out) = block_error(&vit, block, [&start[0], &start[1], &start[2], &start[3]], &x_q, &target, per_image, opts.batch)?;
+        let target = block_outputs(&float_vit, block, float, &x, per_image, opts.batch)?;
+        let start: Vec<Vec<f32>> = keys.iter().zip(float).map(|(k, w)| packed.get(k.as_str()).map_or_else(|| w.to_vec(), |p| p.dequantize())).collect();
+        let mut rounding: Vec<Option<Rounding>> = keys.iter().zip(float).map(|(k, w)| packed.get(k.as_str()).and_then(|p| Rounding::new(p, w))).collect();
+        let start_out = block_outputs(&vit, block, [&start[0], &start[1], &start[2], &start[3]], &x_q, per_image, opts.batch)?;
+        let start_err = squared_error(&start_out, &target);
+        let values = target.len() as f64;
         if rounding.iter().all(Option::is_none) {
             // Nothing to round here (FP4 or float layers): the block stays as it is.
-            let values = target.len() as f64;
             reports.push(BlockReport { block, start: start_err / values, end: start_err / values, applied: false, codes_changed: 0 });
             (x, x_q) = (target, start_out);
             progress.tick();
             continue;
         }
-        let norm = (start_err / target.len() as f64).max(f64::MIN_POSITIVE) as f32;
+        let norm = (start_err / values).max(f64::MIN_POSITIVE) as f32;
         let warmup = (WARMUP * opts.iters as f32) as usize;
         for t in 0..opts.iters {
             let chosen = pick(images, opts.batch.min(images), opts.seed ^ ((block as u64) << 32) ^ t as u64);
             let xs: Vec<f32> = chosen.iter().flat_map(|&i| x_q[i * per_image..(i + 1) * per_image].iter().copied()).collect();
             let ts: Vec<f32> = chosen.iter().flat_map(|&i| target[i * per_image..(i + 1) * per_image].iter().copied()).collect();
-            let soft: Vec<Vec<f32>> = rounding.iter().zip(&start).map(|(r, s)| r.as_ref().map_or_else(|| s.clone(), Rounding::soft)).collect();
-            let w4 = [soft[0].as_slice(), &soft[1], &soft[2], &soft[3]];
+            let soft: Vec<Option<Vec<f32>>> = rounding.iter().map(|r| r.as_ref().map(Rounding::soft)).collect();
+            let w4 = linears(&soft, &start);
             let (y, cache) = vit.run_block(block, w4, &xs)?;
             // d/dy of Σ(y − t)² / (values · start's mean error): the error starts near 1.
             let k = 2.0 / (y.len() as f32 * norm);
@@ -292,23 +300,21 @@ pub fn reconstruct(model: &Model, calib: &Calibration, packed: &mut HashMap<Stri
                 }
             }
         }
-        let hard: Vec<Vec<f32>> = rounding.iter().zip(&start).map(|(r, s)| r.as_ref().map_or_else(|| s.clone(), Rounding::hard)).collect();
-        let (end_err, end_out) = block_error(&vit, block, [&hard[0], &hard[1], &hard[2], &hard[3]], &x_q, &target, per_image, opts.batch)?;
+        let hard: Vec<Option<Vec<f32>>> = rounding.iter().map(|r| r.as_ref().map(Rounding::hard)).collect();
+        let end_out = block_outputs(&vit, block, linears(&hard, &start), &x_q, per_image, opts.batch)?;
+        let end_err = squared_error(&end_out, &target);
         let applied = end_err < start_err;
         let mut codes_changed = 0;
         if applied {
             for (key, r) in keys.iter().zip(&rounding) {
-                let Some(r) = r else { continue };
-                let p = &packed[key];
+                let (Some(r), Some(p)) = (r, packed.get_mut(key.as_str())) else { continue };
                 let codes: Vec<u32> = r.hard_codes().into_iter().map(|q| stored(p.format, q)).collect();
                 codes_changed += codes.iter().enumerate().filter(|&(i, &c)| c != p.code(i / p.cols, i % p.cols)).count();
                 let zeros: Vec<u32> = if matches!(p.format, WeightFormat::Q4 { zero_point: true, .. }) { r.zero.iter().map(|&z| z as u32).collect() } else { Vec::new() };
-                let new = PackedMatrix::from_codes(p.format, p.rows, p.cols, &codes, &r.scale, &zeros).map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
-                packed.insert(key.clone(), new);
+                **p = PackedMatrix::from_codes(p.format, p.rows, p.cols, &codes, &r.scale, &zeros).map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
             }
         }
         x_q = if applied { end_out } else { start_out };
-        let values = target.len() as f64;
         reports.push(BlockReport { block, start: start_err / values, end: end_err.min(start_err) / values, applied, codes_changed });
         x = target;
         progress.tick();

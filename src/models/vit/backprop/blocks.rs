@@ -80,6 +80,16 @@ impl<'a> CpuVit<'a> {
         Ok(self)
     }
 
+    /// This model with `weight` (the checkpoint's [D, 3, p, p] shape) as its patch embedding's:
+    /// the tokens a quantized patch embedding gives the first block.
+    pub fn with_patch_weight(mut self, weight: &'a [f32]) -> Result<Self> {
+        if weight.len() != self.patch.w.len() {
+            shape_err!("patch embedding: {} weights, not {}", weight.len(), self.patch.w.len());
+        }
+        self.patch.w = weight;
+        Ok(self)
+    }
+
     /// How many blocks the model has.
     pub fn depth(&self) -> usize {
         self.blocks.len()
@@ -124,12 +134,8 @@ impl<'a> CpuVit<'a> {
         let mut grads: [Vec<f32>; 4] = Default::default();
         let mut dx = dy.to_vec();
         self.block_backward(&b, cache, &mut dx, n, Rule::Gradient, &mut |name, grad, _, _| {
-            let (at, dense, input) = match name {
-                "attn.qkv" => (0, &b.qkv, &h1),
-                "attn.proj" => (1, &b.proj, &cache.heads),
-                "mlp.fc1" => (2, &b.fc1, &h2),
-                _ => (3, &b.fc2, &act),
-            };
+            let at = BLOCK_LINEARS.iter().position(|l| *l == name).expect("block_backward names BLOCK_LINEARS");
+            let (dense, input) = [(&b.qkv, &h1), (&b.proj, &cache.heads), (&b.fc1, &h2), (&b.fc2, &act)][at];
             grads[at] = dense.weight_grad(cache.mapped[at].as_deref().unwrap_or(input), grad);
         });
         Ok(grads)
