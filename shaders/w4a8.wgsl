@@ -208,14 +208,6 @@ const TM: u32 = 1u;
 const TM: u32 = 4u;
 #endif
 
-fn dot4(a: u32, b: u32) -> i32 {
-#if PACKED_DOT
-    return dot4I8Packed(a, b);
-#else
-    return dot(unpack_i8(a), unpack_i8(b));
-#endif
-}
-
 // 32 codes as eight int8 words, in the order (k0 k2 k4 k6), (k1 k3 k5 k7), (k8 ...), ...
 struct Op32 {
     a: vec4<u32>,
@@ -236,6 +228,7 @@ fn x_op(base: u32, v: u32) -> Op32 {
 #endif
 }
 
+// dot4 comes with `i8_tile` (included below, for `gemm_workgroup`).
 fn dot32(w: Op32, x: Op32) -> i32 {
     return dot4(w.a.x, x.a.x) + dot4(w.a.y, x.a.y) + dot4(w.a.z, x.a.z) + dot4(w.a.w, x.a.w)
          + dot4(w.b.x, x.b.x) + dot4(w.b.y, x.b.y) + dot4(w.b.z, x.b.z) + dot4(w.b.w, x.b.w);
@@ -322,25 +315,14 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
 }
 
-// ---- GPUs: int8 tiles in workgroup memory, as W8A8's `gemm_workgroup`. A workgroup owns BM
-// activation rows × BN output channels and walks K in stages of BKW int8 words (4 codes each):
-// weights are unpacked from nibbles to int8 words while they are staged (once per workgroup, not
-// per use), in the activations' even/odd order, so the inner loop is W8A8's: one dot4I8Packed
-// per pair of words into an RM × RN block of i32 sums, flushed into f32 with the group's scale
-// whenever a scale group of K ends.
+// ---- GPUs: the int8 tiles of W8A8 (`i8_tile`): weights are unpacked from nibbles to int8
+// words while they are staged (once per workgroup, not per use), in the activations' even/odd
+// order, so the inner loop is W8A8's; the RM × RN block of i32 sums is flushed into f32 with
+// the group's scale whenever a scale group of K ends.
 
-override BM: u32 = 64u;  // activation rows per workgroup
-override BN: u32 = 64u;  // output channels per workgroup
-override BKW: u32 = 16u; // int8 words of K per stage: a multiple of 8 (whole weight vec4s)
-override RM: u32 = 4u;   // rows per invocation, ≤ 8
-override RN: u32 = 4u;   // channels per invocation: 4 or 8
-// The Rust side sets WG = (BM / RM) · (BN / RN).
-
-var<workgroup> tile_x: array<u32, BKW * BM>;
-var<workgroup> tile_w: array<vec4<u32>, BKW * BN / 4u>;
-
-// Int8 word `i` (4 codes, even/odd order) of the activation row starting at vec4 `base`.
-fn x_word(base: u32, i: u32) -> u32 {
+// Int8 word `i` (4 codes, even/odd order) of activation row `m`.
+fn tile_x_word(m: u32, i: u32) -> u32 {
+    let base = m * p.x_vecs;
 #if A4
     let w = x_codes[base + i / 8u][(i / 2u) % 4u];
     return select(nib_lo(w), nib_hi(w), i % 2u == 1u);
@@ -349,9 +331,7 @@ fn x_word(base: u32, i: u32) -> u32 {
 #endif
 }
 
-fn dot4x4(a: u32, b: vec4<u32>) -> vec4<i32> {
-    return vec4<i32>(dot4(a, b.x), dot4(a, b.y), dot4(a, b.z), dot4(a, b.w));
-}
+#include i8_tile
 
 @compute @workgroup_size(WG)
 fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -369,15 +349,7 @@ fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         dz[i] = x_scales[min(m0 + ty * RM + i, p.rows - 1u)].y;
     }
     for (var k0 = 0u; k0 < words; k0 += BKW) {
-        for (var i = lid; i < BM * BKW; i += WG) {
-            let mm = i / BKW;
-            let kw = i % BKW;
-            var v = 0u;
-            if m0 + mm < p.rows && k0 + kw < words {
-                v = x_word((m0 + mm) * p.x_vecs, k0 + kw);
-            }
-            tile_x[kw * BM + mm] = v;
-        }
+        tile_stage_x(m0, k0, p.rows, words, lid);
         // One weight vec4 (32 codes → 8 int8 words) per lane.
         for (var i = lid; i < BN * BKW / 8u; i += WG) {
             let r = i / (BKW / 8u);
@@ -394,18 +366,7 @@ fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         }
         workgroupBarrier();
         for (var kw = 0u; kw < BKW; kw++) {
-            let b0 = tile_w[(kw * BN + tx * RN) / 4u];
-            var b1 = vec4<u32>();
-            if RN == 8u {
-                b1 = tile_w[(kw * BN + tx * RN) / 4u + 1u];
-            }
-            for (var i = 0u; i < RM; i++) {
-                let a = tile_x[kw * BM + ty * RM + i];
-                iacc[2u * i] += dot4x4(a, b0);
-                if RN == 8u {
-                    iacc[2u * i + 1u] += dot4x4(a, b1);
-                }
-            }
+            tile_mac(kw, tx, ty, &iacc);
             // The end of a scale group (uniform: the same k for the whole workgroup).
             let k = k0 + kw;
             if k < words && ((k + 1u) % group_words == 0u || k + 1u == words) {

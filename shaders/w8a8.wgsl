@@ -175,34 +175,14 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
 }
 
-// ---- GPUs: int8 tiles in workgroup memory. A workgroup owns BM activation rows × BN output
-// channels and walks K in steps of BKW words (4 codes each): it stages both operands' code
-// words (16-byte weight loads, coalesced across lanes), then each invocation accumulates an
-// RM × RN block of i32 dot products, one dot4I8Packed per pair of words.
+// ---- GPUs: int8 tiles in workgroup memory (`i8_tile`), 16-byte weight loads coalesced
+// across lanes.
 
-override BM: u32 = 64u;  // activation rows per workgroup
-override BN: u32 = 64u;  // output channels per workgroup
-override BKW: u32 = 16u; // code words of K per stage: a multiple of 4 (whole weight vec4s)
-override RM: u32 = 4u;   // rows per invocation, ≤ 8
-override RN: u32 = 4u;   // channels per invocation: 4 or 8
-// The Rust side sets WG = (BM / RM) · (BN / RN).
-
-// k-major: a step of the inner loop reads RM words of x (the same address across the lanes
-// of one row of the invocation grid) and a vec4 of channels.
-var<workgroup> tile_x: array<u32, BKW * BM>;
-var<workgroup> tile_w: array<vec4<u32>, BKW * BN / 4u>;
-
-fn dot4(a: u32, b: u32) -> i32 {
-#if PACKED_DOT
-    return dot4I8Packed(a, b);
-#else
-    return dot(unpack_i8(a), unpack_i8(b));
-#endif
+fn tile_x_word(m: u32, kw: u32) -> u32 {
+    return x_codes[m * p.row_words + kw];
 }
 
-fn dot4x4(a: u32, b: vec4<u32>) -> vec4<i32> {
-    return vec4<i32>(dot4(a, b.x), dot4(a, b.y), dot4(a, b.z), dot4(a, b.w));
-}
+#include i8_tile
 
 @compute @workgroup_size(WG)
 fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -213,16 +193,7 @@ fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     // acc[2i + h]: row m0 + ty·RM + i, channels n0 + tx·RN + 4h .. + 4.
     var acc: array<vec4<i32>, 16>;
     for (var k0 = 0u; k0 < p.row_words; k0 += BKW) {
-        // Activation words; zero past the rows and past K (zero codes add nothing).
-        for (var i = lid; i < BM * BKW; i += WG) {
-            let mm = i / BKW;
-            let kw = i % BKW;
-            var v = 0u;
-            if m0 + mm < p.rows && k0 + kw < p.row_words {
-                v = x_codes[(m0 + mm) * p.row_words + k0 + kw];
-            }
-            tile_x[kw * BM + mm] = v;
-        }
+        tile_stage_x(m0, k0, p.rows, p.row_words, lid);
         // Weight rows: one vec4 (16 codes) per lane; rows are padded to whole vec4s.
         for (var i = lid; i < BN * BKW / 4u; i += WG) {
             let r = i / (BKW / 4u);
@@ -239,18 +210,7 @@ fn gemm_workgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         }
         workgroupBarrier();
         for (var kw = 0u; kw < BKW; kw++) {
-            let b0 = tile_w[(kw * BN + tx * RN) / 4u];
-            var b1 = vec4<u32>();
-            if RN == 8u {
-                b1 = tile_w[(kw * BN + tx * RN) / 4u + 1u];
-            }
-            for (var i = 0u; i < RM; i++) {
-                let a = tile_x[kw * BM + ty * RM + i];
-                acc[2u * i] += dot4x4(a, b0);
-                if RN == 8u {
-                    acc[2u * i + 1u] += dot4x4(a, b1);
-                }
-            }
+            tile_mac(kw, tx, ty, &acc);
         }
         workgroupBarrier();
     }

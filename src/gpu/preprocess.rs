@@ -73,6 +73,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("common", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"))),
     ("decode", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/decode.wgsl"))),
     ("grid", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/grid.wgsl"))),
+    ("i8_tile", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/i8_tile.wgsl"))),
     ("linear", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/linear.wgsl"))),
     ("sage_qk", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/sage_qk.wgsl"))),
     ("tile", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/tile.wgsl"))),
