@@ -237,7 +237,7 @@ fn input_maps_rotate_and_quantize_block_linears() {
     let widths = [c.embed_dim, c.embed_dim, c.embed_dim, c.mlp_hidden()];
     let blocks: Vec<usize> = widths.iter().map(|&k| hadamard::block_for(k)).collect();
     let rotated_w: Vec<Vec<f32>> = float.iter().zip(widths.iter().zip(&blocks)).map(|(w, (&k, &b))| hadamard::reference(w, k, b).unwrap()).collect();
-    let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().zip(&blocks).map(|(l, &b)| (node(l), InputMap { hadamard: Some(b), quant: None })).collect();
+    let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().zip(&blocks).map(|(l, &b)| (node(l), InputMap { hadamard: Some(b), ..Default::default() })).collect();
     let rotated = CpuVit::new(&c, &w).unwrap().with_input_maps(&maps).unwrap();
     let (y, _) = plain.run_block(block, linears(&float), &x).unwrap();
     let (yr, cache) = rotated.run_block(block, linears(&rotated_w), &x).unwrap();
@@ -259,13 +259,30 @@ fn input_maps_rotate_and_quantize_block_linears() {
     }
     // Per-token 4-bit inputs: a visible but bounded change; 8-bit: far smaller.
     let err_at = |bits: u32| -> f64 {
-        let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().map(|l| (node(l), InputMap { hadamard: None, quant: Some(ActInput::PerToken { bits, zero_point: true }) })).collect();
+        let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().map(|l| (node(l), InputMap { quant: Some(ActInput::PerToken { bits, zero_point: true }), ..Default::default() })).collect();
         let q = CpuVit::new(&c, &w).unwrap().with_input_maps(&maps).unwrap();
         let (yq, _) = q.run_block(block, linears(&float), &x).unwrap();
         lowbit::metrics::sqnr_db(&yq, &y)
     };
     let (a4, a8) = (err_at(4), err_at(8));
     assert!(a4 > 5.0 && a8 > a4 + 15.0, "4-bit {a4} dB, 8-bit {a8} dB");
+    // QDrop: keeping every float value gives the float block, keeping none the quantized
+    // one; keeping half lands in between, with a fresh draw per seed.
+    let maps: HashMap<String, InputMap> = BLOCK_LINEARS.iter().map(|l| (node(l), InputMap { quant: Some(ActInput::PerToken { bits: 4, zero_point: true }), ..Default::default() })).collect();
+    let mut q = CpuVit::new(&c, &w).unwrap().with_input_maps(&maps).unwrap();
+    let quantized = q.run_block(block, linears(&float), &x).unwrap().0;
+    let mut dropped = |keep: Option<f32>, seed: u64| -> Vec<f32> {
+        q.set_qdrop(keep, seed);
+        q.run_block(block, linears(&float), &x).unwrap().0
+    };
+    let all_float = dropped(Some(1.0), 7);
+    let diff = y.iter().zip(&all_float).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "QDrop keeping every float value moved the block by {diff}");
+    assert_eq!(dropped(Some(0.0), 7), quantized);
+    let (half7, half8) = (dropped(Some(0.5), 7), dropped(Some(0.5), 8));
+    let (h7, h8) = (lowbit::metrics::sqnr_db(&half7, &y), lowbit::metrics::sqnr_db(&half8, &y));
+    assert!(h7 > a4 + 1.0 && h8 > a4 + 1.0 && half7 != half8, "QDrop 0.5: {h7} / {h8} dB, quantized {a4} dB");
+    assert_eq!(dropped(None, 7), quantized);
     // A post-softmax quantizer: a step far below the probabilities leaves the block as it was,
     // an 8-bit uniform one on [0, 1] moves it, and only attention nodes take one.
     use lowbit::kernels::act_quant::ActQuantizer;
@@ -281,6 +298,7 @@ fn input_maps_rotate_and_quantize_block_linears() {
     assert!(CpuVit::new(&c, &w).unwrap().with_attention_quantizers(&q).is_err());
     let bad: HashMap<String, InputMap> = [("head".to_string(), InputMap::default())].into();
     assert!(CpuVit::new(&c, &w).unwrap().with_input_maps(&bad).is_err());
-    let odd: HashMap<String, InputMap> = [(node("mlp.fc2"), InputMap { hadamard: Some(7), quant: None })].into();
+    let odd: HashMap<String, InputMap> = [(node("mlp.fc2"), InputMap { hadamard: Some(7), ..Default::default() })].into();
     assert!(CpuVit::new(&c, &w).unwrap().with_input_maps(&odd).is_err());
 }
+

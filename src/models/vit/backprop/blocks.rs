@@ -18,6 +18,25 @@ pub struct InputMap {
     /// The rotation's block size.
     pub hadamard: Option<usize>,
     pub quant: Option<ActInput>,
+    /// QDrop (Wei et al. 2022): while reconstructing, each quantized value is replaced by its
+    /// float value with probability `keep_float`, a fresh draw per `seed`.
+    pub drop: Option<QDrop>,
+}
+
+/// The per-element draw of `InputMap::drop`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QDrop {
+    pub keep_float: f32,
+    pub seed: u64,
+}
+
+/// SplitMix64's finalizer as a uniform draw in [0, 1) per (seed, index).
+fn draw(seed: u64, i: u64) -> f32 {
+    let mut z = seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 24) as f32
 }
 
 impl InputMap {
@@ -36,7 +55,12 @@ impl InputMap {
             let (codes, scales) = w4a8_reference::quantize(&y, rows, cols, act, None)?;
             for (r, row) in y.chunks_mut(cols).enumerate() {
                 let [scale, dz] = scales[r];
-                row.iter_mut().zip(&codes[r * cols..]).for_each(|(v, &c)| *v = (c as f32 + dz) * scale);
+                for (j, (v, &c)) in row.iter_mut().zip(&codes[r * cols..]).enumerate() {
+                    let keep = self.drop.is_some_and(|d| draw(d.seed, (r * cols + j) as u64) < d.keep_float);
+                    if !keep {
+                        *v = (c as f32 + dz) * scale;
+                    }
+                }
             }
         }
         Ok(y)
@@ -88,6 +112,16 @@ impl<'a> CpuVit<'a> {
         }
         self.patch.w = weight;
         Ok(self)
+    }
+
+    /// QDrop on every quantized Linear input from now on (`None`: off), with a fresh draw
+    /// per `seed`.
+    pub fn set_qdrop(&mut self, keep_float: Option<f32>, seed: u64) {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (at, m) in b.maps.iter_mut().enumerate() {
+                m.drop = keep_float.filter(|_| m.quant.is_some()).map(|keep_float| QDrop { keep_float, seed: seed ^ ((i * 4 + at) as u64) << 48 });
+            }
+        }
     }
 
     /// How many blocks the model has.

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 mod blocks;
 mod layers;
 
-pub use blocks::InputMap;
+pub use blocks::{InputMap, QDrop};
 
 use layers::{add_scaled, dot, half_sum, par_rows, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
