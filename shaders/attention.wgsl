@@ -200,63 +200,16 @@ fn load_queries(b: u32, h: u32, i0: u32, lid: u32, q: ptr<function, Rows>, acc: 
     }
 }
 
-@compute @workgroup_size(WG)
-fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wg.y;
-    let b = wg.z;
-    let i0 = first_query(wg);
-    var q: Rows;
-    var acc: Rows;
-    var m: array<f32, QL>;
-    var l: array<f32, QL>;
-    var limit: array<u32, QL>;
-    load_queries(b, h, i0, lid, &q, &acc, &m, &l, &limit);
-    let n_keys = workgroup_keys(i0);
-    for (var j0 = 0u; j0 < n_keys; j0 += KB) {
-        var base: array<u32, 8>;
-        for (var k = 0u; k < KB; k++) {
-            base[k] = qkv_index(b, j0 + k, 1u, h);
-        }
-        // Zeroed explicitly: Chromium (Tint on SwiftShader) did not re-zero a plain `var s: T;`
-        // declared in this loop on each step, so scores summed across key blocks.
-        var s = array<vec4<f32>, 2 * QL>();
-        for (var c = 0u; c < quads(); c++) {
-            let k0 = qkv[base[0] + c];
-            let k1 = qkv[base[1] + c];
-            let k2 = qkv[base[2] + c];
-            let k3 = qkv[base[3] + c];
-            let k4 = qkv[base[4] + c];
-            let k5 = qkv[base[5] + c];
-            let k6 = qkv[base[6] + c];
-            let k7 = qkv[base[7] + c];
-            for (var r = 0u; r < QL; r++) {
-                let x = q[r][c];
-                s[2u * r] += vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
-                s[2u * r + 1u] += vec4<f32>(dot(x, k4), dot(x, k5), dot(x, k6), dot(x, k7));
-            }
-        }
-        var w: array<Weights, QL>;
-        for (var r = 0u; r < QL; r++) {
-            w[r] = online_step(m[r], l[r], s[2u * r], s[2u * r + 1u], j0, limit[r]);
-            m[r] = w[r].m;
-            l[r] = w[r].l;
-        }
-        accumulate_v_f32(&acc, w, b, h, j0);
-    }
-    write_out(&acc, l, b, h, i0, lid);
-}
-
-// ---- f32 attention with a post-softmax quantizer ----
-
-#include aq
-
 // Scores of the lane's queries against the 8 keys from j0 (pairs of vec4 per query).
 fn scores_f32(q: ptr<function, Rows>, b: u32, h: u32, j0: u32) -> array<vec4<f32>, 2 * QL> {
     var base: array<u32, 8>;
     for (var k = 0u; k < KB; k++) {
         base[k] = qkv_index(b, j0 + k, 1u, h);
     }
-    var s: array<vec4<f32>, 2 * QL>;
+    // Zeroed explicitly: Chromium (Tint on SwiftShader) did not re-zero a plain `var s: T;`
+    // declared in a loop on each step (this function is called in one), so scores summed
+    // across key blocks.
+    var s = array<vec4<f32>, 2 * QL>();
     for (var c = 0u; c < quads(); c++) {
         let k0 = qkv[base[0] + c];
         let k1 = qkv[base[1] + c];
@@ -274,6 +227,35 @@ fn scores_f32(q: ptr<function, Rows>, b: u32, h: u32, j0: u32) -> array<vec4<f32
     }
     return s;
 }
+
+@compute @workgroup_size(WG)
+fn attend_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wg.y;
+    let b = wg.z;
+    let i0 = first_query(wg);
+    var q: Rows;
+    var acc: Rows;
+    var m: array<f32, QL>;
+    var l: array<f32, QL>;
+    var limit: array<u32, QL>;
+    load_queries(b, h, i0, lid, &q, &acc, &m, &l, &limit);
+    let n_keys = workgroup_keys(i0);
+    for (var j0 = 0u; j0 < n_keys; j0 += KB) {
+        let s = scores_f32(&q, b, h, j0);
+        var w: array<Weights, QL>;
+        for (var r = 0u; r < QL; r++) {
+            w[r] = online_step(m[r], l[r], s[2u * r], s[2u * r + 1u], j0, limit[r]);
+            m[r] = w[r].m;
+            l[r] = w[r].l;
+        }
+        accumulate_v_f32(&acc, w, b, h, j0);
+    }
+    write_out(&acc, l, b, h, i0, lid);
+}
+
+// ---- f32 attention with a post-softmax quantizer ----
+
+#include aq
 
 fn aq_vec4(v: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(aq_apply(v.x, p.pq), aq_apply(v.y, p.pq), aq_apply(v.z, p.pq), aq_apply(v.w, p.pq));
@@ -456,7 +438,7 @@ fn attend_sage(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             base[k] = (bh * p.tokens + j) * p.d4;
             ks[k] = scales[k_scales + j / p.k_block];
         }
-        // Zeroed explicitly, as in attend_f32.
+        // Zeroed explicitly, as in scores_f32.
         var s = array<vec4<i32>, 2 * QL>();
         for (var c = 0u; c < quads(); c++) {
             let k0 = k8[base[0] + c];
