@@ -342,6 +342,8 @@ fn block_reconstruction_refines_the_rounding() {
         assert_eq!(desc["methods"], name, "{desc}");
         let blocks = desc["reconstruction"].as_array().unwrap_or_else(|| panic!("{desc}"));
         assert_eq!(blocks.len(), 2, "{desc}");
+        let settings = &desc["reconstruction_settings"];
+        assert_eq!((settings["iters"].as_u64(), settings["qdrop"].as_f64()), (Some(24), Some(0.5)), "{desc}");
         for b in blocks {
             let (start, end) = (b["error_start"].as_f64().unwrap(), b["error_end"].as_f64().unwrap());
             assert!(start > 0.0 && end <= start, "{recipe}: {b}");

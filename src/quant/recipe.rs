@@ -290,6 +290,8 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         let steps = Progress::new("block reconstruction (CPU)", model.block_prefixes()?.len());
         let options = recon::Options { iters: opts.recon_iters.unwrap_or(recon::DEFAULT_ITERS), seed: opts.seed, ..Default::default() };
         report.recon = recon::reconstruct(&model, c, &mut codes, &maps, options, &steps)?;
+        let recon::Options { iters, batch, lr, lambda, qdrop, seed } = options;
+        desc.extra.insert("reconstruction_settings".into(), json!({"iters": iters, "batch": batch, "lr": lr, "lambda": lambda, "qdrop": qdrop, "seed": seed}));
         steps.finish();
     }
     for (l, (m, used)) in layers.iter().zip(results) {
