@@ -301,4 +301,3 @@ fn input_maps_rotate_and_quantize_block_linears() {
     let odd: HashMap<String, InputMap> = [(node("mlp.fc2"), InputMap { hadamard: Some(7), ..Default::default() })].into();
     assert!(CpuVit::new(&c, &w).unwrap().with_input_maps(&odd).is_err());
 }
-

@@ -281,7 +281,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         let inputs = layers
             .iter()
             .filter(|l| inner_matrix(&l.key))
-            .map(|l| (l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string(), InputMap { hadamard: rotations.decisions.get(&l.key).filter(|d| d.rotate()).map(|d| d.block), quant, drop: None }))
+            .map(|l| (l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string(), InputMap { hadamard: rotations.decisions.get(&l.key).filter(|d| d.rotate()).map(|d| d.block), quant, qdrop: None }))
             .filter(|(_, m)| *m != InputMap::default())
             .collect();
         let attention = act_points.iter().filter(|p| p.node.ends_with(".attn")).map(|p| (p.node.clone(), p.quantizer)).collect();

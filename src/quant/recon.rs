@@ -24,8 +24,8 @@
 //! takes its float value instead with probability ½, drawn afresh every step (QDrop, Wei et al.
 //! 2022): the straight-through gradient is exact on those values, and the rounding fits the
 //! weights rather than the activation rounding of the calibration images (measured: W4A4 +0.5
-//! dB mean over the fixtures against always quantized; docs/QUANTIZATION.md). Cost: per block and step one forward and backward pass over
-//! `batch` images on the CPU.
+//! dB mean over the fixtures against always quantized; docs/QUANTIZATION.md). Cost: per block
+//! and step one forward and backward pass over `batch` images on the CPU.
 
 use std::collections::HashMap;
 

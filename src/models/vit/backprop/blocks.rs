@@ -20,10 +20,10 @@ pub struct InputMap {
     pub quant: Option<ActInput>,
     /// QDrop (Wei et al. 2022): while reconstructing, each quantized value is replaced by its
     /// float value with probability `keep_float`, a fresh draw per `seed`.
-    pub drop: Option<QDrop>,
+    pub qdrop: Option<QDrop>,
 }
 
-/// The per-element draw of `InputMap::drop`.
+/// The per-element draw of `InputMap::qdrop`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QDrop {
     pub keep_float: f32,
@@ -56,7 +56,7 @@ impl InputMap {
             for (r, row) in y.chunks_mut(cols).enumerate() {
                 let [scale, dz] = scales[r];
                 for (j, (v, &c)) in row.iter_mut().zip(&codes[r * cols..]).enumerate() {
-                    let keep = self.drop.is_some_and(|d| draw(d.seed, (r * cols + j) as u64) < d.keep_float);
+                    let keep = self.qdrop.is_some_and(|d| draw(d.seed, (r * cols + j) as u64) < d.keep_float);
                     if !keep {
                         *v = (c as f32 + dz) * scale;
                     }
@@ -119,7 +119,7 @@ impl<'a> CpuVit<'a> {
     pub fn set_qdrop(&mut self, keep_float: Option<f32>, seed: u64) {
         for (i, b) in self.blocks.iter_mut().enumerate() {
             for (at, m) in b.maps.iter_mut().enumerate() {
-                m.drop = keep_float.filter(|_| m.quant.is_some()).map(|keep_float| QDrop { keep_float, seed: seed ^ ((i * 4 + at) as u64) << 48 });
+                m.qdrop = keep_float.filter(|_| m.quant.is_some()).map(|keep_float| QDrop { keep_float, seed: seed ^ ((i * 4 + at) as u64) << 48 });
             }
         }
     }
