@@ -290,9 +290,11 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         let steps = Progress::new("block reconstruction (CPU)", model.block_prefixes()?.len());
         let options = recon::Options { iters: opts.recon_iters.unwrap_or(recon::DEFAULT_ITERS), seed: opts.seed, ..Default::default() };
         report.recon = recon::reconstruct(&model, c, &mut codes, &maps, options, &steps)?;
+        steps.finish();
+        let blocks: Vec<_> = report.recon.iter().map(|b| json!({"block": b.block, "error_start": b.start, "error_end": b.end, "applied": b.applied, "codes_changed": b.codes_changed})).collect();
+        desc.extra.insert("reconstruction".into(), json!(blocks));
         let recon::Options { iters, batch, lr, lambda, qdrop, seed } = options;
         desc.extra.insert("reconstruction_settings".into(), json!({"iters": iters, "batch": batch, "lr": lr, "lambda": lambda, "qdrop": qdrop, "seed": seed}));
-        steps.finish();
     }
     for (l, (m, used)) in layers.iter().zip(results) {
         let format = formats[&l.key];
@@ -325,10 +327,6 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     report.f32_bytes = 4 * report.params;
     desc.extra.insert("recipe".into(), json!(recipe.name()));
     desc.extra.insert("methods".into(), json!(methods.name()));
-    if !report.recon.is_empty() {
-        let blocks: Vec<_> = report.recon.iter().map(|b| json!({"block": b.block, "error_start": b.start, "error_end": b.end, "applied": b.applied, "codes_changed": b.codes_changed})).collect();
-        desc.extra.insert("reconstruction".into(), json!(blocks));
-    }
     let activations = match (&recipe, static_act) {
         (_, Some((4, ab))) if methods.dynamic => format!(
             "integer {ab}-bit per-token dynamic ({}, computed on the GPU for every input{}) in the W4A{ab} kernel at every block Linear; simulated in f32 (post-softmax): {}",
