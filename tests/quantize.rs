@@ -363,6 +363,24 @@ fn block_reconstruction_refines_the_rounding() {
     let again = dir.join("again");
     ok(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq,clip,recon", "--calib", c, "--calib-count", "6", "--seed", "3", "--recon-iters", "24", "--out", again.to_str().unwrap()]);
     assert_eq!(std::fs::read(again.join("model.safetensors")).unwrap(), std::fs::read(dir.join("w4a16").join("model.safetensors")).unwrap());
+    // Without --calib-count, recon calibrates on 128 images (other methods on 32), and with
+    // fewer it says that it may overfit them.
+    let many = calibration_images(&dir.join("many"), 130, 16);
+    for (method, count) in [("gptq,clip,recon", 128), ("gptq,clip", 32)] {
+        let out = dir.join(format!("count-{count}"));
+        let mut args = vec!["quantize", "--model", v, "--recipe", "w4a16", "--method", method, "--calib", many.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        if method.contains("recon") {
+            args.extend(["--recon-iters", "1"]);
+        }
+        let run = common::lowbit(&args);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(!String::from_utf8_lossy(&run.stderr).contains("overfit"), "{}", String::from_utf8_lossy(&run.stderr));
+        let desc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("quantization.json")).unwrap()).unwrap();
+        assert_eq!(desc["calibration"]["count"], count, "{method}: {desc}");
+    }
+    let few = common::lowbit(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "gptq,clip,recon", "--calib", c, "--recon-iters", "1", "--out", dir.join("few").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&few.stderr);
+    assert!(few.status.success() && stderr.contains("warning") && stderr.contains("6 calibration images") && stderr.contains("overfit"), "{stderr}");
     let bad = dir.join("bad");
     let b = bad.to_str().unwrap();
     refused(&["quantize", "--model", v, "--recipe", "w4a16", "--method", "clip,recon", "--out", b], &["recon", "--calib"], &bad);

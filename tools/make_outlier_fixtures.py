@@ -35,7 +35,8 @@ the calibration crops' tokens) of every block Linear's input and every block's i
 and after planting, plus f32 top-1 and the cosine of its logits to photo-vit's.
 
 `--data DIR` also exports photo-vit's data as images: DIR/calib (64 random crops of the
-training region, seed 0, training's transform without jitter) and DIR/test/<label>/ (the 180
+training region, seed 0, training's transform without jitter; `--data-calib N` exports N,
+the first 64 the same) and DIR/test/<label>/ (the 180
 held-out crops of the right quarters that photo-vit's model card reports).
 """
 import argparse
@@ -184,22 +185,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/outlier")
     ap.add_argument("--data", help="also export photo-vit's calibration/held-out crops as images here")
+    ap.add_argument("--data-calib", type=int, default=64,
+                    help="calibration crops --data exports (the first 64 are always the same; more for --calib-count 128+)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    calib, xte, yte = data(args.seed)
-    # The engine reads 8-bit images: measure on the same values.
-    calib, xte = quantize_like_png(calib), quantize_like_png(xte)
+    exported, xte, yte = data(args.seed, n_calib=max(64, args.data_calib))
+    # The engine reads 8-bit images: measure on the same values. The fixtures are planted on
+    # the first 64 crops whatever --data-calib exports (the draws are sequential).
+    exported, xte = quantize_like_png(exported), quantize_like_png(xte)
+    calib = exported[:64]
     labels = [PHOTO_CLASSES[n][0] for n in PHOTO_CLASSES]
     if args.data:
         os.makedirs(os.path.join(args.data, "calib"), exist_ok=True)
-        for i, x in enumerate(calib):
+        for i, x in enumerate(exported[:args.data_calib]):
             save_png(x, os.path.join(args.data, "calib", f"calib-{i:03d}.png"))
         for i, (x, y) in enumerate(zip(xte, yte.tolist())):
             d = os.path.join(args.data, "test", labels[y])
             os.makedirs(d, exist_ok=True)
             save_png(x, os.path.join(d, f"crop-{i:03d}.png"))
-        print(f"wrote {len(calib)} calibration and {len(xte)} held-out crops to {args.data}")
+        print(f"wrote {args.data_calib} calibration and {len(xte)} held-out crops to {args.data}")
 
     base, cfg = load_model(SRC)
     ref_logits = base(xte)

@@ -35,9 +35,10 @@ pub struct QuantizeArgs {
     /// .safetensors file with a `tokens` tensor.
     #[arg(long, value_name = "DIR")]
     pub calib: Option<PathBuf>,
-    /// How many calibration images (or token grids) to use, drawn with --seed.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub calib_count: usize,
+    /// How many calibration images (or token grids) to use, drawn with --seed (default 32;
+    /// 128 with recon, which overfits fewer: docs/QUANTIZATION.md).
+    #[arg(long, value_name = "N")]
+    pub calib_count: Option<usize>,
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
     /// How mixed:<bits> measures each layer's sensitivity: hessian (its output error on the

@@ -66,7 +66,8 @@ pub struct Options {
     pub recipe: String,
     pub methods: Option<String>,
     pub calib: Option<PathBuf>,
-    pub calib_count: usize,
+    /// None: `DEFAULT_CALIB_COUNT`, or `recon::CALIB_COUNT` with `--method recon`.
+    pub calib_count: Option<usize>,
     pub seed: u64,
     /// How `mixed:<bits>` measures sensitivities.
     pub sensitivity: mixed::Sensitivity,
@@ -75,6 +76,9 @@ pub struct Options {
     /// Adam steps per block of `--method recon` (None: `recon::DEFAULT_ITERS`).
     pub recon_iters: Option<usize>,
 }
+
+/// Calibration images when `--calib-count` is not given (and `recon` is not asked for).
+pub const DEFAULT_CALIB_COUNT: usize = 32;
 
 /// SVDQuant's rank when `--rank` is not given (the paper uses 32).
 pub const DEFAULT_RANK: usize = 32;
@@ -155,7 +159,18 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     }
     let needs_calib = methods.gptq || methods.recon || matches!(recipe, Recipe::Mixed { .. });
     let calib = match &opts.calib {
-        Some(dir) => Some(Calibration::load(gpu, &model, dir, opts.calib_count, opts.seed)?),
+        Some(dir) => {
+            let count = opts.calib_count.unwrap_or(if methods.recon { recon::CALIB_COUNT } else { DEFAULT_CALIB_COUNT });
+            let c = Calibration::load(gpu, &model, dir, count, opts.seed)?;
+            if methods.recon && c.count() < recon::CALIB_COUNT {
+                crate::warn!(
+                    "method recon fits each block's rounding to {} calibration images; with fewer than {} it was measured to overfit them (docs/QUANTIZATION.md, \"Calibration images for `recon`\")",
+                    c.count(),
+                    recon::CALIB_COUNT
+                );
+            }
+            Some(c)
+        }
         None if static_act.is_some() => invalid!("recipe {} calibrates static activation scales on images: pass --calib DIR", recipe.name()),
         None if methods.gptq => invalid!("method gptq needs calibration inputs: pass --calib DIR"),
         None if methods.recon => invalid!("method recon reconstructs blocks on calibration images: pass --calib DIR"),
