@@ -69,7 +69,8 @@ pub const DEFAULT_ITERS: usize = 200;
 /// Calibration images when `--calib-count` is not given. With 32, the rounding fit those
 /// images and lost up to 1.8 dB on new ones (`massive`, W4A8); with 128 it gained on every
 /// fixture at W4A8 and W4A4 (docs/QUANTIZATION.md). Each step still sees `batch` of them, so
-/// more images cost only the per-block evaluation passes.
+/// here more images cost only the per-block evaluation passes; the recipe's calibration pass
+/// grows too (a ViT-S: 26 minutes in all instead of 20, BENCHMARKS.md).
 pub const CALIB_COUNT: usize = 128;
 
 /// What reconstruction did to one block, errors as mean squared error per output value over
