@@ -311,6 +311,12 @@ fn decode_steps_are_measured_and_profiled() {
     let out = std::env::temp_dir().join(format!("lowbit-generate-profile-{}", std::process::id()));
     let text = lowbit_ok(&["generate", "--prior", DIR, "--class", "1", "--out", out.to_str().unwrap(), "--profile"]);
     assert!(text.contains("prefill of") && text.contains("decode step at position"), "{text}");
-    assert!(text.contains("kv_attend") && text.contains("blocks.0.attn.qkv"), "{text}");
+    // Only the slowest nodes are listed, and which those are depends on timing; the per-op
+    // counts do not, and all but three nodes (embed, ln_f, head) are in a block.
+    let (blocks, linears) = (prior.config.n_layer, 4 * prior.config.n_layer + 1);
+    for op in [format!("kv_attend        ({blocks} nodes)"), format!("linear           ({linears} nodes)")] {
+        assert_eq!(text.matches(&op).count(), 2, "{op}: {text}");
+    }
+    assert!(text.contains(" blocks."), "{text}");
     std::fs::remove_dir_all(&out).ok();
 }
