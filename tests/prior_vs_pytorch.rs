@@ -314,7 +314,9 @@ fn decode_steps_are_measured_and_profiled() {
     // Only the slowest nodes are listed, and which those are depends on timing; the per-op
     // counts do not, and all but three nodes (embed, ln_f, head) are in a block.
     let (blocks, linears) = (prior.config.n_layer, 4 * prior.config.n_layer + 1);
-    for op in [format!("kv_attend        ({blocks} nodes)"), format!("linear           ({linears} nodes)")] {
+    for (op, n) in [("kv_attend", blocks), ("linear", linears)] {
+        // The line `print_profile` writes for an op (src/cli/model.rs).
+        let op = format!("{op:<16} ({n} nodes)");
         assert_eq!(text.matches(&op).count(), 2, "{op}: {text}");
     }
     assert!(text.contains(" blocks."), "{text}");

@@ -34,6 +34,10 @@ layerscale) and stats.json: the measured ratio (largest channel max / median cha
 the calibration crops' tokens) of every block Linear's input and every block's input, before
 and after planting, plus f32 top-1 and the cosine of its logits to photo-vit's.
 
+`--src DIR` plants into another model trained on the same data (the twelve-block stand-in:
+`train_photo_vit.py --depth 12 --embed-dim 192 --heads 3`); stats.json's `photo_vit_*` keys
+then describe that model (`source` names it).
+
 `--data DIR` also exports photo-vit's data as images: DIR/calib (64 random crops of the
 training region, seed 0, training's transform without jitter; `--data-calib N` exports N,
 the first 64 the same) and DIR/test/<label>/ (the 180
@@ -56,6 +60,8 @@ from datasets import PHOTO_CLASSES, load_class_picture  # noqa: E402
 from train_photo_vit import crop_resize, grid_crops, split, to_tensor  # noqa: E402
 
 SRC = "assets/models/photo-vit"
+# The calibration crops every fixture is planted on (and the default count --data exports).
+PLANT_CROPS = 64
 
 
 def load_model(folder, cfg=None):
@@ -65,7 +71,7 @@ def load_model(folder, cfg=None):
     return m.eval(), cfg
 
 
-def data(seed=0, n_calib=64):
+def data(seed=0, n_calib=PLANT_CROPS):
     """(calibration crops [n,3,64,64], held-out crops, held-out labels), all in [-1, 1]."""
     pics = [to_tensor(load_class_picture(n)) for n in PHOTO_CLASSES]
     train, test = zip(*[split(p) for p in pics])
@@ -180,21 +186,59 @@ def plant_layerscale(model, cfg, rng):
     return m2.eval(), cfg
 
 
+def random_head(model, cfg, calib, weight):
+    """The issue's measuring protocol for a backbone without a task head: a seeded random head
+    centred on the calibration features (bias = -W·mean feature), so the logits are the
+    features' deviations from their mean, in random directions. Harsher than a trained head:
+    an error in any feature direction moves them, and the common part of the features (most of
+    their norm) no longer dilutes it."""
+    feats = model.forward_head(model.forward_features(calib), pre_logits=True)
+    head = torch.nn.Linear(feats.shape[-1], weight.shape[0])
+    head.weight.data = weight.clone()
+    head.bias.data = -(weight @ feats.mean(0))
+    model.head = head
+    model.num_classes = weight.shape[0]
+    cfg = copy.deepcopy(cfg)
+    cfg["num_classes"] = weight.shape[0]
+    cfg["label_names"] = [f"direction {i}" for i in range(weight.shape[0])]
+    return model, cfg
+
+
+def write(folder, model, cfg, stats, xte):
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(folder, "model.safetensors"))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    with open(os.path.join(folder, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    # Reload strictly from what was written (the config must rebuild the same model).
+    m2, _ = load_model(folder)
+    assert torch.allclose(m2(xte[:4]), model(xte[:4]), atol=1e-5)
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/outlier")
     ap.add_argument("--data", help="also export photo-vit's calibration/held-out crops as images here")
-    ap.add_argument("--data-calib", type=int, default=64,
-                    help="calibration crops --data exports (the first 64 are always the same; more for --calib-count 128+)")
+    ap.add_argument("--data-calib", type=int, default=PLANT_CROPS,
+                    help=f"calibration crops --data exports (the first {PLANT_CROPS} are always the same; more for --calib-count 128+)")
+    ap.add_argument("--src", default=SRC,
+                    help="the trained model to plant into (a timm ViT folder trained on photo-vit's data, e.g. "
+                         "train_photo_vit.py --depth 12); the fixtures' stats.json compare against it")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-head", type=int, default=0, metavar="N",
+                    help="replace every model's head by the same seeded random N-class head, centred on that "
+                         "model's calibration features (issue 13's protocol on a real ViT), and also write the "
+                         "source model so changed to OUT/base")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    exported, xte, yte = data(args.seed, n_calib=max(64, args.data_calib))
+    exported, xte, yte = data(args.seed, n_calib=max(PLANT_CROPS, args.data_calib))
     # The engine reads 8-bit images: measure on the same values. The fixtures are planted on
-    # the first 64 crops whatever --data-calib exports (the draws are sequential).
+    # the first PLANT_CROPS crops whatever --data-calib exports (the draws are sequential).
     exported, xte = quantize_like_png(exported), quantize_like_png(xte)
-    calib = exported[:64]
+    calib = exported[:PLANT_CROPS]
     labels = [PHOTO_CLASSES[n][0] for n in PHOTO_CLASSES]
     if args.data:
         os.makedirs(os.path.join(args.data, "calib"), exist_ok=True)
@@ -206,12 +250,18 @@ def main():
             save_png(x, os.path.join(d, f"crop-{i:03d}.png"))
         print(f"wrote {args.data_calib} calibration and {len(xte)} held-out crops to {args.data}")
 
-    base, cfg = load_model(SRC)
+    base, cfg = load_model(args.src)
+    head = None
+    if args.random_head:
+        d = base.head.weight.shape[1]
+        gen = torch.Generator().manual_seed(args.seed)
+        head = torch.randn(args.random_head, d, generator=gen) / d ** 0.5
+        base, cfg = random_head(base, cfg, calib, head)
+        write(os.path.join(args.out, "base"), base, cfg, {"source": args.src, "seed": args.seed, "random_head": args.random_head}, xte)
     ref_logits = base(xte)
     base_top1 = float((ref_logits.argmax(-1) == yte).float().mean())
     base_ratios = ratios(channel_max(base, calib))
-    print(f"photo-vit: held-out top-1 {base_top1 * 100:.2f}%, ratios {base_ratios}")
-    summary = {}
+    print(f"{args.src}: held-out top-1 {base_top1 * 100:.2f}%, ratios {base_ratios}")
     for index, name in enumerate(("outlier-ln", "outlier-gelu", "massive", "layerscale")):
         # Seeded per fixture (not hash(name): Python salts string hashes per process).
         rng = np.random.default_rng([args.seed, index])
@@ -225,11 +275,14 @@ def main():
             extra = plant_massive(model, calib, rng)
         else:
             model, mcfg = plant_layerscale(model, mcfg, rng)
+        if head is not None:
+            # Centred on this model's own features (massive and outlier-gelu change them).
+            model, mcfg = random_head(model, mcfg, calib, head)
         logits = model(xte)
         cos = torch.nn.functional.cosine_similarity(logits, ref_logits, dim=-1)
         r = ratios(channel_max(model, calib))
         stats = {
-            "source": SRC, "seed": args.seed,
+            "source": args.src, "seed": args.seed,
             "heldout_top1": round(float((logits.argmax(-1) == yte).float().mean()) * 100, 2),
             "photo_vit_heldout_top1": round(base_top1 * 100, 2),
             "logits_cosine_to_photo_vit": {"min": round(float(cos.min()), 7), "mean": round(float(cos.mean()), 7)},
@@ -237,19 +290,9 @@ def main():
             "ratio_largest_over_median_channel_max": r,
             "photo_vit_ratio": base_ratios,
             **({"massive": extra} if extra else {}),
+            **({"random_head": args.random_head} if head is not None else {}),
         }
-        folder = os.path.join(args.out, name)
-        os.makedirs(folder, exist_ok=True)
-        state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, os.path.join(folder, "model.safetensors"))
-        with open(os.path.join(folder, "config.json"), "w") as f:
-            json.dump(mcfg, f, indent=2)
-        with open(os.path.join(folder, "stats.json"), "w") as f:
-            json.dump(stats, f, indent=2)
-        # Reload strictly from what was written (the config must rebuild the same model).
-        m2, _ = load_model(folder)
-        assert torch.allclose(m2(xte[:4]), logits[:4], atol=1e-5)
-        summary[name] = stats
+        write(os.path.join(args.out, name), model, mcfg, stats, xte)
         print(f"{name}: top-1 {stats['heldout_top1']}%, cos to photo-vit min {stats['logits_cosine_to_photo_vit']['min']}, "
               f"ratios {r}")
 

@@ -31,6 +31,24 @@ MODELS = {
 }
 
 ALL = list(MODELS)
+# The twelve-block stand-in (a ViT-Ti's depth and width on photo-vit's data) and the same four
+# fixtures planted into it; not in ALL (make them first, `--models` picks them):
+#   /work/venv/bin/python tools/train_photo_vit.py --out /tmp/photo-vit-d12 --depth 12 --embed-dim 192 \
+#       --heads 3 --steps 2000 --threads 2
+#   /work/venv/bin/python tools/make_outlier_fixtures.py --src /tmp/photo-vit-d12 --out /tmp/outlier-d12
+DEEP = {
+    "photo-vit-d12": ("/tmp/photo-vit-d12", "/tmp/photo-data/calib", "/tmp/photo-data/test60"),
+    **{f"{name}-d12": (f"/tmp/outlier-d12/{name}", "/tmp/photo-data/calib", "/tmp/photo-data/test60")
+       for name in ("outlier-ln", "outlier-gelu", "massive", "layerscale")},
+}
+MODELS.update(DEEP)
+# Issue 13's protocol for a backbone: the same models with a seeded random 16-class head centred
+# on each one's calibration features (make_outlier_fixtures.py --random-head 16 [--src ...]
+# --out /tmp/outlier-rh or /tmp/outlier-d12-rh; the source model itself goes to base/).
+for depth, folder in (("", "/tmp/outlier-rh"), ("-d12", "/tmp/outlier-d12-rh")):
+    for name in ("photo-vit", "outlier-ln", "outlier-gelu", "massive", "layerscale"):
+        path = f"{folder}/{'base' if name == 'photo-vit' else name}"
+        MODELS[f"{name}{depth}-rh"] = (path, "/tmp/photo-data/calib", "/tmp/photo-data/test60")
 # Where the choice between methods is decided: the real model and the fixtures with outliers.
 OUTLIERS = ["photo-vit", "outlier-ln", "outlier-gelu", "massive"]
 
@@ -73,8 +91,10 @@ def main():
     ap.add_argument("--lowbit", default="target/debug/lowbit")
     ap.add_argument("--out", default="/tmp/quant-table.jsonl")
     ap.add_argument("--work", default="/tmp/quant-table")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(ALL))
     ap.add_argument("--calib-count", type=int, default=32)
+    ap.add_argument("--photo-calib", help="the photo models' calibration folder instead of /tmp/photo-data/calib "
+                                          "(e.g. 256 crops from make_outlier_fixtures.py --data-calib 256)")
     ap.add_argument("--markdown", action="store_true", help="only print the table of --out")
     ap.add_argument("--sensitivity", help="passed to quantize (mixed:<bits> recipes: hessian, output, fisher, lrp)")
     ap.add_argument("--subsets", action="store_true", help="make /tmp/digits/test50 and /tmp/photo-data/test60 first")
@@ -93,12 +113,14 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     cells = CELLS
     if args.cells:
-        cells = [(c.rsplit(":", 1)[0], c.rsplit(":", 1)[1], ALL) for c in args.cells.split(";")]
+        cells = [(c.rsplit(":", 1)[0], c.rsplit(":", 1)[1], list(MODELS)) for c in args.cells.split(";")]
     for recipe, method, models in cells:
         for name in args.models.split(","):
             if name not in models or (name, recipe, method) in done:
                 continue
             path, calib, images = MODELS[name]
+            if args.photo_calib and calib == "/tmp/photo-data/calib":
+                calib = args.photo_calib
             out = os.path.join(args.work, f"{name}-{recipe}-{method.replace(',', '_') or 'default'}")
             shutil.rmtree(out, ignore_errors=True)
             cmd = [args.lowbit, "quantize", "--model", path, "--recipe", recipe, "--calib", calib,

@@ -100,6 +100,11 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    # photo-vit itself is 4 blocks of width 96; a deeper model (e.g. --depth 12) is the stand-in
+    # for a ViT-S/B's depth in the quantization tables (docs/QUANTIZATION.md, "Twelve blocks").
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--embed-dim", type=int, default=96)
+    ap.add_argument("--heads", type=int, default=4)
     args = ap.parse_args()
     seed_everything(args.seed, args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -111,7 +116,8 @@ def main():
     xte, yte = grid_crops(test_regions)
     print(f"{len(names)} classes; held-out: {len(xte)} crops of the right quarters", flush=True)
 
-    model_args = {"img_size": SIDE, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4,
+    model_args = {"img_size": SIDE, "patch_size": 8, "embed_dim": args.embed_dim, "depth": args.depth,
+                  "num_heads": args.heads,
                   "mlp_ratio": 4.0, "qkv_bias": True}
     model = timm.create_model(ARCH, pretrained=False, num_classes=len(names), drop_rate=0.1, **model_args)
     n_params = sum(p.numel() for p in model.parameters())

@@ -15,6 +15,8 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// w8a16, w4a16, ternary, fp4, mixed:<average bits> (e.g. mixed:4.5); w8a8, w6a6, w4a8, w4a4.
+    /// Below 8 bits, a classifier's patch embedding and head are stored Q8 (except mixed:, which
+    /// chooses per layer).
     #[arg(long, value_name = "RECIPE")]
     pub recipe: String,
     /// Comma list of rtn, clip, gptq, sequential (weights) and, for w6a6/w4a8/w4a4, repq, smoothq, noisy,

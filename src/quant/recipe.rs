@@ -244,7 +244,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         _ => super::rotate::Rotations { decisions: BTreeMap::new(), packed: HashMap::new() },
     };
     let (formats, allocation) = match &recipe {
-        Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), *format)).collect::<HashMap<_, _>>(), None),
+        Recipe::Weights { format, .. } => (layers.iter().map(|l| (l.key.clone(), weight_recipe_format(&l.key, *format))).collect::<HashMap<_, _>>(), None),
         Recipe::Mixed { bits } => {
             let a = mixed::allocate_model(gpu, &model, &layers, calib.as_ref().unwrap(), *bits, methods, &hessians, opts.sensitivity, fisher.as_ref())?;
             (a.formats(), Some(a))
@@ -456,6 +456,19 @@ fn activation_recipe_format(key: &str, weight_bits: u32) -> WeightFormat {
     match (inner_matrix(key), weight_bits) {
         (true, 4) => WeightFormat::Q4 { group: 32, zero_point: false },
         _ => WeightFormat::Q8 { group: None },
+    }
+}
+
+/// The weight format of matrix `key` under a weight-only recipe: the recipe's format, but a
+/// classifier's first and last layers (patch embedding, head) at 8 bits where the format has
+/// fewer, as the activation recipes keep them. The head's error reaches the logits unfiltered:
+/// on the random-head stand-ins its q4g32 weights alone cost w4a16 about 5 dB (docs/QUANTIZATION.md,
+/// "Twelve blocks and a random head"), for 0.5 % more bytes on a ViT-B.
+fn weight_recipe_format(key: &str, format: WeightFormat) -> WeightFormat {
+    if inner_matrix(key) || format.bits() >= 8 {
+        format
+    } else {
+        WeightFormat::Q8 { group: None }
     }
 }
 
