@@ -101,7 +101,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
     # photo-vit itself is 4 blocks of width 96; a deeper model (e.g. --depth 12) is the stand-in
-    # for a ViT-S/B's depth in the quantization tables (docs/QUANTIZATION.md, "Twelve blocks").
+    # for a ViT-S/B's depth in the quantization tables (docs/QUANTIZATION.md, "Twelve blocks and a random head").
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--embed-dim", type=int, default=96)
     ap.add_argument("--heads", type=int, default=4)
