@@ -216,18 +216,17 @@ fn quantize_then_classify_round_trip() {
         assert_eq!(desc["calibration"]["count"], 4);
         assert!(out.join("config.json").is_file());
         assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() < std::fs::metadata(vit.join("model.safetensors")).unwrap().len());
-        // Below 8 bits the weight-only recipes keep the first and last layers at 8 bits.
-        if !recipe.starts_with("mixed") {
+        if recipe.starts_with("mixed") {
+            assert!(stdout.contains("exact (knapsack DP)") && stdout.contains("greedy"), "{stdout}");
+            assert!(desc["mixed"]["exact"]["average_bits"].as_f64().unwrap() <= 4.5);
+            assert_eq!(desc["mixed"]["sensitivity"], sensitivity.unwrap_or("hessian"));
+        } else {
+            // Below 8 bits the weight-only recipes keep the first and last layers at 8 bits.
             let block = if recipe == "fp4" { "fp4g32" } else if recipe == "w4a16" { "q4g32" } else { "q8" };
             assert_eq!(desc["tensors"]["blocks.0.mlp.fc1.weight"]["format"], block, "{desc}");
             for key in ["patch_embed.proj.weight", "head.weight"] {
                 assert_eq!(desc["tensors"][key]["format"], "q8", "{key}: {desc}");
             }
-        }
-        if recipe.starts_with("mixed") {
-            assert!(stdout.contains("exact (knapsack DP)") && stdout.contains("greedy"), "{stdout}");
-            assert!(desc["mixed"]["exact"]["average_bits"].as_f64().unwrap() <= 4.5);
-            assert_eq!(desc["mixed"]["sensitivity"], sensitivity.unwrap_or("hessian"));
         }
         let got = logits(&out, &image, &dir.join("q.safetensors"));
         let sqnr = lowbit::metrics::sqnr_db(&got, &reference);

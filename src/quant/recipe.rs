@@ -453,15 +453,13 @@ fn integer_activations(act_bits: u32, points: &[crate::models::packed::QuantPoin
 /// recipe's bits (6-bit codes live in Q8 words), the patch embedding and head at 8 bits (as
 /// RepQ-ViT and PTQ4ViT keep the first and last layers).
 fn activation_recipe_format(key: &str, weight_bits: u32) -> WeightFormat {
-    match (inner_matrix(key), weight_bits) {
-        (true, 4) => WeightFormat::Q4 { group: 32, zero_point: false },
-        _ => WeightFormat::Q8 { group: None },
-    }
+    let format = if weight_bits == 4 { WeightFormat::Q4 { group: 32, zero_point: false } } else { WeightFormat::Q8 { group: None } };
+    weight_recipe_format(key, format)
 }
 
-/// The weight format of matrix `key` under a weight-only recipe: the recipe's format, but a
-/// classifier's first and last layers (patch embedding, head) at 8 bits where the format has
-/// fewer, as the activation recipes keep them. The head's error reaches the logits unfiltered:
+/// The weight format of matrix `key` under a recipe that stores `format` (the weight-only
+/// recipes, and the activation recipes through `activation_recipe_format`): a classifier's
+/// first and last layers (patch embedding, head) at 8 bits where the format has fewer. The head's error reaches the logits unfiltered:
 /// at 8 bits w4a16 gains 4.4 dB (trained heads) to 9.8 dB (the random head) of logits
 /// SQNR on the 4-block fixtures (docs/QUANTIZATION.md, "Twelve blocks and a random head"), for
 /// 3 % more bytes there and about 1.2 % on a ViT-B.
