@@ -23,32 +23,30 @@ import subprocess
 import sys
 import time
 
+FIXTURES = ("outlier-ln", "outlier-gelu", "massive", "layerscale")
+PHOTO_CALIB, PHOTO_TEST = "/tmp/photo-data/calib", "/tmp/photo-data/test60"
 MODELS = {
     "digits-vit": ("assets/models/digits-vit", "/tmp/digits/calib", "/tmp/digits/test50"),
-    "photo-vit": ("assets/models/photo-vit", "/tmp/photo-data/calib", "/tmp/photo-data/test60"),
-    **{name: (f"tests/fixtures/outlier/{name}", "/tmp/photo-data/calib", "/tmp/photo-data/test60")
-       for name in ("outlier-ln", "outlier-gelu", "massive", "layerscale")},
+    "photo-vit": ("assets/models/photo-vit", PHOTO_CALIB, PHOTO_TEST),
+    **{name: (f"tests/fixtures/outlier/{name}", PHOTO_CALIB, PHOTO_TEST) for name in FIXTURES},
 }
 
 ALL = list(MODELS)
-# The twelve-block stand-in (a ViT-Ti's depth and width on photo-vit's data) and the same four
-# fixtures planted into it; not in ALL (make them first, `--models` picks them):
-#   /work/venv/bin/python tools/train_photo_vit.py --out /tmp/photo-vit-d12 --depth 12 --embed-dim 192 \
-#       --heads 3 --steps 2000 --threads 2
-#   /work/venv/bin/python tools/make_outlier_fixtures.py --src /tmp/photo-vit-d12 --out /tmp/outlier-d12
-DEEP = {
-    "photo-vit-d12": ("/tmp/photo-vit-d12", "/tmp/photo-data/calib", "/tmp/photo-data/test60"),
-    **{f"{name}-d12": (f"/tmp/outlier-d12/{name}", "/tmp/photo-data/calib", "/tmp/photo-data/test60")
-       for name in ("outlier-ln", "outlier-gelu", "massive", "layerscale")},
-}
-MODELS.update(DEEP)
-# Issue 13's protocol for a backbone: the same models with a seeded random 16-class head centred
-# on each one's calibration features (make_outlier_fixtures.py --random-head 16 [--src ...]
-# --out /tmp/outlier-rh or /tmp/outlier-d12-rh; the source model itself goes to base/).
-for depth, folder in (("", "/tmp/outlier-rh"), ("-d12", "/tmp/outlier-d12-rh")):
-    for name in ("photo-vit", "outlier-ln", "outlier-gelu", "massive", "layerscale"):
-        path = f"{folder}/{'base' if name == 'photo-vit' else name}"
-        MODELS[f"{name}{depth}-rh"] = (path, "/tmp/photo-data/calib", "/tmp/photo-data/test60")
+# Not in ALL (make them first, `--models` picks them), each a source model and the four fixtures
+# planted into it:
+# * `-d12`: the twelve-block stand-in (a ViT-Ti's depth and width on photo-vit's data):
+#     /work/venv/bin/python tools/train_photo_vit.py --out /tmp/photo-vit-d12 --depth 12 --embed-dim 192 \
+#         --heads 3 --steps 2000 --threads 2
+#     /work/venv/bin/python tools/make_outlier_fixtures.py --src /tmp/photo-vit-d12 --out /tmp/outlier-d12
+# * `-rh`, `-d12-rh`: issue 13's protocol for a backbone, a seeded random 16-class head centred on
+#   each model's calibration features (make_outlier_fixtures.py --random-head 16 [--src ...]
+#   --out /tmp/outlier-rh or /tmp/outlier-d12-rh; the source model itself goes to base/).
+for suffix, source, fixtures in (("-d12", "/tmp/photo-vit-d12", "/tmp/outlier-d12"),
+                                 ("-rh", "/tmp/outlier-rh/base", "/tmp/outlier-rh"),
+                                 ("-d12-rh", "/tmp/outlier-d12-rh/base", "/tmp/outlier-d12-rh")):
+    MODELS[f"photo-vit{suffix}"] = (source, PHOTO_CALIB, PHOTO_TEST)
+    for name in FIXTURES:
+        MODELS[f"{name}{suffix}"] = (f"{fixtures}/{name}", PHOTO_CALIB, PHOTO_TEST)
 # Where the choice between methods is decided: the real model and the fixtures with outliers.
 OUTLIERS = ["photo-vit", "outlier-ln", "outlier-gelu", "massive"]
 
@@ -119,7 +117,7 @@ def main():
             if name not in models or (name, recipe, method) in done:
                 continue
             path, calib, images = MODELS[name]
-            if args.photo_calib and calib == "/tmp/photo-data/calib":
+            if args.photo_calib and calib == PHOTO_CALIB:
                 calib = args.photo_calib
             out = os.path.join(args.work, f"{name}-{recipe}-{method.replace(',', '_') or 'default'}")
             shutil.rmtree(out, ignore_errors=True)
