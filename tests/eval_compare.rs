@@ -107,6 +107,12 @@ fn compare_identical_models_is_exact_and_quantized_ones_are_close() {
         (a, b)
     });
     assert!((lowbit::metrics::sqnr_db(&b, &a) - sqnr).abs() < 1e-3, "{close}");
+    // And the per-image cosines: their mean and the worse of the two.
+    let k = a.len() / 2;
+    let per_image: Vec<f64> = (0..2).map(|i| lowbit::metrics::cosine(&b[i * k..(i + 1) * k], &a[i * k..(i + 1) * k])).collect();
+    assert!((close["cosine_image_mean"].as_f64().unwrap() - (per_image[0] + per_image[1]) / 2.0).abs() < 1e-9, "{close}");
+    assert!((close["cosine_image_min"].as_f64().unwrap() - per_image[0].min(per_image[1])).abs() < 1e-9, "{close}");
+    assert!((same["cosine_image_min"].as_f64().unwrap() - 1.0).abs() < 1e-12, "{same}");
 
     // Decoders: identical → exact, quantized → finite PSNR and SSIM below 1.
     let vq = fixture("vqgan_tiny_test");

@@ -144,6 +144,8 @@ def main():
                 else:
                     j = json.loads(c.stdout)
                     row.update(cosine=j["cosine"], sqnr_db=j["sqnr_db"], top1_agreement=j["top1_agreement"], images=j["images"])
+                    # Per image (the protocol: the mean and the worst of a few photos).
+                    row.update({k: j[k] for k in ("cosine_image_mean", "cosine_image_min") if k in j})
                 shutil.rmtree(out, ignore_errors=True)
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:

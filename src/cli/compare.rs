@@ -1,7 +1,8 @@
 //! `lowbit compare --reference PATH --model PATH (--images DIR | --tokens FILE) [--json]`: how far
 //! a (quantized) model's outputs are from a reference's on the same inputs.
 //!
-//! Classifiers: SQNR and cosine of the logits, and how often the top-1 classes agree.
+//! Classifiers: SQNR and cosine of the logits (pooled over the images, and per image: the mean
+//! and the worst), and how often the top-1 classes agree.
 //! VQGAN decoders: SQNR and cosine of the raw decoded images, and PSNR and SSIM of the 8-bit
 //! images (`lowbit decode`'s PNG pixels). With `--images` a VQGAN's tokens come from the
 //! reference's own encoder, so only the decoders differ.
@@ -94,7 +95,11 @@ fn compare_classifiers(gpu: &Gpu, args: &CompareArgs) -> anyhow::Result<serde_js
     let k = a.output_dim();
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
     let agree = la.chunks(k).zip(lb.chunks(k)).filter(|(x, y)| argmax(x) == argmax(y)).count();
+    // Per image as well: one bad image hides in the pooled cosine of many good ones.
+    let per_image: Vec<f64> = la.chunks(k).zip(lb.chunks(k)).map(|(x, y)| cosine(y, x)).collect();
     Ok(json!({"kind": "classifier", "images": files.len(), "sqnr_db": finite(sqnr_db(&lb, &la)), "cosine": cosine(&lb, &la),
+              "cosine_image_mean": per_image.iter().sum::<f64>() / per_image.len() as f64,
+              "cosine_image_min": per_image.iter().copied().fold(f64::INFINITY, f64::min),
               "top1_agreement": agree as f64 / files.len() as f64}))
 }
 
