@@ -18,9 +18,11 @@
 use std::collections::HashMap;
 
 mod blocks;
+mod inputs;
 mod layers;
 
 pub use blocks::{InputMap, QDrop};
+pub use inputs::NodeInput;
 
 use layers::{add_scaled, dot, half_sum, par_rows, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
@@ -146,7 +148,9 @@ pub struct Trace {
     patch: Vec<f32>,
     pre: Option<NormCache>,
     blocks: Vec<BlockCache>,
-    /// The head's and the distillation head's outputs.
+    /// The head's and the distillation head's inputs and outputs.
+    head_in: Vec<f32>,
+    dist_in: Vec<f32>,
     head_out: Vec<f32>,
     dist_out: Vec<f32>,
     /// The final norm over the rows it normalized (class tokens, or every token).
@@ -262,6 +266,8 @@ impl<'a> CpuVit<'a> {
             patch,
             pre,
             blocks,
+            head_in: Vec::new(),
+            dist_in: Vec::new(),
             head_out: Vec::new(),
             dist_out: Vec::new(),
             norm: None,
@@ -353,6 +359,7 @@ impl<'a> CpuVit<'a> {
                 return match (&self.head, &self.head_dist) {
                     (Some(h), Some(hd)) => {
                         (trace.head_out, trace.dist_out) = (h.forward(&cls), hd.forward(&dist));
+                        (trace.head_in, trace.dist_in) = (cls, dist);
                         half_sum(&trace.head_out, &trace.dist_out)
                     }
                     _ => half_sum(&cls, &dist),
@@ -402,6 +409,7 @@ impl<'a> CpuVit<'a> {
         match &self.head {
             Some(h) => {
                 trace.head_out = h.forward(&pooled);
+                trace.head_in = pooled;
                 trace.head_out.clone()
             }
             None => pooled,
