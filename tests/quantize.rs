@@ -414,6 +414,18 @@ fn w8a8_runs_int8_activations_through_the_w8a8_kernel() {
     let sqnr = lowbit::metrics::sqnr_db(&x, &y);
     eprintln!("w8a8 vs w8a16 logits: {sqnr:.1} dB");
     assert!(sqnr > 25.0 && sqnr.is_finite(), "{sqnr}");
+    // SmoothQuant's maps folded into the weights (the kernel unchanged): as close to w8a16.
+    let calib = calibration_images(&dir, 4, 32);
+    let smooth = dir.join("w8a8-smooth");
+    ok(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", "w8a8", "--method", "smoothq,clip", "--calib", calib.to_str().unwrap(), "--out", smooth.to_str().unwrap()]);
+    let smooth_desc = std::fs::read_to_string(smooth.join("quantization.json")).unwrap();
+    assert!(smooth_desc.contains("smoothq") && smooth_desc.contains("int8 per-token dynamic"), "{smooth_desc}");
+    let z = logits(&smooth, &image, &dir.join("c.safetensors"));
+    let sqnr_smooth = lowbit::metrics::sqnr_db(&z, &y);
+    eprintln!("w8a8 smoothq vs w8a16 logits: {sqnr_smooth:.1} dB");
+    assert!(sqnr_smooth > 25.0 && sqnr_smooth.is_finite(), "{sqnr_smooth}");
+    refused(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", "w8a8", "--method", "smoothq", "--out", dir.join("nc").to_str().unwrap()], &["smoothq", "--calib"], &dir.join("nc"));
+    refused(&["quantize", "--model", vit.to_str().unwrap(), "--recipe", "w8a8", "--method", "smoothq,adalog", "--calib", calib.to_str().unwrap(), "--out", dir.join("al").to_str().unwrap()], &["adalog", "w8a8"], &dir.join("al"));
     let profile = ok(&["classify", "--model", a8.to_str().unwrap(), "--profile", image.to_str().unwrap()]);
     assert!(profile.contains("w8a8_linear      blocks.0.mlp.fc1"), "{profile}");
     // Attention runs in the low-bit attention kernel (SageAttention), and says so.

@@ -116,42 +116,7 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
     if m.repq && m.smooth {
         invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
     }
-    let mut w = model.weights.clone();
-
-    // Stage 1: per-channel maps folded into the weights.
-    let mut repq_grids: HashMap<String, ActQuantizer> = HashMap::new();
-    if m.repq || m.smooth {
-        let mut nodes: Vec<String> = sites.norm_linears.iter().map(|s| s.1.clone()).collect();
-        if m.smooth {
-            nodes.extend(sites.v_proj.iter().map(|s| s.1.clone()));
-        }
-        let inputs = collect_rows(gpu, model, &w, calib, &nodes)?;
-        for (norm, node, d) in &sites.norm_linears {
-            let x = &inputs[node];
-            if m.repq {
-                let (mut map, scale, zero) = repq_map(&per_channel(x, *d, act_bits)?);
-                if w.contains(&format!("{node}.bias")) {
-                    repq_grids.insert(node.clone(), ActQuantizer::Uniform { bits: act_bits, scale, zero });
-                } else {
-                    // A Linear without bias (qkv_bias: false) cannot absorb RepQ's shift: keep
-                    // only the per-channel scale, and fit the grid on the folded input in stage 2.
-                    map.b.iter_mut().for_each(|b| *b = 0.0);
-                }
-                fold_layer_norm(&mut w, norm, &[node], &map)?;
-            } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits, w.contains(&format!("{node}.bias")))? {
-                fold_layer_norm(&mut w, norm, &[node], &map)?;
-            }
-        }
-        if m.smooth {
-            for (qkv, proj, d) in &sites.v_proj {
-                // The shift moves into V's bias (and proj's): without both, a scale only.
-                let shift = w.contains(&format!("{qkv}.bias")) && w.contains(&format!("{proj}.bias"));
-                if let Some(map) = smooth::search(&thin_rows(&inputs[proj], *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits, shift)? {
-                    fold_attention_v(&mut w, qkv, proj, &map)?;
-                }
-            }
-        }
-    }
+    let (mut w, repq_grids) = fold_channel_maps(gpu, model, calib, act_bits, weight_bits, m)?;
 
     // Stage 2: every quantizer on float inputs of the folded model.
     let mut nodes: Vec<String> = sites.linears.iter().map(|l| l.0.clone()).collect();
@@ -215,6 +180,50 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
         }
     }
     Ok(Prepared { weights: w, points })
+}
+
+/// Stage 1 of `prepare` (and all that `w8a8` with `smoothq` needs, its activations being
+/// quantized per token at run time): RepQ-ViT's or SmoothQuant's per-channel maps, measured on
+/// the calibration inputs and folded into the LayerNorms (qkv, fc1) and, for SmoothQuant, V's
+/// rows of qkv (proj). The folded weights compute the same function in f32. With RepQ, the
+/// grid each folded input was fitted on.
+pub fn fold_channel_maps(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, weight_bits: u32, m: ActMethods) -> Result<(Weights, HashMap<String, ActQuantizer>)> {
+    let sites = model.act_sites()?;
+    let mut w = model.weights.clone();
+    let mut repq_grids: HashMap<String, ActQuantizer> = HashMap::new();
+    if m.repq || m.smooth {
+        let mut nodes: Vec<String> = sites.norm_linears.iter().map(|s| s.1.clone()).collect();
+        if m.smooth {
+            nodes.extend(sites.v_proj.iter().map(|s| s.1.clone()));
+        }
+        let inputs = collect_rows(gpu, model, &w, calib, &nodes)?;
+        for (norm, node, d) in &sites.norm_linears {
+            let x = &inputs[node];
+            if m.repq {
+                let (mut map, scale, zero) = repq_map(&per_channel(x, *d, act_bits)?);
+                if w.contains(&format!("{node}.bias")) {
+                    repq_grids.insert(node.clone(), ActQuantizer::Uniform { bits: act_bits, scale, zero });
+                } else {
+                    // A Linear without bias (qkv_bias: false) cannot absorb RepQ's shift: keep
+                    // only the per-channel scale, and fit the grid on the folded input in stage 2.
+                    map.b.iter_mut().for_each(|b| *b = 0.0);
+                }
+                fold_layer_norm(&mut w, norm, &[node], &map)?;
+            } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits, w.contains(&format!("{node}.bias")))? {
+                fold_layer_norm(&mut w, norm, &[node], &map)?;
+            }
+        }
+        if m.smooth {
+            for (qkv, proj, d) in &sites.v_proj {
+                // The shift moves into V's bias (and proj's): without both, a scale only.
+                let shift = w.contains(&format!("{qkv}.bias")) && w.contains(&format!("{proj}.bias"));
+                if let Some(map) = smooth::search(&thin_rows(&inputs[proj], *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits, shift)? {
+                    fold_attention_v(&mut w, qkv, proj, &map)?;
+                }
+            }
+        }
+    }
+    Ok((w, repq_grids))
 }
 
 /// Records a per-channel offset added to `node`'s input before its quantizer (NoisyQuant's

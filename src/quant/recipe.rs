@@ -118,6 +118,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let methods = match (&opts.methods, static_act) {
         (Some(list), _) => Methods::parse(list)?,
         (None, Some((wb, ab))) => Methods::default_for_activations(wb, ab),
+        (None, None) if matches!(recipe, Recipe::Activations { .. }) => Methods::default_for_w8a8(opts.calib.is_some()),
         (None, None) => Methods::default_for(opts.calib.is_some()),
     };
     methods.check_recipe(&recipe)?;
@@ -172,6 +173,7 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             Some(c)
         }
         None if static_act.is_some() => invalid!("recipe {} calibrates static activation scales on images: pass --calib DIR", recipe.name()),
+        None if methods.act.smooth => invalid!("method smoothq measures activation ranges on images: pass --calib DIR"),
         None if methods.gptq => invalid!("method gptq needs calibration inputs: pass --calib DIR"),
         None if methods.recon => invalid!("method recon reconstructs blocks on calibration images: pass --calib DIR"),
         None if needs_calib => invalid!("recipe {} measures layer sensitivities on calibration inputs: pass --calib DIR", recipe.name()),
@@ -189,6 +191,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         }
     }
     // Activation quantizers first: RepQ/SmoothQuant fold maps into the weights GPTQ then sees.
+    // W8A8 quantizes per token at run time and keeps only SmoothQuant's folded maps.
+    if let (None, Some(c), true) = (static_act, &calib, methods.act.smooth) {
+        let mut progress = Progress::new("smoothing activations (SmoothQuant maps)", 1);
+        model.weights = act_calib::fold_channel_maps(gpu, &model, c, 8, 8, methods.act)?.0;
+        progress.step(1);
+        progress.finish();
+    }
     let act_points = match (static_act, &calib) {
         (Some((wb, ab)), Some(c)) => {
             let mut progress = Progress::new("calibrating activation quantizers", 1);
