@@ -21,7 +21,7 @@ pub struct QuantizeArgs {
     pub recipe: String,
     /// Comma list of rtn, clip, gptq, sequential (weights) and, for w6a6/w4a8/w4a4, repq, smoothq, noisy,
     /// log2, adalog, sulq, twin, dynamic, asymmetric, rotate (activations; w8a8 takes smoothq).
-    /// Default: clip, plus gptq when --calib is given (w8a8: and smoothq); w4a8
+    /// Default: gptq,clip when --calib is given (w8a8: and smoothq), else rtn; w4a8
     /// dynamic,asymmetric,smoothq,gptq,clip; w4a4
     /// dynamic,asymmetric,rotate,smoothq,adalog,gptq,clip;
     /// w6a6 repq,adalog,clip (w4: the best measured on the outlier fixtures, docs/QUANTIZATION.md).
