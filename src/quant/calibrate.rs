@@ -242,6 +242,7 @@ impl Model {
     /// `visit_inputs` on `on`, handing `visit` the pass's first calibration input and its
     /// count beside each node's input (with its output's shape); `progress` steps per pass.
     /// Nodes come in `nodes` order on the adapter, in forward order on the CPU.
+    #[allow(clippy::too_many_arguments)] // visit_inputs' arguments plus where, progress, and the pass
     pub fn visit_inputs_on(&self, on: Forward, gpu: &Gpu, w: &Weights, calib: &Calibration, nodes: &[String], mut progress: Option<&mut Progress>, mut visit: impl FnMut(usize, usize, NodeInput) -> Result<()>) -> Result<()> {
         let mut first = 0;
         let vit = match (&self.family, on) {
