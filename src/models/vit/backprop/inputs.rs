@@ -53,20 +53,7 @@ impl CpuVit<'_> {
                 emit("mlp.fc2", &act, hidden, d)?;
             }
         }
-        let mut trace = Trace {
-            images: n,
-            patch: Vec::new(),
-            pre: None,
-            blocks: Vec::new(),
-            head_in: Vec::new(),
-            dist_in: Vec::new(),
-            head_out: Vec::new(),
-            dist_out: Vec::new(),
-            norm: None,
-            norm_dist: None,
-            fc_norm: None,
-            argmax: Vec::new(),
-        };
+        let mut trace = Trace::empty(n);
         let out = self.head_forward(&x, &mut trace);
         for (node, values, head) in [("head", &trace.head_in, &self.head), ("head_dist", &trace.dist_in, &self.head_dist)] {
             if let Some(h) = head.as_ref().filter(|_| wanted(node)) {

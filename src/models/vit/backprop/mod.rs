@@ -161,6 +161,26 @@ pub struct Trace {
     argmax: Vec<usize>,
 }
 
+impl Trace {
+    /// The trace of `images` images before anything is recorded in it.
+    fn empty(images: usize) -> Trace {
+        Trace {
+            images,
+            patch: Vec::new(),
+            pre: None,
+            blocks: Vec::new(),
+            head_in: Vec::new(),
+            dist_in: Vec::new(),
+            head_out: Vec::new(),
+            dist_out: Vec::new(),
+            norm: None,
+            norm_dist: None,
+            fc_norm: None,
+            argmax: Vec::new(),
+        }
+    }
+}
+
 impl<'a> CpuVit<'a> {
     pub fn new(c: &'a VitConfig, w: &'a Weights) -> Result<CpuVit<'a>> {
         let (d, p, hidden, eps) = (c.embed_dim, c.patch_size, c.mlp_hidden(), c.norm_eps as f32);
@@ -261,20 +281,7 @@ impl<'a> CpuVit<'a> {
     pub fn forward(&self, images: &[f32]) -> Result<(Vec<f32>, Trace)> {
         let Embedded { mut x, patch, pre, images: n } = self.embed_traced(images)?;
         let blocks = self.blocks.iter().map(|b| self.block_forward(b, &mut x, n)).collect::<Result<_>>()?;
-        let mut trace = Trace {
-            images: n,
-            patch,
-            pre,
-            blocks,
-            head_in: Vec::new(),
-            dist_in: Vec::new(),
-            head_out: Vec::new(),
-            dist_out: Vec::new(),
-            norm: None,
-            norm_dist: None,
-            fc_norm: None,
-            argmax: Vec::new(),
-        };
+        let mut trace = Trace { patch, pre, blocks, ..Trace::empty(n) };
         let out = self.head_forward(&x, &mut trace);
         Ok((out, trace))
     }
