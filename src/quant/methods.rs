@@ -91,8 +91,9 @@ impl Methods {
 
     /// W8A8's default (its activations are quantized per token at run time): the weight
     /// default and, with calibration images, SmoothQuant's maps folded into the weights:
-    /// +3.3 … +9.6 dB on the outlier stand-ins, within ±0.6 dB elsewhere (docs/QUANTIZATION.md,
-    /// "SmoothQuant for w8a8").
+    /// +3.3 … +9.4 dB on four of the five twelve-block stand-ins and +9.6 dB on the four-block
+    /// `outlier-ln`, −0.6 … +0.5 dB on the rest (docs/QUANTIZATION.md, "Few calibration
+    /// images, SmoothQuant for w8a8, clipping without GPTQ").
     pub fn default_for_w8a8(calibrated: bool) -> Methods {
         let mut m = Methods::default_for(calibrated);
         m.act.smooth = calibrated;
