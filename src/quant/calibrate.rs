@@ -37,8 +37,8 @@ pub enum Forward {
     /// the only choice on a real GPU.
     Adapter,
     /// `CpuVit` (ViT-family classifiers calibrated on images). Where the adapter is the CPU
-    /// itself, the same f32 pass runs several times faster here: 8 images of a 518-pixel
-    /// ViT-S/14 took 56 s, against 222 s through lavapipe (2 cores, both under the same load).
+    /// itself, the same f32 pass runs faster here: GPTQ's calibration step over 8 images of a
+    /// 518-pixel ViT-S/14 took 51.2 s, against 133.8 s through lavapipe (2 cores, BENCHMARKS.md).
     Cpu,
 }
 
@@ -225,7 +225,7 @@ impl Model {
     /// SwiftShader) and the CPU pass sees every node of `nodes`; else `Forward::Adapter`.
     pub fn forward_for(&self, gpu: &Gpu, calib: &Calibration, nodes: &[String]) -> Forward {
         let vit = matches!(self.family, Family::Classifier(ClassifierConfig::Vit(_))) && calib.tokens.is_none() && calib.images.is_some();
-        if vit && gpu.adapter_class == AdapterClass::Cpu && nodes.iter().all(|n| cpu_sees(n)) {
+        if vit && gpu.adapter_class == AdapterClass::Cpu && nodes.iter().all(|n| CpuVit::sees(n)) {
             Forward::Cpu
         } else {
             Forward::Adapter
@@ -244,18 +244,21 @@ impl Model {
     /// Nodes come in `nodes` order on the adapter, in forward order on the CPU.
     #[allow(clippy::too_many_arguments)] // visit_inputs' arguments plus where, progress, and the pass
     pub fn visit_inputs_on(&self, on: Forward, gpu: &Gpu, w: &Weights, calib: &Calibration, nodes: &[String], mut progress: Option<&mut Progress>, mut visit: impl FnMut(usize, usize, NodeInput) -> Result<()>) -> Result<()> {
-        let mut first = 0;
-        let vit = match (&self.family, on) {
-            (Family::Classifier(ClassifierConfig::Vit(c)), Forward::Cpu) => Some(CpuVit::new(c, w)?),
+        enum Runner<'v> {
+            Cpu(Box<CpuVit<'v>>),
+            Graph(Built),
+        }
+        let runner = match (&self.family, on) {
+            (Family::Classifier(ClassifierConfig::Vit(c)), Forward::Cpu) => Runner::Cpu(Box::new(CpuVit::new(c, w)?)),
             (_, Forward::Cpu) => invalid!("the CPU forward pass runs ViT-family classifiers only"),
-            _ => None,
+            (_, Forward::Adapter) => Runner::Graph(self.build(gpu, w)?),
         };
-        let model = if vit.is_none() { Some(self.build(gpu, w)?) } else { None };
         let wanted: HashSet<&str> = nodes.iter().map(String::as_str).collect();
+        let mut first = 0;
         for batch in calib.batches()? {
             let count = batch.count();
-            match (&vit, &model, &batch) {
-                (Some(vit), _, Batch::Pixels(pixels, _)) => {
+            match (&runner, &batch) {
+                (Runner::Cpu(vit), Batch::Pixels(pixels, _)) => {
                     let mut seen = HashSet::new();
                     vit.visit_inputs(pixels, &|node| wanted.contains(node), &mut |x| {
                         seen.insert(x.node.to_string());
@@ -265,8 +268,8 @@ impl Model {
                         invalid!("{missing}: the CPU forward pass has no such node");
                     }
                 }
-                (Some(_), _, Batch::Ids(..)) => invalid!("the CPU forward pass runs on images, not tokens"),
-                (None, Some(model), _) => {
+                (Runner::Cpu(_), Batch::Ids(..)) => invalid!("the CPU forward pass runs on images, not tokens"),
+                (Runner::Graph(model), _) => {
                     let plan = Plan::unshared(gpu, model.graph(count, calib)?)?;
                     batch.set(gpu, &plan)?;
                     plan.run(gpu)?;
@@ -276,7 +279,6 @@ impl Model {
                         visit(first, count, NodeInput { node, values: &values, shape: &inputs[0].shape, out_shape: &output.shape })?;
                     }
                 }
-                (None, None, _) => unreachable!("a model is built where there is no CPU ViT"),
             }
             first += count;
             if let Some(p) = progress.as_deref_mut() {
@@ -459,13 +461,6 @@ fn add_to_hessians(users: &[&Layer], (rows, total, step): &(Vec<f32>, usize, usi
         }
     }
     Ok(())
-}
-
-/// Whether `CpuVit::visit_inputs` sees the input of graph node `node`.
-fn cpu_sees(node: &str) -> bool {
-    const BLOCK_NODES: [&str; 5] = ["attn.qkv", "attn", "attn.proj", "mlp.fc1", "mlp.fc2"];
-    let in_block = node.strip_prefix("blocks.").and_then(|rest| rest.split_once('.')).is_some_and(|(i, n)| i.parse::<usize>().is_ok() && BLOCK_NODES.contains(&n));
-    in_block || matches!(node, "patch_embed.proj" | "head" | "head_dist")
 }
 
 /// The rows a layer multiplies: the last axis of tokens, or im2col patches of an NCHW map (in

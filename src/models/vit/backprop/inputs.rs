@@ -4,7 +4,7 @@
 //! f32 arithmetic, several times faster on the same cores (matrixmultiply's packed kernels
 //! against lavapipe's f32 GEMM; `quant::calibrate::Forward`).
 
-use super::{CpuVit, Embedded, Trace};
+use super::{CpuVit, Embedded, Trace, BLOCK_LINEARS};
 use crate::Result;
 
 /// One node's input in one forward pass: the graph node's name, its first input (values and
@@ -17,6 +17,12 @@ pub struct NodeInput<'x> {
 }
 
 impl CpuVit<'_> {
+    /// Whether `visit_inputs` hands out the input of graph node `node`.
+    pub fn sees(node: &str) -> bool {
+        let in_block = node.strip_prefix("blocks.").and_then(|rest| rest.split_once('.')).is_some_and(|(i, n)| i.parse::<usize>().is_ok() && (n == "attn" || BLOCK_LINEARS.contains(&n)));
+        in_block || matches!(node, "patch_embed.proj" | "head" | "head_dist")
+    }
+
     /// Runs `images` ([n, 3, S, S], preprocessed) and hands `visit` the input of every node
     /// `wanted` names, in forward order: `patch_embed.proj` (the images), per block
     /// `blocks.{i}.attn.qkv`, `blocks.{i}.attn` (the fused qkv, after qk_norm),
