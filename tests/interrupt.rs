@@ -88,10 +88,11 @@ fn is_temporary(name: &str) -> bool {
     name.split('/').any(|c| c.starts_with('.') && (c.ends_with(".lowbit-tmp") || c.contains(".tmp-")))
 }
 
-/// quantize's one output is a folder renamed into place whole: absent, or complete.
+/// quantize's one output is a folder renamed into place whole: absent, or complete (weights,
+/// description, and the source's config: the taming decoder quantized here has config.yaml).
 fn assert_absent_or_complete(what: &str, q: &Path) {
     if q.exists() {
-        for f in ["model.safetensors", "config.json", "quantization.json"] {
+        for f in ["model.safetensors", "config.yaml", "quantization.json"] {
             assert!(q.join(f).is_file(), "{what}: q/ exists without {f}");
         }
     }
