@@ -4,9 +4,10 @@
 //!    for smoothq, proj's input); each gets its per-channel map folded into the weights
 //!    (`repq.rs`, `smooth.rs`), which leaves the float model's function unchanged.
 //! 2. A float pass of the folded model ("parallel" calibration, as PTQ4ViT: every quantizer sees
-//!    float inputs) collects every block Linear's input and the attention probabilities, and
-//!    each quantizer is fitted on them (`actq::fit`); NoisyQuant searches its noise, and AdaLog
-//!    its post-GELU shift (`gelu_shift`), here.
+//!    float inputs) collects every block Linear's input and the attention probabilities
+//!    (`Observed`, read in the same pass as GPTQ's Hessians and the rotation rows), and each
+//!    quantizer is fitted on them (`fit_quantizers`, `actq::fit`); NoisyQuant searches its
+//!    noise, and AdaLog its post-GELU shift (`gelu_shift`), here.
 //!
 //! The result is the folded weights plus the list of quantizers the checkpoint records.
 
@@ -14,13 +15,15 @@ use std::collections::HashMap;
 
 use super::actq::{fit, per_channel, Kind};
 use crate::models::packed::QuantPoint;
-use super::calibrate::{Calibration, Model};
+use super::calibrate::{Calibration, Model, Reader};
+use crate::models::vit::backprop::NodeInput;
 use super::repq::{fold_attention_v, fold_layer_norm, repq_map};
 use super::{gelu_shift, noisy, smooth};
 use crate::kernels::act_quant::ActQuantizer;
 use crate::models::weights::WeightTensor;
 use crate::models::Weights;
-use crate::{invalid, Gpu, Result};
+use super::recipe::parallel_map;
+use crate::{invalid, Error, Gpu, Result};
 
 /// Rows of each Linear's input kept for the searches (evenly spaced over calibration).
 const ROWS: usize = 2048;
@@ -110,35 +113,64 @@ impl Sites {
 }
 
 /// Calibrates the activation quantizers at `act_bits` (weights will be `weight_bits`) of
-/// `model` on `calib`.
+/// `model` on `calib`: both stages, stage 2 on a pass of its own (`quantize` reads that pass
+/// together with GPTQ's Hessians and the rotation rows instead).
 pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, weight_bits: u32, m: ActMethods, seed: u64) -> Result<Prepared> {
-    let sites = model.act_sites()?;
-    if m.repq && m.smooth {
-        invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
-    }
     let (mut w, repq_grids) = fold_channel_maps(gpu, model, calib, act_bits, weight_bits, m)?;
+    let sites = model.act_sites()?;
+    let mut seen = Observed::new(&sites);
+    model.read_pass(gpu, &w, calib, &mut [&mut seen], None)?;
+    let points = fit_quantizers(&mut w, &sites, &seen, &repq_grids, act_bits, m, seed)?;
+    Ok(Prepared { weights: w, points })
+}
 
-    // Stage 2: every quantizer on float inputs of the folded model.
-    let mut nodes: Vec<String> = sites.linears.iter().map(|l| l.0.clone()).collect();
-    nodes.extend(sites.attentions.iter().map(|a| a.0.clone()));
-    let heads: HashMap<&str, usize> = sites.attentions.iter().map(|(n, h)| (n.as_str(), *h)).collect();
-    let mut probs: HashMap<String, Vec<f32>> = HashMap::new();
-    let inputs = {
-        let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
-        model.visit_inputs(gpu, &w, calib, &nodes, |node, x, shape| {
-            if let Some(&h) = heads.get(node) {
-                probs.entry(node.to_string()).or_default().extend(softmax_sample(x, shape, h)?);
-            } else {
-                let width = *shape.last().unwrap_or(&1);
-                rows.entry(node.to_string()).or_default().extend(thin_rows(x, width, ROWS));
-            }
-            Ok(())
-        })?;
-        rows
-    };
+/// Stage 2's reader (`calibrate::Reader`): on the folded model, every quantized Linear's input
+/// (thinned to ROWS rows per pass) and a sample of every attention's probabilities (from its
+/// qkv input).
+pub struct Observed {
+    linears: Vec<String>,
+    heads: HashMap<String, usize>,
+    rows: HashMap<String, Vec<f32>>,
+    probs: HashMap<String, Vec<f32>>,
+}
+
+impl Observed {
+    pub fn new(sites: &Sites) -> Observed {
+        let linears = sites.linears.iter().map(|l| l.0.clone()).collect();
+        let heads = sites.attentions.iter().cloned().collect();
+        Observed { linears, heads, rows: HashMap::new(), probs: HashMap::new() }
+    }
+}
+
+impl Reader for Observed {
+    fn nodes(&self) -> Vec<String> {
+        let mut nodes = self.linears.clone();
+        nodes.extend(self.heads.keys().cloned());
+        nodes
+    }
+
+    fn read(&mut self, _first: usize, _count: usize, x: &NodeInput) -> Result<()> {
+        if let Some(&h) = self.heads.get(x.node) {
+            self.probs.entry(x.node.to_string()).or_default().extend(softmax_sample(x.values, x.shape, h)?);
+        } else {
+            let width = *x.shape.last().unwrap_or(&1);
+            self.rows.entry(x.node.to_string()).or_default().extend(thin_rows(x.values, width, ROWS));
+        }
+        Ok(())
+    }
+}
+
+/// Stage 2: the quantizers the checkpoint records, each site's fitted at `act_bits` on what
+/// `seen` read from the folded weights `w` (stage 1's, with RepQ's fitted grids in
+/// `repq_grids`); NoisyQuant's noise and AdaLog's post-GELU shift are folded into `w`'s biases
+/// (and added as noise tensors). The other passes that read the folded
+/// model (GPTQ's Hessians, the rotation decisions) read it before these folds: an f32 forward
+/// does not add the noise back, so the folded biases would shift what the next blocks see.
+pub fn fit_quantizers(w: &mut Weights, sites: &Sites, seen: &Observed, repq_grids: &HashMap<String, ActQuantizer>, act_bits: u32, m: ActMethods, seed: u64) -> Result<Vec<QuantPoint>> {
+    let (inputs, probs) = (&seen.rows, &seen.probs);
     let mut points = Vec::new();
     for (i, (node, post_gelu)) in sites.linears.iter().enumerate() {
-        let x = &inputs[node];
+        let Some(x) = inputs.get(node) else { invalid!("{node}: the calibration pass read no input for its quantizer") };
         let kind = if *post_gelu { m.gelu.unwrap_or(Kind::Uniform) } else { Kind::Uniform };
         let bias_key = format!("{node}.bias");
         let quantizer = match repq_grids.get(node) {
@@ -154,8 +186,8 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
         if kind == Kind::AdaLog && act_bits <= 6 && w.tensors.contains_key(&bias_key) {
             let cols = w.tensors[&format!("{node}.weight")].shape[1];
             let sample = thin_rows(x, cols, SEARCH_ROWS);
-            if let Some((q, shift)) = gelu_shift::search(&sample, weight(&w, node)?, cols, act_bits, &quantizer)? {
-                point = QuantPoint { node: node.clone(), quantizer: q, noise: Some(fold_input_offset(&mut w, node, vec![shift; cols])) };
+            if let Some((q, shift)) = gelu_shift::search(&sample, weight(w, node)?, cols, act_bits, &quantizer)? {
+                point = QuantPoint { node: node.clone(), quantizer: q, noise: Some(fold_input_offset(w, node, vec![shift; cols])) };
             }
         }
         if m.noisy && point.noise.is_none() && matches!(point.quantizer, ActQuantizer::Uniform { .. }) && w.tensors.contains_key(&bias_key) {
@@ -163,8 +195,8 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
             let sample = thin_rows(x, cols, SEARCH_ROWS);
             // One noise seed per Linear: block × 16 + its place in the block.
             let site_seed = seed ^ ((i / 4) * 16 + i % 4) as u64;
-            if let Some(found) = noisy::search(&sample, weight(&w, node)?, cols, &quantizer, site_seed)? {
-                point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(fold_input_offset(&mut w, node, found.noise)) };
+            if let Some(found) = noisy::search(&sample, weight(w, node)?, cols, &quantizer, site_seed)? {
+                point = QuantPoint { node: node.clone(), quantizer: found.quantizer, noise: Some(fold_input_offset(w, node, found.noise)) };
             }
         }
         points.push(point);
@@ -179,15 +211,18 @@ pub fn prepare(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, wei
             }
         }
     }
-    Ok(Prepared { weights: w, points })
+    Ok(points)
 }
 
-/// Stage 1 of `prepare` (and all that `w8a8` with `smoothq` needs, its activations being
+/// Stage 1 (and all that `w8a8` with `smoothq` needs, its activations being
 /// quantized per token at run time): RepQ-ViT's or SmoothQuant's per-channel maps, measured on
 /// the calibration inputs and folded into the LayerNorms (qkv, fc1) and, for SmoothQuant, V's
 /// rows of qkv (proj). The folded weights compute the same function in f32. With RepQ, the
 /// grid each folded input was fitted on.
 pub fn fold_channel_maps(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits: u32, weight_bits: u32, m: ActMethods) -> Result<(Weights, HashMap<String, ActQuantizer>)> {
+    if m.repq && m.smooth {
+        invalid!("methods repq and smoothq both reparameterize the LayerNorms; pick one");
+    }
     let sites = model.act_sites()?;
     let mut w = model.weights.clone();
     let mut repq_grids: HashMap<String, ActQuantizer> = HashMap::new();
@@ -197,10 +232,25 @@ pub fn fold_channel_maps(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits
             nodes.extend(sites.v_proj.iter().map(|s| s.1.clone()));
         }
         let inputs = collect_rows(gpu, model, &w, calib, &nodes)?;
-        for (norm, node, d) in &sites.norm_linears {
-            let x = &inputs[node];
+        let input = |node: &str| inputs.get(node).ok_or_else(|| Error::Invalid(format!("{node}: the calibration pass read no input for its quantizer")));
+        // SmoothQuant's searches (7 maps each, through the whole weight) on every core. Each
+        // reads only its own layer's weight, which no fold changes before its search (a
+        // LayerNorm's fold changes qkv or fc1; V's, qkv's V rows and proj after proj's
+        // search), so searching them all first and folding in order gives the same weights.
+        let (norm_maps, v_maps) = if m.smooth {
+            let norm = parallel_map(&sites.norm_linears, |(_, node, d)| smooth::search(&thin_rows(input(node)?, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits, w.contains(&format!("{node}.bias"))));
+            // The shift moves into V's bias (and proj's): without both, a scale only.
+            let v = parallel_map(&sites.v_proj, |(qkv, proj, d)| {
+                let shift = w.contains(&format!("{qkv}.bias")) && w.contains(&format!("{proj}.bias"));
+                smooth::search(&thin_rows(input(proj)?, *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits, shift)
+            });
+            (norm.into_iter().collect::<Result<Vec<_>>>()?, v.into_iter().collect::<Result<Vec<_>>>()?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        for (i, (norm, node, d)) in sites.norm_linears.iter().enumerate() {
             if m.repq {
-                let (mut map, scale, zero) = repq_map(&per_channel(x, *d, act_bits)?);
+                let (mut map, scale, zero) = repq_map(&per_channel(input(node)?, *d, act_bits)?);
                 if w.contains(&format!("{node}.bias")) {
                     repq_grids.insert(node.clone(), ActQuantizer::Uniform { bits: act_bits, scale, zero });
                 } else {
@@ -209,17 +259,13 @@ pub fn fold_channel_maps(gpu: &Gpu, model: &Model, calib: &Calibration, act_bits
                     map.b.iter_mut().for_each(|b| *b = 0.0);
                 }
                 fold_layer_norm(&mut w, norm, &[node], &map)?;
-            } else if let Some(map) = smooth::search(&thin_rows(x, *d, SEARCH_ROWS), weight(&w, node)?, *d, weight_bits, act_bits, w.contains(&format!("{node}.bias")))? {
-                fold_layer_norm(&mut w, norm, &[node], &map)?;
+            } else if let Some(map) = &norm_maps[i] {
+                fold_layer_norm(&mut w, norm, &[node], map)?;
             }
         }
-        if m.smooth {
-            for (qkv, proj, d) in &sites.v_proj {
-                // The shift moves into V's bias (and proj's): without both, a scale only.
-                let shift = w.contains(&format!("{qkv}.bias")) && w.contains(&format!("{proj}.bias"));
-                if let Some(map) = smooth::search(&thin_rows(&inputs[proj], *d, SEARCH_ROWS), weight(&w, proj)?, *d, weight_bits, act_bits, shift)? {
-                    fold_attention_v(&mut w, qkv, proj, &map)?;
-                }
+        for ((qkv, proj, _), map) in sites.v_proj.iter().zip(&v_maps) {
+            if let Some(map) = map {
+                fold_attention_v(&mut w, qkv, proj, map)?;
             }
         }
     }

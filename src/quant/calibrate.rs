@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::gptq::Hessian;
 use crate::models::vit::backprop::{CpuVit, Measured, NodeInput, Sensitivity};
 use crate::gpu::AdapterClass;
 use crate::graph::Plan;
@@ -18,10 +17,7 @@ use crate::synthetic::Rng;
 use crate::{invalid, Error, Gpu, Result};
 
 /// Images (or token grids) per calibration forward pass.
-const BATCH: usize = 8;
-/// Input rows per matrix and pass that reach the Hessian: a conv sees one row per output pixel,
-/// and a few thousand rows already pin down a Hessian of a few hundred columns.
-const ROWS_PER_PASS: usize = 2048;
+pub(super) const BATCH: usize = 8;
 
 #[derive(Clone, Debug)]
 pub enum Family {
@@ -40,6 +36,14 @@ pub enum Forward {
     /// itself, the same f32 pass runs faster here: GPTQ's calibration step over 8 images of a
     /// 518-pixel ViT-S/14 took 51.2 s, against 133.8 s through lavapipe (2 cores, BENCHMARKS.md).
     Cpu,
+}
+
+/// Something that reads node inputs from a calibration pass (`Model::read_pass`).
+pub trait Reader {
+    /// The graph nodes whose first input it reads.
+    fn nodes(&self) -> Vec<String>;
+    /// One node's input on the pass over calibration inputs `first..first + count`.
+    fn read(&mut self, first: usize, count: usize, x: &NodeInput) -> Result<()>;
 }
 
 /// A checkpoint the quantizer reads.
@@ -149,7 +153,7 @@ impl Model {
                 for l in layers {
                     if !rows.contains_key(l.node.as_str()) {
                         let (inputs, output) = plan.node_values(&l.node)?;
-                        rows.insert(&l.node, input_rows(&inputs[0].to_vec_f32(gpu)?, &inputs[0].shape, &output.shape, l)?.0);
+                        rows.insert(&l.node, super::hessians::input_rows(&inputs[0].to_vec_f32(gpu)?, &inputs[0].shape, &output.shape, l)?.0);
                     }
                 }
             }
@@ -288,6 +292,32 @@ impl Model {
         Ok(())
     }
 
+    /// Runs the model with weights `w` once over the calibration set and hands each of
+    /// `readers` the inputs of the nodes it asks for: whatever reads the same f32 model shares
+    /// one pass (each costs a whole forward: 40 s for a 518-px ViT-S/14 on 8 images on
+    /// lavapipe's CPU). No pass when no reader wants a node.
+    pub fn read_pass(&self, gpu: &Gpu, w: &Weights, calib: &Calibration, readers: &mut [&mut dyn Reader], progress: Option<&mut Progress>) -> Result<()> {
+        let wants: Vec<HashSet<String>> = readers.iter().map(|r| r.nodes().into_iter().collect()).collect();
+        let mut nodes: Vec<String> = Vec::new();
+        for n in readers.iter().flat_map(|r| r.nodes()) {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let on = self.forward_for(gpu, calib, &nodes);
+        self.visit_inputs_on(on, gpu, w, calib, &nodes, progress, |first, count, x| {
+            for (r, want) in readers.iter_mut().zip(&wants) {
+                if want.contains(x.node) {
+                    r.read(first, count, &x)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The CPU ViT and the calibration images in passes of BATCH, for the backward passes of
     /// `--method fisher` and `--sensitivity fisher|lrp` (`what` names the option).
     fn vit_batches<'a>(&'a self, calib: &'a Calibration, what: &str) -> Result<(CpuVit<'a>, Vec<&'a [f32]>, usize)> {
@@ -338,48 +368,6 @@ impl Model {
         Ok(all)
     }
 
-    /// XᵀX of the inputs each layer multiplies on the calibration set, under the f32 weights.
-    pub fn hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, progress: &mut Progress) -> Result<HashMap<String, Hessian>> {
-        Ok(self.weighted_hessians(gpu, layers, calib, &[None], progress)?.remove(0))
-    }
-
-    /// `hessians` once per entry of `weightings`, from one pass: with row weights
-    /// (`output_sensitivity`), Σ w·x·xᵀ.
-    pub fn weighted_hessians(&self, gpu: &Gpu, layers: &[Layer], calib: &Calibration, weightings: &[Option<&Sensitivity>], progress: &mut Progress) -> Result<Vec<HashMap<String, Hessian>>> {
-        let mut out: Vec<HashMap<String, Hessian>> = weightings.iter().map(|_| layers.iter().map(|l| (l.key.clone(), Hessian::new(l.cols()))).collect()).collect();
-        let (main, enc): (Vec<&Layer>, Vec<&Layer>) = layers.iter().partition(|l| !l.encoder);
-        if !main.is_empty() {
-            let mut nodes: Vec<String> = Vec::new();
-            for l in &main {
-                if !nodes.contains(&l.node) {
-                    nodes.push(l.node.clone());
-                }
-            }
-            let on = self.forward_for(gpu, calib, &nodes);
-            self.visit_inputs_on(on, gpu, &self.weights, calib, &nodes, Some(progress), |first, count, x| {
-                let weights: Vec<Option<RowWeights>> = weightings.iter().map(|w| w.map(|all| RowWeights { all, images: calib.count(), first, count })).collect();
-                let users: Vec<&Layer> = main.iter().copied().filter(|l| l.node == x.node).collect();
-                let rows = input_rows(x.values, x.shape, x.out_shape, users[0])?;
-                add_to_hessians(&users, &rows, &weights, &mut out)
-            })?;
-        }
-        if !enc.is_empty() {
-            let Family::Vqgan(c) = &self.family else { unreachable!() };
-            let Some((pixels, [_, ch, h, w])) = &calib.images else {
-                invalid!("gptq on the VQGAN encoder needs calibration images (--calib DIR), not tokens");
-            };
-            let encoder = VqganEncoder::new(gpu, c, &self.weights, WeightFormat::F32)?;
-            let per = ch * h * w;
-            for chunk in pixels.chunks(BATCH * per) {
-                let n = chunk.len() / per;
-                let plan = Plan::unshared(gpu, encoder.graph(n, *h, *w)?)?;
-                plan.set_input(gpu, 0, chunk)?;
-                plan.run(gpu)?;
-                accumulate(gpu, &plan, &enc, &weightings.iter().map(|_| None).collect::<Vec<_>>(), &mut out)?;
-            }
-        }
-        Ok(out)
-    }
 }
 
 enum Built {
@@ -409,103 +397,6 @@ pub fn mean_one(m: &Measured) -> Sensitivity {
         rows.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
     }
     all
-}
-
-/// The row weights of one calibration pass: images `first..first + count` of `images`.
-struct RowWeights<'a> {
-    all: &'a Sensitivity,
-    images: usize,
-    first: usize,
-    count: usize,
-}
-
-impl<'a> RowWeights<'a> {
-    /// The pass's weights of the input rows of `node` (`rows` of them), if it has any.
-    fn of(&self, node: &str, rows: usize) -> Result<Option<&'a [f32]>> {
-        let Some(all) = self.all.get(node) else { return Ok(None) };
-        let per = all.len() / self.images;
-        if per * self.count != rows {
-            invalid!("{node} multiplies {rows} rows in this pass, its gradient weights say {}", per * self.count);
-        }
-        Ok(Some(&all[self.first * per..(self.first + self.count) * per]))
-    }
-}
-
-/// Reads back each layer's input and adds its rows to the layer's Hessian in each of `out`
-/// (`add_to_hessians`).
-fn accumulate(gpu: &Gpu, plan: &Plan, layers: &[&Layer], weights: &[Option<RowWeights>], out: &mut [HashMap<String, Hessian>]) -> Result<()> {
-    let mut done: HashSet<&str> = HashSet::new();
-    for l in layers {
-        if !done.insert(&l.node) {
-            continue;
-        }
-        let (inputs, output) = plan.node_values(&l.node)?;
-        let users: Vec<&Layer> = layers.iter().copied().filter(|u| u.node == l.node).collect();
-        let rows = input_rows(&inputs[0].to_vec_f32(gpu)?, &inputs[0].shape, &output.shape, l)?;
-        add_to_hessians(&users, &rows, weights, out)?;
-    }
-    Ok(())
-}
-
-/// Adds one node's input rows (`input_rows`) to the Hessian of each layer in `users` (the
-/// layers that multiply that input) in each of `out`, scaled by √weight where that one's
-/// `weights` has the node.
-fn add_to_hessians(users: &[&Layer], (rows, total, step): &(Vec<f32>, usize, usize), weights: &[Option<RowWeights>], out: &mut [HashMap<String, Hessian>]) -> Result<()> {
-    for l in users {
-        for (w, hessians) in weights.iter().zip(out.iter_mut()) {
-            let h = hessians.get_mut(&l.key).unwrap();
-            match w.as_ref().map(|w| w.of(&l.node, *total)).transpose()?.flatten() {
-                Some(w) => h.add_rows(&rows.chunks(l.cols()).enumerate().flat_map(|(k, row)| row.iter().map(move |v| v * w[k * step].sqrt())).collect::<Vec<f32>>())?,
-                None => h.add_rows(rows)?,
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The rows a layer multiplies: the last axis of tokens, or im2col patches of an NCHW map (in
-/// the weight's [cin, kh, kw] order), thinned to at most ROWS_PER_PASS evenly spaced rows; with
-/// the count before thinning and the step (kept row k is row k·step).
-fn input_rows(x: &[f32], in_shape: &[usize], out_shape: &[usize], l: &Layer) -> Result<(Vec<f32>, usize, usize)> {
-    let cols = l.cols();
-    if in_shape.len() != 4 {
-        let rows = x.len() / cols;
-        let step = rows.div_ceil(ROWS_PER_PASS).max(1);
-        return Ok((x.chunks(cols).step_by(step).flatten().copied().collect(), rows, step));
-    }
-    let [b, c, h, w] = [in_shape[0], in_shape[1], in_shape[2], in_shape[3]];
-    let (kh, kw) = (l.shape.get(2).copied().unwrap_or(1), l.shape.get(3).copied().unwrap_or(1));
-    if c * kh * kw != cols {
-        invalid!("{}: input has {c} channels, the weight expects {}", l.key, cols / (kh * kw));
-    }
-    // The conv's geometry from its output size: same-size (padding k/2), patchify (stride k),
-    // or taming's Downsample (stride 2, one row/column of zeros at the bottom/right).
-    let out_pixels: usize = if out_shape.len() == 4 { out_shape[2] * out_shape[3] } else { out_shape[1] };
-    let (stride, pad, oh, ow) = if out_pixels == h * w {
-        (1, (kh / 2, kw / 2), h, w)
-    } else if out_pixels == (h / kh) * (w / kw) {
-        (kh, (0, 0), h / kh, w / kw)
-    } else if out_pixels == (h / 2) * (w / 2) {
-        (2, (0, 0), h / 2, w / 2)
-    } else {
-        invalid!("{}: cannot tell the conv geometry of {h}×{w} → {out_pixels} pixels", l.key);
-    };
-    let total = b * oh * ow;
-    let step = total.div_ceil(ROWS_PER_PASS).max(1);
-    let mut rows = Vec::with_capacity(total.div_ceil(step) * cols);
-    for p in (0..total).step_by(step) {
-        let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
-        for ci in 0..c {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let (y, xx) = ((oy * stride + ky) as isize - pad.0 as isize, (ox * stride + kx) as isize - pad.1 as isize);
-                    let inside = y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w;
-                    rows.push(if inside { x[((n * c + ci) * h + y as usize) * w + xx as usize] } else { 0.0 });
-                }
-            }
-        }
-    }
-    Ok((rows, total, step))
 }
 
 /// Calibration inputs: preprocessed images (ViT input, or a VQGAN encoder's [−1, 1] images)

@@ -15,6 +15,7 @@ pub mod calibrate;
 pub mod clip;
 pub mod gelu_shift;
 pub mod gptq;
+pub mod hessians;
 pub mod methods;
 pub mod mixed;
 pub mod noisy;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::act_calib;
-use super::calibrate::{mean_one, Calibration, Family, Layer, Model, Progress};
+use super::calibrate::{mean_one, Calibration, Family, Layer, Model, Progress, Reader};
+use super::hessians::Hessians;
 use super::gptq::{GptqOptions, Hessian};
 use crate::models::packed::{Activations, Attention, Description, PackedTensor, Runtime};
 use super::{clip, gptq, mixed, recon, rtn};
@@ -190,40 +191,27 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             invalid!("--rank {rank}: layer {} is {}×{}, so its low-rank branch takes a rank of 1 to {}", l.key, l.rows(), l.cols(), l.rows().min(l.cols()));
         }
     }
-    // Activation quantizers first: RepQ/SmoothQuant fold maps into the weights GPTQ then sees.
-    // W8A8 quantizes per token at run time and keeps only SmoothQuant's folded maps.
-    if let (None, Some(c), true) = (static_act, &calib, methods.act.smooth) {
-        let mut progress = Progress::new("smoothing activations (SmoothQuant maps)", 1);
-        model.weights = act_calib::fold_channel_maps(gpu, &model, c, 8, 8, methods.act)?.0;
+    // Activation maps first: RepQ/SmoothQuant fold per-channel maps into the weights every later
+    // pass reads. W8A8 quantizes per token at run time and keeps only SmoothQuant's maps.
+    let mut repq_grids = HashMap::new();
+    if let Some(c) = calib.as_ref().filter(|_| methods.act.repq || methods.act.smooth) {
+        let (wb, ab) = static_act.unwrap_or((8, 8));
+        let mut progress = Progress::new("folding activation maps", 1);
+        (model.weights, repq_grids) = act_calib::fold_channel_maps(gpu, &model, c, ab, wb, methods.act)?;
         progress.step(1);
         progress.finish();
     }
-    let act_points = match (static_act, &calib) {
-        (Some((wb, ab)), Some(c)) => {
-            let mut progress = Progress::new("calibrating activation quantizers", 1);
-            let prepared = act_calib::prepare(gpu, &model, c, ab, wb, methods.act, opts.seed)?;
-            progress.step(1);
-            progress.finish();
-            model.weights = prepared.weights;
-            let mut points = prepared.points;
-            if methods.dynamic {
-                // The Linear inputs get per-token scales at run time; only the (simulated)
-                // post-softmax quantizers stay.
-                points.retain(|p| p.node.ends_with(".attn"));
-            }
-            points
-        }
-        _ => Vec::new(),
-    };
     // `--method fisher` and `--sensitivity fisher` weight rows by the output gradients of one
     // CPU backward pass, and get their Hessians from the same calibration pass.
     // Layers GPTQ cannot see (a VQGAN encoder calibrated with tokens) fall back to clip/rtn.
     // The mixed recipe's sensitivities (but `output`) read the same layer inputs.
     let mixed = matches!(recipe, Recipe::Mixed { .. });
     let mixed_fisher = mixed && opts.sensitivity == mixed::Sensitivity::Fisher;
-    let (mut hessians, mut fisher) = (HashMap::new(), None);
-    if let (Some(c), true) = (&calib, methods.gptq || (mixed && opts.sensitivity.from_hessians())) {
-        let measured = if methods.fisher || mixed_fisher { Some(model.output_sensitivity(c, if methods.fisher { "method fisher" } else { "--sensitivity fisher" })?) } else { None };
+    let wants_hessians = methods.gptq || (mixed && opts.sensitivity.from_hessians());
+    let inner: Vec<&Layer> = layers.iter().filter(|l| inner_matrix(&l.key)).collect();
+    let (mut hessians, mut fisher, mut act_points, mut rotation_rows) = (HashMap::new(), None, Vec::new(), None);
+    if let Some(c) = &calib {
+        let measured = if wants_hessians && (methods.fisher || mixed_fisher) { Some(model.output_sensitivity(c, if methods.fisher { "method fisher" } else { "--sensitivity fisher" })?) } else { None };
         let gptq_rows = measured.as_ref().filter(|_| methods.fisher).map(mean_one);
         // GPTQ's Hessians, and the gradient-weighted ones `--sensitivity fisher` predicts with.
         let mut weightings = vec![gptq_rows.as_ref()];
@@ -231,13 +219,41 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
             weightings.extend(measured.as_ref().map(|m| Some(&m.rows)));
         }
         let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
-        let mut progress = Progress::new("calibrating (layer inputs)", c.count());
-        let mut maps = model.weighted_hessians(gpu, &seen, c, &weightings, &mut progress)?;
-        progress.finish();
-        if let (Some(measured), true) = (measured, mixed_fisher) {
-            fisher = Some(mixed::FisherInputs { measured, hessians: maps.pop().expect("two weightings") });
+        // One f32 pass of the folded model serves the activation quantizers' fits, GPTQ's
+        // Hessians and the rotation decisions (each pass is a whole forward: three passes cost
+        // W4A4 on a 518-px ViT-S/14 80 s more, BENCHMARKS.md).
+        let sites = static_act.map(|_| model.act_sites()).transpose()?;
+        let mut observed = sites.as_ref().map(act_calib::Observed::new);
+        let mut h = wants_hessians.then(|| Hessians::new(&seen, &weightings, c));
+        rotation_rows = (static_act.is_some() && methods.rotate).then(|| super::rotate::Rows::new(&inner));
+        let mut readers: Vec<&mut dyn Reader> = Vec::new();
+        readers.extend(observed.as_mut().map(|r| r as &mut dyn Reader));
+        readers.extend(h.as_mut().map(|r| r as &mut dyn Reader));
+        readers.extend(rotation_rows.as_mut().map(|r| r as &mut dyn Reader));
+        if !readers.is_empty() {
+            let mut progress = Progress::new("calibrating (layer inputs)", c.count());
+            model.read_pass(gpu, &model.weights, c, &mut readers, Some(&mut progress))?;
+            progress.finish();
         }
-        hessians = maps.remove(0);
+        if let Some(mut h) = h {
+            model.encoder_hessians(gpu, c, &mut h)?;
+            let mut maps = h.finish();
+            if let (Some(measured), true) = (measured, mixed_fisher) {
+                fisher = Some(mixed::FisherInputs { measured, hessians: maps.pop().expect("two weightings") });
+            }
+            hessians = maps.remove(0);
+        }
+        if let (Some(sites), Some(observed), Some((_, ab))) = (&sites, &observed, static_act) {
+            let mut progress = Progress::new("fitting activation quantizers", 1);
+            act_points = act_calib::fit_quantizers(&mut model.weights, sites, observed, &repq_grids, ab, methods.act, opts.seed)?;
+            progress.step(1);
+            progress.finish();
+            if methods.dynamic {
+                // The Linear inputs get per-token scales at run time; only the (simulated)
+                // post-softmax quantizers stay.
+                act_points.retain(|p| p.node.ends_with(".attn"));
+            }
+        }
     }
     // SVDQuant: every block Linear with an input quantizer gets its low-rank branch (after
     // smoothing, and after the f32 passes above, which must not see the branches); the
@@ -245,10 +261,13 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
     let low_rank = if methods.svdquant { svd_branches(&mut model, &layers, &act_points, rank)? } else { HashMap::new() };
     // QuaRot: W·H and the Hessian of the rotated inputs for every block Linear where the
     // rotation lowers the layer's output error (`quant::rotate`).
-    let rotations = match (&calib, static_act) {
-        (Some(c), Some((_, ab))) if methods.rotate => {
-            let inner: Vec<&Layer> = layers.iter().filter(|l| inner_matrix(&l.key)).collect();
-            super::rotate::apply(gpu, &mut model, &inner, c, &mut hessians, ActInput::PerToken { bits: ab, zero_point: methods.asymmetric }, methods)?
+    let rotations = match (&rotation_rows, static_act) {
+        (Some(rows), Some((_, ab))) => {
+            let mut progress = Progress::new("deciding rotations", 1);
+            let r = super::rotate::apply(&mut model, &inner, rows, &mut hessians, ActInput::PerToken { bits: ab, zero_point: methods.asymmetric }, methods)?;
+            progress.step(1);
+            progress.finish();
+            r
         }
         _ => super::rotate::Rotations { decisions: BTreeMap::new(), packed: HashMap::new() },
     };

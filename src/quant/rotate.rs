@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::calibrate::{Calibration, Layer, Model};
+use super::calibrate::{Layer, Model, Reader};
+use crate::models::vit::backprop::NodeInput;
 use super::gptq::Hessian;
 use super::recipe::{parallel_map, quantize_matrix, Methods};
 use crate::formats::{PackedMatrix, WeightFormat};
 use crate::kernels::hadamard;
 use crate::kernels::w4a8::{reference, ActInput};
-use crate::{Error, Gpu, Result};
+use crate::{Error, Result};
 
 /// Calibration rows per layer and pass used for the decision.
 const ROWS: usize = 256;
@@ -62,18 +63,41 @@ pub struct Rotations {
     pub packed: HashMap<String, PackedMatrix>,
 }
 
-/// Measures every layer of `layers` that the kernel runs (block Linears), rotates the weights
-/// (W·H) and Hessians of those where rotation lowers the error, and returns every measurement.
-pub fn apply(gpu: &Gpu, model: &mut Model, layers: &[&Layer], calib: &Calibration, hessians: &mut HashMap<String, Hessian>, act: ActInput, methods: Methods) -> Result<Rotations> {
-    let node = |l: &Layer| l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string();
-    let nodes: Vec<String> = layers.iter().map(|l| node(l)).collect();
-    let mut rows: HashMap<String, Vec<f32>> = HashMap::new();
-    model.visit_inputs(gpu, &model.weights, calib, &nodes, |n, x, shape| {
-        let width = *shape.last().unwrap_or(&1);
-        let step = (x.len() / width).div_ceil(ROWS).max(1);
-        rows.entry(n.to_string()).or_default().extend(x.chunks(width).step_by(step).flatten());
+/// The decision's reader (`calibrate::Reader`): ROWS evenly spaced input rows per pass of each
+/// layer's node.
+pub struct Rows {
+    nodes: Vec<String>,
+    rows: HashMap<String, Vec<f32>>,
+}
+
+impl Rows {
+    pub fn new(layers: &[&Layer]) -> Rows {
+        Rows { nodes: layers.iter().map(|l| node(l)).collect(), rows: HashMap::new() }
+    }
+}
+
+impl Reader for Rows {
+    fn nodes(&self) -> Vec<String> {
+        self.nodes.clone()
+    }
+
+    fn read(&mut self, _first: usize, _count: usize, x: &NodeInput) -> Result<()> {
+        let width = *x.shape.last().unwrap_or(&1);
+        let step = (x.values.len() / width).div_ceil(ROWS).max(1);
+        self.rows.entry(x.node.to_string()).or_default().extend(x.values.chunks(width).step_by(step).flatten());
         Ok(())
-    })?;
+    }
+}
+
+fn node(l: &Layer) -> String {
+    l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string()
+}
+
+/// Measures every layer of `layers` that the kernel runs (block Linears) on the inputs `rows`
+/// read, rotates the weights (W·H) and Hessians of those where rotation lowers the error, and
+/// returns every measurement.
+pub fn apply(model: &mut Model, layers: &[&Layer], rows: &Rows, hessians: &mut HashMap<String, Hessian>, act: ActInput, methods: Methods) -> Result<Rotations> {
+    let rows = &rows.rows;
     // Each layer both ways, on every core (two GPTQ runs per layer); then the chosen side.
     let (weights, hs) = (&model.weights, &*hessians);
     let measured = parallel_map(layers, |l| -> Result<(Decision, PackedMatrix)> {

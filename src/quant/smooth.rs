@@ -25,6 +25,16 @@ pub fn fake_quant_rows(w: &[f32], cols: usize, bits: u32) -> Vec<f32> {
 
 /// Output error of quantizing x at `a_bits` and w at `w_bits` after the map (identity: None).
 pub fn output_error(x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>, w_bits: u32, a_bits: u32) -> Result<f64> {
+    error_against(&exact_output(x, w, cols), x, w, cols, map, w_bits, a_bits)
+}
+
+/// x·Wᵀ in f64, row by row: what every candidate map's output is compared with.
+fn exact_output(x: &[f32], w: &[f32], cols: usize) -> Vec<f64> {
+    x.chunks(cols).flat_map(|xr| w.chunks(cols).map(move |wr| xr.iter().zip(wr).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>())).collect()
+}
+
+/// `output_error` with x·Wᵀ (`exact_output`) computed once for all the maps of a search.
+fn error_against(exact: &[f64], x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>, w_bits: u32, a_bits: u32) -> Result<f64> {
     let (x2, w2) = match map {
         Some(m) => (m.apply(x), w.iter().enumerate().map(|(i, v)| v * m.r[i % cols]).collect::<Vec<f32>>()),
         None => (x.to_vec(), w.to_vec()),
@@ -41,13 +51,12 @@ pub fn output_error(x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>,
         None => w_hat,
     };
     // ‖x̂·Ŵᵀ − x·Wᵀ‖² over the sample rows.
-    let rows = x.len() / cols;
     let mut sse = 0f64;
-    for r in 0..rows {
-        let (xh, xr) = (&x_hat[r * cols..(r + 1) * cols], &x[r * cols..(r + 1) * cols]);
-        for (wh, wr) in w_back.chunks(cols).zip(w.chunks(cols)) {
+    let mut exact = exact.iter();
+    for xh in x_hat.chunks(cols) {
+        for wh in w_back.chunks(cols) {
             let a: f64 = xh.iter().zip(wh).map(|(p, q)| *p as f64 * *q as f64).sum();
-            let b: f64 = xr.iter().zip(wr).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let b = exact.next().expect("one exact output per row and weight row");
             sse += (a - b) * (a - b);
         }
     }
@@ -72,11 +81,12 @@ pub fn search(x: &[f32], w: &[f32], cols: usize, w_bits: u32, a_bits: u32, shift
     for row in w.chunks(cols) {
         row.iter().zip(wmax.iter_mut()).for_each(|(v, m)| *m = m.max(v.abs()));
     }
-    let mut best = (output_error(x, w, cols, None, w_bits, a_bits)?, None);
+    let exact = exact_output(x, w, cols);
+    let mut best = (error_against(&exact, x, w, cols, None, w_bits, a_bits)?, None);
     for alpha in ALPHAS {
         let s: Vec<f32> = xmax.iter().zip(&wmax).map(|(a, w)| (a.powf(alpha) / w.powf(1.0 - alpha)).max(1e-5)).collect();
         let map = ChannelMap { b: z.iter().zip(&s).map(|(z, s)| -z / s).collect(), r: s };
-        let e = output_error(x, w, cols, Some(&map), w_bits, a_bits)?;
+        let e = error_against(&exact, x, w, cols, Some(&map), w_bits, a_bits)?;
         if e < best.0 {
             best = (e, Some(map));
         }
