@@ -1,7 +1,7 @@
 //! Calibration's forward passes on the CPU (`quant::calibrate::Forward::Cpu`, which a CPU
 //! adapter uses for the ViT family) hand every node the same input as the graph on the
 //! adapter: the same shapes, the same passes, and values that differ only by f32 summation
-//! order.
+//! order. And one pass read by several readers gives each what its own pass would.
 
 mod common;
 
@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use lowbit::gpu::AdapterClass;
-use lowbit::quant::calibrate::{Calibration, Forward, Model};
+use lowbit::log::Progress;
+use lowbit::models::vit::backprop::NodeInput;
+use lowbit::quant::calibrate::{Calibration, Forward, Model, Reader};
+use lowbit::quant::hessians::Hessians;
 
 /// Per node: (values over every pass, shape and output shape of the first pass, (first, count) of every pass).
 type Seen = HashMap<String, (Vec<f32>, Vec<usize>, Vec<usize>, Vec<(usize, usize)>)>;
@@ -61,5 +64,64 @@ fn cpu_forward_sees_what_the_graph_sees() {
             let nmse = err / power.max(f64::MIN_POSITIVE);
             assert!(nmse < 1e-10, "{name} {node}: NMSE {nmse:e} between the graph's input and the CPU pass's");
         }
+    }
+}
+
+/// Records what a calibration pass hands it: (node, first, count, values).
+struct Record {
+    nodes: Vec<String>,
+    got: Vec<(String, usize, usize, Vec<f32>)>,
+}
+
+impl Reader for Record {
+    fn nodes(&self) -> Vec<String> {
+        self.nodes.clone()
+    }
+    fn read(&mut self, first: usize, count: usize, x: &NodeInput) -> lowbit::Result<()> {
+        self.got.push((x.node.to_string(), first, count, x.values.to_vec()));
+        Ok(())
+    }
+}
+
+/// `Model::read_pass`, which the quantizer uses to read activation samples, Hessians and
+/// rotation rows in one pass, hands each reader exactly what a pass of its own would: its
+/// nodes only, a node two readers want to both, the same values.
+#[test]
+fn one_pass_feeds_every_reader_as_its_own_pass_would() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let gpu = common::gpu();
+    let model = Model::load(&root.join("tests/fixtures/vit_tiny_test")).unwrap();
+    let calib = Calibration::load(gpu, &model, &root.join("assets/samples"), 10, 0).unwrap();
+    let layers = model.layers();
+    let record = |nodes: &[&str]| Record { nodes: nodes.iter().map(|n| n.to_string()).collect(), got: Vec::new() };
+    let (mut a, mut b) = (record(&["blocks.0.attn.qkv", "blocks.0.mlp.fc1"]), record(&["blocks.0.mlp.fc1", "blocks.1.attn"]));
+    let mut h = Hessians::new(&layers, &[None], &calib);
+    model.read_pass(gpu, &model.weights, &calib, &mut [&mut a, &mut h, &mut b], None).unwrap();
+    let shared = h.finish().remove(0);
+
+    let (mut a1, mut b1) = (record(&["blocks.0.attn.qkv", "blocks.0.mlp.fc1"]), record(&["blocks.0.mlp.fc1", "blocks.1.attn"]));
+    model.read_pass(gpu, &model.weights, &calib, &mut [&mut a1], None).unwrap();
+    model.read_pass(gpu, &model.weights, &calib, &mut [&mut b1], None).unwrap();
+    let alone = model.hessians(gpu, &layers, &calib, &mut Progress::new("hessians", calib.count())).unwrap();
+
+    let key = |r: &Record| r.got.iter().map(|(n, f, c, _)| (n.clone(), *f, *c)).collect::<Vec<_>>();
+    let mut expected_a: Vec<_> = [("blocks.0.attn.qkv", 0, 8), ("blocks.0.mlp.fc1", 0, 8), ("blocks.0.attn.qkv", 8, 2), ("blocks.0.mlp.fc1", 8, 2)].map(|(n, f, c)| (n.to_string(), f, c)).to_vec();
+    let mut got_a = key(&a);
+    expected_a.sort();
+    got_a.sort();
+    assert_eq!(got_a, expected_a, "reader a got other nodes or passes");
+    assert_eq!(b.got.len(), 4, "reader b: {:?}", key(&b));
+    for (shared, alone) in [(&a, &a1), (&b, &b1)] {
+        let (mut s, mut o) = (shared.got.clone(), alone.got.clone());
+        s.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        o.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        // The same forward pass, deterministic: bit for bit.
+        assert!(s == o, "a reader got other values in the shared pass than in its own");
+    }
+    assert_eq!(shared.len(), layers.len());
+    for l in &layers {
+        assert!(shared[&l.key].samples > 0, "{}: no rows", l.key);
+        assert_eq!(shared[&l.key].samples, alone[&l.key].samples, "{}", l.key);
+        assert!(shared[&l.key].matrix() == alone[&l.key].matrix(), "{}: the shared pass's Hessian differs", l.key);
     }
 }
