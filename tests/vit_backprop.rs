@@ -80,8 +80,7 @@ fn backward_matches_finite_differences() {
         let last = c.depth - 1;
         // Max pooling is piecewise linear: a step of 1e-2 moves some channel's maximum to
         // another token (the difference quotient of vit_qknorm_test's fc1 bias: 0.0170 at
-        // 1e-2, 0.0119 at 1e-3, 0.0102 from 3e-4 on, as the backward pass), so a small step,
-        // where f32 rounding needs a looser bound.
+        // 1e-2, 0.0119 at 1e-3, about 0.0102 below, as the backward pass), so a small step.
         let max_pool = matches!(c.global_pool, lowbit::models::vit::config::Pool::Max | lowbit::models::vit::config::Pool::AvgMax);
         let mut layers = vec![format!("blocks.0.mlp.fc1"), format!("blocks.{last}.mlp.fc2"), "blocks.0.attn.proj".into(), format!("blocks.{last}.attn.proj"), "blocks.0.attn.qkv".into()];
         if !c.pre_norm {
@@ -93,8 +92,21 @@ fn backward_matches_finite_differences() {
         for layer in layers {
             let (g, width) = &grads[&layer];
             let key = format!("{layer}.bias");
-            for j in [0, width / 2 + 1, width - 1] {
-                let analytic: f64 = g.chunks(*width).map(|row| row[j] as f64).sum();
+            let analytic_at = |j: usize| -> f64 { g.chunks(*width).map(|row| row[j] as f64).sum() };
+            // A step of 3e-4 moves the f32 objective (≈ 3) by 6e-4 × the gradient, against
+            // rounding noise of a few 1e-7 in each forward pass: for a gradient of 0.01 that
+            // noise is tens of percent (measured: 0.0089 … 0.0133 for 0.0102, by the step).
+            // So for max pooling, the three channels with the largest gradient (0.6 … 1.7;
+            // measured within 0.6 %).
+            let channels = if max_pool {
+                let mut by_size: Vec<usize> = (0..*width).collect();
+                by_size.sort_by(|&a, &b| analytic_at(b).abs().total_cmp(&analytic_at(a).abs()));
+                by_size[..3].to_vec()
+            } else {
+                vec![0, width / 2 + 1, width - 1]
+            };
+            for j in channels {
+                let analytic = analytic_at(j);
                 let eps = if max_pool { 3e-4 } else { 1e-2 };
                 let mut moved = w.clone();
                 moved.tensors.get_mut(&key).unwrap().data[j] += eps;
@@ -103,7 +115,7 @@ fn backward_matches_finite_differences() {
                 let down = objective(&c, &moved, images, &r);
                 let numeric = (up - down) / (2.0 * eps as f64);
                 let scale = analytic.abs().max(numeric.abs()).max(1e-2);
-                assert!((analytic - numeric).abs() <= if max_pool { 5e-2 } else { 2e-2 } * scale, "{name} {key}[{j}]: backward {analytic}, finite difference {numeric}");
+                assert!((analytic - numeric).abs() <= 2e-2 * scale, "{name} {key}[{j}]: backward {analytic}, finite difference {numeric}");
             }
         }
         // Every Linear of the model got its rows.

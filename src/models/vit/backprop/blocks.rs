@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::layers::activate;
 use super::{Block, BlockCache, CpuVit, Rule, BLOCK_LINEARS};
 use crate::kernels::act_quant::ActQuantizer;
 use crate::kernels::hadamard;
@@ -163,7 +164,7 @@ impl<'a> CpuVit<'a> {
             shape_err!("block {i}: a gradient of {} values for an output of {}", dy.len(), cache.proj.len());
         }
         let n = dy.len() / (self.c.tokens() * self.c.embed_dim);
-        let act: Vec<f32> = cache.pre_act.iter().map(|&v| self.c.act.reference(v)).collect();
+        let act: Vec<f32> = activate(self.c.act, &cache.pre_act);
         let (h1, h2) = (b.norm1.output(&cache.ln1), b.norm2.output(&cache.ln2));
         let mut grads: [Vec<f32>; 4] = Default::default();
         let mut dx = dy.to_vec();

@@ -4,6 +4,7 @@
 //! f32 arithmetic, several times faster on the same cores (matrixmultiply's packed kernels
 //! against lavapipe's f32 GEMM; `quant::calibrate::Forward`).
 
+use super::layers::activate;
 use super::{CpuVit, Embedded, Trace, BLOCK_LINEARS};
 use crate::Result;
 
@@ -55,7 +56,7 @@ impl CpuVit<'_> {
                 emit("mlp.fc1", &b.norm2.output(&cache.ln2), d, hidden)?;
             }
             if wanted(&node("mlp.fc2")) {
-                let act: Vec<f32> = cache.pre_act.iter().map(|&v| c.act.reference(v)).collect();
+                let act: Vec<f32> = activate(c.act, &cache.pre_act);
                 emit("mlp.fc2", &act, hidden, d)?;
             }
         }

@@ -54,7 +54,7 @@ impl<'a> Dense<'a> {
 }
 
 /// A matrix operand of `gemm`: its values and (row stride, column stride).
-struct Operand<'a> {
+pub(super) struct Operand<'a> {
     v: &'a [f32],
     rs: usize,
     cs: usize,
@@ -62,18 +62,18 @@ struct Operand<'a> {
 
 impl<'a> Operand<'a> {
     /// Row-major with rows of `width`.
-    fn rows(v: &'a [f32], width: usize) -> Self {
+    pub(super) fn rows(v: &'a [f32], width: usize) -> Self {
         Operand { v, rs: width, cs: 1 }
     }
 
     /// The transpose of a row-major matrix with rows of `width`.
-    fn cols(v: &'a [f32], width: usize) -> Self {
+    pub(super) fn cols(v: &'a [f32], width: usize) -> Self {
         Operand { v, rs: 1, cs: width }
     }
 }
 
 /// C[m×n] += A[m×k]·B[k×n] (C row-major), by `matrixmultiply`'s blocked, threaded kernel.
-fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, c: &mut [f32]) {
+pub(super) fn gemm(m: usize, k: usize, n: usize, a: Operand, b: Operand, c: &mut [f32]) {
     let last = |o: &Operand, rows: usize, cols: usize| (rows.max(1) - 1) * o.rs + (cols.max(1) - 1) * o.cs;
     assert!(c.len() == m * n && (m * k == 0 || (last(&a, m, k) < a.v.len() && last(&b, k, n) < b.v.len())), "gemm: operands too small for {m}×{k}·{k}×{n}");
     if m * n * k == 0 {
@@ -231,4 +231,17 @@ pub(super) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f3
             scope.spawn(move || part.chunks_mut(width).enumerate().for_each(|(r, row)| f(chunk * per + r, row)));
         }
     });
+}
+
+/// act(x) for every value of `x`, on every core (a 518-px ViT-S/14's fc1 outputs are 17 M
+/// values per block and pass of 8 images).
+pub(super) fn activate(act: Activation, x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    let chunk = x.len().div_ceil(threads()).max(1);
+    std::thread::scope(|scope| {
+        for (o, x) in out.chunks_mut(chunk).zip(x.chunks(chunk)) {
+            scope.spawn(move || o.iter_mut().zip(x).for_each(|(o, &v)| *o = act.reference(v)));
+        }
+    });
+    out
 }

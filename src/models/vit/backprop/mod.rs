@@ -24,7 +24,7 @@ mod layers;
 pub use blocks::{InputMap, QDrop};
 pub use inputs::NodeInput;
 
-use layers::{add_scaled, dot, half_sum, par_rows, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
+use layers::{activate, add_scaled, dot, gemm, half_sum, par_rows, Operand, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
 use super::config::{Pool, VitConfig};
 use crate::kernels::act_quant::ActQuantizer;
@@ -315,7 +315,7 @@ impl<'a> CpuVit<'a> {
         add_scaled(x, &proj, b.ls1);
         let (h, ln2) = b.norm2.forward(x);
         let pre_act = linear(2, &b.fc1, &h)?;
-        let act: Vec<f32> = pre_act.iter().map(|&v| c.act.reference(v)).collect();
+        let act: Vec<f32> = activate(c.act, &pre_act);
         let fc2 = linear(3, &b.fc2, &act)?;
         add_scaled(x, &fc2, b.ls2);
         Ok(BlockCache { ln1, qkv, qk_normed, probs, probs_q, heads, mapped, proj, ln2, pre_act, fc2 })
@@ -439,27 +439,31 @@ impl<'a> CpuVit<'a> {
         let c = self.c;
         let (t, d, heads, hd) = (c.tokens(), c.embed_dim, c.num_heads, c.head_dim());
         let scale = (hd as f32).powf(-0.5);
-        let at = |i: usize, tok: usize, part: usize, h: usize| &qkv[(i * t + tok) * 3 * d + part * d + h * hd..][..hd];
+        // Head h's q, k or v of image i: T rows of hd, 3·D apart in the qkv rows.
+        let part = |i: usize, part: usize, h: usize| &qkv[i * t * 3 * d + part * d + h * hd..];
+        // Per image and head, S = Q·Kᵀ and then P·V through the blocked GEMM: at 1370 tokens
+        // (a 518-px ViT-S/14) attention is most of a forward pass's arithmetic, and one dot
+        // product per score ran it at a few GFLOP/s.
         let mut probs = vec![0.0; n * heads * t * t];
         par_rows(&mut probs, heads * t * t, |i, probs| {
-            for (row, p) in probs.chunks_mut(t).enumerate() {
-                let (h, q) = (row / t, row % t);
-                for (key, s) in p.iter_mut().enumerate() {
-                    *s = dot(at(i, q, 0, h), at(i, key, 1, h)) * scale;
+            for (h, s) in probs.chunks_mut(t * t).enumerate() {
+                gemm(t, hd, t, Operand::rows(part(i, 0, h), 3 * d), Operand::cols(part(i, 1, h), 3 * d), s);
+                for p in s.chunks_mut(t) {
+                    p.iter_mut().for_each(|v| *v *= scale);
+                    softmax(p);
                 }
-                softmax(p);
             }
         });
         let quantized = quant.map(|aq| aq.reference(&probs));
         let used = quantized.as_ref().unwrap_or(&probs);
         let mut out = vec![0.0; n * t * d];
         par_rows(&mut out, t * d, |i, out| {
+            let mut head = vec![0.0; t * hd];
             for h in 0..heads {
-                for q in 0..t {
-                    let o = &mut out[q * d + h * hd..][..hd];
-                    for (key, &w) in used[((i * heads + h) * t + q) * t..][..t].iter().enumerate() {
-                        o.iter_mut().zip(at(i, key, 2, h)).for_each(|(o, &v)| *o += w * v);
-                    }
+                head.iter_mut().for_each(|v| *v = 0.0);
+                gemm(t, t, hd, Operand::rows(&used[(i * heads + h) * t * t..][..t * t], t), Operand::rows(part(i, 2, h), 3 * d), &mut head);
+                for (o, row) in out.chunks_mut(d).zip(head.chunks(hd)) {
+                    o[h * hd..][..hd].copy_from_slice(row);
                 }
             }
         });
