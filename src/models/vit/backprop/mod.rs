@@ -24,7 +24,7 @@ mod layers;
 pub use blocks::{InputMap, QDrop};
 pub use inputs::NodeInput;
 
-use layers::{activate, add_scaled, dot, gemm, half_sum, par_rows, Operand, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
+use layers::{activate, add_scaled, gemm, half_sum, par_rows, Operand, part, scaled, set_part, slope, softmax, Dense, Norm, NormCache};
 use super::checks;
 use super::config::{Pool, VitConfig};
 use crate::kernels::act_quant::ActQuantizer;
@@ -440,14 +440,14 @@ impl<'a> CpuVit<'a> {
         let (t, d, heads, hd) = (c.tokens(), c.embed_dim, c.num_heads, c.head_dim());
         let scale = (hd as f32).powf(-0.5);
         // Head h's q, k or v of image i: T rows of hd, 3·D apart in the qkv rows.
-        let part = |i: usize, part: usize, h: usize| &qkv[i * t * 3 * d + part * d + h * hd..];
+        let head_of = |i: usize, which: usize, h: usize| &qkv[i * t * 3 * d + which * d + h * hd..];
         // Per image and head, S = Q·Kᵀ and then P·V through the blocked GEMM: at 1370 tokens
         // (a 518-px ViT-S/14) attention is most of a forward pass's arithmetic, and one dot
         // product per score ran it at a few GFLOP/s.
         let mut probs = vec![0.0; n * heads * t * t];
         par_rows(&mut probs, heads * t * t, |i, probs| {
             for (h, s) in probs.chunks_mut(t * t).enumerate() {
-                gemm(t, hd, t, Operand::rows(part(i, 0, h), 3 * d), Operand::cols(part(i, 1, h), 3 * d), s);
+                gemm(t, hd, t, Operand::rows(head_of(i, 0, h), 3 * d), Operand::cols(head_of(i, 1, h), 3 * d), s);
                 for p in s.chunks_mut(t) {
                     p.iter_mut().for_each(|v| *v *= scale);
                     softmax(p);
@@ -461,7 +461,7 @@ impl<'a> CpuVit<'a> {
             let mut head = vec![0.0; t * hd];
             for h in 0..heads {
                 head.iter_mut().for_each(|v| *v = 0.0);
-                gemm(t, t, hd, Operand::rows(&used[(i * heads + h) * t * t..][..t * t], t), Operand::rows(part(i, 2, h), 3 * d), &mut head);
+                gemm(t, t, hd, Operand::rows(&used[(i * heads + h) * t * t..][..t * t], t), Operand::rows(head_of(i, 2, h), 3 * d), &mut head);
                 for (o, row) in out.chunks_mut(d).zip(head.chunks(hd)) {
                     o[h * hd..][..hd].copy_from_slice(row);
                 }
@@ -559,43 +559,42 @@ impl<'a> CpuVit<'a> {
         let scale = (hd as f32).powf(-0.5);
         let qkv = cache.qk_normed.as_ref().map_or(&cache.qkv, |q| &q.0);
         let mut d_qkv = vec![0.0; n * t * 3 * d];
+        // Per image and head, five GEMMs over [T×T] and [T×hd] (as the forward's two).
         par_rows(&mut d_qkv, t * 3 * d, |i, dq| {
             let rows = &qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
             let go = &d_out[i * t * d..(i + 1) * t * d];
-            let mut ds = vec![0.0; t];
+            let (mut ds, mut grad) = (vec![0.0; t * t], vec![0.0; t * hd]);
+            // dq's columns of `which` (0 q, 1 k, 2 v) of head h += grad.
+            let add_part = |dq: &mut [f32], grad: &[f32], which: usize, h: usize| {
+                for (row, p) in dq.chunks_mut(3 * d).zip(grad.chunks(hd)) {
+                    row[which * d + h * hd..][..hd].iter_mut().zip(p).for_each(|(a, &b)| *a += b);
+                }
+            };
             for h in 0..heads {
-                let col = |part: usize| part * d + h * hd;
-                for q in 0..t {
-                    let at = ((i * heads + h) * t + q) * t;
-                    let p = &cache.probs[at..][..t];
-                    let g = &go[q * d + h * hd..][..hd];
-                    // dV += P̂ᵀ·dO (P̂ what multiplied V); the relevance rule holds P constant,
-                    // so stops there. The quantizer passes the gradient to P unchanged.
-                    let used = cache.probs_q.as_ref().map_or(p, |pq| &pq[at..][..t]);
-                    for key in 0..t {
-                        let dv = &mut dq[key * 3 * d + col(2)..][..hd];
-                        dv.iter_mut().zip(g).for_each(|(a, &b)| *a += used[key] * b);
-                    }
-                    if rule == Rule::Relevance {
-                        continue;
-                    }
-                    // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP).
-                    let mut mean = 0.0;
-                    for (key, s) in ds.iter_mut().enumerate() {
-                        *s = dot(g, &rows[key * 3 * d + col(2)..][..hd]);
-                        mean += *s * p[key];
-                    }
-                    for (key, s) in ds.iter_mut().enumerate() {
-                        *s = p[key] * (*s - mean) * scale;
-                    }
-                    // dQ = dS·K, dK += dSᵀ·Q.
-                    for (key, &s) in ds.iter().enumerate() {
-                        let (kr, qr) = (key * 3 * d + col(1), q * 3 * d + col(0));
-                        for e in 0..hd {
-                            dq[qr + e] += s * rows[kr + e];
-                            dq[kr + e] += s * rows[qr + e];
-                        }
-                    }
+                let at = (i * heads + h) * t * t;
+                let p = &cache.probs[at..][..t * t];
+                let (q, k, v, g) = (&rows[h * hd..], &rows[d + h * hd..], &rows[2 * d + h * hd..], &go[h * hd..]);
+                // dV = P̂ᵀ·dO (P̂ what multiplied V); the relevance rule holds P constant, so
+                // stops there. The quantizer passes the gradient to P unchanged.
+                let used = cache.probs_q.as_ref().map_or(p, |pq| &pq[at..][..t * t]);
+                grad.iter_mut().for_each(|v| *v = 0.0);
+                gemm(t, t, hd, Operand::cols(used, t), Operand::rows(g, d), &mut grad);
+                add_part(dq, &grad, 2, h);
+                if rule == Rule::Relevance {
+                    continue;
+                }
+                // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP).
+                ds.iter_mut().for_each(|v| *v = 0.0);
+                gemm(t, hd, t, Operand::rows(g, d), Operand::cols(v, 3 * d), &mut ds);
+                for (s, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                    let mean: f32 = s.iter().zip(p).map(|(s, p)| s * p).sum();
+                    s.iter_mut().zip(p).for_each(|(s, p)| *s = p * (*s - mean) * scale);
+                }
+                // dQ = dS·K, dK = dSᵀ·Q.
+                for (which, a, b) in [(0, Operand::rows(&ds, t), Operand::rows(k, 3 * d)), (1, Operand::cols(&ds, t), Operand::rows(q, 3 * d))] {
+                    grad.iter_mut().for_each(|v| *v = 0.0);
+                    gemm(t, t, hd, a, b, &mut grad);
+                    add_part(dq, &grad, which, h);
                 }
             }
         });
