@@ -137,13 +137,26 @@ impl Default for GptqOptions {
     }
 }
 
+/// Σ aᵢ·bᵢ with four running sums: the factorizations below are n³ of these, and one running
+/// sum waits on each add (four times slower at n = 1536, fc2 of a ViT-S).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// Lower Cholesky factor of a symmetric positive definite `n×n` matrix, or None.
 pub(super) fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let dot: f64 = l[i * n..i * n + j].iter().zip(&l[j * n..j * n + j]).map(|(a, b)| a * b).sum();
-            let v = a[i * n + j] - dot;
+            let v = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
                 if v <= 0.0 || !v.is_finite() {
                     return None;
@@ -166,7 +179,7 @@ fn inverse_cholesky_upper(h: &[f64], n: usize) -> Option<Vec<f64>> {
         let col = &mut linv_t[c * n..(c + 1) * n];
         col[c] = 1.0 / l[c * n + c];
         for i in c + 1..n {
-            let s: f64 = (c..i).map(|k| l[i * n + k] * col[k]).sum();
+            let s = dot(&l[i * n + c..i * n + i], &col[c..i]);
             col[i] = -s / l[i * n + i];
         }
     }
@@ -175,7 +188,7 @@ fn inverse_cholesky_upper(h: &[f64], n: usize) -> Option<Vec<f64>> {
     for i in 0..n {
         for j in i..n {
             let (a, b) = (&linv_t[i * n..(i + 1) * n], &linv_t[j * n..(j + 1) * n]);
-            let s: f64 = a[j..].iter().zip(&b[j..]).map(|(x, y)| x * y).sum();
+            let s = dot(&a[j..], &b[j..]);
             hinv[i * n + j] = s;
             hinv[j * n + i] = s;
         }
