@@ -443,30 +443,30 @@ impl<'a> CpuVit<'a> {
         let head_of = |i: usize, which: usize, h: usize| &qkv[i * t * 3 * d + which * d + h * hd..];
         // Per image and head, S = Q·Kᵀ and then P·V through the blocked GEMM: at 1370 tokens
         // (a 518-px ViT-S/14) attention is most of a forward pass's arithmetic, and one dot
-        // product per score ran it at a few GFLOP/s.
+        // product per score ran it at a few GFLOP/s. One product at a time: matrixmultiply
+        // threads the large ones itself, and its threads spin when products run side by side
+        // on ours (measured: 540 K context switches, 41 s of system time in one pass).
         let mut probs = vec![0.0; n * heads * t * t];
-        par_rows(&mut probs, heads * t * t, |i, probs| {
-            for (h, s) in probs.chunks_mut(t * t).enumerate() {
-                gemm(t, hd, t, Operand::rows(head_of(i, 0, h), 3 * d), Operand::cols(head_of(i, 1, h), 3 * d), s);
-                for p in s.chunks_mut(t) {
-                    p.iter_mut().for_each(|v| *v *= scale);
-                    softmax(p);
-                }
-            }
+        for (ih, s) in probs.chunks_mut(t * t).enumerate() {
+            let (i, h) = (ih / heads, ih % heads);
+            gemm(t, hd, t, Operand::rows(head_of(i, 0, h), 3 * d), Operand::cols(head_of(i, 1, h), 3 * d), s);
+        }
+        par_rows(&mut probs, t, |_, p| {
+            p.iter_mut().for_each(|v| *v *= scale);
+            softmax(p);
         });
         let quantized = quant.map(|aq| aq.reference(&probs));
         let used = quantized.as_ref().unwrap_or(&probs);
         let mut out = vec![0.0; n * t * d];
-        par_rows(&mut out, t * d, |i, out| {
-            let mut head = vec![0.0; t * hd];
-            for h in 0..heads {
-                head.iter_mut().for_each(|v| *v = 0.0);
-                gemm(t, t, hd, Operand::rows(&used[(i * heads + h) * t * t..][..t * t], t), Operand::rows(head_of(i, 2, h), 3 * d), &mut head);
-                for (o, row) in out.chunks_mut(d).zip(head.chunks(hd)) {
-                    o[h * hd..][..hd].copy_from_slice(row);
-                }
+        let mut head = vec![0.0; t * hd];
+        for (ih, p) in used.chunks(t * t).enumerate() {
+            let (i, h) = (ih / heads, ih % heads);
+            head.iter_mut().for_each(|v| *v = 0.0);
+            gemm(t, t, hd, Operand::rows(p, t), Operand::rows(head_of(i, 2, h), 3 * d), &mut head);
+            for (o, row) in out[i * t * d..(i + 1) * t * d].chunks_mut(d).zip(head.chunks(hd)) {
+                o[h * hd..][..hd].copy_from_slice(row);
             }
-        });
+        }
         (out, probs, quantized)
     }
 
@@ -559,45 +559,43 @@ impl<'a> CpuVit<'a> {
         let scale = (hd as f32).powf(-0.5);
         let qkv = cache.qk_normed.as_ref().map_or(&cache.qkv, |q| &q.0);
         let mut d_qkv = vec![0.0; n * t * 3 * d];
-        // Per image and head, five GEMMs over [T×T] and [T×hd] (as the forward's two).
-        par_rows(&mut d_qkv, t * 3 * d, |i, dq| {
-            let rows = &qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
-            let go = &d_out[i * t * d..(i + 1) * t * d];
-            let (mut ds, mut grad) = (vec![0.0; t * t], vec![0.0; t * hd]);
-            // dq's columns of `which` (0 q, 1 k, 2 v) of head h += grad.
-            let add_part = |dq: &mut [f32], grad: &[f32], which: usize, h: usize| {
-                for (row, p) in dq.chunks_mut(3 * d).zip(grad.chunks(hd)) {
-                    row[which * d + h * hd..][..hd].iter_mut().zip(p).for_each(|(a, &b)| *a += b);
-                }
-            };
-            for h in 0..heads {
-                let at = (i * heads + h) * t * t;
-                let p = &cache.probs[at..][..t * t];
-                let (q, k, v, g) = (&rows[h * hd..], &rows[d + h * hd..], &rows[2 * d + h * hd..], &go[h * hd..]);
-                // dV = P̂ᵀ·dO (P̂ what multiplied V); the relevance rule holds P constant, so
-                // stops there. The quantizer passes the gradient to P unchanged.
-                let used = cache.probs_q.as_ref().map_or(p, |pq| &pq[at..][..t * t]);
-                grad.iter_mut().for_each(|v| *v = 0.0);
-                gemm(t, t, hd, Operand::cols(used, t), Operand::rows(g, d), &mut grad);
-                add_part(dq, &grad, 2, h);
-                if rule == Rule::Relevance {
-                    continue;
-                }
-                // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP).
-                ds.iter_mut().for_each(|v| *v = 0.0);
-                gemm(t, hd, t, Operand::rows(g, d), Operand::cols(v, 3 * d), &mut ds);
-                for (s, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                    let mean: f32 = s.iter().zip(p).map(|(s, p)| s * p).sum();
-                    s.iter_mut().zip(p).for_each(|(s, p)| *s = p * (*s - mean) * scale);
-                }
-                // dQ = dS·K, dK = dSᵀ·Q.
-                for (which, a, b) in [(0, Operand::rows(&ds, t), Operand::rows(k, 3 * d)), (1, Operand::cols(&ds, t), Operand::rows(q, 3 * d))] {
-                    grad.iter_mut().for_each(|v| *v = 0.0);
-                    gemm(t, t, hd, a, b, &mut grad);
-                    add_part(dq, &grad, which, h);
-                }
+        // Per image and head, five GEMMs over [T×T] and [T×hd] (as the forward's two, one at
+        // a time for the same reason).
+        let (mut ds, mut grad) = (vec![0.0; t * t], vec![0.0; t * hd]);
+        // d_qkv's columns of `which` (0 q, 1 k, 2 v) of image i's head h += grad.
+        let add_part = |d_qkv: &mut [f32], grad: &[f32], i: usize, which: usize, h: usize| {
+            for (row, g) in d_qkv[i * t * 3 * d..(i + 1) * t * 3 * d].chunks_mut(3 * d).zip(grad.chunks(hd)) {
+                row[which * d + h * hd..][..hd].iter_mut().zip(g).for_each(|(a, &b)| *a += b);
             }
-        });
+        };
+        for ih in 0..n * heads {
+            let (i, h) = (ih / heads, ih % heads);
+            let rows = &qkv[i * t * 3 * d..(i + 1) * t * 3 * d];
+            let p = &cache.probs[ih * t * t..][..t * t];
+            let (q, k, v, g) = (&rows[h * hd..], &rows[d + h * hd..], &rows[2 * d + h * hd..], &d_out[i * t * d + h * hd..]);
+            // dV = P̂ᵀ·dO (P̂ what multiplied V); the relevance rule holds P constant, so
+            // stops there. The quantizer passes the gradient to P unchanged.
+            let used = cache.probs_q.as_ref().map_or(p, |pq| &pq[ih * t * t..][..t * t]);
+            grad.iter_mut().for_each(|v| *v = 0.0);
+            gemm(t, t, hd, Operand::cols(used, t), Operand::rows(g, d), &mut grad);
+            add_part(&mut d_qkv, &grad, i, 2, h);
+            if rule == Rule::Relevance {
+                continue;
+            }
+            // dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P·dP).
+            ds.iter_mut().for_each(|v| *v = 0.0);
+            gemm(t, hd, t, Operand::rows(g, d), Operand::cols(v, 3 * d), &mut ds);
+            for (s, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                let mean: f32 = s.iter().zip(p).map(|(s, p)| s * p).sum();
+                s.iter_mut().zip(p).for_each(|(s, p)| *s = p * (*s - mean) * scale);
+            }
+            // dQ = dS·K, dK = dSᵀ·Q.
+            for (which, a, b) in [(0, Operand::rows(&ds, t), Operand::rows(k, 3 * d)), (1, Operand::cols(&ds, t), Operand::rows(q, 3 * d))] {
+                grad.iter_mut().for_each(|v| *v = 0.0);
+                gemm(t, t, hd, a, b, &mut grad);
+                add_part(&mut d_qkv, &grad, i, which, h);
+            }
+        }
         d_qkv
     }
 
