@@ -139,7 +139,7 @@ impl Default for GptqOptions {
 
 /// Σ aᵢ·bᵢ with four running sums: the factorizations below are n³ of these, and one running
 /// sum waits on each add (four times slower at n = 1536, fc2 of a ViT-S).
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
     let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();

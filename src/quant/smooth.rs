@@ -7,6 +7,7 @@
 //! scale only (z_c = 0, s_c from max|X_c|).
 
 use super::actq::{fit, Kind};
+use super::gptq::dot;
 use super::repq::ChannelMap;
 use crate::Result;
 
@@ -25,15 +26,16 @@ pub fn fake_quant_rows(w: &[f32], cols: usize, bits: u32) -> Vec<f32> {
 
 /// Output error of quantizing x at `a_bits` and w at `w_bits` after the map (identity: None).
 pub fn output_error(x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>, w_bits: u32, a_bits: u32) -> Result<f64> {
-    error_against(&exact_output(x, w, cols), x, w, cols, map, w_bits, a_bits)
+    error_against(&products(x, w, cols), x, w, cols, map, w_bits, a_bits)
 }
 
-/// x·Wᵀ in f64, row by row: what every candidate map's output is compared with.
-fn exact_output(x: &[f32], w: &[f32], cols: usize) -> Vec<f64> {
-    x.chunks(cols).flat_map(|xr| w.chunks(cols).map(move |wr| xr.iter().zip(wr).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>())).collect()
+/// x·Wᵀ in f64 (`[rows, out]`): each row of x against each row of w.
+fn products(x: &[f32], w: &[f32], cols: usize) -> Vec<f64> {
+    let (x, w): (Vec<f64>, Vec<f64>) = (x.iter().map(|&v| v as f64).collect(), w.iter().map(|&v| v as f64).collect());
+    x.chunks(cols).flat_map(|xr| w.chunks(cols).map(move |wr| dot(xr, wr))).collect()
 }
 
-/// `output_error` with x·Wᵀ (`exact_output`) computed once for all the maps of a search.
+/// `output_error` with x·Wᵀ (`products`) computed once for all the maps of a search.
 fn error_against(exact: &[f64], x: &[f32], w: &[f32], cols: usize, map: Option<&ChannelMap>, w_bits: u32, a_bits: u32) -> Result<f64> {
     let (x2, w2) = match map {
         Some(m) => (m.apply(x), w.iter().enumerate().map(|(i, v)| v * m.r[i % cols]).collect::<Vec<f32>>()),
@@ -51,15 +53,7 @@ fn error_against(exact: &[f64], x: &[f32], w: &[f32], cols: usize, map: Option<&
         None => w_hat,
     };
     // ‖x̂·Ŵᵀ − x·Wᵀ‖² over the sample rows.
-    let mut sse = 0f64;
-    let mut exact = exact.iter();
-    for xh in x_hat.chunks(cols) {
-        for wh in w_back.chunks(cols) {
-            let a: f64 = xh.iter().zip(wh).map(|(p, q)| *p as f64 * *q as f64).sum();
-            let b = exact.next().expect("one exact output per row and weight row");
-            sse += (a - b) * (a - b);
-        }
-    }
+    let sse = products(&x_hat, &w_back, cols).iter().zip(exact).map(|(a, b)| (a - b) * (a - b)).sum();
     Ok(sse)
 }
 
@@ -81,7 +75,7 @@ pub fn search(x: &[f32], w: &[f32], cols: usize, w_bits: u32, a_bits: u32, shift
     for row in w.chunks(cols) {
         row.iter().zip(wmax.iter_mut()).for_each(|(v, m)| *m = m.max(v.abs()));
     }
-    let exact = exact_output(x, w, cols);
+    let exact = products(x, w, cols);
     let mut best = (error_against(&exact, x, w, cols, None, w_bits, a_bits)?, None);
     for alpha in ALPHAS {
         let s: Vec<f32> = xmax.iter().zip(&wmax).map(|(a, w)| (a.powf(alpha) / w.powf(1.0 - alpha)).max(1e-5)).collect();
