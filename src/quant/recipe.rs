@@ -220,8 +220,8 @@ pub fn quantize(gpu: &Gpu, model_path: &Path, opts: &Options, out: &Path) -> Res
         }
         let seen: Vec<Layer> = layers.iter().filter(|l| !l.encoder || c.images.is_some()).cloned().collect();
         // One f32 pass of the folded model serves the activation quantizers' fits, GPTQ's
-        // Hessians and the rotation decisions (each pass is a whole forward: three passes cost
-        // W4A4 on a 518-px ViT-S/14 80 s more, BENCHMARKS.md).
+        // Hessians and the rotation decisions (each pass is a whole forward: three separate
+        // passes cost W4A4 on a 518-px ViT-S/14 80 s more when it took 218 s, BENCHMARKS.md).
         let sites = static_act.map(|_| model.act_sites()).transpose()?;
         let mut observed = sites.as_ref().map(act_calib::Observed::new);
         let mut h = wants_hessians.then(|| Hessians::new(&seen, &weightings, c));
