@@ -303,7 +303,7 @@ fn weight<'a>(w: &'a Weights, node: &str) -> Result<&'a [f32]> {
 }
 
 /// At most `max` evenly spaced rows of `width` values.
-fn thin_rows(x: &[f32], width: usize, max: usize) -> Vec<f32> {
+pub(super) fn thin_rows(x: &[f32], width: usize, max: usize) -> Vec<f32> {
     let rows = x.len() / width;
     let step = rows.div_ceil(max).max(1);
     x.chunks(width).step_by(step).flatten().copied().collect()

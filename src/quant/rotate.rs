@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::act_calib::thin_rows;
 use super::calibrate::{Layer, Model, Reader};
 use crate::models::vit::backprop::NodeInput;
 use super::gptq::Hessian;
@@ -72,7 +73,7 @@ pub struct Rows {
 
 impl Rows {
     pub fn new(layers: &[&Layer]) -> Rows {
-        Rows { nodes: layers.iter().map(|l| node(l)).collect(), rows: HashMap::new() }
+        Rows { nodes: layers.iter().map(|l| l.node.clone()).collect(), rows: HashMap::new() }
     }
 }
 
@@ -82,15 +83,9 @@ impl Reader for Rows {
     }
 
     fn read(&mut self, _first: usize, _count: usize, x: &NodeInput) -> Result<()> {
-        let width = *x.shape.last().unwrap_or(&1);
-        let step = (x.values.len() / width).div_ceil(ROWS).max(1);
-        self.rows.entry(x.node.to_string()).or_default().extend(x.values.chunks(width).step_by(step).flatten());
+        self.rows.entry(x.node.to_string()).or_default().extend(thin_rows(x.values, *x.shape.last().unwrap_or(&1), ROWS));
         Ok(())
     }
-}
-
-fn node(l: &Layer) -> String {
-    l.key.strip_suffix(".weight").unwrap_or(&l.key).to_string()
 }
 
 /// Measures every layer of `layers` that the kernel runs (block Linears) on the inputs `rows`
@@ -103,7 +98,7 @@ pub fn apply(model: &mut Model, layers: &[&Layer], rows: &Rows, hessians: &mut H
     let measured = parallel_map(layers, |l| -> Result<(Decision, PackedMatrix)> {
         let (n_out, cols) = (l.rows(), l.cols());
         let block = hadamard::block_for(cols);
-        let x = rows.get(&node(l)).ok_or_else(|| Error::Invalid(format!("{}: no calibration inputs for the rotation decision", l.key)))?;
+        let x = rows.get(&l.node).ok_or_else(|| Error::Invalid(format!("{}: no calibration inputs for the rotation decision", l.key)))?;
         let m = x.len() / cols;
         let w = &weights.tensors[&l.key].data;
         let exact: Vec<f64> = (0..m * n_out).map(|i| (0..cols).map(|k| x[i / n_out * cols + k] as f64 * w[i % n_out * cols + k] as f64).sum()).collect();
