@@ -40,20 +40,28 @@ impl Decision {
     }
 }
 
-/// Σ (X·Wᵀ − X̂·Ŵᵀ)² with X̂ the per-token codes (`act`) of `x` and Ŵ the dequantized q4g32
-/// weights `wq`.
+/// A·Bᵀ for row-major A [m×k] and B [n×k], through `matrixmultiply`'s blocked, threaded
+/// kernel: call it from one thread at a time (side by side, its workers spin).
+fn product_t(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    assert!(a.len() == m * k && b.len() == n * k, "product_t: operands are not {m}×{k} and {n}×{k}");
+    let mut c = vec![0.0; m * n];
+    if m * n * k > 0 {
+        // SAFETY: A and B hold m×k and n×k values (checked above), C is m×n and exclusive.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), 1, k as isize, 0.0, c.as_mut_ptr(), n as isize, 1) };
+    }
+    c
+}
+
+/// Σ (X·Wᵀ − X̂·Ŵᵀ)² with X̂ the per-token codes (`act`) of `x` [rows×cols], Ŵ the
+/// dequantized q4g32 weights `wq` [out×cols] and `exact` = X·Wᵀ.
 fn output_error(x: &[f32], wq: &[f32], exact: &[f64], rows: usize, cols: usize, out: usize, act: ActInput) -> Result<f64> {
     let (codes, scales) = reference::quantize(x, rows, cols, act, None)?;
-    let mut err = 0.0;
-    for r in 0..rows {
-        let [scale, dz] = scales[r];
-        let xr: Vec<f64> = (0..cols).map(|k| (codes[r * cols + k] as f64 + dz as f64) * scale as f64).collect();
-        for n in 0..out {
-            let y: f64 = wq[n * cols..(n + 1) * cols].iter().zip(&xr).map(|(a, b)| *a as f64 * b).sum();
-            err += (y - exact[r * out + n]).powi(2);
-        }
-    }
-    Ok(err)
+    let xq: Vec<f64> = codes.iter().enumerate().map(|(i, &c)| {
+        let [scale, dz] = scales[i / cols];
+        (c as f64 + dz as f64) * scale as f64
+    }).collect();
+    let wq: Vec<f64> = wq.iter().map(|&v| v as f64).collect();
+    Ok(product_t(&xq, &wq, rows, cols, out).iter().zip(exact).map(|(y, e)| (y - e).powi(2)).sum())
 }
 
 /// What `apply` decided for each layer, by weight key, and the q4g32 weights it measured for
@@ -93,35 +101,49 @@ impl Reader for Rows {
 /// returns every measurement.
 pub fn apply(model: &mut Model, layers: &[&Layer], rows: &Rows, hessians: &mut HashMap<String, Hessian>, act: ActInput, methods: Methods) -> Result<Rotations> {
     let rows = &rows.rows;
-    // Each layer both ways, on every core (two GPTQ runs per layer); then the chosen side.
+    if let Some(l) = layers.iter().find(|l| !rows.contains_key(&l.node)) {
+        return Err(Error::Invalid(format!("{}: no calibration inputs for the rotation decision", l.key)));
+    }
+    // Each layer's weights both ways on every core (two GPTQ runs per layer), as the recipe
+    // will store them (GPTQ on the plain or the rotated Hessian where it runs GPTQ): with
+    // round-to-nearest weights instead, the decision missed what GPTQ compensates, 0.2–2 dB
+    // worse end to end (docs/QUANTIZATION.md).
     let (weights, hs) = (&model.weights, &*hessians);
-    let measured = parallel_map(layers, |l| -> Result<(Decision, PackedMatrix)> {
+    let quantized = parallel_map(layers, |l| -> Result<(PackedMatrix, Option<PackedMatrix>)> {
         let (n_out, cols) = (l.rows(), l.cols());
         let block = hadamard::block_for(cols);
-        let x = rows.get(&l.node).ok_or_else(|| Error::Invalid(format!("{}: no calibration inputs for the rotation decision", l.key)))?;
-        let m = x.len() / cols;
         let w = &weights.tensors[&l.key].data;
-        let exact: Vec<f64> = (0..m * n_out).map(|i| (0..cols).map(|k| x[i / n_out * cols + k] as f64 * w[i % n_out * cols + k] as f64).sum()).collect();
-        // The weights each way as the recipe will store them (GPTQ on the plain or rotated
-        // Hessian where it runs GPTQ): with round-to-nearest weights instead, the decision
-        // missed what GPTQ compensates, 0.2–2 dB worse end to end (docs/QUANTIZATION.md).
         let h = hs.get(&l.key);
         let used = Methods { gptq: methods.gptq && h.is_some(), ..methods };
         let plain = quantize_matrix(w, n_out, cols, FORMAT, used, h)?;
-        let error_plain = output_error(x, &plain.dequantize(), &exact, m, cols, n_out, act)?;
         if block == 1 {
-            return Ok((Decision { block, error_plain, error_rotated: error_plain }, plain));
+            return Ok((plain, None));
         }
-        let (xr, wr) = (hadamard::reference(x, cols, block)?, hadamard::reference(w, cols, block)?);
         let hr = h.map(|h| h.rotated(block)).transpose()?;
-        let rotated = quantize_matrix(&wr, n_out, cols, FORMAT, used, hr.as_ref())?;
-        let error_rotated = output_error(&xr, &rotated.dequantize(), &exact, m, cols, n_out, act)?;
-        let d = Decision { block, error_plain, error_rotated };
-        Ok((d, if d.rotate() { rotated } else { plain }))
+        let rotated = quantize_matrix(&hadamard::reference(w, cols, block)?, n_out, cols, FORMAT, used, hr.as_ref())?;
+        Ok((plain, Some(rotated)))
     });
+    // Then the output errors, one layer at a time, each product on every core.
+    let mut measured = Vec::with_capacity(layers.len());
+    for (l, q) in layers.iter().zip(quantized) {
+        let (plain, rotated) = q?;
+        let (n_out, cols) = (l.rows(), l.cols());
+        let x = &rows[&l.node];
+        let m = x.len() / cols;
+        let w: Vec<f64> = model.weights.tensors[&l.key].data.iter().map(|&v| v as f64).collect();
+        let exact = product_t(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &w, m, cols, n_out);
+        let error_plain = output_error(x, &plain.dequantize(), &exact, m, cols, n_out, act)?;
+        let Some(rotated) = rotated else {
+            measured.push((Decision { block: 1, error_plain, error_rotated: error_plain }, plain));
+            continue;
+        };
+        let block = hadamard::block_for(cols);
+        let error_rotated = output_error(&hadamard::reference(x, cols, block)?, &rotated.dequantize(), &exact, m, cols, n_out, act)?;
+        let d = Decision { block, error_plain, error_rotated };
+        measured.push((d, if d.rotate() { rotated } else { plain }));
+    }
     let mut out = Rotations { decisions: BTreeMap::new(), packed: HashMap::new() };
-    for (l, result) in layers.iter().zip(measured) {
-        let (d, packed) = result?;
+    for (l, (d, packed)) in layers.iter().zip(measured) {
         if d.rotate() {
             let cols = l.cols();
             let w = model.weights.tensors.get_mut(&l.key).unwrap();
