@@ -13,6 +13,7 @@
 
 use super::rtn::{encode, decode, group_params, Choice, Group};
 use super::clip;
+use super::dot::dot;
 use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shape_err, Result};
 
@@ -115,47 +116,6 @@ impl Default for GptqOptions {
     fn default() -> Self {
         GptqOptions { block: 128, damp: 0.01, act_order: true, clip: false }
     }
-}
-
-/// Σ aᵢ·bᵢ: the factorizations below are n³ of these. With AVX where the CPU has it (the
-/// portable build stops at SSE2), the same sums in the same order, so the result does not
-/// depend on the CPU.
-pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX (checked just above).
-        return unsafe { dot_avx(a, b) };
-    }
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn dot_avx(a: &[f64], b: &[f64]) -> f64 {
-    dot_lanes(a, b)
-}
-
-/// Sixteen running sums (four AVX registers): one sum waits on each add, which made a single
-/// one four times slower at n = 1536 (fc2 of a ViT-S).
-#[inline(always)]
-fn dot_lanes(a: &[f64], b: &[f64]) -> f64 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f64; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0] + tail
 }
 
 /// Lower Cholesky factor of a symmetric positive definite `n×n` matrix, or None.

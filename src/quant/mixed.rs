@@ -22,7 +22,8 @@ use serde_json::json;
 use super::calibrate::{with_packed, Calibration, Layer, Model, Progress};
 use super::gptq::Hessian;
 use crate::models::vit::backprop::Measured;
-use super::recipe::{quantize_matrix, Methods};
+use super::dot::dot_f32;
+use super::recipe::{parallel_map, quantize_matrix, Methods};
 use crate::formats::WeightFormat;
 use crate::{invalid, Gpu, Result};
 
@@ -104,7 +105,7 @@ fn hessian_energy(d: &[f32], rows: usize, cols: usize, h: &[f32], row_weights: O
         for (i, &di) in row.iter().enumerate() {
             if di != 0.0 {
                 let hi = &h[i * cols..(i + 1) * cols];
-                e += di as f64 * hi.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() as f64;
+                e += di as f64 * dot_f32(hi, row) as f64;
             }
         }
         e
@@ -334,9 +335,8 @@ pub fn allocate_model(
         Some((h, energy))
     };
     let shapes: HashMap<String, Vec<usize>> = layers.iter().map(|l| (l.key.clone(), l.shape.clone())).collect();
-    let mut options = Vec::with_capacity(items.len());
-    let mut progress = Progress::new("measuring layer sensitivities", items.len());
-    for (node, members) in &items {
+    let progress = std::sync::Mutex::new(Progress::new("measuring layer sensitivities", items.len()));
+    let measure = |(node, members): &(String, Vec<&Layer>)| -> Result<Vec<Choice>> {
         let mut opts = Vec::new();
         let proxies: Vec<Option<(Vec<f32>, f64)>> = match sensitivity {
             s if s.from_hessians() && !members[0].encoder => members.iter().map(|l| proxy(l)).collect(),
@@ -386,9 +386,17 @@ pub fn allocate_model(
             };
             opts.push(Choice { format, bytes: packed.values().map(|m| m.bytes()).sum(), sqnr_db });
         }
-        options.push(opts);
-        progress.step(1);
-    }
+        progress.lock().unwrap().step(1);
+        Ok(opts)
+    };
+    // The Hessian proxies are arithmetic on the CPU, one layer per core; the output
+    // sensitivity runs the model on the GPU once per layer and format, one at a time.
+    let options: Vec<Vec<Choice>> = if sensitivity.from_hessians() {
+        parallel_map(&items, measure).into_iter().collect::<Result<_>>()?
+    } else {
+        items.iter().map(measure).collect::<Result<_>>()?
+    };
+    let progress = progress.into_inner().unwrap();
     progress.finish();
     let mut a = allocate(names, params, options, budget_bytes, bits)?;
     a.members = items.iter().map(|(_, m)| m.iter().map(|l| l.key.clone()).collect()).collect();

@@ -6,13 +6,14 @@
 //! (`act_calib`) and the activation methods: RepQ-ViT (`repq`), SmoothQuant with bias
 //! (`smooth`), NoisyQuant (`noisy`), AdaLog's post-GELU shift (`gelu_shift`), and SVDQuant's
 //! low-rank branch for the W4 ones (`svd`). GPTQ block after block (`sequential`), and block
-//! reconstruction of the rounding (`recon`). `docs/QUANTIZATION.md` describes each method and
+//! reconstruction of the rounding (`recon`). Their dot products are `dot`'s. `docs/QUANTIZATION.md` describes each method and
 //! what it measured.
 
 pub mod act_calib;
 pub mod actq;
 pub mod calibrate;
 pub mod clip;
+mod dot;
 pub mod gelu_shift;
 pub mod gptq;
 pub mod hessians;

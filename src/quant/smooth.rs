@@ -7,7 +7,7 @@
 //! scale only (z_c = 0, s_c from max|X_c|).
 
 use super::actq::{fit, Kind};
-use super::gptq::dot;
+use super::dot::dot;
 use super::repq::ChannelMap;
 use crate::Result;
 
