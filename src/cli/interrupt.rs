@@ -34,7 +34,20 @@ fn lock() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 fn remove_pending() {
     let pending = lock();
     for tmp in pending.iter() {
-        let _ = if tmp.is_dir() { std::fs::remove_dir_all(tmp) } else { std::fs::remove_file(tmp) };
+        if !tmp.is_dir() {
+            let _ = std::fs::remove_file(tmp);
+            continue;
+        }
+        // The main thread may still be writing into the folder: a file it creates between
+        // remove_dir_all's listing and its rmdir left both behind (seen in CI). Renamed
+        // first, the folder gets no new entries (new files go by the old path and fail).
+        let mut name = tmp.file_name().unwrap_or_default().to_os_string();
+        name.push(".removing");
+        let doomed = tmp.with_file_name(name);
+        let _ = match std::fs::rename(tmp, &doomed) {
+            Ok(()) => std::fs::remove_dir_all(&doomed),
+            Err(_) => std::fs::remove_dir_all(tmp),
+        };
     }
     // The guard is kept until exit: no new temporary can be registered (and created) after.
     std::mem::forget(pending);
