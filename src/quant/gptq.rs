@@ -13,7 +13,7 @@
 
 use super::rtn::{encode, decode, group_params, Choice, Group};
 use super::clip;
-use super::dot::dot;
+use super::dot::{dot, gemm};
 use crate::formats::{PackedMatrix, WeightFormat};
 use crate::{invalid, shape_err, Result};
 
@@ -48,11 +48,7 @@ impl Hessian {
             for j0 in (0..d).step_by(PANEL) {
                 let j1 = (j0 + PANEL).min(d);
                 // sum[0..j1, j0..j1] += X[:, 0..j1]ᵀ · X[:, j0..j1]
-                // SAFETY: A reads x64[r·d + i] for i < j1 ≤ d, B x64[r·d + j] for j < j1, over
-                // r < rows; C writes sum[i·d + j] for i < j1, j < j1: all in bounds.
-                unsafe {
-                    matrixmultiply::dgemm(j1, rows, j1 - j0, 1.0, x64.as_ptr(), 1, d as isize, x64.as_ptr().add(j0), d as isize, 1, 1.0, self.sum.as_mut_ptr().add(j0), d as isize, 1);
-                }
+                gemm(j1, rows, j1 - j0, (&x64, 1, d), (&x64[j0..], d, 1), &mut self.sum[j0..], d);
             }
         }
         self.samples += x.len() / d;

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::act_calib::thin_rows;
+use super::dot::gemm;
 use super::calibrate::{Layer, Model, Reader};
 use crate::models::vit::backprop::NodeInput;
 use super::gptq::Hessian;
@@ -40,15 +41,11 @@ impl Decision {
     }
 }
 
-/// A·Bᵀ for row-major A [m×k] and B [n×k], through `matrixmultiply`'s blocked, threaded
-/// kernel: call it from one thread at a time (side by side, its workers spin).
+/// A·Bᵀ for row-major A [m×k] and B [n×k].
 fn product_t(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     assert!(a.len() == m * k && b.len() == n * k, "product_t: operands are not {m}×{k} and {n}×{k}");
     let mut c = vec![0.0; m * n];
-    if m * n * k > 0 {
-        // SAFETY: A and B hold m×k and n×k values (checked above), C is m×n and exclusive.
-        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), 1, k as isize, 0.0, c.as_mut_ptr(), n as isize, 1) };
-    }
+    gemm(m, k, n, (a, k, 1), (b, 1, k), &mut c, n);
     c
 }
 
